@@ -39,6 +39,9 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
 
     Raises ConnectionError with one line naming the address when it cannot be joined.
     """
+    if address is None:
+        # Before `import ray`: Ray reads these at import time.
+        os.environ.update(loopback_environment(Path(os.environ.get("HOME", "/tmp"))))
     import ray
 
     if ray.is_initialized():
@@ -50,8 +53,6 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         except Exception as e:  # ray raises several types here; the user needs one line
             raise ConnectionError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from e
         return
-    home = Path(os.environ.get("HOME", "/tmp"))
-    os.environ.update(loopback_environment(home))
     kwargs = {}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)

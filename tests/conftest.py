@@ -57,3 +57,15 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prepared_data_dir(tmp_path_factory):
+    """A data dir with the bundled corpus prepared for the cpu profile, once per session.
+
+    Pass it as `data_dir=` to trainer.runner.run_experiment (or set SWARM_DATA_DIR)."""
+    from trainer.prepare import prepare
+
+    d = tmp_path_factory.mktemp("swarm-data")
+    prepare("bundled", ["cpu"], data_dir=d)
+    return d

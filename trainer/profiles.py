@@ -1,0 +1,108 @@
+"""Locked hardware profiles (sequence length, vocab, eval tokens, budget) and the hardware class."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from trainer.errors import BadOption
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_seq_len: int        # tokens per training/eval row
+    vocab_size: int         # BPE vocabulary, special tokens included
+    eval_tokens: int        # tokens of val (and confirm) scored by evaluate_bpb
+    eval_batch: int         # rows per eval forward; also the export example batch
+    budget: float           # default training seconds
+    warmup_steps: int       # first steps excluded from the clock (compilation)
+    startup_limit: float    # seconds; the excluded warmup can never be longer than this
+    eval_limit: float       # seconds the locked eval process may take
+
+
+PROFILES: dict[str, Profile] = {
+    # The original's scale: context 2048, vocab 8192, 5 minutes, ~20M eval tokens.
+    "gpu": Profile("gpu", max_seq_len=2048, vocab_size=8192, eval_tokens=40 * 524288,
+                   eval_batch=32, budget=300.0, warmup_steps=10, startup_limit=300.0,
+                   eval_limit=600.0),
+    # Small enough to learn visibly in 60 s on 2 cores: on CPU the output head dominates,
+    # so a small vocabulary buys steps.
+    "cpu": Profile("cpu", max_seq_len=256, vocab_size=1024, eval_tokens=64 * 256 * 4,
+                   eval_batch=16, budget=60.0, warmup_steps=1, startup_limit=30.0,
+                   eval_limit=120.0),
+}
+
+
+def detect_profile() -> str:
+    """`SWARM_PROFILE` if set, else gpu when CUDA is visible, else cpu."""
+    env = os.environ.get("SWARM_PROFILE")
+    if env:
+        get_profile(env)
+        return env
+    try:
+        import torch
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except Exception:  # a broken CUDA install must not stop a CPU run
+        return "cpu"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    name = name or detect_profile()
+    if name not in PROFILES:
+        raise BadOption(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
+    return PROFILES[name]
+
+
+def slug(text: str) -> str:
+    """A short ref-name-safe slug: [a-z0-9-]."""
+    s = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b|@.*$", "", text.lower())
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    return s[:40].strip("-") or "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def gpu_name(device: str = "cuda") -> str:
+    import torch
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def hardware_class(profile_name: str, device: str = "cpu", threads: int | None = None) -> str:
+    """`cpu-<model>-<n>t` or `gpu-<gpu name>`, plus the profile when it is not the natural one.
+
+    Results are only ever compared within one hardware class."""
+    get_profile(profile_name)
+    if device.startswith("cuda"):
+        hc = f"gpu-{slug(gpu_name(device))}"
+        natural = "gpu"
+    else:
+        n = threads or len(os.sched_getaffinity(0))
+        hc = f"cpu-{slug(cpu_model())}-{n}t"
+        natural = "cpu"
+    if profile_name != natural:
+        hc += f"-{profile_name}"
+    return hc
+
+
+# Peak dense bf16 FLOPs for MFU, as in the original (H100 SXM 989.5 TFLOPs).
+PEAK_FLOPS = {"h100": 989.5e12, "h200": 989.5e12, "a100": 312e12, "l40s": 362e12,
+              "a10g": 125e12, "4090": 165e12, "3090": 71e12}
+
+
+def peak_flops(gpu: str) -> float | None:
+    g = gpu.lower()
+    for k, v in PEAK_FLOPS.items():
+        if k in g:
+            return v
+    return None

@@ -1,0 +1,1 @@
+"""Proposal backends: one small interface (base.Backend), three built-ins registered in base."""

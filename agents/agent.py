@@ -1,0 +1,456 @@
+"""ResearchAgent: the plain class behind the Ray actor. One worktree, one program, one backend,
+one seed; loops sync -> propose -> validate -> commit -> run -> (fix) -> report -> ratchet."""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer.schema import (Broadcast, ExperimentRecord, ExperimentResult, StartedExperiment,
+                            new_experiment_id)
+
+from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
+from agents.config import AgentConfig
+from agents.edits import EDITABLE, line_delta
+from agents.errors import InvalidEdit, SpendingCapReached
+from agents.inflight import Inflight, kill_leftover
+from agents.ports import CoordinatorPort, RayCoordinator
+from agents.program import Program, load_program, parse_program
+from agents.worktree import Worktree
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[..., ExperimentResult]
+
+
+def _default_runner() -> Runner:
+    from trainer.runner import run_experiment
+    return run_experiment
+
+
+def _hardware_class(cfg: AgentConfig) -> str:
+    from trainer.profiles import detect_profile, hardware_class
+    device = cfg.device
+    if device == "auto":
+        try:
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except Exception:
+            device = "cpu"
+    return hardware_class(cfg.profile or detect_profile(), device, cfg.threads)
+
+
+class ResearchAgent:
+    """One research agent. Build it directly for tests; agents.actor makes it a Ray actor.
+
+    `coordinator` is a CoordinatorPort or a Ray actor handle (wrapped in RayCoordinator).
+    `runner` defaults to trainer.runner.run_experiment, `backend` to make_backend(config.backend).
+    Raises ProgramError for a malformed program, WorktreeError when the repo cannot be used."""
+
+    def __init__(self, config: AgentConfig | dict, coordinator: Any, *, runner: Runner | None = None,
+                 backend: Backend | None = None, hardware_class: str | None = None,
+                 cuda_visible_devices: str | None = None):
+        self.cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
+        cfg = self.cfg
+        self.port: Any = coordinator
+        if not isinstance(coordinator, CoordinatorPort):
+            self.port = RayCoordinator(coordinator, cfg.state_dir / "spool")
+        self.program: Program = (load_program(cfg.program_path, cfg.program_name)
+                                 if cfg.program_path else parse_program(cfg.program_text, cfg.program_name))
+        self.adopt = cfg.adopt or self.program.adopt or "if-better"
+        self.backend = backend or make_backend(cfg.backend, seed=cfg.seed, agent=cfg.name)
+        self.runner = runner or _default_runner()
+        self.hw = hardware_class or cfg.hardware_class or _hardware_class(cfg)
+        self.cuda_visible_devices = cuda_visible_devices
+        self.inflight = Inflight(cfg.state_dir)
+        self.wt = Worktree(cfg.worktree, cfg.repo, cfg.name)
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self.parent_val: float | None = None
+        self.own: collections.deque[ExperimentRecord] = collections.deque(maxlen=max(1, cfg.recent_n))
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.experiments = 0
+        self.kept = 0
+        self.stop_reason: str | None = None
+        self.phase = "starting"
+        self.description = ""
+        self.progress = 0.0
+        self.last_delta: float | None = None
+        self._last_beat = 0.0
+        self._prep: threading.Thread | None = None
+        self._prepared: Proposal | BaseException | None = None
+        self._last_seq = -1
+        self.recovered: ExperimentRecord | None = None
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._setup()
+
+    # --- start-up ------------------------------------------------------------------------
+    def _setup(self) -> None:
+        best = self.port.best(self.hw)
+        start = best.commit if best else None
+        if start and not self.wt.shared:
+            pass  # the clone is created from the bundle of `start` below
+        self.wt.open(start, fetch=self.port.fetch)
+        self.recovered = self._recover()
+        self.wt.clean()
+        if best and self.adopt != "never":
+            self._adopt(best)
+
+    def _recover(self) -> ExperimentRecord | None:
+        """A previous incarnation died mid-run: kill its child group, record `crash`."""
+        data = self.inflight.read()
+        if data is None:
+            return None
+        kill_leftover(data.get("pgid"), data.get("run_dir", "//none//"))
+        st = StartedExperiment.model_validate(data["started"])
+        rec = ExperimentRecord(
+            experiment_id=st.experiment_id, swarm_id=self.cfg.swarm_id, kind=st.kind,
+            agent=st.agent, program=st.program, backend=self.backend.name, seed=st.seed,
+            hardware_class=st.hardware_class, parent=st.parent,
+            commit=data.get("commit") or st.commit, description=st.description,
+            status="crash", reason="agent died mid-run", job_id=st.job_id,
+            parent_val_bpb=data.get("parent_val_bpb"), started_at=st.started_at)
+        self.port.report(rec, None)
+        self.inflight.clear()
+        log.warning("%s: recorded %s as crash (agent died mid-run)", self.cfg.name, st.experiment_id)
+        return rec
+
+    # --- public API (the actor's methods) ------------------------------------------------
+    def run(self, max_experiments: int | None = None, deadline: float | None = None) -> dict:
+        """Loop until stop(), `max_experiments` own experiments (jobs not counted), the unix
+        time `deadline`, or a spending cap. Never raises for a bad edit or a bad run (they are
+        records); returns the summary (see status())."""
+        self._stop.clear()
+        self._cancel.clear()
+        self.stop_reason = None
+        done_at_start = self.experiments
+        last_wall = 0.0
+        try:
+            while True:
+                if self._stop.is_set():
+                    self.stop_reason = self.stop_reason or "stopped"
+                    break
+                if max_experiments is not None and self.experiments - done_at_start >= max_experiments:
+                    self.stop_reason = "max_experiments"
+                    break
+                if deadline is not None and time.time() + last_wall > deadline:
+                    self.stop_reason = "deadline"
+                    break
+                t0 = time.time()
+                self._iteration()
+                last_wall = time.time() - t0
+        except SpendingCapReached as e:
+            self.stop_reason = str(e)
+            log.warning("%s: %s; stopping", self.cfg.name, e)
+        finally:
+            self._join_prep()
+            self.phase = "stopped"
+            self._beat(force=True)
+        return self.status()
+
+    def stop(self, graceful: bool | None = None) -> None:
+        """Stop at the next iteration boundary. graceful (default config.graceful_stop): let
+        the current run finish; otherwise cancel it (recorded crash "stopped")."""
+        self.stop_reason = self.stop_reason or "stopped"
+        self._stop.set()
+        if not (self.cfg.graceful_stop if graceful is None else graceful):
+            self._cancel.set()
+
+    def status(self) -> dict:
+        """A snapshot: name, program, phase, description, progress, counts, parent val_bpb,
+        head commit, stop reason, LLM spend."""
+        return {"agent": self.cfg.name, "program": self.program.name, "backend": self.backend.name,
+                "hardware_class": self.hw, "phase": self.phase, "description": self.description,
+                "progress": round(self.progress, 3), "experiments": self.experiments,
+                "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
+                "last_delta": self.last_delta, "stop_reason": self.stop_reason,
+                "spent_usd": getattr(self.backend, "spent_usd", 0.0),
+                "head": self._safe_head()}
+
+    def _safe_head(self) -> str | None:
+        try:
+            return self.wt.head()
+        except Exception:
+            return None
+
+    # --- one iteration ---------------------------------------------------------------------
+    def _iteration(self) -> None:
+        if isinstance(self.port, RayCoordinator):
+            self.port.flush()
+        self.phase = "sync"
+        job = self.port.next_job(self.cfg.name, self.hw)
+        if job is not None:
+            self._join_prep()
+            self.wt.ensure(job.commit, self.port.fetch)
+            self._train(kind=job.kind, commit=job.commit, parent=job.parent, seed=job.seed,
+                        source=self.wt.show(job.commit), description=job.description or job.kind,
+                        job_id=job.job_id)
+            return
+        best = self.port.best(self.hw)
+        if best is not None:
+            self._maybe_adopt(best)
+        if self.parent_val is None:
+            # Nothing to compare against yet: measure our own parent first.
+            self._join_prep()
+            head = self.wt.head()
+            self._train(kind="baseline", commit=head, parent=head, seed=self.cfg.seed,
+                        source=self.wt.source(), description="baseline (own parent)")
+            return
+        self._experiment()
+
+    def _maybe_adopt(self, best: Broadcast) -> None:
+        head = self.wt.head()
+        if best.commit == head or self.adopt == "never":
+            return
+        if self.adopt == "if-better" and self.parent_val is not None and best.val_bpb >= self.parent_val:
+            return
+        self._join_prep()
+        self._adopt(best)
+
+    def _adopt(self, best: Broadcast) -> None:
+        self.wt.ensure(best.commit, self.port.fetch)
+        if self.wt.head() != best.commit:
+            self.wt.reset_hard(best.commit)
+            log.info("%s: adopted best %s (val_bpb %.4f)", self.cfg.name, best.commit[:10], best.val_bpb)
+        self.parent_val = best.val_bpb
+        self._last_seq = best.seq
+
+    def _context(self, base: str, source: str, in_flight: str | None = None) -> ProposalContext:
+        swarm = self.port.recent(self.hw, self.cfg.recent_n) if self.cfg.recent_n else []
+        return ProposalContext(program=self.program, source=source, base_commit=base,
+                               agent=self.cfg.name, seed=self.cfg.seed,
+                               own_recent=list(reversed(self.own)), swarm_recent=swarm,
+                               worktree=self.wt.path, state_dir=self.cfg.state_dir,
+                               in_flight=in_flight, max_prompt_chars=self.cfg.max_prompt_chars)
+
+    # --- proposals prepared while a run trains --------------------------------------------
+    def _start_prep(self, base: str, source: str, in_flight: str) -> None:
+        if not self.cfg.prepare_ahead:
+            return
+        ctx = self._context(base, source, in_flight)
+
+        def work():
+            try:
+                p = self.backend.propose(ctx)
+                p.base = base
+                self._prepared = p
+            except BaseException as e:  # handed to the loop thread, which decides
+                self._prepared = e
+
+        self._prepared = None
+        self._prep = threading.Thread(target=work, name=f"{self.cfg.name}-prepare", daemon=True)
+        self._prep.start()
+
+    def _join_prep(self) -> None:
+        if self._prep is not None:
+            self._prep.join()
+            self._prep = None
+
+    def _take_prepared(self, base: str) -> Proposal | None:
+        self._join_prep()
+        p, self._prepared = self._prepared, None
+        if isinstance(p, SpendingCapReached):
+            raise p
+        if isinstance(p, BaseException):
+            log.warning("%s: background proposal failed: %s", self.cfg.name, p)
+            return None
+        if p is not None and p.base != base:
+            log.info("%s: base moved since the proposal was prepared: re-preparing", self.cfg.name)
+            return None
+        return p
+
+    # --- the experiment ------------------------------------------------------------------
+    def _experiment(self) -> None:
+        base = self.wt.head()
+        source = self.wt.source()
+        self.phase = "propose"
+        self._beat(force=True)
+        proposal = self._take_prepared(base) or self.backend.propose(self._context(base, source))
+        eid = new_experiment_id(self.cfg.name)
+        started_at = time.time()
+        try:
+            new, desc = proposal.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
+                                         max_file_bytes=self.cfg.max_file_bytes)
+        except InvalidEdit as e:
+            rec = self._record(eid, kind="experiment", parent=base, commit=None,
+                               description=(proposal.description or "")[:200], status="invalid",
+                               reason=str(e), proposal=proposal, started_at=started_at)
+            self._finish(rec, source, None)
+            return
+        self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
+                    description=desc, eid=eid, proposal=proposal, base_source=source,
+                    started_at=started_at)
+
+    def _message(self, desc: str, eid: str) -> str:
+        return (f"{desc}\n\nExperiment: {eid}\nProgram: {self.program.name}\n"
+                f"Agent: {self.cfg.name}\n")
+
+    def _train(self, *, kind: str, commit: str | None, parent: str, seed: int, source: str,
+               description: str, job_id: str | None = None, eid: str | None = None,
+               proposal: Proposal | None = None, base_source: str | None = None,
+               started_at: float | None = None) -> None:
+        """Commit (experiments), run, fix crashes, report, ratchet. Jobs/baselines train
+        `source` of an existing commit unchanged."""
+        eid = eid or new_experiment_id(self.cfg.name)
+        started_at = started_at or time.time()
+        if kind == "experiment":
+            commit = self.wt.commit(source, self._message(description, eid), parent)
+            # The worktree goes back to the parent while the copy in the run dir trains: the
+            # next proposal is prepared there (a discard, the usual outcome, keeps that base).
+            self.wt.reset_hard(parent)
+        self.description = description
+        started = StartedExperiment(experiment_id=eid, agent=self.cfg.name, program=self.program.name,
+                                    hardware_class=self.hw, parent=parent, commit=commit, kind=kind,
+                                    seed=seed, description=description, job_id=job_id,
+                                    started_at=started_at)
+        self.port.begin(started)
+        run_dir = self.cfg.runs_dir / eid
+        self.inflight.write(started, run_dir, commit=commit, parent_val_bpb=self.parent_val)
+        if kind == "experiment":
+            self._start_prep(parent, base_source, description)
+        confirm = float("inf") if kind != "experiment" else (
+            self.parent_val * 1.02 if self.parent_val is not None else None)
+        result = self._run(run_dir, source, seed, confirm)
+        fixes = 0
+        reason = result.error
+        while (kind == "experiment" and result.status == "crash" and fixes < self.cfg.max_fix_attempts
+               and not self._cancel.is_set()):
+            self._join_prep()   # a command backend shares the worktree with a fix
+            self.phase = "fix"
+            ctx = self._context(parent, source, description)
+            try:
+                fix = self.backend.fix(ctx, result.log_tail)
+            except SpendingCapReached as e:
+                reason = f"{result.error or 'crash'}; no fix attempt: {e}"
+                self.stop_reason = str(e)
+                self._stop.set()
+                break
+            proposal = _merge_usage(proposal, fix)
+            try:
+                fixed, _ = fix.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
+                                       max_file_bytes=self.cfg.max_file_bytes)
+            except InvalidEdit as e:
+                reason = f"{result.error or 'crash'}; fix attempt {fixes + 1} unusable: {e}"
+                break
+            fixes += 1
+            source = fixed
+            commit = self.wt.commit(source, self._message(f"{description} (fix {fixes})", eid), parent)
+            self.wt.reset_hard(parent)
+            self.inflight.update(commit=commit)
+            result = self._run(run_dir / f"fix{fixes}", source, seed, confirm)
+            reason = result.error
+            if kind == "experiment":
+                self._start_prep(parent, base_source, description)
+        if result.status == "crash" and self._cancel.is_set():
+            reason = "stopped"
+        rec = self._record(eid, kind=kind, parent=parent, commit=commit, description=description,
+                           status=result.status, reason=None if result.status == "ok" else reason,
+                           proposal=proposal, started_at=started_at, result=result, seed=seed,
+                           job_id=job_id, fixes=fixes)
+        if kind == "experiment":
+            rec.lines_added, rec.lines_removed = line_delta(base_source, source)
+        self._finish(rec, base_source, commit)
+
+    def _run(self, run_dir: Path, source: str, seed: int, confirm: float | None) -> ExperimentResult:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / EDITABLE).write_text(source, encoding="utf-8")
+        self.phase = "train"
+        self.progress = 0.0
+        self._beat(force=True)
+        cfg = self.cfg
+        try:
+            return self.runner(run_dir / EDITABLE, run_dir, budget=cfg.budget, seed=seed,
+                               profile=cfg.profile, device=cfg.device,
+                               cuda_visible_devices=self.cuda_visible_devices,
+                               data_dir=cfg.data_dir, max_steps=cfg.max_steps,
+                               hard_limit=cfg.hard_limit, confirm_below=confirm,
+                               threads=cfg.threads, cancel=self._cancel, on_event=self._on_event)
+        except Exception as e:  # the runner should not raise; if it does, it is still a record
+            log.exception("%s: runner raised", cfg.name)
+            return ExperimentResult(status="crash", error=f"runner raised {type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:200]}", seed=seed)
+
+    def _on_event(self, event: Any) -> None:
+        """Runner progress: pgid for inflight.json, progress for the live view."""
+        ev = event if isinstance(event, dict) else getattr(event, "__dict__", {})
+        pgid = ev.get("pgid") or ev.get("pid")
+        if pgid and ev.get("event", ev.get("kind")) in (None, "started", "start", "spawned"):
+            self.inflight.update(pgid=int(pgid))
+        if "progress" in ev and ev["progress"] is not None:
+            self.progress = float(ev["progress"])
+        elif ev.get("elapsed") is not None and ev.get("budget"):
+            self.progress = min(1.0, float(ev["elapsed"]) / float(ev["budget"]))
+        self._beat()
+
+    def _record(self, eid: str, *, kind: str, parent: str, commit: str | None, description: str,
+                status: str, reason: str | None, proposal: Proposal | None, started_at: float,
+                result: ExperimentResult | None = None, seed: int | None = None,
+                job_id: str | None = None, fixes: int = 0) -> ExperimentRecord:
+        val = result.val_bpb if result is not None and result.status == "ok" else None
+        delta = (self.parent_val - val) if (val is not None and self.parent_val is not None
+                                            and kind == "experiment") else None
+        p = proposal or Proposal()
+        return ExperimentRecord(
+            experiment_id=eid, swarm_id=self.cfg.swarm_id, kind=kind, agent=self.cfg.name,
+            program=self.program.name, backend=self.backend.name,
+            seed=self.cfg.seed if seed is None else seed, hardware_class=self.hw, parent=parent,
+            commit=commit, description=description, status=status,
+            reason=(" ".join(reason.split())[:300] if reason else None), val_bpb=val,
+            confirm_bpb=result.confirm_bpb if result is not None else None,
+            parent_val_bpb=self.parent_val if kind == "experiment" else None, delta=delta,
+            fix_attempts=fixes, result=result, prompt_tokens=p.prompt_tokens,
+            completion_tokens=p.completion_tokens, cost_usd=p.cost_usd, started_at=started_at,
+            finished_at=time.time(), job_id=job_id)
+
+    def _finish(self, rec: ExperimentRecord, base_source: str | None, commit: str | None) -> None:
+        """Report, clear inflight.json, ratchet (experiments) or learn the parent's score."""
+        self.phase = "report"
+        self.port.report(rec, self._bundle(rec))
+        self.inflight.clear()
+        self.counts[rec.status] += 1
+        if rec.kind == "experiment":
+            self.experiments += 1
+            self.own.append(rec)
+            self.last_delta = rec.delta
+            if (rec.status == "ok" and rec.val_bpb is not None and self.parent_val is not None
+                    and rec.val_bpb < self.parent_val and commit is not None):
+                self._join_prep()
+                self.wt.reset_hard(commit)   # keep: the branch moves to the winner
+                self.parent_val = rec.val_bpb
+                self.kept += 1
+                log.info("%s: kept %s (%s) val_bpb %.4f", self.cfg.name, commit[:10],
+                         rec.description, rec.val_bpb)
+        elif (rec.status == "ok" and rec.val_bpb is not None and rec.kind == "baseline"
+              and rec.commit == self._safe_head() and self.parent_val is None):
+            self.parent_val = rec.val_bpb
+        self.phase = "idle"
+        self._beat(force=True)
+
+    def _bundle(self, rec: ExperimentRecord) -> bytes | None:
+        if self.wt.shared or rec.commit is None or rec.kind != "experiment":
+            return None
+        return self.wt.bundle(rec.commit, rec.parent)
+
+    def _beat(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_beat < 1.0:
+            return
+        self._last_beat = now
+        try:
+            self.port.heartbeat(self.cfg.name, self.status())
+        except Exception as e:  # the live view must never stop research
+            log.debug("heartbeat failed: %s", e)
+
+
+def _merge_usage(a: Proposal | None, b: Proposal) -> Proposal:
+    """Token and cost totals of a proposal and its fix attempts, for the one record."""
+    if a is None:
+        return b
+    return Proposal(description=a.description, prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+                    completion_tokens=a.completion_tokens + b.completion_tokens,
+                    cost_usd=a.cost_usd + b.cost_usd)

@@ -1,0 +1,122 @@
+"""`command`: a coding-agent CLI the user already runs (Claude Code, Codex, aider...) run in the
+agent's worktree under a timeout; its edit is whatever it changed there, validated like any
+other. The worktree is restored afterwards: the agent commits the edit itself."""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+from agents.backends.base import Proposal, ProposalContext, register_backend
+from agents.config import CommandSpec
+from agents.edits import EDITABLE
+from agents.errors import AgentError
+from agents.prompt import SYSTEM, fix_prompt, user_prompt
+
+log = logging.getLogger(__name__)
+
+
+def _git(worktree: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=worktree, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def changed_paths(worktree: Path) -> list[str]:
+    """Paths changed, added or deleted in the worktree relative to HEAD (untracked included)."""
+    out = _git(worktree, "status", "--porcelain", "-uall", "--no-renames")
+    return sorted({line[3:].strip().strip('"') for line in out.splitlines() if line.strip()})
+
+
+def restore(worktree: Path) -> None:
+    """Put the worktree back at HEAD: tracked changes and untracked files removed."""
+    _git(worktree, "reset", "--hard", "-q")
+    _git(worktree, "clean", "-fdq")
+
+
+class CommandBackend:
+    """Runs `template` (a shell command line) in the worktree, at most `timeout_s` seconds."""
+
+    name = "command"
+
+    def __init__(self, spec: CommandSpec, *, seed: int = 0, agent: str = ""):
+        self.spec = spec
+        self.agent = agent
+
+    def _run(self, ctx: ProposalContext, prompt: str) -> Proposal:
+        if ctx.worktree is None:
+            raise AgentError("command backend needs the agent's worktree")
+        wt = Path(ctx.worktree)
+        scratch = Path(ctx.state_dir or wt.parent) / "command"
+        scratch.mkdir(parents=True, exist_ok=True)
+        prompt_file = scratch / "prompt.md"
+        prompt_file.write_text(SYSTEM + "\n\n" + prompt, encoding="utf-8")
+        program_file = scratch / "program.md"
+        program_file.write_text(ctx.program.text, encoding="utf-8")
+        target = wt / EDITABLE
+        if target.read_text(encoding="utf-8", errors="replace") != ctx.source:
+            target.write_text(ctx.source, encoding="utf-8")   # a fix starts from the crashed file
+        cmd = self.spec.template.format(prompt_file=shlex.quote(str(prompt_file)),
+                                        worktree=shlex.quote(str(wt)),
+                                        train_py=shlex.quote(str(target)),
+                                        program_file=shlex.quote(str(program_file)))
+        log_path = scratch / "command.log"
+        with open(log_path, "wb") as logf:
+            proc = subprocess.Popen(["bash", "-c", cmd], cwd=wt, stdout=subprocess.PIPE,
+                                    stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                stdout, _ = proc.communicate(timeout=self.spec.timeout_s)
+            except subprocess.TimeoutExpired:
+                # The CLI runs in its own session: kill its whole group, nothing else.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.communicate()
+                restore(wt)
+                return Proposal(error=f"command timed out after {self.spec.timeout_s:g}s")
+        text = stdout.decode("utf-8", errors="replace")
+        if proc.returncode != 0:
+            restore(wt)
+            err = log_path.read_text(errors="replace").strip().splitlines()
+            return Proposal(error=f"command exited with {proc.returncode}"
+                                  + (f": {err[-1][:200]}" if err else ""))
+        changed = changed_paths(wt)
+        try:
+            new_source = target.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            new_source = None
+        except UnicodeDecodeError:
+            restore(wt)
+            return Proposal(error=f"command left {EDITABLE} not valid UTF-8")
+        restore(wt)
+        if new_source is None:
+            return Proposal(error=f"command deleted {EDITABLE}")
+        desc = ""
+        for line in text.splitlines():
+            if line.strip().upper().startswith("DESCRIPTION:"):
+                desc = line.split(":", 1)[1].strip()
+                break
+        if not desc:
+            desc = next((ln.strip() for ln in text.splitlines() if ln.strip()), "command edit")
+        return Proposal(description=desc[:200], new_source=new_source,
+                        touched=[p for p in changed if p != EDITABLE])
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        """Run the CLI with the proposal prompt; the edit is what it changed in the worktree."""
+        return self._run(ctx, user_prompt(ctx))
+
+    def fix(self, ctx: ProposalContext, log_tail: str) -> Proposal:
+        """Run the CLI on the crashed train.py with the log tail in its prompt file."""
+        return self._run(ctx, fix_prompt(ctx, log_tail))
+
+
+def _factory(spec, *, seed: int = 0, agent: str = "") -> CommandBackend:
+    if isinstance(spec, dict):
+        spec = CommandSpec.model_validate(spec)
+    return CommandBackend(spec, seed=seed, agent=agent)
+
+
+register_backend("command", _factory)

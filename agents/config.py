@@ -1,0 +1,103 @@
+"""AgentConfig: everything one research agent needs, built by the CLI from swarm.yaml.
+
+Unknown keys are errors (extra="forbid") so a typo names itself. Secrets are never here:
+a backend names the environment variable that holds its key (`api_key_env`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Adopt = Literal["always", "if-better", "never"]
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MutateSpec(_Cfg):
+    """Offline random search over the program's declared search space."""
+    type: Literal["mutate"] = "mutate"
+    max_changes: int = Field(default=2, ge=1, le=5)   # constants changed per proposal (1..n)
+
+
+class LitellmSpec(_Cfg):
+    """Any provider litellm knows; the key comes from the env var named by api_key_env."""
+    type: Literal["litellm"] = "litellm"
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    timeout_s: float = Field(default=120.0, gt=0)      # one HTTP call
+    max_retries: int = Field(default=4, ge=0)          # on 429, 5xx, timeouts, garbage
+    backoff_s: float = Field(default=2.0, ge=0)        # first retry delay, doubled each time
+    max_tokens: int = Field(default=4096, gt=0)
+    # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class CommandSpec(_Cfg):
+    """A coding-agent CLI run in the worktree: `{prompt_file}`, `{worktree}`, `{train_py}`,
+    `{program_file}` are substituted (shell-quoted) into the template."""
+    type: Literal["command"] = "command"
+    template: str
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+BackendSpec = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec], Field(discriminator="type")]
+
+
+class AgentConfig(_Cfg):
+    """One agent. Paths may be str or Path; swarm_home holds repo.git, worktrees, runs, agents."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    program_name: str
+    program_path: Path | None = None
+    program_text: str | None = None
+    backend: BackendSpec = Field(default_factory=MutateSpec)
+    adopt: Adopt | None = None            # None: the program's own `adopt:` or "if-better"
+    seed: int = 0
+    swarm_id: str = ""
+    swarm_home: Path = Path(".swarm")
+    repo_path: Path | None = None         # the bare research repo; default swarm_home/repo.git
+    hardware_class: str | None = None     # None: derived from device and profile
+    budget: float | None = Field(default=None, gt=0)   # training seconds; None: profile default
+    profile: str | None = None
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    data_dir: Path | None = None
+    max_steps: int | None = None
+    hard_limit: float | None = None
+    max_fix_attempts: int = Field(default=2, ge=0)
+    max_edit_bytes: int = Field(default=20_000, gt=0)     # size of one proposed edit
+    max_file_bytes: int = Field(default=200_000, gt=0)    # size of the resulting train.py
+    recent_n: int = Field(default=12, ge=0)               # results of each kind in the prompt
+    max_prompt_chars: int = Field(default=60_000, gt=1000)
+    prepare_ahead: bool = True            # propose the next edit while the current run trains
+    graceful_stop: bool = False           # stop(): False cancels the run (crash "stopped")
+
+    @model_validator(mode="after")
+    def _one_program(self):
+        if (self.program_path is None) == (self.program_text is None):
+            raise ValueError("exactly one of program_path and program_text is needed")
+        return self
+
+    @property
+    def repo(self) -> Path:
+        return Path(self.repo_path) if self.repo_path else Path(self.swarm_home) / "repo.git"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.swarm_home) / "agents" / self.name
+
+    @property
+    def worktree(self) -> Path:
+        return Path(self.swarm_home) / "worktrees" / self.name
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.swarm_home) / "runs"

@@ -1,0 +1,137 @@
+"""Research programs: Markdown text plus an optional fenced ```yaml block that declares the
+`mutate` search space and the program's suggested adopt rule.
+
+    ```yaml
+    adopt: if-better                 # optional: always | if-better | never
+    search_space:
+      LR_MATRIX: {type: log, min: 0.005, max: 0.1, step: 1.3}   # value * step**k
+      WEIGHT_DECAY: {type: float, min: 0.0, max: 0.3, step: 0.05}  # value + step*k
+      DEPTH: {type: int, min: 2, max: 8, step: 1}                # value + step*k
+      WINDOW_PATTERN: {type: choice, values: ["L", "SL", "SSSL"]}
+    ```
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from agents.errors import ProgramError
+
+_YAML_BLOCK = re.compile(r"^```ya?ml[ \t]*\r?\n(.*?)^```", re.M | re.S)
+
+
+class _P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogParam(_P):
+    """A positive rate: steps multiply by `step` (> 1), clipped to [min, max]."""
+    type: Literal["log"]
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+    step: float = Field(default=1.5, gt=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class FloatParam(_P):
+    """A real value stepped additively by `step`, clipped to [min, max]."""
+    type: Literal["float"]
+    min: float
+    max: float
+    step: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class IntParam(_P):
+    """A size or count stepped by an integer `step`, clipped to [min, max]."""
+    type: Literal["int"]
+    min: int
+    max: int
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class ChoiceParam(_P):
+    """One of a fixed list of values (strings, numbers, booleans)."""
+    type: Literal["choice"]
+    values: list[Union[bool, int, float, str]] = Field(min_length=2)
+
+
+Param = Annotated[Union[LogParam, FloatParam, IntParam, ChoiceParam], Field(discriminator="type")]
+_SPACE = TypeAdapter(dict[str, Param])
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class Program(BaseModel):
+    """A parsed program: its name, full text, search space (maybe empty) and adopt hint."""
+    name: str
+    text: str
+    source: str = "<text>"
+    search_space: dict[str, Param] = Field(default_factory=dict)
+    adopt: Literal["always", "if-better", "never"] | None = None
+
+
+def parse_program(text: str, name: str, source: str = "<text>") -> Program:
+    """Parse a program's text. Raises ProgramError naming `source` and the offending key."""
+    space: dict = {}
+    adopt = None
+    for m in _YAML_BLOCK.finditer(text):
+        try:
+            data = yaml.safe_load(m.group(1))
+        except yaml.YAMLError as e:
+            raise ProgramError(f"{source}: yaml block: {str(e).splitlines()[0]}") from None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ProgramError(f"{source}: yaml block: expected a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"search_space", "adopt"}
+        if unknown:
+            raise ProgramError(f"{source}: yaml block: unknown key {sorted(unknown)[0]!r} "
+                               "(expected search_space, adopt)")
+        if "adopt" in data:
+            if data["adopt"] not in ("always", "if-better", "never"):
+                raise ProgramError(f"{source}: adopt: {data['adopt']!r} is not one of "
+                                   "always, if-better, never")
+            adopt = data["adopt"]
+        raw = data.get("search_space") or {}
+        if not isinstance(raw, dict):
+            raise ProgramError(f"{source}: search_space: expected a mapping of NAME: {{type: ...}}")
+        for key in raw:
+            if not isinstance(key, str) or not _NAME.match(key):
+                raise ProgramError(f"{source}: search_space.{key}: not an UPPER_CASE constant name")
+        try:
+            space.update(_SPACE.validate_python(raw))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"] if not str(x) in ("log", "float", "int", "choice"))
+            raise ProgramError(f"{source}: search_space.{loc}: {err['msg']}") from None
+    return Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
+
+
+def load_program(path: Path | str, name: str | None = None) -> Program:
+    """Read and parse a program file. Raises ProgramError when it is missing or malformed."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProgramError(f"{p}: cannot read program: {e.__class__.__name__}") from None
+    return parse_program(text, name or p.stem, str(p))

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # no display here, and the CLI must not need one
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import transforms  # noqa: E402
 
+from coordinator.report.tables import record_status  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -64,7 +66,7 @@ def write_progress_png(rows: list[dict], path: Path, colors: dict[str, str] | No
         if pts:
             ax.scatter(*zip(*pts), s=10, color=color, alpha=0.45, label=prog, linewidths=0)
     for kind, marker in FAILED_MARKERS.items():
-        xs = [hours(r.get("finished_at")) for r in rows if r.get("status") == kind]
+        xs = [hours(r.get("finished_at")) for r in rows if record_status(r) == kind]
         if xs:
             ax.scatter(xs, [0.98] * len(xs), transform=top, marker=marker, s=18, color="black",
                        alpha=0.6, label=f"{kind} ({len(xs)})")

@@ -50,7 +50,7 @@ class SyntheticSwarm:
 
     def trained_commits(self) -> set[str]:
         """Distinct commits that were trained (crashed and timed-out runs count; invalid do not)."""
-        return {r["commit"] for r in self.rows if r["commit"] and r["status"] != "invalid"}
+        return {r["commit"] for r in self.rows if r["commit"] and r["run_status"] != "invalid"}
 
 
 def _git(repo: Path, *args: str, input: bytes | None = None) -> str:
@@ -105,11 +105,10 @@ def make_swarm(home: Path, *, experiments: int = 60, agents: int = 4,
                  delta=None, lines_added=0, lines_removed=0, fix_attempts=0, prompt_tokens=900,
                  completion_tokens=200, cost_usd=round(rng.uniform(0.001, 0.02), 5),
                  started_at=t - 300.0, finished_at=t, job_id=None, training_seconds=300.0,
-                 total_seconds=320.0, peak_memory_mb=1200.0, decision="discard",
+                 total_seconds=320.0, memory_gb=1.2, decision="discard",
                  decision_reason="", best_after=None, margin=margin, sigma=sigma, samples=1,
                  suspect=False, merge_commit=None)
         r.update(kw)
-        r["log_path"] = f"runs/{r['experiment_id']}/run.log"
         return r
 
     for a in agent_names:  # the first round: the baseline on every agent seeds sigma
@@ -195,10 +194,26 @@ def make_swarm(home: Path, *, experiments: int = 60, agents: int = 4,
         for k in ("parent", "commit", "best_after", "merge_commit"):
             if isinstance(r[k], _Placeholder):
                 r[k] = shas[r[k].mark]
+    for r in rows:
+        _as_ledger_row(r)
     _write_logs(home, rows, rng, log_lines)
     return SyntheticSwarm(rows=rows, repo_path=repo, swarm_home=home,
                           best={hw: shas[st["best"]] for hw, st in state.items()},
                           root=shas[root])
+
+
+_KEEP = ("promote", "merge", "simplification")
+
+
+def _as_ledger_row(r: dict) -> None:
+    """Rename to coordinator.ledger's row schema: `run_status` is the record's status, `status`
+    the original's TSV vocabulary (keep/discard/crash + ours), `decision_delta` the decision's."""
+    r["run_status"] = r.pop("status")
+    d = r["decision"]
+    r["status"] = "keep" if d in _KEEP else d
+    r["decision_delta"] = r["delta"] if r["kind"] == "experiment" else None
+    r.update(best_before=None, decided_at=r["finished_at"], simplification=d == "simplification",
+             steps=None, tokens=None, num_params=None)
 
 
 @dataclass(frozen=True)
@@ -239,6 +254,8 @@ def _fast_import(repo: Path, commits: list[_Commit], state: dict) -> dict[int, s
     refs = [f"update refs/heads/best/{hw} {shas[st['best']]}" for hw, st in state.items()]
     for i, c in enumerate(commits, 1):
         refs.append(f"update refs/experiments/c{i} {shas[i]}")
+    refs.append(f"update refs/swarm/root {shas[1]}")
+    refs.append(f"update refs/heads/main {shas[1]}")
     refs.append("delete refs/heads/tmp")
     subprocess.run(["git", "-C", str(repo), "update-ref", "--stdin"],
                    input="\n".join(refs).encode() + b"\n", check=True, capture_output=True)
@@ -247,14 +264,14 @@ def _fast_import(repo: Path, commits: list[_Commit], state: dict) -> dict[int, s
 
 def _write_logs(home: Path, rows: list[dict], rng: random.Random, n: int) -> None:
     for r in rows:
-        if r["status"] == "invalid":
+        if r["run_status"] == "invalid":
             continue
         d = home / "runs" / r["experiment_id"]
         d.mkdir(parents=True, exist_ok=True)
         lines = [f"step {i:05d} | loss {3.0 - i * 0.01:.4f} | {r['experiment_id']}" for i in range(n)]
-        if r["status"] == "crash":
+        if r["run_status"] == "crash":
             lines.append("RuntimeError: shape mismatch in attention")
-        elif r["status"] == "timeout":
+        elif r["run_status"] == "timeout":
             lines.append("killed: hard time limit")
         else:
             lines.append(f"val_bpb: {r['val_bpb']:.6f}")
@@ -280,9 +297,9 @@ def fallback_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
     G = nx.DiGraph()
     by_commit: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get("commit") and r.get("status") != "invalid":
+        if r.get("commit") and r.get("run_status") != "invalid":
             by_commit.setdefault(r["commit"], []).append(r)
-    G.graph["invalid"] = [r for r in rows if r.get("status") == "invalid" or not r.get("commit")]
+    G.graph["invalid"] = [r for r in rows if r.get("run_status") == "invalid" or not r.get("commit")]
     parents = _parents(repo_path, list(by_commit))
     best_tips = {}
     for ref in _git(repo_path, "for-each-ref", "--format=%(refname) %(objectname)",
@@ -305,10 +322,10 @@ def fallback_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
             src = merged_by[sha]
             decision = "merge" if src.get("decision") == "merge" else src.get("decision")
         G.add_node(sha, val_bpb=sum(ok) / len(ok) if ok else None, samples=len(ok),
-                   status=main["status"], decision=decision, agent=src["agent"],
+                   status=main["run_status"], decision=decision, agent=src["agent"],
                    program=src["program"], hardware_class=main["hardware_class"],
                    description=src.get("description", ""), experiment_id=main["experiment_id"],
-                   kind=main.get("kind"), delta=main.get("delta"),
+                   kind=main.get("kind"), delta=main.get("decision_delta"),
                    suspect=bool(src.get("suspect")),
                    simplification=decision == "simplification",
                    is_merge=len(parents.get(sha, [])) > 1, on_best=sha in on_best,

@@ -11,6 +11,12 @@ COLUMNS = ("program", "experiments", "keeps", "promotions", "best_delta", "gpu_h
            "llm_cost_usd", "gpu_hours_per_accept", "cost_per_accept")
 
 
+def record_status(r: dict) -> str:
+    """ok|crash|timeout|invalid. Ledger rows keep it in `run_status` (their `status` is the
+    original's TSV word: keep/discard/...); plain ExperimentRecord dumps keep it in `status`."""
+    return r.get("run_status") or r.get("status") or "?"
+
+
 def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else 0.0
 
@@ -36,7 +42,7 @@ def program_table(rows: list[dict]) -> list[dict]:
 
 def _stats(program: str, rs: list[dict]) -> dict:
     exps = [r for r in rs if (r.get("kind") or "experiment") == "experiment"]
-    keeps = [r for r in exps if r.get("status") == "ok" and _num(r.get("delta")) > 0]
+    keeps = [r for r in exps if record_status(r) == "ok" and _num(r.get("delta")) > 0]
     acc = [r for r in rs if r.get("decision") in ACCEPTED]
     deltas = [_num(r.get("delta")) for r in acc if r.get("delta") is not None]
     gpu_h = sum(run_seconds(r) for r in rs) / 3600.0
@@ -64,5 +70,6 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
     """How many records ended in each status (ok, crash, timeout, invalid)."""
     out: dict[str, int] = {}
     for r in rows:
-        out[r.get("status") or "?"] = out.get(r.get("status") or "?", 0) + 1
+        s = record_status(r)
+        out[s] = out.get(s, 0) + 1
     return out

@@ -43,8 +43,9 @@ def best_tips(G: nx.DiGraph) -> dict[str, str]:
     for n, a in G.nodes(data=True):
         if not a.get("on_best"):
             continue
-        if any(G.nodes[c].get("on_best") and G.edges[n, c].get("first_parent", True)
-               for c in G.successors(n)):
+        # on_best may cover every ancestor of best (merged-in commits too): a tip is a node
+        # with no successor on best at all
+        if any(G.nodes[c].get("on_best") for c in G.successors(n)):
             continue
         hw = a.get("hardware_class") or "?"
         # the latest tip wins should a class ever show two (it should not)
@@ -102,8 +103,8 @@ def _line(G: nx.DiGraph, n: str, tag: str, parent: str | None) -> str:
 def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw: str) -> list[str]:
     # the root is shared by every class: only this class's attempts belong under it
     kids = [c for c in G.successors(n)
-            if c not in chain and G.nodes[c].get("hardware_class", hw) == hw]
-    invalid = [r for r in invalid if r.get("hardware_class", hw) == hw]
+            if c not in chain and (G.nodes[c].get("hardware_class") or hw) == hw]
+    invalid = [r for r in invalid if (r.get("hardware_class") or hw) == hw]
     kids.sort(key=lambda c: G.nodes[c].get("started_at") or 0)
     out = []
     for c in kids:
@@ -114,6 +115,10 @@ def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw:
         if not G.edges[n, c].get("first_parent", True):
             tag = f"{tag} (2nd parent)"
         out.append(_line(G, c, tag, n))
+    if not invalid and G.nodes[n].get("invalid_children"):
+        # the builder kept only a count: the records themselves are in the ledger
+        out.append(f"{G.nodes[n]['invalid_children']} invalid edit(s) on this commit "
+                   "(never trained; `swarm export` lists them)")
     for r in invalid:
         reason = r.get("reason") or ""
         out.append(f"{r.get('experiment_id')}  invalid  {r.get('agent', '?')}  "

@@ -1,0 +1,78 @@
+"""`swarm lineage --format json|dot|graphml`: the lineage graph for other tools, written with
+networkx's own writers (node-link JSON, pydot's DOT, GraphML)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import IO
+
+import networkx as nx
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "dot", "graphml")
+
+
+class ExportError(ValueError):
+    """The graph cannot be written in the format asked for."""
+
+
+def _scalar(v):
+    """GraphML and DOT take only scalars: None is dropped, lists/dicts become JSON text."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (str, int, float, bool)):
+        return v
+    if hasattr(v, "item"):
+        return _scalar(v.item())
+    return json.dumps(v, default=str)
+
+
+def _scalar_copy(G: nx.DiGraph, *, dot: bool = False) -> nx.DiGraph:
+    H = nx.DiGraph()
+    for n, a in G.nodes(data=True):
+        attrs = {k: _scalar(v) for k, v in a.items() if _scalar(v) is not None}
+        if dot:
+            # pydot writes raw strings: quote every value so ':' or spaces in descriptions parse
+            attrs = {k: json.dumps(str(v)) for k, v in attrs.items()}
+            attrs["label"] = json.dumps(f"{str(n)[:7]} {a.get('agent') or ''}".strip())
+        H.add_node(json.dumps(n) if dot else n, **attrs)
+    for u, v, a in G.edges(data=True):
+        attrs = {k: _scalar(x) for k, x in a.items() if _scalar(x) is not None}
+        if dot:
+            attrs = {k: json.dumps(str(x)) for k, x in attrs.items()}
+        H.add_edge(json.dumps(u) if dot else u, json.dumps(v) if dot else v, **attrs)
+    return H
+
+
+def graph_text(G: nx.DiGraph, fmt: str) -> str:
+    """The graph as text in fmt (json: networkx node-link data with edges under 'links')."""
+    if fmt == "json":
+        return json.dumps(nx.node_link_data(G, edges="links"), default=str, indent=1)
+    if fmt == "graphml":
+        return "\n".join(nx.generate_graphml(_scalar_copy(G))) + "\n"
+    if fmt == "dot":
+        try:
+            from networkx.drawing.nx_pydot import to_pydot
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ExportError("--format dot needs the 'pydot' package (pip install pydot)") from e
+        return to_pydot(_scalar_copy(G, dot=True)).to_string()
+    raise ExportError(f"unknown format {fmt!r} (choose one of: {', '.join(FORMATS)})")
+
+
+def write_graph(G: nx.DiGraph, fmt: str, out: str | Path | IO[str]) -> None:
+    """Write G as json|dot|graphml to a path (whole, via a temp file) or an open text stream."""
+    text = graph_text(G, fmt)
+    if isinstance(out, (str, Path)):
+        path = Path(out)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    elif isinstance(out, io.TextIOBase) or hasattr(out, "write"):
+        out.write(text)
+    else:
+        raise ExportError(f"cannot write to {out!r}: give a path or a text stream")

@@ -162,3 +162,22 @@ class Broadcast(_Model):
     experiment_id: str | None = None
     decision: DecisionKind | None = None
     published_at: float = Field(default_factory=time.time)
+
+
+class PromotionConfig(_Model):
+    """How the coordinator decides that a result is a real improvement, not noise."""
+
+    min_delta: float = Field(0.001, ge=0, description="smallest val_bpb improvement that ever counts (bpb)")
+    k: float = Field(2.5, ge=0, description="margin in standard errors of the difference of means; "
+                     "2.5 keeps the false-promotion rate of zero-effect edits under 5%")
+    sigma_prior: float = Field(0.005, gt=0, description="val_bpb std of one commit, used until a hardware "
+                               "class has a commit with >= 2 samples (bpb)")
+    cost_per_line: float = Field(2e-5, ge=0, description="extra improvement each net added line of "
+                                 "train.py must buy (bpb per line)")
+    simplify_tolerance_k: float = Field(1.0, ge=0, description="a change that removes more lines than it "
+                                        "adds is a win when it is worse than best by at most this many "
+                                        "standard errors (or min_delta)")
+    confirm_runs: int = Field(1, ge=0, description="confirmation runs (new seed) for a positive result "
+                              "inside the margin before it is discarded")
+    job_lease_s: float = Field(900.0, gt=0, description="a job handed out but not reported within this "
+                               "many seconds is handed out again")

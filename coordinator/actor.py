@@ -1,0 +1,32 @@
+"""The coordinator as a named, restartable Ray actor: the one place Coordinator becomes an actor.
+
+Methods are idempotent (reports by experiment id, begin by id), so Ray may retry them after a
+restart (max_task_retries=-1); the constructor rebuilds everything from redis and git.
+Decisions stay one at a time: Coordinator holds a lock around every decision, so concurrent
+calls (max_concurrency) only overlap in cheap reads such as best() and heartbeat().
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.core import Coordinator
+from trainer.schema import PromotionConfig
+
+NAMESPACE = "autoresearch-swarm"
+
+
+def actor_name(swarm_id: str) -> str:
+    return f"swarm-coordinator-{swarm_id}"
+
+
+def coordinator_actor(swarm_home: Path, redis_url: str, promotion: PromotionConfig, swarm_id: str,
+                      baseline_train_py: str | None = None, max_concurrency: int = 32):
+    """Get or create the swarm's coordinator actor (named, restarted forever). Returns its handle."""
+    import ray
+
+    return ray.remote(Coordinator).options(
+        name=actor_name(swarm_id), namespace=NAMESPACE, get_if_exists=True,
+        max_restarts=-1, max_task_retries=-1, max_concurrency=max_concurrency,
+        # It decides, it does not train: it must never take an agent's CPU or GPU slot.
+        num_cpus=0,
+    ).remote(Path(swarm_home), redis_url, promotion, swarm_id, baseline_train_py)

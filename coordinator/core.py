@@ -1,0 +1,527 @@
+"""The Coordinator: owns the research repo, the ledger and the decisions (a plain class; actor.py wraps it).
+
+Decisions are made one at a time under one lock, in the order reports reach the coordinator.
+That is the stated order for several winners from one parent: the first to arrive
+fast-forwards `best`; the next ones are then children of an older best and take the merge path
+(3-way merge onto the current best, verification run, then `merge` or `did-not-stack`).
+A retried report returns the experiment's current decision and appends nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from coordinator import broadcast
+from coordinator.ledger import Ledger, LedgerError
+from coordinator.repo import RepoError, ResearchRepo
+from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
+from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
+                            StartedExperiment)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots
+JOB_MAX_ATTEMPTS = 3         # a job whose run crashes is handed out again this many times
+_HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class CoordinatorError(RuntimeError):
+    """A request the coordinator cannot serve (unknown commit to fetch, no baseline...)."""
+
+
+def redis_endpoint(url: str) -> str:
+    """host:port of a redis URL, for messages: the URL itself holds the password."""
+    u = urlparse(url)
+    return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"
+
+
+def connect_redis(url: str, retry_s: float = 30.0) -> redis.Redis:
+    """A client that retries with backoff while redis restarts mid-run. Raises LedgerError (one line)."""
+    where = redis_endpoint(url)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
+    except redis.AuthenticationError:
+        raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
+    except redis.ResponseError as e:
+        if "auth" in str(e).lower() or "NOAUTH" in str(e):
+            raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
+        raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
+    retries = max(1, int(retry_s / 0.5))
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+
+
+class Coordinator:
+    """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
+    status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
+    cache rebuilt from them on construction, so it may be killed and re-created at any time."""
+
+    def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,
+                 swarm_id: str | None = None, baseline_train_py: str | None = None):
+        self.home = Path(swarm_home)
+        self.cfg = promotion
+        self.swarm_id = swarm_id or "swarm"
+        self._lock = threading.RLock()
+        self.r = connect_redis(redis_url)
+        self.ledger = Ledger(self.r, self.swarm_id)
+        self.repo = ResearchRepo(self.home / "repo.git")
+        if not self.repo.exists():
+            if baseline_train_py is None:
+                from trainer import baseline_path  # the agents' engineer's module; late import
+                baseline_train_py = Path(baseline_path()).read_text()
+            self.repo.create(baseline_train_py)
+        self.root = self.repo.root()
+        self._rng = random.Random()
+        self._load()
+
+    # -- rebuilding from redis and git ----------------------------------------------------------
+    def _load(self) -> None:
+        self.records: dict[str, ExperimentRecord] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.started: dict[str, StartedExperiment] = {}
+        self.samples: dict[tuple[str, str], Samples] = {}
+        self.noise: dict[str, NoisePool] = {}
+        self.order: dict[str, list[str]] = {}
+        self._blobs: dict[str, str] = {}
+        self._history: dict[str, tuple[str, set[str]]] = {}
+        self._since_snapshot = 0
+        last_move: dict[str, Decision] = {}
+        for typ, id, js in self.ledger.events():
+            if typ == "started":
+                self.started[id] = StartedExperiment.model_validate_json(js)
+            elif typ == "record":
+                rec = ExperimentRecord.model_validate_json(js)
+                self.records[id] = rec
+                self.order.setdefault(rec.hardware_class, []).append(id)
+            elif typ == "decision":
+                d = Decision.model_validate_json(js)
+                self.decisions[id] = d
+                if d.best_after and d.hardware_class:
+                    last_move[d.hardware_class] = d
+        self.jobs: dict[str, dict] = self.ledger.jobs()
+        self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
+        for id, rec in self.records.items():
+            d = self.decisions.get(id)
+            if d is not None and d.decision != "rejected" and rec.status == "ok":
+                self._add_sample(rec)
+        for hw, d in last_move.items():
+            self._reconcile_ref(hw, d)
+        undecided = [id for id in self.records if id not in self.decisions]
+        for id in undecided:  # the coordinator died between storing a record and deciding it
+            log.warning("deciding %s, recorded before the last restart but never decided", id)
+            self._decide(self.records[id])
+        for hw in sorted(self.classes):
+            self._sync_best_key(hw)
+        log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
+                 len(self.records), len(self.decisions), sorted(self.classes))
+
+    def _reconcile_ref(self, hw: str, d: Decision) -> None:
+        ref = self._ref(hw)
+        cur = self.repo.ref(ref)
+        target = d.best_after
+        if cur == target or target is None or not self.repo.has_commit(target):
+            return
+        if cur is None or self.repo.is_ancestor(cur, target):
+            # The ledger is written first: a promotion whose ref move did not happen is re-applied.
+            log.warning("best[%s]: re-applying %s from the ledger (ref was %s)", hw, target[:10],
+                        (cur or "none")[:10])
+            self.repo.set_ref(ref, target)
+        elif self.repo.is_ancestor(target, cur):
+            log.warning("best[%s]: git ref %s is ahead of the ledger (%s); trusting git", hw,
+                        cur[:10], target[:10])
+        else:
+            log.error("best[%s]: git ref %s and ledger %s diverged; keeping git", hw, cur[:10], target[:10])
+
+    def _sync_best_key(self, hw: str) -> None:
+        cur = self.repo.ref(self._ref(hw))
+        key = broadcast.latest(self.r, self.swarm_id, hw)
+        s = self._samples_of(hw, cur)
+        if cur is None or s.n == 0 or (key is not None and key.commit == cur):
+            return
+        self._publish(hw, cur, None, None)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @staticmethod
+    def _ref(hw: str) -> str:
+        return f"refs/heads/best/{hw}"
+
+    def _best_commit(self, hw: str) -> str:
+        c = self.repo.ref(self._ref(hw))
+        if c is None:
+            raise CoordinatorError(f"hardware class {hw!r} has no best ref")
+        return c
+
+    def _blob(self, commit: str) -> str:
+        b = self._blobs.get(commit)
+        if b is None:
+            b = self._blobs[commit] = self.repo.blob_id(commit)
+        return b
+
+    def _samples_of(self, hw: str, commit: str | None) -> Samples:
+        if commit is None:
+            return Samples()
+        return self.samples.get((hw, self._blob(commit)), Samples())
+
+    def _sigma(self, hw: str) -> float:
+        return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
+
+    def _add_sample(self, rec: ExperimentRecord) -> None:
+        if rec.val_bpb is None or not self.repo.has_commit(rec.commit):
+            return
+        key = (rec.hardware_class, self._blob(rec.commit))
+        s = self.samples.setdefault(key, Samples())
+        self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
+
+    def _best_history(self, hw: str, best: str) -> set[str]:
+        cached = self._history.get(hw)
+        if cached is None or cached[0] != best:
+            cached = (best, set(self.repo.first_parent_history(best)))
+            self._history[hw] = cached
+        return cached[1]
+
+    def _register(self, hw: str) -> bool:
+        if hw in self.classes:
+            return True
+        if not _HW_RE.match(hw):
+            return False
+        self.repo.update_ref(self._ref(hw), self.root, None)  # CAS create; no-op if it exists
+        self.classes.add(hw)
+        log.info("new hardware class %s: best starts at the baseline %s", hw, self.root[:10])
+        return True
+
+    def _put(self, d: Decision) -> Decision:
+        self.ledger.put_decision(d)
+        self.decisions[d.experiment_id] = d
+        return d
+
+    def _dec(self, rec: ExperimentRecord, decision: str, reason: str, **kw) -> Decision:
+        if decision == "rejected":
+            log.warning("rejected %s: %s", rec.experiment_id, reason)
+        return self._put(Decision(experiment_id=rec.experiment_id, decision=decision, reason=reason,
+                                  hardware_class=rec.hardware_class, **kw))
+
+    def _publish(self, hw: str, commit: str, exp_id: str | None, decision: str | None) -> Broadcast:
+        s = self._samples_of(hw, commit)
+        b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
+                      val_bpb=s.mean if s.n else float("nan"),
+                      seq=broadcast.next_seq(self.r, self.swarm_id, hw),
+                      experiment_id=exp_id, decision=decision)
+        broadcast.publish(self.r, b)
+        return b
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def _issue_job(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
+                   description: str, for_agent: str | None = None) -> Job:
+        for st in self.jobs.values():  # one outstanding job per candidate commit is enough
+            j = st["job"]
+            if (not st["done"] and j["kind"] == kind and j["commit"] == commit
+                    and j["for_experiment"] == for_experiment and kind != "baseline"):
+                return Job.model_validate(j)
+        job = Job(job_id=f"{kind}-{uuid.uuid4().hex[:10]}", kind=kind, commit=commit, parent=parent,
+                  hardware_class=hw, seed=self._rng.randrange(1, 2**31 - 1),
+                  for_experiment=for_experiment, description=description)
+        self.ledger.add_job(job)
+        st = {"job": job.model_dump(), "agent": for_agent, "for_agent": for_agent,
+              "leased_at": time.time() if for_agent else None, "done": False, "attempts": 0,
+              "created": time.time()}
+        self.jobs[job.job_id] = st
+        self.ledger.update_job(job.job_id, st)
+        return job
+
+    def _job_finished(self, rec: ExperimentRecord) -> dict | None:
+        st = self.jobs.get(rec.job_id or "")
+        if st is None:
+            return None
+        if rec.status == "ok" or st["attempts"] + 1 >= JOB_MAX_ATTEMPTS:
+            st["done"] = True
+        else:
+            # The run died, not the idea: hand the same job to another agent.
+            st["attempts"] += 1
+            st["agent"], st["leased_at"] = None, None
+        self.ledger.update_job(rec.job_id, st)
+        return st
+
+    # -- deciding ---------------------------------------------------------------------------------
+    def _decide(self, rec: ExperimentRecord) -> Decision:
+        hw = rec.hardware_class
+        st = self._job_finished(rec) if rec.job_id else None
+        if hw not in self.classes:
+            return self._dec(rec, "rejected", f"unknown hardware class {hw!r}")
+        if rec.commit is not None and self.repo.has_commit(rec.commit):
+            # Discarded and crashed commits stay reviewable.
+            self.repo.set_ref(f"refs/experiments/{rec.experiment_id}", rec.commit)
+        if rec.status != "ok":
+            dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
+            if st is not None and st["done"] and st["job"]["for_experiment"]:
+                self._give_up(st["job"]["for_experiment"], f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
+            return dec
+        if not self.repo.has_commit(rec.commit):
+            return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
+                             f"repo and no bundle sent)")
+        if rec.val_bpb is None:
+            return self._dec(rec, "rejected", "status ok but no val_bpb")
+        try:
+            self._blob(rec.commit)
+        except RepoError:
+            return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
+        self._add_sample(rec)
+        best = self._best_commit(hw)
+        if self._blob(rec.commit) == self._blob(best):
+            self._refresh_best_key(hw, best)
+        if rec.kind == "baseline":
+            return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self._sigma(hw),
+                             samples=self._samples_of(hw, rec.commit).n)
+        if rec.kind in ("confirm", "verify"):
+            orig = st["job"]["for_experiment"] if st else None
+            if orig is None or orig not in self.records:
+                return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)")
+            od = self._rejudge(orig)
+            if rec.kind == "verify" and od.decision in ("merge", "did-not-stack"):
+                return self._put(od.model_copy(update={"experiment_id": rec.experiment_id,
+                                                       "decided_at": time.time()}))
+            return self._dec(rec, "sample", f"{rec.kind} run for {orig}: it is now {od.decision}",
+                             samples=od.samples, sigma=od.sigma)
+        return self._judge_experiment(rec)
+
+    def _refresh_best_key(self, hw: str, best: str) -> None:
+        key = broadcast.latest(self.r, self.swarm_id, hw)
+        if key is None or key.commit != best:
+            self._publish(hw, best, None, None)
+        else:  # same seq: the value of the same commit got one more sample
+            s = self._samples_of(hw, best)
+            self.r.set(broadcast.best_key(self.swarm_id, hw),
+                       key.model_copy(update={"val_bpb": s.mean}).model_dump_json())
+
+    def _verdict_decision(self, rec: ExperimentRecord, v: Verdict, sigma: float, **kw) -> Decision:
+        return self._dec(rec, v.decision, v.reason, delta=v.delta, margin=v.margin, sigma=sigma,
+                         samples=v.samples, **kw)
+
+    def _judge_experiment(self, rec: ExperimentRecord) -> Decision:
+        hw, C, P = rec.hardware_class, rec.commit, rec.parent
+        best = self._best_commit(hw)
+        sigma = self._sigma(hw)
+        cs = self._samples_of(hw, C)
+        if not self.repo.has_commit(P):
+            return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
+        added, removed = self.repo.diff_lines(P, C)
+        net = added - removed
+        if P == best:
+            v = judge(self.cfg, cs, self._samples_of(hw, best), sigma, net)
+            if v.decision in ("promote", "simplification"):
+                return self._move_best(rec, hw, best, C, v, sigma, v.decision)
+            if v.decision == "pending":
+                self._issue_job("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
+            return self._verdict_decision(rec, v, sigma, best_before=best)
+        if P in self._best_history(hw, best):
+            ps = self._samples_of(hw, P)
+            if ps.n == 0:
+                return self._dec(rec, "discard", "its parent, an older best, has no samples")
+            v = judge(self.cfg, cs, ps, sigma, net)
+            if v.decision in ("promote", "simplification"):
+                return self._try_merge(rec, hw, P, best, v, sigma)
+            if v.decision == "pending":
+                self._issue_job("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
+            return self._verdict_decision(rec, v, sigma, best_before=best)
+        return self._dec(rec, "discard", "parent is not on best (not the current or an older best)",
+                         best_before=best)
+
+    def _try_merge(self, rec: ExperimentRecord, hw: str, P: str, best: str, v: Verdict,
+                   sigma: float) -> Decision:
+        text, clean = self.repo.merge_file(P, best, rec.commit)
+        if not clean:
+            return self._dec(rec, "conflict", f"beat its parent by {v.delta:.4f} but its change does "
+                             f"not apply onto best {best[:10]}", delta=v.delta, sigma=sigma,
+                             samples=v.samples, best_before=best)
+        M = self.repo.commit_tree(text, [best, rec.commit],
+                                  f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
+        self.repo.set_ref(f"refs/candidates/{rec.experiment_id}", M)
+        if self._blob(M) == self._blob(best):
+            return self._dec(rec, "discard", "its change is already in best", best_before=best)
+        self._issue_job("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
+        return self._dec(rec, "pending", f"beat its parent (an older best) by {v.delta:.4f}; merged "
+                         f"cleanly onto best: verifying", delta=v.delta, margin=v.margin, sigma=sigma,
+                         samples=v.samples, best_before=best, merge_commit=M)
+
+    def _rejudge(self, exp_id: str) -> Decision:
+        d = self.decisions[exp_id]
+        if d.decision != "pending":
+            return d
+        rec = self.records[exp_id]
+        hw = rec.hardware_class
+        M = d.merge_commit
+        if M is None:
+            return self._judge_experiment(rec)
+        if self._samples_of(hw, M).n == 0:
+            return d  # its verification run has not reported yet
+        best = self._best_commit(hw)
+        if best != d.best_before:
+            # Best moved while the verification ran: merge onto the new best and verify again.
+            return self._judge_experiment(rec)
+        sigma = self._sigma(hw)
+        added, removed = self.repo.diff_lines(best, M)
+        v = judge(self.cfg, self._samples_of(hw, M), self._samples_of(hw, best), sigma, added - removed)
+        if v.decision in ("promote", "simplification"):
+            return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M)
+        if v.decision == "pending":
+            self._issue_job("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
+            return self._verdict_decision(rec, v, sigma, best_before=best, merge_commit=M)
+        return self._dec(rec, "did-not-stack", f"merged cleanly but the merge did not beat best: "
+                         f"{v.reason}", delta=v.delta, margin=v.margin, sigma=sigma,
+                         samples=v.samples, best_before=best, merge_commit=M)
+
+    def _give_up(self, exp_id: str, reason: str) -> None:
+        d = self.decisions.get(exp_id)
+        if d is not None and d.decision == "pending":
+            rec = self.records[exp_id]
+            self._dec(rec, "did-not-stack" if d.merge_commit else "discard", reason,
+                      best_before=d.best_before, merge_commit=d.merge_commit)
+
+    def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
+                   kind: str, merge_commit: str | None = None) -> Decision:
+        cs, bs = self._samples_of(hw, new), self._samples_of(hw, old)
+        suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
+        reason = v.reason + (" [suspect: confirm split got worse]" if suspect else "")
+        # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
+        d = self._dec(rec, kind, reason, delta=v.delta, margin=v.margin, sigma=sigma, samples=v.samples,
+                      best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit)
+        if not self.repo.update_ref(self._ref(hw), new, old):
+            raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
+        self._publish(hw, new, rec.experiment_id, kind)
+        log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
+                 rec.experiment_id, hw, old[:10], new[:10], v.delta, v.margin, sigma, v.samples,
+                 " SUSPECT" if suspect else "")
+        return d
+
+    # -- the agent-facing port ------------------------------------------------------------------
+    def begin(self, started: StartedExperiment) -> None:
+        """Record the intent to run an experiment (before training). Idempotent by experiment_id."""
+        with self._lock:
+            if started.experiment_id in self.started:
+                return
+            self._register(started.hardware_class)
+            self.ledger.add_started(started)
+            self.started[started.experiment_id] = started
+
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+        """Store a record and decide it. Idempotent: a retried report returns the experiment's
+        current decision and appends nothing. `bundle`: git bundle bytes holding record.commit
+        (from an agent on another node). Bad records are decided `rejected`, never raised."""
+        with self._lock:
+            d = self.decisions.get(record.experiment_id)
+            if d is not None:
+                return d
+            if bundle:
+                try:
+                    self.repo.fetch_bundle(bundle)
+                except RepoError as e:
+                    log.warning("bundle from %s not fetched: %s", record.agent, e)
+            if record.experiment_id not in self.records:
+                record = record.model_copy(update={"swarm_id": record.swarm_id or self.swarm_id})
+                self.ledger.add_record(record)
+                self.records[record.experiment_id] = record
+                self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
+            d = self._decide(self.records[record.experiment_id])
+            self._since_snapshot += 1
+            if self._since_snapshot >= SNAPSHOT_EVERY:
+                self.snapshot()
+            return d
+
+    def next_job(self, agent: str, hardware_class: str) -> Job | None:
+        """A baseline run for an agent new to this class, else an open confirm/verify job (or one
+        whose lease ran out), else None (do your own research)."""
+        with self._lock:
+            if not self._register(hardware_class):
+                raise CoordinatorError(f"bad hardware class name {hardware_class!r}")
+            now = time.time()
+            if not any(st["for_agent"] == agent and st["job"]["kind"] == "baseline"
+                       and st["job"]["hardware_class"] == hardware_class for st in self.jobs.values()):
+                best = self._best_commit(hardware_class)
+                return self._issue_job("baseline", best, best, hardware_class, None,
+                                       "baseline (unchanged best)", for_agent=agent)
+            for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
+                j = st["job"]
+                if st["done"] or j["hardware_class"] != hardware_class:
+                    continue
+                if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.cfg.job_lease_s:
+                    st["agent"], st["leased_at"] = agent, now
+                    self.ledger.update_job(job_id, st)
+                    return Job.model_validate(j)
+            return None
+
+    def best(self, hardware_class: str) -> Broadcast | None:
+        """The latest best of a class (None until its baseline has a sample)."""
+        return broadcast.latest(self.r, self.swarm_id, hardware_class)
+
+    def recent(self, hardware_class: str, n: int) -> list[tuple[ExperimentRecord, Decision | None]]:
+        """The last n records of a class with their current decisions, oldest first."""
+        with self._lock:
+            ids = self.order.get(hardware_class, [])[-n:] if n > 0 else []
+            return [(self.records[i], self.decisions.get(i)) for i in ids]
+
+    def heartbeat(self, agent: str, status: dict) -> None:
+        """Store an agent's status (read by the live view and `swarm status`)."""
+        self.r.hset(self.ledger.key("agents"), agent, json.dumps({**status, "ts": time.time()}))
+
+    def fetch(self, commit: str) -> bytes:
+        """A git bundle containing `commit`. Raises CoordinatorError for an unknown commit."""
+        with self._lock:
+            if not self.repo.has_commit(commit):
+                raise CoordinatorError(f"unknown commit {commit!r}")
+            return self.repo.bundle(commit)
+
+    def status(self) -> dict:
+        """Best, its mean val_bpb and samples, and sigma per class; counts of decisions and jobs."""
+        with self._lock:
+            classes = {}
+            for hw in sorted(self.classes):
+                best = self._best_commit(hw)
+                s = self._samples_of(hw, best)
+                classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
+                               "sigma": self._sigma(hw),
+                               "noise_dof": self.noise.get(hw, NoisePool()).dof}
+            counts: dict[str, int] = {}
+            for d in self.decisions.values():
+                counts[d.decision] = counts.get(d.decision, 0) + 1
+            return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
+                    "records": len(self.records), "started": len(self.started),
+                    "open_jobs": sum(1 for st in self.jobs.values() if not st["done"])}
+
+    def reconcile_dead_agent(self, agent: str) -> list[str]:
+        """Record `crash` ("agent died mid-run") for the agent's begun-but-unreported experiments
+        and release its job leases. Returns the experiment ids it recorded."""
+        with self._lock:
+            ids = [i for i, s in self.started.items() if s.agent == agent and i not in self.records]
+            for i in ids:
+                s = self.started[i]
+                self.report(ExperimentRecord(
+                    experiment_id=i, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
+                    program=s.program, hardware_class=s.hardware_class, parent=s.parent,
+                    commit=s.commit, description=s.description, status="crash",
+                    reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
+                    started_at=s.started_at, finished_at=time.time()))
+            for job_id, st in self.jobs.items():
+                if st["agent"] == agent and not st["done"]:
+                    st["agent"], st["leased_at"] = None, None
+                    self.ledger.update_job(job_id, st)
+            return ids
+
+    def snapshot(self) -> Path:
+        """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
+        with self._lock:
+            self._since_snapshot = 0
+            return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")

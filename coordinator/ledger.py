@@ -1,0 +1,246 @@
+"""The ledger: an append-only redis stream of started/record/decision/job events, plus exports.
+
+Writes are idempotent by id: a Lua script checks the lookup hash and appends to the stream in
+one atomic step, so a retried report never doubles. `Ledger` also reads without Ray (the CLI's
+status/lineage/export commands) and writes the parquet snapshot, TSV and JSON.
+
+Row schema (one row per experiment, `rows()`): every ExperimentRecord field except `result`,
+flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps`, `tokens`,
+`num_params`, then the latest decision: `decision`, `decision_reason`, `best_before`,
+`best_after`, `decision_delta`, `margin`, `sigma`, `samples`, `suspect`, `merge_commit`,
+`decided_at`, `simplification`. TSV columns: commit val_bpb memory_gb status description agent
+program parent, then the rest in ROW_COLUMNS order; `status` uses the original's vocabulary
+(keep/discard/crash) plus ours (pending, conflict, did-not-stack, timeout, invalid, rejected,
+sample).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainer.schema import Decision, ExperimentRecord, Job, StartedExperiment
+
+log = logging.getLogger(__name__)
+
+
+class LedgerError(RuntimeError):
+    """The ledger (redis) cannot be reached or holds something unreadable."""
+
+
+_APPEND = """
+if ARGV[4] == '0' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'type', ARGV[3], 'id', ARGV[1], 'json', ARGV[2])
+return 1
+"""
+
+KEEP = {"promote", "merge", "simplification"}
+
+ROW_SCHEMA = pa.schema([
+    ("commit", pa.string()), ("val_bpb", pa.float64()), ("memory_gb", pa.float64()),
+    ("status", pa.string()), ("description", pa.string()), ("agent", pa.string()),
+    ("program", pa.string()), ("parent", pa.string()),
+    ("experiment_id", pa.string()), ("swarm_id", pa.string()), ("kind", pa.string()),
+    ("backend", pa.string()), ("seed", pa.int64()), ("hardware_class", pa.string()),
+    ("run_status", pa.string()), ("reason", pa.string()), ("confirm_bpb", pa.float64()),
+    ("parent_val_bpb", pa.float64()), ("delta", pa.float64()), ("lines_added", pa.int64()),
+    ("lines_removed", pa.int64()), ("fix_attempts", pa.int64()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("started_at", pa.float64()),
+    ("finished_at", pa.float64()), ("job_id", pa.string()),
+    ("training_seconds", pa.float64()), ("total_seconds", pa.float64()), ("steps", pa.int64()),
+    ("tokens", pa.int64()), ("num_params", pa.int64()),
+    ("decision", pa.string()), ("decision_reason", pa.string()), ("best_before", pa.string()),
+    ("best_after", pa.string()), ("decision_delta", pa.float64()), ("margin", pa.float64()),
+    ("sigma", pa.float64()), ("samples", pa.int64()), ("suspect", pa.bool_()),
+    ("merge_commit", pa.string()), ("decided_at", pa.float64()), ("simplification", pa.bool_()),
+])
+ROW_COLUMNS = ROW_SCHEMA.names
+
+
+def tsv_status(record_status: str, decision: str | None) -> str:
+    """The original's status vocabulary (keep/discard/crash) extended with ours."""
+    if decision in KEEP:
+        return "keep"
+    if decision is None:
+        return "crash" if record_status == "crash" else "pending"
+    return decision
+
+
+def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
+    r = rec.model_dump(exclude={"result", "status"})
+    res = rec.result
+    row = {c: None for c in ROW_COLUMNS}
+    row.update(r)
+    row["run_status"] = rec.status
+    mem = res.peak_memory_mb if res else None
+    row["memory_gb"] = mem / 1024 if mem is not None else None
+    for f in ("training_seconds", "total_seconds", "steps", "tokens", "num_params"):
+        row[f] = getattr(res, f) if res else None
+    if dec is not None:
+        row.update(decision=dec.decision, decision_reason=dec.reason, best_before=dec.best_before,
+                   best_after=dec.best_after, decision_delta=dec.delta, margin=dec.margin,
+                   sigma=dec.sigma, samples=dec.samples, suspect=dec.suspect,
+                   merge_commit=dec.merge_commit, decided_at=dec.decided_at,
+                   simplification=dec.decision == "simplification")
+    else:
+        row.update(suspect=False, simplification=False)
+    row["status"] = tsv_status(rec.status, dec.decision if dec else None)
+    return row
+
+
+class Ledger:
+    """Reader and writer of one swarm's ledger in redis (prefix `swarm:<swarm_id>:`)."""
+
+    def __init__(self, client, swarm_id: str):
+        self.r = client
+        self.swarm_id = swarm_id
+        self.prefix = f"swarm:{swarm_id}:"
+        self._append = client.register_script(_APPEND)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    # -- writing ------------------------------------------------------------------------------
+    def _add(self, typ: str, hash_name: str, id: str, payload: str, overwrite: bool) -> bool:
+        return bool(self._append(keys=[self.key(hash_name), self.key("ledger")],
+                                 args=[id, payload, typ, "1" if overwrite else "0"]))
+
+    def add_started(self, s: StartedExperiment) -> bool:
+        return self._add("started", "started", s.experiment_id, s.model_dump_json(), False)
+
+    def add_record(self, rec: ExperimentRecord) -> bool:
+        """Append a record; False (and nothing written) when its experiment id is already there."""
+        return self._add("record", "records", rec.experiment_id, rec.model_dump_json(), False)
+
+    def put_decision(self, d: Decision) -> None:
+        """Append a decision; a later one for the same experiment supersedes it (pending -> promote)."""
+        self._add("decision", "decisions", d.experiment_id, d.model_dump_json(), True)
+
+    def add_job(self, job: Job) -> bool:
+        return self._add("job", "jobs", job.job_id, json.dumps({"job": job.model_dump(),
+                         "agent": None, "leased_at": None, "done": False}), False)
+
+    def update_job(self, job_id: str, state: dict) -> None:
+        # Lease bookkeeping is mutable state, not history: hash only, not the stream.
+        self.r.hset(self.key("jobs"), job_id, json.dumps(state))
+
+    # -- reading ------------------------------------------------------------------------------
+    def events(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:
+        """(type, id, json) for every stream entry, oldest first."""
+        start = "-"
+        while True:
+            chunk = self.r.xrange(self.key("ledger"), min=start, count=batch)
+            if not chunk:
+                return
+            for eid, fields in chunk:
+                f = {_s(k): _s(v) for k, v in fields.items()}
+                yield f["type"], f["id"], f["json"]
+            last = _s(chunk[-1][0])
+            start = "(" + last
+            if len(chunk) < batch:
+                return
+
+    def record(self, exp_id: str) -> ExperimentRecord | None:
+        v = self.r.hget(self.key("records"), exp_id)
+        return ExperimentRecord.model_validate_json(v) if v else None
+
+    def decision(self, exp_id: str) -> Decision | None:
+        v = self.r.hget(self.key("decisions"), exp_id)
+        return Decision.model_validate_json(v) if v else None
+
+    def jobs(self) -> dict[str, dict]:
+        return {_s(k): json.loads(v) for k, v in self.r.hgetall(self.key("jobs")).items()}
+
+    def rows(self) -> list[dict]:
+        """One row per experiment, in the order records reached the ledger (schema above)."""
+        decisions = {_s(k): Decision.model_validate_json(v)
+                     for k, v in self.r.hgetall(self.key("decisions")).items()}
+        out = []
+        for typ, id, js in self.events():
+            if typ == "record":
+                out.append(to_row(ExperimentRecord.model_validate_json(js), decisions.get(id)))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {n: int(self.r.hlen(self.key(n))) for n in ("started", "records", "decisions", "jobs")}
+
+    # -- exports ------------------------------------------------------------------------------
+    def write_parquet(self, path: Path) -> Path:
+        return write_parquet_rows(self.rows(), path)
+
+    def write_tsv(self, out: Path | IO[str]) -> None:
+        write_tsv_rows(self.rows(), out)
+
+    def write_json(self, out: Path | IO[str]) -> None:
+        write_json_rows(self.rows(), out)
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet_rows(rows: list[dict], path: Path) -> Path:
+    """Write rows (ROW_SCHEMA) to parquet atomically (temp file, then os.replace)."""
+    table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=ROW_SCHEMA)
+    return _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def read_parquet_rows(path: Path) -> list[dict]:
+    """Rows from a snapshot, for when redis cannot be brought back."""
+    return pq.read_table(path).to_pylist()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    return str(v).replace("\t", " ").replace("\n", " ")
+
+
+def _write_text(out, fn) -> None:
+    if isinstance(out, (str, Path)):
+        def w(tmp):
+            with open(tmp, "w", newline="") as f:
+                fn(f)
+        _atomic_write(Path(out), w)
+    else:
+        fn(out)
+
+
+def write_tsv_rows(rows: list[dict], out: Path | IO[str] = sys.stdout) -> None:
+    """TSV: the original's five columns, then agent, program, parent, then the rest."""
+    def fn(f):
+        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
+        w.writerow(ROW_COLUMNS)
+        for r in rows:
+            w.writerow([_fmt(r.get(c)) for c in ROW_COLUMNS])
+    _write_text(out, fn)
+
+
+def write_json_rows(rows: list[dict], out: Path | IO[str] = sys.stdout) -> None:
+    _write_text(out, lambda f: json.dump([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], f, indent=1))

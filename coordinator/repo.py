@@ -1,0 +1,177 @@
+"""The coordinator's bare research repo: git plumbing for best refs, experiment refs, merges, bundles.
+
+Only `train.py` is ever edited, so merges are a 3-way `git merge-file` of that one file written
+back into a tree with `git mktree`; no worktree is needed in the bare repo.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EDITABLE = "train.py"
+ZERO = "0" * 40
+
+
+class RepoError(RuntimeError):
+    """A git operation on the research repo failed."""
+
+
+class ResearchRepo:
+    """A bare git repo at `path` (normally SWARM_HOME/repo.git)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def git(self, *args: str, input: bytes | None = None, check: bool = True) -> str:
+        out = self.git_bytes(*args, input=input, check=check)
+        return out.decode("utf-8", "replace").strip()
+
+    def git_bytes(self, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
+        env = dict(os.environ)
+        # The repo's own config names the coordinator; don't let a user's global hooks interfere.
+        env.setdefault("GIT_TERMINAL_PROMPT", "0")
+        p = subprocess.run(["git", "--git-dir", str(self.path), *args], input=input,
+                           capture_output=True, env=env)
+        if check and p.returncode != 0:
+            msg = p.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise RepoError(f"git {args[0]} failed: {msg[-1] if msg else p.returncode}")
+        return p.stdout
+
+    def exists(self) -> bool:
+        return (self.path / "HEAD").exists()
+
+    def create(self, baseline_text: str) -> str:
+        """Create the bare repo with one root commit holding `baseline_text` as train.py.
+
+        Idempotent: an existing repo is kept and its root commit returned.
+        """
+        if self.exists() and self.ref("refs/swarm/root"):
+            return self.root()
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(self.path)], check=True,
+                       capture_output=True)
+        self.git("config", "user.name", "swarm-coordinator")
+        self.git("config", "user.email", "coordinator@swarm.local")
+        # Agents fetch bundles and we keep every experiment ref: never prune.
+        self.git("config", "gc.auto", "0")
+        root = self.commit_tree(baseline_text, [], "baseline train.py")
+        self.git("update-ref", "refs/swarm/root", root)
+        self.git("update-ref", "refs/heads/main", root)
+        log.info("created research repo %s (root %s)", self.path, root[:10])
+        return root
+
+    def root(self) -> str:
+        r = self.ref("refs/swarm/root")
+        if r is None:
+            raise RepoError(f"{self.path} has no root commit (not a swarm research repo)")
+        return r
+
+    # -- reading ------------------------------------------------------------------------------
+    def ref(self, name: str) -> str | None:
+        p = subprocess.run(["git", "--git-dir", str(self.path), "rev-parse", "-q", "--verify",
+                            f"{name}^{{commit}}"], capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return dict(line.split() for line in out.splitlines() if line)
+
+    def has_commit(self, sha: str | None) -> bool:
+        if not sha:
+            return False
+        p = subprocess.run(["git", "--git-dir", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"],
+                           capture_output=True)
+        return p.returncode == 0
+
+    def show(self, commit: str, path: str = EDITABLE) -> str:
+        return self.git_bytes("show", f"{commit}:{path}").decode("utf-8", "replace")
+
+    def blob_id(self, commit: str, path: str = EDITABLE) -> str:
+        """The blob hash of `path` at `commit`: equal contents give equal ids (samples are pooled by it)."""
+        return self.git("rev-parse", f"{commit}:{path}")
+
+    def parents(self, commit: str) -> list[str]:
+        return self.git("rev-list", "--parents", "-n", "1", commit).split()[1:]
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """True when `a` is `b` or an ancestor of it."""
+        p = subprocess.run(["git", "--git-dir", str(self.path), "merge-base", "--is-ancestor", a, b],
+                           capture_output=True)
+        return p.returncode == 0
+
+    def first_parent_history(self, ref: str) -> list[str]:
+        return self.git("rev-list", "--first-parent", ref).split()
+
+    def diff_lines(self, a: str, b: str, path: str = EDITABLE) -> tuple[int, int]:
+        """(lines added, lines removed) in `path` from commit a to commit b."""
+        out = self.git("diff", "--numstat", a, b, "--", path)
+        if not out:
+            return 0, 0
+        added, removed, _ = out.split("\t", 2)
+        return int(added), int(removed)
+
+    # -- writing ------------------------------------------------------------------------------
+    def commit_tree(self, text: str, parents: list[str], message: str, base: str | None = None) -> str:
+        """A commit whose tree is `base`'s tree (or empty) with train.py = text."""
+        blob = self.git("hash-object", "-w", "--stdin", input=text.encode())
+        entries = []
+        if base is not None:
+            for line in self.git("ls-tree", base).splitlines():
+                meta, name = line.split("\t", 1)
+                if name != EDITABLE:
+                    entries.append(line)
+        entries.append(f"100644 blob {blob}\t{EDITABLE}")
+        tree = self.git("mktree", input=("\n".join(entries) + "\n").encode())
+        args = ["commit-tree", tree, "-m", message]
+        for p in parents:
+            args += ["-p", p]
+        return self.git(*args)
+
+    def update_ref(self, name: str, new: str, old: str | None = None) -> bool:
+        """Compare-and-swap: move `name` to `new` only if it is at `old` (None: must not exist)."""
+        p = subprocess.run(["git", "--git-dir", str(self.path), "update-ref", name, new, old or ZERO],
+                           capture_output=True)
+        return p.returncode == 0
+
+    def set_ref(self, name: str, new: str) -> None:
+        self.git("update-ref", name, new)
+
+    def merge_file(self, base: str, ours: str, theirs: str) -> tuple[str, bool]:
+        """3-way merge of train.py; returns (merged text, clean)."""
+        with tempfile.TemporaryDirectory(prefix="merge") as d:
+            paths = []
+            for name, c in (("ours", ours), ("base", base), ("theirs", theirs)):
+                f = Path(d) / name
+                f.write_bytes(self.git_bytes("show", f"{c}:{EDITABLE}"))
+                paths.append(str(f))
+            p = subprocess.run(["git", "merge-file", "-p", *paths], capture_output=True)
+            if p.returncode < 0 or p.returncode > 127:
+                raise RepoError(f"git merge-file failed: {p.stderr.decode().strip()[:200]}")
+            return p.stdout.decode("utf-8", "replace"), p.returncode == 0
+
+    # -- moving commits between nodes ---------------------------------------------------------
+    def bundle(self, commit: str) -> bytes:
+        """A git bundle holding `commit` and its history (for an agent on another node)."""
+        tmpref = f"refs/fetch/{commit}"
+        self.set_ref(tmpref, commit)
+        try:
+            with tempfile.TemporaryDirectory(prefix="bundle") as d:
+                f = Path(d) / "b.bundle"
+                self.git("bundle", "create", str(f), tmpref)
+                return f.read_bytes()
+        finally:
+            self.git("update-ref", "-d", tmpref, check=False)
+
+    def fetch_bundle(self, data: bytes) -> None:
+        """Fetch every commit in a bundle into this repo (refs land under refs/bundles/)."""
+        with tempfile.TemporaryDirectory(prefix="bundle") as d:
+            f = Path(d) / "in.bundle"
+            f.write_bytes(data)
+            self.git("bundle", "verify", str(f))
+            self.git("fetch", "-q", str(f), "+refs/*:refs/bundles/*")

@@ -1,0 +1,145 @@
+"""A fake runner and fake agents for coordinator tests: val_bpb is a known function of train.py plus noise.
+
+train.py is a list of `NAME = value` constants with filler lines between them (so edits to
+different constants merge cleanly). True val_bpb = BASE - 0.05*A - 0.05*B - 0.05*max(X, Y)
+- 0.01*C; X and Y are two wins that do not add up; PAD_* lines have no effect (removing them
+is a simplification). Fake agents commit into worktrees of the coordinator's bare repo.
+"""
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+from pathlib import Path
+
+from trainer.schema import ExperimentRecord, Job, StartedExperiment, new_experiment_id
+
+BASE = 2.0
+EFFECTS = {"A": 0.05, "B": 0.05, "C": 0.01}
+NAMES = ["A", "B", "X", "Y", "C", "Z"]
+
+
+def baseline_text(pads: int = 4) -> str:
+    lines = ['"""fake train.py: constants only"""']
+    for n in NAMES:
+        lines += [f"# --- {n} ---", f"{n} = 0", "# filler", "# filler", "# filler"]
+    lines += [f"PAD_{i} = 0  # no effect" for i in range(pads)]
+    return "\n".join(lines) + "\n"
+
+
+def constants(text: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+) = ([-\d.]+)", text, re.M)}
+
+
+def true_bpb(text: str) -> float:
+    c = constants(text)
+    v = BASE - sum(e * c.get(n, 0.0) for n, e in EFFECTS.items())
+    v -= 0.05 * max(c.get("X", 0.0), c.get("Y", 0.0))
+    # Z is a zero-effect knob: null experiments edit it.
+    return v
+
+
+def set_constants(text: str, **values) -> str:
+    for n, v in values.items():
+        text, k = re.subn(rf"^{n} = .*$", f"{n} = {v}", text, flags=re.M)
+        assert k == 1, n
+    return text
+
+
+def drop_pads(text: str) -> str:
+    return "".join(l for l in text.splitlines(keepends=True) if not l.startswith("PAD_"))
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class FakeAgent:
+    """An in-process agent with its own worktree of the bare repo and a seeded noise source."""
+
+    def __init__(self, name: str, repo_git: Path, workdir: Path, hw: str = "cpu-fake",
+                 sigma: float = 0.005, seed: int = 0, program: str = "test"):
+        self.name, self.hw, self.sigma, self.program = name, hw, sigma, program
+        self.rng = random.Random(seed)
+        self.repo_git = Path(repo_git)
+        self.wt = Path(workdir) / name
+        root = subprocess.run(["git", "--git-dir", str(repo_git), "rev-parse", "refs/swarm/root"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", "--git-dir", str(repo_git), "worktree", "add", "-q", "--detach",
+                        str(self.wt), root], check=True, capture_output=True)
+
+    def text_at(self, commit: str) -> str:
+        return git(self.wt, "show", f"{commit}:train.py") + "\n"
+
+    def commit(self, parent: str, text: str, description: str) -> str:
+        git(self.wt, "checkout", "-q", "--detach", parent)
+        (self.wt / "train.py").write_text(text)
+        git(self.wt, "commit", "-q", "-am", description, "--allow-empty")
+        return git(self.wt, "rev-parse", "HEAD")
+
+    def measure(self, commit: str, seed: int | None = None) -> tuple[float, float]:
+        """(val_bpb, confirm_bpb) with Gaussian noise; confirm shares the true value."""
+        text = self.text_at(commit)
+        t = true_bpb(text)
+        rng = random.Random(seed) if seed is not None else self.rng
+        return t + rng.gauss(0, self.sigma), t + rng.gauss(0, self.sigma) + confirm_shift(text)
+
+    def record(self, commit: str, parent: str, kind: str = "experiment", description: str = "",
+               job: Job | None = None, val: float | None = None, exp_id: str | None = None,
+               confirm: float | None = None) -> ExperimentRecord:
+        v, cf = self.measure(commit, job.seed if job else None)
+        added, removed = diffstat(self.wt, parent, commit)
+        return ExperimentRecord(
+            experiment_id=exp_id or new_experiment_id(self.name), kind=kind, agent=self.name,
+            program=self.program, hardware_class=self.hw, parent=parent, commit=commit,
+            description=description or (job.description if job else ""), status="ok",
+            val_bpb=v if val is None else val, confirm_bpb=cf if confirm is None else confirm,
+            lines_added=added, lines_removed=removed, seed=job.seed if job else 0,
+            job_id=job.job_id if job else None)
+
+    def started(self, rec: ExperimentRecord) -> StartedExperiment:
+        return StartedExperiment(experiment_id=rec.experiment_id, agent=rec.agent, program=rec.program,
+                                 hardware_class=rec.hardware_class, parent=rec.parent,
+                                 commit=rec.commit, kind=rec.kind, seed=rec.seed,
+                                 description=rec.description, job_id=rec.job_id)
+
+    def run_job(self, coord, job: Job):
+        rec = self.record(job.commit, job.parent, kind=job.kind, job=job)
+        coord.begin(self.started(rec))
+        return coord.report(rec)
+
+    def experiment(self, coord, parent: str, description: str, **values):
+        """Edit constants on `parent`, commit, measure, report; returns (record, decision)."""
+        text = set_constants(self.text_at(parent), **values)
+        c = self.commit(parent, text, description)
+        rec = self.record(c, parent, description=description)
+        coord.begin(self.started(rec))
+        return rec, coord.report(rec)
+
+
+def confirm_shift(text: str) -> float:
+    """A knob that overfits val: Y > 1 makes the held-out confirm split worse."""
+    return 0.2 if constants(text).get("Y", 0) > 1 else 0.0
+
+
+def diffstat(wt: Path, a: str, b: str) -> tuple[int, int]:
+    out = git(wt, "diff", "--numstat", a, b, "--", "train.py")
+    if not out:
+        return 0, 0
+    x, y, _ = out.split("\t", 2)
+    return int(x), int(y)
+
+
+def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int = 20) -> list:
+    """Let idle agents run every job the coordinator hands out; returns the decisions."""
+    out = []
+    for _ in range(rounds):
+        got = False
+        for a in agents:
+            job = coord.next_job(a.name, hw)
+            if job is not None:
+                got = True
+                out.append((job, a.run_job(coord, job)))
+        if not got:
+            break
+    return out

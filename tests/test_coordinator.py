@@ -1,0 +1,265 @@
+"""Coordinator decisions with a real redis-server, a real bare git repo and fake in-process agents."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from coordinator.core import Coordinator, CoordinatorError
+from coordinator.ledger import LedgerError
+from coordinator.redisd import free_port
+from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads, set_constants
+from trainer.schema import ExperimentRecord, PromotionConfig, StartedExperiment
+
+HW = "cpu-fake"
+
+
+@pytest.fixture
+def cfg():
+    return PromotionConfig(sigma_prior=0.003)
+
+
+@pytest.fixture
+def coord(tmp_path, redis_url, cfg):
+    return Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
+
+
+def make_agents(coord, tmp_path, n=3, hw=HW, sigma=0.002):
+    return [FakeAgent(f"a{i}", coord.repo.path, tmp_path / "wt", hw=hw, sigma=sigma, seed=i) for i in range(n)]
+
+
+def run_baselines(coord, agents, vals=None, hw=HW):
+    """First round: each agent gets a baseline job and runs it (explicit values when given)."""
+    for i, a in enumerate(agents):
+        job = coord.next_job(a.name, hw)
+        assert job is not None and job.kind == "baseline" and job.commit == coord.root
+        rec = a.record(job.commit, job.parent, kind="baseline", job=job,
+                       val=None if vals is None else vals[i])
+        coord.begin(a.started(rec))
+        assert coord.report(rec).decision == "sample"
+
+
+def best(coord, hw=HW):
+    return coord.repo.ref(f"refs/heads/best/{hw}")
+
+
+def test_first_round_is_baseline_then_promote(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    assert coord.next_job("a0", HW) is None  # baseline done, nothing else to do
+    b = coord.best(HW)
+    assert b.commit == coord.root and abs(b.val_bpb - 2.0) < 0.01
+    rec, d = agents[0].experiment(coord, coord.root, "A up", A=1)
+    assert d.decision == "promote" and d.best_after == rec.commit and d.samples == 1
+    assert d.delta > d.margin > 0 and d.sigma > 0
+    assert best(coord) == rec.commit
+    b2 = coord.best(HW)
+    assert b2.commit == rec.commit and b2.seq > b.seq
+    assert coord.repo.ref(f"refs/experiments/{rec.experiment_id}") == rec.commit
+
+
+def test_two_winners_different_lines_merge_after_verification(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, d1 = agents[0].experiment(coord, coord.root, "A up", A=1)
+    r2, d2 = agents[1].experiment(coord, coord.root, "B up", B=1)
+    assert d1.decision == "promote"
+    assert d2.decision == "pending" and d2.merge_commit and d2.best_before == r1.commit
+    assert best(coord) == r1.commit  # nothing moves before the verification run
+    done = drain_jobs(coord, agents)
+    assert [j.kind for j, _ in done] == ["verify"]
+    job, vd = done[0]
+    assert job.commit == d2.merge_commit and job.parent == r1.commit
+    final = coord.decisions[r2.experiment_id]
+    assert final.decision == "merge" and vd.decision == "merge"
+    M = best(coord)
+    assert M == d2.merge_commit == final.best_after
+    assert coord.repo.parents(M) == [r1.commit, r2.commit]
+    text = coord.repo.show(M)
+    assert "A = 1" in text and "B = 1" in text
+
+
+def test_same_lines_conflict(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, d1 = agents[0].experiment(coord, coord.root, "A up", A=1)
+    r2, d2 = agents[1].experiment(coord, coord.root, "A more", A=2)
+    assert d1.decision == "promote"
+    assert d2.decision == "conflict" and best(coord) == r1.commit
+    assert drain_jobs(coord, agents) == []
+
+
+def test_wins_that_do_not_add_up_did_not_stack(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, d1 = agents[0].experiment(coord, coord.root, "X on", X=1)
+    r2, d2 = agents[1].experiment(coord, coord.root, "Y on", Y=1)
+    assert d1.decision == "promote" and d2.decision == "pending"
+    drain_jobs(coord, agents)
+    final = coord.decisions[r2.experiment_id]
+    assert final.decision in ("did-not-stack",), final
+    assert best(coord) == r1.commit
+
+
+def test_inside_margin_gets_confirmation_then_mean_decides(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
+    text = set_constants(agents[0].text_at(coord.root), Z=1)
+    c = agents[0].commit(coord.root, text, "Z on")
+    rec = agents[0].record(c, coord.root, description="Z on", val=1.995)
+    d = coord.report(rec)
+    assert d.decision == "pending" and 0 < d.delta < d.margin
+    job = coord.next_job("a1", HW)
+    assert job.kind == "confirm" and job.commit == c and job.seed != rec.seed
+    conf = agents[1].record(job.commit, job.parent, kind="confirm", job=job, val=1.994)
+    assert coord.report(conf).decision == "sample"
+    final = coord.decisions[rec.experiment_id]
+    assert final.decision == "promote" and final.samples == 2 and best(coord) == c
+
+
+def test_positive_inside_margin_twice_is_discarded(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
+    c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z on")
+    rec = agents[0].record(c, coord.root, val=1.996)
+    assert coord.report(rec).decision == "pending"
+    job = coord.next_job("a1", HW)
+    coord.report(agents[1].record(job.commit, job.parent, kind="confirm", job=job, val=2.001))
+    assert coord.decisions[rec.experiment_id].decision == "discard"
+    assert best(coord) == coord.root and coord.next_job("a2", HW) is None
+
+
+def test_simplification_and_suspect(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
+    c = agents[0].commit(coord.root, drop_pads(agents[0].text_at(coord.root)), "drop pads")
+    rec = agents[0].record(c, coord.root, val=2.0005)
+    d = coord.report(rec)
+    assert d.decision == "simplification" and best(coord) == c and d.delta < 0
+    r2, d2 = agents[1].experiment(coord, c, "Y overfits", Y=2)
+    assert d2.decision == "promote" and d2.suspect and "suspect" in d2.reason
+    # An added line must buy its cost: the margin grows with net added lines.
+    assert coord.cfg.cost_per_line > 0
+
+
+def test_hardware_classes_never_compared(coord, tmp_path):
+    agents = make_agents(coord, tmp_path, n=2)
+    run_baselines(coord, agents, vals=[2.0, 2.001])
+    big = make_agents(coord, tmp_path / "g", n=2, hw="gpu-slow")
+    for a in big:
+        a.name = "g" + a.name
+    run_baselines(coord, big, vals=[3.0, 3.001], hw="gpu-slow")
+    r, d = big[0].experiment(coord, coord.root, "A up", A=1)
+    # Its val (~1.95) is measured on gpu-slow: it beats gpu-slow's 3.0, not cpu-fake's 2.0.
+    assert d.decision == "promote" and d.hardware_class == "gpu-slow"
+    assert d.delta > 1.0
+    assert best(coord, "gpu-slow") == r.commit and best(coord, HW) == coord.root
+    assert coord.best(HW).commit == coord.root
+
+
+def test_bad_inputs_are_rejected_and_kept(coord, tmp_path):
+    agents = make_agents(coord, tmp_path, n=2)
+    run_baselines(coord, agents)
+    before = coord.ledger.counts()
+    unknown = ExperimentRecord(experiment_id="x-1", agent="a0", program="p", hardware_class=HW,
+                               parent=coord.root, commit="ab" * 20, status="ok", val_bpb=1.0)
+    d = coord.report(unknown)
+    assert d.decision == "rejected" and "unknown commit" in d.reason
+    rec, _ = agents[0].experiment(coord, coord.root, "A up", A=1)
+    other = rec.model_copy(update={"experiment_id": "x-2", "hardware_class": "tpu-nobody"})
+    d = coord.report(other)
+    assert d.decision == "rejected" and "unknown hardware class" in d.reason
+    n_stream = coord.r.xlen(coord.ledger.key("ledger"))
+    again = coord.report(rec)  # a retried report: same answer, nothing appended
+    assert again == coord.decisions[rec.experiment_id]
+    assert coord.r.xlen(coord.ledger.key("ledger")) == n_stream
+    after = coord.ledger.counts()
+    assert after["records"] == before["records"] + 3
+    assert coord.ledger.record("x-1") is not None and coord.ledger.record("x-2") is not None
+
+
+def test_wrong_password_and_redis_down(tmp_path, redis_daemon, cfg):
+    bad = redis_daemon.url.replace(redis_daemon.password, "wrong-password-123")
+    with pytest.raises(LedgerError) as e:
+        Coordinator(tmp_path / "h", bad, cfg, swarm_id="t", baseline_train_py=baseline_text())
+    msg = str(e.value)
+    assert "rejected the password" in msg and f"127.0.0.1:{redis_daemon.port}" in msg
+    assert "wrong-password-123" not in msg and "\n" not in msg
+    down = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    with pytest.raises(LedgerError, match="cannot reach redis"):
+        Coordinator(tmp_path / "h", down, cfg, swarm_id="t", baseline_train_py=baseline_text())
+
+
+def test_restart_rebuilds_from_redis_and_git(coord, tmp_path, redis_url, cfg):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, d1 = agents[0].experiment(coord, coord.root, "A up", A=1)
+    r2, d2 = agents[1].experiment(coord, coord.root, "B up", B=1)
+    status = coord.status()
+    c2 = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t")
+    assert c2.status() == status
+    assert c2.report(r1) == d1  # idempotent across a restart
+    # The pending verification survives the restart and completes on the new object.
+    drain_jobs(c2, agents)
+    assert c2.decisions[r2.experiment_id].decision == "merge"
+
+
+def test_lost_ref_move_is_reapplied(coord, tmp_path, redis_url, cfg):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, d1 = agents[0].experiment(coord, coord.root, "A up", A=1)
+    # Simulate a crash after the ledger write but before the ref moved.
+    coord.repo.set_ref(f"refs/heads/best/{HW}", coord.root)
+    c2 = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t")
+    assert best(c2) == r1.commit
+
+
+def test_dead_agent_gets_crash_record_and_jobs_are_released(coord, tmp_path, cfg):
+    agents = make_agents(coord, tmp_path, n=2)
+    run_baselines(coord, agents)
+    s = StartedExperiment(experiment_id="a0-dead-1", agent="a0", program="p", hardware_class=HW,
+                          parent=coord.root)
+    coord.begin(s)
+    coord.begin(s)  # idempotent
+    assert coord.reconcile_dead_agent("a0") == ["a0-dead-1"]
+    assert coord.decisions["a0-dead-1"].decision == "crash"
+    assert coord.records["a0-dead-1"].reason == "agent died mid-run"
+    assert coord.reconcile_dead_agent("a0") == []
+
+
+def test_job_lease_expires_and_job_is_handed_out_again(tmp_path, redis_url):
+    cfg = PromotionConfig(sigma_prior=0.003, job_lease_s=0.2)
+    coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents, vals=[2.0, 2.002, 1.998])
+    c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z")
+    coord.report(agents[0].record(c, coord.root, val=1.995))
+    job = coord.next_job("a1", HW)
+    assert job.kind == "confirm"
+    assert coord.next_job("a2", HW) is None  # leased to a1
+    time.sleep(0.3)
+    assert coord.next_job("a2", HW).job_id == job.job_id
+
+
+def test_fetch_and_report_with_bundle_from_another_node(coord, tmp_path):
+    agents = make_agents(coord, tmp_path, n=2)
+    run_baselines(coord, agents)
+    clone = tmp_path / "node2"
+    clone.mkdir()
+    (tmp_path / "b.bundle").write_bytes(coord.fetch(coord.root))
+    g = lambda *a: subprocess.run(["git", *a], cwd=clone, check=True, capture_output=True, text=True).stdout.strip()
+    g("init", "-q")
+    g("fetch", "-q", str(tmp_path / "b.bundle"), "+refs/*:refs/remotes/coord/*")
+    g("checkout", "-q", "--detach", coord.root)
+    (clone / "train.py").write_text(set_constants((clone / "train.py").read_text(), A=1))
+    g("commit", "-qam", "A up on node2")
+    head = g("rev-parse", "HEAD")
+    g("update-ref", "refs/heads/exp", head)
+    g("bundle", "create", str(tmp_path / "up.bundle"), "refs/heads/exp")
+    rec = ExperimentRecord(experiment_id="n2-1", agent="n2", program="p", hardware_class=HW,
+                           parent=coord.root, commit=head, status="ok", val_bpb=1.95)
+    d = coord.report(rec, bundle=(tmp_path / "up.bundle").read_bytes())
+    assert d.decision == "promote" and best(coord) == head
+    with pytest.raises(CoordinatorError, match="unknown commit"):
+        coord.fetch("cd" * 20)

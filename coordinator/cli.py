@@ -1,0 +1,196 @@
+"""The `swarm` command: parses arguments, configures logging once, turns errors into one line.
+
+Each subcommand's work lives elsewhere (trainer.prepare, trainer.manual, coordinator.swarm,
+coordinator.live, coordinator.review); status/lineage/report/export/stop never import Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+DELEGATED = {  # whole argv handed to the trainer's own CLIs
+    "prepare": ("trainer.prepare", "prepare the training data and tokenizer (once per machine)",
+                "swarm prepare --source bundled"),
+    "train": ("trainer.manual", "train one train.py by hand under the budget and print val_bpb",
+              "swarm train --budget 60"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`swarm run: error: ...`) and exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return v
+    return parse
+
+
+def _sub(subs, name, help_line, example, **kw):
+    return subs.add_parser(name, help=help_line, description=help_line,
+                           epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
+def _home_arg(p):
+    p.add_argument("--swarm-home", metavar="DIR",
+                   help="the swarm's state directory (default: $SWARM_HOME or ./.swarm)")
+    p.add_argument("--redis-url", metavar="URL",
+                   help="the ledger's redis when it is not the embedded one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="swarm",
+        description="Run many autonomous ML research agents at once, sharing one verified best train.py.",
+        epilog="example:\n  swarm run --agents 2 --budget 30 --max-experiments 4\n\n"
+               "Each command has its own --help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log INFO to stderr too")
+    subs = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name, (_, line, example) in DELEGATED.items():
+        _sub(subs, name, line, example, add_help=False)
+
+    r = _sub(subs, "run", "start (or resume) a swarm of research agents and show it live until it ends",
+             "swarm run --agents 2 --budget 30 --max-experiments 4")
+    r.add_argument("--config", metavar="FILE", help="swarm.yaml (default: ./swarm.yaml if present, "
+                   "else the shipped default)")
+    r.add_argument("--agents", type=_positive(int), metavar="N", help="number of agents (CPU), overrides agents.count")
+    r.add_argument("--gpus", type=int, metavar="N", help="GPUs to use, one agent each")
+    r.add_argument("--budget", type=_positive(float), metavar="S", help="training seconds per experiment")
+    r.add_argument("--max-experiments", type=_positive(int), metavar="N",
+                   help="stop after N experiments per agent (the baseline run not counted)")
+    r.add_argument("--hours", type=_positive(float), metavar="H", help="stop after H hours")
+    r.add_argument("--profile", choices=["auto", "cpu", "gpu"], help="hardware profile")
+    r.add_argument("--seed", type=int, help="base seed (agent i gets seed + i)")
+    r.add_argument("--address", metavar="ADDR", help="join this Ray cluster (or 'auto'; default: "
+                   "$RAY_ADDRESS, else a private local Ray)")
+    r.add_argument("--plain", action="store_true", help="print progress lines instead of the live view")
+    _home_arg(r)
+
+    s = _sub(subs, "status", "show the agents, best val_bpb per hardware class and experiments/hour",
+             "swarm status")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    _home_arg(s)
+
+    ln = _sub(subs, "lineage", "print the lineage tree of experiments (or write it as json/dot/graphml)",
+              "swarm lineage --format dot --output lineage.dot")
+    ln.add_argument("--all", action="store_true", help="include discarded and crashed experiments")
+    ln.add_argument("--format", choices=["tree", "json", "dot", "graphml"], default="tree")
+    ln.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    _home_arg(ln)
+
+    rp = _sub(subs, "report", "write the morning report (HTML with plots) of a swarm's results",
+              "swarm report --output report/")
+    rp.add_argument("--output", metavar="DIR", help="default: SWARM_HOME/reports")
+    _home_arg(rp)
+
+    ex = _sub(subs, "export", "write the ledger (every experiment record) as parquet, tsv or json",
+              "swarm export --format tsv --output ledger.tsv")
+    ex.add_argument("--format", choices=["parquet", "tsv", "json"], default="parquet")
+    ex.add_argument("--output", metavar="FILE", help="default: SWARM_HOME/snapshots/ledger.<format>")
+    _home_arg(ex)
+
+    st = _sub(subs, "stop", "ask the running `swarm run` to stop cleanly and wait until it has",
+              "swarm stop")
+    st.add_argument("--timeout", type=_positive(float), default=300.0, metavar="S")
+    st.add_argument("--swarm-home", metavar="DIR")
+    return p
+
+
+def setup_logging(home: Path | None, verbose: bool) -> None:
+    """Handlers once, here: SWARM_HOME/logs/swarm.log (INFO) and stderr (WARNING, or INFO with -v)."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.INFO if verbose else logging.WARNING)
+    err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(err)
+    if home is not None:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(home / "logs" / "swarm.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Every error class that means 'bad input or environment': one line, exit 2."""
+    from agents.errors import AgentError
+    from coordinator.config import ConfigError
+    from coordinator.home import SwarmError
+    from coordinator.redisd import RedisError
+    from trainer.errors import TrainerError
+    return (ConfigError, RedisError, SwarmError, AgentError, TrainerError, ConnectionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _dispatch(args)
+    except _user_errors() as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        print(f"swarm {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args) -> int:
+    from coordinator.home import SwarmHome, resolve_home
+
+    if args.command == "run":
+        from coordinator.swarm import run_command
+        return run_command(args, setup_logging)
+    home = SwarmHome(resolve_home(args.swarm_home))
+    if args.command == "stop":
+        setup_logging(None, args.verbose)
+        home.info()
+        if home.stop_run(args.timeout):
+            print(f"swarm in {home.root} stopped")
+        else:
+            print(f"no swarm run is running in {home.root}")
+        return 0
+    info = home.info()  # before logging: a missing home must not get a logs/ dir
+    setup_logging(home.root, args.verbose)
+    from coordinator import views
+    if args.command == "status":
+        return views.status(home, info, args)
+    if args.command == "lineage":
+        return views.lineage(home, info, args)
+    if args.command == "report":
+        return views.report(home, info, args)
+    if args.command == "export":
+        return views.export(home, info, args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""swarm.yaml: the user's configuration as pydantic models, loading, ${ENV} expansion, checks.
+
+The models live here, not in trainer/schema.py, because only the CLI and `swarm run` read them;
+agents receive their own AgentConfig built from these. Every level forbids unknown keys so a
+typo is an error that names the file and the dotted key.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainer.schema import PromotionConfig
+from agents.config import CommandSpec, LitellmSpec, MutateSpec
+
+DEFAULT_CONFIG_NAME = "swarm.default.yaml"
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ONLY_ENV_RE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+# Keys whose value is a secret: they may only be written as ${ENV_VAR}.
+SECRET_KEY_RE = re.compile(r"(api_?key|token|password|secret)$", re.IGNORECASE)
+# The LLM provider keys `auto` looks for, in order, with the model it then uses.
+AUTO_LLM = (
+    ("ANTHROPIC_API_KEY", "anthropic/claude-sonnet-4-5"),
+    ("OPENAI_API_KEY", "openai/gpt-4.1"),
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message is one line naming the file and the key."""
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoBackend(_Cfg):
+    """litellm when an LLM key is in the environment (see AUTO_LLM), else mutate."""
+    type: Literal["auto"]
+
+
+# The concrete backends are the agents' own models (one declaration of each type).
+Backend = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, AutoBackend],
+                    Field(discriminator="type")]
+
+
+class ProgramEntry(_Cfg):
+    name: str | None = None                 # a shipped program: programs/<name>.md
+    path: str | None = None                 # or a file, relative to swarm.yaml
+    weight: float = Field(default=1.0, gt=0)
+    backend: Backend | None = None          # None: the top-level `backend`
+    adopt: str | None = None                # None: the program's own suggestion
+
+    def label(self) -> str:
+        return self.name or Path(self.path or "").stem
+
+
+class AgentsConfig(_Cfg):
+    count: int | Literal["per-gpu", "auto"] = "auto"
+    gpus: int | None = Field(default=None, ge=0)    # GPUs to use (one agent each); None: all
+    cpus_per_agent: int = Field(default=1, ge=1)
+
+    @field_validator("count")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class DataConfig(_Cfg):
+    source: str = "auto"                    # auto | bundled | climbmix | tinystories | local:PATH
+    dir: str | None = None                  # None: $SWARM_DATA_DIR or the trainer's default
+
+
+class RedisConfig(_Cfg):
+    url: str | None = None                  # None: an embedded redis-server under SWARM_HOME
+
+
+class RayConfig(_Cfg):
+    address: str | None = None              # None: a private local Ray; "auto": the cluster's
+
+
+class SwarmConfig(_Cfg):
+    swarm_home: str | None = None           # None: $SWARM_HOME or ./.swarm
+    budget: float | None = Field(default=None, gt=0)   # seconds of training; None: profile's
+    profile: Literal["auto", "cpu", "gpu"] = "auto"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    agents: AgentsConfig = AgentsConfig()
+    backend: Backend = AutoBackend(type="auto")
+    programs: list[ProgramEntry] = Field(default_factory=list)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    redis: RedisConfig = RedisConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("programs")
+    @classmethod
+    def _need_programs(cls, v):
+        for i, p in enumerate(v):
+            if (p.name is None) == (p.path is None):
+                raise ValueError(f"entry {i} needs exactly one of name or path")
+        return v
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def _dotted(loc) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def _expand(value: Any, loc: tuple, source: str, env: dict[str, str]) -> Any:
+    """Expand ${VAR} (and ${VAR:-default}) in strings; refuse secrets written in clear."""
+    if isinstance(value, dict):
+        return {k: _expand(v, loc + (k,), source, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, loc + (i,), source, env) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    key = str(loc[-1]) if loc else ""
+    if SECRET_KEY_RE.search(key) and not key.endswith("_env") and not ONLY_ENV_RE.match(value):
+        raise ConfigError(f"{source}: {_dotted(loc)}: a secret may only be given as ${{ENV_VAR}}")
+    if key == "url":
+        pw = urlsplit(value).password if "://" in value else None
+        if pw and not ONLY_ENV_RE.match(pw):
+            raise ConfigError(f"{source}: {_dotted(loc)}: the password in a URL may only be "
+                              f"given as ${{ENV_VAR}}")
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: {_dotted(loc)}: environment variable {name} is not set")
+
+    return ENV_RE.sub(sub, value)
+
+
+def parse_config(data: Any, source: str = "swarm.yaml",
+                 env: dict[str, str] | None = None) -> SwarmConfig:
+    """Validate a mapping as a SwarmConfig. Raises ConfigError (one line)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    data = _expand(data, (), source, dict(os.environ) if env is None else env)
+    try:
+        return SwarmConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {validation_message(e)}") from None
+
+
+_TAGS = ("mutate", "litellm", "command", "auto", "int", "str", "float", "bool")
+
+
+def validation_message(e: ValidationError) -> str:
+    """`dotted.key: what is wrong` for the most telling error (unknown keys first)."""
+    errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+
+    def loc_of(err) -> str:
+        return _dotted(x for x in err["loc"]
+                       if not (isinstance(x, str) and (x in _TAGS or x.startswith("literal["))))
+
+    first = errs[0]
+    where = loc_of(first) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    # a union (int | "auto") fails once per member: say all of it in one line
+    msgs = list(dict.fromkeys(err["msg"] for err in errs if loc_of(err) == loc_of(first)))
+    return f"{where}: {' or '.join(msgs)}"
+
+
+def default_config_text() -> str:
+    return (importlib.resources.files("coordinator") / DEFAULT_CONFIG_NAME).read_text()
+
+
+def load_config(path: Path | None, env: dict[str, str] | None = None) -> tuple[SwarmConfig, Path]:
+    """Load `path` (or the shipped default when None). Returns the config and the directory
+    relative program paths are resolved against. Raises ConfigError."""
+    if path is None:
+        return parse_config(yaml.safe_load(default_config_text()), DEFAULT_CONFIG_NAME, env), Path.cwd()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, path.name, env), path.parent.resolve()
+
+
+# --- programs and backends -----------------------------------------------------------------
+
+def shipped_programs_dir() -> Path:
+    return Path(str(importlib.resources.files("programs")))
+
+
+def resolve_program(entry: ProgramEntry, base: Path, source: str = "swarm.yaml",
+                    index: int = 0) -> Path:
+    """The program file an entry names; raises ConfigError when it does not exist."""
+    if entry.name is not None:
+        p = shipped_programs_dir() / f"{entry.name}.md"
+        if not p.is_file():
+            known = ", ".join(sorted(x.stem for x in shipped_programs_dir().glob("*.md")))
+            raise ConfigError(f"{source}: programs.{index}.name: no program {entry.name!r} "
+                              f"(shipped: {known})")
+        return p
+    p = Path(entry.path).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        raise ConfigError(f"{source}: programs.{index}.path: program file {p} does not exist")
+    return p.resolve()
+
+
+def resolve_backend(backend, env: dict[str, str] | None = None) -> dict:
+    """The concrete backend (as a dict for AgentConfig): `auto` becomes litellm or mutate."""
+    env = dict(os.environ) if env is None else env
+    if backend.type != "auto":
+        return backend.model_dump(exclude_none=True)
+    for var, model in AUTO_LLM:
+        if env.get(var):
+            return {"type": "litellm", "model": model, "api_key_env": var}
+    return {"type": "mutate"}
+
+
+def assign_programs(programs: list[ProgramEntry], n_agents: int) -> list[int]:
+    """Deterministic weighted assignment: agent i gets the entry furthest below its share.
+
+    With weights 2:1:1 and 4 agents this gives [0, 1, 2, 0]: every program gets an agent
+    before any gets a second, as long as there are agents enough.
+    """
+    if not programs:
+        raise ConfigError("swarm.yaml: programs: at least one program is needed")
+    total = sum(p.weight for p in programs)
+    counts = [0] * len(programs)
+    out = []
+    for i in range(n_agents):
+        # deficit = ideal share so far minus what it got; ties go to the earlier entry
+        j = max(range(len(programs)),
+                key=lambda k: ((i + 1) * programs[k].weight / total - counts[k], -k))
+        counts[j] += 1
+        out.append(j)
+    return out

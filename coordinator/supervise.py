@@ -1,0 +1,226 @@
+"""The running part of `swarm run`: redis, data, Ray, the coordinator actor and the agent actors,
+a supervision loop (dead agents are reconciled and restarted) and a clean stop on Ctrl-C.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from coordinator.home import SwarmHome
+from coordinator.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self, plan: Plan):
+        self.p = plan
+        self.home = SwarmHome(plan.home)
+        self.daemon = None
+        self.ray_tmp: Path | None = None
+        self.coord = None
+        self.actors: dict[str, object] = {}
+        self.refs: dict[str, object] = {}
+        self.configs: dict[str, object] = {}
+        self.restarts: dict[str, int] = {}
+        self.results: dict[str, dict] = {}
+
+    # --- bring-up -------------------------------------------------------------------------------
+
+    def _redis(self) -> str:
+        if self.p.redis_url:
+            return self.p.redis_url
+        from coordinator.redisd import RedisDaemon
+        self.daemon = RedisDaemon(self.home.redis_dir).start()
+        return self.daemon.url
+
+    def _data_dir(self) -> Path:
+        from trainer.errors import TrainerError
+        from trainer.prepare import locate, prepare
+
+        d = self.p.cfg.data
+        source = d.source
+        if source == "auto":
+            try:
+                return locate(self.p.profile, d.dir).dir.parent.parent
+            except TrainerError:
+                source = "bundled"
+        log.info("preparing data (%s) for profile %s", source, self.p.profile)
+        return prepare(source, [self.p.profile], d.dir)
+
+    def _ray(self) -> None:
+        from agents.raylocal import start_local_ray
+
+        if self.p.address:
+            return  # joined during the checks
+        # Ray's unix socket paths must fit in 107 bytes: a short temp dir, removed at the end
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="swr", dir="/tmp"))
+        cpus = self.p.n_agents * self.p.cfg.agents.cpus_per_agent
+        start_local_ray(num_cpus=cpus, num_gpus=self.p.n_agents * self.p.gpus_per_agent or None,
+                        temp_dir=self.ray_tmp)
+
+    def _agent(self, spec: dict):
+        from agents.actor import agent_actor
+        from agents.config import AgentConfig
+
+        cfg = AgentConfig(**spec, swarm_id=self.info["swarm_id"], swarm_home=self.home.root,
+                          budget=self.p.cfg.budget, profile=self.p.profile,
+                          device="cuda" if self.p.gpus_per_agent else "cpu",
+                          threads=None if self.p.gpus_per_agent else self.p.cfg.agents.cpus_per_agent,
+                          data_dir=self.data_dir)
+        self.configs[cfg.name] = cfg
+        actor = agent_actor(cfg, gpus=self.p.gpus_per_agent,
+                            cpus=self.p.cfg.agents.cpus_per_agent).remote(cfg, self.coord)
+        self.actors[cfg.name] = actor
+        self.refs[cfg.name] = actor.run.remote(max_experiments=self.p.max_experiments,
+                                               deadline=self.p.deadline)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.info, resumed = self.home.create_or_resume(self.p.redis_url)
+        log.info("%s swarm %s in %s", "resuming" if resumed else "starting", self.info["swarm_id"],
+                 self.home.root)
+        self.home.write_pid()
+        interrupted = False
+        try:
+            url = self._redis()
+            self.data_dir = self._data_dir()
+            os.environ["SWARM_DATA_DIR"] = str(self.data_dir)
+            self._ray()
+            from coordinator.actor import coordinator_actor
+            self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"])
+            for spec in self.p.agent_specs:
+                self._agent(spec)
+            try:
+                self._supervise(url)
+            except KeyboardInterrupt:
+                interrupted = True
+                log.warning("interrupted: stopping agents, in-flight runs will be recorded")
+                print("\nstopping: waiting for in-flight runs to record themselves...", flush=True)
+            self._stop_agents()
+            self._snapshot()
+            self._final_summary(url)
+        finally:
+            self._teardown()
+        return 130 if interrupted else 0
+
+    def _supervise(self, url: str) -> None:
+        import ray
+        import redis
+
+        from coordinator import live
+
+        client = redis.Redis.from_url(url)
+        view = _View(self.p.plain)
+        try:
+            while self.refs:
+                done, _ = ray.wait(list(self.refs.values()), num_returns=1, timeout=0.5)
+                for ref in done:
+                    name = next(n for n, r in self.refs.items() if r == ref)
+                    del self.refs[name]
+                    try:
+                        self.results[name] = ray.get(ref)
+                        log.info("agent %s finished: %s", name, self.results[name])
+                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                        self._agent_died(name, e)
+                view.update(live.gather(client, self.info["swarm_id"], _rows(client, self.info)))
+        finally:
+            view.close()
+            client.close()
+
+    def _agent_died(self, name: str, err: Exception) -> None:
+        import ray
+
+        lost = ray.get(self.coord.reconcile_dead_agent.remote(name))
+        n = self.restarts.get(name, 0)
+        log.warning("agent %s died (%s); recorded %d lost run(s) as crash", name,
+                    str(err).splitlines()[0][:200], len(lost))
+        if n >= MAX_RESTARTS:
+            log.error("agent %s died %d times: not restarting it", name, n + 1)
+            return
+        self.restarts[name] = n + 1
+        spec = next(s for s in self.p.agent_specs if s["name"] == name)
+        self._agent(spec)
+
+    def _stop_agents(self) -> None:
+        import ray
+
+        for name, actor in self.actors.items():
+            with contextlib.suppress(Exception):
+                actor.stop.remote()
+        if self.refs:
+            # the cancelled runs record themselves (crash "stopped") before run() returns
+            ray.wait(list(self.refs.values()), num_returns=len(self.refs), timeout=STOP_GRACE_S)
+        for name in list(self.refs):
+            with contextlib.suppress(Exception):
+                ray.get(self.coord.reconcile_dead_agent.remote(name), timeout=30)
+
+    def _snapshot(self) -> None:
+        import ray
+        with contextlib.suppress(Exception):
+            path = ray.get(self.coord.snapshot.remote(), timeout=60)
+            log.info("ledger snapshot: %s", path)
+
+    def _final_summary(self, url: str) -> None:
+        import redis
+
+        from coordinator import live
+        client = redis.Redis.from_url(url)
+        try:
+            print(live.plain_line(live.gather(client, self.info["swarm_id"], _rows(client, self.info))))
+        finally:
+            client.close()
+
+    def _teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            import ray
+            if ray.is_initialized():
+                ray.shutdown()
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        if self.daemon is not None:
+            self.daemon.stop()
+        self.home.clear_pid()
+
+
+def _rows(client, info) -> list[dict]:
+    from coordinator.ledger import Ledger
+    try:
+        return Ledger(client, info["swarm_id"]).rows()
+    except Exception as e:  # a view must never stop the swarm
+        log.debug("ledger rows unavailable: %s", e)
+        return []
+
+
+class _View:
+    """rich Live on a terminal (~2 redraws/s), a plain line every 10 s otherwise."""
+
+    def __init__(self, plain: bool):
+        self.plain = plain
+        self.live = None
+        self.last_plain = 0.0
+
+    def update(self, data: dict) -> None:
+        from coordinator import live
+        if self.plain:
+            if time.monotonic() - self.last_plain >= 10:
+                self.last_plain = time.monotonic()
+                print(live.plain_line(data), flush=True)
+            return
+        if self.live is None:
+            from rich.live import Live
+            self.live = Live(live.render(data), refresh_per_second=2)
+            self.live.start()
+        else:
+            self.live.update(live.render(data))
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()

@@ -1,0 +1,173 @@
+"""What `swarm run` does: check every input first (nothing created on a bad one), then bring up
+SWARM_HOME, redis, data, Ray, the coordinator and the agents, supervise them, and stop cleanly.
+
+Ctrl-C (or `swarm stop`) stops every agent, lets in-flight runs record themselves, snapshots
+the ledger, shuts Ray down and stops the embedded redis; `swarm run` again resumes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.config import (AgentsConfig, ConfigError, SwarmConfig, assign_programs, load_config,
+                                resolve_backend, resolve_program)
+from coordinator.home import SwarmError, SwarmHome, redact_url, resolve_home
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3          # per agent; an agent that keeps dying is left dead
+STOP_GRACE_S = 120.0      # how long in-flight runs get to record themselves after Ctrl-C
+
+
+@dataclass
+class Plan:
+    """Everything `swarm run` decided before it created anything."""
+    cfg: SwarmConfig
+    home: Path
+    profile: str
+    n_agents: int
+    gpus_per_agent: int
+    agent_specs: list[dict]          # name, program_name, program_path, backend, adopt, seed
+    redis_url: str | None            # None: embedded
+    address: str | None              # None: a private local Ray
+    max_experiments: int | None
+    deadline: float | None
+    plain: bool
+    verbose: bool
+    extra: dict = field(default_factory=dict)
+
+
+# --- checks (no side effects) ------------------------------------------------------------------
+
+def _gpus_present() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def check_redis(url: str, timeout: float = 3.0) -> None:
+    """Ping `url`; a wrong password or a closed port is one line that never shows the password."""
+    import redis
+
+    where = redact_url(url)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client.ping()
+        client.close()
+    except redis.AuthenticationError:
+        raise SwarmError(f"redis at {where} refused the password") from None
+    except redis.ResponseError as e:
+        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            raise SwarmError(f"redis at {where} refused the password") from None
+        raise SwarmError(f"redis at {where}: {str(e).splitlines()[0]}") from None
+    except (redis.RedisError, OSError, ValueError) as e:
+        raise SwarmError(f"cannot reach redis at {where} ({e.__class__.__name__})") from None
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """A closed port fails here in a second, instead of in Ray's long connect retries."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError):
+        raise SwarmError(f"cannot reach Ray at {address!r} (nothing listens there)") from None
+
+
+def plan(args) -> Plan:
+    """Validate config, flags, programs, GPUs, redis and the Ray address. Raises on bad input."""
+    from agents.program import load_program
+    from trainer.profiles import detect_profile, get_profile
+
+    cfg_path = Path(args.config) if args.config else (Path("swarm.yaml") if Path("swarm.yaml").is_file() else None)
+    cfg, base = load_config(cfg_path)
+    src = cfg_path.name if cfg_path else "swarm.default.yaml"
+    if args.budget is not None:
+        cfg.budget = args.budget
+    if args.seed is not None:
+        cfg.seed = args.seed
+    profile = args.profile or cfg.profile
+    profile = detect_profile() if profile == "auto" else profile
+    get_profile(profile)
+    present = _gpus_present()
+    gpus = args.gpus if args.gpus is not None else cfg.agents.gpus
+    address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if gpus is not None and gpus < 0:
+        raise SwarmError(f"--gpus must be 0 or more, got {gpus}")
+    if gpus and not address and gpus > present:
+        raise SwarmError(f"asked for {gpus} GPU(s) but this machine has {present}")
+    if profile == "gpu" and not address and present == 0:
+        raise SwarmError("profile gpu needs a CUDA GPU and this machine has none (use --profile cpu)")
+    use_gpus = (gpus if gpus is not None else present) if profile == "gpu" else 0
+    count = args.agents if args.agents is not None else cfg.agents.count
+    if count == "per-gpu" or (count == "auto" and use_gpus):
+        if not use_gpus:
+            raise SwarmError(f"{src}: agents.count: per-gpu, but there is no GPU to use")
+        n = use_gpus
+    elif count == "auto":
+        n = max(1, (os.cpu_count() or 1) // cfg.agents.cpus_per_agent)
+    else:
+        n = int(count)
+    if use_gpus and n > use_gpus and not address:
+        raise SwarmError(f"{n} agents need {n} GPUs (one each) but {use_gpus} are available")
+
+    programs = []
+    for i, entry in enumerate(cfg.programs):
+        path = resolve_program(entry, base, src, i)
+        load_program(path, entry.label())  # parses the search space: a bad one fails now
+        programs.append(path)
+    specs = []
+    for i, j in enumerate(assign_programs(cfg.programs, n)):
+        entry = cfg.programs[j]
+        backend = resolve_backend(entry.backend or cfg.backend)
+        key_env = backend.get("api_key_env")
+        if key_env and not os.environ.get(key_env):
+            raise ConfigError(f"{src}: programs.{j}.backend.api_key_env: environment variable "
+                              f"{key_env} is not set")
+        # names are stable across runs, so a resumed swarm's agents pick up their own state
+        specs.append({"name": f"a{i}-{entry.label()}", "program_name": entry.label(),
+                      "program_path": str(programs[j]), "backend": backend,
+                      "adopt": entry.adopt, "seed": cfg.seed + i})
+
+    redis_url = args.redis_url or cfg.redis.url
+    if redis_url:
+        check_redis(redis_url)
+    if address:
+        check_ray_address(address)
+    deadline = time.time() + args.hours * 3600 if args.hours else None
+    return Plan(cfg=cfg, home=resolve_home(args.swarm_home, cfg.swarm_home), profile=profile,
+                n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
+                redis_url=redis_url, address=address, max_experiments=args.max_experiments,
+                deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose)
+
+
+def run_command(args, setup_logging) -> int:
+    p = plan(args)
+    if p.address:
+        # joining is part of the checks: an unreachable cluster must not leave a SWARM_HOME
+        from agents.raylocal import start_local_ray
+        start_local_ray(num_cpus=0, address=p.address)
+        _check_cluster_gpus(p)
+    setup_logging(p.home, p.verbose)
+    from coordinator.supervise import Supervisor
+    return Supervisor(p).run()
+
+
+def _check_cluster_gpus(p: Plan) -> None:
+    import ray
+
+    have = int(ray.cluster_resources().get("GPU", 0))
+    need = p.n_agents * p.gpus_per_agent
+    if need > have:
+        ray.shutdown()
+        raise SwarmError(f"asked for {need} GPU(s) but the Ray cluster at {p.address} has {have}")

@@ -1,0 +1,127 @@
+"""The morning-after commands: status, lineage, report, export, from SWARM_HOME without Ray.
+
+The ledger comes from redis (running, or brought back from its AOF by home.ledger_redis),
+else from the parquet snapshot `swarm run` writes when it stops.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from coordinator.home import HomeError, SwarmHome, ledger_redis
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ledger_rows(home: SwarmHome, info: dict, redis_url: str | None):
+    """Yields (redis client or None, rows)."""
+    from coordinator.ledger import Ledger, read_parquet_rows
+
+    with ledger_redis(home, redis_url) as client:
+        if client is not None:
+            yield client, Ledger(client, info["swarm_id"]).rows()
+            return
+        if home.ledger_snapshot.is_file():
+            yield None, read_parquet_rows(home.ledger_snapshot)
+            return
+        raise HomeError(f"{home.root}: neither the ledger's redis nor {home.ledger_snapshot} "
+                        "can be read")
+
+
+def repo_path(home: SwarmHome) -> Path:
+    return home.root / "repo.git"
+
+
+def status(home: SwarmHome, info: dict, args) -> int:
+    from rich.console import Console
+
+    from coordinator import live
+
+    with ledger_rows(home, info, args.redis_url) as (client, rows):
+        data = live.gather(client, info["swarm_id"], rows)
+    data["running"] = home.running_pid() is not None
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    state = "running" if data["running"] else "stopped"
+    Console().print(live.render(data, title=f"swarm {info['swarm_id']} ({state}) in {home.root}"))
+    return 0
+
+
+def _graph(home: SwarmHome, info: dict, redis_url: str | None):
+    from coordinator.lineage import build_lineage
+
+    with ledger_rows(home, info, redis_url) as (_, rows):
+        return rows, build_lineage(rows, repo_path(home))
+
+
+def lineage(home: SwarmHome, info: dict, args) -> int:
+    import networkx as nx
+
+    rows, G = _graph(home, info, args.redis_url)
+    if args.format == "tree":
+        from coordinator.report.tree import render_tree
+        text = render_tree(G, all=args.all)
+    elif args.format == "json":
+        from coordinator.lineage import node_link_json
+        text = json.dumps(node_link_json(G), indent=1, default=str)
+    else:
+        # dot/graphml writers want scalar attributes: drop None, stringify the rest
+        H = nx.DiGraph()
+        for n, a in G.nodes(data=True):
+            H.add_node(n, **{k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str))
+                             for k, v in a.items() if v is not None})
+        H.add_edges_from(G.edges())
+        if args.format == "graphml":
+            text = "\n".join(nx.generate_graphml(H))
+        else:
+            lines = ["digraph lineage {"]
+            for n, a in H.nodes(data=True):
+                label = f"{str(n)[:8]}\\n{a.get('val_bpb', '')}".replace('"', "'")
+                lines.append(f'  "{n}" [label="{label}"];')
+            lines += [f'  "{u}" -> "{v}";' for u, v in H.edges()]
+            text = "\n".join(lines + ["}"])
+    _emit(text, args.output)
+    return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+        tmp.replace(out)
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def report(home: SwarmHome, info: dict, args) -> int:
+    from coordinator.report import build_report
+
+    rows, G = _graph(home, info, args.redis_url)
+    out = Path(args.output) if args.output else home.reports_dir
+    path = build_report(rows, G, repo_path(home), out)
+    print(f"wrote {path}")
+    return 0
+
+
+def export(home: SwarmHome, info: dict, args) -> int:
+    from coordinator.ledger import write_json_rows, write_parquet_rows, write_tsv_rows
+
+    with ledger_rows(home, info, args.redis_url) as (_, rows):
+        pass
+    ext = {"parquet": "parquet", "tsv": "tsv", "json": "json"}[args.format]
+    out = Path(args.output) if args.output else home.snapshots_dir / f"ledger.{ext}"
+    if args.output == "-":
+        (write_tsv_rows if args.format == "tsv" else write_json_rows)(rows, sys.stdout)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    {"parquet": write_parquet_rows, "tsv": write_tsv_rows, "json": write_json_rows}[args.format](rows, out)
+    print(f"wrote {len(rows)} records to {out}")
+    return 0

@@ -1,0 +1,97 @@
+"""The `swarm` command: help texts, and bad inputs that end in one line, exit 2, nothing created."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUBCOMMANDS = ["run", "status", "lineage", "report", "export", "stop"]
+
+
+def swarm(*args, cwd, env_extra=None, timeout=60):
+    env = dict(os.environ, SWARM_HOME=str(Path(cwd) / "home"), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_top_level_help(tmp_path):
+    r = swarm("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "example:" in r.stdout and "swarm run --agents 2" in r.stdout
+    for sub in SUBCOMMANDS + ["prepare", "train"]:
+        assert f"    {sub} " in r.stdout
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_subcommand_help_has_one_line_and_an_example(sub):
+    from coordinator.cli import build_parser
+    p = build_parser()
+    sp = p._subparsers._group_actions[0].choices[sub]
+    text = sp.format_help()
+    assert sp.description and "\n" not in sp.description
+    assert f"example:\n  swarm {sub}" in text
+
+
+def _bad(tmp_path, *args, expect, env_extra=None, timeout=60):
+    r = swarm(*args, cwd=tmp_path, env_extra=env_extra, timeout=timeout)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert expect in lines[0]
+    assert not (tmp_path / "home").exists(), "a bad input must not create SWARM_HOME"
+    return lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    (tmp_path / "swarm.yaml").write_text("budget: 10\nagents:\n  cuont: 2\n")
+    _bad(tmp_path, "run", expect="swarm.yaml: agents.cuont: unknown key")
+
+
+def test_missing_program_file(tmp_path):
+    (tmp_path / "swarm.yaml").write_text("programs:\n  - path: nowhere.md\n")
+    _bad(tmp_path, "run", expect="programs.0.path: program file")
+
+
+def test_negative_budget(tmp_path):
+    _bad(tmp_path, "run", "--budget", "-3", expect="--budget: must be greater than 0")
+    (tmp_path / "swarm.yaml").write_text("budget: -3\n")
+    _bad(tmp_path, "run", expect="swarm.yaml: budget:")
+
+
+def test_more_gpus_than_exist(tmp_path):
+    _bad(tmp_path, "run", "--gpus", "64", expect="asked for 64 GPU(s)")
+
+
+def test_unreachable_redis(tmp_path):
+    _bad(tmp_path, "run", "--redis-url", f"redis://127.0.0.1:{closed_port()}/0",
+         expect="cannot reach redis at")
+
+
+def test_wrong_redis_password(tmp_path, redis_daemon):
+    url = f"redis://:wrong-password@127.0.0.1:{redis_daemon.port}/0"
+    line = _bad(tmp_path, "run", "--redis-url", url, expect="refused the password")
+    assert "wrong-password" not in line and redis_daemon.password not in line
+
+
+def test_unreachable_ray_address(tmp_path):
+    _bad(tmp_path, "run", "--address", f"127.0.0.1:{closed_port()}", expect="cannot reach Ray at",
+         timeout=30)
+
+
+def test_secret_in_clear_in_config(tmp_path):
+    (tmp_path / "swarm.yaml").write_text("redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n")
+    line = _bad(tmp_path, "run", expect="may only be given as ${ENV_VAR}")
+    assert "hunter2" not in line
+
+
+def test_morning_after_commands_without_a_swarm(tmp_path):
+    for sub in ("status", "lineage", "export"):
+        _bad(tmp_path, sub, expect="no swarm here")

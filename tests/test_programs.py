@@ -12,8 +12,9 @@ NAMES = ["baseline", "optimizer", "architecture", "schedule", "simplify", "explo
 
 
 def _baseline_constants() -> set[str]:
-    from trainer import baseline_path
-    text = Path(baseline_path()).read_text()
+    import importlib.resources
+    # the shipped baseline (package data), the same file trainer.baseline_path() names
+    text = (importlib.resources.files("trainer") / "baseline" / "train.py").read_text()
     return set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", text, re.M))
 
 

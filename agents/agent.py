@@ -344,8 +344,6 @@ class ResearchAgent:
             self.inflight.update(commit=commit)
             result = self._run(run_dir / f"fix{fixes}", source, seed, confirm)
             reason = result.error
-            if kind == "experiment":
-                self._start_prep(parent, base_source, description)
         if result.status == "crash" and self._cancel.is_set():
             reason = "stopped"
         rec = self._record(eid, kind=kind, parent=parent, commit=commit, description=description,

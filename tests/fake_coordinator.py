@@ -1,0 +1,180 @@
+"""An in-process coordinator for agent tests: keeps best per hardware class, decides
+discard/promote by val_bpb, remembers every record; plus helpers for a research repo."""
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from trainer.schema import Broadcast, Decision, ExperimentRecord, Job, StartedExperiment
+
+TINY_TRAIN = '''"""A tiny stand-in train.py: the fake runner reads its constants."""
+LEARNING_RATE = 0.04  # per step
+WEIGHT_DECAY = 0.1  # fraction
+DEPTH = 4  # layers
+WINDOW = "SL"  # pattern
+CRASH = False  # raise at start-up
+
+
+def main():
+    if CRASH:
+        raise RuntimeError("boom")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+TINY_PROGRAM = '''# tiny program
+Tune the learning rate and depth.
+
+```yaml
+search_space:
+  LEARNING_RATE: {type: log, min: 0.001, max: 0.5, step: 1.5}
+  DEPTH: {type: int, min: 1, max: 12, step: 1}
+  WINDOW: {type: choice, values: ["L", "SL", "SSSL"]}
+```
+'''
+
+
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def make_research_repo(swarm_home: Path, train_py: str = TINY_TRAIN) -> str:
+    """A bare repo at swarm_home/repo.git holding one baseline commit; returns its sha."""
+    swarm_home.mkdir(parents=True, exist_ok=True)
+    bare = swarm_home / "repo.git"
+    git(swarm_home, "init", "-q", "--bare", "-b", "main", str(bare))
+    with tempfile.TemporaryDirectory() as d:
+        git(d, "init", "-q", "-b", "main")
+        git(d, "config", "user.name", "t")
+        git(d, "config", "user.email", "t@localhost")
+        Path(d, "train.py").write_text(train_py)
+        git(d, "add", "train.py")
+        git(d, "commit", "-q", "-m", "baseline")
+        git(d, "push", "-q", str(bare), "main")
+        return git(d, "rev-parse", "HEAD")
+
+
+class FakeCoordinator:
+    """Plausible coordinator: baseline records seed `best`; an ok experiment whose parent is
+    best and whose val_bpb beats best is promoted; everything else is discarded."""
+
+    def __init__(self, repo: Path | None = None, jobs: list[Job] | None = None):
+        self.repo = Path(repo) if repo else None
+        self.started: dict[str, StartedExperiment] = {}
+        self.records: dict[str, ExperimentRecord] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.reports = 0                      # calls, to check idempotence
+        self.bests: dict[str, Broadcast] = {}
+        self.jobs: list[Job] = list(jobs or [])
+        self.beats: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+
+    def begin(self, started: StartedExperiment) -> None:
+        self.started[started.experiment_id] = started
+
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+        with self._lock:
+            self.reports += 1
+            if record.experiment_id in self.decisions:
+                return self.decisions[record.experiment_id]
+            self.records[record.experiment_id] = record
+            hw = record.hardware_class
+            best = self.bests.get(hw)
+            if record.status != "ok":
+                kind = record.status
+            elif record.kind != "experiment":
+                kind = "sample"
+                if best is None and record.kind == "baseline":
+                    self._move(record, hw, None)
+            elif best is not None and record.parent == best.commit and record.val_bpb < best.val_bpb:
+                kind = "promote"
+                self._move(record, hw, best)
+            else:
+                kind = "discard"
+            d = Decision(experiment_id=record.experiment_id, decision=kind, hardware_class=hw,
+                         best_before=best.commit if best else None,
+                         best_after=self.bests[hw].commit if kind == "promote" else None)
+            self.decisions[record.experiment_id] = d
+            return d
+
+    def _move(self, record: ExperimentRecord, hw: str, old: Broadcast | None) -> None:
+        self.bests[hw] = Broadcast(swarm_id="test", hardware_class=hw, commit=record.commit,
+                                   val_bpb=record.val_bpb, seq=(old.seq + 1) if old else 1,
+                                   experiment_id=record.experiment_id)
+
+    def next_job(self, agent: str, hardware_class: str) -> Job | None:
+        with self._lock:
+            for i, j in enumerate(self.jobs):
+                if j.hardware_class == hardware_class:
+                    return self.jobs.pop(i)
+        return None
+
+    def best(self, hardware_class: str) -> Broadcast | None:
+        return self.bests.get(hardware_class)
+
+    def recent(self, hardware_class: str, n: int):
+        recs = [r for r in self.records.values() if r.hardware_class == hardware_class][-n:]
+        return [(r, self.decisions.get(r.experiment_id)) for r in recs]
+
+    def heartbeat(self, agent: str, status: dict) -> None:
+        self.beats.append((agent, status))
+
+    def fetch(self, commit: str) -> bytes:
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "b.bundle"
+            git(self.repo, "update-ref", "refs/fetch/tmp", commit)
+            git(self.repo, "bundle", "create", "-q", str(out), "refs/fetch/tmp")
+            return out.read_bytes()
+
+    # for assertions through Ray
+    def all_records(self) -> list[ExperimentRecord]:
+        return list(self.records.values())
+
+    def all_started(self) -> list[StartedExperiment]:
+        return list(self.started.values())
+
+    def report_calls(self) -> int:
+        return self.reports
+
+
+def fake_runner(score=None, sleep: float = 0.0):
+    """A runner that reads the constants of train.py: CRASH=True crashes; val_bpb is a smooth
+    function of LEARNING_RATE and DEPTH (best near 0.02 and 6) unless `score` is given."""
+    import math
+    import re
+
+    from trainer.schema import ExperimentResult
+
+    def run(train_py, run_dir, *, budget=None, seed=0, cancel=None, on_event=None, **kw):
+        src = Path(train_py).read_text()
+        t0 = time.time()
+        if on_event:
+            on_event({"event": "started", "pgid": None})
+        end = t0 + sleep
+        while time.time() < end:
+            if cancel is not None and cancel.is_set():
+                return ExperimentResult(status="crash", error="cancelled", seed=seed)
+            time.sleep(min(0.05, max(0.0, end - time.time())))
+            if on_event:
+                on_event({"event": "progress", "progress": (time.time() - t0) / max(sleep, 1e-9)})
+        (Path(run_dir) / "run.log").write_text(src)
+        if re.search(r"^CRASH = True", src, re.M):
+            return ExperimentResult(status="crash", error="RuntimeError: boom",
+                                    log_tail="Traceback...\nRuntimeError: boom", seed=seed,
+                                    total_seconds=time.time() - t0)
+        if score is not None:
+            val = score(src)
+        else:
+            lr = float(re.search(r"^LEARNING_RATE = ([\d.e-]+)", src, re.M).group(1))
+            depth = int(re.search(r"^DEPTH = (\d+)", src, re.M).group(1))
+            val = 2.0 + (math.log(lr / 0.02)) ** 2 * 0.05 + (depth - 6) ** 2 * 0.01
+        return ExperimentResult(status="ok", val_bpb=val, seed=seed, budget=budget or 0.0,
+                                training_seconds=sleep, total_seconds=time.time() - t0)
+
+    return run

@@ -1,0 +1,129 @@
+"""`swarm report`: the self-contained HTML page and progress.png, checked in headless Chromium."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from coordinator.report import ReportError, build_report
+from coordinator.report.headless import NODE_COUNT_JS, NODE_XY_JS, Browser, find_chromium
+from coordinator.report.synthetic import lineage_graph, make_swarm
+from coordinator.report.tables import program_table
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("swarm")
+    sw = make_swarm(home, experiments=80, agents=4, hardware_classes=("h100", "a100"), seed=0)
+    kinds = {r["run_status"] for r in sw.rows} | {r["decision"] for r in sw.rows}
+    # the ledger this test needs: every kind of outcome, a merge, a suspect promotion, 2 classes
+    assert {"crash", "timeout", "invalid", "merge", "promote", "discard"} <= kinds
+    assert any(r["suspect"] and r["decision"] == "promote" for r in sw.rows)
+    G = lineage_graph(sw)
+    html = build_report(sw.rows, G, repo_path=sw.repo_path, swarm_home=home,
+                        out_dir=home / "reports")
+    return sw, G, html
+
+
+def _data(html):
+    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                  html.read_text(), re.S)
+    return json.loads(m.group(1))
+
+
+def test_report_is_self_contained_with_png_tables_and_noise(built):
+    sw, G, html = built
+    text = html.read_text()
+    # no external script, stylesheet or image (plotly.js itself holds link strings for its
+    # logo; that nothing is fetched at view time is checked in the browser test)
+    assert not re.search(r"<script[^>]*\bsrc=|<link\b|<img[^>]*src=[\"']?(https?:)?//", text)
+    assert "Plotly" in text and "id='program-table'" in text and "id='noise-table'" in text
+    png = html.parent / "progress.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in text
+    sigma = next(r["sigma"] for r in sw.rows if r["sigma"])
+    assert f"{sigma:.5f}" in text
+    for r in sw.rows:
+        if r["run_status"] == "invalid":
+            assert r["experiment_id"] in text  # the invalid-edits table lists every one
+
+
+def test_report_data_distinguishes_every_kind_and_holds_real_diffs(built):
+    sw, G, html = built
+    data = _data(html)
+    assert len(data["nodes"]) == G.number_of_nodes() == len(sw.trained_commits())
+    nodes = {n["sha"]: n for n in data["nodes"]}
+    by_status = {r["commit"]: r["run_status"] for r in sw.rows if r["kind"] == "experiment"
+                 and r["commit"]}
+    for sha, st in by_status.items():
+        if st in ("crash", "timeout"):
+            assert nodes[sha]["status"] == st
+    merge = next(r for r in sw.rows if r["decision"] == "merge")
+    m = nodes[merge["merge_commit"]]
+    assert m["is_merge"] and len(m["diffs"]) == 2
+    assert {d["first_parent"] for d in m["diffs"]} == {True, False}
+    assert any(n["suspect"] for n in data["nodes"])
+    assert {n["hardware_class"] for n in data["nodes"]} >= {"h100", "a100"}
+    r = next(r for r in sw.rows if r["decision"] == "discard")
+    real = subprocess.run(["git", "-C", str(sw.repo_path), "diff", r["parent"], r["commit"],
+                           "--", "train.py"], capture_output=True, text=True, check=True).stdout
+    diff = nodes[r["commit"]]["diffs"][0]["text"]
+    added = [ln for ln in real.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    assert added and all(ln in diff.splitlines() for ln in added)
+    assert r["experiment_id"] in nodes[r["commit"]]["log"]
+
+
+def test_program_table_counts(built):
+    sw, _, _ = built
+    t = {row["program"]: row for row in program_table(sw.rows)}
+    exps = [r for r in sw.rows if r["kind"] == "experiment"]
+    assert t["all"]["experiments"] == len(exps)
+    acc = [r for r in sw.rows if r["decision"] in ("promote", "merge", "simplification")]
+    assert t["all"]["promotions"] == len(acc)
+    assert sum(v["experiments"] for k, v in t.items() if k != "all") == len(exps)
+    assert t["all"]["llm_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in sw.rows))
+    assert t["all"]["cost_per_accept"] == pytest.approx(t["all"]["llm_cost_usd"] / len(acc))
+
+
+def test_report_rejects_empty_ledger_and_missing_repo(tmp_path, built):
+    sw, G, _ = built
+    with pytest.raises(ReportError, match="ledger is empty"):
+        build_report([], G, repo_path=sw.repo_path, swarm_home=tmp_path, out_dir=tmp_path)
+    with pytest.raises(ReportError, match="not a git repository"):
+        build_report(sw.rows, G, repo_path=tmp_path / "nope", swarm_home=tmp_path,
+                     out_dir=tmp_path)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
+def test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click(built, tmp_path):
+    sw, G, html = built
+    # the DAG draws one node per trained commit (crashed and timed-out runs included; invalid
+    # edits have no commit); the root baseline is itself a trained commit (its baseline runs)
+    r = next(r for r in sw.rows if r["decision"] == "promote")
+    real = subprocess.run(["git", "-C", str(sw.repo_path), "diff", r["parent"], r["commit"],
+                           "--", "train.py"], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in real.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
+    with Browser() as b:
+        b.open(html)
+        assert b.eval(NODE_COUNT_JS) == len(sw.trained_commits())
+        fetched = b.eval("performance.getEntriesByType('resource').map(e => e.name)"
+                         ".filter(u => !u.startsWith('data:'))")
+        assert fetched == [], f"the page fetched {fetched}"
+        i = b.eval(f"window.__reportData.nodes.findIndex(n => n.sha === '{r['commit']}')")
+        assert i >= 0
+        x, y = b.eval(NODE_XY_JS % i)
+        b.eval(f"window.scrollTo(0, {y} - 300)")
+        x, y = b.eval(NODE_XY_JS % i)
+        b.click(x, y)
+        deadline = time.monotonic() + 10
+        while b.eval("document.getElementById('panel').dataset.sha || ''") != r["commit"]:
+            assert time.monotonic() < deadline, "clicking the node did not open its panel"
+            time.sleep(0.05)
+        panel = b.eval("document.getElementById('panel').innerText")
+        assert line in panel
+        assert r["experiment_id"] in panel
+        shot = b.screenshot(tmp_path / "report.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,97 @@
+"""The `litellm` backend over real HTTP against a scripted OpenAI-compatible server on
+127.0.0.1: answers, 429, 500, a hang, garbage, token and cost accounting, the spending cap,
+and the key staying out of records."""
+from __future__ import annotations
+
+import pytest
+
+from agents.agent import ResearchAgent
+from agents.backends.base import ProposalContext, make_backend
+from agents.config import AgentConfig
+from agents.errors import SpendingCapReached
+from agents.program import parse_program
+from tests.fake_coordinator import (TINY_PROGRAM, TINY_TRAIN, FakeCoordinator, fake_runner,
+                                    make_research_repo)
+from tests.fake_llm_server import FakeLLMServer
+
+EDIT = ("Let me think.\nDESCRIPTION: deeper\ntrain.py\n<<<<<<< SEARCH\nDEPTH = 4  # layers\n"
+        "=======\nDEPTH = 6  # layers\n>>>>>>> REPLACE\n")
+SECRET = "sk-test-do-not-leak-1234567890"
+
+
+def spec(url, **kw):
+    s = {"type": "litellm", "model": "openai/fake-model", "api_base": url,
+         "api_key_env": "FAKE_LLM_KEY", "timeout_s": 3, "max_retries": 3, "backoff_s": 0.05,
+         "input_cost_per_mtok": 1000.0, "output_cost_per_mtok": 2000.0}
+    s.update(kw)
+    return s
+
+
+def ctx():
+    return ProposalContext(program=parse_program(TINY_PROGRAM, "tiny"), source=TINY_TRAIN,
+                           base_commit="a" * 40, agent="a")
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch):
+    monkeypatch.setenv("FAKE_LLM_KEY", SECRET)
+
+
+def test_retries_through_429_500_and_a_hang_then_answers():
+    script = [("status", 429), ("status", 500), ("hang", 30), ("ok", EDIT, 120, 80)]
+    with FakeLLMServer(script) as srv:
+        b = make_backend(spec(srv.url))
+        p = b.propose(ctx())
+        assert len(srv.requests) == 4
+    new, desc = p.resolve(TINY_TRAIN, max_edit_bytes=10_000, max_file_bytes=100_000)
+    assert desc == "deeper" and "DEPTH = 6" in new
+    assert (p.prompt_tokens, p.completion_tokens) == (120, 80)
+    assert p.cost_usd == pytest.approx((120 * 1000 + 80 * 2000) / 1e6)
+    req = srv.requests[-1]
+    assert req["model"] == "fake-model"
+    user = req["messages"][-1]["content"]
+    assert "Research program" in user and "DEPTH = 4" in user
+    assert srv.headers[-1].get("Authorization") == f"Bearer {SECRET}"
+
+
+def test_garbage_is_retried_then_invalid():
+    with FakeLLMServer([("garbage",), ("nochoices",), ("ok", "   ")]) as srv:
+        b = make_backend(spec(srv.url, max_retries=2))
+        p = b.propose(ctx())
+        assert len(srv.requests) == 3
+    assert p.error and p.error.startswith("litellm: gave up after 3 attempts")
+    with pytest.raises(Exception, match="gave up"):
+        p.resolve(TINY_TRAIN, max_edit_bytes=10_000, max_file_bytes=100_000)
+
+
+def test_auth_error_is_not_retried_and_key_not_echoed():
+    with FakeLLMServer([("status", 401)]) as srv:
+        p = make_backend(spec(srv.url)).propose(ctx())
+        assert len(srv.requests) == 1
+    assert "AuthenticationError" in p.error and SECRET not in p.error
+
+
+def test_spending_cap_stops_agent_and_key_never_reaches_records(tmp_path):
+    make_research_repo(tmp_path / "home")
+    # each answer costs 100*1000/1e6 + 50*2000/1e6 = $0.2; cap $0.5 -> three calls, then stop
+    with FakeLLMServer([("ok", EDIT.replace("DEPTH = 6", "DEPTH = 5"))]) as srv:
+        cfg = AgentConfig(name="llm", program_name="tiny", program_text=TINY_PROGRAM,
+                          swarm_home=tmp_path / "home", hardware_class="hw", budget=1,
+                          backend=spec(srv.url, max_cost_usd=0.5), prepare_ahead=False)
+        coord = FakeCoordinator()
+        agent = ResearchAgent(cfg, coord, runner=fake_runner())
+        summary = agent.run(max_experiments=20)
+    assert summary["stop_reason"].startswith("spending cap reached")
+    exps = [r for r in coord.all_records() if r.kind == "experiment"]
+    assert len(exps) == 3 and sum(r.cost_usd for r in exps) == pytest.approx(0.6)
+    assert all(r.prompt_tokens == 100 and r.completion_tokens == 50 for r in exps)
+    # first: DEPTH 4 -> 5 is ok and kept; later the same edit no longer applies: invalid
+    assert [r.status for r in exps] == ["ok", "invalid", "invalid"]
+    dumped = "".join(r.model_dump_json() for r in coord.all_records()) + str(coord.beats)
+    assert SECRET not in dumped
+
+
+def test_cap_already_used_raises_before_calling():
+    b = make_backend(spec("http://127.0.0.1:9/v1", max_cost_usd=0.0))
+    with pytest.raises(SpendingCapReached):
+        b.propose(ctx())

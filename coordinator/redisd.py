@@ -23,6 +23,19 @@ class RedisError(RuntimeError):
     """redis-server could not be started or reached."""
 
 
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie counts as gone (a container's init may reap it late)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,10 +157,6 @@ class RedisDaemon:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
         self.pid = None

@@ -22,12 +22,23 @@ _MAX_TRIES = 200
 
 @dataclass
 class Constant:
-    """One module-level `NAME = literal` assignment on a single line."""
+    """One module-level `NAME = literal` (or `NAME = a if COND else b`, a device switch) on a
+    single line. `values` holds one literal, or the two branches of the conditional."""
     name: str
-    value: object
+    values: tuple
     line: int          # 0-based
     col: int
     end_col: int
+    cond: str | None = None
+
+    @property
+    def value(self):
+        return self.values[-1] if self.cond is None else self.values
+
+    def render(self, values) -> str:
+        if self.cond is None:
+            return _fmt(values[0])
+        return f"{_fmt(values[0])} if {self.cond} else {_fmt(values[1])}"
 
 
 def _eval_const(node: ast.AST):
@@ -43,29 +54,40 @@ def _eval_const(node: ast.AST):
     return eval(compile(ast.Expression(node), "<const>", "eval"), {"__builtins__": {}})
 
 
+def _scalar(v) -> bool:
+    return isinstance(v, (bool, int, float, str))
+
+
 def find_constants(source: str) -> dict[str, Constant]:
-    """Module-level UPPER_CASE constants with literal (or constant-arithmetic) values."""
+    """Module-level UPPER_CASE constants with literal (or constant-arithmetic) values, and
+    device switches `A if CUDA else B` whose branches are literals."""
     out: dict[str, Constant] = {}
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return out
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
                 and node.value.lineno == node.value.end_lineno):
-            try:
-                value = _eval_const(node.value)
-            except Exception:
-                continue
-            if isinstance(value, (bool, int, float, str)):
-                out[node.targets[0].id] = Constant(node.targets[0].id, value, node.value.lineno - 1,
-                                                   node.value.col_offset, node.value.end_col_offset)
+            continue
+        v = node.value
+        name = node.targets[0].id
+        try:
+            if isinstance(v, ast.IfExp):
+                values = (_eval_const(v.body), _eval_const(v.orelse))
+                cond = ast.get_source_segment(source, v.test)
+            else:
+                values, cond = (_eval_const(v),), None
+        except Exception:
+            continue
+        if all(_scalar(x) for x in values):
+            out[name] = Constant(name, values, v.lineno - 1, v.col_offset, v.end_col_offset, cond)
     return out
 
 
 def _fmt(value) -> str:
-    if isinstance(value, bool) or isinstance(value, int) or isinstance(value, str):
+    if isinstance(value, (bool, int, str)):
         return repr(value)
     text = f"{value:.4g}"
     return text if any(c in text for c in ".en") else text + ".0"
@@ -75,22 +97,26 @@ def default_space(consts: dict[str, Constant]) -> dict:
     """A fallback search space when the program declares none: numbers within 10x."""
     space = {}
     for c in consts.values():
-        if isinstance(c.value, bool) or isinstance(c.value, str):
+        v = c.values[-1]
+        if isinstance(v, bool) or isinstance(v, str):
             continue
-        if isinstance(c.value, int) and c.value > 0:
-            space[c.name] = IntParam(type="int", min=max(1, c.value // 2), max=c.value * 2,
-                                     step=max(1, c.value // 8))
-        elif isinstance(c.value, float) and c.value > 0:
-            space[c.name] = LogParam(type="log", min=c.value / 10, max=c.value * 10, step=1.3)
+        if isinstance(v, int) and v > 0:
+            space[c.name] = IntParam(type="int", min=max(1, v // 2), max=v * 2, step=max(1, v // 8))
+        elif isinstance(v, float) and v > 0:
+            space[c.name] = LogParam(type="log", min=v / 10, max=v * 10, step=1.3)
     return space
 
 
-def step_value(value, param, rng: random.Random):
-    """One random step of `value` inside `param`; may return the same value at a bound."""
+def step_value(value, param, rng: random.Random, k: int | None = None):
+    """`value` moved k steps (random k when None) inside `param`; may return the same value
+    at a bound. Choices move k positions along the list (random other value when not in it)."""
+    if k is None:
+        k = rng.choice([-2, -1, -1, 1, 1, 2])
     if isinstance(param, ChoiceParam):
-        others = [v for v in param.values if v != value]
-        return rng.choice(others or param.values)
-    k = rng.choice([-2, -1, -1, 1, 1, 2])
+        if value in param.values and type(value) in {type(x) for x in param.values}:
+            i = param.values.index(value)
+            return param.values[min(len(param.values) - 1, max(0, i + k))]
+        return rng.choice(param.values)
     if isinstance(param, LogParam):
         base = value if isinstance(value, (int, float)) and value > 0 else param.min
         new = min(param.max, max(param.min, base * param.step ** k))
@@ -133,12 +159,14 @@ class MutateBackend:
             changes = []
             for n in sorted(picks, key=lambda n: (consts[n].line, -consts[n].col)):
                 c = consts[n]
-                new = step_value(c.value, space[n], self.rng)
-                if new == c.value and type(new) is type(c.value):
+                k = self.rng.choice([-2, -1, -1, 1, 1, 2])
+                # Both branches of a device switch move by the same step.
+                new = tuple(step_value(v, space[n], self.rng, k) for v in c.values)
+                if all(a == b and type(a) is type(b) for a, b in zip(new, c.values)):
                     continue
                 ln = new_lines[c.line]
-                new_lines[c.line] = ln[:c.col] + _fmt(new) + ln[c.end_col:]
-                changes.append(f"{n} {_fmt(c.value)} -> {_fmt(new)}")
+                new_lines[c.line] = ln[:c.col] + c.render(new) + ln[c.end_col:]
+                changes.append(f"{n} {c.render(c.values)} -> {c.render(new)}")
             if not changes:
                 continue
             new_source = "\n".join(new_lines)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordinator.home import SwarmHome
+from coordinator.home import SwarmError, SwarmHome
 from coordinator.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Supervisor:
     def _agent(self, spec: dict):
         from agents.actor import agent_actor
         from agents.config import AgentConfig
+        from agents.ports import RayCoordinator
 
         cfg = AgentConfig(**spec, swarm_id=self.info["swarm_id"], swarm_home=self.home.root,
                           budget=self.p.cfg.budget, profile=self.p.profile,
@@ -76,7 +77,8 @@ class Supervisor:
                           data_dir=self.data_dir)
         self.configs[cfg.name] = cfg
         actor = agent_actor(cfg, gpus=self.p.gpus_per_agent,
-                            cpus=self.p.cfg.agents.cpus_per_agent).remote(cfg, self.coord)
+                            cpus=self.p.cfg.agents.cpus_per_agent).remote(
+                                cfg, RayCoordinator(self.coord, cfg.state_dir / "spool"))
         self.actors[cfg.name] = actor
         self.refs[cfg.name] = actor.run.remote(max_experiments=self.p.max_experiments,
                                                deadline=self.p.deadline)
@@ -95,7 +97,9 @@ class Supervisor:
             os.environ["SWARM_DATA_DIR"] = str(self.data_dir)
             self._ray()
             from coordinator.actor import coordinator_actor
-            self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"])
+            self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
+                                           baseline_train_py=_baseline_text())
+            self._check_coordinator()
             for spec in self.p.agent_specs:
                 self._agent(spec)
             try:
@@ -135,19 +139,44 @@ class Supervisor:
             view.close()
             client.close()
 
+    def _check_coordinator(self) -> None:
+        import ray
+        try:
+            ray.get(self.coord.status.remote(), timeout=120)
+        except Exception as e:
+            raise SwarmError(f"the coordinator did not start: {_last_line(e)}") from None
+
     def _agent_died(self, name: str, err: Exception) -> None:
         import ray
 
-        lost = ray.get(self.coord.reconcile_dead_agent.remote(name))
+        try:
+            lost = ray.get(self.coord.reconcile_dead_agent.remote(name), timeout=120)
+        except Exception as e:
+            raise SwarmError(f"the coordinator is gone: {_last_line(e)}") from None
         n = self.restarts.get(name, 0)
-        log.warning("agent %s died (%s); recorded %d lost run(s) as crash", name,
-                    str(err).splitlines()[0][:200], len(lost))
+        log.warning("agent %s died (%s); recorded %d lost run(s) as crash", name, _last_line(err), len(lost))
+        log.info("agent %s death: %s", name, str(err)[-3000:])
+        self._forget(name)
         if n >= MAX_RESTARTS:
             log.error("agent %s died %d times: not restarting it", name, n + 1)
             return
         self.restarts[name] = n + 1
         spec = next(s for s in self.p.agent_specs if s["name"] == name)
         self._agent(spec)
+
+    def _forget(self, name: str) -> None:
+        """Kill what is left of a dead agent and wait until Ray frees its name for the restart."""
+        import ray
+        actor = self.actors.pop(name, None)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        for _ in range(100):
+            try:
+                ray.get_actor(f"agent-{name}")
+            except ValueError:
+                return
+            time.sleep(0.1)
 
     def _stop_agents(self) -> None:
         import ray
@@ -188,6 +217,16 @@ class Supervisor:
         if self.daemon is not None:
             self.daemon.stop()
         self.home.clear_pid()
+
+
+def _baseline_text() -> str:
+    import importlib.resources
+    return (importlib.resources.files("trainer") / "baseline" / "train.py").read_text()
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[-1] if lines else e.__class__.__name__)[:300]
 
 
 def _rows(client, info) -> list[dict]:

@@ -102,11 +102,14 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def report(home: SwarmHome, info: dict, args) -> int:
-    from coordinator.report import build_report
+    from coordinator.report.html import ReportError, build_report
 
     rows, G = _graph(home, info, args.redis_url)
     out = Path(args.output) if args.output else home.reports_dir
-    path = build_report(rows, G, repo_path(home), out)
+    try:
+        path = build_report(rows, G, repo_path=repo_path(home), swarm_home=home.root, out_dir=out)
+    except ReportError as e:
+        raise HomeError(str(e)) from None
     print(f"wrote {path}")
     return 0
 

@@ -94,4 +94,4 @@ def batches(docs: TokenDocs, batch_size: int, seq_len: int, *, seed: int | None 
                 return
             chunk.append(r)
         a = np.stack(chunk).astype(np.int64)
-        yield a[:, :-1], a[:, 1:]
+        yield np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, 1:])

@@ -43,6 +43,13 @@ def _hardware_class(cfg: AgentConfig) -> str:
     return hardware_class(cfg.profile or detect_profile(), device, cfg.threads)
 
 
+def _is_actor_handle(obj: Any) -> bool:
+    # A Ray handle has every method name, so the Protocol check alone would accept it.
+    import sys
+    ray_actor = sys.modules.get("ray.actor")
+    return ray_actor is not None and isinstance(obj, ray_actor.ActorHandle)
+
+
 class ResearchAgent:
     """One research agent. Build it directly for tests; agents.actor makes it a Ray actor.
 
@@ -56,7 +63,7 @@ class ResearchAgent:
         self.cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
         cfg = self.cfg
         self.port: Any = coordinator
-        if not isinstance(coordinator, CoordinatorPort):
+        if _is_actor_handle(coordinator) or not isinstance(coordinator, CoordinatorPort):
             self.port = RayCoordinator(coordinator, cfg.state_dir / "spool")
         self.program: Program = (load_program(cfg.program_path, cfg.program_name)
                                  if cfg.program_path else parse_program(cfg.program_text, cfg.program_name))

@@ -99,6 +99,8 @@ class Coordinator:
         self.order: dict[str, list[str]] = {}
         self._blobs: dict[str, str] = {}
         self._history: dict[str, tuple[str, set[str]]] = {}
+        self._bests: dict[str, str] = {}
+        self._known: set[str] = set()
         self._since_snapshot = 0
         last_move: dict[str, Decision] = {}
         for typ, id, js in self.ledger.events():
@@ -141,6 +143,7 @@ class Coordinator:
             log.warning("best[%s]: re-applying %s from the ledger (ref was %s)", hw, target[:10],
                         (cur or "none")[:10])
             self.repo.set_ref(ref, target)
+            self._bests.pop(hw, None)
         elif self.repo.is_ancestor(target, cur):
             log.warning("best[%s]: git ref %s is ahead of the ledger (%s); trusting git", hw,
                         cur[:10], target[:10])
@@ -161,10 +164,22 @@ class Coordinator:
         return f"refs/heads/best/{hw}"
 
     def _best_commit(self, hw: str) -> str:
-        c = self.repo.ref(self._ref(hw))
+        # Only this object moves best refs (under the lock), so a cache is exact.
+        c = self._bests.get(hw)
         if c is None:
-            raise CoordinatorError(f"hardware class {hw!r} has no best ref")
+            c = self.repo.ref(self._ref(hw))
+            if c is None:
+                raise CoordinatorError(f"hardware class {hw!r} has no best ref")
+            self._bests[hw] = c
         return c
+
+    def _has(self, commit: str | None) -> bool:
+        if commit in self._known:
+            return True
+        if self.repo.has_commit(commit):
+            self._known.add(commit)
+            return True
+        return False
 
     def _blob(self, commit: str) -> str:
         b = self._blobs.get(commit)
@@ -181,7 +196,7 @@ class Coordinator:
         return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
 
     def _add_sample(self, rec: ExperimentRecord) -> None:
-        if rec.val_bpb is None or not self.repo.has_commit(rec.commit):
+        if rec.val_bpb is None or not self._has(rec.commit):
             return
         key = (rec.hardware_class, self._blob(rec.commit))
         s = self.samples.setdefault(key, Samples())
@@ -262,7 +277,7 @@ class Coordinator:
         st = self._job_finished(rec) if rec.job_id else None
         if hw not in self.classes:
             return self._dec(rec, "rejected", f"unknown hardware class {hw!r}")
-        if rec.commit is not None and self.repo.has_commit(rec.commit):
+        if rec.commit is not None and self._has(rec.commit):
             # Discarded and crashed commits stay reviewable.
             self.repo.set_ref(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
@@ -270,7 +285,7 @@ class Coordinator:
             if st is not None and st["done"] and st["job"]["for_experiment"]:
                 self._give_up(st["job"]["for_experiment"], f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
-        if not self.repo.has_commit(rec.commit):
+        if not self._has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
                              f"repo and no bundle sent)")
         if rec.val_bpb is None:
@@ -316,7 +331,7 @@ class Coordinator:
         best = self._best_commit(hw)
         sigma = self._sigma(hw)
         cs = self._samples_of(hw, C)
-        if not self.repo.has_commit(P):
+        if not self._has(P):
             return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
         added, removed = self.repo.diff_lines(P, C)
         net = added - removed
@@ -399,6 +414,7 @@ class Coordinator:
         # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
         d = self._dec(rec, kind, reason, delta=v.delta, margin=v.margin, sigma=sigma, samples=v.samples,
                       best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit)
+        self._bests.pop(hw, None)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
         self._publish(hw, new, rec.experiment_id, kind)

@@ -7,6 +7,7 @@ is a simplification). Fake agents commit into worktrees of the coordinator's bar
 """
 from __future__ import annotations
 
+import difflib
 import random
 import re
 import subprocess
@@ -17,6 +18,9 @@ from trainer.schema import ExperimentRecord, Job, StartedExperiment, new_experim
 BASE = 2.0
 EFFECTS = {"A": 0.05, "B": 0.05, "C": 0.01}
 NAMES = ["A", "B", "X", "Y", "C", "Z"]
+
+
+_TEXTS: dict[str, str] = {}  # commit -> train.py; commits are immutable, so the cache is exact
 
 
 def baseline_text(pads: int = 4) -> str:
@@ -69,26 +73,33 @@ class FakeAgent:
                         str(self.wt), root], check=True, capture_output=True)
 
     def text_at(self, commit: str) -> str:
-        return git(self.wt, "show", f"{commit}:train.py") + "\n"
+        t = _TEXTS.get(commit)
+        if t is None:
+            t = _TEXTS[commit] = git(self.wt, "show", f"{commit}:train.py") + "\n"
+        return t
 
     def commit(self, parent: str, text: str, description: str) -> str:
         git(self.wt, "checkout", "-q", "--detach", parent)
         (self.wt / "train.py").write_text(text)
         git(self.wt, "commit", "-q", "-am", description, "--allow-empty")
-        return git(self.wt, "rev-parse", "HEAD")
+        c = git(self.wt, "rev-parse", "HEAD")
+        _TEXTS[c] = text
+        return c
 
-    def measure(self, commit: str, seed: int | None = None) -> tuple[float, float]:
-        """(val_bpb, confirm_bpb) with Gaussian noise; confirm shares the true value."""
+    def measure(self, commit: str) -> tuple[float, float]:
+        """(val_bpb, confirm_bpb) with Gaussian noise; confirm shares the true value.
+
+        Noise comes from the agent's own seeded stream (not the job's seed, which the
+        coordinator draws at random) so that a test run is reproducible."""
         text = self.text_at(commit)
         t = true_bpb(text)
-        rng = random.Random(seed) if seed is not None else self.rng
-        return t + rng.gauss(0, self.sigma), t + rng.gauss(0, self.sigma) + confirm_shift(text)
+        return t + self.rng.gauss(0, self.sigma), t + self.rng.gauss(0, self.sigma) + confirm_shift(text)
 
     def record(self, commit: str, parent: str, kind: str = "experiment", description: str = "",
                job: Job | None = None, val: float | None = None, exp_id: str | None = None,
                confirm: float | None = None) -> ExperimentRecord:
-        v, cf = self.measure(commit, job.seed if job else None)
-        added, removed = diffstat(self.wt, parent, commit)
+        v, cf = self.measure(commit)
+        added, removed = diffstat(self.text_at(parent), self.text_at(commit))
         return ExperimentRecord(
             experiment_id=exp_id or new_experiment_id(self.name), kind=kind, agent=self.name,
             program=self.program, hardware_class=self.hw, parent=parent, commit=commit,
@@ -122,12 +133,15 @@ def confirm_shift(text: str) -> float:
     return 0.2 if constants(text).get("Y", 0) > 1 else 0.0
 
 
-def diffstat(wt: Path, a: str, b: str) -> tuple[int, int]:
-    out = git(wt, "diff", "--numstat", a, b, "--", "train.py")
-    if not out:
-        return 0, 0
-    x, y, _ = out.split("\t", 2)
-    return int(x), int(y)
+def diffstat(a: str, b: str) -> tuple[int, int]:
+    """(lines added, lines removed) from text a to text b."""
+    added = removed = 0
+    for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0):
+        if line.startswith("+") and not line.startswith("+++"):
+            added += 1
+        elif line.startswith("-") and not line.startswith("---"):
+            removed += 1
+    return added, removed
 
 
 def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int = 20) -> list:

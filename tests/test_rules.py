@@ -1,0 +1,80 @@
+"""The promotion rule as pure functions: pooled sigma, margin, verdicts, the held-out check."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from coordinator.rules import (NoisePool, Samples, is_suspect, judge, margin_for, original_rule_keeps,
+                               pooled_sigma, standard_error)
+from trainer.schema import PromotionConfig
+
+
+def samples(*xs, confirm=None):
+    s = Samples()
+    for x in xs:
+        s.add(x, confirm)
+    return s
+
+
+def test_pooled_sigma_matches_incremental_pool():
+    rng = random.Random(1)
+    groups = [[rng.gauss(i, 0.01) for _ in range(rng.randint(1, 6))] for i in range(30)]
+    pool = NoisePool()
+    for g in groups:
+        s = Samples()
+        for x in g:
+            pool.add(s, x)
+    ref = pooled_sigma(groups, prior=0.5)
+    assert pool.sigma(0.5) == pytest.approx(ref, rel=1e-9)
+    assert 0.007 < ref < 0.013  # the true within-commit std is 0.01, whatever the commit means
+    assert pooled_sigma([[1.0], [2.0]], prior=0.123) == 0.123
+    assert NoisePool().sigma(0.2) == 0.2
+
+
+def test_margin_grows_with_noise_lines_and_has_a_floor():
+    cfg = PromotionConfig(min_delta=0.001, k=2.5, cost_per_line=1e-4)
+    se = standard_error(0.004, 1, 3)
+    assert se == pytest.approx(0.004 * math.sqrt(1 + 1 / 3))
+    assert margin_for(cfg, se, 0) == pytest.approx(2.5 * se)
+    assert margin_for(cfg, 1e-6, 0) == 0.001
+    assert margin_for(cfg, se, 10) == pytest.approx(2.5 * se + 10 * 1e-4)
+    assert margin_for(cfg, se, -5) == margin_for(cfg, se, 0)  # removals never lower the bar
+
+
+@pytest.mark.parametrize("cand,net,expect", [
+    ((1.95,), 0, "promote"),
+    ((1.997,), 0, "pending"),           # positive but inside k*se, one sample
+    ((1.997, 1.998), 0, "discard"),     # still inside after the confirmation run
+    ((2.003,), 0, "discard"),           # worse
+    ((2.001,), -3, "simplification"),   # removes lines, within the noise of best
+    ((2.02,), -3, "discard"),           # removes lines but clearly worse
+    ((1.9935,), 200, "pending"),        # would promote with no added lines; 200 lines cost 0.004
+])
+def test_judge(cand, net, expect):
+    cfg = PromotionConfig(min_delta=0.001, k=2.5, cost_per_line=2e-5, confirm_runs=1)
+    best = samples(2.0, 2.002, 1.998)
+    v = judge(cfg, samples(*cand), best, sigma=0.002, net_added=net)
+    assert v.decision == expect, v
+    assert v.samples == len(cand)
+
+
+def test_confirm_runs_zero_means_no_pending():
+    cfg = PromotionConfig(confirm_runs=0)
+    v = judge(cfg, samples(1.997), samples(2.0, 2.002, 1.998), sigma=0.002, net_added=0)
+    assert v.decision == "discard"
+
+
+def test_suspect_and_original_rule():
+    assert is_suspect(2.1, 2.0, margin=0.01)
+    assert not is_suspect(2.005, 2.0, margin=0.01)
+    assert not is_suspect(None, 2.0, margin=0.01)
+    s = samples(1.0, 2.0, confirm=3.0)
+    assert s.confirm_mean == 3.0 and s.mean == 1.5
+    assert original_rule_keeps(2.0, 1.9999) and not original_rule_keeps(2.0, 2.0)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="extra"):
+        PromotionConfig(kk=3)

@@ -178,3 +178,19 @@ def fake_runner(score=None, sleep: float = 0.0):
                                 training_seconds=sleep, total_seconds=time.time() - t0)
 
     return run
+
+
+class FlakyCoordinator(FakeCoordinator):
+    """A FakeCoordinator whose report() fails while `down` (a coordinator restarting)."""
+
+    def __init__(self, repo: Path | None = None):
+        super().__init__(repo)
+        self.down = False
+
+    def set_down(self, down: bool) -> None:
+        self.down = down
+
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+        if self.down:
+            raise ConnectionError("coordinator is restarting")
+        return super().report(record, bundle)

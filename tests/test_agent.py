@@ -237,3 +237,52 @@ def test_stop_cancels_the_run_as_crash_stopped(home):
     (r,) = coord.all_records()
     assert r.status == "crash" and r.reason == "stopped"
     assert agent.status()["stop_reason"] == "stopped"
+
+
+def test_coordinator_job_runs_first_unchanged(home):
+    from trainer.schema import Job
+    tmp_path, baseline = home
+    job = Job(job_id="j1", kind="baseline", commit=baseline, parent=baseline, hardware_class=HW, seed=42)
+    coord = FakeCoordinator(jobs=[job])
+    seen = []
+    runner = fake_runner()
+
+    def spy(train_py, run_dir, **kw):
+        seen.append((open(train_py).read(), kw["seed"], kw["confirm_below"]))
+        return runner(train_py, run_dir, **kw)
+
+    agent = ResearchAgent(cfg(tmp_path), coord, runner=spy,
+                          backend=Scripted([blocks("DEPTH = 4  # layers", "DEPTH = 6  # layers")]))
+    agent.run(max_experiments=1)
+    recs = coord.all_records()
+    assert [(r.kind, r.job_id, r.commit, r.seed) for r in recs[:1]] == [("baseline", "j1", baseline, 42)]
+    assert seen[0] == (git(agent.wt.path, "show", f"{baseline}:train.py") + "\n", 42, float("inf"))
+    # the job's score became the parent's: no self-baseline, the experiment asked to confirm near-winners
+    assert [r.kind for r in recs] == ["baseline", "experiment"]
+    assert seen[1][2] == pytest.approx(recs[0].val_bpb * 1.02)
+
+
+def test_remote_clone_works_from_bundles(home):
+    tmp_path, baseline = home
+    coord = FakeCoordinator(tmp_path / "home" / "repo.git")
+    reports = []
+    orig = coord.report
+
+    def report(rec, bundle=None):
+        reports.append((rec, bundle))
+        return orig(rec, bundle)
+
+    coord.report = report
+    c = cfg(tmp_path, name="far", repo_path=tmp_path / "not-on-this-node.git")
+    agent = ResearchAgent(c, coord, runner=fake_runner(),
+                          backend=Scripted([blocks("DEPTH = 4  # layers", "DEPTH = 6  # layers")]))
+    assert not agent.wt.shared and agent.wt.head() == baseline
+    agent.run(max_experiments=1)
+    rec, bundle = reports[-1]
+    assert rec.kind == "experiment" and bundle
+    b = tmp_path / "exp.bundle"
+    b.write_bytes(bundle)
+    # the bundle applies onto the shared repo, which only has the parent
+    repo = tmp_path / "home" / "repo.git"
+    git(repo, "fetch", "-q", str(b), f"+refs/*:refs/incoming/*")
+    assert git(repo, "rev-parse", f"{rec.commit}^") == baseline

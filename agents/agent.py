@@ -99,10 +99,7 @@ class ResearchAgent:
     # --- start-up ------------------------------------------------------------------------
     def _setup(self) -> None:
         best = self.port.best(self.hw)
-        start = best.commit if best else None
-        if start and not self.wt.shared:
-            pass  # the clone is created from the bundle of `start` below
-        self.wt.open(start, fetch=self.port.fetch)
+        self.wt.open(best.commit if best else None, fetch=self.port.fetch)
         self.recovered = self._recover()
         self.wt.clean()
         if best and self.adopt != "never":

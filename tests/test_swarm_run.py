@@ -1,0 +1,141 @@
+"""End to end: `swarm run` with the real trainer, Ray, redis and git on CPU, then the
+morning-after commands, a Ctrl-C mid-run and a resume, and the secrets search.
+
+The environment of the child that runs train.py is captured while it runs, from
+/proc/<pid>/environ of every `trainer.harness` process whose spec lies under this SWARM_HOME
+(a mutate backend cannot make train.py print its own environment).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+FAKE_KEY = "sk-fake-e2e-4f9c2d7a1b3e5f60"
+
+
+def _env(tmp_path):
+    return dict(os.environ, SWARM_HOME=str(tmp_path / "home"), SWARM_DATA_DIR=str(tmp_path / "data"),
+                OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY + "-anthropic", PYTHONUNBUFFERED="1")
+
+
+def _swarm(tmp_path, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+class ChildEnvSpy(threading.Thread):
+    """Polls /proc for the runner's train.py children under `home` and keeps their environments."""
+
+    def __init__(self, home: Path):
+        super().__init__(daemon=True)
+        self.home, self.envs, self.done = str(home), {}, threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or pid in self.envs:
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"trainer.harness" in cmd and any(self.home.encode() in c for c in cmd):
+                        self.envs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+                except OSError:
+                    pass
+            time.sleep(0.2)
+
+
+def _ledger_counts(home: Path):
+    from coordinator.home import SwarmHome, ledger_redis
+    from coordinator.ledger import Ledger
+
+    h = SwarmHome(home)
+    with ledger_redis(h) as client:
+        led = Ledger(client, h.info()["swarm_id"])
+        rows = led.rows()
+        return led.counts(), rows
+
+
+@pytest.mark.slow
+def test_swarm_run_resume_and_secrets(tmp_path):
+    home = tmp_path / "home"
+    # mutate explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
+    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
+                                         "  - {name: baseline}\n  - {name: optimizer}\n")
+    spy = ChildEnvSpy(home)
+    spy.start()
+
+    # 1. a full run: baseline round + 1 experiment per agent
+    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain")
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    info = json.loads((home / "swarm.json").read_text())
+    counts, rows = _ledger_counts(home)
+    assert len(rows) >= 4 and counts["started"] == counts["records"]
+    assert len({r["experiment_id"] for r in rows}) == len(rows)
+    best = subprocess.run(["git", "--git-dir", str(home / "repo.git"), "for-each-ref", "refs/heads/best"],
+                          capture_output=True, text=True).stdout
+    assert best.strip(), "no best ref"
+    lin = _swarm(tmp_path, "lineage")
+    assert lin.returncode == 0 and "best/" in lin.stdout, lin.stderr
+    exp = _swarm(tmp_path, "export", "--format", "json", "--output", str(tmp_path / "ledger.json"))
+    assert exp.returncode == 0, exp.stderr
+    assert len(json.loads((tmp_path / "ledger.json").read_text())) == len(rows)
+    st = _swarm(tmp_path, "status", "--json")
+    assert st.returncode == 0 and json.loads(st.stdout)["experiments"] == len(rows)
+
+    # 2. Ctrl-C in the middle of a run: in-flight runs are recorded, nothing lost or doubled
+    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
+                          "--max-experiments", "3", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n_before = len(rows)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        try:
+            c, _ = _ledger_counts(home)
+        except Exception:
+            continue
+        if c["started"] > n_before + 1:  # this run's agents are mid-training
+            break
+    p.send_signal(signal.SIGINT)
+    out2, err2 = p.communicate(timeout=240)
+    assert p.returncode == 130, err2[-2000:]
+    counts2, rows2 = _ledger_counts(home)
+    assert counts2["started"] == counts2["records"], counts2
+    ids2 = [r["experiment_id"] for r in rows2]
+    assert len(set(ids2)) == len(ids2) and set(r["experiment_id"] for r in rows) <= set(ids2)
+
+    # 3. run again in the same SWARM_HOME: the same swarm resumes
+    r3 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain")
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert json.loads((home / "swarm.json").read_text())["swarm_id"] == info["swarm_id"]
+    counts3, rows3 = _ledger_counts(home)
+    ids3 = [r["experiment_id"] for r in rows3]
+    assert len(set(ids3)) == len(ids3) and set(ids2) <= set(ids3) and len(ids3) > len(ids2)
+    assert counts3["started"] == counts3["records"]
+    spy.done.set()
+
+    # 4. secrets: neither the fake API key nor the redis password anywhere they must not be
+    password = (home / "redis" / "redis.secret").read_text().split()[0]
+    assert spy.envs, "never saw a train.py child"
+    haystacks = {"terminal": "".join([r1.stdout, r1.stderr, out2, err2, r3.stdout, r3.stderr,
+                                      lin.stdout, exp.stdout, st.stdout])}
+    for f in home.rglob("*"):
+        # redis.secret/redis.conf hold the password by design (0600); the AOF is searched
+        if f.is_file() and f.name not in ("redis.secret", "redis.conf") and "repo.git" not in f.parts:
+            haystacks[str(f)] = f.read_bytes().decode("utf-8", "replace")
+    haystacks["export"] = (tmp_path / "ledger.json").read_text()
+    haystacks["git"] = subprocess.run(["git", "--git-dir", str(home / "repo.git"), "log", "-p", "--all"],
+                                      capture_output=True, text=True).stdout
+    for pid, env in spy.envs.items():
+        haystacks[f"train.py child {pid} environment"] = env.decode("utf-8", "replace")
+    for where, text in haystacks.items():
+        assert FAKE_KEY not in text, f"API key leaked into {where}"
+        assert password not in text, f"redis password leaked into {where}"
+    # the search itself works: the secret is where it is supposed to be
+    assert password in (home / "redis" / "redis.secret").read_text()

@@ -15,7 +15,7 @@ import numpy as np
 
 from trainer.dataloader import TokenDocs
 from trainer.errors import DataMissing, TrainerError
-from trainer.metric import unigram_bpb
+from trainer.metric import MetricError, unigram_bpb
 from trainer.profiles import PROFILES, Profile, detect_profile, get_profile
 from trainer.sources import SPLITS, Source, get_source
 from trainer.tokenizer import encode_docs, load_tokenizer, save_tokenizer, token_bytes, train_tokenizer
@@ -99,8 +99,12 @@ def _prepare_vocab(src: Source, src_dir: Path, profile: Profile) -> None:
     save_tokenizer(enc, out / "tokenizer.pkl")
     _atomic_npy(out / "token_bytes.npy", tb)
     ndocs = {s: _tokenize_split(enc, src.documents(s, src_dir), out, s) for s in SPLITS}
-    uni = unigram_bpb(TokenDocs(out, "train"), TokenDocs(out, "val"), tb, batch=profile.eval_batch,
-                      seq_len=profile.max_seq_len, eval_tokens=profile.eval_tokens)
+    try:
+        uni = unigram_bpb(TokenDocs(out, "train"), TokenDocs(out, "val"), tb, batch=profile.eval_batch,
+                          seq_len=profile.max_seq_len, eval_tokens=profile.eval_tokens)
+    except MetricError:
+        raise DataMissing(f"val split of {src.id} is too small to score: it needs at least "
+                          f"{profile.eval_batch * (profile.max_seq_len + 1)} tokens") from None
     # meta.json last: its presence means the whole folder is complete.
     _atomic_json(out / "meta.json", {
         "version": FORMAT_VERSION, "source": src.id, "vocab_size": profile.vocab_size,

@@ -25,7 +25,7 @@ MODEL_DIM = 512 if CUDA else 128       # channels
 HEAD_DIM = 128 if CUDA else 32         # channels per attention head
 WINDOW_PATTERN = "SSSL"                # per layer: S = short sliding window, L = full context
 SHORT_WINDOW = SEQ_LEN // 4            # tokens a short-window layer sees
-BATCH_SIZE = 64 if CUDA else 16        # rows per optimizer step
+BATCH_SIZE = 64 if CUDA else 8         # rows per optimizer step
 GRAD_ACCUM = 4 if CUDA else 1          # micro-batches per optimizer step
 MATRIX_LR = 0.02                       # Muon, 2-D weights inside blocks
 EMBED_LR = 0.3                         # AdamW, token and value embeddings
@@ -217,7 +217,12 @@ clock = api.Clock()
 loader = api.train_loader(BATCH_SIZE, SEQ_LEN)
 t_wall = time.time()
 loss_f = float("nan")
+step_seconds = 0.0
 while not clock.done():
+    # Stop when half a step would cross the budget: the runner's clock counts the overrun.
+    if clock.training_seconds + step_seconds / 2 >= api.TIME_BUDGET and not api.MAX_STEPS:
+        break
+    t_step = time.time()
     for _ in range(GRAD_ACCUM):
         x, y = next(loader)
         with autocast:
@@ -235,6 +240,7 @@ while not clock.done():
         opt.step()
     model.zero_grad(set_to_none=True)
     clock.step()
+    step_seconds = time.time() - t_step
     if clock.steps % 50 == 0:
         print(f"step {clock.steps:5d} | loss {loss_f:.4f} | lrm {lrm:.2f} | {clock.progress():.0%}", flush=True)
 

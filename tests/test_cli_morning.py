@@ -1,0 +1,46 @@
+"""The morning-after commands read a stopped swarm from its parquet snapshot (no redis, no Ray)."""
+import json
+import sys
+
+import pytest
+
+from coordinator.cli import main
+from coordinator.home import SwarmHome
+from coordinator.ledger import write_parquet_rows
+from coordinator.report.synthetic import make_swarm
+
+
+@pytest.fixture
+def stopped_swarm(tmp_path):
+    home = SwarmHome(tmp_path / "home")
+    sw = make_swarm(home.root, experiments=12, agents=2)
+    home.create_or_resume(None)
+    write_parquet_rows(sw.rows, home.ledger_snapshot)
+    return home, sw
+
+
+def test_export_and_lineage_from_the_snapshot(stopped_swarm, tmp_path, capsys):
+    home, sw = stopped_swarm
+    out = tmp_path / "ledger.json"
+    assert main(["export", "--swarm-home", str(home.root), "--format", "json", "--output", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == len(sw.rows)
+    assert main(["lineage", "--swarm-home", str(home.root)]) == 0
+    assert "best/" in capsys.readouterr().out
+    dot = tmp_path / "g.dot"
+    assert main(["lineage", "--swarm-home", str(home.root), "--format", "dot", "--output", str(dot)]) == 0
+    assert dot.read_text().startswith("digraph lineage {")
+    capsys.readouterr()
+    assert main(["status", "--swarm-home", str(home.root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["experiments"] == len(sw.rows) and data["running"] is False
+
+
+def test_morning_after_commands_do_not_import_ray(stopped_swarm):
+    import subprocess
+    home, _ = stopped_swarm
+    code = ("import sys; from coordinator.cli import main; "
+            f"rc = main(['export', '--swarm-home', {str(home.root)!r}, '--format', 'tsv', '--output', '-']); "
+            "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("commit\tval_bpb")

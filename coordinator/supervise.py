@@ -123,6 +123,7 @@ class Supervisor:
 
         client = redis.Redis.from_url(url)
         view = _View(self.p.plain)
+        rows, rows_at = [], 0.0
         try:
             while self.refs:
                 done, _ = ray.wait(list(self.refs.values()), num_returns=1, timeout=0.5)
@@ -134,7 +135,9 @@ class Supervisor:
                         log.info("agent %s finished: %s", name, self.results[name])
                     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                         self._agent_died(name, e)
-                view.update(live.gather(client, self.info["swarm_id"], _rows(client, self.info)))
+                if time.monotonic() - rows_at > 5:  # the whole ledger: not on every redraw
+                    rows, rows_at = _rows(client, self.info), time.monotonic()
+                view.update(live.gather(client, self.info["swarm_id"], rows))
         finally:
             view.close()
             client.close()

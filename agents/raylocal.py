@@ -53,6 +53,10 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         except Exception as e:  # ray raises several types here; the user needs one line
             raise ConnectionError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from e
         return
+    # Ray reads the flag at import; when the caller imported ray before us (the test
+    # fixture does), the driver would still resolve 127.0.0.1 to the external address.
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs = {}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)

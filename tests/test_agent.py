@@ -286,3 +286,23 @@ def test_remote_clone_works_from_bundles(home):
     repo = tmp_path / "home" / "repo.git"
     git(repo, "fetch", "-q", str(b), f"+refs/*:refs/incoming/*")
     assert git(repo, "rev-parse", f"{rec.commit}^") == baseline
+
+
+def test_timeout_is_recorded_without_fix_attempts(home):
+    from trainer.schema import ExperimentResult
+    tmp_path, _ = home
+    coord = FakeCoordinator()
+    inner = fake_runner()
+
+    def runner(train_py, run_dir, **kw):
+        if "DEPTH = 9" in open(train_py).read():
+            return ExperimentResult(status="timeout", error="killed at the hard limit (10s)",
+                                    log_tail="step 3", seed=kw["seed"])
+        return inner(train_py, run_dir, **kw)
+
+    backend = Scripted([blocks("DEPTH = 4  # layers", "DEPTH = 9  # layers", "very deep")])
+    agent = ResearchAgent(cfg(tmp_path), coord, runner=runner, backend=backend)
+    agent.run(max_experiments=1)
+    (r,) = [r for r in coord.all_records() if r.kind == "experiment"]
+    assert (r.status, r.reason, r.fix_attempts, r.val_bpb) == ("timeout", "killed at the hard limit (10s)", 0, None)
+    assert backend.fix_calls == [] and agent.wt.head() == r.parent

@@ -157,3 +157,65 @@ def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int
         if not got:
             break
     return out
+
+
+KEPT = ("promote", "merge", "simplification")
+
+
+def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
+    """DESIGN.md invariants 1, 3, 4, 5 on a coordinator's ledger and repo.
+
+    best_seen: per hardware class, the best commits observed over time (in order).
+    Invariant 1 is re-derived independently: the ledger stream is replayed, samples are pooled
+    per (class, train.py blob) and every best move's delta is recomputed from them.
+    """
+    repo, led = coord.repo, coord.ledger
+    decisions = {k.decode(): v for k, v in coord.r.hgetall(led.key("decisions")).items()}
+    from trainer.schema import Decision
+    decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
+    blob = lambda c: repo.blob_id(c)
+    samples: dict[tuple[str, str], list[float]] = {}
+    record_ids: list[str] = []
+    moves = []
+    for typ, id, js in led.events():
+        if typ == "record":
+            record_ids.append(id)
+            rec = ExperimentRecord.model_validate_json(js)
+            d = decisions.get(id)
+            if rec.status == "ok" and d is not None and d.decision != "rejected":
+                samples.setdefault((rec.hardware_class, blob(rec.commit)), []).append(rec.val_bpb)
+        elif typ == "decision":
+            d = Decision.model_validate_json(js)
+            if d.best_after:
+                hw = d.hardware_class
+                new = samples.get((hw, blob(d.best_after)), [])
+                old = samples.get((hw, blob(d.best_before)), [])
+                moves.append(d)
+                # 1: the move beat its first parent by the margin, with samples of that class only (5).
+                assert d.decision in KEPT, d
+                assert repo.parents(d.best_after)[0] == d.best_before, d
+                assert new and old, d
+                delta = sum(old) / len(old) - sum(new) / len(new)
+                assert abs(delta - d.delta) < 1e-9, (delta, d)
+                if d.decision == "simplification":
+                    a, r = repo.diff_lines(d.best_before, d.best_after)
+                    assert a < r, d
+                else:
+                    assert delta >= d.margin > 0, d
+    # 3: every started experiment has exactly one record.
+    assert len(record_ids) == len(set(record_ids))
+    started = set(k.decode() for k in coord.r.hkeys(led.key("started")))
+    assert started <= set(record_ids), started - set(record_ids)
+    for hw, seen in best_seen.items():
+        cur = repo.ref(f"refs/heads/best/{hw}")
+        # 4: best never moved backwards, and no promotion in the ledger was lost.
+        for a, b in zip(seen, seen[1:] + [cur]):
+            assert a and b and repo.is_ancestor(a, b), (hw, a, b, seen)
+        chain = repo.first_parent_history(cur)
+        for d in moves:
+            if d.hardware_class == hw:
+                assert repo.is_ancestor(d.best_after, cur), d
+                assert d.best_after in chain, d  # 5: a class's best holds only its own promotions
+        # 1: every commit on best (but the root) got there through a recorded move.
+        moved_to = {d.best_after for d in moves if d.hardware_class == hw}
+        assert set(chain[:-1]) <= moved_to, set(chain[:-1]) - moved_to

@@ -56,7 +56,9 @@ class BroadcastListener:
         self._on_message = on_message
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{channel(swarm_id): self._handle})
-        self._thread = self._pubsub.run_in_thread(sleep_time=0.05, daemon=True)
+        # get_message returns as soon as a message arrives; sleep_time only bounds how fast
+        # close() is noticed, and a short one wakes every idle listener many times a second.
+        self._thread = self._pubsub.run_in_thread(sleep_time=0.5, daemon=True)
 
     def _handle(self, msg) -> None:
         try:

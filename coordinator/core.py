@@ -66,6 +66,18 @@ def connect_redis(url: str, retry_s: float = 30.0) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
+class _Slot:
+    """One queued report and, once decided, its answer."""
+
+    __slots__ = ("record", "bundle", "done", "result", "error")
+
+    def __init__(self, record: ExperimentRecord, bundle: bytes | None):
+        self.record, self.bundle = record, bundle
+        self.done = False
+        self.result: Decision | None = None
+        self.error: Exception | None = None
+
+
 class Coordinator:
     """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
     status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
@@ -77,6 +89,9 @@ class Coordinator:
         self.cfg = promotion
         self.swarm_id = swarm_id or "swarm"
         self._lock = threading.RLock()
+        self._qlock = threading.Lock()
+        self._queue: list[_Slot] = []
+        self._stale = False
         self.r = connect_redis(redis_url)
         self.ledger = Ledger(self.r, self.swarm_id)
         self.repo = ResearchRepo(self.home / "repo.git")
@@ -116,6 +131,14 @@ class Coordinator:
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
         self.jobs: dict[str, dict] = self.ledger.jobs()
+        # Indexes over jobs: open ones per class, oldest first, and who ran the baseline.
+        self._open: dict[str, dict[str, None]] = {}
+        self._baselined: set[tuple[str, str]] = set()
+        for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
+            if not st["done"]:
+                self._open.setdefault(st["job"]["hardware_class"], {})[job_id] = None
+            if st["job"]["kind"] == "baseline" and st.get("for_agent"):
+                self._baselined.add((st["for_agent"], st["job"]["hardware_class"]))
         self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
         for id, rec in self.records.items():
             d = self.decisions.get(id)
@@ -129,6 +152,7 @@ class Coordinator:
             self._decide(self.records[id])
         for hw in sorted(self.classes):
             self._sync_best_key(hw)
+        self._stale = False
         log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
                  len(self.records), len(self.decisions), sorted(self.classes))
 
@@ -242,7 +266,8 @@ class Coordinator:
     # -- jobs -------------------------------------------------------------------------------------
     def _issue_job(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
                    description: str, for_agent: str | None = None) -> Job:
-        for st in self.jobs.values():  # one outstanding job per candidate commit is enough
+        for job_id in self._open.get(hw, {}):  # one outstanding job per candidate commit is enough
+            st = self.jobs[job_id]
             j = st["job"]
             if (not st["done"] and j["kind"] == kind and j["commit"] == commit
                     and j["for_experiment"] == for_experiment and kind != "baseline"):
@@ -255,6 +280,7 @@ class Coordinator:
               "leased_at": time.time() if for_agent else None, "done": False, "attempts": 0,
               "created": time.time()}
         self.jobs[job.job_id] = st
+        self._open.setdefault(hw, {})[job.job_id] = None
         self.ledger.update_job(job.job_id, st)
         return job
 
@@ -264,6 +290,7 @@ class Coordinator:
             return None
         if rec.status == "ok" or st["attempts"] + 1 >= JOB_MAX_ATTEMPTS:
             st["done"] = True
+            self._open.get(st["job"]["hardware_class"], {}).pop(rec.job_id, None)
         else:
             # The run died, not the idea: hand the same job to another agent.
             st["attempts"] += 1
@@ -279,7 +306,10 @@ class Coordinator:
             return self._dec(rec, "rejected", f"unknown hardware class {hw!r}")
         if rec.commit is not None and self._has(rec.commit):
             # Discarded and crashed commits stay reviewable.
-            self.repo.set_ref(f"refs/experiments/{rec.experiment_id}", rec.commit)
+            try:
+                self.repo.write_loose_ref(f"refs/experiments/{rec.experiment_id}", rec.commit)
+            except RepoError as e:
+                log.warning("no experiment ref for %s: %s", rec.experiment_id, e)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
             if st is not None and st["done"] and st["job"]["for_experiment"]:
@@ -364,7 +394,10 @@ class Coordinator:
                              samples=v.samples, best_before=best)
         M = self.repo.commit_tree(text, [best, rec.commit],
                                   f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
-        self.repo.set_ref(f"refs/candidates/{rec.experiment_id}", M)
+        try:
+            self.repo.write_loose_ref(f"refs/candidates/{rec.experiment_id}", M)
+        except RepoError as e:  # the candidate is still named by its verify job and decision
+            log.warning("no candidate ref for %s: %s", rec.experiment_id, e)
         if self._blob(M) == self._blob(best):
             return self._dec(rec, "discard", "its change is already in best", best_before=best)
         self._issue_job("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
@@ -414,6 +447,7 @@ class Coordinator:
         # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
         d = self._dec(rec, kind, reason, delta=v.delta, margin=v.margin, sigma=sigma, samples=v.samples,
                       best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit)
+        self.ledger.flush()
         self._bests.pop(hw, None)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
@@ -436,47 +470,83 @@ class Coordinator:
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
         current decision and appends nothing. `bundle`: git bundle bytes holding record.commit
-        (from an agent on another node). Bad records are decided `rejected`, never raised."""
+        (from an agent on another node). Bad records are decided `rejected`, never raised.
+        Raises LedgerError when redis stays unreachable past the retry window.
+
+        Reports that queue up while a decision runs are decided together by the next lock
+        holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
+        (group commit: one fsync for the batch, not one per write)."""
+        slot = _Slot(record, bundle)
+        with self._qlock:
+            self._queue.append(slot)
         with self._lock:
-            d = self.decisions.get(record.experiment_id)
-            if d is not None:
-                return d
-            if bundle:
-                try:
-                    self.repo.fetch_bundle(bundle)
-                except RepoError as e:
-                    log.warning("bundle from %s not fetched: %s", record.agent, e)
-            if record.experiment_id not in self.records:
-                record = record.model_copy(update={"swarm_id": record.swarm_id or self.swarm_id})
-                self.ledger.add_record(record)
-                self.records[record.experiment_id] = record
-                self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
-            d = self._decide(self.records[record.experiment_id])
-            self._since_snapshot += 1
-            if self._since_snapshot >= SNAPSHOT_EVERY:
-                self.snapshot()
+            if not slot.done:
+                self._run_batch()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _run_batch(self) -> None:
+        with self._qlock:
+            batch, self._queue = self._queue, []
+        try:
+            if self._stale:
+                self._load()
+            with self.ledger.batch():
+                for sl in batch:
+                    try:
+                        sl.result = self._report_one(sl.record, sl.bundle)
+                    except (RepoError, CoordinatorError) as e:
+                        sl.error = e
+        except Exception as e:  # the batch did not reach redis: the caches are ahead of it
+            self._stale = True
+            log.error("ledger write failed (%s); state will be rebuilt from redis and git",
+                      str(e).splitlines()[0][:200])
+            for sl in batch:
+                sl.result, sl.error = None, e if isinstance(e, LedgerError) else LedgerError(
+                    f"ledger write failed: {str(e).splitlines()[0][:200]}")
+        finally:
+            for sl in batch:
+                sl.done = True
+        if self._since_snapshot >= SNAPSHOT_EVERY and not self._stale:
+            self.snapshot()
+
+    def _report_one(self, record: ExperimentRecord, bundle: bytes | None) -> Decision:
+        d = self.decisions.get(record.experiment_id)
+        if d is not None:
             return d
+        if bundle:
+            try:
+                self.repo.fetch_bundle(bundle)
+            except RepoError as e:
+                log.warning("bundle from %s not fetched: %s", record.agent, e)
+        if record.experiment_id not in self.records:
+            record = record.model_copy(update={"swarm_id": record.swarm_id or self.swarm_id})
+            self.ledger.add_record(record)
+            self.records[record.experiment_id] = record
+            self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
+        self._since_snapshot += 1
+        return self._decide(self.records[record.experiment_id])
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
         """A baseline run for an agent new to this class, else an open confirm/verify job (or one
-        whose lease ran out), else None (do your own research)."""
+        whose lease ran out), oldest first, else None (do your own research).
+        Raises CoordinatorError for a hardware class name that cannot be a git ref."""
         with self._lock:
             if not self._register(hardware_class):
                 raise CoordinatorError(f"bad hardware class name {hardware_class!r}")
             now = time.time()
-            if not any(st["for_agent"] == agent and st["job"]["kind"] == "baseline"
-                       and st["job"]["hardware_class"] == hardware_class for st in self.jobs.values()):
+            if (agent, hardware_class) not in self._baselined:
+                self._baselined.add((agent, hardware_class))
                 best = self._best_commit(hardware_class)
                 return self._issue_job("baseline", best, best, hardware_class, None,
                                        "baseline (unchanged best)", for_agent=agent)
-            for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
-                j = st["job"]
-                if st["done"] or j["hardware_class"] != hardware_class:
-                    continue
+            for job_id in self._open.get(hardware_class, {}):
+                st = self.jobs[job_id]
                 if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.cfg.job_lease_s:
                     st["agent"], st["leased_at"] = agent, now
                     self.ledger.update_job(job_id, st)
-                    return Job.model_validate(j)
+                    return Job.model_validate(st["job"])
             return None
 
     def best(self, hardware_class: str) -> Broadcast | None:
@@ -515,7 +585,7 @@ class Coordinator:
                 counts[d.decision] = counts.get(d.decision, 0) + 1
             return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
                     "records": len(self.records), "started": len(self.started),
-                    "open_jobs": sum(1 for st in self.jobs.values() if not st["done"])}
+                    "open_jobs": sum(len(v) for v in self._open.values())}
 
     def reconcile_dead_agent(self, agent: str) -> list[str]:
         """Record `crash` ("agent died mid-run") for the agent's begun-but-unreported experiments
@@ -540,4 +610,5 @@ class Coordinator:
         """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
         with self._lock:
             self._since_snapshot = 0
+            self.ledger.flush()
             return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -106,14 +107,39 @@ class Ledger:
         self.swarm_id = swarm_id
         self.prefix = f"swarm:{swarm_id}:"
         self._append = client.register_script(_APPEND)
+        self._pipe = None
+
+    @contextmanager
+    def batch(self):
+        """Buffer every write inside into one MULTI/EXEC: one round trip and one AOF fsync for
+        a whole batch of decisions. Writes reach redis at flush() or at the end of the block."""
+        if self._pipe is not None:
+            yield
+            return
+        self._pipe = self.r.pipeline(transaction=True)
+        try:
+            yield
+        finally:
+            pipe, self._pipe = self._pipe, None
+            pipe.execute()
+
+    def flush(self) -> None:
+        """Make the writes buffered so far durable now (before a git ref moves)."""
+        if self._pipe is not None and len(self._pipe):
+            self._pipe.execute()
 
     def key(self, name: str) -> str:
         return self.prefix + name
 
     # -- writing ------------------------------------------------------------------------------
     def _add(self, typ: str, hash_name: str, id: str, payload: str, overwrite: bool) -> bool:
-        return bool(self._append(keys=[self.key(hash_name), self.key("ledger")],
-                                 args=[id, payload, typ, "1" if overwrite else "0"]))
+        """Append atomically unless the id is there (overwrite=False). In a batch the answer is
+        not known yet and True is returned: callers check their own cache first."""
+        keys, args = [self.key(hash_name), self.key("ledger")], [id, payload, typ, "1" if overwrite else "0"]
+        if self._pipe is not None:
+            self._append(keys=keys, args=args, client=self._pipe)
+            return True
+        return bool(self._append(keys=keys, args=args))
 
     def add_started(self, s: StartedExperiment) -> bool:
         return self._add("started", "started", s.experiment_id, s.model_dump_json(), False)
@@ -132,7 +158,7 @@ class Ledger:
 
     def update_job(self, job_id: str, state: dict) -> None:
         # Lease bookkeeping is mutable state, not history: hash only, not the stream.
-        self.r.hset(self.key("jobs"), job_id, json.dumps(state))
+        (self._pipe if self._pipe is not None else self.r).hset(self.key("jobs"), job_id, json.dumps(state))
 
     # -- reading ------------------------------------------------------------------------------
     def events(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:

@@ -16,7 +16,6 @@ sample).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from coordinator.actor import NAMESPACE, actor_name, coordinator_actor
 from coordinator.core import Coordinator

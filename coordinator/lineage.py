@@ -43,8 +43,14 @@ def build_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
     G = nx.DiGraph()
     for c in [root, *by_commit]:
         rs = by_commit.get(c, [])
-        vals = [r["val_bpb"] for r in rs if r.get("run_status") == "ok" and r.get("val_bpb") is not None]
         main = min(rs, key=lambda r: _KIND_RANK.get(r.get("kind"), 9)) if rs else {}
+        # Invariant 5: a node's score pools only runs of its main record's hardware class (the
+        # root is run by every class; each class's figure is in val_bpb_by_class).
+        by_class: dict[str, list[float]] = {}
+        for r in rs:
+            if r.get("run_status") == "ok" and r.get("val_bpb") is not None:
+                by_class.setdefault(r.get("hardware_class") or "", []).append(r["val_bpb"])
+        vals = by_class.get(main.get("hardware_class") or "", [])
         parents = repo.parents(c)
         G.add_node(c, **{k: _clean(v) for k, v in {
             "val_bpb": sum(vals) / len(vals) if vals else None, "samples": len(vals),
@@ -59,13 +65,18 @@ def build_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
             "started_at": main.get("started_at"), "finished_at": main.get("finished_at"),
             "lines_added": main.get("lines_added", 0), "lines_removed": main.get("lines_removed", 0),
             "invalid_children": invalid.get(c, 0),
+            "val_bpb_by_class": json.dumps({k: sum(v) / len(v) for k, v in sorted(by_class.items())}),
         }.items()})
-    for c in list(G.nodes):
+    todo = list(G.nodes)
+    while todo:
+        c = todo.pop()
         for i, p in enumerate(repo.parents(c)):
             if p not in G:
-                # A commit no record names (an agent's own kept step): keep the chain connected.
+                # A commit no record names (an agent's own kept step): keep the chain connected
+                # all the way up, so every node reaches the root.
                 G.add_node(p, status="unrecorded", on_best=p in on_best, is_merge=False,
                            val_bpb=None, samples=0, simplification=False, suspect=False)
+                todo.append(p)
             G.add_edge(p, c, first_parent=(i == 0))
     return G
 

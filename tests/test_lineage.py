@@ -53,3 +53,27 @@ def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url)
         assert {"id", "val_bpb", "status", "agent", "program", "hardware_class", "on_best"} <= set(n)
     assert all("first_parent" in e for e in data["links"])
     assert len(data["links"]) == G.number_of_edges()
+
+
+def test_root_scores_stay_per_class_and_unrecorded_chains_reach_the_root(tmp_path, redis_url):
+    # Invariant 5 in the graph: the root is run by every class; its val_bpb pools one class only.
+    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003),
+                        swarm_id="H", baseline_train_py=baseline_text())
+    a = FakeAgent("a0", coord.repo.path, tmp_path / "wt", sigma=0.0, seed=0)
+    b = FakeAgent("b0", coord.repo.path, tmp_path / "wt2", sigma=0.0, seed=1)
+    for agent, hw, v in ((a, "cpu-x", 2.0), (b, "gpu-y", 1.0)):
+        job = coord.next_job(agent.name, hw)
+        rec = agent.record(job.commit, job.parent, kind="baseline", job=job, val=v)
+        coord.report(rec.model_copy(update={"hardware_class": hw}))
+    # two commits no record names, then a recorded one on top of them
+    u1 = a.commit(coord.root, a.text_at(coord.root) + "\n# u1\n", "unrecorded 1")
+    u2 = a.commit(u1, a.text_at(u1) + "# u2\n", "unrecorded 2")
+    top = a.commit(u2, a.text_at(u2) + "# top\n", "recorded")
+    coord.report(a.record(top, u2, val=2.5).model_copy(update={"hardware_class": "cpu-x"}))
+
+    G = build_lineage(coord.ledger.rows(), coord.repo.path)
+    per = json.loads(G.nodes[coord.root]["val_bpb_by_class"])
+    assert per == {"cpu-x": 2.0, "gpu-y": 1.0}
+    assert G.nodes[coord.root]["val_bpb"] in (1.0, 2.0)
+    assert nx.has_path(G, coord.root, top)
+    assert G.nodes[u1]["status"] == "unrecorded" and G.has_edge(coord.root, u1)

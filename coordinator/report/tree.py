@@ -4,6 +4,8 @@ Plain text with box-drawing characters (no markup), so the CLI prints it and tes
 """
 from __future__ import annotations
 
+import json
+
 import logging
 
 import networkx as nx
@@ -76,10 +78,20 @@ def _who(a: dict) -> str:
     return f"{a.get('agent', '?')}  {a.get('program', '?')}"
 
 
-def _line(G: nx.DiGraph, n: str, tag: str, parent: str | None) -> str:
+def _val(a: dict, hw: str | None):
+    """The node's val_bpb on hardware class `hw` (the root is scored by every class)."""
+    per = a.get("val_bpb_by_class")
+    if hw and isinstance(per, str) and per:
+        v = json.loads(per).get(hw)
+        if v is not None:
+            return v
+    return a.get("val_bpb")
+
+
+def _line(G: nx.DiGraph, n: str, tag: str, parent: str | None, hw: str | None = None) -> str:
     a = G.nodes[n]
-    v = a.get("val_bpb")
-    pv = G.nodes[parent].get("val_bpb") if parent else None
+    v = _val(a, hw)
+    pv = _val(G.nodes[parent], hw) if parent else None
     d = a.get("delta")
     # the record's own delta was measured against its parent on its class; prefer it
     if isinstance(d, (int, float)) and d == d and parent is not None:
@@ -114,7 +126,7 @@ def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw:
             tag = a["status"]
         if not G.edges[n, c].get("first_parent", True):
             tag = f"{tag} (2nd parent)"
-        out.append(_line(G, c, tag, n))
+        out.append(_line(G, c, tag, n, hw))
     if not invalid and G.nodes[n].get("invalid_children"):
         # the builder kept only a count: the records themselves are in the ledger
         out.append(f"{G.nodes[n]['invalid_children']} invalid edit(s) on this commit "
@@ -152,7 +164,7 @@ def render_tree(G: nx.DiGraph, *, all: bool = False, hardware_class: str | None 
     blocks = []
     for hw in sorted(tips):
         chain = best_chain(G, tips[hw])
-        first, last = G.nodes[chain[0]].get("val_bpb"), G.nodes[chain[-1]].get("val_bpb")
+        first, last = _val(G.nodes[chain[0]], hw), _val(G.nodes[chain[-1]], hw)
         head = f"best/{hw}: {len(chain) - 1} steps, val_bpb {_fmt_bpb(first)} -> {_fmt_bpb(last)}"
         if isinstance(first, float) and isinstance(last, float):
             head += f" ({last - first:+.4f})"
@@ -162,7 +174,7 @@ def render_tree(G: nx.DiGraph, *, all: bool = False, hardware_class: str | None 
             parent = chain[i - 1] if i else None
             tag = "root" if i == 0 else _step_tag(G.nodes[n])
             is_last = i == len(chain) - 1
-            lines.append(("└─● " if is_last else "├─● ") + _line(G, n, tag, parent))
+            lines.append(("└─● " if is_last else "├─● ") + _line(G, n, tag, parent, hw))
             if all:
                 side = _side_lines(G, n, on_chain, invalid.get(n, []), hw)
                 bar = "    " if is_last else "│   "

@@ -98,12 +98,28 @@ class ResearchAgent:
 
     # --- start-up ------------------------------------------------------------------------
     def _setup(self) -> None:
+        self._ensure_data()
         best = self.port.best(self.hw)
         self.wt.open(best.commit if best else None, fetch=self.port.fetch)
         self.recovered = self._recover()
         self.wt.clean()
         if best and self.adopt != "never":
             self._adopt(best)
+
+    def _ensure_data(self) -> None:
+        """On a node that has not prepared the swarm's data (a cluster worker), prepare it
+        (idempotent, file-locked, so agents sharing a node prepare it once)."""
+        if not self.cfg.data_source:
+            return
+        from trainer.errors import DataMissing
+        from trainer.prepare import locate, prepare
+
+        try:
+            locate(self.cfg.profile, self.cfg.data_dir)
+        except DataMissing:
+            log.info("%s: preparing %s data on this node", self.cfg.name, self.cfg.data_source)
+            prepare(self.cfg.data_source, [self.cfg.profile] if self.cfg.profile else None,
+                    self.cfg.data_dir)
 
     def _recover(self) -> ExperimentRecord | None:
         """A previous incarnation died mid-run: kill its child group, record `crash`."""

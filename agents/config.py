@@ -70,6 +70,9 @@ class AgentConfig(_Cfg):
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     data_dir: Path | None = None
+    # Prepared on this agent's node when missing there (a worker of a cluster): the swarm's
+    # source, e.g. "bundled" or "climbmix". None: the data must already be prepared.
+    data_source: str | None = None
     max_steps: int | None = None
     hard_limit: float | None = None
     max_fix_attempts: int = Field(default=2, ge=0)

@@ -23,8 +23,13 @@ def coordinator_actor(swarm_home: Path, redis_url: str, promotion: PromotionConf
                       baseline_train_py: str | None = None, max_concurrency: int = 32):
     """Get or create the swarm's coordinator actor (named, restarted forever). Returns its handle."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    # On the driver's node: SWARM_HOME (the research repo) and the embedded redis, which
+    # listens on loopback only, live there (the head node of a cluster).
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     return ray.remote(Coordinator).options(
+        scheduling_strategy=here,
         name=actor_name(swarm_id), namespace=NAMESPACE, get_if_exists=True,
         max_restarts=-1, max_task_retries=-1, max_concurrency=max_concurrency,
         # It decides, it does not train: it must never take an agent's CPU or GPU slot.

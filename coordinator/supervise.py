@@ -17,6 +17,8 @@ from coordinator.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)
 
+_HUB_SOURCES = ("bundled", "climbmix", "tinystories")
+
 
 class Supervisor:
     def __init__(self, plan: Plan):
@@ -30,6 +32,7 @@ class Supervisor:
         self.configs: dict[str, object] = {}
         self.restarts: dict[str, int] = {}
         self.results: dict[str, dict] = {}
+        self.data_source: str | None = None
 
     # --- bring-up -------------------------------------------------------------------------------
 
@@ -48,9 +51,14 @@ class Supervisor:
         source = d.source
         if source == "auto":
             try:
-                return locate(self.p.profile, d.dir).dir.parent.parent
+                prep = locate(self.p.profile, d.dir)
+                # Agents on other nodes prepare the same source there; a local: folder exists
+                # only here, so its agents must find it prepared.
+                self.data_source = prep.source_id if prep.source_id in _HUB_SOURCES else None
+                return prep.dir.parent.parent
             except TrainerError:
                 source = "bundled"
+        self.data_source = source if source in _HUB_SOURCES else None
         log.info("preparing data (%s) for profile %s", source, self.p.profile)
         return prepare(source, [self.p.profile], d.dir)
 
@@ -74,7 +82,7 @@ class Supervisor:
                           budget=self.p.cfg.budget, profile=self.p.profile,
                           device="cuda" if self.p.gpus_per_agent else "cpu",
                           threads=None if self.p.gpus_per_agent else self.p.cfg.agents.cpus_per_agent,
-                          data_dir=self.data_dir)
+                          data_dir=self.data_dir, data_source=self.data_source)
         self.configs[cfg.name] = cfg
         actor = agent_actor(cfg, gpus=self.p.gpus_per_agent,
                             cpus=self.p.cfg.agents.cpus_per_agent).remote(

@@ -95,3 +95,11 @@ def test_secret_in_clear_in_config(tmp_path):
 def test_morning_after_commands_without_a_swarm(tmp_path):
     for sub in ("status", "lineage", "export"):
         _bad(tmp_path, sub, expect="no swarm here")
+
+
+@pytest.mark.parametrize("sub", ["prepare", "train"])
+def test_delegated_help_has_one_line_and_an_example(sub, tmp_path):
+    # `swarm prepare` and `swarm train` hand their argv to the trainer's own parsers.
+    r = swarm(sub, "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"example:\n  swarm {sub}" in r.stdout

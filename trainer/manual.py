@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import baseline_path
     from trainer.runner import run_experiment
 
-    ap = argparse.ArgumentParser(prog="swarm train", description="Train one train.py under the locked runner.")
+    ap = argparse.ArgumentParser(prog="swarm train", description="Train one train.py under the locked runner.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  swarm train --budget 60 --seed 1")
     ap.add_argument("path", nargs="?", default=None, help="train.py (default: the baseline)")
     ap.add_argument("--budget", type=float, default=None, help="training seconds (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)

@@ -157,7 +157,9 @@ def locate(profile: Profile | str | None = None, data_dir: str | Path | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="swarm prepare", description="Prepare training data and tokenizer.")
+    ap = argparse.ArgumentParser(prog="swarm prepare", description="Prepare training data and tokenizer.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  swarm prepare --source bundled --profile all")
     ap.add_argument("--source", default="bundled",
                     help="bundled (default, offline), climbmix, tinystories, or local:PATH")
     ap.add_argument("--profile", default=None, help="cpu, gpu or all (default: detected)")

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from coordinator.report import build_report
-from coordinator.report.headless import NODE_COUNT_JS, Browser
-from coordinator.report.synthetic import lineage_graph, make_swarm
+# bench/coordinator.py is named like the package: drop bench/ from the path so that
+# `import coordinator` finds the package, not that script.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from coordinator.report import build_report  # noqa: E402
+from coordinator.report.headless import NODE_COUNT_JS, Browser  # noqa: E402
+from coordinator.report.synthetic import lineage_graph, make_swarm  # noqa: E402
 
 
 def main() -> None:

@@ -135,6 +135,15 @@ def main(argv=None) -> int:
             port.coord._decide = timed
         repo = ResearchRepo(tmp / "home" / "repo.git")  # the agents' view (shared object store)
         repo_lock = threading.Lock()
+        # An agent knows the train.py it wrote; only merge candidates are read from the repo.
+        # (Real agents do this work on their own nodes: here it shares the coordinator's cores.)
+        texts: dict[str, str] = {}
+
+        def read(commit: str) -> str:
+            with repo_lock:
+                if commit not in texts:
+                    texts[commit] = repo.show(commit)
+                return texts[commit]
         client = redis.Redis.from_url(daemon.url)
         recv: dict[int, list[float]] = defaultdict(list)
         recv_lock = threading.Lock()
@@ -157,17 +166,17 @@ def main(argv=None) -> int:
                     job = port.next_job(name, HW)
                     if job is not None:
                         commit, parent, kind, desc = job.commit, job.parent, job.kind, job.description
+                        text = read(commit)
                     else:
                         b = listener.latest(HW)
                         parent = b.commit if b else repo.root()
                         k = rng.choice(KNOBS)
-                        with repo_lock:
-                            text = repo.show(parent)
-                        text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", text, flags=re.M)
+                        text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", read(parent),
+                                      flags=re.M)
                         commit = agent_commit(repo.path, parent, text, f"{name}: {k}")
+                        with repo_lock:
+                            texts[commit] = text
                         kind, desc = "experiment", f"set {k}"
-                    with repo_lock:
-                        text = repo.show(commit)
                     time.sleep(rng.uniform(args.exp_min, args.exp_max))  # "training"
                     val = true_bpb(text) + rng.gauss(0, 0.004)
                     rec = ExperimentRecord(experiment_id=new_experiment_id(name), kind=kind, agent=name,

@@ -31,7 +31,8 @@ from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, Promotio
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots
+SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
+SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
 JOB_MAX_ATTEMPTS = 3         # a job whose run crashes is handed out again this many times
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -117,6 +118,8 @@ class Coordinator:
         self._bests: dict[str, str] = {}
         self._known: set[str] = set()
         self._since_snapshot = 0
+        self._snap_thread: threading.Thread | None = None
+        self._snap_at = 0.0
         last_move: dict[str, Decision] = {}
         for typ, id, js in self.ledger.events():
             if typ == "started":
@@ -508,8 +511,21 @@ class Coordinator:
         finally:
             for sl in batch:
                 sl.done = True
-        if self._since_snapshot >= SNAPSHOT_EVERY and not self._stale:
-            self.snapshot()
+        if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
+                and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
+                and (self._snap_thread is None or not self._snap_thread.is_alive())):
+            # Off the decision lock, one at a time: a snapshot reads the whole ledger back from
+            # redis (O(records)); done inside the lock it held up every report behind it.
+            self._since_snapshot, self._snap_at = 0, time.monotonic()
+            self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
+                                                 name="ledger-snapshot")
+            self._snap_thread.start()
+
+    def _background_snapshot(self) -> None:
+        try:
+            self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
+        except Exception as e:  # the next one (or the final snapshot()) will try again
+            log.warning("automatic snapshot failed: %s", str(e).splitlines()[0][:200])
 
     def _report_one(self, record: ExperimentRecord, bundle: bytes | None) -> Decision:
         d = self.decisions.get(record.experiment_id)
@@ -611,4 +627,6 @@ class Coordinator:
         with self._lock:
             self._since_snapshot = 0
             self.ledger.flush()
+            if self._snap_thread is not None:
+                self._snap_thread.join()  # never let an older automatic one land after this
             return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")

@@ -7,12 +7,12 @@ is a simplification). Fake agents commit into worktrees of the coordinator's bar
 """
 from __future__ import annotations
 
-import difflib
 import random
 import re
 import subprocess
 from pathlib import Path
 
+from agents.edits import line_delta  # what a real agent puts in its record
 from trainer.schema import ExperimentRecord, Job, StartedExperiment, new_experiment_id
 
 BASE = 2.0
@@ -99,7 +99,7 @@ class FakeAgent:
                job: Job | None = None, val: float | None = None, exp_id: str | None = None,
                confirm: float | None = None) -> ExperimentRecord:
         v, cf = self.measure(commit)
-        added, removed = diffstat(self.text_at(parent), self.text_at(commit))
+        added, removed = line_delta(self.text_at(parent), self.text_at(commit))
         return ExperimentRecord(
             experiment_id=exp_id or new_experiment_id(self.name), kind=kind, agent=self.name,
             program=self.program, hardware_class=self.hw, parent=parent, commit=commit,
@@ -131,17 +131,6 @@ class FakeAgent:
 def confirm_shift(text: str) -> float:
     """A knob that overfits val: Y > 1 makes the held-out confirm split worse."""
     return 0.2 if constants(text).get("Y", 0) > 1 else 0.0
-
-
-def diffstat(a: str, b: str) -> tuple[int, int]:
-    """(lines added, lines removed) from text a to text b."""
-    added = removed = 0
-    for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0):
-        if line.startswith("+") and not line.startswith("+++"):
-            added += 1
-        elif line.startswith("-") and not line.startswith("---"):
-            removed += 1
-    return added, removed
 
 
 def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int = 20) -> list:

@@ -186,7 +186,9 @@ class ResearchAgent:
         head commit, stop reason, LLM spend."""
         return {"agent": self.cfg.name, "program": self.program.name, "backend": self.backend.name,
                 "hardware_class": self.hw, "phase": self.phase, "description": self.description,
-                "progress": round(self.progress, 3), "experiments": self.experiments,
+                # progress is over the budget of the run in flight: none outside training
+                "progress": round(self.progress, 3) if self.phase == "train" else 0.0,
+                "experiments": self.experiments,
                 "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
                 "last_delta": self.last_delta, "stop_reason": self.stop_reason,
                 "spent_usd": getattr(self.backend, "spent_usd", 0.0),

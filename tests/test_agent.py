@@ -306,3 +306,20 @@ def test_timeout_is_recorded_without_fix_attempts(home):
     (r,) = [r for r in coord.all_records() if r.kind == "experiment"]
     assert (r.status, r.reason, r.fix_attempts, r.val_bpb) == ("timeout", "killed at the hard limit (10s)", 0, None)
     assert backend.fix_calls == [] and agent.wt.head() == r.parent
+
+
+def test_progress_is_zero_outside_a_run(home):
+    # The live view draws a bar from it: a finished agent must not show a full bar.
+    tmp_path, _ = home
+    coord = FakeCoordinator(tmp_path / "home" / "repo.git")
+    inner = fake_runner()
+
+    def runner(*a, on_event=None, **kw):
+        if on_event:
+            on_event({"event": "progress", "progress": 1.0})  # the last event of a run
+        return inner(*a, on_event=on_event, **kw)
+
+    agent = ResearchAgent(cfg(tmp_path), coord, runner=runner)
+    agent.run(max_experiments=1)
+    assert agent.status()["phase"] == "stopped" and agent.status()["progress"] == 0.0
+    assert coord.beats[-1][1]["progress"] == 0.0

@@ -85,15 +85,20 @@ class SwarmHome:
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.info_path)
 
-    def create_or_resume(self, redis_url: str | None) -> tuple[dict, bool]:
-        """Returns (info, resumed). A new home gets a new swarm id; an existing one keeps it."""
+    def create_or_resume(self, redis_url: str | None, *, profile: str | None = None,
+                         budget: float | None = None) -> tuple[dict, bool]:
+        """Returns (info, resumed). A new home gets a new swarm id; an existing one keeps it.
+        The profile and budget are recorded: a resumed swarm must train under the same ones."""
+        fixed = {k: v for k, v in (("profile", profile), ("budget", budget)) if v is not None}
         if self.exists():
             info = self.info()
             info["runs"] = info.get("runs", 0) + 1
+            for k, v in fixed.items():
+                info.setdefault(k, v)
             self.write_info(info)
             return info, True
         info = {"swarm_id": new_swarm_id(), "created_at": time.time(), "runs": 1,
-                "redis": "embedded" if redis_url is None else redact_url(redis_url)}
+                "redis": "embedded" if redis_url is None else redact_url(redis_url), **fixed}
         for d in (self.logs_dir, self.snapshots_dir, self.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.write_info(info)

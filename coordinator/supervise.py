@@ -94,7 +94,8 @@ class Supervisor:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.info, resumed = self.home.create_or_resume(self.p.redis_url)
+        self.info, resumed = self.home.create_or_resume(self.p.redis_url, profile=self.p.profile,
+                                                        budget=self.p.cfg.budget)
         log.info("%s swarm %s in %s", "resuming" if resumed else "starting", self.info["swarm_id"],
                  self.home.root)
         self.home.write_pid()

@@ -98,7 +98,7 @@ def plan(args) -> Plan:
         cfg.seed = args.seed
     profile = args.profile or cfg.profile
     profile = detect_profile() if profile == "auto" else profile
-    get_profile(profile)
+    budget = cfg.budget or get_profile(profile).budget
     present = _gpus_present()
     gpus = args.gpus if args.gpus is not None else cfg.agents.gpus
     address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
@@ -145,10 +145,26 @@ def plan(args) -> Plan:
     if address:
         check_ray_address(address)
     deadline = time.time() + args.hours * 3600 if args.hours else None
-    return Plan(cfg=cfg, home=resolve_home(args.swarm_home, cfg.swarm_home), profile=profile,
+    home = resolve_home(args.swarm_home, cfg.swarm_home)
+    _check_same_budget(SwarmHome(home), profile, budget)
+    cfg.budget = budget
+    return Plan(cfg=cfg, home=home, profile=profile,
                 n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
                 redis_url=redis_url, address=address, max_experiments=args.max_experiments,
                 deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose)
+
+
+def _check_same_budget(home: SwarmHome, profile: str, budget: float) -> None:
+    """A resumed swarm keeps its profile and budget: results trained under another budget
+    would be compared with its best as if they were the same measurement (invariant 1)."""
+    if not home.exists():
+        return
+    info = home.info()
+    was = info.get("budget"), info.get("profile")
+    if was[0] is not None and (float(was[0]) != float(budget) or was[1] != profile):
+        raise SwarmError(f"{home.root}: this swarm trains with --budget {was[0]:g} on profile {was[1]}; "
+                         f"resume it with the same, or use another --swarm-home for budget {budget:g} "
+                         f"on {profile}")
 
 
 def run_command(args, setup_logging) -> int:

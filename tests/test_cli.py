@@ -103,3 +103,19 @@ def test_delegated_help_has_one_line_and_an_example(sub, tmp_path):
     r = swarm(sub, "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"example:\n  swarm {sub}" in r.stdout
+
+
+def test_resume_with_another_budget_is_refused(tmp_path):
+    # Results under another budget would be compared with this swarm's best (invariant 1).
+    import json
+
+    home = tmp_path / "home"
+    home.mkdir()
+    info = {"swarm_id": "sw-x", "runs": 1, "redis": "embedded", "profile": "cpu", "budget": 20.0}
+    (home / "swarm.json").write_text(json.dumps(info))
+    r = swarm("run", "--profile", "cpu", "--budget", "10", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--budget 20" in lines[0] and "--swarm-home" in lines[0]
+    assert sorted(p.name for p in home.iterdir()) == ["swarm.json"]  # nothing created
+    assert json.loads((home / "swarm.json").read_text()) == info

@@ -548,6 +548,13 @@ class Coordinator:
         """A baseline run for an agent new to this class, else an open confirm/verify job (or one
         whose lease ran out), oldest first, else None (do your own research).
         Raises CoordinatorError for a hardware class name that cannot be a git ref."""
+        # Fast path without the decision lock, for the common answer (a known agent, no open
+        # job): every agent asks at every boundary, and queueing each question behind the
+        # decisions in flight doubled their latency. Reading a dict/set is atomic under the
+        # GIL; a job opened just after this check is handed out at the agent's next boundary.
+        if (hardware_class in self.classes and (agent, hardware_class) in self._baselined
+                and not self._open.get(hardware_class) and not self._stale):
+            return None
         with self._lock:
             if not self._register(hardware_class):
                 raise CoordinatorError(f"bad hardware class name {hardware_class!r}")

@@ -265,3 +265,27 @@ def test_fetch_and_report_with_bundle_from_another_node(coord, tmp_path):
     assert d.decision == "promote" and best(coord) == head
     with pytest.raises(CoordinatorError, match="unknown commit"):
         coord.fetch("cd" * 20)
+
+
+def test_next_job_does_not_queue_behind_decisions_when_there_is_no_job(coord, tmp_path):
+    import threading
+
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    answers: list = []
+
+    def ask(agent):
+        answers.append(coord.next_job(agent, HW))
+
+    with coord._lock:  # a long decision in flight on another thread
+        t = threading.Thread(target=ask, args=("a0",))
+        t.start()
+        t.join(timeout=5)
+        assert not t.is_alive() and answers == [None]  # answered without the lock
+        # a new agent (owed a baseline job) must wait for the lock: its answer changes state
+        t2 = threading.Thread(target=ask, args=("newcomer",))
+        t2.start()
+        t2.join(timeout=0.5)
+        assert t2.is_alive()
+    t2.join(timeout=5)
+    assert answers[1] is not None and answers[1].kind == "baseline"

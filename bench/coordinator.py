@@ -1,12 +1,17 @@
-"""Coordinator throughput bench: N simulated agents (threads) with sub-second fake experiments.
+"""Coordinator throughput bench: N simulated agents with sub-second fake experiments.
 
-Each agent is a thread with its own redis pub/sub subscriber (coordinator.broadcast.
-BroadcastListener), reading the latest best at iteration boundaries, committing a one-line edit
-onto it, "training" for a random sub-second sleep, and reporting. The Coordinator runs in this
-process (default) or as the one named Ray actor (--ray); 256 Ray actors would not fit on 2 cores.
-Prints decisions/s, p50/p99 report latency (what an agent waits: lock queueing + the decision),
-broadcast fan-out times, and one final line:
-agents=N decisions_per_s=N p50_ms=N p99_ms=N broadcast_all_ms=N
+The coordinator runs as it does in a swarm: the one named Ray actor (coordinator/actor.py), in
+its own process. The agents are threads spread over --hosts Ray actors (256 agent processes
+would not fit in 24 GiB and 2 cores), and each agent does what a ResearchAgent does at every
+iteration, through the actor handle: next_job, then (no job) read the latest best from its own
+redis pub/sub subscriber and commit a one-line edit onto it, begin, "train" (a random
+sub-second sleep; val_bpb is a known function of the edit plus Gaussian noise), report.
+--in-process puts the Coordinator and all agents in this one process instead (for profiling;
+there the agents' own work shares the coordinator's interpreter lock).
+
+Prints decisions/s, report latency as the agent sees it (Ray call + queue + decision) at
+p50/p90/p99, the time the decision lock was held per batch, broadcast fan-out times, and one
+final line:  agents=N decisions_per_s=N p50_ms=N p99_ms=N broadcast_all_ms=N
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ from coordinator.broadcast import BroadcastListener, next_seq, publish  # noqa: 
 from coordinator.core import Coordinator  # noqa: E402
 from coordinator.redisd import RedisDaemon  # noqa: E402
 from coordinator.repo import ResearchRepo  # noqa: E402
-from trainer.schema import Broadcast, ExperimentRecord, PromotionConfig, new_experiment_id
+from trainer.schema import (Broadcast, ExperimentRecord, PromotionConfig,  # noqa: E402
+                            StartedExperiment, new_experiment_id)
 
 HW = "bench-cpu"
 KNOBS = [f"K{i}" for i in range(40)]
@@ -84,17 +90,118 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-class Port:
-    """The coordinator in-process, or through one Ray actor."""
+class AgentHost:
+    """Runs simulated agents as threads; `coord` is the Coordinator itself (in-process) or the
+    coordinator actor's handle (then every call is a Ray call, as from a real agent)."""
 
-    def __init__(self, coord=None, handle=None):
-        self.coord, self.h = coord, handle
+    def __init__(self, coord, redis_url: str, repo_path: str, agent_ids: list[int], seconds: float,
+                 exp_min: float, exp_max: float, via_ray: bool):
+        self.coord, self.via_ray = coord, via_ray
+        self.ids, self.seconds, self.exp = agent_ids, seconds, (exp_min, exp_max)
+        self.repo = ResearchRepo(Path(repo_path))  # the agents' view (a shared object store)
+        self.repo_lock = threading.Lock()
+        self.texts: dict[str, str] = {}  # an agent knows the train.py it wrote
+        self.lock = threading.Lock()
+        self.lat: dict[str, list[float]] = {"report": [], "begin": [], "next_job": []}
+        self.counts: dict[str, int] = defaultdict(int)
+        self.recv: dict[int, list[float]] = defaultdict(list)
+        self.errors: list[str] = []
+        # Each agent has its own connection and subscriber, as agents on other nodes would.
+        self.listeners = [BroadcastListener(redis.Redis.from_url(redis_url), "bench", on_message=self._heard)
+                          for _ in agent_ids]
+        self.threads: list[threading.Thread] = []
 
-    def __getattr__(self, name):
-        if self.coord is not None:
-            return getattr(self.coord, name)
-        import ray
-        return lambda *a, **k: ray.get(getattr(self.h, name).remote(*a, **k))
+    def _heard(self, b: Broadcast) -> None:
+        t = time.time()
+        with self.lock:
+            self.recv[b.seq].append(t - b.published_at)
+
+    def _call(self, name: str, *args):
+        t0 = time.perf_counter()
+        if self.via_ray:
+            import ray
+            out = ray.get(getattr(self.coord, name).remote(*args))
+        else:
+            out = getattr(self.coord, name)(*args)
+        dt = time.perf_counter() - t0
+        with self.lock:
+            self.lat[name].append(dt)
+        return out
+
+    def _read(self, commit: str) -> str:
+        with self.repo_lock:
+            if commit not in self.texts:
+                self.texts[commit] = self.repo.show(commit)
+            return self.texts[commit]
+
+    def _agent(self, i: int, listener: BroadcastListener, stop_at: float) -> None:
+        rng = random.Random(i)
+        name = f"agent{i:03d}"
+        try:
+            while time.monotonic() < stop_at:
+                job = self._call("next_job", name, HW)
+                if job is not None:
+                    commit, parent, kind, desc = job.commit, job.parent, job.kind, job.description
+                    text = self._read(commit)
+                else:
+                    b = listener.latest(HW)
+                    parent = b.commit if b else self.repo.root()
+                    k = rng.choice(KNOBS)
+                    text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", self._read(parent), flags=re.M)
+                    commit = agent_commit(self.repo.path, parent, text, f"{name}: {k}")
+                    with self.repo_lock:
+                        self.texts[commit] = text
+                    kind, desc = "experiment", f"set {k}"
+                eid = new_experiment_id(name)
+                common = dict(experiment_id=eid, kind=kind, agent=name, program="bench", hardware_class=HW,
+                              parent=parent, commit=commit, description=desc,
+                              job_id=job.job_id if job else None, seed=job.seed if job else 0)
+                self._call("begin", StartedExperiment(**common))
+                time.sleep(rng.uniform(*self.exp))  # "training"
+                val = true_bpb(text) + rng.gauss(0, 0.004)
+                d = self._call("report", ExperimentRecord(**common, status="ok", val_bpb=val, confirm_bpb=val))
+                with self.lock:
+                    self.counts[d.decision] += 1
+        except Exception as e:  # a bench thread must not die silently
+            self.errors.append(f"{name}: {type(e).__name__}: {e}")
+
+    def start(self) -> None:
+        self.cpu0 = time.process_time()
+        stop_at = time.monotonic() + self.seconds
+        self.threads = [threading.Thread(target=self._agent, args=(i, l, stop_at), daemon=True)
+                        for i, l in zip(self.ids, self.listeners)]
+        for t in self.threads:
+            t.start()
+
+    def results(self) -> dict:
+        for t in self.threads:
+            t.join(timeout=self.seconds + 120)
+        with self.lock:
+            return {"lat": {k: list(v) for k, v in self.lat.items()}, "counts": dict(self.counts),
+                    "cpu_s": time.process_time() - self.cpu0,
+                    "recv": {k: list(v) for k, v in self.recv.items()}, "errors": list(self.errors)}
+
+    def heard(self, seq: int) -> int:
+        with self.lock:
+            return len(self.recv.get(seq, []))
+
+    def heard_times(self, seq: int) -> list[float]:
+        with self.lock:
+            return list(self.recv.get(seq, []))
+
+    def close(self) -> None:
+        # Stop every subscriber thread first, then join: one by one, each waits out its poll.
+        for l in self.listeners:
+            l._thread.stop()
+        for l in self.listeners:
+            l.close()
+
+
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -103,7 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="how long the agents run")
     ap.add_argument("--exp-min", type=float, default=0.3, help="shortest fake experiment (s)")
     ap.add_argument("--exp-max", type=float, default=0.9, help="longest fake experiment (s)")
-    ap.add_argument("--ray", action="store_true", help="call the coordinator through its Ray actor")
+    ap.add_argument("--hosts", type=int, default=4, help="processes (Ray actors) the agents are spread over")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the Coordinator and every agent in this process, no Ray (for profiling)")
     ap.add_argument("--fsync", default="always", choices=["always", "everysec"],
                     help="redis appendfsync (the product uses always)")
     args = ap.parse_args(argv)
@@ -111,129 +220,93 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="benchcoord"))
     daemon = RedisDaemon(tmp / "redis", fsync=args.fsync).start()
-    listeners: list[BroadcastListener] = []
-    service: list[float] = []
+    hosts: list = []
+    remote = None
     try:
         cfg = PromotionConfig(sigma_prior=0.004)
-        if args.ray:
+        repo_path = str(tmp / "home" / "repo.git")
+        shards = [list(range(args.agents))[h::args.hosts] for h in range(args.hosts)]
+        if args.in_process:
+            coord = Coordinator(tmp / "home", daemon.url, cfg, "bench", baseline())
+            hosts = [AgentHost(coord, daemon.url, repo_path, list(range(args.agents)), args.seconds,
+                               args.exp_min, args.exp_max, via_ray=False)]
+            call = lambda name, *a: getattr(coord, name)(*a)  # noqa: E731
+            remote = lambda h, name, *a: getattr(h, name)(*a)  # noqa: E731
+        else:
+            import ray
             from agents.raylocal import start_local_ray
             from coordinator.actor import coordinator_actor
-            start_local_ray(num_cpus=2, object_store_mb=200, temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
-            port = Port(handle=coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline()))
-            port.status()
-        else:
-            port = Port(coord=Coordinator(tmp / "home", daemon.url, cfg, "bench", baseline()))
-            # Service time of one decision (inside the lock), apart from the wait for the lock.
-            inner = port.coord._decide
-
-            def timed(rec):
-                t0 = time.perf_counter()
-                try:
-                    return inner(rec)
-                finally:
-                    service.append(time.perf_counter() - t0)
-            port.coord._decide = timed
-        repo = ResearchRepo(tmp / "home" / "repo.git")  # the agents' view (shared object store)
-        repo_lock = threading.Lock()
-        # An agent knows the train.py it wrote; only merge candidates are read from the repo.
-        # (Real agents do this work on their own nodes: here it shares the coordinator's cores.)
-        texts: dict[str, str] = {}
-
-        def read(commit: str) -> str:
-            with repo_lock:
-                if commit not in texts:
-                    texts[commit] = repo.show(commit)
-                return texts[commit]
-        client = redis.Redis.from_url(daemon.url)
-        recv: dict[int, list[float]] = defaultdict(list)
-        recv_lock = threading.Lock()
-
-        def on_msg(b: Broadcast):
-            t = time.time()
-            with recv_lock:
-                recv[b.seq].append(t - b.published_at)
-
-        latencies: list[float] = []
-        counts = defaultdict(int)
-        stop_at = time.monotonic() + args.seconds
-        errors: list[str] = []
-
-        def agent(i: int, listener: BroadcastListener):
-            rng = random.Random(i)
-            name = f"agent{i:03d}"
-            try:
-                while time.monotonic() < stop_at:
-                    job = port.next_job(name, HW)
-                    if job is not None:
-                        commit, parent, kind, desc = job.commit, job.parent, job.kind, job.description
-                        text = read(commit)
-                    else:
-                        b = listener.latest(HW)
-                        parent = b.commit if b else repo.root()
-                        k = rng.choice(KNOBS)
-                        text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", read(parent),
-                                      flags=re.M)
-                        commit = agent_commit(repo.path, parent, text, f"{name}: {k}")
-                        with repo_lock:
-                            texts[commit] = text
-                        kind, desc = "experiment", f"set {k}"
-                    time.sleep(rng.uniform(args.exp_min, args.exp_max))  # "training"
-                    val = true_bpb(text) + rng.gauss(0, 0.004)
-                    rec = ExperimentRecord(experiment_id=new_experiment_id(name), kind=kind, agent=name,
-                                           program="bench", hardware_class=HW, parent=parent,
-                                           commit=commit, description=desc, status="ok", val_bpb=val,
-                                           confirm_bpb=val, job_id=job.job_id if job else None,
-                                           seed=job.seed if job else 0)
-                    t0 = time.perf_counter()
-                    d = port.report(rec)
-                    dt = time.perf_counter() - t0
-                    with recv_lock:
-                        latencies.append(dt)
-                        counts[d.decision] += 1
-            except Exception as e:  # a bench thread must not die silently
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-
-        for i in range(args.agents):
-            # Each agent has its own connection, as agents on other nodes would.
-            listeners.append(BroadcastListener(redis.Redis.from_url(daemon.url), "bench", on_message=on_msg))
-        threads = [threading.Thread(target=agent, args=(i, listeners[i]), daemon=True)
-                   for i in range(args.agents)]
+            start_local_ray(num_cpus=2, object_store_mb=200,
+                            temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
+            handle = coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline())
+            call = lambda name, *a: ray.get(getattr(handle, name).remote(*a))  # noqa: E731
+            remote = lambda h, name, *a: ray.get(getattr(h, name).remote(*a))  # noqa: E731
+            call("status")  # the actor is up and the repo exists
+            say("coordinator actor up")
+            Host = ray.remote(num_cpus=0, max_concurrency=4)(AgentHost)
+            hosts = [Host.remote(handle, daemon.url, repo_path, ids, args.seconds, args.exp_min,
+                                 args.exp_max, True) for ids in shards if ids]
+            for h in hosts:
+                remote(h, "heard", 0)  # every subscriber is up before the clock starts
+        say(f"{args.agents} agents ready; running {args.seconds:.0f} s")
+        cpu0 = call("perf")["cpu_s"]
         t_start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=args.seconds + 120)
+        for h in hosts:
+            remote(h, "start")
+        results = [remote(h, "results") for h in hosts]
         elapsed = time.monotonic() - t_start
-        n = len(latencies)
+        coord_cpu = call("perf")["cpu_s"] - cpu0
+        say("agents stopped")
+        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report", "begin", "next_job")}
+        counts: dict[str, int] = defaultdict(int)
+        recv: dict[int, list[float]] = defaultdict(list)
+        errors = [e for r in results for e in r["errors"]]
+        for r in results:
+            for k, v in r["counts"].items():
+                counts[k] += v
+            for seq, v in r["recv"].items():
+                recv[int(seq)] += v
         time.sleep(0.5)
-        with recv_lock:
-            full = [max(v) for v in recv.values() if len(v) >= args.agents]
-            partial = sum(1 for v in recv.values() if len(v) < args.agents)
-        # A probe on a quiet swarm: the fan-out time alone, without 256 threads competing for 2 cores.
+        late = [[remote(h, "heard_times", seq) for h in hosts] for seq in recv]
+        full, partial = [], 0
+        for per_host in late:
+            v = [x for xs in per_host for x in xs]
+            if len(v) >= args.agents:
+                full.append(max(v))
+            else:
+                partial += 1
+        # A probe on the quiet swarm: the fan-out time alone, without the agents' work.
+        client = redis.Redis.from_url(daemon.url)
         probe_seq = next_seq(client, "bench", "probe")
         publish(client, Broadcast(swarm_id="bench", hardware_class="probe", commit="0" * 40,
                                   val_bpb=0.0, seq=probe_seq))
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with recv_lock:
-                got = recv.get(probe_seq, [])
-                if len(got) >= args.agents:
-                    break
+        while time.monotonic() < deadline and sum(remote(h, "heard", probe_seq) for h in hosts) < args.agents:
             time.sleep(0.01)
-        with recv_lock:
-            probe = recv.get(probe_seq, [])
+        probe = [x for h in hosts for x in remote(h, "heard_times", probe_seq)]
         probe_ms = max(probe) * 1000 if len(probe) >= args.agents else float("nan")
-        st = port.status()
-        print(f"mode: {'one Ray actor' if args.ray else 'in-process Coordinator'}; {args.agents} agent "
-              f"threads, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, redis fsync {args.fsync}")
+        st, perf = call("status"), call("perf")
+        rep = lat["report"]
+        n = len(rep)
+        print(f"mode: {'in-process Coordinator' if args.in_process else f'Coordinator Ray actor, agents in {len(hosts)} Ray actors'}; "
+              f"{args.agents} agents, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, "
+              f"redis fsync {args.fsync}")
         print(f"decisions: {n} ({dict(counts)}); best now {st['classes'][HW]['best'][:10]}, "
               f"sigma {st['classes'][HW]['sigma']:.4f}")
-        print(f"report latency (agent waits: lock queue + decision): p50 {pct(latencies, 50) * 1000:.1f} ms, "
-              f"p90 {pct(latencies, 90) * 1000:.1f} ms, p99 {pct(latencies, 99) * 1000:.1f} ms, "
-              f"max {max(latencies, default=0) * 1000:.1f} ms")
-        if service:
-            print(f"decision service time (in the lock, in-process only): p50 {pct(service, 50) * 1000:.1f} ms, "
-                  f"p99 {pct(service, 99) * 1000:.1f} ms -> capacity ~{1 / statistics.mean(service):.0f} decisions/s")
+        for k in ("report", "begin", "next_job"):
+            xs = lat[k]
+            print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, p90 {pct(xs, 90) * 1000:.1f} ms, "
+                  f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")
+        calls = sum(len(v) for v in lat.values())
+        print(f"CPU: coordinator {coord_cpu:.1f} s ({coord_cpu / max(calls, 1) * 1e3:.2f} ms per call, "
+              f"{coord_cpu / elapsed * 100:.0f}% of a core); agent hosts {sum(r['cpu_s'] for r in results):.1f} s"
+              f"{' (same process)' if args.in_process else ''}")
+        if perf.get("decisions"):
+            print(f"decision latency at the coordinator (arrival to durable decision): p50 "
+                  f"{perf['decision_p50_ms']:.1f} ms, p99 {perf['decision_p99_ms']:.1f} ms ({perf['decisions']} reports)")
+        if perf.get("batches"):
+            print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, p99 {perf['batch_p99_ms']:.1f} ms, "
+                  f"{perf['mean_batch']:.1f} reports+begins per batch -> capacity ~{perf['capacity_per_s']:.0f}/s")
         under_load = max(full) * 1000 if full else float("nan")
         print(f"broadcasts under load: {len(full)} reached all {args.agents} agents, worst "
               f"{under_load:.1f} ms, median {statistics.median(full) * 1000 if full else float('nan'):.1f} ms"
@@ -241,12 +314,19 @@ def main(argv=None) -> int:
         print(f"broadcast probe on the quiet swarm: all {args.agents} agents in {probe_ms:.1f} ms")
         if errors:
             print(f"{len(errors)} agent errors, first: {errors[0]}", file=sys.stderr)
-        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} p50_ms={pct(latencies, 50) * 1000:.1f} "
-              f"p99_ms={pct(latencies, 99) * 1000:.1f} broadcast_all_ms={under_load:.1f}")
+        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} p50_ms={pct(rep, 50) * 1000:.1f} "
+              f"p99_ms={pct(rep, 99) * 1000:.1f} broadcast_all_ms={under_load:.1f}")
         return 1 if errors else 0
     finally:
-        for l in listeners:
-            l.close()
+        if hosts and remote is not None:
+            try:
+                if args.in_process:
+                    hosts[0].close()
+                else:
+                    import ray
+                    ray.get([h.close.remote() for h in hosts], timeout=60)
+            except Exception as e:
+                say(f"closing the agent hosts: {type(e).__name__}: {e}")
         daemon.stop(kill=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +25,7 @@ from redis.retry import Retry
 
 from coordinator import broadcast
 from coordinator.ledger import Ledger, LedgerError
-from coordinator.repo import RepoError, ResearchRepo
+from coordinator.repo import RepoError, ResearchRepo, merge_texts
 from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
 from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                             StartedExperiment)
@@ -34,7 +35,14 @@ log = logging.getLogger(__name__)
 SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
 SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
 JOB_MAX_ATTEMPTS = 3         # a job whose run crashes is handed out again this many times
+TEXT_CACHE = 256             # train.py texts kept in memory (by blob id): parents repeat a lot
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _pct(sorted_xs: list[float], p: float) -> float:
+    if not sorted_xs:
+        return float("nan")
+    return sorted_xs[min(len(sorted_xs) - 1, int(round(p / 100 * (len(sorted_xs) - 1))))]
 
 
 class CoordinatorError(RuntimeError):
@@ -68,12 +76,15 @@ def connect_redis(url: str, retry_s: float = 30.0) -> redis.Redis:
 
 
 class _Slot:
-    """One queued report and, once decided, its answer."""
+    """One queued report (or begin) and, once decided, its answer."""
 
-    __slots__ = ("record", "bundle", "done", "result", "error")
+    __slots__ = ("record", "bundle", "done", "result", "error", "t0", "lead", "wake")
 
-    def __init__(self, record: ExperimentRecord, bundle: bytes | None):
+    def __init__(self, record: ExperimentRecord | StartedExperiment, bundle: bytes | None):
         self.record, self.bundle = record, bundle
+        self.t0 = time.perf_counter()
+        self.lead = False               # set when this slot's thread must run the next batch
+        self.wake = threading.Event()   # set when it is done, or must lead
         self.done = False
         self.result: Decision | None = None
         self.error: Exception | None = None
@@ -92,6 +103,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._qlock = threading.Lock()
         self._queue: list[_Slot] = []
+        self._leading = False  # a thread is running batches (guarded by _qlock)
         self._stale = False
         self.r = connect_redis(redis_url)
         self.ledger = Ledger(self.r, self.swarm_id)
@@ -103,6 +115,10 @@ class Coordinator:
             self.repo.create(baseline_train_py)
         self.root = self.repo.root()
         self._rng = random.Random()
+        # (records in the batch, seconds holding the decision lock) of recent batches: perf().
+        self._batches: deque[tuple[int, float]] = deque(maxlen=4096)
+        # Seconds from a report's arrival here to its decision (queue + decision + commit).
+        self._latency: deque[float] = deque(maxlen=16384)
         self._load()
 
     # -- rebuilding from redis and git ----------------------------------------------------------
@@ -113,7 +129,10 @@ class Coordinator:
         self.samples: dict[tuple[str, str], Samples] = {}
         self.noise: dict[str, NoisePool] = {}
         self.order: dict[str, list[str]] = {}
-        self._blobs: dict[str, str] = {}
+        self._blobs: dict[str, str | None] = {}
+        self._texts: OrderedDict[str, tuple[str, Counter]] = OrderedDict()
+        self._latest: dict[str, Broadcast | None] = {}
+        self._refs_due: list[tuple[str, str]] = []
         self._history: dict[str, tuple[str, set[str]]] = {}
         self._bests: dict[str, str] = {}
         self._known: set[str] = set()
@@ -136,6 +155,7 @@ class Coordinator:
         self.jobs: dict[str, dict] = self.ledger.jobs()
         # Indexes over jobs: open ones per class, oldest first, and who ran the baseline.
         self._open: dict[str, dict[str, None]] = {}
+        self._offers: dict[str, tuple[int, float, frozenset]] = {}
         self._baselined: set[tuple[str, str]] = set()
         for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
             if not st["done"]:
@@ -155,6 +175,8 @@ class Coordinator:
             self._decide(self.records[id])
         for hw in sorted(self.classes):
             self._sync_best_key(hw)
+        self._write_refs(self._take_refs())
+        self._update_offers()
         self._stale = False
         log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
                  len(self.records), len(self.decisions), sorted(self.classes))
@@ -200,19 +222,69 @@ class Coordinator:
             self._bests[hw] = c
         return c
 
+    def _look(self, commit: str) -> None:
+        """Read a commit's train.py once (one cat-file round trip) into the caches."""
+        if commit in self._known or not commit:
+            return
+        is_commit, blob, data = self.repo.commit_file(commit)
+        if not is_commit:
+            return
+        self._known.add(commit)
+        self._blobs[commit] = blob
+        if blob is not None:
+            self._keep_text(blob, data.decode("utf-8", "replace"))
+
+    def _keep_text(self, blob: str, text: str) -> tuple[str, Counter]:
+        t = self._texts.get(blob)
+        if t is None:
+            t = self._texts[blob] = (text, Counter(text.splitlines()))
+            if len(self._texts) > TEXT_CACHE:
+                self._texts.popitem(last=False)
+        else:
+            self._texts.move_to_end(blob)
+        return t
+
     def _has(self, commit: str | None) -> bool:
-        if commit in self._known:
-            return True
-        if self.repo.has_commit(commit):
-            self._known.add(commit)
-            return True
-        return False
+        self._look(commit)
+        return commit in self._known
 
     def _blob(self, commit: str) -> str:
+        self._look(commit)
         b = self._blobs.get(commit)
         if b is None:
-            b = self._blobs[commit] = self.repo.blob_id(commit)
+            raise RepoError(f"{commit[:10]} has no train.py" if commit in self._known
+                            else f"unknown commit {commit[:10]}")
         return b
+
+    def _text(self, commit: str) -> tuple[str, Counter]:
+        """(train.py, its lines as a multiset) of a commit, from the cache when it can."""
+        blob = self._blob(commit)
+        t = self._texts.get(blob)
+        if t is None:
+            return self._keep_text(blob, self.repo.show(commit))
+        self._texts.move_to_end(blob)
+        return t
+
+    def _diff_lines(self, a: str, b: str) -> tuple[int, int]:
+        """(lines added, lines removed) from a to b (see repo.line_delta), from cached texts."""
+        old, new = self._text(a)[1], self._text(b)[1]
+        return sum((new - old).values()), sum((old - new).values())
+
+    def _ref_later(self, name: str, commit: str) -> None:
+        """A bookkeeping ref (refs/experiments/*, refs/candidates/*): written after the batch,
+        outside the decision lock (a file write each; nothing decides by them)."""
+        self._refs_due.append((name, commit))
+
+    def _take_refs(self) -> list[tuple[str, str]]:
+        due, self._refs_due = self._refs_due, []
+        return due
+
+    def _write_refs(self, due: list[tuple[str, str]]) -> None:
+        for name, commit in due:
+            try:
+                self.repo.write_loose_ref(name, commit)
+            except (RepoError, OSError) as e:  # the ledger still names the commit
+                log.warning("no ref %s: %s", name, e)
 
     def _samples_of(self, hw: str, commit: str | None) -> Samples:
         if commit is None:
@@ -264,7 +336,14 @@ class Coordinator:
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
                       experiment_id=exp_id, decision=decision)
         broadcast.publish(self.r, b)
+        self._latest[hw] = b
         return b
+
+    def _latest_best(self, hw: str) -> Broadcast | None:
+        """The best key's value: only this object writes it, so it is read from redis once."""
+        if hw not in self._latest:
+            self._latest[hw] = broadcast.latest(self.r, self.swarm_id, hw)
+        return self._latest[hw]
 
     # -- jobs -------------------------------------------------------------------------------------
     def _issue_job(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
@@ -286,6 +365,22 @@ class Coordinator:
         self._open.setdefault(hw, {})[job.job_id] = None
         self.ledger.update_job(job.job_id, st)
         return job
+
+    def _update_offers(self) -> None:
+        """Per class: (open jobs nobody holds, earliest lease expiry, agents holding a lease).
+        next_job reads it without the lock to answer "no job" at once (see there)."""
+        offers = {}
+        for hw, ids in self._open.items():
+            free, expiry, holders = 0, float("inf"), set()
+            for job_id in ids:
+                st = self.jobs[job_id]
+                if st["agent"] is None:
+                    free += 1
+                else:
+                    holders.add(st["agent"])
+                    expiry = min(expiry, (st["leased_at"] or 0) + self.cfg.job_lease_s)
+            offers[hw] = (free, expiry, frozenset(holders))
+        self._offers = offers
 
     def _job_finished(self, rec: ExperimentRecord) -> dict | None:
         st = self.jobs.get(rec.job_id or "")
@@ -309,10 +404,7 @@ class Coordinator:
             return self._dec(rec, "rejected", f"unknown hardware class {hw!r}")
         if rec.commit is not None and self._has(rec.commit):
             # Discarded and crashed commits stay reviewable.
-            try:
-                self.repo.write_loose_ref(f"refs/experiments/{rec.experiment_id}", rec.commit)
-            except RepoError as e:
-                log.warning("no experiment ref for %s: %s", rec.experiment_id, e)
+            self._ref_later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
             if st is not None and st["done"] and st["job"]["for_experiment"]:
@@ -347,13 +439,13 @@ class Coordinator:
         return self._judge_experiment(rec)
 
     def _refresh_best_key(self, hw: str, best: str) -> None:
-        key = broadcast.latest(self.r, self.swarm_id, hw)
+        key = self._latest_best(hw)
         if key is None or key.commit != best:
             self._publish(hw, best, None, None)
-        else:  # same seq: the value of the same commit got one more sample
+        else:  # same seq: the value of the same commit got one more sample (written with the batch)
             s = self._samples_of(hw, best)
-            self.r.set(broadcast.best_key(self.swarm_id, hw),
-                       key.model_copy(update={"val_bpb": s.mean}).model_dump_json())
+            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
+            self.ledger.set(broadcast.best_key(self.swarm_id, hw), key.model_dump_json())
 
     def _verdict_decision(self, rec: ExperimentRecord, v: Verdict, sigma: float, **kw) -> Decision:
         return self._dec(rec, v.decision, v.reason, delta=v.delta, margin=v.margin, sigma=sigma,
@@ -366,7 +458,7 @@ class Coordinator:
         cs = self._samples_of(hw, C)
         if not self._has(P):
             return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
-        added, removed = self.repo.diff_lines(P, C)
+        added, removed = self._diff_lines(P, C)
         net = added - removed
         if P == best:
             v = judge(self.cfg, cs, self._samples_of(hw, best), sigma, net)
@@ -390,17 +482,15 @@ class Coordinator:
 
     def _try_merge(self, rec: ExperimentRecord, hw: str, P: str, best: str, v: Verdict,
                    sigma: float) -> Decision:
-        text, clean = self.repo.merge_file(P, best, rec.commit)
+        text, clean = merge_texts(self._text(P)[0], self._text(best)[0], self._text(rec.commit)[0])
         if not clean:
             return self._dec(rec, "conflict", f"beat its parent by {v.delta:.4f} but its change does "
                              f"not apply onto best {best[:10]}", delta=v.delta, sigma=sigma,
                              samples=v.samples, best_before=best)
         M = self.repo.commit_tree(text, [best, rec.commit],
                                   f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
-        try:
-            self.repo.write_loose_ref(f"refs/candidates/{rec.experiment_id}", M)
-        except RepoError as e:  # the candidate is still named by its verify job and decision
-            log.warning("no candidate ref for %s: %s", rec.experiment_id, e)
+        self._keep_text(self._blob(M), text)
+        self._ref_later(f"refs/candidates/{rec.experiment_id}", M)
         if self._blob(M) == self._blob(best):
             return self._dec(rec, "discard", "its change is already in best", best_before=best)
         self._issue_job("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
@@ -424,7 +514,7 @@ class Coordinator:
             # Best moved while the verification ran: merge onto the new best and verify again.
             return self._judge_experiment(rec)
         sigma = self._sigma(hw)
-        added, removed = self.repo.diff_lines(best, M)
+        added, removed = self._diff_lines(best, M)
         v = judge(self.cfg, self._samples_of(hw, M), self._samples_of(hw, best), sigma, added - removed)
         if v.decision in ("promote", "simplification"):
             return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M)
@@ -462,13 +552,18 @@ class Coordinator:
 
     # -- the agent-facing port ------------------------------------------------------------------
     def begin(self, started: StartedExperiment) -> None:
-        """Record the intent to run an experiment (before training). Idempotent by experiment_id."""
-        with self._lock:
-            if started.experiment_id in self.started:
-                return
-            self._register(started.hardware_class)
-            self.ledger.add_started(started)
-            self.started[started.experiment_id] = started
+        """Record the intent to run an experiment (before training). Idempotent by experiment_id.
+        Goes through the same queue as reports, so it shares their group commit."""
+        if started.experiment_id in self.started and not self._stale:
+            return
+        self._submit(_Slot(started, None))
+
+    def _begin_one(self, started: StartedExperiment) -> None:
+        if started.experiment_id in self.started:
+            return
+        self._register(started.hardware_class)
+        self.ledger.add_started(started)
+        self.started[started.experiment_id] = started
 
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
@@ -479,17 +574,43 @@ class Coordinator:
         Reports that queue up while a decision runs are decided together by the next lock
         holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
         (group commit: one fsync for the batch, not one per write)."""
-        slot = _Slot(record, bundle)
+        return self._submit(_Slot(record, bundle))
+
+    def _submit(self, slot: _Slot):
+        """Group commit with one leader at a time: the first arrival runs a batch of everything
+        queued, then hands the lead to the oldest slot that queued meanwhile. The others sleep
+        on their own event. (Waiting on the decision lock instead, a finished report could
+        wait out several later batches before its thread got the lock back.)"""
         with self._qlock:
             self._queue.append(slot)
-        with self._lock:
-            if not slot.done:
-                self._run_batch()
+            if not self._leading:
+                self._leading = slot.lead = True
+        if not slot.lead:
+            slot.wake.wait()
+        refs: list[tuple[str, str]] = []
+        if not slot.done:  # this thread leads
+            try:
+                with self._lock:
+                    refs = self._run_batch()
+            finally:
+                with self._qlock:
+                    nxt = self._queue[0] if self._queue else None
+                    if nxt is None:
+                        self._leading = False
+                    else:
+                        nxt.lead = True
+                if nxt is not None:
+                    nxt.wake.set()
+        if isinstance(slot.record, ExperimentRecord):
+            self._latency.append(time.perf_counter() - slot.t0)
+        # The batch's bookkeeping refs, by the thread that ran it, after the lock is released.
+        self._write_refs(refs)
         if slot.error is not None:
             raise slot.error
         return slot.result
 
-    def _run_batch(self) -> None:
+    def _run_batch(self) -> list[tuple[str, str]]:
+        t0 = time.perf_counter()
         with self._qlock:
             batch, self._queue = self._queue, []
         try:
@@ -498,7 +619,10 @@ class Coordinator:
             with self.ledger.batch():
                 for sl in batch:
                     try:
-                        sl.result = self._report_one(sl.record, sl.bundle)
+                        if isinstance(sl.record, StartedExperiment):
+                            self._begin_one(sl.record)
+                        else:
+                            sl.result = self._report_one(sl.record, sl.bundle)
                     except (RepoError, CoordinatorError) as e:
                         sl.error = e
         except Exception as e:  # the batch did not reach redis: the caches are ahead of it
@@ -509,8 +633,15 @@ class Coordinator:
                 sl.result, sl.error = None, e if isinstance(e, LedgerError) else LedgerError(
                     f"ledger write failed: {str(e).splitlines()[0][:200]}")
         finally:
-            for sl in batch:
-                sl.done = True
+            try:
+                self._update_offers()
+            finally:
+                for sl in batch:
+                    if sl.result is None and sl.error is None and isinstance(sl.record, ExperimentRecord):
+                        sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
+                    sl.done = True
+                    sl.wake.set()
+                self._batches.append((len(batch), time.perf_counter() - t0))
         if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
                 and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
                 and (self._snap_thread is None or not self._snap_thread.is_alive())):
@@ -520,6 +651,7 @@ class Coordinator:
             self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
                                                  name="ledger-snapshot")
             self._snap_thread.start()
+        return self._take_refs()
 
     def _background_snapshot(self) -> None:
         try:
@@ -548,29 +680,39 @@ class Coordinator:
         """A baseline run for an agent new to this class, else an open confirm/verify job (or one
         whose lease ran out), oldest first, else None (do your own research).
         Raises CoordinatorError for a hardware class name that cannot be a git ref."""
-        # Fast path without the decision lock, for the common answer (a known agent, no open
-        # job): every agent asks at every boundary, and queueing each question behind the
-        # decisions in flight doubled their latency. Reading a dict/set is atomic under the
-        # GIL; a job opened just after this check is handed out at the agent's next boundary.
+        # Fast path without the decision lock, for the common answer (a known agent, no job
+        # it could take: none open, or all leased to others and not expired): every agent asks
+        # at every boundary, and queueing each question behind the decisions in flight doubled
+        # their latency. The offers are replaced whole under the lock, so this reads one
+        # consistent tuple; a job freed just after it is handed out at the agent's next boundary.
+        offer = self._offers.get(hardware_class, (0, float("inf"), frozenset()))
         if (hardware_class in self.classes and (agent, hardware_class) in self._baselined
-                and not self._open.get(hardware_class) and not self._stale):
+                and not self._stale and offer[0] == 0 and time.time() < offer[1]
+                and agent not in offer[2]):
             return None
         with self._lock:
-            if not self._register(hardware_class):
-                raise CoordinatorError(f"bad hardware class name {hardware_class!r}")
-            now = time.time()
-            if (agent, hardware_class) not in self._baselined:
-                self._baselined.add((agent, hardware_class))
-                best = self._best_commit(hardware_class)
-                return self._issue_job("baseline", best, best, hardware_class, None,
-                                       "baseline (unchanged best)", for_agent=agent)
-            for job_id in self._open.get(hardware_class, {}):
-                st = self.jobs[job_id]
-                if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.cfg.job_lease_s:
-                    st["agent"], st["leased_at"] = agent, now
-                    self.ledger.update_job(job_id, st)
-                    return Job.model_validate(st["job"])
-            return None
+            try:
+                with self.ledger.batch():  # a job's writes go to redis in one round trip
+                    return self._next_job(agent, hardware_class)
+            finally:
+                self._update_offers()
+
+    def _next_job(self, agent: str, hardware_class: str) -> Job | None:
+        if not self._register(hardware_class):
+            raise CoordinatorError(f"bad hardware class name {hardware_class!r}")
+        now = time.time()
+        if (agent, hardware_class) not in self._baselined:
+            self._baselined.add((agent, hardware_class))
+            best = self._best_commit(hardware_class)
+            return self._issue_job("baseline", best, best, hardware_class, None,
+                                   "baseline (unchanged best)", for_agent=agent)
+        for job_id in self._open.get(hardware_class, {}):
+            st = self.jobs[job_id]
+            if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.cfg.job_lease_s:
+                st["agent"], st["leased_at"] = agent, now
+                self.ledger.update_job(job_id, st)
+                return Job.model_validate(st["job"])
+        return None
 
     def best(self, hardware_class: str) -> Broadcast | None:
         """The latest best of a class (None until its baseline has a sample)."""
@@ -610,23 +752,45 @@ class Coordinator:
                     "records": len(self.records), "started": len(self.started),
                     "open_jobs": sum(len(v) for v in self._open.values())}
 
+    def perf(self) -> dict:
+        """The coordinator's own view of its speed, over the last few thousand reports:
+        decision latency (a report's arrival here to its decision, durable in redis: queueing
+        behind other decisions included, the caller's transport not), how long each batch held
+        the decision lock and the capacity that implies, and this process's CPU seconds."""
+        with self._qlock:
+            b, lat = list(self._batches), sorted(self._latency)
+        if not b:
+            return {"batches": 0, "cpu_s": time.process_time()}
+        secs = sorted(t for _, t in b)
+        n = sum(k for k, _ in b)
+        return {"batches": len(b), "records": n, "mean_batch": n / len(b),
+                "cpu_s": time.process_time(),  # this process's CPU time so far
+                "decisions": len(lat), "decision_p50_ms": _pct(lat, 50) * 1000,
+                "decision_p99_ms": _pct(lat, 99) * 1000,
+                "batch_p50_ms": _pct(secs, 50) * 1000, "batch_p99_ms": _pct(secs, 99) * 1000,
+                "capacity_per_s": n / max(sum(secs), 1e-9)}
+
     def reconcile_dead_agent(self, agent: str) -> list[str]:
         """Record `crash` ("agent died mid-run") for the agent's begun-but-unreported experiments
         and release its job leases. Returns the experiment ids it recorded."""
         with self._lock:
             ids = [i for i, s in self.started.items() if s.agent == agent and i not in self.records]
-            for i in ids:
-                s = self.started[i]
-                self.report(ExperimentRecord(
-                    experiment_id=i, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
-                    program=s.program, hardware_class=s.hardware_class, parent=s.parent,
-                    commit=s.commit, description=s.description, status="crash",
-                    reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
-                    started_at=s.started_at, finished_at=time.time()))
+            begun = [self.started[i] for i in ids]
+        # Outside the lock: a report queues like any other (one idempotent by its id, should the
+        # agent's own report of the same experiment arrive first).
+        for s in begun:
+            self.report(ExperimentRecord(
+                experiment_id=s.experiment_id, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
+                program=s.program, hardware_class=s.hardware_class, parent=s.parent,
+                commit=s.commit, description=s.description, status="crash",
+                reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
+                started_at=s.started_at, finished_at=time.time()))
+        with self._lock:
             for job_id, st in self.jobs.items():
                 if st["agent"] == agent and not st["done"]:
                     st["agent"], st["leased_at"] = None, None
                     self.ledger.update_job(job_id, st)
+            self._update_offers()
             return ids
 
     def snapshot(self) -> Path:

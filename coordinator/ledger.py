@@ -136,7 +136,9 @@ class Ledger:
         not known yet and True is returned: callers check their own cache first."""
         keys, args = [self.key(hash_name), self.key("ledger")], [id, payload, typ, "1" if overwrite else "0"]
         if self._pipe is not None:
-            self._append(keys=keys, args=args, client=self._pipe)
+            # EVAL, not EVALSHA: a pipeline holding a Script asks SCRIPT EXISTS first (one more
+            # round trip per batch), and a redis restarted from its AOF has no scripts loaded.
+            self._pipe.eval(_APPEND, len(keys), *keys, *args)
             return True
         return bool(self._append(keys=keys, args=args))
 
@@ -154,6 +156,10 @@ class Ledger:
     def add_job(self, job: Job) -> bool:
         return self._add("job", "jobs", job.job_id, json.dumps({"job": job.model_dump(),
                          "agent": None, "leased_at": None, "done": False}), False)
+
+    def set(self, key: str, value: str) -> None:
+        """SET a full key name, inside the open batch when there is one."""
+        (self._pipe if self._pipe is not None else self.r).set(key, value)
 
     def update_job(self, job_id: str, state: dict) -> None:
         # Lease bookkeeping is mutable state, not history: hash only, not the stream.

@@ -289,3 +289,92 @@ def test_next_job_does_not_queue_behind_decisions_when_there_is_no_job(coord, tm
         assert t2.is_alive()
     t2.join(timeout=5)
     assert answers[1] is not None and answers[1].kind == "baseline"
+
+
+def _wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_reports_queued_during_a_decision_are_decided_together_once_each(coord, tmp_path):
+    """Group commit: reports (and begins) that arrive while the decision lock is held are decided
+    in one batch by one leader; every caller gets its own decision; a retried batch appends nothing."""
+    import threading
+
+    agents = make_agents(coord, tmp_path, n=2)
+    run_baselines(coord, agents, vals=(2.0, 2.002))
+    a = agents[0]
+    recs = []
+    for i in range(12):
+        c = a.commit(coord.root, set_constants(a.text_at(coord.root), Z=i + 2), f"Z={i + 2}")
+        recs.append(a.record(c, coord.root, val=2.05 + i / 1000))  # all clearly worse: discard
+    results: dict[str, str] = {}
+
+    def send(rec):
+        coord.begin(a.started(rec))
+        results[rec.experiment_id] = coord.report(rec).decision
+
+    def ledger_records():
+        return sum(1 for typ, _, _ in coord.ledger.events() if typ == "record")
+
+    before = ledger_records()
+    with coord._lock:  # a long decision in flight: everything below queues
+        threads = [threading.Thread(target=send, args=(r,)) for r in recs]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(coord._queue) == len(recs))  # 12 begins queued, one thread leading
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {r.experiment_id: "discard" for r in recs}
+    assert any(n == len(recs) for n, _ in coord._batches)  # the 12 queued begins: one batch
+    assert ledger_records() == before + len(recs)
+    # The same reports again, concurrently: the same answers and nothing appended.
+    threads = [threading.Thread(target=send, args=(r,)) for r in recs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert set(results.values()) == {"discard"} and ledger_records() == before + len(recs)
+    perf = coord.perf()
+    assert perf["decisions"] >= 2 * len(recs) and perf["decision_p99_ms"] >= perf["decision_p50_ms"] > 0
+
+
+def test_next_job_fast_path_sees_leases(tmp_path, redis_url):
+    """While a decision holds the lock, an agent with nothing to take is answered at once, but the
+    agent holding a lease (its job is owed back to it) and, once the lease runs out, anyone, are not."""
+    import threading
+
+    cfg = PromotionConfig(sigma_prior=0.003, job_lease_s=0.3)
+    coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents, vals=[2.0, 2.002, 1.998])
+    c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z")
+    assert coord.report(agents[0].record(c, coord.root, val=1.995)).decision == "pending"
+    job = coord.next_job("a1", HW)
+    assert job.kind == "confirm"
+    answers: dict[str, object] = {}
+
+    def ask(agent):
+        answers[agent] = coord.next_job(agent, HW)
+
+    with coord._lock:
+        t = threading.Thread(target=ask, args=("a2",))
+        t.start()
+        t.join(timeout=5)
+        assert not t.is_alive() and answers["a2"] is None  # leased to a1: answered without the lock
+        t1 = threading.Thread(target=ask, args=("a1",))
+        t1.start()
+        t1.join(timeout=0.3)
+        assert t1.is_alive()  # a1 holds the lease: it must get its job, through the lock
+    t1.join(timeout=5)
+    assert answers["a1"].job_id == job.job_id
+    time.sleep(0.4)  # the lease runs out
+    with coord._lock:
+        t = threading.Thread(target=ask, args=("a2",))
+        t.start()
+        t.join(timeout=0.3)
+        assert t.is_alive()
+    t.join(timeout=5)
+    assert answers["a2"].job_id == job.job_id

@@ -49,3 +49,44 @@ def test_create_merge_cas_bundle(tmp_path):
     assert other.has_commit(m) and other.show(m) == text
     with pytest.raises(RepoError):
         other.fetch_bundle(b"not a bundle")
+
+
+def test_objects_written_in_process_are_git_valid(tmp_path):
+    """commit_tree writes blob, tree and commit objects itself (no fork): git must read them back,
+    fsck must find nothing wrong, and a base tree's other entries (files, a directory) survive."""
+    import subprocess
+
+    repo = ResearchRepo(tmp_path / "repo.git")
+    root = repo.create(BASE)
+    git = lambda *a, **k: subprocess.run(["git", "--git-dir", str(repo.path), *a], check=True,  # noqa: E731
+                                         capture_output=True, **k).stdout
+    # A base commit made by git itself, with entries that sort around train.py and a subtree.
+    blob = lambda text: git("hash-object", "-w", "--stdin", input=text.encode()).decode().strip()  # noqa: E731
+    sub = git("mktree", input=f"100644 blob {blob('x')}\tinner.txt\n".encode()).decode().strip()
+    tree = git("mktree", input=(f"100644 blob {blob(BASE)}\ttrain.py\n100644 blob {blob('r')}\tREADME\n"
+                                f"040000 tree {sub}\ttrain\n100644 blob {blob('z')}\tzeta.py\n").encode()
+               ).decode().strip()
+    base = git("commit-tree", tree, "-p", root, "-m", "base with more files").decode().strip()
+
+    new_text = BASE.replace("A = 0", "A = 3") + "ünïcode = 'ok'\n"
+    c = repo.commit_tree(new_text, [base, root], "a two-parent commit\n\nwith a body", base=base)
+    assert git("fsck", "--strict", "--no-dangling").decode() == ""
+    assert repo.show(c) == new_text and repo.parents(c) == [base, root]
+    names = git("ls-tree", "--name-only", c).decode().split()
+    assert names == ["README", "train.py", "train", "zeta.py"]  # git's order: "train/" sorts after "train.py"
+    assert git("rev-parse", f"{c}:train/inner.txt") == git("rev-parse", f"{base}:train/inner.txt")
+    # The same bytes as git's own hash-object: identical content gives identical blob ids.
+    assert repo.blob_id(c) == git("hash-object", "--stdin", input=new_text.encode()).decode().strip()
+    assert git("log", "-1", "--format=%an <%ae>%n%B", c).decode().startswith(
+        "swarm-coordinator <coordinator@swarm.local>\na two-parent commit\n\nwith a body")
+
+
+def test_cat_file_reads_several_specs_in_one_round_trip(tmp_path):
+    repo = ResearchRepo(tmp_path / "repo.git")
+    root = repo.create(BASE)
+    got = repo._cat.read_many([root, f"{root}:train.py", "ab" * 20, "bad\nspec", "", f"{root}:nope"])
+    assert got[0][1] == "commit" and got[1][1] == "blob" and got[1][2] == BASE.encode()
+    assert got[2:] == [None, None, None, None]
+    assert repo.commit_file(root)[0] and repo.commit_file(root)[2] == BASE.encode()
+    assert repo.commit_file("ab" * 20) == (False, None, None)
+    assert repo.commit_file(repo.blob_id(root)) == (False, None, None)  # a blob is not a commit

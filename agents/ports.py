@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from trainer.schema import Broadcast, Decision, ExperimentRecord, Job, StartedExperiment
+from trainer.schema import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class RayCoordinator:
     few quick retries. report() spools the record to `spool_dir` when the coordinator cannot
     be reached; flush() re-sends spooled records (call it at each iteration boundary)."""
 
+    HINT_TTL_S = 5.0  # how long a report's answer stands in for next_job()/best()
+
     def __init__(self, handle: Any, spool_dir: Path, *, timeout_s: float = 30.0,
                  retries: int = 3, retry_delay_s: float = 0.5):
         self.handle = handle
@@ -49,6 +51,14 @@ class RayCoordinator:
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_delay_s = retry_delay_s
+        # A coordinator that answers report_sync tells, with each decision, whether a job waits
+        # and what best is: the agent's next next_job()/best() then need no call of their own.
+        try:
+            self._sync = hasattr(handle, "report_sync")
+        except Exception:
+            self._sync = False
+        self._hint: tuple[float, str, bool] | None = None
+        self._best_hint: tuple[float, str, Broadcast] | None = None
 
     def _call(self, method: str, *args, retries: int | None = None):
         import ray
@@ -75,7 +85,13 @@ class RayCoordinator:
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision | None:
         """The coordinator's decision, or None when it was unreachable and the record spooled."""
         try:
-            return self._call("report", record, bundle)
+            if not self._sync:
+                return self._call("report", record, bundle)
+            reply: ReportReply = self._call("report_sync", record, bundle)
+            now, hw = time.monotonic(), record.hardware_class
+            self._hint = (now, hw, reply.job_waiting)
+            self._best_hint = (now, hw, reply.best) if reply.best is not None else None
+            return reply.decision
         except CoordinatorUnavailable as e:
             self._spool(record, bundle)
             log.warning("%s; record %s spooled", e, record.experiment_id)
@@ -107,12 +123,19 @@ class RayCoordinator:
         return sent
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
+        hint, self._hint = self._hint, None  # good for one boundary only
+        if (hint is not None and hint[1] == hardware_class and not hint[2]
+                and time.monotonic() - hint[0] < self.HINT_TTL_S):
+            return None
         try:
             return self._call("next_job", agent, hardware_class)
         except CoordinatorUnavailable:
             return None
 
     def best(self, hardware_class: str) -> Broadcast | None:
+        hint, self._best_hint = self._best_hint, None
+        if hint is not None and hint[1] == hardware_class and time.monotonic() - hint[0] < self.HINT_TTL_S:
+            return hint[2]
         try:
             return self._call("best", hardware_class)
         except CoordinatorUnavailable:

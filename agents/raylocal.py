@@ -18,6 +18,10 @@ LOOPBACK_ENV = {
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
 }
 
+# A private local Ray has no dashboard to show task events; reporting them anyway cost ~17% of
+# the CPU of every actor call (bench/coordinator.py: 970 -> 800 us per call on each side).
+QUIET_ENV = {"RAY_task_events_report_interval_ms": "0"}
+
 
 def loopback_environment(home: Path) -> dict[str, str]:
     """Environment entries that keep a local Ray on loopback with no cloud probing.
@@ -42,6 +46,8 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     if address is None:
         # Before `import ray`: Ray reads these at import time.
         os.environ.update(loopback_environment(Path(os.environ.get("HOME", "/tmp"))))
+        for k, v in QUIET_ENV.items():
+            os.environ.setdefault(k, v)
     import ray
 
     if ray.is_initialized():

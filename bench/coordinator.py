@@ -102,7 +102,7 @@ class AgentHost:
         self.repo_lock = threading.Lock()
         self.texts: dict[str, str] = {}  # an agent knows the train.py it wrote
         self.lock = threading.Lock()
-        self.lat: dict[str, list[float]] = {"report": [], "begin": [], "next_job": []}
+        self.lat: dict[str, list[float]] = {"report_sync": [], "begin": [], "next_job": []}
         self.counts: dict[str, int] = defaultdict(int)
         self.recv: dict[int, list[float]] = defaultdict(list)
         self.errors: list[str] = []
@@ -137,14 +137,15 @@ class AgentHost:
     def _agent(self, i: int, listener: BroadcastListener, stop_at: float) -> None:
         rng = random.Random(i)
         name = f"agent{i:03d}"
+        reply = None  # the last report's answer stands in for next_job/best, as in agents/ports.py
         try:
             while time.monotonic() < stop_at:
-                job = self._call("next_job", name, HW)
+                job = self._call("next_job", name, HW) if reply is None or reply.job_waiting else None
                 if job is not None:
                     commit, parent, kind, desc = job.commit, job.parent, job.kind, job.description
                     text = self._read(commit)
                 else:
-                    b = listener.latest(HW)
+                    b = reply.best if reply is not None and reply.best is not None else listener.latest(HW)
                     parent = b.commit if b else self.repo.root()
                     k = rng.choice(KNOBS)
                     text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", self._read(parent), flags=re.M)
@@ -159,9 +160,10 @@ class AgentHost:
                 self._call("begin", StartedExperiment(**common))
                 time.sleep(rng.uniform(*self.exp))  # "training"
                 val = true_bpb(text) + rng.gauss(0, 0.004)
-                d = self._call("report", ExperimentRecord(**common, status="ok", val_bpb=val, confirm_bpb=val))
+                reply = self._call("report_sync", ExperimentRecord(**common, status="ok", val_bpb=val,
+                                                                   confirm_bpb=val))
                 with self.lock:
-                    self.counts[d.decision] += 1
+                    self.counts[reply.decision.decision] += 1
         except Exception as e:  # a bench thread must not die silently
             self.errors.append(f"{name}: {type(e).__name__}: {e}")
 
@@ -211,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--exp-min", type=float, default=0.3, help="shortest fake experiment (s)")
     ap.add_argument("--exp-max", type=float, default=0.9, help="longest fake experiment (s)")
     ap.add_argument("--hosts", type=int, default=4, help="processes (Ray actors) the agents are spread over")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="the coordinator actor's max_concurrency (default: coordinator/actor.py's)")
     ap.add_argument("--in-process", action="store_true",
                     help="the Coordinator and every agent in this process, no Ray (for profiling)")
     ap.add_argument("--fsync", default="always", choices=["always", "everysec"],
@@ -238,7 +242,8 @@ def main(argv=None) -> int:
             from coordinator.actor import coordinator_actor
             start_local_ray(num_cpus=2, object_store_mb=200,
                             temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
-            handle = coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline())
+            extra = {} if args.concurrency is None else {"max_concurrency": args.concurrency}
+            handle = coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline(), **extra)
             call = lambda name, *a: ray.get(getattr(handle, name).remote(*a))  # noqa: E731
             remote = lambda h, name, *a: ray.get(getattr(h, name).remote(*a))  # noqa: E731
             call("status")  # the actor is up and the repo exists
@@ -257,7 +262,7 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t_start
         coord_cpu = call("perf")["cpu_s"] - cpu0
         say("agents stopped")
-        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report", "begin", "next_job")}
+        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report_sync", "begin", "next_job")}
         counts: dict[str, int] = defaultdict(int)
         recv: dict[int, list[float]] = defaultdict(list)
         errors = [e for r in results for e in r["errors"]]
@@ -286,14 +291,14 @@ def main(argv=None) -> int:
         probe = [x for h in hosts for x in remote(h, "heard_times", probe_seq)]
         probe_ms = max(probe) * 1000 if len(probe) >= args.agents else float("nan")
         st, perf = call("status"), call("perf")
-        rep = lat["report"]
+        rep = lat["report_sync"]
         n = len(rep)
         print(f"mode: {'in-process Coordinator' if args.in_process else f'Coordinator Ray actor, agents in {len(hosts)} Ray actors'}; "
               f"{args.agents} agents, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, "
               f"redis fsync {args.fsync}")
         print(f"decisions: {n} ({dict(counts)}); best now {st['classes'][HW]['best'][:10]}, "
               f"sigma {st['classes'][HW]['sigma']:.4f}")
-        for k in ("report", "begin", "next_job"):
+        for k in ("report_sync", "begin", "next_job"):
             xs = lat[k]
             print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, p90 {pct(xs, 90) * 1000:.1f} ms, "
                   f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import re
 import threading
@@ -28,7 +29,7 @@ from coordinator.ledger import Ledger, LedgerError
 from coordinator.repo import RepoError, ResearchRepo, merge_texts
 from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
 from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
-                            StartedExperiment)
+                            ReportReply, StartedExperiment)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class Coordinator:
             self.repo.create(baseline_train_py)
         self.root = self.repo.root()
         self._rng = random.Random()
+        self._ref_queue: queue.Queue = queue.Queue()
+        self._ref_thread: threading.Thread | None = None
         # (records in the batch, seconds holding the decision lock) of recent batches: perf().
         self._batches: deque[tuple[int, float]] = deque(maxlen=4096)
         # Seconds from a report's arrival here to its decision (queue + decision + commit).
@@ -176,6 +179,7 @@ class Coordinator:
         for hw in sorted(self.classes):
             self._sync_best_key(hw)
         self._write_refs(self._take_refs())
+        self._restore_refs()
         self._update_offers()
         self._stale = False
         log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
@@ -270,9 +274,26 @@ class Coordinator:
         old, new = self._text(a)[1], self._text(b)[1]
         return sum((new - old).values()), sum((old - new).values())
 
+    def _look_many(self, commits: list[str | None]) -> None:
+        """_look() of several commits in one cat-file round trip (a batch's new commits: one
+        blocking read per report cost a wait for the interpreter lock each, under load)."""
+        want = list(dict.fromkeys(c for c in commits if c and c not in self._known))
+        if not want:
+            return
+        got = self.repo._cat.read_many([x for c in want for x in (c, f"{c}:train.py")])
+        for i, c in enumerate(want):
+            obj, f = got[2 * i], got[2 * i + 1]
+            if obj is None or obj[1] != "commit":
+                continue
+            self._known.add(c)
+            self._blobs[c] = f[0] if f is not None and f[1] == "blob" else None
+            if self._blobs[c] is not None:
+                self._keep_text(f[0], f[2].decode("utf-8", "replace"))
+
     def _ref_later(self, name: str, commit: str) -> None:
-        """A bookkeeping ref (refs/experiments/*, refs/candidates/*): written after the batch,
-        outside the decision lock (a file write each; nothing decides by them)."""
+        """A bookkeeping ref (refs/experiments/*, refs/candidates/*): written by a background
+        thread after the batch (a file write each; nothing decides by them). A restart writes
+        the ones a crash lost (_restore_refs)."""
         self._refs_due.append((name, commit))
 
     def _take_refs(self) -> list[tuple[str, str]]:
@@ -280,11 +301,40 @@ class Coordinator:
         return due
 
     def _write_refs(self, due: list[tuple[str, str]]) -> None:
-        for name, commit in due:
+        if not due:
+            return
+        if self._ref_thread is None or not self._ref_thread.is_alive():
+            self._ref_thread = threading.Thread(target=self._ref_writer, daemon=True, name="ref-writer")
+            self._ref_thread.start()
+        self._ref_queue.put(due)
+
+    def _ref_writer(self) -> None:
+        while True:
+            due = self._ref_queue.get()
             try:
-                self.repo.write_loose_ref(name, commit)
-            except (RepoError, OSError) as e:  # the ledger still names the commit
-                log.warning("no ref %s: %s", name, e)
+                for name, commit in due:
+                    try:
+                        self.repo.write_loose_ref(name, commit)
+                    except (RepoError, OSError) as e:  # the ledger still names the commit
+                        log.warning("no ref %s: %s", name, e)
+            finally:
+                self._ref_queue.task_done()
+
+    def flush_refs(self) -> None:
+        """Wait until every bookkeeping ref decided so far is written."""
+        self._ref_queue.join()
+
+    def _restore_refs(self) -> None:
+        """Experiment refs a crash lost between a decision and its ref write."""
+        have = set(self.repo.refs("refs/experiments/"))
+        missing = [(f"refs/experiments/{i}", r.commit) for i, r in self.records.items()
+                   if r.commit and f"refs/experiments/{i}" not in have]
+        if missing:
+            self._look_many([c for _, c in missing])
+            due = [(n, c) for n, c in missing if c in self._known]
+            if due:
+                log.info("restoring %d experiment refs", len(due))
+                self._write_refs(due)
 
     def _samples_of(self, hw: str, commit: str | None) -> Samples:
         if commit is None:
@@ -576,6 +626,23 @@ class Coordinator:
         (group commit: one fsync for the batch, not one per write)."""
         return self._submit(_Slot(record, bundle))
 
+    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
+        """report(), plus whether next_job would hand the reporting agent a job right now and
+        the latest best of its class: what the agent asks at its next iteration boundary,
+        answered in the same call (through Ray each call costs ~1 ms of CPU on each side)."""
+        d = self.report(record, bundle)
+        hw = record.hardware_class
+        best = self._latest.get(hw)
+        return ReportReply(decision=d, job_waiting=self._job_waiting(record.agent, hw),
+                           best=best if best is not None else self.best(hw))
+
+    def _job_waiting(self, agent: str, hardware_class: str) -> bool:
+        """False when next_job(agent, hardware_class) would surely answer None now. Read
+        without the lock, like next_job's fast path (the offers are replaced whole)."""
+        free, expiry, holders = self._offers.get(hardware_class, (0, float("inf"), frozenset()))
+        return (hardware_class not in self.classes or (agent, hardware_class) not in self._baselined
+                or self._stale or free > 0 or time.time() >= expiry or agent in holders)
+
     def _submit(self, slot: _Slot):
         """Group commit with one leader at a time: the first arrival runs a batch of everything
         queued, then hands the lead to the oldest slot that queued meanwhile. The others sleep
@@ -616,6 +683,7 @@ class Coordinator:
         try:
             if self._stale:
                 self._load()
+            self._look_many([c for sl in batch for c in (sl.record.commit, sl.record.parent)])
             with self.ledger.batch():
                 for sl in batch:
                     try:
@@ -685,10 +753,7 @@ class Coordinator:
         # at every boundary, and queueing each question behind the decisions in flight doubled
         # their latency. The offers are replaced whole under the lock, so this reads one
         # consistent tuple; a job freed just after it is handed out at the agent's next boundary.
-        offer = self._offers.get(hardware_class, (0, float("inf"), frozenset()))
-        if (hardware_class in self.classes and (agent, hardware_class) in self._baselined
-                and not self._stale and offer[0] == 0 and time.time() < offer[1]
-                and agent not in offer[2]):
+        if not self._job_waiting(agent, hardware_class):
             return None
         with self._lock:
             try:
@@ -795,6 +860,7 @@ class Coordinator:
 
     def snapshot(self) -> Path:
         """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
+        self.flush_refs()
         with self._lock:
             self._since_snapshot = 0
             self.ledger.flush()

@@ -136,6 +136,9 @@ class FakeCoordinator:
     def all_records(self) -> list[ExperimentRecord]:
         return list(self.records.values())
 
+    def all_decisions(self) -> dict[str, Decision]:
+        return dict(self.decisions)
+
     def all_started(self) -> list[StartedExperiment]:
         return list(self.started.values())
 
@@ -194,3 +197,35 @@ class FlakyCoordinator(FakeCoordinator):
         if self.down:
             raise ConnectionError("coordinator is restarting")
         return super().report(record, bundle)
+
+
+class SyncingCoordinator(FakeCoordinator):
+    """A FakeCoordinator that answers report_sync (decision + job hint + best), and counts the
+    next_job and best calls an agent still makes."""
+
+    def __init__(self, repo: Path | None = None, jobs: list[Job] | None = None):
+        super().__init__(repo, jobs)
+        self.calls = {"next_job": 0, "best": 0, "report_sync": 0}
+
+    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None):
+        from trainer.schema import ReportReply
+
+        self.calls["report_sync"] += 1
+        d = self.report(record, bundle)
+        waiting = any(j.hardware_class == record.hardware_class for j in self.jobs)
+        return ReportReply(decision=d, job_waiting=waiting, best=self.bests.get(record.hardware_class))
+
+    def next_job(self, agent: str, hardware_class: str) -> Job | None:
+        self.calls["next_job"] += 1
+        return super().next_job(agent, hardware_class)
+
+    def best(self, hardware_class: str) -> Broadcast | None:
+        self.calls["best"] += 1
+        return super().best(hardware_class)
+
+    def add_job(self, job: Job) -> None:
+        with self._lock:
+            self.jobs.append(job)
+
+    def call_counts(self) -> dict[str, int]:
+        return dict(self.calls)

@@ -36,3 +36,35 @@ def test_unreachable_report_is_spooled_then_delivered(ray_local, flaky, tmp_path
     recs = ray.get(flaky.all_records.remote())
     assert [r.kind for r in recs] == ["baseline", "experiment", "experiment"]
     assert list(spool.glob("*.json")) == []
+
+
+def test_report_answer_stands_in_for_next_job_and_best(ray_local, tmp_path):
+    """With a coordinator that answers report_sync, an agent asks next_job/best only at its first
+    boundary and when a job is waiting: one call per iteration instead of three."""
+    import ray.cloudpickle
+
+    from tests.fake_coordinator import SyncingCoordinator
+    from trainer.schema import Job
+
+    ray = ray_local
+    ray.cloudpickle.register_pickle_by_value(fake_coordinator)
+    try:
+        coord = ray.remote(SyncingCoordinator).options(num_cpus=0).remote()
+        root = make_research_repo(tmp_path / "home")
+        cfg = AgentConfig(name="sy", program_name="tiny", program_text=TINY_PROGRAM,
+                          swarm_home=tmp_path / "home", hardware_class="hw", budget=1)
+        agent = ResearchAgent(cfg, coord, runner=fake_runner())
+        agent.run(max_experiments=4)   # baseline + 4 experiments
+        calls = ray.get(coord.call_counts.remote())
+        assert calls["report_sync"] == 5
+        # next_job at the first boundary only; best at start-up and the first boundary only
+        assert calls["next_job"] == 1 and calls["best"] == 2
+        # A job appears: the next report says so, and the agent asks for it and runs it.
+        ray.get(coord.add_job.remote(Job(job_id="confirm-1", kind="confirm", commit=root, parent=root,
+                                         hardware_class="hw", seed=5)))
+        agent.run(max_experiments=2)
+        recs = ray.get(coord.all_records.remote())
+        assert "confirm-1" in [r.job_id for r in recs]
+        assert ray.get(coord.call_counts.remote())["next_job"] >= 2
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(fake_coordinator)

@@ -58,6 +58,7 @@ def test_first_round_is_baseline_then_promote(coord, tmp_path):
     assert best(coord) == rec.commit
     b2 = coord.best(HW)
     assert b2.commit == rec.commit and b2.seq > b.seq
+    coord.flush_refs()  # bookkeeping refs are written off the decision path
     assert coord.repo.ref(f"refs/experiments/{rec.experiment_id}") == rec.commit
 
 
@@ -215,6 +216,22 @@ def test_lost_ref_move_is_reapplied(coord, tmp_path, redis_url, cfg):
     coord.repo.set_ref(f"refs/heads/best/{HW}", coord.root)
     c2 = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t")
     assert best(c2) == r1.commit
+
+
+def test_experiment_refs_lost_in_a_crash_are_restored(coord, tmp_path, redis_url, cfg):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    r1, _ = agents[0].experiment(coord, coord.root, "A up", A=1)
+    r2, _ = agents[1].experiment(coord, coord.root, "B down", B=-1)
+    coord.flush_refs()
+    # A crash after the decisions but before their ref writes: the files are not there.
+    for r in (r1, r2):
+        (coord.repo.path / "refs" / "experiments" / r.experiment_id).unlink()
+        assert coord.repo.ref(f"refs/experiments/{r.experiment_id}") is None
+    c2 = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t")
+    c2.flush_refs()
+    for r in (r1, r2):
+        assert c2.repo.ref(f"refs/experiments/{r.experiment_id}") == r.commit
 
 
 def test_dead_agent_gets_crash_record_and_jobs_are_released(coord, tmp_path, cfg):
@@ -378,3 +395,23 @@ def test_next_job_fast_path_sees_leases(tmp_path, redis_url):
         assert t.is_alive()
     t.join(timeout=5)
     assert answers["a2"].job_id == job.job_id
+
+
+def test_report_sync_says_whether_a_job_waits_and_what_best_is(coord, tmp_path):
+    agents = make_agents(coord, tmp_path)
+    run_baselines(coord, agents)
+    a0, a1, a2 = agents
+    c = a0.commit(coord.root, set_constants(a0.text_at(coord.root), Z=1), "Z")
+    reply = coord.report_sync(a0.record(c, coord.root, val=1.9985))  # inside the margin: confirm
+    assert reply.decision.decision == "pending"
+    assert reply.job_waiting and reply.best.commit == coord.root
+    assert reply.job_waiting == (coord.next_job("a0", HW) is not None)  # the hint is what next_job says
+    # Leased to a0 now: a1 is told nothing waits, and next_job agrees.
+    c1 = a1.commit(coord.root, set_constants(a1.text_at(coord.root), Y=1), "Y")
+    r1 = coord.report_sync(a1.record(c1, coord.root, val=2.05))
+    assert r1.decision.decision == "discard" and not r1.job_waiting
+    assert coord.next_job("a1", HW) is None
+    # A promotion: the reply carries the new best.
+    rec, _ = a2.experiment(coord, coord.root, "A up", A=1)
+    r2 = coord.report_sync(rec)  # a retried report: same decision, current best
+    assert r2.decision.decision == "promote" and r2.best.commit == rec.commit

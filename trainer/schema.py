@@ -164,6 +164,15 @@ class Broadcast(_Model):
     published_at: float = Field(default_factory=time.time)
 
 
+class ReportReply(_Model):
+    """What an agent gets back for a report: the decision, plus what it would ask next at its
+    iteration boundary, so that in the common case it need not ask (one call, not three)."""
+
+    decision: Decision
+    job_waiting: bool = True               # False: next_job would answer None right now
+    best: Broadcast | None = None          # the latest best of the record's class
+
+
 class PromotionConfig(_Model):
     """How the coordinator decides that a result is a real improvement, not noise."""
 

@@ -458,7 +458,7 @@ class ResearchAgent:
 
     def _beat(self, force: bool = False) -> None:
         now = time.time()
-        if not force and now - self._last_beat < 1.0:
+        if not force and now - self._last_beat < self.cfg.heartbeat_s:
             return
         self._last_beat = now
         try:

@@ -81,6 +81,9 @@ class AgentConfig(_Cfg):
     recent_n: int = Field(default=12, ge=0)               # results of each kind in the prompt
     max_prompt_chars: int = Field(default=60_000, gt=1000)
     prepare_ahead: bool = True            # propose the next edit while the current run trains
+    # Seconds between progress heartbeats while training (each is a coordinator call: at 256
+    # agents, one a second was ~256 calls/s, about a quarter core of the coordinator here).
+    heartbeat_s: float = Field(default=5.0, gt=0)
     graceful_stop: bool = False           # stop(): False cancels the run (crash "stopped")
 
     @model_validator(mode="after")

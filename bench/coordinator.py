@@ -23,9 +23,7 @@ the agent round trip printed above the final line is the figure that carries tha
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
 import random
 import re
 import shutil
@@ -34,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,26 +65,15 @@ def true_bpb(text: str) -> float:
     return 2.0 - sum(EFFECT[k] * min(v, 1.0) for k, v in vals.items())
 
 
-def _write_object(git_dir: Path, kind: str, body: bytes) -> str:
-    data = f"{kind} {len(body)}".encode() + b"\0" + body
-    sha = hashlib.sha1(data).hexdigest()
-    f = git_dir / "objects" / sha[:2] / sha[2:]
-    if not f.exists():
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f"{sha[2:]}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(zlib.compress(data, 1))
-        os.replace(tmp, f)
-    return sha
-
-
-def agent_commit(git_dir: Path, parent: str, text: str, message: str) -> str:
-    """What an agent does on its own node, done here without forking git: 256 agent threads
-    forking git from one process would measure fork(), not the coordinator."""
-    blob = _write_object(git_dir, "blob", text.encode())
-    tree = _write_object(git_dir, "tree", b"100644 train.py\0" + bytes.fromhex(blob))
+def agent_commit(repo: ResearchRepo, parent: str, text: str, message: str) -> str:
+    """What an agent does on its own node, done here without forking git (ResearchRepo writes
+    loose objects in process): 256 agent threads forking git would measure fork(), not the
+    coordinator."""
+    blob = repo.write_object("blob", text.encode())
+    tree = repo.write_object("tree", b"100644 train.py\0" + bytes.fromhex(blob))
     who = f"bench <bench@localhost> {int(time.time())} +0000"
     body = f"tree {tree}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n"
-    return _write_object(git_dir, "commit", body.encode())
+    return repo.write_object("commit", body.encode())
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -156,7 +142,7 @@ class AgentHost:
                     parent = b.commit if b else self.repo.root()
                     k = rng.choice(KNOBS)
                     text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", self._read(parent), flags=re.M)
-                    commit = agent_commit(self.repo.path, parent, text, f"{name}: {k}")
+                    commit = agent_commit(self.repo, parent, text, f"{name}: {k}")
                     with self.repo_lock:
                         self.texts[commit] = text
                     kind, desc = "experiment", f"set {k}"

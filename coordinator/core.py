@@ -26,7 +26,7 @@ from redis.retry import Retry
 
 from coordinator import broadcast
 from coordinator.ledger import Ledger, LedgerError
-from coordinator.repo import RepoError, ResearchRepo, merge_texts
+from coordinator.repo import RepoError, ResearchRepo, counter_delta, merge_texts, object_id
 from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
 from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                             ReportReply, StartedExperiment)
@@ -226,17 +226,16 @@ class Coordinator:
             self._bests[hw] = c
         return c
 
-    def _look(self, commit: str) -> None:
+    def _look(self, commit: str | None) -> None:
         """Read a commit's train.py once (one cat-file round trip) into the caches."""
-        if commit in self._known or not commit:
-            return
-        is_commit, blob, data = self.repo.commit_file(commit)
-        if not is_commit:
-            return
+        self._look_many([commit])
+
+    def _remember(self, commit: str, blob: str | None, text: str | None) -> None:
+        """A commit known to be in the repo, its train.py blob id (None: it has none) and text."""
         self._known.add(commit)
         self._blobs[commit] = blob
         if blob is not None:
-            self._keep_text(blob, data.decode("utf-8", "replace"))
+            self._keep_text(blob, text)
 
     def _keep_text(self, blob: str, text: str) -> tuple[str, Counter]:
         t = self._texts.get(blob)
@@ -271,8 +270,7 @@ class Coordinator:
 
     def _diff_lines(self, a: str, b: str) -> tuple[int, int]:
         """(lines added, lines removed) from a to b (see repo.line_delta), from cached texts."""
-        old, new = self._text(a)[1], self._text(b)[1]
-        return sum((new - old).values()), sum((old - new).values())
+        return counter_delta(self._text(a)[1], self._text(b)[1])
 
     def _look_many(self, commits: list[str | None]) -> None:
         """_look() of several commits in one cat-file round trip (a batch's new commits: one
@@ -280,15 +278,9 @@ class Coordinator:
         want = list(dict.fromkeys(c for c in commits if c and c not in self._known))
         if not want:
             return
-        got = self.repo._cat.read_many([x for c in want for x in (c, f"{c}:train.py")])
-        for i, c in enumerate(want):
-            obj, f = got[2 * i], got[2 * i + 1]
-            if obj is None or obj[1] != "commit":
-                continue
-            self._known.add(c)
-            self._blobs[c] = f[0] if f is not None and f[1] == "blob" else None
-            if self._blobs[c] is not None:
-                self._keep_text(f[0], f[2].decode("utf-8", "replace"))
+        for c, (is_commit, blob, data) in zip(want, self.repo.commit_files(want)):
+            if is_commit:
+                self._remember(c, blob, data.decode("utf-8", "replace") if blob is not None else None)
 
     def _ref_later(self, name: str, commit: str) -> None:
         """A bookkeeping ref (refs/experiments/*, refs/candidates/*): written by a background
@@ -539,7 +531,7 @@ class Coordinator:
                              samples=v.samples, best_before=best)
         M = self.repo.commit_tree(text, [best, rec.commit],
                                   f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
-        self._keep_text(self._blob(M), text)
+        self._remember(M, object_id("blob", text.encode()), text)  # written just now: no read back
         self._ref_later(f"refs/candidates/{rec.experiment_id}", M)
         if self._blob(M) == self._blob(best):
             return self._dec(rec, "discard", "its change is already in best", best_before=best)
@@ -632,6 +624,8 @@ class Coordinator:
         answered in the same call (through Ray each call costs ~1 ms of CPU on each side)."""
         d = self.report(record, bundle)
         hw = record.hardware_class
+        # Outside the lock: read the cache, never fill it (a fill racing a publish could put an
+        # older best back); before the first publish of this process, ask redis.
         best = self._latest.get(hw)
         return ReportReply(decision=d, job_waiting=self._job_waiting(record.agent, hw),
                            best=best if best is not None else self.best(hw))

@@ -157,13 +157,17 @@ class Ledger:
         return self._add("job", "jobs", job.job_id, json.dumps({"job": job.model_dump(),
                          "agent": None, "leased_at": None, "done": False}), False)
 
+    def _writer(self):
+        """The open batch, else the client itself."""
+        return self._pipe if self._pipe is not None else self.r
+
     def set(self, key: str, value: str) -> None:
         """SET a full key name, inside the open batch when there is one."""
-        (self._pipe if self._pipe is not None else self.r).set(key, value)
+        self._writer().set(key, value)
 
     def update_job(self, job_id: str, state: dict) -> None:
         # Lease bookkeeping is mutable state, not history: hash only, not the stream.
-        (self._pipe if self._pipe is not None else self.r).hset(self.key("jobs"), job_id, json.dumps(state))
+        self._writer().hset(self.key("jobs"), job_id, json.dumps(state))
 
     # -- reading ------------------------------------------------------------------------------
     def events(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:

@@ -155,18 +155,18 @@ class ResearchRepo:
         obj = self._cat.read(sha)
         return obj is not None and obj[1] == "commit"
 
-    def show(self, commit: str, path: str = EDITABLE) -> str:
+    def _file(self, commit: str, path: str) -> tuple[str, str, bytes]:
         obj = self._cat.read(f"{commit}:{path}")
         if obj is None or obj[1] != "blob":
             raise RepoError(f"{commit[:10]} has no {path}")
-        return obj[2].decode("utf-8", "replace")
+        return obj
+
+    def show(self, commit: str, path: str = EDITABLE) -> str:
+        return self._file(commit, path)[2].decode("utf-8", "replace")
 
     def blob_id(self, commit: str, path: str = EDITABLE) -> str:
         """The blob hash of `path` at `commit`: equal contents give equal ids (samples are pooled by it)."""
-        obj = self._cat.read(f"{commit}:{path}")
-        if obj is None or obj[1] != "blob":
-            raise RepoError(f"{commit[:10]} has no {path}")
-        return obj[0]
+        return self._file(commit, path)[0]
 
     def parents(self, commit: str) -> list[str]:
         # Parsed from the commit object through the long-running cat-file: the lineage asks this
@@ -192,14 +192,23 @@ class ResearchRepo:
         return self.git("rev-list", "--first-parent", ref).split()
 
     def commit_file(self, commit: str, path: str = EDITABLE) -> tuple[bool, str | None, bytes | None]:
-        """(is a commit here, blob id of `path` in it, its bytes) in one cat-file round trip;
-        the blob parts are None when the commit is unknown or has no `path`."""
-        c, f = self._cat.read_many([commit, f"{commit}:{path}"])
-        if c is None or c[1] != "commit":
-            return False, None, None
-        if f is None or f[1] != "blob":
-            return True, None, None
-        return True, f[0], f[2]
+        """(is a commit here, blob id of `path` in it, its bytes); the blob parts are None when
+        the commit is unknown or has no `path`."""
+        return self.commit_files([commit], path)[0]
+
+    def commit_files(self, commits: list[str],
+                     path: str = EDITABLE) -> list[tuple[bool, str | None, bytes | None]]:
+        """commit_file() of several commits in one cat-file round trip."""
+        got = self._cat.read_many([x for c in commits for x in (c, f"{c}:{path}")])
+        out: list[tuple[bool, str | None, bytes | None]] = []
+        for c, f in zip(got[::2], got[1::2]):
+            if c is None or c[1] != "commit":
+                out.append((False, None, None))
+            elif f is None or f[1] != "blob":
+                out.append((True, None, None))
+            else:
+                out.append((True, f[0], f[2]))
+        return out
 
     def diff_lines(self, a: str, b: str, path: str = EDITABLE) -> tuple[int, int]:
         """(lines added, lines removed) in `path` from commit a to commit b (see line_delta)."""
@@ -210,7 +219,7 @@ class ResearchRepo:
         """Store a loose object (what `git hash-object -w` does) without a fork: the merge path
         wrote three objects through three forks, ~3 ms each from a large process."""
         data = f"{kind} {len(body)}".encode() + b"\0" + body
-        sha = hashlib.sha1(data).hexdigest()
+        sha = object_id(kind, body)
         f = self.path / "objects" / sha[:2] / sha[2:]
         if not f.exists():
             f.parent.mkdir(parents=True, exist_ok=True)
@@ -306,12 +315,21 @@ class ResearchRepo:
             self.git("fetch", "-q", str(f), "+refs/*:refs/bundles/*")
 
 
+def object_id(kind: str, body: bytes) -> str:
+    """The git object id of `body` as a `kind` object (what `git hash-object` prints)."""
+    return hashlib.sha1(f"{kind} {len(body)}".encode() + b"\0" + body).hexdigest()
+
+
 def line_delta(old: str, new: str) -> tuple[int, int]:
     """(lines added, lines removed) from `old` to `new`, as a multiset difference of lines: in
     process and O(n) (difflib took ~6 ms a decision). Its net (added - removed) equals any line
     diff's net, which is all the promotion rule uses."""
-    a, b = Counter(old.splitlines()), Counter(new.splitlines())
-    return sum((b - a).values()), sum((a - b).values())
+    return counter_delta(Counter(old.splitlines()), Counter(new.splitlines()))
+
+
+def counter_delta(old: Counter, new: Counter) -> tuple[int, int]:
+    """line_delta() of two texts already counted as multisets of lines."""
+    return sum((new - old).values()), sum((old - new).values())
 
 
 MERGE_GAP = 3  # unchanged lines the in-process merge wants between the two sides' changes

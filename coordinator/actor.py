@@ -14,6 +14,10 @@ from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, Promotio
                             ReportReply, StartedExperiment)
 
 NAMESPACE = "autoresearch-swarm"
+# A restarted coordinator waits this long for redis: both may have gone down together (a head
+# node's restart, or redis killed first), and Ray does not restart an actor whose constructor
+# raised: failing at once would leave the swarm with no coordinator for good.
+RESTART_REDIS_WAIT_S = 600.0
 
 
 class CoordinatorActor:
@@ -23,7 +27,12 @@ class CoordinatorActor:
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig, swarm_id: str,
                  baseline_train_py: str | None = None):
-        self.c = Coordinator(swarm_home, redis_url, promotion, swarm_id, baseline_train_py)
+        import ray
+
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        # First start: an unreachable redis is a clear error at once (swarm run reports it).
+        self.c = Coordinator(swarm_home, redis_url, promotion, swarm_id, baseline_train_py,
+                             redis_wait_s=RESTART_REDIS_WAIT_S if restarted else 0.0)
 
     def begin(self, started: StartedExperiment) -> None:
         return self.c.begin(started)

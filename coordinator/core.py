@@ -56,19 +56,31 @@ def redis_endpoint(url: str) -> str:
     return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"
 
 
-def connect_redis(url: str, retry_s: float = 30.0) -> redis.Redis:
-    """A client that retries with backoff while redis restarts mid-run. Raises LedgerError (one line)."""
+def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis.Redis:
+    """A client that retries with backoff while redis restarts mid-run. Raises LedgerError (one line).
+
+    wait_s: how long to wait for an unreachable redis before giving up (0: fail at once, for a
+    first start; a restarted coordinator waits, since redis may be coming back too)."""
     where = redis_endpoint(url)
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
-    except redis.AuthenticationError:
-        raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
-    except redis.ResponseError as e:
-        if "auth" in str(e).lower() or "NOAUTH" in str(e):
-            raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
-        raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
+    deadline, said = time.monotonic() + wait_s, 0.0
+    while True:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
+            break
+        except redis.AuthenticationError:
+            raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
+        except redis.ResponseError as e:
+            if "auth" in str(e).lower() or "NOAUTH" in str(e):
+                raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
+            raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            now = time.monotonic()
+            if now >= deadline:
+                raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
+            if now - said >= 10:
+                said = now
+                log.warning("redis at %s unreachable; waiting up to %.0f s more", where, deadline - now)
+            time.sleep(0.2)
     retries = max(1, int(retry_s / 0.5))
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=10,
@@ -97,7 +109,8 @@ class Coordinator:
     cache rebuilt from them on construction, so it may be killed and re-created at any time."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,
-                 swarm_id: str | None = None, baseline_train_py: str | None = None):
+                 swarm_id: str | None = None, baseline_train_py: str | None = None,
+                 redis_wait_s: float = 0.0):
         self.home = Path(swarm_home)
         self.cfg = promotion
         self.swarm_id = swarm_id or "swarm"
@@ -106,7 +119,7 @@ class Coordinator:
         self._queue: list[_Slot] = []
         self._leading = False  # a thread is running batches (guarded by _qlock)
         self._stale = False
-        self.r = connect_redis(redis_url)
+        self.r = connect_redis(redis_url, wait_s=redis_wait_s)
         self.ledger = Ledger(self.r, self.swarm_id)
         self.repo = ResearchRepo(self.home / "repo.git")
         if not self.repo.exists():

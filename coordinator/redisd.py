@@ -107,12 +107,27 @@ class RedisDaemon:
         raise RedisError(f"redis-server on 127.0.0.1:{port} did not answer within {timeout:.0f}s "
                          f"(see {self.dir / 'redis.log'})")
 
+    def revive(self) -> bool:
+        """Start the server again from its AOF (same port and password) when the process this
+        daemon started has died. Returns True when it did. Raises RedisError if it cannot.
+        Only a dead process counts: a slow ping (a big AOF loading) must not start a second one."""
+        if self.pid is None or _alive(self.pid):
+            return False
+        log.warning("redis-server (pid %d) is gone; starting it again from its AOF in %s", self.pid, self.dir)
+        self.pid = None
+        self.start()
+        return True
+
     def _ping(self) -> bool:
         import redis
 
         try:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # One try: redis-py's default retries a refused connection for seconds.
             return bool(redis.Redis(host="127.0.0.1", port=self._port, password=self._password,
-                                    socket_timeout=0.5).ping())
+                                    socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping())
         except (redis.RedisError, OSError):
             return False
 
@@ -121,8 +136,9 @@ class RedisDaemon:
             return False
         try:
             pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError, PermissionError):
+        except ValueError:
+            return False
+        if not _alive(pid):  # a SIGKILLed server leaves its pidfile (and maybe a zombie) behind
             return False
         self.pid = pid
         return self._ping()

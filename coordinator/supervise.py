@@ -33,6 +33,7 @@ class Supervisor:
         self.restarts: dict[str, int] = {}
         self.results: dict[str, dict] = {}
         self.data_source: str | None = None
+        self._redis_said = 0.0
 
     # --- bring-up -------------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Supervisor:
                 log.warning("interrupted: stopping agents, in-flight runs will be recorded")
                 print("\nstopping: waiting for in-flight runs to record themselves...", flush=True)
             self._stop_agents()
+            self._watch_redis()  # the snapshot and the summary read it
             self._snapshot()
             self._final_summary(url)
         finally:
@@ -135,6 +137,7 @@ class Supervisor:
         rows, rows_at = [], 0.0
         try:
             while self.refs:
+                self._watch_redis()
                 done, _ = ray.wait(list(self.refs.values()), num_returns=1, timeout=0.5)
                 for ref in done:
                     name = next(n for n, r in self.refs.items() if r == ref)
@@ -146,10 +149,28 @@ class Supervisor:
                         self._agent_died(name, e)
                 if time.monotonic() - rows_at > 5:  # the whole ledger: not on every redraw
                     rows, rows_at = _rows(client, self.info), time.monotonic()
-                view.update(live.gather(client, self.info["swarm_id"], rows))
+                try:
+                    view.update(live.gather(client, self.info["swarm_id"], rows))
+                except redis.RedisError as e:  # redis restarting: the view waits, the swarm goes on
+                    log.debug("live view: %s", e)
         finally:
             view.close()
             client.close()
+
+    def _watch_redis(self) -> None:
+        """Bring the embedded redis back from its AOF if it died; the coordinator's client
+        retries meanwhile and agents spool what they cannot report. (An external redis is its
+        operator's: the coordinator waits for it.)"""
+        if self.daemon is None:
+            return
+        from coordinator.redisd import RedisError
+        try:
+            if self.daemon.revive():
+                log.warning("the embedded redis-server had died: restarted from its AOF")
+        except RedisError as e:  # tried again on the next pass; said at most every 10 s
+            if time.monotonic() - self._redis_said > 10:
+                self._redis_said = time.monotonic()
+                log.error("the embedded redis-server died and does not start again: %s", e)
 
     def _check_coordinator(self) -> None:
         import ray

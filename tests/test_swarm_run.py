@@ -61,6 +61,19 @@ def _ledger_counts(home: Path):
         return led.counts(), rows
 
 
+def _started_now(home: Path):
+    """Experiments begun so far, read from the running swarm's redis without starting one."""
+    import redis
+
+    try:
+        pw, port = (home / "redis" / "redis.secret").read_text().split()
+        info = json.loads((home / "swarm.json").read_text())
+        c = redis.Redis(host="127.0.0.1", port=int(port), password=pw, socket_timeout=2)
+        return int(c.hlen(f"swarm:{info['swarm_id']}:started"))
+    except (OSError, ValueError, redis.RedisError):
+        return None
+
+
 @pytest.mark.slow
 def test_swarm_run_resume_and_secrets(tmp_path):
     home = tmp_path / "home"
@@ -110,9 +123,23 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     ids2 = [r["experiment_id"] for r in rows2]
     assert len(set(ids2)) == len(ids2) and set(r["experiment_id"] for r in rows) <= set(ids2)
 
-    # 3. run again in the same SWARM_HOME: the same swarm resumes
-    r3 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain")
+    # 3. run again in the same SWARM_HOME: the same swarm resumes; its redis is SIGKILLed
+    # mid-run and the swarm brings it back from the AOF, losing and doubling nothing
+    p3 = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
+                           "--max-experiments", "1", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p3.poll() is None:
+        time.sleep(0.5)
+        if (_started_now(home) or 0) > len(ids2) + 1:  # this run's agents are training
+            break
+    assert p3.poll() is None, "the resumed run ended before its agents trained"
+    pid = int((home / "redis" / "redis.pid").read_text())
+    os.kill(pid, signal.SIGKILL)  # the redis-server this swarm started, by its PID
+    out3, err3 = p3.communicate(timeout=300)
+    r3 = subprocess.CompletedProcess(p3.args, p3.returncode, out3, err3)
     assert r3.returncode == 0, r3.stderr[-2000:]
+    assert "restarted from its AOF" in r3.stderr, r3.stderr[-2000:]
     assert json.loads((home / "swarm.json").read_text())["swarm_id"] == info["swarm_id"]
     counts3, rows3 = _ledger_counts(home)
     ids3 = [r["experiment_id"] for r in rows3]

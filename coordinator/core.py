@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import random
 import re
 import threading
 import time
-import uuid
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from pathlib import Path
-from urllib.parse import urlparse
-
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from coordinator import broadcast
-from coordinator.ledger import Ledger, LedgerError
-from coordinator.repo import RepoError, ResearchRepo, counter_delta, merge_texts, object_id
+from coordinator.commits import CommitCache
+from coordinator.groupcommit import GroupCommit, Slot
+from coordinator.jobs import JOB_MAX_ATTEMPTS, JobBoard
+from coordinator.ledger import Ledger, LedgerError, connect_redis
+from coordinator.refwriter import RefWriter
+from coordinator.repo import RepoError, ResearchRepo, merge_texts, object_id
 from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
 from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                             ReportReply, StartedExperiment)
@@ -35,8 +31,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
 SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
-JOB_MAX_ATTEMPTS = 3         # a job whose run crashes is handed out again this many times
-TEXT_CACHE = 256             # train.py texts kept in memory (by blob id): parents repeat a lot
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -50,59 +44,6 @@ class CoordinatorError(RuntimeError):
     """A request the coordinator cannot serve (unknown commit to fetch, no baseline...)."""
 
 
-def redis_endpoint(url: str) -> str:
-    """host:port of a redis URL, for messages: the URL itself holds the password."""
-    u = urlparse(url)
-    return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"
-
-
-def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis.Redis:
-    """A client that retries with backoff while redis restarts mid-run. Raises LedgerError (one line).
-
-    wait_s: how long to wait for an unreachable redis before giving up (0: fail at once, for a
-    first start; a restarted coordinator waits, since redis may be coming back too)."""
-    where = redis_endpoint(url)
-    deadline, said = time.monotonic() + wait_s, 0.0
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
-            break
-        except redis.AuthenticationError:
-            raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
-        except redis.ResponseError as e:
-            if "auth" in str(e).lower() or "NOAUTH" in str(e):
-                raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
-            raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            now = time.monotonic()
-            if now >= deadline:
-                raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
-            if now - said >= 10:
-                said = now
-                log.warning("redis at %s unreachable; waiting up to %.0f s more", where, deadline - now)
-            time.sleep(0.2)
-    retries = max(1, int(retry_s / 0.5))
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-
-
-class _Slot:
-    """One queued report (or begin) and, once decided, its answer."""
-
-    __slots__ = ("record", "bundle", "done", "result", "error", "t0", "lead", "wake")
-
-    def __init__(self, record: ExperimentRecord | StartedExperiment, bundle: bytes | None):
-        self.record, self.bundle = record, bundle
-        self.t0 = time.perf_counter()
-        self.lead = False               # set when this slot's thread must run the next batch
-        self.wake = threading.Event()   # set when it is done, or must lead
-        self.done = False
-        self.result: Decision | None = None
-        self.error: Exception | None = None
-
-
 class Coordinator:
     """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
     status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
@@ -114,10 +55,9 @@ class Coordinator:
         self.home = Path(swarm_home)
         self.cfg = promotion
         self.swarm_id = swarm_id or "swarm"
-        self._lock = threading.RLock()
-        self._qlock = threading.Lock()
-        self._queue: list[_Slot] = []
-        self._leading = False  # a thread is running batches (guarded by _qlock)
+        self._lock = threading.RLock()  # the decision lock
+        self._group = GroupCommit()
+        self._stats_lock = threading.Lock()
         self._stale = False
         self.r = connect_redis(redis_url, wait_s=redis_wait_s)
         self.ledger = Ledger(self.r, self.swarm_id)
@@ -128,9 +68,7 @@ class Coordinator:
                 baseline_train_py = Path(baseline_path()).read_text()
             self.repo.create(baseline_train_py)
         self.root = self.repo.root()
-        self._rng = random.Random()
-        self._ref_queue: queue.Queue = queue.Queue()
-        self._ref_thread: threading.Thread | None = None
+        self.refwriter = RefWriter(self.repo)
         # (records in the batch, seconds holding the decision lock) of recent batches: perf().
         self._batches: deque[tuple[int, float]] = deque(maxlen=4096)
         # Seconds from a report's arrival here to its decision (queue + decision + commit).
@@ -145,13 +83,11 @@ class Coordinator:
         self.samples: dict[tuple[str, str], Samples] = {}
         self.noise: dict[str, NoisePool] = {}
         self.order: dict[str, list[str]] = {}
-        self._blobs: dict[str, str | None] = {}
-        self._texts: OrderedDict[str, tuple[str, Counter]] = OrderedDict()
+        self.commits = CommitCache(self.repo)
         self._latest: dict[str, Broadcast | None] = {}
-        self._refs_due: list[tuple[str, str]] = []
+        self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         self._history: dict[str, tuple[str, set[str]]] = {}
         self._bests: dict[str, str] = {}
-        self._known: set[str] = set()
         self._since_snapshot = 0
         self._snap_thread: threading.Thread | None = None
         self._snap_at = 0.0
@@ -168,16 +104,7 @@ class Coordinator:
                 self.decisions[id] = d
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
-        self.jobs: dict[str, dict] = self.ledger.jobs()
-        # Indexes over jobs: open ones per class, oldest first, and who ran the baseline.
-        self._open: dict[str, dict[str, None]] = {}
-        self._offers: dict[str, tuple[int, float, frozenset]] = {}
-        self._baselined: set[tuple[str, str]] = set()
-        for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
-            if not st["done"]:
-                self._open.setdefault(st["job"]["hardware_class"], {})[job_id] = None
-            if st["job"]["kind"] == "baseline" and st.get("for_agent"):
-                self._baselined.add((st["for_agent"], st["job"]["hardware_class"]))
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
         self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
         for id, rec in self.records.items():
             d = self.decisions.get(id)
@@ -191,9 +118,8 @@ class Coordinator:
             self._decide(self.records[id])
         for hw in sorted(self.classes):
             self._sync_best_key(hw)
-        self._write_refs(self._take_refs())
+        self.refwriter.write(self.refwriter.take())
         self._restore_refs()
-        self._update_offers()
         self._stale = False
         log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
                  len(self.records), len(self.decisions), sorted(self.classes))
@@ -239,95 +165,9 @@ class Coordinator:
             self._bests[hw] = c
         return c
 
-    def _look(self, commit: str | None) -> None:
-        """Read a commit's train.py once (one cat-file round trip) into the caches."""
-        self._look_many([commit])
-
-    def _remember(self, commit: str, blob: str | None, text: str | None) -> None:
-        """A commit known to be in the repo, its train.py blob id (None: it has none) and text."""
-        self._known.add(commit)
-        self._blobs[commit] = blob
-        if blob is not None:
-            self._keep_text(blob, text)
-
-    def _keep_text(self, blob: str, text: str) -> tuple[str, Counter]:
-        t = self._texts.get(blob)
-        if t is None:
-            t = self._texts[blob] = (text, Counter(text.splitlines()))
-            if len(self._texts) > TEXT_CACHE:
-                self._texts.popitem(last=False)
-        else:
-            self._texts.move_to_end(blob)
-        return t
-
-    def _has(self, commit: str | None) -> bool:
-        self._look(commit)
-        return commit in self._known
-
-    def _blob(self, commit: str) -> str:
-        self._look(commit)
-        b = self._blobs.get(commit)
-        if b is None:
-            raise RepoError(f"{commit[:10]} has no train.py" if commit in self._known
-                            else f"unknown commit {commit[:10]}")
-        return b
-
-    def _text(self, commit: str) -> tuple[str, Counter]:
-        """(train.py, its lines as a multiset) of a commit, from the cache when it can."""
-        blob = self._blob(commit)
-        t = self._texts.get(blob)
-        if t is None:
-            return self._keep_text(blob, self.repo.show(commit))
-        self._texts.move_to_end(blob)
-        return t
-
-    def _diff_lines(self, a: str, b: str) -> tuple[int, int]:
-        """(lines added, lines removed) from a to b (see repo.line_delta), from cached texts."""
-        return counter_delta(self._text(a)[1], self._text(b)[1])
-
-    def _look_many(self, commits: list[str | None]) -> None:
-        """_look() of several commits in one cat-file round trip (a batch's new commits: one
-        blocking read per report cost a wait for the interpreter lock each, under load)."""
-        want = list(dict.fromkeys(c for c in commits if c and c not in self._known))
-        if not want:
-            return
-        for c, (is_commit, blob, data) in zip(want, self.repo.commit_files(want)):
-            if is_commit:
-                self._remember(c, blob, data.decode("utf-8", "replace") if blob is not None else None)
-
-    def _ref_later(self, name: str, commit: str) -> None:
-        """A bookkeeping ref (refs/experiments/*, refs/candidates/*): written by a background
-        thread after the batch (a file write each; nothing decides by them). A restart writes
-        the ones a crash lost (_restore_refs)."""
-        self._refs_due.append((name, commit))
-
-    def _take_refs(self) -> list[tuple[str, str]]:
-        due, self._refs_due = self._refs_due, []
-        return due
-
-    def _write_refs(self, due: list[tuple[str, str]]) -> None:
-        if not due:
-            return
-        if self._ref_thread is None or not self._ref_thread.is_alive():
-            self._ref_thread = threading.Thread(target=self._ref_writer, daemon=True, name="ref-writer")
-            self._ref_thread.start()
-        self._ref_queue.put(due)
-
-    def _ref_writer(self) -> None:
-        while True:
-            due = self._ref_queue.get()
-            try:
-                for name, commit in due:
-                    try:
-                        self.repo.write_loose_ref(name, commit)
-                    except (RepoError, OSError) as e:  # the ledger still names the commit
-                        log.warning("no ref %s: %s", name, e)
-            finally:
-                self._ref_queue.task_done()
-
     def flush_refs(self) -> None:
         """Wait until every bookkeeping ref decided so far is written."""
-        self._ref_queue.join()
+        self.refwriter.flush()
 
     def _restore_refs(self) -> None:
         """Experiment refs a crash lost between a decision and its ref write."""
@@ -335,24 +175,24 @@ class Coordinator:
         missing = [(f"refs/experiments/{i}", r.commit) for i, r in self.records.items()
                    if r.commit and f"refs/experiments/{i}" not in have]
         if missing:
-            self._look_many([c for _, c in missing])
-            due = [(n, c) for n, c in missing if c in self._known]
+            self.commits.look([c for _, c in missing])
+            due = [(n, c) for n, c in missing if self.commits.has(c)]
             if due:
                 log.info("restoring %d experiment refs", len(due))
-                self._write_refs(due)
+                self.refwriter.write(due)
 
     def _samples_of(self, hw: str, commit: str | None) -> Samples:
         if commit is None:
             return Samples()
-        return self.samples.get((hw, self._blob(commit)), Samples())
+        return self.samples.get((hw, self.commits.blob(commit)), Samples())
 
     def _sigma(self, hw: str) -> float:
         return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
 
     def _add_sample(self, rec: ExperimentRecord) -> None:
-        if rec.val_bpb is None or not self._has(rec.commit):
+        if rec.val_bpb is None or not self.commits.has(rec.commit):
             return
-        key = (rec.hardware_class, self._blob(rec.commit))
+        key = (rec.hardware_class, self.commits.blob(rec.commit))
         s = self.samples.setdefault(key, Samples())
         self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
 
@@ -400,83 +240,32 @@ class Coordinator:
             self._latest[hw] = broadcast.latest(self.r, self.swarm_id, hw)
         return self._latest[hw]
 
-    # -- jobs -------------------------------------------------------------------------------------
-    def _issue_job(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
-                   description: str, for_agent: str | None = None) -> Job:
-        for job_id in self._open.get(hw, {}):  # one outstanding job per candidate commit is enough
-            st = self.jobs[job_id]
-            j = st["job"]
-            if (not st["done"] and j["kind"] == kind and j["commit"] == commit
-                    and j["for_experiment"] == for_experiment and kind != "baseline"):
-                return Job.model_validate(j)
-        job = Job(job_id=f"{kind}-{uuid.uuid4().hex[:10]}", kind=kind, commit=commit, parent=parent,
-                  hardware_class=hw, seed=self._rng.randrange(1, 2**31 - 1),
-                  for_experiment=for_experiment, description=description)
-        self.ledger.add_job(job)
-        st = {"job": job.model_dump(), "agent": for_agent, "for_agent": for_agent,
-              "leased_at": time.time() if for_agent else None, "done": False, "attempts": 0,
-              "created": time.time()}
-        self.jobs[job.job_id] = st
-        self._open.setdefault(hw, {})[job.job_id] = None
-        self.ledger.update_job(job.job_id, st)
-        return job
-
-    def _update_offers(self) -> None:
-        """Per class: (open jobs nobody holds, earliest lease expiry, agents holding a lease).
-        next_job reads it without the lock to answer "no job" at once (see there)."""
-        offers = {}
-        for hw, ids in self._open.items():
-            free, expiry, holders = 0, float("inf"), set()
-            for job_id in ids:
-                st = self.jobs[job_id]
-                if st["agent"] is None:
-                    free += 1
-                else:
-                    holders.add(st["agent"])
-                    expiry = min(expiry, (st["leased_at"] or 0) + self.cfg.job_lease_s)
-            offers[hw] = (free, expiry, frozenset(holders))
-        self._offers = offers
-
-    def _job_finished(self, rec: ExperimentRecord) -> dict | None:
-        st = self.jobs.get(rec.job_id or "")
-        if st is None:
-            return None
-        if rec.status == "ok" or st["attempts"] + 1 >= JOB_MAX_ATTEMPTS:
-            st["done"] = True
-            self._open.get(st["job"]["hardware_class"], {}).pop(rec.job_id, None)
-        else:
-            # The run died, not the idea: hand the same job to another agent.
-            st["attempts"] += 1
-            st["agent"], st["leased_at"] = None, None
-        self.ledger.update_job(rec.job_id, st)
-        return st
-
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, rec: ExperimentRecord) -> Decision:
         hw = rec.hardware_class
-        st = self._job_finished(rec) if rec.job_id else None
+        st = self.jobs.finished(rec) if rec.job_id else None
         if hw not in self.classes:
             return self._dec(rec, "rejected", f"unknown hardware class {hw!r}")
-        if rec.commit is not None and self._has(rec.commit):
+        if rec.commit is not None and self.commits.has(rec.commit):
             # Discarded and crashed commits stay reviewable.
-            self._ref_later(f"refs/experiments/{rec.experiment_id}", rec.commit)
+            self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
             if st is not None and st["done"] and st["job"]["for_experiment"]:
                 self._give_up(st["job"]["for_experiment"], f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
-        if not self._has(rec.commit):
+        if not self.commits.has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
                              f"repo and no bundle sent)")
         if rec.val_bpb is None:
             return self._dec(rec, "rejected", "status ok but no val_bpb")
         try:
-            self._blob(rec.commit)
+            self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
         self._add_sample(rec)
         best = self._best_commit(hw)
-        if self._blob(rec.commit) == self._blob(best):
+        if self.commits.blob(rec.commit) == self.commits.blob(best):
             self._refresh_best_key(hw, best)
         if rec.kind == "baseline":
             return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self._sigma(hw),
@@ -511,16 +300,16 @@ class Coordinator:
         best = self._best_commit(hw)
         sigma = self._sigma(hw)
         cs = self._samples_of(hw, C)
-        if not self._has(P):
+        if not self.commits.has(P):
             return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
-        added, removed = self._diff_lines(P, C)
+        added, removed = self.commits.diff_lines(P, C)
         net = added - removed
         if P == best:
             v = judge(self.cfg, cs, self._samples_of(hw, best), sigma, net)
             if v.decision in ("promote", "simplification"):
                 return self._move_best(rec, hw, best, C, v, sigma, v.decision)
             if v.decision == "pending":
-                self._issue_job("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
+                self.jobs.issue("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
             return self._verdict_decision(rec, v, sigma, best_before=best)
         if P in self._best_history(hw, best):
             ps = self._samples_of(hw, P)
@@ -530,25 +319,25 @@ class Coordinator:
             if v.decision in ("promote", "simplification"):
                 return self._try_merge(rec, hw, P, best, v, sigma)
             if v.decision == "pending":
-                self._issue_job("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
+                self.jobs.issue("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
             return self._verdict_decision(rec, v, sigma, best_before=best)
         return self._dec(rec, "discard", "parent is not on best (not the current or an older best)",
                          best_before=best)
 
     def _try_merge(self, rec: ExperimentRecord, hw: str, P: str, best: str, v: Verdict,
                    sigma: float) -> Decision:
-        text, clean = merge_texts(self._text(P)[0], self._text(best)[0], self._text(rec.commit)[0])
+        text, clean = merge_texts(self.commits.text(P), self.commits.text(best), self.commits.text(rec.commit))
         if not clean:
             return self._dec(rec, "conflict", f"beat its parent by {v.delta:.4f} but its change does "
                              f"not apply onto best {best[:10]}", delta=v.delta, sigma=sigma,
                              samples=v.samples, best_before=best)
         M = self.repo.commit_tree(text, [best, rec.commit],
                                   f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
-        self._remember(M, object_id("blob", text.encode()), text)  # written just now: no read back
-        self._ref_later(f"refs/candidates/{rec.experiment_id}", M)
-        if self._blob(M) == self._blob(best):
+        self.commits.remember(M, object_id("blob", text.encode()), text)  # written just now: no read back
+        self.refwriter.later(f"refs/candidates/{rec.experiment_id}", M)
+        if self.commits.blob(M) == self.commits.blob(best):
             return self._dec(rec, "discard", "its change is already in best", best_before=best)
-        self._issue_job("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
+        self.jobs.issue("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
         return self._dec(rec, "pending", f"beat its parent (an older best) by {v.delta:.4f}; merged "
                          f"cleanly onto best: verifying", delta=v.delta, margin=v.margin, sigma=sigma,
                          samples=v.samples, best_before=best, merge_commit=M)
@@ -569,12 +358,12 @@ class Coordinator:
             # Best moved while the verification ran: merge onto the new best and verify again.
             return self._judge_experiment(rec)
         sigma = self._sigma(hw)
-        added, removed = self._diff_lines(best, M)
+        added, removed = self.commits.diff_lines(best, M)
         v = judge(self.cfg, self._samples_of(hw, M), self._samples_of(hw, best), sigma, added - removed)
         if v.decision in ("promote", "simplification"):
             return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M)
         if v.decision == "pending":
-            self._issue_job("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
+            self.jobs.issue("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
             return self._verdict_decision(rec, v, sigma, best_before=best, merge_commit=M)
         return self._dec(rec, "did-not-stack", f"merged cleanly but the merge did not beat best: "
                          f"{v.reason}", delta=v.delta, margin=v.margin, sigma=sigma,
@@ -611,7 +400,7 @@ class Coordinator:
         Goes through the same queue as reports, so it shares their group commit."""
         if started.experiment_id in self.started and not self._stale:
             return
-        self._submit(_Slot(started, None))
+        self._submit(Slot(started))
 
     def _begin_one(self, started: StartedExperiment) -> None:
         if started.experiment_id in self.started:
@@ -629,7 +418,7 @@ class Coordinator:
         Reports that queue up while a decision runs are decided together by the next lock
         holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
         (group commit: one fsync for the batch, not one per write)."""
-        return self._submit(_Slot(record, bundle))
+        return self._submit(Slot(record, bundle))
 
     def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """report(), plus whether next_job would hand the reporting agent a job right now and
@@ -645,52 +434,33 @@ class Coordinator:
 
     def _job_waiting(self, agent: str, hardware_class: str) -> bool:
         """False when next_job(agent, hardware_class) would surely answer None now. Read
-        without the lock, like next_job's fast path (the offers are replaced whole)."""
-        free, expiry, holders = self._offers.get(hardware_class, (0, float("inf"), frozenset()))
-        return (hardware_class not in self.classes or (agent, hardware_class) not in self._baselined
-                or self._stale or free > 0 or time.time() >= expiry or agent in holders)
+        without the lock, like next_job's fast path."""
+        return (hardware_class not in self.classes or self._stale
+                or self.jobs.may_have(agent, hardware_class))
 
-    def _submit(self, slot: _Slot):
-        """Group commit with one leader at a time: the first arrival runs a batch of everything
-        queued, then hands the lead to the oldest slot that queued meanwhile. The others sleep
-        on their own event. (Waiting on the decision lock instead, a finished report could
-        wait out several later batches before its thread got the lock back.)"""
-        with self._qlock:
-            self._queue.append(slot)
-            if not self._leading:
-                self._leading = slot.lead = True
-        if not slot.lead:
-            slot.wake.wait()
-        refs: list[tuple[str, str]] = []
-        if not slot.done:  # this thread leads
-            try:
-                with self._lock:
-                    refs = self._run_batch()
-            finally:
-                with self._qlock:
-                    nxt = self._queue[0] if self._queue else None
-                    if nxt is None:
-                        self._leading = False
-                    else:
-                        nxt.lead = True
-                if nxt is not None:
-                    nxt.wake.set()
+    def _submit(self, slot: Slot):
+        """Queue a report or begin for the group commit (groupcommit.py); when this thread
+        leads, it runs the batch under the decision lock."""
+        def lead():
+            with self._lock:
+                return self._run_batch()
+        refs = self._group.submit(slot, lead)
         if isinstance(slot.record, ExperimentRecord):
-            self._latency.append(time.perf_counter() - slot.t0)
+            with self._stats_lock:
+                self._latency.append(time.perf_counter() - slot.t0)
         # The batch's bookkeeping refs, by the thread that ran it, after the lock is released.
-        self._write_refs(refs)
+        self.refwriter.write(refs or [])
         if slot.error is not None:
             raise slot.error
         return slot.result
 
     def _run_batch(self) -> list[tuple[str, str]]:
         t0 = time.perf_counter()
-        with self._qlock:
-            batch, self._queue = self._queue, []
+        batch = self._group.take()
         try:
             if self._stale:
                 self._load()
-            self._look_many([c for sl in batch for c in (sl.record.commit, sl.record.parent)])
+            self.commits.look([c for sl in batch for c in (sl.record.commit, sl.record.parent)])
             with self.ledger.batch():
                 for sl in batch:
                     try:
@@ -709,14 +479,14 @@ class Coordinator:
                     f"ledger write failed: {str(e).splitlines()[0][:200]}")
         finally:
             try:
-                self._update_offers()
+                self.jobs.update_offers()
             finally:
                 for sl in batch:
                     if sl.result is None and sl.error is None and isinstance(sl.record, ExperimentRecord):
                         sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
-                    sl.done = True
-                    sl.wake.set()
-                self._batches.append((len(batch), time.perf_counter() - t0))
+                    sl.finish()
+                with self._stats_lock:
+                    self._batches.append((len(batch), time.perf_counter() - t0))
         if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
                 and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
                 and (self._snap_thread is None or not self._snap_thread.is_alive())):
@@ -726,7 +496,7 @@ class Coordinator:
             self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
                                                  name="ledger-snapshot")
             self._snap_thread.start()
-        return self._take_refs()
+        return self.refwriter.take()
 
     def _background_snapshot(self) -> None:
         try:
@@ -758,8 +528,7 @@ class Coordinator:
         # Fast path without the decision lock, for the common answer (a known agent, no job
         # it could take: none open, or all leased to others and not expired): every agent asks
         # at every boundary, and queueing each question behind the decisions in flight doubled
-        # their latency. The offers are replaced whole under the lock, so this reads one
-        # consistent tuple; a job freed just after it is handed out at the agent's next boundary.
+        # their latency. A job freed just after this read is handed out at the agent's next boundary.
         if not self._job_waiting(agent, hardware_class):
             return None
         with self._lock:
@@ -767,24 +536,16 @@ class Coordinator:
                 with self.ledger.batch():  # a job's writes go to redis in one round trip
                     return self._next_job(agent, hardware_class)
             finally:
-                self._update_offers()
+                self.jobs.update_offers()
 
-    def _next_job(self, agent: str, hardware_class: str) -> Job | None:
-        if not self._register(hardware_class):
-            raise CoordinatorError(f"bad hardware class name {hardware_class!r}")
-        now = time.time()
-        if (agent, hardware_class) not in self._baselined:
-            self._baselined.add((agent, hardware_class))
-            best = self._best_commit(hardware_class)
-            return self._issue_job("baseline", best, best, hardware_class, None,
-                                   "baseline (unchanged best)", for_agent=agent)
-        for job_id in self._open.get(hardware_class, {}):
-            st = self.jobs[job_id]
-            if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.cfg.job_lease_s:
-                st["agent"], st["leased_at"] = agent, now
-                self.ledger.update_job(job_id, st)
-                return Job.model_validate(st["job"])
-        return None
+    def _next_job(self, agent: str, hw: str) -> Job | None:
+        if not self._register(hw):
+            raise CoordinatorError(f"bad hardware class name {hw!r}")
+        if self.jobs.needs_baseline(agent, hw):
+            best = self._best_commit(hw)
+            return self.jobs.issue("baseline", best, best, hw, None, "baseline (unchanged best)",
+                                   for_agent=agent)
+        return self.jobs.lease(agent, hw)
 
     def best(self, hardware_class: str) -> Broadcast | None:
         """The latest best of a class (None until its baseline has a sample)."""
@@ -822,14 +583,14 @@ class Coordinator:
                 counts[d.decision] = counts.get(d.decision, 0) + 1
             return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
                     "records": len(self.records), "started": len(self.started),
-                    "open_jobs": sum(len(v) for v in self._open.values())}
+                    "open_jobs": self.jobs.open_count()}
 
     def perf(self) -> dict:
         """The coordinator's own view of its speed, over the last few thousand reports:
         decision latency (a report's arrival here to its decision, durable in redis: queueing
         behind other decisions included, the caller's transport not), how long each batch held
         the decision lock and the capacity that implies, and this process's CPU seconds."""
-        with self._qlock:
+        with self._stats_lock:
             b, lat = list(self._batches), sorted(self._latency)
         if not b:
             return {"batches": 0, "cpu_s": time.process_time()}
@@ -858,11 +619,8 @@ class Coordinator:
                 reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
                 started_at=s.started_at, finished_at=time.time()))
         with self._lock:
-            for job_id, st in self.jobs.items():
-                if st["agent"] == agent and not st["done"]:
-                    st["agent"], st["leased_at"] = None, None
-                    self.ledger.update_job(job_id, st)
-            self._update_offers()
+            self.jobs.release(agent)
+            self.jobs.update_offers()
             return ids
 
     def snapshot(self) -> Path:

@@ -1,4 +1,5 @@
-"""The ledger: an append-only redis stream of started/record/decision/job events, plus exports.
+"""The ledger: an append-only redis stream of started/record/decision/job events, plus exports,
+and the redis connection it lives on.
 
 Writes are idempotent by id: a Lua script checks the lookup hash and appends to the stream in
 one atomic step, so a retried report never doubles. `Ledger` also reads without Ray (the CLI's
@@ -21,12 +22,17 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from trainer.schema import Decision, ExperimentRecord, Job, StartedExperiment
 
@@ -35,6 +41,44 @@ log = logging.getLogger(__name__)
 
 class LedgerError(RuntimeError):
     """The ledger (redis) cannot be reached or holds something unreadable."""
+
+
+def redis_endpoint(url: str) -> str:
+    """host:port of a redis URL, for messages: the URL itself holds the password."""
+    u = urlparse(url)
+    return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"
+
+
+def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis.Redis:
+    """A client that retries with backoff while redis restarts mid-run. Raises LedgerError (one line).
+
+    wait_s: how long to wait for an unreachable redis before giving up (0: fail at once, for a
+    first start; a restarted coordinator waits, since redis may be coming back too)."""
+    where = redis_endpoint(url)
+    deadline, said = time.monotonic() + wait_s, 0.0
+    while True:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
+            break
+        except redis.AuthenticationError:
+            raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
+        except redis.ResponseError as e:
+            if "auth" in str(e).lower() or "NOAUTH" in str(e):
+                raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
+            raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            now = time.monotonic()
+            if now >= deadline:
+                raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
+            if now - said >= 10:
+                said = now
+                log.warning("redis at %s unreachable; waiting up to %.0f s more", where, deadline - now)
+            time.sleep(0.2)
+    retries = max(1, int(retry_s / 0.5))
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 _APPEND = """

@@ -341,7 +341,7 @@ def test_reports_queued_during_a_decision_are_decided_together_once_each(coord, 
         threads = [threading.Thread(target=send, args=(r,)) for r in recs]
         for t in threads:
             t.start()
-        _wait_for(lambda: len(coord._queue) == len(recs))  # 12 begins queued, one thread leading
+        _wait_for(lambda: len(coord._group) == len(recs))  # 12 begins queued, one thread leading
     for t in threads:
         t.join(timeout=30)
     assert results == {r.experiment_id: "discard" for r in recs}

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from coordinator.core import Coordinator, connect_redis
-from coordinator.ledger import LedgerError
+from coordinator.core import Coordinator
+from coordinator.ledger import LedgerError, connect_redis
 from coordinator.redisd import RedisDaemon
 from fake_runner import baseline_text
 from trainer.schema import PromotionConfig

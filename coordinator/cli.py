@@ -1,12 +1,11 @@
 """The `swarm` command: parses arguments, configures logging once, turns errors into one line.
 
 Each subcommand's work lives elsewhere (trainer.prepare, trainer.manual, coordinator.swarm,
-coordinator.live, coordinator.review); status/lineage/report/export/stop never import Ray.
+coordinator.live, coordinator.views); status/lineage/report/export/stop never import Ray.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -147,15 +147,14 @@ def ledger_redis(home: SwarmHome, redis_url: str | None = None):
     """
     import redis
 
+    from coordinator.ledger import LedgerError, connect_redis
     from coordinator.redisd import RedisDaemon, RedisError
 
     if redis_url:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, decode_responses=False)
         try:
-            client.ping()
-        except (redis.RedisError, OSError) as e:
-            raise HomeError(f"cannot use redis at {redact_url(redis_url)}: "
-                            f"{e.__class__.__name__}") from None
+            client = connect_redis(redis_url)
+        except LedgerError as e:
+            raise HomeError(str(e)) from None
         yield client
         client.close()
         return

@@ -54,14 +54,19 @@ def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis
 
     wait_s: how long to wait for an unreachable redis before giving up (0: fail at once, for a
     first start; a restarted coordinator waits, since redis may be coming back too)."""
-    where = redis_endpoint(url)
+    try:
+        where = redis_endpoint(url)
+        probe = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    except ValueError as e:  # the message names the scheme, never the password
+        raise LedgerError(f"bad redis URL: {str(e).splitlines()[0][:120]}") from None
     deadline, said = time.monotonic() + wait_s, 0.0
     while True:
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5).ping()
+            probe.ping()
+            probe.close()
             break
         except redis.AuthenticationError:
-            raise LedgerError(f"redis at {where} rejected the password in the redis URL") from None
+            raise LedgerError(f"redis at {where} refused the password in the redis URL") from None
         except redis.ResponseError as e:
             if "auth" in str(e).lower() or "NOAUTH" in str(e):
                 raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None

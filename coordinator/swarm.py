@@ -10,14 +10,13 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.config import (AgentsConfig, ConfigError, SwarmConfig, assign_programs, load_config,
+from coordinator.config import (ConfigError, SwarmConfig, assign_programs, load_config,
                                 resolve_backend, resolve_program)
-from coordinator.home import SwarmError, SwarmHome, redact_url, resolve_home
+from coordinator.home import SwarmError, SwarmHome, resolve_home
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +52,14 @@ def _gpus_present() -> int:
         return 0
 
 
-def check_redis(url: str, timeout: float = 3.0) -> None:
+def check_redis(url: str) -> None:
     """Ping `url`; a wrong password or a closed port is one line that never shows the password."""
-    import redis
+    from coordinator.ledger import LedgerError, connect_redis
 
-    where = redact_url(url)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        client.ping()
-        client.close()
-    except redis.AuthenticationError:
-        raise SwarmError(f"redis at {where} refused the password") from None
-    except redis.ResponseError as e:
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-            raise SwarmError(f"redis at {where} refused the password") from None
-        raise SwarmError(f"redis at {where}: {str(e).splitlines()[0]}") from None
-    except (redis.RedisError, OSError, ValueError) as e:
-        raise SwarmError(f"cannot reach redis at {where} ({e.__class__.__name__})") from None
+        connect_redis(url).close()
+    except LedgerError as e:
+        raise SwarmError(str(e)) from None
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:

@@ -187,7 +187,7 @@ def test_wrong_password_and_redis_down(tmp_path, redis_daemon, cfg):
     with pytest.raises(LedgerError) as e:
         Coordinator(tmp_path / "h", bad, cfg, swarm_id="t", baseline_train_py=baseline_text())
     msg = str(e.value)
-    assert "rejected the password" in msg and f"127.0.0.1:{redis_daemon.port}" in msg
+    assert "refused the password" in msg and f"127.0.0.1:{redis_daemon.port}" in msg
     assert "wrong-password-123" not in msg and "\n" not in msg
     down = f"redis://:pw@127.0.0.1:{free_port()}/0"
     with pytest.raises(LedgerError, match="cannot reach redis"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from trainer.errors import DataMissing, TrainerError
 from trainer.metric import MetricError, unigram_bpb
 from trainer.profiles import PROFILES, Profile, detect_profile, get_profile
 from trainer.sources import SPLITS, Source, get_source
-from trainer.tokenizer import encode_docs, load_tokenizer, save_tokenizer, token_bytes, train_tokenizer
+from trainer.tokenizer import encode_docs, save_tokenizer, token_bytes, train_tokenizer
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -120,6 +120,7 @@ class Coordinator:
             self._sync_best_key(hw)
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
+        self.jobs.update_offers()  # deciding the undecided above may have opened jobs
         self._stale = False
         log.info("coordinator %s: %d records, %d decisions, classes %s", self.swarm_id,
                  len(self.records), len(self.decisions), sorted(self.classes))

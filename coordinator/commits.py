@@ -40,6 +40,10 @@ class CommitCache:
         self.look([commit])
         return commit in self._known
 
+    def seen(self, commit: str) -> bool:
+        """Known to exist, without asking git (after look())."""
+        return commit in self._known
+
     def blob(self, commit: str) -> str:
         """The commit's train.py blob id. Raises RepoError for an unknown commit or one without it."""
         self.look([commit])

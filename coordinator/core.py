@@ -177,7 +177,7 @@ class Coordinator:
                    if r.commit and f"refs/experiments/{i}" not in have]
         if missing:
             self.commits.look([c for _, c in missing])
-            due = [(n, c) for n, c in missing if self.commits.has(c)]
+            due = [(n, c) for n, c in missing if self.commits.seen(c)]
             if due:
                 log.info("restoring %d experiment refs", len(due))
                 self.refwriter.write(due)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.schema import (Broadcast, ExperimentRecord, ExperimentResult, StartedExperiment,
-                            new_experiment_id)
+from trainer.schema import ExperimentResult
+from agents.messages import Broadcast, ExperimentRecord, StartedExperiment, new_experiment_id
 
 from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
 from agents.config import AgentConfig

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from trainer.schema import StartedExperiment
+from agents.messages import StartedExperiment
 
 log = logging.getLogger(__name__)
 

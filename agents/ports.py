@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from trainer.schema import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
+from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
 
 log = logging.getLogger(__name__)
 

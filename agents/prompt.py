@@ -2,7 +2,7 @@
 swarm's recent results, and the edit format, bounded to a maximum size."""
 from __future__ import annotations
 
-from trainer.schema import Decision, ExperimentRecord
+from agents.messages import Decision, ExperimentRecord
 
 from agents.backends.base import ProposalContext
 from agents.edits import EDIT_FORMAT, EDITABLE

@@ -1,6 +1,6 @@
 """Coordinator throughput bench: N simulated agents with sub-second fake experiments.
 
-The coordinator runs as it does in a swarm: the one named Ray actor (coordinator/actor.py), in
+The coordinator runs as it does in a swarm: the one named Ray actor (coordinator/decide/actor.py), in
 its own process. The agents are threads spread over --hosts Ray actors (256 agent processes
 would not fit in 24 GiB and 2 cores), and each agent does what a ResearchAgent does at every
 iteration, through the actor handle: next_job, then (no job) read the latest best from its own
@@ -41,12 +41,12 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import redis  # noqa: E402
 
-from coordinator.broadcast import BroadcastListener, next_seq, publish  # noqa: E402
-from coordinator.core import Coordinator  # noqa: E402
-from coordinator.redisd import RedisDaemon  # noqa: E402
-from coordinator.repo import ResearchRepo  # noqa: E402
-from trainer.schema import (Broadcast, ExperimentRecord, PromotionConfig,  # noqa: E402
-                            StartedExperiment, new_experiment_id)
+from coordinator.state.broadcast import BroadcastListener, next_seq, publish  # noqa: E402
+from coordinator.decide.core import Coordinator  # noqa: E402
+from coordinator.state.redisd import RedisDaemon  # noqa: E402
+from coordinator.state.repo import ResearchRepo  # noqa: E402
+from agents.messages import (Broadcast, ExperimentRecord, PromotionConfig,  # noqa: E402
+                             StartedExperiment, new_experiment_id)
 
 HW = "bench-cpu"
 KNOBS = [f"K{i}" for i in range(40)]
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exp-max", type=float, default=0.9, help="longest fake experiment (s)")
     ap.add_argument("--hosts", type=int, default=4, help="processes (Ray actors) the agents are spread over")
     ap.add_argument("--concurrency", type=int, default=None,
-                    help="the coordinator actor's max_concurrency (default: coordinator/actor.py's)")
+                    help="the coordinator actor's max_concurrency (default: coordinator/decide/actor.py's)")
     ap.add_argument("--in-process", action="store_true",
                     help="the Coordinator and every agent in this process, no Ray (for profiling)")
     ap.add_argument("--fsync", default="always", choices=["always", "everysec"],
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         else:
             import ray
             from agents.raylocal import start_local_ray
-            from coordinator.actor import coordinator_actor
+            from coordinator.decide.actor import coordinator_actor
             start_local_ray(num_cpus=2, object_store_mb=200,
                             temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
             extra = {} if args.concurrency is None else {"max_concurrency": args.concurrency}

@@ -19,9 +19,9 @@ from pathlib import Path
 # `import coordinator` finds the package, not that script.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from coordinator.report import build_report  # noqa: E402
-from coordinator.report.headless import NODE_COUNT_JS, Browser  # noqa: E402
-from coordinator.report.synthetic import lineage_graph, make_swarm  # noqa: E402
+from coordinator.review.report import build_report  # noqa: E402
+from coordinator.review.report.headless import NODE_COUNT_JS, Browser  # noqa: E402
+from coordinator.review.report.synthetic import lineage_graph, make_swarm  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The `swarm` command: parses arguments, configures logging once, turns errors into one line.
 
-Each subcommand's work lives elsewhere (trainer.prepare, trainer.manual, coordinator.swarm,
-coordinator.live, coordinator.views); status/lineage/report/export/stop never import Ray.
+Each subcommand's work lives elsewhere (trainer.prepare, trainer.manual, coordinator.run.swarm,
+coordinator.run.live, coordinator.review.views); status/lineage/report/export/stop never import Ray.
 """
 from __future__ import annotations
 
@@ -134,9 +134,9 @@ def setup_logging(home: Path | None, verbose: bool) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Every error class that means 'bad input or environment': one line, exit 2."""
     from agents.errors import AgentError
-    from coordinator.config import ConfigError
-    from coordinator.home import SwarmError
-    from coordinator.redisd import RedisError
+    from coordinator.run.config import ConfigError
+    from coordinator.state.home import SwarmError
+    from coordinator.state.redisd import RedisError
     from trainer.errors import TrainerError
     return (ConfigError, RedisError, SwarmError, AgentError, TrainerError, ConnectionError)
 
@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from coordinator.home import SwarmHome, resolve_home
+    from coordinator.state.home import SwarmHome, resolve_home
 
     if args.command == "run":
-        from coordinator.swarm import run_command
+        from coordinator.run.swarm import run_command
         return run_command(args, setup_logging)
     home = SwarmHome(resolve_home(args.swarm_home))
     if args.command == "stop":
@@ -179,7 +179,7 @@ def _dispatch(args) -> int:
         return 0
     info = home.info()  # before logging: a missing home must not get a logs/ dir
     setup_logging(home.root, args.verbose)
-    from coordinator import views
+    from coordinator.review import views
     if args.command == "status":
         return views.status(home, info, args)
     if args.command == "lineage":

@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def redis_daemon(tmp_path):
     """A real redis-server on 127.0.0.1, a free port, a password, AOF on; stopped by PID."""
-    from coordinator.redisd import RedisDaemon
+    from coordinator.state.redisd import RedisDaemon
 
     d = RedisDaemon(tmp_path / "redis").start()
     yield d

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.schema import Broadcast, Decision, ExperimentRecord, Job, StartedExperiment
+from agents.messages import Broadcast, Decision, ExperimentRecord, Job, StartedExperiment
 
 TINY_TRAIN = '''"""A tiny stand-in train.py: the fake runner reads its constants."""
 LEARNING_RATE = 0.04  # per step
@@ -208,7 +208,7 @@ class SyncingCoordinator(FakeCoordinator):
         self.calls = {"next_job": 0, "best": 0, "report_sync": 0}
 
     def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None):
-        from trainer.schema import ReportReply
+        from agents.messages import ReportReply
 
         self.calls["report_sync"] += 1
         d = self.report(record, bundle)

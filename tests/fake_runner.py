@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from agents.edits import line_delta  # what a real agent puts in its record
-from trainer.schema import ExperimentRecord, Job, StartedExperiment, new_experiment_id
+from agents.messages import ExperimentRecord, Job, StartedExperiment, new_experiment_id
 
 BASE = 2.0
 EFFECTS = {"A": 0.05, "B": 0.05, "C": 0.01}
@@ -160,7 +160,7 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     """
     repo, led = coord.repo, coord.ledger
     decisions = {k.decode(): v for k, v in coord.r.hgetall(led.key("decisions")).items()}
-    from trainer.schema import Decision
+    from agents.messages import Decision
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
     blob = lambda c: repo.blob_id(c)
     samples: dict[tuple[str, str], list[float]] = {}

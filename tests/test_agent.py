@@ -13,7 +13,7 @@ from agents.agent import ResearchAgent
 from agents.backends.base import Proposal
 from agents.config import AgentConfig
 from agents.errors import SpendingCapReached
-from trainer.schema import Broadcast, StartedExperiment
+from agents.messages import Broadcast, StartedExperiment
 from tests.fake_coordinator import (TINY_PROGRAM, FakeCoordinator, fake_runner, git,
                                     make_research_repo)
 
@@ -240,7 +240,7 @@ def test_stop_cancels_the_run_as_crash_stopped(home):
 
 
 def test_coordinator_job_runs_first_unchanged(home):
-    from trainer.schema import Job
+    from agents.messages import Job
     tmp_path, baseline = home
     job = Job(job_id="j1", kind="baseline", commit=baseline, parent=baseline, hardware_class=HW, seed=42)
     coord = FakeCoordinator(jobs=[job])

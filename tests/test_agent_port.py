@@ -44,7 +44,7 @@ def test_report_answer_stands_in_for_next_job_and_best(ray_local, tmp_path):
     import ray.cloudpickle
 
     from tests.fake_coordinator import SyncingCoordinator
-    from trainer.schema import Job
+    from agents.messages import Job
 
     ray = ray_local
     ray.cloudpickle.register_pickle_by_value(fake_coordinator)

@@ -5,8 +5,8 @@ import threading
 
 import redis
 
-from coordinator.broadcast import BroadcastListener, best_key, latest, next_seq, publish
-from trainer.schema import Broadcast
+from coordinator.state.broadcast import BroadcastListener, best_key, latest, next_seq, publish
+from agents.messages import Broadcast
 
 
 def test_listener_hears_and_late_joiner_catches_up(redis_url):

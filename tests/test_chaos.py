@@ -19,11 +19,11 @@ import time
 from collections import Counter
 
 from agents.ports import RayCoordinator
-from coordinator.actor import coordinator_actor
-from coordinator.core import Coordinator
-from coordinator.repo import ResearchRepo
+from coordinator.decide.actor import coordinator_actor
+from coordinator.decide.core import Coordinator
+from coordinator.state.repo import ResearchRepo
 from fake_runner import FakeAgent, baseline_text, check_invariants, set_constants
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 CLASSES = {"cpu-fake": 3, "cpu-other": 2}
 KNOBS = ["A", "B", "C", "X", "Y", "Z"]

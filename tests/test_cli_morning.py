@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from coordinator.cli import main
-from coordinator.home import SwarmHome
-from coordinator.ledger import write_parquet_rows
-from coordinator.report.synthetic import make_swarm
+from coordinator.state.home import SwarmHome
+from coordinator.state.ledger import write_parquet_rows
+from coordinator.review.report.synthetic import make_swarm
 
 
 @pytest.fixture

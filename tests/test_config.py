@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.config import (ConfigError, assign_programs, default_config_text, load_config,
+from coordinator.run.config import (ConfigError, assign_programs, default_config_text, load_config,
                                 parse_config, resolve_backend, resolve_program)
 
 

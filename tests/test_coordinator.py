@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from coordinator.core import Coordinator, CoordinatorError
-from coordinator.ledger import LedgerError
-from coordinator.redisd import free_port
+from coordinator.decide.core import Coordinator, CoordinatorError
+from coordinator.state.ledger import LedgerError
+from coordinator.state.redisd import free_port
 from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads, set_constants
-from trainer.schema import ExperimentRecord, PromotionConfig, StartedExperiment
+from agents.messages import ExperimentRecord, PromotionConfig, StartedExperiment
 
 HW = "cpu-fake"
 

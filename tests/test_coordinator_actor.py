@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 
-from coordinator.actor import NAMESPACE, actor_name, coordinator_actor
-from coordinator.core import Coordinator
+from coordinator.decide.actor import NAMESPACE, actor_name, coordinator_actor
+from coordinator.decide.core import Coordinator
 from fake_runner import FakeAgent, baseline_text, check_invariants, drain_jobs
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 HW = "cpu-fake"
 

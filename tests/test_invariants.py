@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 import threading
 
-from coordinator.core import Coordinator
+from coordinator.decide.core import Coordinator
 from fake_runner import FakeAgent, baseline_text, check_invariants, set_constants
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 CLASSES = {"cpu-fake": 4, "cpu-other": 2}
 KNOBS = ["A", "B", "C", "X", "Y", "Z"]

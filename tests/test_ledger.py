@@ -6,10 +6,11 @@ import json
 
 import redis
 
-from coordinator.core import Coordinator
-from coordinator.ledger import ROW_COLUMNS, Ledger, read_parquet_rows
+from coordinator.decide.core import Coordinator
+from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows
 from fake_runner import FakeAgent, baseline_text, drain_jobs
-from trainer.schema import ExperimentRecord, ExperimentResult, PromotionConfig, StartedExperiment
+from trainer.schema import ExperimentResult
+from agents.messages import ExperimentRecord, PromotionConfig, StartedExperiment
 
 HW = "cpu-fake"
 
@@ -89,7 +90,7 @@ def test_appends_are_idempotent(tmp_path, redis_url):
 def test_automatic_snapshot_is_written_in_the_background(tmp_path, redis_url, monkeypatch):
     import time
 
-    import coordinator.core as core
+    import coordinator.decide.core as core
 
     monkeypatch.setattr(core, "SNAPSHOT_EVERY", 3)
     monkeypatch.setattr(core, "SNAPSHOT_MIN_GAP_S", 0.0)

@@ -5,10 +5,10 @@ import json
 
 import networkx as nx
 
-from coordinator.core import Coordinator
-from coordinator.lineage import build_lineage, node_link_json
+from coordinator.decide.core import Coordinator
+from coordinator.review.lineage import build_lineage, node_link_json
 from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads
-from trainer.schema import ExperimentRecord, PromotionConfig
+from agents.messages import ExperimentRecord, PromotionConfig
 
 HW = "cpu-fake"
 

@@ -7,9 +7,9 @@ import json
 import networkx as nx
 import pytest
 
-from coordinator.report import TreeError, render_tree, write_graph
-from coordinator.report.synthetic import lineage_graph, make_swarm
-from coordinator.report.tree import best_chain, best_tips
+from coordinator.review.report import TreeError, render_tree, write_graph
+from coordinator.review.report.synthetic import lineage_graph, make_swarm
+from coordinator.review.report.tree import best_chain, best_tips
 
 CLASSES = ("h100", "a100")
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from coordinator.core import Coordinator
-from coordinator.ledger import LedgerError, connect_redis
-from coordinator.redisd import RedisDaemon
+from coordinator.decide.core import Coordinator
+from coordinator.state.ledger import LedgerError, connect_redis
+from coordinator.state.redisd import RedisDaemon
 from fake_runner import baseline_text
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 
 def test_revive_restarts_a_killed_redis_from_its_aof(tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.repo import RepoError, ResearchRepo
+from coordinator.state.repo import RepoError, ResearchRepo
 
 BASE = "A = 0\n# f\n# f\n# f\nB = 0\n# f\n# f\n# f\nPAD = 0\n"
 
@@ -97,7 +97,7 @@ def test_in_process_merge_agrees_with_git_merge_file():
     the same text and also call it clean. Random edits of a train.py-like file, many seeds."""
     import random
 
-    from coordinator.repo import _changed_span, git_merge_texts, merge_texts
+    from coordinator.state.repo import _changed_span, git_merge_texts, merge_texts
 
     rng = random.Random(7)
     lines = [f"X{i} = {i}\n" for i in range(40)] + ["\n", "# filler\n"] * 10

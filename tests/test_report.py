@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from coordinator.report import ReportError, build_report
-from coordinator.report.headless import NODE_COUNT_JS, NODE_XY_JS, Browser, find_chromium
-from coordinator.report.synthetic import lineage_graph, make_swarm
-from coordinator.report.tables import program_table
+from coordinator.review.report import ReportError, build_report
+from coordinator.review.report.headless import NODE_COUNT_JS, NODE_XY_JS, Browser, find_chromium
+from coordinator.review.report.synthetic import lineage_graph, make_swarm
+from coordinator.review.report.tables import program_table
 
 
 @pytest.fixture(scope="module")

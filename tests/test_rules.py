@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from coordinator.rules import (NoisePool, Samples, is_suspect, judge, margin_for, original_rule_keeps,
+from coordinator.decide.rules import (NoisePool, Samples, is_suspect, judge, margin_for, original_rule_keeps,
                                pooled_sigma, standard_error)
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 
 def samples(*xs, confirm=None):

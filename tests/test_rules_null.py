@@ -5,10 +5,10 @@ rates are printed side by side (run with -s to see them).
 """
 from __future__ import annotations
 
-from coordinator.core import Coordinator
+from coordinator.decide.core import Coordinator
 from fake_runner import FakeAgent, baseline_text, drain_jobs, set_constants
-from coordinator.rules import original_rule_keeps
-from trainer.schema import PromotionConfig
+from coordinator.decide.rules import original_rule_keeps
+from agents.messages import PromotionConfig
 
 HW = "cpu-fake"
 N_AGENTS, N_EXPERIMENTS, SIGMA = 8, 200, 0.005

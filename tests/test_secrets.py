@@ -6,7 +6,7 @@ from pathlib import Path
 
 import redis
 
-from coordinator.home import SwarmHome, redact_url
+from coordinator.state.home import SwarmHome, redact_url
 
 
 def test_redact_url():

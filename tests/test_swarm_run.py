@@ -51,8 +51,8 @@ class ChildEnvSpy(threading.Thread):
 
 
 def _ledger_counts(home: Path):
-    from coordinator.home import SwarmHome, ledger_redis
-    from coordinator.ledger import Ledger
+    from coordinator.state.home import SwarmHome, ledger_redis
+    from coordinator.state.ledger import Ledger
 
     h = SwarmHome(home)
     with ledger_redis(h) as client:

@@ -1,44 +1,16 @@
-"""Shared message types: every part of the swarm imports these, none re-declares them.
-
-The runner returns an ExperimentResult; an agent wraps it in an ExperimentRecord and reports
-it; the coordinator answers with a Decision, hands out Jobs (baseline, confirm, verify runs)
-and publishes a Broadcast when a `best` ref moves. All are plain pydantic models so they
-cross Ray, redis (JSON) and parquet unchanged.
-"""
+"""What the locked apparatus returns: the result of one run of one train.py (ExperimentResult),
+and which files an experiment may change. The swarm's own wire types (records, decisions, jobs,
+broadcasts) are not apparatus: they live in agents/messages.py."""
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 EDITABLE_FILES: tuple[str, ...] = ("train.py",)
 """The only files an experiment may change. Everything else is locked apparatus."""
 
 RunStatus = Literal["ok", "crash", "timeout"]
-RecordStatus = Literal["ok", "crash", "timeout", "invalid"]
-RecordKind = Literal["experiment", "baseline", "confirm", "verify"]
-"""experiment: an agent's own idea. baseline: the unchanged baseline (first round, seeds sigma).
-confirm: the same commit again with another seed. verify: a merge candidate built by the coordinator."""
-
-DecisionKind = Literal[
-    "discard",        # not better than its parent (or not by enough)
-    "promote",        # parent was best and it cleared the margin: best fast-forwarded
-    "simplification", # removed more lines than it added and stayed within the noise of best
-    "merge",          # parent was an older best: its change, applied onto best, verified and merged
-    "did-not-stack",  # merged cleanly onto best but the verification run did not beat best
-    "conflict",       # its change does not apply onto the current best
-    "pending",        # positive but inside the margin: waiting for a confirmation run
-    "sample",         # a baseline/confirm run: adds a noise sample, moves nothing by itself
-    "crash", "timeout", "invalid",
-    "rejected",       # the record itself is bad (unknown commit, unknown hardware class...)
-]
-
-
-def new_experiment_id(agent: str) -> str:
-    """Globally unique, sortable-ish experiment id: `<agent>-<unix ms>-<random>`."""
-    return f"{agent}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}"
 
 
 class _Model(BaseModel):
@@ -70,123 +42,3 @@ class ExperimentResult(_Model):
     budget: float = 0.0                 # seconds of training the run was allowed
     profile: str = ""
     hardware_class: str = ""
-
-
-class ExperimentRecord(_Model):
-    """One started experiment, whatever happened to it. Exactly one per experiment_id."""
-
-    experiment_id: str
-    swarm_id: str = ""
-    kind: RecordKind = "experiment"
-    agent: str
-    program: str
-    backend: str = ""
-    seed: int = 0
-    hardware_class: str
-    parent: str                           # commit the edit was made on
-    commit: str | None = None             # None only for invalid edits (nothing committed)
-    description: str = ""
-    status: RecordStatus
-    reason: str | None = None             # why invalid / crash, one line
-    val_bpb: float | None = None
-    confirm_bpb: float | None = None
-    parent_val_bpb: float | None = None   # the agent's belief of its parent's score
-    delta: float | None = None            # parent_val_bpb - val_bpb (positive = better)
-    lines_added: int = 0
-    lines_removed: int = 0
-    fix_attempts: int = 0
-    result: ExperimentResult | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    started_at: float = Field(default_factory=time.time)
-    finished_at: float = Field(default_factory=time.time)
-    job_id: str | None = None             # set when the run was a coordinator job
-
-
-class StartedExperiment(_Model):
-    """Sent before training starts, so a run whose actor dies still gets its one record."""
-
-    experiment_id: str
-    agent: str
-    program: str
-    hardware_class: str
-    parent: str
-    commit: str | None = None
-    kind: RecordKind = "experiment"
-    seed: int = 0
-    description: str = ""
-    job_id: str | None = None
-    started_at: float = Field(default_factory=time.time)
-
-
-class Decision(_Model):
-    """The coordinator's verdict on one record."""
-
-    experiment_id: str
-    decision: DecisionKind
-    reason: str = ""
-    hardware_class: str = ""
-    best_before: str | None = None
-    best_after: str | None = None          # new best commit when it moved
-    delta: float | None = None             # improvement over best (mean of samples), + = better
-    margin: float | None = None            # what it had to clear
-    sigma: float | None = None
-    samples: int = 0                       # samples of the candidate behind the decision
-    suspect: bool = False                  # val improved but the confirm split got worse
-    merge_commit: str | None = None
-    decided_at: float = Field(default_factory=time.time)
-
-
-class Job(_Model):
-    """A run the coordinator asks an idle agent to do instead of its own research."""
-
-    job_id: str
-    kind: Literal["baseline", "confirm", "verify"]
-    commit: str                            # what to train, unchanged
-    parent: str                            # for verify: the best it must beat
-    hardware_class: str
-    seed: int
-    for_experiment: str | None = None      # the candidate this job confirms / verifies
-    description: str = ""
-
-
-class Broadcast(_Model):
-    """A new baseline for one hardware class. The latest is also kept in a key for late joiners."""
-
-    swarm_id: str
-    hardware_class: str
-    commit: str
-    val_bpb: float
-    seq: int                               # strictly increasing per hardware class
-    experiment_id: str | None = None
-    decision: DecisionKind | None = None
-    published_at: float = Field(default_factory=time.time)
-
-
-class ReportReply(_Model):
-    """What an agent gets back for a report: the decision, plus what it would ask next at its
-    iteration boundary, so that in the common case it need not ask (one call, not three)."""
-
-    decision: Decision
-    job_waiting: bool = True               # False: next_job would answer None right now
-    best: Broadcast | None = None          # the latest best of the record's class
-
-
-class PromotionConfig(_Model):
-    """How the coordinator decides that a result is a real improvement, not noise."""
-
-    min_delta: float = Field(0.001, ge=0, description="smallest val_bpb improvement that ever counts (bpb)")
-    k: float = Field(2.5, ge=0, description="margin in standard errors of the difference of means; "
-                     "2.5 keeps the false-promotion rate of zero-effect edits under 5%")
-    sigma_prior: float = Field(0.005, gt=0, description="val_bpb std of one commit, used until a hardware "
-                               "class has a commit with >= 2 samples (bpb)")
-    cost_per_line: float = Field(2e-5, ge=0, description="extra improvement each net added line of "
-                                 "train.py must buy (bpb per line)")
-    simplify_tolerance_k: float = Field(1.0, ge=0, description="a change that removes more lines than it "
-                                        "adds is a win when it is worse than best by at most this many "
-                                        "standard errors (or min_delta)")
-    confirm_runs: int = Field(1, ge=0, description="confirmation runs (new seed) for a positive result "
-                              "inside the margin before it is discarded")
-    job_lease_s: float = Field(900.0, gt=0, description="a job handed out but not reported within this "
-                               "many seconds is handed out again")

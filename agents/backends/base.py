@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from pydantic import BaseModel
-from trainer.schema import Decision, ExperimentRecord
+from agents.messages import Decision, ExperimentRecord
 
 from agents.edits import EDITABLE, apply_edit, diff_bytes, parse_edit, validate_source
 from agents.errors import AgentError, InvalidEdit

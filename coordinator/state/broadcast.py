@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from trainer.schema import Broadcast
+from agents.messages import Broadcast
 
 log = logging.getLogger(__name__)
 

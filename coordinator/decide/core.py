@@ -16,16 +16,16 @@ import time
 from collections import deque
 from pathlib import Path
 
-from coordinator import broadcast
-from coordinator.commits import CommitCache
-from coordinator.groupcommit import GroupCommit, Slot
-from coordinator.jobs import JOB_MAX_ATTEMPTS, JobBoard
-from coordinator.ledger import Ledger, LedgerError, connect_redis
-from coordinator.refwriter import RefWriter
-from coordinator.repo import RepoError, ResearchRepo, merge_texts, object_id
-from coordinator.rules import NoisePool, Samples, Verdict, is_suspect, judge
-from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
-                            ReportReply, StartedExperiment)
+from coordinator.state import broadcast
+from coordinator.decide.commits import CommitCache
+from coordinator.decide.groupcommit import GroupCommit, Slot
+from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
+from coordinator.state.ledger import Ledger, LedgerError, connect_redis
+from coordinator.decide.refwriter import RefWriter
+from coordinator.state.repo import RepoError, ResearchRepo, merge_texts, object_id
+from coordinator.decide.rules import NoisePool, Samples, Verdict, is_suspect, judge
+from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
+                             ReportReply, StartedExperiment)
 
 log = logging.getLogger(__name__)
 

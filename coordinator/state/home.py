@@ -147,8 +147,8 @@ def ledger_redis(home: SwarmHome, redis_url: str | None = None):
     """
     import redis
 
-    from coordinator.ledger import LedgerError, connect_redis
-    from coordinator.redisd import RedisDaemon, RedisError
+    from coordinator.state.ledger import LedgerError, connect_redis
+    from coordinator.state.redisd import RedisDaemon, RedisError
 
     if redis_url:
         try:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.config import (ConfigError, SwarmConfig, assign_programs, load_config,
+from coordinator.run.config import (ConfigError, SwarmConfig, assign_programs, load_config,
                                 resolve_backend, resolve_program)
-from coordinator.home import SwarmError, SwarmHome, resolve_home
+from coordinator.state.home import SwarmError, SwarmHome, resolve_home
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _gpus_present() -> int:
 
 def check_redis(url: str) -> None:
     """Ping `url`; a wrong password or a closed port is one line that never shows the password."""
-    from coordinator.ledger import LedgerError, connect_redis
+    from coordinator.state.ledger import LedgerError, connect_redis
 
     try:
         connect_redis(url).close()
@@ -165,7 +165,7 @@ def run_command(args, setup_logging) -> int:
         start_local_ray(num_cpus=0, address=p.address)
         _check_cluster_gpus(p)
     setup_logging(p.home, p.verbose)
-    from coordinator.supervise import Supervisor
+    from coordinator.run.supervise import Supervisor
     return Supervisor(p).run()
 
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # no display here, and the CLI must not need one
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import transforms  # noqa: E402
 
-from coordinator.report.tables import record_status  # noqa: E402
+from coordinator.review.report.tables import record_status  # noqa: E402
 
 log = logging.getLogger(__name__)
 

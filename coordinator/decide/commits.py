@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from coordinator.repo import RepoError, ResearchRepo, counter_delta
+from coordinator.state.repo import RepoError, ResearchRepo, counter_delta
 
 TEXT_CACHE = 256  # train.py texts kept in memory, least recently used dropped first
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-from trainer.schema import ExperimentRecord, StartedExperiment
+from agents.messages import ExperimentRecord, StartedExperiment
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.core import Coordinator
-from trainer.schema import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
-                            ReportReply, StartedExperiment)
+from coordinator.decide.core import Coordinator
+from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
+                             ReportReply, StartedExperiment)
 
 NAMESPACE = "autoresearch-swarm"
 # A restarted coordinator waits this long for redis: both may have gone down together (a head

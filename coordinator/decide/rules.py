@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 
 
 @dataclass

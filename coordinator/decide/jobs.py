@@ -11,8 +11,8 @@ import random
 import time
 import uuid
 
-from coordinator.ledger import Ledger
-from trainer.schema import ExperimentRecord, Job
+from coordinator.state.ledger import Ledger
+from agents.messages import ExperimentRecord, Job
 
 JOB_MAX_ATTEMPTS = 3  # a job whose run crashes is handed out again this many times
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from coordinator.home import HomeError, SwarmHome, ledger_redis
+from coordinator.state.home import HomeError, SwarmHome, ledger_redis
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def ledger_rows(home: SwarmHome, info: dict, redis_url: str | None):
     """Yields (redis client or None, rows)."""
-    from coordinator.ledger import Ledger, read_parquet_rows
+    from coordinator.state.ledger import Ledger, read_parquet_rows
 
     with ledger_redis(home, redis_url) as client:
         if client is not None:
@@ -39,7 +39,7 @@ def repo_path(home: SwarmHome) -> Path:
 def status(home: SwarmHome, info: dict, args) -> int:
     from rich.console import Console
 
-    from coordinator import live
+    from coordinator.run import live
 
     with ledger_rows(home, info, args.redis_url) as (client, rows):
         data = live.gather(client, info["swarm_id"], rows)
@@ -53,7 +53,7 @@ def status(home: SwarmHome, info: dict, args) -> int:
 
 
 def _graph(home: SwarmHome, info: dict, redis_url: str | None):
-    from coordinator.lineage import build_lineage
+    from coordinator.review.lineage import build_lineage
 
     with ledger_rows(home, info, redis_url) as (_, rows):
         return rows, build_lineage(rows, repo_path(home))
@@ -64,10 +64,10 @@ def lineage(home: SwarmHome, info: dict, args) -> int:
 
     rows, G = _graph(home, info, args.redis_url)
     if args.format == "tree":
-        from coordinator.report.tree import render_tree
+        from coordinator.review.report.tree import render_tree
         text = render_tree(G, all=args.all)
     elif args.format == "json":
-        from coordinator.lineage import node_link_json
+        from coordinator.review.lineage import node_link_json
         text = json.dumps(node_link_json(G), indent=1, default=str)
     else:
         # dot/graphml writers want scalar attributes: drop None, stringify the rest
@@ -102,7 +102,7 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def report(home: SwarmHome, info: dict, args) -> int:
-    from coordinator.report.html import ReportError, build_report
+    from coordinator.review.report.html import ReportError, build_report
 
     rows, G = _graph(home, info, args.redis_url)
     out = Path(args.output) if args.output else home.reports_dir
@@ -115,7 +115,7 @@ def report(home: SwarmHome, info: dict, args) -> int:
 
 
 def export(home: SwarmHome, info: dict, args) -> int:
-    from coordinator.ledger import write_json_rows, write_parquet_rows, write_tsv_rows
+    from coordinator.state.ledger import write_json_rows, write_parquet_rows, write_tsv_rows
 
     with ledger_rows(home, info, args.redis_url) as (_, rows):
         pass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from coordinator.repo import ResearchRepo
+from coordinator.state.repo import ResearchRepo
 
 # Which row speaks for a commit that several runs measured (its own experiment first).
 _KIND_RANK = {"experiment": 0, "verify": 1, "confirm": 2, "baseline": 3}

@@ -34,7 +34,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from trainer.schema import Decision, ExperimentRecord, Job, StartedExperiment
+from agents.messages import Decision, ExperimentRecord, Job, StartedExperiment
 
 log = logging.getLogger(__name__)
 

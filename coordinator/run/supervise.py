@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordinator.home import SwarmError, SwarmHome
-from coordinator.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
+from coordinator.state.home import SwarmError, SwarmHome
+from coordinator.run.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Supervisor:
     def _redis(self) -> str:
         if self.p.redis_url:
             return self.p.redis_url
-        from coordinator.redisd import RedisDaemon
+        from coordinator.state.redisd import RedisDaemon
         self.daemon = RedisDaemon(self.home.redis_dir).start()
         return self.daemon.url
 
@@ -105,7 +105,7 @@ class Supervisor:
             self.data_dir = self._data_dir()
             os.environ["SWARM_DATA_DIR"] = str(self.data_dir)
             self._ray()
-            from coordinator.actor import coordinator_actor
+            from coordinator.decide.actor import coordinator_actor
             self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
                                            baseline_train_py=_baseline_text())
             self._check_coordinator()
@@ -129,7 +129,7 @@ class Supervisor:
         import ray
         import redis
 
-        from coordinator import live
+        from coordinator.run import live
 
         client = redis.Redis.from_url(url)
         view = _View(self.p.plain)
@@ -162,7 +162,7 @@ class Supervisor:
         operator's: the coordinator waits for it.)"""
         if self.daemon is None:
             return
-        from coordinator.redisd import RedisError
+        from coordinator.state.redisd import RedisError
         try:
             if self.daemon.revive():
                 log.warning("the embedded redis-server had died: restarted from its AOF")
@@ -232,7 +232,7 @@ class Supervisor:
     def _final_summary(self, url: str) -> None:
         import redis
 
-        from coordinator import live
+        from coordinator.run import live
         client = redis.Redis.from_url(url)
         try:
             print(live.plain_line(live.gather(client, self.info["swarm_id"], _rows(client, self.info))))
@@ -262,7 +262,7 @@ def _last_line(e: Exception) -> str:
 
 
 def _rows(client, info) -> list[dict]:
-    from coordinator.ledger import Ledger
+    from coordinator.state.ledger import Ledger
     try:
         return Ledger(client, info["swarm_id"]).rows()
     except Exception as e:  # a view must never stop the swarm
@@ -279,7 +279,7 @@ class _View:
         self.last_plain = 0.0
 
     def update(self, data: dict) -> None:
-        from coordinator import live
+        from coordinator.run import live
         if self.plain:
             if time.monotonic() - self.last_plain >= 10:
                 self.last_plain = time.monotonic()

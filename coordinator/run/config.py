@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.schema import PromotionConfig
+from agents.messages import PromotionConfig
 from agents.config import CommandSpec, LitellmSpec, MutateSpec
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
@@ -177,7 +177,7 @@ def validation_message(e: ValidationError) -> str:
 
 
 def default_config_text() -> str:
-    return (importlib.resources.files("coordinator") / DEFAULT_CONFIG_NAME).read_text()
+    return (importlib.resources.files("coordinator.run") / DEFAULT_CONFIG_NAME).read_text()
 
 
 def load_config(path: Path | None, env: dict[str, str] | None = None) -> tuple[SwarmConfig, Path]:

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 
-from coordinator.repo import RepoError, ResearchRepo
+from coordinator.state.repo import RepoError, ResearchRepo
 
 log = logging.getLogger(__name__)
 

@@ -206,7 +206,7 @@ _KEEP = ("promote", "merge", "simplification")
 
 
 def _as_ledger_row(r: dict) -> None:
-    """Rename to coordinator.ledger's row schema: `run_status` is the record's status, `status`
+    """Rename to coordinator.state.ledger's row schema: `run_status` is the record's status, `status`
     the original's TSV vocabulary (keep/discard/crash + ours), `decision_delta` the decision's."""
     r["run_status"] = r.pop("status")
     d = r["decision"]
@@ -281,9 +281,9 @@ def _write_logs(home: Path, rows: list[dict], rng: random.Random, n: int) -> Non
 
 
 def lineage_graph(sw: SyntheticSwarm) -> nx.DiGraph:
-    """The lineage graph: coordinator.lineage.build_lineage when present, else our own build."""
+    """The lineage graph: coordinator.review.lineage.build_lineage when present, else our own build."""
     try:
-        from coordinator.lineage import build_lineage
+        from coordinator.review.lineage import build_lineage
     except ImportError:
         return fallback_lineage(sw.rows, sw.repo_path)
     return build_lineage(sw.rows, sw.repo_path)
@@ -293,7 +293,7 @@ _MAIN_KIND = {"experiment": 0, "verify": 1, "baseline": 2, "confirm": 3}
 
 
 def fallback_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
-    """A lineage DiGraph with the attributes coordinator.lineage documents, built from rows + git."""
+    """A lineage DiGraph with the attributes coordinator.review.lineage documents, built from rows + git."""
     G = nx.DiGraph()
     by_commit: dict[str, list[dict]] = {}
     for r in rows:

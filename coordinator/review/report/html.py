@@ -14,10 +14,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from coordinator.report.gitdata import log_tail, train_py_diffs
-from coordinator.report.layout import layered_positions
-from coordinator.report.plot import program_colors, write_progress_png
-from coordinator.report.tables import (noise_by_class, program_table, record_status,
+from coordinator.review.report.gitdata import log_tail, train_py_diffs
+from coordinator.review.report.layout import layered_positions
+from coordinator.review.report.plot import program_colors, write_progress_png
+from coordinator.review.report.tables import (noise_by_class, program_table, record_status,
                                        status_counts)
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _clean(v):
 
 
 def _asset(name: str) -> str:
-    return resources.files("coordinator.report").joinpath(name).read_text()
+    return resources.files("coordinator.review.report").joinpath(name).read_text()
 
 
 def _plotly_js() -> str:

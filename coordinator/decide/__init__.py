@@ -1,0 +1,1 @@
+"""Runs inside the coordinator actor: decisions on reports, jobs, group commit, best moves."""

@@ -432,6 +432,7 @@ class ResearchAgent:
         self.phase = "report"
         self.port.report(rec, self._bundle(rec))
         self.inflight.clear()
+        self._observe(rec)
         self.counts[rec.status] += 1
         if rec.kind == "experiment":
             self.experiments += 1
@@ -450,6 +451,17 @@ class ResearchAgent:
             self.parent_val = rec.val_bpb
         self.phase = "idle"
         self._beat(force=True)
+
+    def _observe(self, rec: ExperimentRecord) -> None:
+        """Tell a backend that learns from results (optuna: `observe(record, source)`) what
+        this run gave; `source` is the train.py that trained (None for an invalid edit)."""
+        observe = getattr(self.backend, "observe", None)
+        if observe is None:
+            return
+        try:
+            observe(rec, self.wt.show(rec.commit) if rec.commit else None)
+        except Exception as e:  # a backend's bookkeeping must never stop research
+            log.warning("%s: backend could not observe %s: %s", self.cfg.name, rec.experiment_id, e)
 
     def _bundle(self, rec: ExperimentRecord) -> bytes | None:
         if self.wt.shared or rec.commit is None or rec.kind != "experiment":

@@ -48,7 +48,11 @@ class CommandSpec(_Cfg):
     timeout_s: float = Field(default=600.0, gt=0)
 
 
-BackendSpec = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec], Field(discriminator="type")]
+# The optuna backend declares its own spec (its `llm` field takes the two specs above).
+from agents.backends.optuna import OptunaSpec  # noqa: E402
+
+BackendSpec = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, OptunaSpec],
+                        Field(discriminator="type")]
 
 
 class AgentConfig(_Cfg):

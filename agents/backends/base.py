@@ -107,7 +107,7 @@ def make_backend(spec: BaseModel | dict[str, Any], *, seed: int = 0, agent: str 
 
 def _load_builtins() -> None:
     # Imported lazily: the litellm module must not import litellm itself until it is used.
-    from agents.backends import command, llm, mutate  # noqa: F401
+    from agents.backends import command, llm, mutate, optuna  # noqa: F401
 
 
 def replace(p: Proposal, **kw) -> Proposal:

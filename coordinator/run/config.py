@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.messages import PromotionConfig
-from agents.config import CommandSpec, LitellmSpec, MutateSpec
+from agents.config import CommandSpec, LitellmSpec, MutateSpec, OptunaSpec
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -45,7 +45,7 @@ class AutoBackend(_Cfg):
 
 
 # The concrete backends are the agents' own models (one declaration of each type).
-Backend = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, AutoBackend],
+Backend = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, OptunaSpec, AutoBackend],
                     Field(discriminator="type")]
 
 
@@ -156,7 +156,7 @@ def parse_config(data: Any, source: str = "swarm.yaml",
         raise ConfigError(f"{source}: {validation_message(e)}") from None
 
 
-_TAGS = ("mutate", "litellm", "command", "auto", "int", "str", "float", "bool")
+_TAGS = ("mutate", "litellm", "command", "optuna", "auto", "int", "str", "float", "bool")
 
 
 def validation_message(e: ValidationError) -> str:

@@ -102,6 +102,10 @@ class Supervisor:
         interrupted = False
         try:
             url = self._redis()
+            if any(s["backend"].get("type") == "optuna" for s in self.p.agent_specs):
+                # The optuna backend keeps its study on this redis; Ray's workers inherit the
+                # variable (the runner scrubs SWARM_REDIS* from train.py's environment).
+                os.environ["SWARM_REDIS_URL"] = url
             self.data_dir = self._data_dir()
             os.environ["SWARM_DATA_DIR"] = str(self.data_dir)
             self._ray()

@@ -120,10 +120,14 @@ def plan(args) -> Plan:
     for i, j in enumerate(assign_programs(cfg.programs, n)):
         entry = cfg.programs[j]
         backend = resolve_backend(entry.backend or cfg.backend)
-        key_env = backend.get("api_key_env")
-        if key_env and not os.environ.get(key_env):
-            raise ConfigError(f"{src}: programs.{j}.backend.api_key_env: environment variable "
-                              f"{key_env} is not set")
+        for where, b in (("backend", backend), ("backend.llm", backend.get("llm") or {})):
+            key_env = b.get("api_key_env")
+            if key_env and not os.environ.get(key_env):
+                raise ConfigError(f"{src}: programs.{j}.{where}.api_key_env: environment variable "
+                                  f"{key_env} is not set")
+        if backend["type"] == "optuna":
+            from agents.backends.optuna_study import check_space
+            check_space(load_program(programs[j], entry.label()))
         # names are stable across runs, so a resumed swarm's agents pick up their own state
         specs.append({"name": f"a{i}-{entry.label()}", "program_name": entry.label(),
                       "program_path": str(programs[j]), "backend": backend,

@@ -355,3 +355,36 @@ def test_agent_tells_the_study_every_run(tmp_path, redis_url, monkeypatch):
         if r.status == "ok":
             assert by_eid[r.experiment_id].value == pytest.approx(r.val_bpb)
     assert by_eid[recs[0].experiment_id].user_attrs["origin"] == "baseline"
+
+
+# --- the report's search section ---------------------------------------------------------------
+
+def test_report_has_a_search_section_per_study(tmp_path, redis_url):
+    from coordinator.review.report import build_report
+    from coordinator.review.report.search import load_studies
+    from coordinator.review.report.synthetic import lineage_graph, make_swarm
+
+    client = redis.Redis.from_url(redis_url)
+    assert load_studies(client, "sw1") == []          # no study: no section, optuna not needed
+    b = backend(redis_url, n_startup_trials=3)
+    b.observe(record(None, kind="baseline", src=TINY_TRAIN), TINY_TRAIN)
+    for i in range(14):
+        run_one(b, status="crash" if i == 5 else "ok")
+    (view,) = load_studies(client, "sw1")
+    assert view.program == "tiny" and view.hardware_class == HW
+    assert set(view.importances) == {"LEARNING_RATE", "DEPTH", "WINDOW"}
+    assert abs(sum(view.importances.values()) - 1) < 1e-6
+    best = min((r for r in view.rows if r["state"] == "COMPLETE"), key=lambda r: r["value"])
+    assert view.best_params == best["params"] and view.best_value == best["value"]
+    sw = make_swarm(tmp_path / "home", experiments=10, agents=2, hardware_classes=("h100",), seed=1)
+    page = build_report(sw.rows, lineage_graph(sw), repo_path=sw.repo_path, swarm_home=tmp_path / "home",
+                        out_dir=tmp_path / "out", studies=[view]).read_text()
+    section = page[page.index("<h2 id='search'>"):]
+    assert "tiny on " + HW in section and "failed 1" not in section and "fail 1" in section
+    for n in view.importances:
+        assert f"<td>{n}</td>" in section
+    assert "class='stats best-params'" in section and "class='search-scatter'" in section
+    assert f"best val_bpb: <b>{view.best_value:.4f}</b>" in section
+    page_without = build_report(sw.rows, lineage_graph(sw), repo_path=sw.repo_path,
+                                swarm_home=tmp_path / "home", out_dir=tmp_path / "out2").read_text()
+    assert "id='search'" not in page_without

@@ -66,6 +66,7 @@ def find_constants(source: str) -> dict[str, Constant]:
         tree = ast.parse(source)
     except SyntaxError:
         return out
+    lines = source.split("\n")
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
@@ -76,7 +77,11 @@ def find_constants(source: str) -> dict[str, Constant]:
         try:
             if isinstance(v, ast.IfExp):
                 values = (_eval_const(v.body), _eval_const(v.orelse))
-                cond = ast.get_source_segment(source, v.test)
+                # ast offsets are UTF-8 bytes; get_source_segment re-splits the whole file per
+                # call (80 ms for the baseline train.py), this is one line
+                t = v.test
+                cond = lines[t.lineno - 1].encode()[t.col_offset:t.end_col_offset].decode() \
+                    if t.lineno == t.end_lineno else ast.get_source_segment(source, t)
             else:
                 values, cond = (_eval_const(v),), None
         except Exception:

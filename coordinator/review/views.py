@@ -107,11 +107,25 @@ def report(home: SwarmHome, info: dict, args) -> int:
     rows, G = _graph(home, info, args.redis_url)
     out = Path(args.output) if args.output else home.reports_dir
     try:
-        path = build_report(rows, G, repo_path=repo_path(home), swarm_home=home.root, out_dir=out)
+        path = build_report(rows, G, repo_path=repo_path(home), swarm_home=home.root, out_dir=out,
+                            studies=_studies(home, info, args.redis_url))
     except ReportError as e:
         raise HomeError(str(e)) from None
     print(f"wrote {path}")
     return 0
+
+
+def _studies(home: SwarmHome, info: dict, redis_url: str | None) -> list:
+    """The swarm's Optuna studies (the report's search section); [] when it has none or its
+    redis cannot be read (the parquet snapshot holds the ledger, not the studies)."""
+    from coordinator.review.report.search import load_studies
+
+    try:
+        with ledger_redis(home, redis_url) as client:
+            return load_studies(client, info["swarm_id"])
+    except Exception as e:  # the rest of the report does not need them
+        log.warning("no search section: the studies cannot be read (%s)", e)
+        return []
 
 
 def export(home: SwarmHome, info: dict, args) -> int:

@@ -17,6 +17,7 @@ import networkx as nx
 from coordinator.review.report.gitdata import log_tail, train_py_diffs
 from coordinator.review.report.layout import layered_positions
 from coordinator.review.report.plot import program_colors, write_progress_png
+from coordinator.review.report.search import search_html
 from coordinator.review.report.tables import (noise_by_class, program_table, record_status,
                                        status_counts)
 
@@ -134,11 +135,13 @@ def _invalid_html(rows) -> str:
 
 
 def build_report(rows: list[dict], G: nx.DiGraph, *, repo_path: Path, swarm_home: Path,
-                 out_dir: Path, sigma: float | None = None, margin: float | None = None) -> Path:
+                 out_dir: Path, sigma: float | None = None, margin: float | None = None,
+                 studies: list | None = None) -> Path:
     """Write out_dir/report.html (self-contained) and out_dir/progress.png; return the HTML path.
 
     DAG nodes are the nodes of G (one per trained commit); invalid edits, which have no
     commit, are listed in their own table. sigma/margin, when given, override the ledger's.
+    `studies` (optuna_study.StudyView, from search.load_studies) add the search section.
     """
     if not rows:
         raise ReportError("the ledger is empty: nothing to report")
@@ -177,6 +180,7 @@ parent. Click a node for its record, its train.py diff against each parent and i
 {_noise_html(rows, sigma, margin)}
 <h2>Invalid edits (not trained)</h2>
 {_invalid_html(rows)}
+{search_html(studies or [])}
 <script type="application/json" id="report-data">{data_json}</script>
 <script>{_plotly_js()}</script>
 <script>{_asset("page.js")}</script>

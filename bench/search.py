@@ -1,0 +1,253 @@
+"""Search bench: `optuna` (TPE), `optuna` (CMA-ES) and `mutate` side by side at equal runs.
+
+8 simulated agents work concurrently (runs overlap in time, so a trial is proposed while
+others are in flight) on the real baseline train.py and the real `baseline` program's search
+space; a synthetic landscape gives each train.py a true val_bpb, measured with Gaussian noise.
+The backends are the real ones (optuna's study in a real redis-server, as in a swarm) and see
+what a ResearchAgent gives them: a ProposalContext on the current best, then `observe` of every
+record the agent ran. The coordinator's rule is the real one (coordinator.decide.rules.judge):
+a first round of baselines, confirmation runs for results inside the margin, and results whose
+parent is no longer best merged onto best and verified. Every run counts against the budget.
+
+Prints, per method: the true val_bpb of the final best (mean over seeds) and the runs it took
+to reach mutate's final best (the target); writes bench/results/search.json.
+
+    PYTHONPATH=. python bench/search.py --seeds 5 --runs 120
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import redis  # noqa: E402
+
+from agents.backends.base import ProposalContext, make_backend  # noqa: E402
+from agents.backends.mutate import find_constants  # noqa: E402
+from agents.backends.optuna import OptunaBackend, OptunaSpec  # noqa: E402
+from agents.errors import InvalidEdit  # noqa: E402
+from agents.messages import ExperimentRecord, PromotionConfig  # noqa: E402
+from agents.program import load_program  # noqa: E402
+from coordinator.decide.rules import NoisePool, Samples, judge  # noqa: E402
+from coordinator.run.config import shipped_programs_dir  # noqa: E402
+from coordinator.state.redisd import RedisDaemon  # noqa: E402
+
+HW = "cpu-bench-1t"           # the cpu branch of every `A if CUDA else B` switch is the live one
+SIGMA = 0.003                 # val_bpb noise of one run
+LIMITS = dict(max_edit_bytes=20_000, max_file_bytes=200_000)
+METHODS = {
+    "mutate": {"type": "mutate"},
+    "optuna-tpe": {"type": "optuna", "sampler": "tpe"},
+    "optuna-cmaes": {"type": "optuna", "sampler": "cmaes"},
+}
+
+
+def baseline_source() -> str:
+    import importlib.resources
+    return (importlib.resources.files("trainer") / "baseline" / "train.py").read_text()
+
+
+def values(source: str) -> dict:
+    return {n: (c.values[-1]) for n, c in find_constants(source).items()}
+
+
+def true_bpb(source: str) -> float | None:
+    """The landscape: bowls in log space around a tuned point away from the baseline, one
+    interaction (a deeper model wants a lower matrix LR), and a divergence region (crash)."""
+    v = values(source)
+    lr, depth = v["MATRIX_LR"], v["DEPTH"]
+    if lr > 0.12 and depth >= 9:
+        return None                                      # diverges: a crash
+    x = math.log(lr / 0.045) + 0.15 * (depth - 6)
+    return (1.50 + 0.040 * x ** 2
+            + 0.020 * math.log(v["EMBED_LR"] / 0.6) ** 2
+            + 0.030 * math.log(v["UNEMBED_LR"] / 0.003) ** 2
+            + 0.100 * (v["WEIGHT_DECAY"] - 0.12) ** 2
+            + 0.006 * (depth - 7) ** 2
+            + 0.050 * (v["WARMDOWN_FRAC"] - 0.7) ** 2)
+
+
+def merge(parent: str, cand: str, best: str) -> str:
+    """The candidate's constant changes (against its parent) applied onto best."""
+    pv, cv = find_constants(parent), find_constants(cand)
+    lines = best.split("\n")
+    bc = find_constants(best)
+    for n, c in cv.items():
+        if n in pv and pv[n].values != c.values and n in bc:
+            b = bc[n]
+            lines[b.line] = lines[b.line][:b.col] + c.render(c.values) + lines[b.line][b.end_col:]
+    return "\n".join(lines)
+
+
+class Sim:
+    """One swarm: n agents, one backend type, a run budget; returns the best's true value
+    after each finished run."""
+
+    def __init__(self, method: str, seed: int, n_agents: int, runs: int, client, program):
+        self.rng = random.Random(seed)
+        self.program, self.runs, self.n = program, runs, n_agents
+        self.cfg = PromotionConfig()
+        self.root = baseline_source()
+        self.best, self.samples, self.pool = self.root, {}, NoisePool()
+        self.jobs: list[tuple] = [("baseline", self.root, self.root, None)] * n_agents
+        spec = METHODS[method]
+        self.backends = []
+        for i in range(n_agents):
+            if spec["type"] == "optuna":
+                b = OptunaBackend(OptunaSpec.model_validate(spec), seed=seed * 100 + i, agent=f"a{i}",
+                                  client=client, swarm_id=f"bench-{method}-{seed}", hardware_class=HW)
+            else:
+                b = make_backend(spec, seed=seed * 100 + i, agent=f"a{i}")
+            self.backends.append(b)
+        self.trace: list[float] = []
+        self.counts = {"experiment": 0, "baseline": 0, "confirm": 0, "verify": 0, "crash": 0,
+                       "invalid": 0, "promote": 0}
+
+    def _s(self, src: str) -> Samples:
+        return self.samples.setdefault(src, Samples())
+
+    def _start(self, i: int) -> tuple | None:
+        if self.jobs:
+            kind, src, parent, cand = self.jobs.pop(0)
+            return kind, src, parent, cand, None
+        ctx = ProposalContext(program=self.program, source=self.best, base_commit=str(hash(self.best)),
+                              agent=f"a{i}", seed=i)
+        p = self.backends[i].propose(ctx)
+        try:
+            new, desc = p.resolve(self.best, **LIMITS)
+        except InvalidEdit as e:
+            self.counts["invalid"] += 1
+            self._observe(i, "experiment", None, self.best, p.description or "", "invalid", None, str(e))
+            return None
+        return "experiment", new, self.best, None, desc
+
+    def _observe(self, i, kind, src, parent, desc, status, val, reason=None):
+        b = self.backends[i]
+        if not hasattr(b, "observe"):
+            return
+        rec = ExperimentRecord(experiment_id=f"e{len(self.trace)}-{i}", swarm_id="bench", kind=kind,
+                               agent=f"a{i}", program=self.program.name, hardware_class=HW,
+                               parent=str(hash(parent)), commit=None if src is None else str(hash(src)),
+                               description=desc or kind, status=status, val_bpb=val, reason=reason)
+        b.observe(rec, src)
+
+    def _finish(self, i: int, run: tuple) -> None:
+        kind, src, parent, cand, desc = run
+        self.counts[kind] += 1
+        t = true_bpb(src)
+        if t is None:
+            self.counts["crash"] += 1
+            self._observe(i, kind, src, parent, desc, "crash", None, "diverged")
+            return
+        val = t + self.rng.gauss(0, SIGMA)
+        self._observe(i, kind, src, parent, desc, "ok", val)
+        self.pool.add(self._s(src), val)
+        sigma = self.pool.sigma(self.cfg.sigma_prior)
+        if kind == "baseline":
+            return
+        if kind == "verify" and parent != self.best:
+            return                                       # best moved again: did not stack
+        if kind == "experiment" and parent != self.best:
+            merged = merge(parent, src, self.best)
+            if merged != self.best:
+                self.jobs.append(("verify", merged, self.best, None))
+            return
+        v = judge(self.cfg, self._s(src), self._s(self.best), sigma, net_added=0, allow_simplify=False)
+        if v.decision == "promote":
+            self.best = src
+            self.counts["promote"] += 1
+        elif v.decision == "pending":
+            self.jobs.append(("confirm", src, parent, None))
+
+    def run(self) -> list[float]:
+        events = []
+        for i in range(self.n):
+            heapq.heappush(events, (self.rng.uniform(0, 0.1), i, None))
+        done = 0
+        while done < self.runs:
+            t, i, run = heapq.heappop(events)
+            if run is not None:
+                self._finish(i, run)
+                done += 1
+                self.trace.append(true_bpb(self.best))
+            nxt = None
+            while nxt is None:
+                nxt = self._start(i)
+            heapq.heappush(events, (t + self.rng.uniform(0.8, 1.2), i, nxt))
+        return self.trace
+
+
+def runs_to(trace: list[float], target: float) -> int | None:
+    return next((k + 1 for k, v in enumerate(trace) if v <= target + 1e-12), None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=120, help="runs per swarm, every kind counted")
+    ap.add_argument("--agents", type=int, default=8)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search.json"))
+    args = ap.parse_args(argv)
+    program = load_program(shipped_programs_dir() / "baseline.md")
+    tmp = Path(tempfile.mkdtemp(prefix="search-bench-"))
+    daemon = RedisDaemon(tmp / "redis", fsync="no").start()
+    client = redis.Redis.from_url(daemon.url)
+    traces: dict[str, list[list[float]]] = {}
+    extra: dict[str, list[dict]] = {}
+    try:
+        for method in args.methods.split(","):
+            for seed in range(args.seeds):
+                t0 = time.perf_counter()
+                sim = Sim(method, seed, args.agents, args.runs, client, program)
+                traces.setdefault(method, []).append(sim.run())
+                extra.setdefault(method, []).append({**sim.counts, "seconds": time.perf_counter() - t0})
+                print(f"{method:13s} seed {seed}: final {sim.trace[-1]:.4f} {sim.counts}", flush=True)
+    finally:
+        client.close()
+        daemon.stop()
+    base = true_bpb(baseline_source())
+    target = statistics.mean(tr[-1] for tr in traces["mutate"]) if "mutate" in traces else None
+    rows = []
+    for method, trs in traces.items():
+        finals = [tr[-1] for tr in trs]
+        rtt = [runs_to(tr, target) for tr in trs] if target is not None else []
+        reached = [r for r in rtt if r is not None]
+        med = statistics.median([r if r is not None else math.inf for r in rtt]) if rtt else None
+        rows.append({"method": method, "final_mean": statistics.mean(finals),
+                     "final_sd": statistics.pstdev(finals), "finals": finals, "runs_to_target": rtt,
+                     "median_runs_to_target": med, "reached": f"{len(reached)}/{len(rtt)}",
+                     "share_of_runs": (med / args.runs) if med is not None else None,
+                     "counts": extra[method]})
+    print(f"\n{args.agents} agents, {args.runs} runs each swarm, {args.seeds} seeds; noise sigma "
+          f"{SIGMA}; baseline true val_bpb {base:.4f}, optimum 1.5000; target = mutate's mean "
+          f"final best {target if target is None else round(target, 4)}\n")
+    print("| method | final best, true val_bpb (mean ± sd) | runs to target (median) | reached | "
+          "median / runs |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        med, share = r["median_runs_to_target"], r["share_of_runs"]
+        med_s = "never" if med in (None, math.inf) else f"{med:g}"
+        share_s = "-" if share in (None, math.inf) else f"{share:.0%}"
+        print(f"| {r['method']} | {r['final_mean']:.4f} ± {r['final_sd']:.4f} | {med_s} | "
+              f"{r['reached']} | {share_s} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"agents": args.agents, "runs": args.runs, "seeds": args.seeds,
+                               "sigma": SIGMA, "baseline": base, "target": target, "rows": rows,
+                               "traces": traces}, indent=1, default=str))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,14 @@ def scatter_png(view) -> bytes:
         if view.best_params and n in view.best_params and view.best_value is not None:
             ax.scatter([x_of(view.best_params[n])], [view.best_value], s=90, facecolors="none",
                        edgecolors="black", linewidths=1.4, label="best")
-        if isinstance(d, (FloatDistribution, IntDistribution)) and d.log:
-            ax.set_xscale("log")
+        if isinstance(d, (FloatDistribution, IntDistribution)):
+            if d.log:
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())   # 2x10^-1 3x10^-1 ... overlap
+                ax.set_xlim(d.low / 1.15, d.high * 1.15)
+            else:  # the whole declared range: where in it the trials went is the point
+                pad = (d.high - d.low) * 0.04 or 0.5
+                ax.set_xlim(d.low - pad, d.high + pad)
         if cat:
             ax.set_xticks(range(len(d.choices)), [str(c) for c in d.choices])
         if ylim:

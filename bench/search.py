@@ -98,6 +98,7 @@ class Sim:
         self.cfg = PromotionConfig()
         self.root = baseline_source()
         self.best, self.samples, self.pool = self.root, {}, NoisePool()
+        self.history: set[str] = set()       # older bests
         self.jobs: list[tuple] = [("baseline", self.root, self.root, None)] * n_agents
         spec = METHODS[method]
         self.backends = []
@@ -151,22 +152,31 @@ class Sim:
         val = t + self.rng.gauss(0, SIGMA)
         self._observe(i, kind, src, parent, desc, "ok", val)
         self.pool.add(self._s(src), val)
-        sigma = self.pool.sigma(self.cfg.sigma_prior)
         if kind == "baseline":
             return
         if kind == "verify" and parent != self.best:
-            return                                       # best moved again: did not stack
-        if kind == "experiment" and parent != self.best:
+            return          # best moved while it ran (the coordinator merges again; rare here)
+        self._judge(src, parent)
+
+    def _judge(self, src: str, parent: str) -> None:
+        """coordinator.decide.core's rule: against best when the parent is best; against its
+        parent when that is an older best, and then merged onto best and verified."""
+        sigma = self.pool.sigma(self.cfg.sigma_prior)
+        if parent != self.best and parent not in self.history:
+            return
+        v = judge(self.cfg, self._s(src), self._s(parent), sigma, net_added=0, allow_simplify=False)
+        if v.decision == "pending":
+            self.jobs.append(("confirm", src, parent, None))
+        elif v.decision != "promote":
+            return
+        elif parent == self.best:
+            self.history.add(self.best)
+            self.best = src
+            self.counts["promote"] += 1
+        else:
             merged = merge(parent, src, self.best)
             if merged != self.best:
                 self.jobs.append(("verify", merged, self.best, None))
-            return
-        v = judge(self.cfg, self._s(src), self._s(self.best), sigma, net_added=0, allow_simplify=False)
-        if v.decision == "promote":
-            self.best = src
-            self.counts["promote"] += 1
-        elif v.decision == "pending":
-            self.jobs.append(("confirm", src, parent, None))
 
     def run(self) -> list[float]:
         events = []

@@ -5,13 +5,33 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
-from agents.config import LitellmSpec
 from agents.errors import SpendingCapReached
 from agents.prompt import SYSTEM, fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
+
+
+class LitellmSpec(BaseModel):
+    """Any provider litellm knows; the key comes from the env var named by api_key_env."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["litellm"] = "litellm"
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    timeout_s: float = Field(default=120.0, gt=0)      # one HTTP call
+    max_retries: int = Field(default=4, ge=0)          # on 429, 5xx, timeouts, garbage
+    backoff_s: float = Field(default=2.0, ge=0)        # first retry delay, doubled each time
+    max_tokens: int = Field(default=4096, gt=0)
+    # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
 
 _NOT_RETRYABLE = ("AuthenticationError", "PermissionDeniedError", "NotFoundError",
                   "BadRequestError", "ContextWindowExceededError", "ContentPolicyViolationError",
@@ -117,10 +137,4 @@ class LitellmBackend:
         return self._ask(fix_prompt(ctx, log_tail))
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> LitellmBackend:
-    if isinstance(spec, dict):
-        spec = LitellmSpec.model_validate(spec)
-    return LitellmBackend(spec, seed=seed, agent=agent)
-
-
-register_backend("litellm", _factory)
+register_backend("litellm", LitellmBackend, LitellmSpec)

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
+import tenacity
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -59,26 +60,33 @@ def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis
         probe = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
     except ValueError as e:  # the message names the scheme, never the password
         raise LedgerError(f"bad redis URL: {str(e).splitlines()[0][:120]}") from None
-    deadline, said = time.monotonic() + wait_s, 0.0
-    while True:
+
+    def ping() -> None:
         try:
             probe.ping()
-            probe.close()
-            break
         except redis.AuthenticationError:
             raise LedgerError(f"redis at {where} refused the password in the redis URL") from None
         except redis.ResponseError as e:
             if "auth" in str(e).lower() or "NOAUTH" in str(e):
                 raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
             raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            now = time.monotonic()
-            if now >= deadline:
-                raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
-            if now - said >= 10:
-                said = now
-                log.warning("redis at %s unreachable; waiting up to %.0f s more", where, deadline - now)
-            time.sleep(0.2)
+        probe.close()
+
+    said = [0.0]
+
+    def say(state: tenacity.RetryCallState) -> None:
+        if time.monotonic() - said[0] >= 10:   # a restarted coordinator may wait minutes: say so
+            said[0] = time.monotonic()
+            log.warning("redis at %s unreachable; waiting up to %.0f s more", where,
+                        wait_s - state.seconds_since_start)
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(0.2),
+                          retry=tenacity.retry_if_exception_type(
+                              (redis.ConnectionError, redis.TimeoutError, OSError)),
+                          before_sleep=say, reraise=True)(ping)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
     retries = max(1, int(retry_s / 0.5))
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=10,

@@ -17,11 +17,10 @@ sample).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from agents.messages import Decision, ExperimentRecord, Job, StartedExperiment
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -281,24 +281,10 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_parquet_rows(rows: list[dict], path: Path) -> Path:
     """Write rows (ROW_SCHEMA) to parquet atomically (temp file, then os.replace)."""
     table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=ROW_SCHEMA)
-    return _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def read_parquet_rows(path: Path) -> list[dict]:
@@ -316,10 +302,9 @@ def _fmt(v) -> str:
 
 def _write_text(out, fn) -> None:
     if isinstance(out, (str, Path)):
-        def w(tmp):
-            with open(tmp, "w", newline="") as f:
-                fn(f)
-        _atomic_write(Path(out), w)
+        buf = io.StringIO(newline="")
+        fn(buf)
+        atomic_write(out, buf.getvalue())
     else:
         fn(out)
 

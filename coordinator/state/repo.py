@@ -17,6 +17,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from trainer.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 EDITABLE = "train.py"
@@ -222,10 +224,7 @@ class ResearchRepo:
         sha = object_id(kind, body)
         f = self.path / "objects" / sha[:2] / sha[2:]
         if not f.exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_name(f".{sha[2:]}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(zlib.compress(data, 1))
-            os.replace(tmp, f)
+            atomic_write(f, zlib.compress(data, 1))
         return sha
 
     def _tree_entries(self, commit: str) -> list[tuple[bytes, bytes, bytes]]:
@@ -276,18 +275,8 @@ class ResearchRepo:
         if d not in self._ref_dirs:
             os.makedirs(d, exist_ok=True)
             self._ref_dirs.add(d)
-        f = os.path.join(d, leaf)
-        tmp = os.path.join(d, f".{leaf}.tmp{os.getpid()}.{threading.get_ident()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:  # the directory was removed (git pack-refs --prune)
-            os.makedirs(d, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, (new + "\n").encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, f)
+        # atomic_write recreates the directory if git pack-refs --prune removed it
+        atomic_write(os.path.join(d, leaf), new + "\n")
 
     def merge_file(self, base: str, ours: str, theirs: str) -> tuple[str, bool]:
         """3-way merge of train.py; returns (merged text, clean)."""

@@ -7,7 +7,6 @@ import html
 import json
 import logging
 import math
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from coordinator.review.report.layout import layered_positions
 from coordinator.review.report.plot import program_colors, write_progress_png
 from coordinator.review.report.tables import (noise_by_class, program_table, record_status,
                                        status_counts)
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,7 @@ parent. Click a node for its record, its train.py diff against each parent and i
 <script>{_asset("page.js")}</script>
 </body></html>
 """
-    path = out_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    path = atomic_write(out_dir / "report.html", page)
     log.info("report: %d records, %d nodes, %.2fs -> %s", len(rows), G.number_of_nodes(),
              time.perf_counter() - t0, path)
     return path

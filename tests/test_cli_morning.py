@@ -7,7 +7,7 @@ import pytest
 from coordinator.cli import main
 from coordinator.state.home import SwarmHome
 from coordinator.state.ledger import write_parquet_rows
-from coordinator.review.report.synthetic import make_swarm
+from tests.synthetic import make_swarm
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ stack or conflicted), crashes, timeouts, invalid edits, suspect promotions, two 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +276,7 @@ def _write_logs(home: Path, rows: list[dict], rng: random.Random, n: int) -> Non
             lines.append("killed: hard time limit")
         else:
             lines.append(f"val_bpb: {r['val_bpb']:.6f}")
-        tmp = d / "run.log.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, d / "run.log")
+        atomic_write(d / "run.log", "\n".join(lines) + "\n")
 
 
 def lineage_graph(sw: SyntheticSwarm) -> nx.DiGraph:

@@ -162,7 +162,7 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     decisions = {k.decode(): v for k, v in coord.r.hgetall(led.key("decisions")).items()}
     from agents.messages import Decision
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
-    blob = lambda c: repo.blob_id(c)
+    blob = lambda c: repo.commit_files([c])[0][1]
     samples: dict[tuple[str, str], list[float]] = {}
     record_ids: list[str] = []
     moves = []
@@ -187,7 +187,7 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
                 delta = sum(old) / len(old) - sum(new) / len(new)
                 assert abs(delta - d.delta) < 1e-9, (delta, d)
                 if d.decision == "simplification":
-                    a, r = repo.diff_lines(d.best_before, d.best_after)
+                    a, r = line_delta(repo.show(d.best_before), repo.show(d.best_after))
                     assert a < r, d
                 else:
                     assert delta >= d.margin > 0, d

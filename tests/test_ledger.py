@@ -7,7 +7,7 @@ import json
 import redis
 
 from coordinator.decide.core import Coordinator
-from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows
+from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows, write_json_rows, write_tsv_rows
 from fake_runner import FakeAgent, baseline_text, drain_jobs
 from trainer.schema import ExperimentResult
 from agents.messages import ExperimentRecord, PromotionConfig, StartedExperiment
@@ -42,14 +42,14 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     assert set(rows[0]) == set(ROW_COLUMNS)
 
     buf = io.StringIO()
-    led.write_tsv(buf)
+    write_tsv_rows(led.rows(), buf)
     lines = buf.getvalue().splitlines()
     assert lines[0].split("\t")[:8] == ["commit", "val_bpb", "memory_gb", "status", "description",
                                          "agent", "program", "parent"]
     assert len(lines) == 8 and all(len(l.split("\t")) == len(ROW_COLUMNS) for l in lines)
 
     js = io.StringIO()
-    led.write_json(js)
+    write_json_rows(led.rows(), js)
     assert [r["experiment_id"] for r in json.loads(js.getvalue())] == [r["experiment_id"] for r in rows]
 
     snap = coord.snapshot()
@@ -58,7 +58,7 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     assert [r["experiment_id"] for r in back] == [r["experiment_id"] for r in rows]
     assert back[-1]["decision"] == "invalid"
     out = tmp_path / "x.tsv"
-    led.write_tsv(out)
+    write_tsv_rows(led.rows(), out)
     assert out.read_text() == buf.getvalue()
 
 

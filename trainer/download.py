@@ -78,14 +78,3 @@ def _fetch(url: str, dest: Path, timeout: float) -> Path:
     except (OSError, ConnectionError, urllib.error.URLError) as e:
         raise _Transient(f"{type(e).__name__}: {e}") from None
 
-
-def reachable(url: str, timeout: float = 2.0) -> bool:
-    """A quick HEAD: can the hub be reached at all?"""
-    try:
-        req = urllib.request.Request(url, method="HEAD")
-        with urllib.request.urlopen(req, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except Exception:
-        return False

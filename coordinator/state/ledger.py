@@ -270,12 +270,6 @@ class Ledger:
     def write_parquet(self, path: Path) -> Path:
         return write_parquet_rows(self.rows(), path)
 
-    def write_tsv(self, out: Path | IO[str]) -> None:
-        write_tsv_rows(self.rows(), out)
-
-    def write_json(self, out: Path | IO[str]) -> None:
-        write_json_rows(self.rows(), out)
-
 
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v

@@ -105,7 +105,8 @@ def parse_edit(raw: str | bytes) -> ParsedEdit:
             i += 1
             while True:
                 if i >= len(lines):
-                    raise InvalidEdit(f"truncated edit block (no {'=======' if part == 'search' else '>>>>>>> REPLACE'})")
+                    missing = "=======" if part == "search" else ">>>>>>> REPLACE"
+                    raise InvalidEdit(f"truncated edit block (no {missing})")
                 cur = lines[i]
                 if _SEARCH.match(cur):
                     raise InvalidEdit(f"nested SEARCH marker at line {i + 1}")

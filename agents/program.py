@@ -122,7 +122,7 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
             space.update(_SPACE.validate_python(raw))
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"] if not str(x) in ("log", "float", "int", "choice"))
+            loc = ".".join(str(x) for x in err["loc"] if str(x) not in ("log", "float", "int", "choice"))
             raise ProgramError(f"{source}: search_space.{loc}: {err['msg']}") from None
     return Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
 

@@ -286,25 +286,30 @@ def main(argv=None) -> int:
         st, perf = call("status"), call("perf")
         rep = lat["report_sync"]
         n = len(rep)
-        print(f"mode: {'in-process Coordinator' if args.in_process else f'Coordinator Ray actor, agents in {len(hosts)} Ray actors'}; "
+        mode = ("in-process Coordinator" if args.in_process
+                else f"Coordinator Ray actor, agents in {len(hosts)} Ray actors")
+        print(f"mode: {mode}; "
               f"{args.agents} agents, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, "
               f"redis fsync {args.fsync}")
         print(f"decisions: {n} ({dict(counts)}); best now {st['classes'][HW]['best'][:10]}, "
               f"sigma {st['classes'][HW]['sigma']:.4f}")
         for k in ("report_sync", "begin", "next_job"):
             xs = lat[k]
-            print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, p90 {pct(xs, 90) * 1000:.1f} ms, "
-                  f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")
+            print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, "
+                  f"p90 {pct(xs, 90) * 1000:.1f} ms, p99 {pct(xs, 99) * 1000:.1f} ms, "
+                  f"max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")
         calls = sum(len(v) for v in lat.values())
         print(f"CPU: coordinator {coord_cpu:.1f} s ({coord_cpu / max(calls, 1) * 1e3:.2f} ms per call, "
               f"{coord_cpu / elapsed * 100:.0f}% of a core); agent hosts {sum(r['cpu_s'] for r in results):.1f} s"
               f"{' (same process)' if args.in_process else ''}")
         if perf.get("decisions"):
             print(f"decision latency at the coordinator (arrival to durable decision): p50 "
-                  f"{perf['decision_p50_ms']:.1f} ms, p99 {perf['decision_p99_ms']:.1f} ms ({perf['decisions']} reports)")
+                  f"{perf['decision_p50_ms']:.1f} ms, p99 {perf['decision_p99_ms']:.1f} ms "
+                  f"({perf['decisions']} reports)")
         if perf.get("batches"):
-            print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, p99 {perf['batch_p99_ms']:.1f} ms, "
-                  f"{perf['mean_batch']:.1f} reports+begins per batch -> capacity ~{perf['capacity_per_s']:.0f}/s")
+            print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, "
+                  f"p99 {perf['batch_p99_ms']:.1f} ms, {perf['mean_batch']:.1f} reports+begins per batch "
+                  f"-> capacity ~{perf['capacity_per_s']:.0f}/s")
         under_load = max(full) * 1000 if full else float("nan")
         print(f"broadcasts under load: {len(full)} reached all {args.agents} agents, worst "
               f"{under_load:.1f} ms, median {statistics.median(full) * 1000 if full else float('nan'):.1f} ms"
@@ -313,7 +318,8 @@ def main(argv=None) -> int:
         if errors:
             print(f"{len(errors)} agent errors, first: {errors[0]}", file=sys.stderr)
         print(f"agent round trip of a report: p50 {pct(rep, 50) * 1000:.1f} ms, p99 {pct(rep, 99) * 1000:.1f} ms")
-        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} p50_ms={perf.get('decision_p50_ms', float('nan')):.1f} "
+        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} "
+              f"p50_ms={perf.get('decision_p50_ms', float('nan')):.1f} "
               f"p99_ms={perf.get('decision_p99_ms', float('nan')):.1f} broadcast_all_ms={under_load:.1f}")
         return 1 if errors else 0
     finally:

@@ -253,7 +253,7 @@ def _fast_import(repo: Path, commits: list[_Commit], state: dict) -> dict[int, s
         shas[int(m[1:])] = sha
     marks.unlink()
     refs = [f"update refs/heads/best/{hw} {shas[st['best']]}" for hw, st in state.items()]
-    for i, c in enumerate(commits, 1):
+    for i in range(1, len(commits) + 1):
         refs.append(f"update refs/experiments/c{i} {shas[i]}")
     refs.append(f"update refs/swarm/root {shas[1]}")
     refs.append(f"update refs/heads/main {shas[1]}")

@@ -234,7 +234,7 @@ class Ledger:
             chunk = self.r.xrange(self.key("ledger"), min=start, count=batch)
             if not chunk:
                 return
-            for eid, fields in chunk:
+            for _eid, fields in chunk:
                 f = {_s(k): _s(v) for k, v in fields.items()}
                 yield f["type"], f["id"], f["json"]
             last = _s(chunk[-1][0])

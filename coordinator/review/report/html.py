@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 PANEL_FIELDS = ("experiment_id", "kind", "agent", "program", "backend", "hardware_class", "seed",
                 "run_status", "status", "reason", "decision", "decision_reason", "val_bpb",
                 "confirm_bpb", "parent_val_bpb", "delta", "decision_delta", "margin", "sigma",
-                "samples", "suspect", "best_before", "best_after", "merge_commit", "lines_added", "lines_removed", "fix_attempts",
+                "samples", "suspect", "best_before", "best_after", "merge_commit", "lines_added",
+                "lines_removed", "fix_attempts",
                 "training_seconds", "total_seconds", "memory_gb", "peak_memory_mb", "steps", "prompt_tokens",
                 "completion_tokens", "cost_usd", "started_at", "finished_at", "job_id")
 NODE_FIELDS = ("status", "decision", "agent", "program", "hardware_class", "description",

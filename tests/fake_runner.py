@@ -152,7 +152,7 @@ KEPT = ("promote", "merge", "simplification")
 
 
 def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
-    """DESIGN.md invariants 1, 3, 4, 5 on a coordinator's ledger and repo.
+    """docs/architecture.md invariants 1, 3, 4, 5 on a coordinator's ledger and repo.
 
     best_seen: per hardware class, the best commits observed over time (in order).
     Invariant 1 is re-derived independently: the ledger stream is replayed, samples are pooled

@@ -1,4 +1,4 @@
-"""A randomized run that kills the coordinator, agents and redis at random times; then DESIGN.md
+"""A randomized run that kills the coordinator, agents and redis at random times; then docs/architecture.md
 invariants 1, 3, 4 and 5 are checked (fake_runner.check_invariants)."""
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ register_backend("echo", EchoBackend, EchoSpec)
 CHECK = '''
 import json, sys
 from pathlib import Path
-from agents.backends.base import ProposalContext, make_backend
+from agents.backends.base import ProposalContext, backend_types, make_backend
 from agents.program import Program
 from coordinator.run.config import ConfigError, load_config, resolve_backend
 
@@ -65,6 +65,7 @@ try:
     load_config(Path(sys.argv[2]), env={})
 except ConfigError as e:
     out["bad"] = str(e)
+out["known"] = sorted(backend_types())
 print(json.dumps(out))
 '''
 
@@ -75,11 +76,15 @@ def _install_plugin(site: Path) -> None:
     dist = site / "swarm_echo_backend-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: swarm-echo-backend\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\necho = swarm_echo_backend\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\necho = swarm_echo_backend\n"
+                                           "broken = swarm_broken_backend\n")
+    (site / "swarm_broken_backend.py").write_text("raise ImportError('needs a package that is not here')\n")
     (dist / "RECORD").write_text("")
 
 
 def test_entry_point_backend_validates_in_swarm_yaml_and_builds(tmp_path):
+    """A user's package with an entry point: swarm.yaml names its type, load_config validates
+    it against the package's model, make_backend builds it; a broken sibling is skipped."""
     site = tmp_path / "site"
     site.mkdir()
     _install_plugin(site)
@@ -102,6 +107,9 @@ def test_entry_point_backend_validates_in_swarm_yaml_and_builds(tmp_path):
     assert res["source"] == "X = 1\n# hihi\n"
     # the plugin's own model forbids unknown keys, like a built-in's
     assert res["bad"] == "bad.yaml: backend.colour: unknown key"
+    # a plugin that fails to import is skipped with a warning; the others still load
+    assert res["known"] == ["auto", "command", "echo", "litellm", "mutate"]
+    assert "backend plugin broken (swarm_broken_backend) failed to load: ImportError" in out.stderr
 
 
 def test_without_the_plugin_its_type_is_unknown_and_the_error_lists_the_known_types():

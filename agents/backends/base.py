@@ -129,7 +129,8 @@ class BackendType:
 
 _REGISTRY: dict[str, BackendType] = {}
 _loaded = False
-_load_lock = threading.Lock()
+_loading = False
+_load_lock = threading.RLock()   # re-entered when a plugin asks the registry while it loads
 
 
 def register_backend(name: str, factory: Callable[..., Backend], config: type[BaseModel]) -> None:
@@ -185,22 +186,26 @@ def make_backend(spec: BaseModel | dict[str, Any], *, seed: int = 0, agent: str 
 
 
 def _load() -> None:
-    global _loaded
+    global _loaded, _loading
     if _loaded:
         return
-    with _load_lock:
-        if _loaded:
+    with _load_lock:   # other threads wait here; the loading thread re-enters and returns
+        if _loaded or _loading:
             return
-        # Built-ins: every module of this package (imported here, not at package import: the
-        # litellm module must not import litellm itself until it is used).
-        import agents.backends as pkg
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            if mod.name != "base":
-                importlib.import_module(f"{pkg.__name__}.{mod.name}")
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                ep.load()
-            except Exception as e:  # a broken plugin must not take the built-ins down
-                log.warning("backend plugin %s (%s) failed to load: %s: %s",
-                            ep.name, ep.value, type(e).__name__, e)
-        _loaded = True
+        _loading = True
+        try:
+            # Built-ins: every module of this package (imported here, not at package import:
+            # the litellm module must not import litellm itself until it is used).
+            import agents.backends as pkg
+            for mod in pkgutil.iter_modules(pkg.__path__):
+                if mod.name != "base":
+                    importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    ep.load()
+                except Exception as e:  # a broken plugin must not take the built-ins down
+                    log.warning("backend plugin %s (%s) failed to load: %s: %s",
+                                ep.name, ep.value, type(e).__name__, e)
+            _loaded = True
+        finally:
+            _loading = False

@@ -17,7 +17,7 @@ from agents.config import AgentConfig
 from agents.edits import EDITABLE, line_delta
 from agents.errors import InvalidEdit, SpendingCapReached
 from agents.inflight import Inflight, kill_leftover
-from agents.ports import CoordinatorPort, RayCoordinator
+from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
 from agents.worktree import Worktree
 
@@ -43,28 +43,20 @@ def _hardware_class(cfg: AgentConfig) -> str:
     return hardware_class(cfg.profile or detect_profile(), device, cfg.threads)
 
 
-def _is_actor_handle(obj: Any) -> bool:
-    # A Ray handle has every method name, so the Protocol check alone would accept it.
-    import sys
-    ray_actor = sys.modules.get("ray.actor")
-    return ray_actor is not None and isinstance(obj, ray_actor.ActorHandle)
-
-
 class ResearchAgent:
     """One research agent. Build it directly for tests; agents.actor makes it a Ray actor.
 
-    `coordinator` is a CoordinatorPort or a Ray actor handle (wrapped in RayCoordinator).
+    `coordinator` is a CoordinatorPort: a Coordinator in-process, or a RayCoordinator around
+    the coordinator actor's handle (agents.actor and swarm run wrap it).
     `runner` defaults to trainer.runner.run_experiment, `backend` to make_backend(config.backend).
     Raises ProgramError for a malformed program, WorktreeError when the repo cannot be used."""
 
-    def __init__(self, config: AgentConfig | dict, coordinator: Any, *, runner: Runner | None = None,
+    def __init__(self, config: AgentConfig | dict, coordinator: CoordinatorPort, *, runner: Runner | None = None,
                  backend: Backend | None = None, hardware_class: str | None = None,
                  cuda_visible_devices: str | None = None):
         self.cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
         cfg = self.cfg
-        self.port: Any = coordinator
-        if _is_actor_handle(coordinator) or not isinstance(coordinator, CoordinatorPort):
-            self.port = RayCoordinator(coordinator, cfg.state_dir / "spool")
+        self.port = coordinator
         self.program: Program = (load_program(cfg.program_path, cfg.program_name)
                                  if cfg.program_path else parse_program(cfg.program_text, cfg.program_name))
         self.adopt = cfg.adopt or self.program.adopt or "if-better"
@@ -202,8 +194,7 @@ class ResearchAgent:
 
     # --- one iteration ---------------------------------------------------------------------
     def _iteration(self) -> None:
-        if isinstance(self.port, RayCoordinator):
-            self.port.flush()
+        self.port.flush()
         self.phase = "sync"
         job = self.port.next_job(self.cfg.name, self.hw)
         if job is not None:

@@ -95,7 +95,7 @@ class AgentHost:
         self.repo_lock = threading.Lock()
         self.texts: dict[str, str] = {}  # an agent knows the train.py it wrote
         self.lock = threading.Lock()
-        self.lat: dict[str, list[float]] = {"report_sync": [], "begin": [], "next_job": []}
+        self.lat: dict[str, list[float]] = {"report": [], "begin": [], "next_job": []}
         self.counts: dict[str, int] = defaultdict(int)
         self.recv: dict[int, list[float]] = defaultdict(list)
         self.errors: list[str] = []
@@ -153,7 +153,7 @@ class AgentHost:
                 self._call("begin", StartedExperiment(**common))
                 time.sleep(rng.uniform(*self.exp))  # "training"
                 val = true_bpb(text) + rng.gauss(0, 0.004)
-                reply = self._call("report_sync", ExperimentRecord(**common, status="ok", val_bpb=val,
+                reply = self._call("report", ExperimentRecord(**common, status="ok", val_bpb=val,
                                                                    confirm_bpb=val))
                 with self.lock:
                     self.counts[reply.decision.decision] += 1
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t_start
         coord_cpu = call("perf")["cpu_s"] - cpu0
         say("agents stopped")
-        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report_sync", "begin", "next_job")}
+        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report", "begin", "next_job")}
         counts: dict[str, int] = defaultdict(int)
         recv: dict[int, list[float]] = defaultdict(list)
         errors = [e for r in results for e in r["errors"]]
@@ -284,14 +284,14 @@ def main(argv=None) -> int:
         probe = [x for h in hosts for x in remote(h, "heard_times", probe_seq)]
         probe_ms = max(probe) * 1000 if len(probe) >= args.agents else float("nan")
         st, perf = call("status"), call("perf")
-        rep = lat["report_sync"]
+        rep = lat["report"]
         n = len(rep)
         print(f"mode: {'in-process Coordinator' if args.in_process else f'Coordinator Ray actor, agents in {len(hosts)} Ray actors'}; "
               f"{args.agents} agents, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, "
               f"redis fsync {args.fsync}")
         print(f"decisions: {n} ({dict(counts)}); best now {st['classes'][HW]['best'][:10]}, "
               f"sigma {st['classes'][HW]['sigma']:.4f}")
-        for k in ("report_sync", "begin", "next_job"):
+        for k in ("report", "begin", "next_job"):
             xs = lat[k]
             print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, p90 {pct(xs, 90) * 1000:.1f} ms, "
                   f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")

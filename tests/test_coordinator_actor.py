@@ -57,7 +57,7 @@ def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_loca
             time.sleep(0.2)
     assert after == before
     port = RayPort(again, ray)
-    assert port.report(r1) == d1  # a retried report after the restart: same answer, no double
+    assert port.report(r1).decision == d1  # a retried report after the restart: same answer, no double
     drain_jobs(port, agents)
     final = port.recent(HW, 10)
     by_id = {rec.experiment_id: d for rec, d in final}

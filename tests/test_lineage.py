@@ -28,7 +28,7 @@ def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url)
     M = coord.decisions[r2.experiment_id].merge_commit
     c = agents[0].commit(M, drop_pads(agents[0].text_at(M)), "drop pads")
     rs = agents[0].record(c, M, val=coord.best(HW).val_bpb + 0.0002)
-    assert coord.report(rs).decision == "simplification"
+    assert coord.report(rs).decision.decision == "simplification"
     coord.report(ExperimentRecord(experiment_id="inv-1", agent="a2", program="p", hardware_class=HW,
                                   parent=c, commit=None, status="invalid", reason="bad edit"))
 

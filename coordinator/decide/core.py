@@ -410,28 +410,30 @@ class Coordinator:
         self.ledger.add_started(started)
         self.started[started.experiment_id] = started
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
         current decision and appends nothing. `bundle`: git bundle bytes holding record.commit
         (from an agent on another node). Bad records are decided `rejected`, never raised.
         Raises LedgerError when redis stays unreachable past the retry window.
 
+        The reply also says whether next_job would hand the reporting agent a job right now and
+        what the latest best of its class is: what the agent asks at its next iteration
+        boundary, answered in the same call (through Ray each call costs ~1 ms of CPU on each side).
+
         Reports that queue up while a decision runs are decided together by the next lock
         holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
         (group commit: one fsync for the batch, not one per write)."""
-        return self._submit(Slot(record, bundle))
-
-    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
-        """report(), plus whether next_job would hand the reporting agent a job right now and
-        the latest best of its class: what the agent asks at its next iteration boundary,
-        answered in the same call (through Ray each call costs ~1 ms of CPU on each side)."""
-        d = self.report(record, bundle)
+        d = self._submit(Slot(record, bundle))
         hw = record.hardware_class
         # Outside the lock: read the cache, never fill it (a fill racing a publish could put an
         # older best back); before the first publish of this process, ask redis.
         best = self._latest.get(hw)
         return ReportReply(decision=d, job_waiting=self._job_waiting(record.agent, hw),
                            best=best if best is not None else self.best(hw))
+
+    def flush(self) -> int:
+        """Nothing to re-send: records reach this object directly, none is ever spooled. Returns 0."""
+        return 0
 
     def _job_waiting(self, agent: str, hardware_class: str) -> bool:
         """False when next_job(agent, hardware_class) would surely answer None now. Read
@@ -613,12 +615,12 @@ class Coordinator:
         # Outside the lock: a report queues like any other (one idempotent by its id, should the
         # agent's own report of the same experiment arrive first).
         for s in begun:
-            self.report(ExperimentRecord(
+            self._submit(Slot(ExperimentRecord(
                 experiment_id=s.experiment_id, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
                 program=s.program, hardware_class=s.hardware_class, parent=s.parent,
                 commit=s.commit, description=s.description, status="crash",
                 reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
-                started_at=s.started_at, finished_at=time.time()))
+                started_at=s.started_at, finished_at=time.time())))
         with self._lock:
             self.jobs.release(agent)
             self.jobs.update_offers()

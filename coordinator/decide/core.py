@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from coordinator.state import broadcast
+from coordinator.state import broadcast, keys
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.groupcommit import GroupCommit, Slot
 from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
@@ -231,7 +231,7 @@ class Coordinator:
                       val_bpb=s.mean if s.n else float("nan"),
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
                       experiment_id=exp_id, decision=decision)
-        broadcast.publish(self.r, b)
+        broadcast.set_latest(self.r, b)
         self._latest[hw] = b
         return b
 
@@ -290,7 +290,7 @@ class Coordinator:
         else:  # same seq: the value of the same commit got one more sample (written with the batch)
             s = self._samples_of(hw, best)
             self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
-            self.ledger.set(broadcast.best_key(self.swarm_id, hw), key.model_dump_json())
+            self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())
 
     def _verdict_decision(self, rec: ExperimentRecord, v: Verdict, sigma: float, **kw) -> Decision:
         return self._dec(rec, v.decision, v.reason, delta=v.delta, margin=v.margin, sigma=sigma,
@@ -562,7 +562,7 @@ class Coordinator:
 
     def heartbeat(self, agent: str, status: dict) -> None:
         """Store an agent's status (read by the live view and `swarm status`)."""
-        self.r.hset(self.ledger.key("agents"), agent, json.dumps({**status, "ts": time.time()}))
+        self.r.hset(keys.agents(self.swarm_id), agent, json.dumps({**status, "ts": time.time()}))
 
     def fetch(self, commit: str) -> bytes:
         """A git bundle containing `commit`. Raises CoordinatorError for an unknown commit."""

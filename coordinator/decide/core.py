@@ -252,8 +252,8 @@ class Coordinator:
             self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
-            if st is not None and st["done"] and st["job"]["for_experiment"]:
-                self._give_up(st["job"]["for_experiment"], f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
+            if st is not None and st.done and st.job.for_experiment:
+                self._give_up(st.job.for_experiment, f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
         if not self.commits.has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
@@ -272,7 +272,7 @@ class Coordinator:
             return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self._sigma(hw),
                              samples=self._samples_of(hw, rec.commit).n)
         if rec.kind in ("confirm", "verify"):
-            orig = st["job"]["for_experiment"] if st else None
+            orig = st.job.for_experiment if st else None
             if orig is None or orig not in self.records:
                 return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)")
             od = self._rejudge(orig)

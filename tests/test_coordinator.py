@@ -345,7 +345,7 @@ def test_reports_queued_during_a_decision_are_decided_together_once_each(coord, 
     for t in threads:
         t.join(timeout=30)
     assert results == {r.experiment_id: "discard" for r in recs}
-    assert any(n == len(recs) for n, _ in coord._batches)  # the 12 queued begins: one batch
+    assert any(n == len(recs) for n, _ in coord.stats.batches)  # the 12 queued begins: one batch
     assert ledger_records() == before + len(recs)
     # The same reports again, concurrently: the same answers and nothing appended.
     threads = [threading.Thread(target=send, args=(r,)) for r in recs]

@@ -26,13 +26,12 @@ from coordinator.state.repo import RepoError, ResearchRepo, merge_texts, object_
 from coordinator.decide.noise import SampleBook
 from coordinator.decide.perf import PerfStats
 from coordinator.decide.rules import Verdict, is_suspect, judge
+from coordinator.decide.snapshots import Snapshots
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                              ReportReply, StartedExperiment)
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
-SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -78,10 +77,7 @@ class Coordinator:
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._history: dict[str, tuple[str, set[str]]] = {}
         self._bests: dict[str, str] = {}
-        # Automatic parquet snapshots (_run_batch).
-        self._since_snapshot = 0
-        self._snap_thread: threading.Thread | None = None
-        self._snap_at = 0.0
+        self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
         self._load()
 
     # -- rebuilding from redis and git ----------------------------------------------------------
@@ -94,7 +90,7 @@ class Coordinator:
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
-        self._since_snapshot, self._snap_at = 0, 0.0
+        self.snapshots.reset()
         self._load()
 
     def _load(self) -> None:
@@ -449,22 +445,9 @@ class Coordinator:
                         sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
                     sl.finish()
                 self.stats.batch_done(len(batch), time.perf_counter() - t0)
-        if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
-                and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
-                and (self._snap_thread is None or not self._snap_thread.is_alive())):
-            # Off the decision lock, one at a time: a snapshot reads the whole ledger back from
-            # redis (O(records)); done inside the lock it held up every report behind it.
-            self._since_snapshot, self._snap_at = 0, time.monotonic()
-            self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
-                                                 name="ledger-snapshot")
-            self._snap_thread.start()
+        if not self._stale:
+            self.snapshots.maybe_start()
         return self.refwriter.take()
-
-    def _background_snapshot(self) -> None:
-        try:
-            self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
-        except Exception as e:  # the next one (or the final snapshot()) will try again
-            log.warning("automatic snapshot failed: %s", str(e).splitlines()[0][:200])
 
     def _report_one(self, record: ExperimentRecord, bundle: bytes | None) -> Decision:
         d = self.decisions.get(record.experiment_id)
@@ -480,7 +463,7 @@ class Coordinator:
             self.ledger.add_record(record)
             self.records[record.experiment_id] = record
             self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
-        self._since_snapshot += 1
+        self.snapshots.count()
         return self._decide(self.records[record.experiment_id])
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
@@ -578,8 +561,4 @@ class Coordinator:
         """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
         self.flush_refs()
         with self._lock:
-            self._since_snapshot = 0
-            self.ledger.flush()
-            if self._snap_thread is not None:
-                self._snap_thread.join()  # never let an older automatic one land after this
-            return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
+            return self.snapshots.write()

@@ -9,6 +9,9 @@ from coordinator.state.ledger import Ledger
 
 
 class BestKeys:
+    """Writes and caches the latest-best key of every class: under the decision lock, except
+    cached(), which reads without it."""
+
     def __init__(self, r, ledger: Ledger, swarm_id: str, book: SampleBook):
         self.r, self.ledger, self.swarm_id, self.book = r, ledger, swarm_id, book
         self._latest: dict[str, Broadcast | None] = {}

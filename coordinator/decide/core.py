@@ -40,8 +40,9 @@ class CoordinatorError(RuntimeError):
 
 
 class Coordinator:
-    """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
-    status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
+    """The agent-facing port (agents.ports.CoordinatorPort: begin, report, next_job, best,
+    recent, heartbeat, fetch, flush), plus the admin calls status, perf, reconcile_dead_agent,
+    snapshot and flush_refs (decide/actor.py's ADMIN_METHODS). State lives in redis and git; this object is a
     cache rebuilt from them on construction, so it may be killed and re-created at any time."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,

@@ -34,6 +34,9 @@ class JobState(BaseModel):
 
 
 class JobBoard:
+    """Every job's JobState by id, with indexes of the open ones; reads and writes the ledger's
+    `jobs` hash."""
+
     def __init__(self, ledger: Ledger, lease_s: float):
         self.ledger, self.lease_s = ledger, lease_s
         self._rng = random.Random()

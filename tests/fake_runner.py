@@ -117,7 +117,7 @@ class FakeAgent:
     def run_job(self, coord, job: Job):
         rec = self.record(job.commit, job.parent, kind=job.kind, job=job)
         coord.begin(self.started(rec))
-        return coord.report(rec)
+        return coord.report(rec).decision
 
     def experiment(self, coord, parent: str, description: str, **values):
         """Edit constants on `parent`, commit, measure, report; returns (record, decision)."""
@@ -125,7 +125,7 @@ class FakeAgent:
         c = self.commit(parent, text, description)
         rec = self.record(c, parent, description=description)
         coord.begin(self.started(rec))
-        return rec, coord.report(rec)
+        return rec, coord.report(rec).decision
 
 
 def confirm_shift(text: str) -> float:

@@ -90,17 +90,17 @@ def test_appends_are_idempotent(tmp_path, redis_url):
 def test_automatic_snapshot_is_written_in_the_background(tmp_path, redis_url, monkeypatch):
     import time
 
-    import coordinator.decide.core as core
+    import coordinator.decide.snapshots as snapshots
 
-    monkeypatch.setattr(core, "SNAPSHOT_EVERY", 3)
-    monkeypatch.setattr(core, "SNAPSHOT_MIN_GAP_S", 0.0)
+    monkeypatch.setattr(snapshots, "SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr(snapshots, "SNAPSHOT_MIN_GAP_S", 0.0)
     coord, agents, r1, r2 = scenario(tmp_path, redis_url)  # 7 records: at least one automatic snapshot
     snap = tmp_path / "home" / "snapshots" / "ledger.parquet"
     deadline = time.monotonic() + 30
     while not snap.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert coord._snap_thread is not None  # it ran on its own thread, not under the decision lock
-    coord._snap_thread.join(timeout=30)
+    assert coord.snapshots.thread is not None  # it ran on its own thread, not under the decision lock
+    coord.snapshots.thread.join(timeout=30)
     ids = {r["experiment_id"] for r in read_parquet_rows(snap)}
     assert r1.experiment_id in ids
     assert coord.snapshot() == snap and len(read_parquet_rows(snap)) == 7

@@ -35,6 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from agents.messages import Decision, ExperimentRecord, Job, StartedExperiment
+from coordinator.state import keys
 from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class Ledger:
     def __init__(self, client, swarm_id: str):
         self.r = client
         self.swarm_id = swarm_id
-        self.prefix = f"swarm:{swarm_id}:"
+        self.prefix = keys.prefix(swarm_id)
         self._append = client.register_script(_APPEND)
         self._pipe = None
 
@@ -185,7 +186,7 @@ class Ledger:
             self._pipe.execute()
 
     def key(self, name: str) -> str:
-        return self.prefix + name
+        return keys.ledger_key(self.swarm_id, name)
 
     # -- writing ------------------------------------------------------------------------------
     def _add(self, typ: str, hash_name: str, id: str, payload: str, overwrite: bool) -> bool:

@@ -34,7 +34,7 @@ def _scalar(v):
 
 
 def _scalar_copy(G: nx.DiGraph, *, dot: bool = False) -> nx.DiGraph:
-    H = nx.DiGraph()
+    H = nx.DiGraph(name="lineage") if dot else nx.DiGraph()  # DOT: `digraph lineage {`
     for n, a in G.nodes(data=True):
         attrs = {k: _scalar(v) for k, v in a.items() if _scalar(v) is not None}
         if dot:

@@ -362,7 +362,7 @@ def test_agent_tells_the_study_every_run(tmp_path, redis_url, monkeypatch):
 def test_report_has_a_search_section_per_study(tmp_path, redis_url):
     from coordinator.review.report import build_report
     from coordinator.review.report.search import load_studies
-    from coordinator.review.report.synthetic import lineage_graph, make_swarm
+    from tests.synthetic import lineage_graph, make_swarm
 
     client = redis.Redis.from_url(redis_url)
     assert load_studies(client, "sw1") == []          # no study: no section, optuna not needed

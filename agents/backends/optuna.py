@@ -25,16 +25,23 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from agents.backends import optuna_study as S
 from agents.backends.base import Proposal, ProposalContext, make_backend, register_backend
-from agents.errors import BackendError, InvalidEdit, ProgramError, SpendingCapReached
+from agents.errors import AgentError, InvalidEdit, ProgramError, SpendingCapReached
 
 log = logging.getLogger(__name__)
 
 LLM_TAG = "llm: "
+_NOT_LLM = ("optuna", "mutate", "auto")   # `auto` may stand for mutate
 _TRIAL_TAG = re.compile(r"^optuna #(\d+):")
 _MAX_ASKS = 10
+
+
+class StudyUnavailable(AgentError):
+    """The study cannot be used now: no storage configured, redis unreachable, or the agent's
+    hardware class not known yet. A proposal then returns it as its `error`."""
 
 
 class OptunaSpec(BaseModel):
@@ -56,22 +63,21 @@ class OptunaSpec(BaseModel):
     def _llm(cls, v):
         if v is None:
             return None
-        # agents.config imports this module: its specs are looked up at validation time
-        from agents.config import CommandSpec, LitellmSpec
+        from agents.backends.base import backend_config
 
-        if not isinstance(v, (LitellmSpec, CommandSpec)):
-            kind = v.get("type") if isinstance(v, dict) else None
-            model = {"litellm": LitellmSpec, "command": CommandSpec}.get(kind)
-            if model is None:
-                raise ValueError(f"type {kind!r} is not an LLM backend (litellm or command)")
-            try:
-                v = model.model_validate(v)
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"])
-                raise ValueError(f"{where}: " + ("unknown key" if err["type"] == "extra_forbidden"
-                                                 else err["msg"])) from None
-        if isinstance(v, LitellmSpec) and not v.api_key_env and not v.api_base:
+        kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+        if kind in _NOT_LLM:
+            raise ValueError(f"type {kind!r} is not an LLM backend (litellm, command, or a plugin's)")
+        try:
+            v = backend_config(v)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ValueError((f"{where}: " if where else "") + ("unknown key" if err["type"] ==
+                             "extra_forbidden" else err["msg"])) from None
+        except PydanticCustomError as e:
+            raise ValueError(str(e)) from None
+        if hasattr(v, "api_key_env") and not v.api_key_env and not getattr(v, "api_base", None):
             raise ValueError("api_key_env: the LLM has no key (name the env variable that holds "
                              "it, or give api_base for a local server)")
         return v
@@ -137,7 +143,7 @@ class OptunaBackend:
 
             url = os.environ.get(self.spec.storage_env)
             if not url:
-                raise BackendError(f"optuna: no study storage: {self.spec.storage_env} is not set "
+                raise StudyUnavailable(f"optuna: no study storage: {self.spec.storage_env} is not set "
                                    "(swarm run sets it to the swarm's redis)")
             self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         return self._client
@@ -198,7 +204,7 @@ class OptunaBackend:
                 return fn(*args)
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
                 if time.monotonic() + delay > deadline:
-                    raise BackendError(f"optuna: the study's redis is unreachable: "
+                    raise StudyUnavailable(f"optuna: the study's redis is unreachable: "
                                        f"{type(e).__name__}") from None
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
@@ -217,7 +223,7 @@ class OptunaBackend:
         try:
             with self._lock:
                 return self._retry(self._propose_trial, ctx)
-        except (BackendError, ProgramError) as e:
+        except (StudyUnavailable, ProgramError) as e:
             return Proposal(error=str(e))
 
     def _ready(self, ctx: ProposalContext):
@@ -225,7 +231,7 @@ class OptunaBackend:
         self._locate(ctx)
         study = self._bind(ctx.source)
         if study is None:
-            raise BackendError("optuna: the hardware class is not known yet (no record seen)")
+            raise StudyUnavailable("optuna: the hardware class is not known yet (no record seen)")
         self._flush()
         return study
 
@@ -276,7 +282,7 @@ class OptunaBackend:
                 self._retry(self._ready, ctx)
                 note = self._note()
                 base, _ = S.params_of(ctx.source, ctx.program, self._where[1])
-        except (BackendError, ProgramError) as e:
+        except (StudyUnavailable, ProgramError) as e:
             log.warning("%s: the LLM's prompt goes without the study: %s", self.agent, e)
         if note:
             ctx = dataclasses.replace(ctx, program=ctx.program.model_copy(
@@ -336,7 +342,7 @@ class OptunaBackend:
             try:
                 if self._retry(self._bind, source) is not None:
                     self._retry(self._flush)
-            except BackendError as e:
+            except StudyUnavailable as e:
                 log.warning("%s: %d result(s) wait for the study: %s", self.agent, len(self._queue), e)
             except Exception:
                 log.exception("%s: telling the study failed", self.agent)
@@ -390,10 +396,4 @@ class OptunaBackend:
         study.add_trial(t)
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> OptunaBackend:
-    if isinstance(spec, dict):
-        spec = OptunaSpec.model_validate(spec)
-    return OptunaBackend(spec, seed=seed, agent=agent)
-
-
-register_backend("optuna", _factory)
+register_backend("optuna", OptunaBackend, OptunaSpec)

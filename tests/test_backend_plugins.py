@@ -108,7 +108,7 @@ def test_entry_point_backend_validates_in_swarm_yaml_and_builds(tmp_path):
     # the plugin's own model forbids unknown keys, like a built-in's
     assert res["bad"] == "bad.yaml: backend.colour: unknown key"
     # a plugin that fails to import is skipped with a warning; the others still load
-    assert res["known"] == ["auto", "command", "echo", "litellm", "mutate"]
+    assert res["known"] == ["auto", "command", "echo", "litellm", "mutate", "optuna"]
     assert "backend plugin broken (swarm_broken_backend) failed to load: ImportError" in out.stderr
 
 
@@ -116,7 +116,7 @@ def test_without_the_plugin_its_type_is_unknown_and_the_error_lists_the_known_ty
     with pytest.raises(ConfigError) as e:
         parse_config({"backend": {"type": "echo", "text": "hi"}}, env={})
     assert str(e.value) == ("swarm.yaml: backend: unknown backend type 'echo' "
-                            "(known: auto, command, litellm, mutate)")
+                            "(known: auto, command, litellm, mutate, optuna)")
     with pytest.raises(ConfigError, match=r"^swarm.yaml: programs.0.backend: a backend needs a `type`"):
         parse_config({"programs": [{"name": "b", "backend": {"model": "m"}}]}, env={})
 

@@ -110,17 +110,27 @@ def test_config_errors_are_one_line_naming_the_key(backend_yaml, msg):
     assert "\n" not in str(e.value) and str(e.value).startswith("swarm.yaml: ")
 
 
-def test_swarm_run_refuses_an_optuna_program_it_cannot_express(tmp_path):
+@pytest.mark.parametrize("yaml_text,error,msg", [
+    ("backend: {type: optuna}\nprograms: [{name: explore}]\n", ProgramError,
+     r"explore.md: search_space.MODEL_DIM: Optuna's int grid"),
+    ("backend: {type: optuna, llm: {type: litellm, model: m, api_key_env: NOPE_KEY_X}}\n"
+     "programs: [{name: baseline}]\n", ConfigError,
+     r"programs.0.backend.llm.api_key_env: environment variable NOPE_KEY_X is not set"),
+])
+def test_swarm_run_refuses_what_optuna_cannot_use_before_creating_anything(tmp_path, monkeypatch,
+                                                                          yaml_text, error, msg):
     from types import SimpleNamespace
 
     from coordinator.run.swarm import plan
 
-    (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms: [{name: explore}]\n")
+    monkeypatch.delenv("NOPE_KEY_X", raising=False)
+    (tmp_path / "swarm.yaml").write_text(yaml_text)
     args = SimpleNamespace(config=str(tmp_path / "swarm.yaml"), budget=None, seed=None, profile="cpu",
                            gpus=None, address=None, agents=1, redis_url=None, hours=None,
                            swarm_home=str(tmp_path / "h"), max_experiments=1, plain=True, verbose=False)
-    with pytest.raises(ProgramError, match="search_space.MODEL_DIM"):
+    with pytest.raises(error, match=msg) as e:
         plan(args)
+    assert "\n" not in str(e.value)
     assert not (tmp_path / "h").exists()
 
 

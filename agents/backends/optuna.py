@@ -236,8 +236,6 @@ class OptunaBackend:
         return study
 
     def _propose_trial(self, ctx: ProposalContext) -> Proposal:
-        from optuna.trial import TrialState
-
         study = self._ready(ctx)
         hw = self._where[1]
         dists = S.distributions(ctx.source, ctx.program, hw)
@@ -251,7 +249,7 @@ class OptunaBackend:
         for n in unrun[:-1]:
             self._give_up(n, "its base moved before it ran")
         trials = [self._outstanding[unrun[-1]]] if unrun else []
-        for i in range(_MAX_ASKS):
+        for _ in range(_MAX_ASKS):
             trial = trials.pop() if trials else study.ask(fixed_distributions=dists)
             if trial.number not in self._outstanding:
                 self._outstanding[trial.number] = trial

@@ -61,7 +61,7 @@ def scatter_png(view) -> bytes:
         d = view.distributions[n]
         cat = isinstance(d, CategoricalDistribution)
 
-        def x_of(v):
+        def x_of(v, d=d, cat=cat):
             return d.choices.index(v) if cat and v in d.choices else v
 
         for origin in sorted({r["origin"] for r in ok}):

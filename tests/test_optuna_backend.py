@@ -237,6 +237,19 @@ def test_an_unrun_prepared_trial_moves_to_the_new_base_and_a_restart_fails_lefto
     assert t.state.name == "FAIL" and "restarted" in t.user_attrs["not_run"]
 
 
+def test_a_stopped_swarm_fails_the_trials_that_never_ran(redis_url):
+    a, b = backend(redis_url, "a0"), backend(redis_url, "a1")
+    done = run_one(a)
+    left = [a.propose(ctx()), b.propose(ctx())]
+    assert S.fail_running(redis.Redis.from_url(redis_url), "sw1", "the swarm stopped") == 2
+    trials = {t.number: t for t in a.study.get_trials()}
+    assert trials[trial_number(done.description)].state.name == "COMPLETE"
+    for p in left:
+        t = trials[trial_number(p.description)]
+        assert t.state.name == "FAIL" and t.user_attrs["not_run"] == "the swarm stopped"
+    assert S.fail_running(redis.Redis.from_url(redis_url), "sw1", "again") == 0
+
+
 def test_cmaes_sampler_proposes_inside_the_space(redis_url):
     import optuna
 

@@ -213,6 +213,22 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int, x0: dict | None = 
     raise ValueError(f"unknown sampler {kind!r} (known: {', '.join(SAMPLERS)})")
 
 
+def fail_running(client, swarm_id: str, why: str) -> int:
+    """Tell FAIL (user attr `not_run`) every trial still RUNNING in the swarm's studies: once
+    every agent has stopped, none of them will be told (a proposal prepared during an agent's
+    last run). Returns how many. Used by `swarm run` as it stops."""
+    from optuna.trial import TrialState
+
+    storage = journal_storage(client, swarm_id)
+    n = 0
+    for s in storage.get_all_studies():
+        for t in storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_user_attr(t._trial_id, "not_run", why)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+    return n
+
+
 @dataclass
 class StudyView:
     """What the report shows of one study: trials as plain rows, importances, best params."""

@@ -123,6 +123,7 @@ class Supervisor:
                 print("\nstopping: waiting for in-flight runs to record themselves...", flush=True)
             self._stop_agents()
             self._watch_redis()  # the snapshot and the summary read it
+            self._close_studies(url)
             self._snapshot()
             self._final_summary(url)
         finally:
@@ -226,6 +227,24 @@ class Supervisor:
         for name in list(self.refs):
             with contextlib.suppress(Exception):
                 ray.get(self.coord.reconcile_dead_agent.remote(name), timeout=30)
+
+    def _close_studies(self, url: str) -> None:
+        """Every agent has stopped: the optuna trials still RUNNING (proposals prepared during
+        an agent's last run) will never be told; say so in the study (FAIL, `not_run`)."""
+        if not any(s["backend"].get("type") == "optuna" for s in self.p.agent_specs):
+            return
+        import redis
+
+        from agents.backends.optuna_study import fail_running
+        client = redis.Redis.from_url(url)
+        try:
+            n = fail_running(client, self.info["swarm_id"], "the swarm stopped before it ran")
+            if n:
+                log.info("optuna: %d prepared trial(s) never ran: told FAIL (not_run)", n)
+        except Exception as e:  # the studies are a convenience; stopping must go on
+            log.warning("optuna: could not close the studies' running trials: %s", type(e).__name__)
+        finally:
+            client.close()
 
     def _snapshot(self) -> None:
         import ray

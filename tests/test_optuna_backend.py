@@ -248,6 +248,11 @@ def test_a_stopped_swarm_fails_the_trials_that_never_ran(redis_url):
         t = trials[trial_number(p.description)]
         assert t.state.name == "FAIL" and t.user_attrs["not_run"] == "the swarm stopped"
     assert S.fail_running(redis.Redis.from_url(redis_url), "sw1", "again") == 0
+    # the report counts them apart from failures: their points were never trained
+    from coordinator.review.report.search import load_studies, search_html
+    (view,) = load_studies(redis.Redis.from_url(redis_url), "sw1")
+    assert sorted(r["state"] for r in view.rows) == ["COMPLETE", "NOT_RUN", "NOT_RUN"]
+    assert "(complete 1, not run 2)" in search_html([view])
 
 
 def test_cmaes_sampler_proposes_inside_the_space(redis_url):

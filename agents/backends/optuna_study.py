@@ -235,7 +235,7 @@ class StudyView:
     name: str
     program: str
     hardware_class: str
-    rows: list[dict]                 # number, state, value, params, origin, agent
+    rows: list[dict]                 # number, state (or NOT_RUN), value, params, origin, agent
     distributions: dict
     importances: dict[str, float]
     best_params: dict | None
@@ -271,7 +271,9 @@ def study_views(client, swarm_id: str) -> list[StudyView]:
         rows, dists = [], {}
         for t in trials:
             dists.update(t.distributions)
-            rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+            # a trial that was proposed but never trained is not a failure of its point
+            state = "NOT_RUN" if t.user_attrs.get("not_run") else t.state.name
+            rows.append({"number": t.number, "state": state, "value": t.value,
                          "params": dict(t.params), "origin": t.user_attrs.get("origin", "?"),
                          "agent": t.user_attrs.get("agent"),
                          "experiment_id": t.user_attrs.get("experiment_id")})

@@ -72,8 +72,8 @@ def scatter_png(view) -> bytes:
                            label=origin, linewidths=0)
         bad = [x_of(r["params"][n]) for r in view.rows if r["state"] == "FAIL" and n in r["params"]]
         if bad:
-            ax.scatter(bad, [1.0] * len(bad), marker="x", s=18, color="black", alpha=0.6,
-                       transform=ax.get_xaxis_transform(), label="failed")
+            ax.scatter(bad, [0.98] * len(bad), marker="x", s=18, color="black", alpha=0.6,
+                       transform=ax.get_xaxis_transform(), label="failed", clip_on=False)
         if view.best_params and n in view.best_params and view.best_value is not None:
             ax.scatter([x_of(view.best_params[n])], [view.best_value], s=90, facecolors="none",
                        edgecolors="black", linewidths=1.4, label="best")
@@ -116,7 +116,7 @@ def search_html(studies: list) -> str:
         states: dict[str, int] = {}
         for r in v.rows:
             states[r["state"]] = states.get(r["state"], 0) + 1
-        counts = ", ".join(f"{k.lower()} {n}" for k, n in sorted(states.items()))
+        counts = ", ".join(f"{k.lower().replace('_', ' ')} {n}" for k, n in sorted(states.items()))
         out.append(f"<div class='study' data-study='{html.escape(v.name)}'>"
                    f"<h3>{html.escape(v.program)} on {html.escape(v.hardware_class)}</h3>"
                    f"<p class='summary'><span>trials: <b>{len(v.rows)}</b> ({counts})</span>")

@@ -177,3 +177,9 @@ def _check_cluster_gpus(p: Plan) -> None:
     if need > have:
         ray.shutdown()
         raise SwarmError(f"asked for {need} GPU(s) but the Ray cluster at {p.address} has {have}")
+    res = p.cfg.agents.resource
+    if res and p.n_agents > ray.cluster_resources().get(res, 0):
+        have = ray.cluster_resources().get(res, 0)
+        ray.shutdown()
+        raise SwarmError(f"{p.n_agents} agent(s) need one {res!r} each but the Ray cluster at "
+                         f"{p.address} has {have:g} (agents.resource)")

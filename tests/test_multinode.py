@@ -93,6 +93,24 @@ def _worker_node(address: str, temp_dir: str, cpus: str, resources: str, agent_p
         time.sleep(3600)
 
 
+def _submit(dashboard: str, spec: str) -> int:
+    """Submit a job through the Jobs API, print its logs as they grow, then `JOB STATUS: X`."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    job = client.submit_job(**json.loads(spec))
+    printed = 0
+    while True:
+        status = client.get_job_status(job)
+        logs = client.get_job_logs(job)
+        print(logs[printed:], end="", flush=True)
+        printed = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            print(f"\nJOB STATUS: {status.value}", flush=True)
+            return 0
+        time.sleep(1)
+
+
 def _driver(argv: list[str]) -> int:
     """`swarm run` with every agent actor built with FakeRunner(MN_RUN_S seconds)."""
     import agents.actor
@@ -204,6 +222,7 @@ class Cluster:
         env = dict(self.env, SWARM_NODE_HOME=str(self.base / name / "home"),
                    SWARM_NODE_DATA_DIR=str(self.base / name / "data"))
         node = Node(name, self.base, env, [self.address, str(agents), json.dumps({AGENT_RESOURCE: agents})])
+        node.env_home = env["SWARM_NODE_HOME"]
         self.nodes.append(node)
         return node
 
@@ -219,7 +238,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("mn"))
     try:
-        c.head()
+        c.head(dashboard=True)  # the Jobs API (test_ray_job_submit) needs it
         yield c
     finally:
         c.shutdown()
@@ -314,19 +333,24 @@ def safe_ledger(home: Path):
         return None
 
 
-def clone_of(node_home: Path, agent: str) -> Path:
+def clone_of(node_home: Path, rows: list[dict], agent: str) -> Path:
     """The agent's checkout on its node (one folder per swarm under SWARM_NODE_HOME)."""
-    found = list(node_home.glob(f"*/worktrees/{agent}"))
-    assert len(found) == 1, found
-    return found[0]
+    return node_home / rows[0]["swarm_id"] / "worktrees" / agent
 
 
 # --- the tests ------------------------------------------------------------------------------
 
+def live_worker(cluster: Cluster, name: str) -> Node:
+    w = next((n for n in cluster.nodes if n.name != "head" and n.proc.poll() is None), None)
+    if w is None:
+        w = cluster.worker(name)
+        w.wait_started()
+    return w
+
+
 @pytest.mark.slow
 def test_swarm_across_nodes(cluster):
-    w1 = cluster.worker("w1")
-    w1.wait_started()
+    live_worker(cluster, "w1")
     proc, home = start_swarm(cluster, "s1", "--max-experiments", "4")
     watch = BestWatch(home)
     finish(proc, home.parent, watch)
@@ -343,7 +367,7 @@ def test_swarm_across_nodes(cluster):
     node_home = cluster.base / "w1" / "home"
     baseline = git(home / "repo.git", "rev-list", "--max-parents=0", "best/" + rows[0]["hardware_class"])
     for agent in agents:
-        wt = clone_of(node_home, agent)
+        wt = clone_of(node_home, rows, agent)
         # its own clone (a .git folder, no alternates), never a worktree of the head's repo
         assert (wt / ".git").is_dir() and not (wt / ".git" / "objects" / "info" / "alternates").exists()
         assert str(home) not in (wt / ".git" / "config").read_text()
@@ -367,17 +391,14 @@ def test_swarm_across_nodes(cluster):
     assert adopted, "no agent ever built on a best it did not make"
     for r in adopted:
         assert subprocess.run(["git", "cat-file", "-e", r["parent"]],
-                              cwd=clone_of(node_home, r["agent"])).returncode == 0
+                              cwd=clone_of(node_home, rows, r["agent"])).returncode == 0
     print(f"\nacross nodes: {len(rows)} records, {len(started)} started, best moved {len(moves)} times "
           f"({len(watch.seen)} distinct best commits seen)")
 
 
 @pytest.mark.slow
 def test_node_loss_mid_run(cluster):
-    w = next((n for n in cluster.nodes if n.name == "w1" and n.proc.poll() is None), None)
-    if w is None:
-        w = cluster.worker("w1")
-        w.wait_started()
+    w = live_worker(cluster, "w1")
     proc, home = start_swarm(cluster, "s2", "--max-experiments", "3", run_s=6.0)
     watch = BestWatch(home)
     log = home / "logs" / "swarm.log"
@@ -430,7 +451,7 @@ def test_node_loss_mid_run(cluster):
     assert sorted(a for _, a in resumed) == ["a0-optimizer", "a1-optimizer"], text[-3000:]
     after = [r for r in rows if r["started_at"] and r["started_at"] > joined]
     assert {r["agent"] for r in after} == {"a0-optimizer", "a1-optimizer"}
-    assert clone_of(cluster.base / "w2" / "home", "a0-optimizer").is_dir()
+    assert (clone_of(cluster.base / "w2" / "home", rows, "a0-optimizer") / ".git").is_dir()
     moves = [r for r in rows if r.get("best_after") and r["best_after"] != r.get("best_before")]
     import datetime
     lag = [datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() - joined for t, _ in resumed]
@@ -441,7 +462,37 @@ def test_node_loss_mid_run(cluster):
           f"the new node joined, first run began after {first_run:.1f} s")
 
 
+@pytest.mark.slow
+def test_ray_job_submit(cluster):
+    """`ray job submit -- swarm run --address auto` through the Jobs API, with the real trainer:
+    the job's driver runs on the head, its agent on a worker."""
+    w = live_worker(cluster, "w3")
+    base = cluster.base / "job"
+    base.mkdir()
+    (base / "swarm.yaml").write_text(SWARM_YAML)
+    spec = {"entrypoint": f"swarm run --address auto --config {base / 'swarm.yaml'} --agents 1 "
+                          "--budget 3 --max-experiments 1",
+            # no SWARM_HOME: a job's swarm defaults to ~/.swarm on the head (HOME is the cluster's)
+            "runtime_env": {"env_vars": {"PYTHONUNBUFFERED": "1", "SWARM_DATA_DIR": str(base / "data")}}}
+    res = subprocess.run([sys.executable, "-m", "tests.test_multinode", "submit",
+                          f"http://127.0.0.1:{cluster.dashboard}", json.dumps(spec)],
+                         env=cluster.env, cwd=base, capture_output=True, text=True, timeout=800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "JOB STATUS: SUCCEEDED" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
+    home = cluster.base / "home" / ".swarm"
+    counts, rows, started = ledger(home)
+    assert counts["started"] == counts["records"] >= 2, counts
+    assert {r["kind"] for r in rows} >= {"baseline", "experiment"}
+    assert all(r["agent"] == "a0-optimizer" for r in rows)
+    assert "[swarm] " in res.stdout  # the job's log is the swarm's terminal
+    # the agent trained on the worker, the swarm's state stayed on the head's SWARM_HOME
+    assert (clone_of(Path(w.env_home), rows, "a0-optimizer") / ".git").is_dir()
+    assert (home / "repo.git").is_dir() and not (home / "worktrees").exists()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "worker-node":
         _worker_node(*sys.argv[2:])
+    if sys.argv[1] == "submit":
+        sys.exit(_submit(*sys.argv[2:]))
     sys.exit(_driver(sys.argv[1:]))

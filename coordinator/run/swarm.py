@@ -136,6 +136,11 @@ def plan(args) -> Plan:
         check_ray_address(address)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     home = resolve_home(args.swarm_home, cfg.swarm_home)
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
+            args.swarm_home or os.environ.get("SWARM_HOME") or cfg.swarm_home):
+        # Inside `ray job submit` the working directory may be Ray's temporary copy of
+        # --working-dir, gone with the job: the swarm's state goes to the head's home instead.
+        home = Path.home() / ".swarm"
     _check_same_budget(SwarmHome(home), profile, budget)
     cfg.budget = budget
     return Plan(cfg=cfg, home=home, profile=profile,

@@ -399,7 +399,7 @@ def test_swarm_across_nodes(cluster):
 @pytest.mark.slow
 def test_node_loss_mid_run(cluster):
     w = live_worker(cluster, "w1")
-    proc, home = start_swarm(cluster, "s2", "--max-experiments", "3", run_s=6.0)
+    proc, home = start_swarm(cluster, "s2", "--max-experiments", "2", run_s=5.0)
     watch = BestWatch(home)
     log = home / "logs" / "swarm.log"
 
@@ -416,7 +416,7 @@ def test_node_loss_mid_run(cluster):
         return None
 
     wait(proc, mid_experiment, "both agents mid-experiment", 240, watch)
-    time.sleep(1.0)  # well inside the 6 s runs
+    time.sleep(1.0)  # well inside the 5 s runs
     _, rows, started = ledger(home)
     inflight = started - {r["experiment_id"] for r in rows}
     w.kill()

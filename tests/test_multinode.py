@@ -187,9 +187,8 @@ class Node:
         raise AssertionError(f"node {self.name} did not start:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        with_pid = self.proc.pid  # its session and process group
-        try:
-            os.killpg(with_pid, signal.SIGKILL)
+        try:  # the node's session leader: its pid is the process group's id
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
@@ -210,8 +209,8 @@ class Cluster:
     def head(self, dashboard: bool = False) -> Node:
         args = ["--head", f"--port={self.gcs}", "--num-cpus=1", f"--ray-client-server-port={free_port()}",
                 "--disable-usage-stats"]
-        args += ([f"--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}"]
-                 if dashboard else ["--include-dashboard=false"])
+        args += (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={self.dashboard}"] if dashboard else ["--include-dashboard=false"])
         node = Node("head", self.base, self.env, args)
         self.nodes.append(node)
         node.wait_started()

@@ -99,6 +99,7 @@ def _submit(dashboard: str, spec: str) -> int:
 
     client = JobSubmissionClient(dashboard)
     job = client.submit_job(**json.loads(spec))
+    print(f"JOB ID: {job}", flush=True)
     printed = 0
     while True:
         status = client.get_job_status(job)
@@ -489,9 +490,49 @@ def test_ray_job_submit(cluster):
     assert (home / "repo.git").is_dir() and not (home / "worktrees").exists()
 
 
+@pytest.mark.slow
+def test_ray_job_stop_is_a_clean_stop(cluster):
+    """`ray job stop` (SIGTERM to the driver) stops the swarm as Ctrl-C does: in-flight runs
+    record themselves, nothing is lost, the embedded redis is stopped."""
+    live_worker(cluster, "w4")
+    base = cluster.base / "jobstop"
+    base.mkdir()
+    (base / "swarm.yaml").write_text(SWARM_YAML)
+    home = base / "home"
+    spec = {"entrypoint": f"python -m tests.test_multinode run --address auto --config {base / 'swarm.yaml'} "
+                          "--agents 2 --budget 5",
+            "runtime_env": {"env_vars": {"SWARM_HOME": str(home), "SWARM_DATA_DIR": str(base / "data"),
+                                         "MN_RUN_S": "30", "RAY_JOB_STOP_WAIT_TIME_S": "120"}}}
+    dash = f"http://127.0.0.1:{cluster.dashboard}"
+    tail = subprocess.Popen([sys.executable, "-m", "tests.test_multinode", "submit", dash, json.dumps(spec)],
+                            env=cluster.env, cwd=base, stdout=open(base / "job.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def training():
+        led = safe_ledger(home) if (home / "swarm.json").exists() else None
+        return led is not None and led[0]["started"] >= 2 and led[0]["records"] == 0
+
+    wait(tail, training, "the baseline runs to start", 240)
+    redis_pid = int((home / "redis" / "redis.pid").read_text())
+    job = re.search(r"JOB ID: (\S+)", (base / "job.log").read_text()).group(1)
+    subprocess.run([sys.executable, "-m", "tests.test_multinode", "stop-job", dash, job],
+                   env=cluster.env, check=True, capture_output=True, timeout=60)
+    tail.wait(timeout=300)
+    out = (base / "job.log").read_text()
+    assert "JOB STATUS: STOPPED" in out, out[-3000:]
+    assert "stopping: waiting for in-flight runs" in out, out[-3000:]
+    assert not Path(f"/proc/{redis_pid}").exists(), "the embedded redis outlived the job"
+    counts, rows, started = ledger(home)   # brought back from its AOF: swarm run stopped it
+    assert counts["started"] == counts["records"] == len(rows) >= 2, counts
+    assert {(r["status"], r["reason"]) for r in rows} == {("crash", "stopped")}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "worker-node":
         _worker_node(*sys.argv[2:])
     if sys.argv[1] == "submit":
         sys.exit(_submit(*sys.argv[2:]))
+    if sys.argv[1] == "stop-job":
+        from ray.job_submission import JobSubmissionClient
+        sys.exit(0 if JobSubmissionClient(sys.argv[2]).stop_job(sys.argv[3]) else 1)
     sys.exit(_driver(sys.argv[1:]))

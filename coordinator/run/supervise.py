@@ -11,7 +11,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +114,9 @@ class Supervisor:
         log.info("%s swarm %s in %s", "resuming" if resumed else "starting", self.info["swarm_id"],
                  self.home.root)
         self.home.write_pid()
+        if threading.current_thread() is threading.main_thread():
+            # `ray job stop` sends SIGTERM: stop as on Ctrl-C, in-flight runs recording themselves
+            signal.signal(signal.SIGTERM, _interrupt)
         interrupted = False
         try:
             url = self._redis()
@@ -339,6 +344,10 @@ class Supervisor:
 def _baseline_text() -> str:
     import importlib.resources
     return (importlib.resources.files("trainer") / "baseline" / "train.py").read_text()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _node_lost(err: Exception) -> bool:

@@ -1,8 +1,10 @@
 """The one place ResearchAgent becomes a Ray actor: one GPU per agent where there are GPUs,
-a configurable number of CPUs where there are none."""
+a configurable number of CPUs where there are none, and the agent's paths as its node sees them."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from agents.agent import ResearchAgent
@@ -10,8 +12,38 @@ from agents.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
+# Set in a node's environment (its `ray start`) to give the agents on that node their own
+# place for clones, agent state and run logs (a folder per swarm under it), and for prepared
+# data, instead of the paths `swarm run` chose on the head.
+NODE_HOME_ENV = "SWARM_NODE_HOME"
+NODE_DATA_ENV = "SWARM_NODE_DATA_DIR"
 
-class _GpuAgent(ResearchAgent):
+
+def node_view(config: AgentConfig | dict) -> AgentConfig:
+    """`config` with this node's SWARM_NODE_HOME and SWARM_NODE_DATA_DIR applied, when set.
+
+    Under a node home the research repo is never on this node: the agent works in its own
+    clone fed by bundles through the coordinator (agents/worktree.py), and prepares the
+    swarm's data in the node's data dir (ResearchAgent._ensure_data)."""
+    cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
+    update: dict[str, Any] = {}
+    if os.environ.get(NODE_HOME_ENV):
+        # one folder per swarm: agents keep their names from one swarm to the next
+        update.update(swarm_home=Path(os.environ[NODE_HOME_ENV]) / (cfg.swarm_id or "swarm"),
+                      repo_path=None)
+    if os.environ.get(NODE_DATA_ENV):
+        update["data_dir"] = Path(os.environ[NODE_DATA_ENV])
+    return cfg.model_copy(update=update) if update else cfg
+
+
+class _NodeAgent(ResearchAgent):
+    """ResearchAgent with its paths as this node sees them (node_view)."""
+
+    def __init__(self, config, coordinator, **kw):
+        super().__init__(node_view(config), coordinator, **kw)
+
+
+class _GpuAgent(_NodeAgent):
     """ResearchAgent that gives its runs the GPU Ray assigned to this actor."""
 
     def __init__(self, config, coordinator, **kw):
@@ -31,7 +63,8 @@ def agent_actor(config: AgentConfig | dict, *, gpus: int = 0, cpus: float = 1,
     max_concurrency=4 so stop()/status() answer while run() loops. The actor is named
     `agent-<name>`. max_restarts defaults to 0: a restarted actor would re-run __init__, which
     records the dead run as crash and cleans the worktree; the caller usually does that itself
-    by creating a new actor with the same name."""
+    by creating a new actor with the same name. `options` go to Ray as they are, e.g.
+    resources={"swarm_gpu": 1} to place agents only on nodes that offer that resource."""
     import ray
 
     cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
@@ -40,4 +73,4 @@ def agent_actor(config: AgentConfig | dict, *, gpus: int = 0, cpus: float = 1,
     if namespace:
         opts["namespace"] = namespace
     opts.update(options)
-    return ray.remote(_GpuAgent if gpus else ResearchAgent).options(**opts)
+    return ray.remote(_GpuAgent if gpus else _NodeAgent).options(**opts)

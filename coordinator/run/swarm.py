@@ -119,6 +119,11 @@ def plan(args) -> Plan:
         check_ray_address(address)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     home = resolve_home(args.swarm_home, cfg.swarm_home)
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
+            args.swarm_home or os.environ.get("SWARM_HOME") or cfg.swarm_home):
+        # Inside `ray job submit` the working directory may be Ray's temporary copy of
+        # --working-dir, gone with the job: the swarm's state goes to the head's home instead.
+        home = Path.home() / ".swarm"
     _check_same_budget(SwarmHome(home), profile, budget)
     cfg.budget = budget
     return Plan(cfg=cfg, home=home, profile=profile,
@@ -160,3 +165,9 @@ def _check_cluster_gpus(p: Plan) -> None:
     if need > have:
         ray.shutdown()
         raise SwarmError(f"asked for {need} GPU(s) but the Ray cluster at {p.address} has {have}")
+    res = p.cfg.agents.resource
+    if res and p.n_agents > ray.cluster_resources().get(res, 0):
+        have = ray.cluster_resources().get(res, 0)
+        ray.shutdown()
+        raise SwarmError(f"{p.n_agents} agent(s) need one {res!r} each but the Ray cluster at "
+                         f"{p.address} has {have:g} (agents.resource)")

@@ -416,3 +416,39 @@ def test_report_has_a_search_section_per_study(tmp_path, redis_url):
     page_without = build_report(sw.rows, lineage_graph(sw), repo_path=sw.repo_path,
                                 swarm_home=tmp_path / "home", out_dir=tmp_path / "out2").read_text()
     assert "id='search'" not in page_without
+
+
+def test_agent_in_mixed_mode_records_llm_edits_and_tells_their_constants(tmp_path, redis_url, monkeypatch):
+    from agents.agent import ResearchAgent
+    from agents.config import AgentConfig
+    from tests.fake_coordinator import FakeCoordinator, fake_runner, make_research_repo
+
+    monkeypatch.setenv("SWARM_REDIS_URL", redis_url)
+    monkeypatch.setenv("FAKE_KEY", "sk-fake")
+    make_research_repo(tmp_path / "home")
+    with FakeLLMServer([("ok", _llm_answer())]) as srv:
+        llm = {"type": "litellm", "model": "openai/fake", "api_base": srv.url, "api_key_env": "FAKE_KEY",
+               "max_retries": 0}
+        cfg = AgentConfig(name="mx", program_name="tiny", program_text=TINY_PROGRAM, seed=1,
+                          swarm_id="swm", swarm_home=tmp_path / "home", hardware_class=HW, budget=1.0,
+                          backend={"type": "optuna", "llm": llm, "llm_share": 0.5, "n_startup_trials": 2})
+        coord = FakeCoordinator(tmp_path / "home" / "repo.git")
+        agent = ResearchAgent(cfg, coord, runner=fake_runner())
+        agent.run(max_experiments=8)
+        asked = len(srv.requests)
+    exps = [r for r in coord.records.values() if r.kind == "experiment"]
+    from_llm = [r for r in exps if r.description.startswith("llm: ")]
+    assert len(exps) == 8 and all(r.backend == "optuna" for r in exps)
+    assert from_llm and len(from_llm) <= asked          # prepared-ahead answers may go unused
+    trials = {t.user_attrs.get("experiment_id"): t for t in agent.backend.study.get_trials()}
+    trained = [r for r in from_llm if r.status == "ok"]
+    assert trained
+    for r in from_llm:
+        # DEPTH 4 -> 7 became a trial at DEPTH 7; once a kept edit has DEPTH 7 the LLM's
+        # SEARCH no longer applies: an invalid record, nothing trained, nothing told
+        t = trials.get(r.experiment_id)
+        if r.status == "ok":
+            assert t.params["DEPTH"] == 7 and t.user_attrs["origin"] == "llm"
+            assert t.value == pytest.approx(r.val_bpb)
+        else:
+            assert r.status == "invalid" and t is None

@@ -452,3 +452,28 @@ def test_agent_in_mixed_mode_records_llm_edits_and_tells_their_constants(tmp_pat
             assert t.value == pytest.approx(r.val_bpb)
         else:
             assert r.status == "invalid" and t is None
+
+
+# --- the default backend -------------------------------------------------------------------------
+
+def test_auto_without_a_key_is_optuna_where_optuna_can_express_the_program(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from agents.backends.auto import resolve_auto
+    from coordinator.run.swarm import plan
+
+    base = load_program(shipped_programs_dir() / "baseline.md")
+    explore = load_program(shipped_programs_dir() / "explore.md")
+    assert resolve_auto({}, base) == {"type": "optuna"}
+    assert resolve_auto({}, explore) == {"type": "mutate"}         # MODEL_DIM's grid
+    assert resolve_auto({}, base, local=False) == {"type": "mutate"}  # other nodes lack the URL
+    assert resolve_auto({}) == {"type": "mutate"}                   # built directly: no program
+    assert resolve_auto({"ANTHROPIC_API_KEY": "k"}, base)["type"] == "litellm"
+    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "swarm.yaml").write_text("programs: [{name: baseline}, {name: explore}]\n")
+    args = SimpleNamespace(config=str(tmp_path / "swarm.yaml"), budget=None, seed=None, profile="cpu",
+                           gpus=None, address=None, agents=2, redis_url=None, hours=None,
+                           swarm_home=str(tmp_path / "h"), max_experiments=1, plain=True, verbose=False)
+    specs = {s["program_name"]: s["backend"] for s in plan(args).agent_specs}
+    assert specs == {"baseline": {"type": "optuna"}, "explore": {"type": "mutate"}}

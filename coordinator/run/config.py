@@ -211,11 +211,13 @@ def resolve_program(entry: ProgramEntry, base: Path, source: str = "swarm.yaml",
     return p.resolve()
 
 
-def resolve_backend(backend, env: dict[str, str] | None = None) -> dict:
-    """The concrete backend (as a dict for AgentConfig): `auto` becomes litellm or mutate."""
+def resolve_backend(backend, env: dict[str, str] | None = None, program=None,
+                    local: bool = True) -> dict:
+    """The concrete backend (as a dict for AgentConfig): `auto` becomes litellm, optuna (for
+    `program`, on one node) or mutate (see agents.backends.auto)."""
     if backend.type != "auto":
         return backend.model_dump(exclude_none=True)
-    return resolve_auto(env)
+    return resolve_auto(env, program, local)
 
 
 def assign_programs(programs: list[ProgramEntry], n_agents: int) -> list[int]:

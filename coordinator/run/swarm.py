@@ -98,7 +98,9 @@ def plan(args) -> Plan:
     specs = []
     for i, j in enumerate(assign_programs(cfg.programs, n)):
         entry = cfg.programs[j]
-        backend = resolve_backend(entry.backend or cfg.backend)
+        backend = resolve_backend(entry.backend or cfg.backend,
+                                  program=load_program(programs[j], entry.label()),
+                                  local=address is None)
         for where, b in (("backend", backend), ("backend.llm", backend.get("llm") or {})):
             key_env = b.get("api_key_env")
             if key_env and not os.environ.get(key_env):

@@ -37,10 +37,14 @@ def node_view(config: AgentConfig | dict) -> AgentConfig:
 
 
 class _NodeAgent(ResearchAgent):
-    """ResearchAgent with its paths as this node sees them (node_view)."""
+    """ResearchAgent with its paths as this node sees them (node_view), talking to the
+    coordinator actor through a RayCoordinator whose spool lives on this node."""
 
-    def __init__(self, config, coordinator, **kw):
-        super().__init__(node_view(config), coordinator, **kw)
+    def __init__(self, config, coordinator_handle, **kw):
+        from agents.ports import RayCoordinator
+
+        cfg = node_view(config)
+        super().__init__(cfg, RayCoordinator(coordinator_handle, cfg.state_dir / "spool"), **kw)
 
 
 class _GpuAgent(_NodeAgent):
@@ -57,8 +61,8 @@ class _GpuAgent(_NodeAgent):
 
 def agent_actor(config: AgentConfig | dict, *, gpus: int = 0, cpus: float = 1,
                 max_restarts: int = 0, namespace: str | None = None, **options: Any):
-    """An actor class for this agent: `agent_actor(cfg, gpus=1).remote(cfg, port)`, where port is
-    a CoordinatorPort (RayCoordinator(coordinator_handle, cfg.state_dir / "spool")).
+    """An actor class for this agent: `agent_actor(cfg, gpus=1).remote(cfg, coordinator_handle)`.
+    The actor builds its own port (a RayCoordinator spooling under its node's state dir).
 
     max_concurrency=4 so stop()/status() answer while run() loops. The actor is named
     `agent-<name>`. max_restarts defaults to 0: a restarted actor would re-run __init__, which

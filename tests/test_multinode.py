@@ -527,6 +527,23 @@ def test_ray_job_stop_is_a_clean_stop(cluster):
     assert {(r["status"], r["reason"]) for r in rows} == {("crash", "stopped")}
 
 
+@pytest.mark.slow
+def test_agent_resource_on_a_private_local_ray(tmp_path):
+    """agents.resource without --address: the private local Ray offers one unit per agent."""
+    (tmp_path / "swarm.yaml").write_text(SWARM_YAML)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SWARM_HOME=str(tmp_path / "home"),
+               SWARM_DATA_DIR=str(tmp_path / "data"), MN_RUN_S="1")
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-m", "tests.test_multinode", "run", "--config",
+                        str(tmp_path / "swarm.yaml"), "--agents", "2", "--budget", "5",
+                        "--max-experiments", "1", "--plain"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts, rows, _ = ledger(tmp_path / "home")
+    assert counts["started"] == counts["records"] >= 4
+    assert {r["agent"] for r in rows} == {"a0-optimizer", "a1-optimizer"}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "worker-node":
         _worker_node(*sys.argv[2:])

@@ -148,6 +148,28 @@ def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int
     return out
 
 
+def warm_up(coord, agents: list[FakeAgent], vals=(2.0, 2.002, 1.998), hw: str = "cpu-fake") -> int:
+    """The first round (every agent runs the unchanged baseline) and the repeats of it the
+    coordinator schedules until sigma has min_dof degrees of freedom; `vals` are the measured
+    values, used in turn. Returns how many baseline runs there were."""
+    n = 0
+    for _ in range(50):
+        got = False
+        for a in agents:
+            job = coord.next_job(a.name, hw)
+            if job is None:
+                continue
+            assert job.kind == "baseline", job
+            got = True
+            rec = a.record(job.commit, job.parent, kind="baseline", job=job, val=vals[n % len(vals)])
+            coord.begin(a.started(rec))
+            coord.report(rec)
+            n += 1
+        if not got:
+            return n
+    raise AssertionError("baseline jobs never stopped")
+
+
 KEPT = ("promote", "merge", "simplification")
 
 

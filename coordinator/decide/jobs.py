@@ -15,6 +15,10 @@ from coordinator.state.ledger import Ledger
 from agents.messages import ExperimentRecord, Job
 
 JOB_MAX_ATTEMPTS = 3  # a job whose run crashes is handed out again this many times
+# Which open job an idle agent gets first: repeats of best (its re-measure and the samples
+# sigma needs) come before verifications, which come before confirmations: every later
+# decision leans on best's mean and on sigma.
+PRIORITY = {"baseline": 0, "verify": 1, "confirm": 2}
 
 
 class JobBoard:
@@ -74,16 +78,52 @@ class JobBoard:
         return job
 
     def lease(self, agent: str, hw: str) -> Job | None:
-        """The oldest open job of the class this agent may take: its own lease, a free one, or one
-        whose lease ran out."""
+        """The open job of the class this agent may take (its own lease, a free one, or one whose
+        lease ran out), by PRIORITY of its kind, then oldest first."""
         now = time.time()
+        mine = [j for j in self._open.get(hw, {}) if self.jobs[j]["agent"] == agent]
+        if mine:  # the job it holds (it asked again after a restart)
+            job_id = mine[0]
+        else:
+            free = [j for j in self._open.get(hw, {}) if self.jobs[j]["agent"] is None
+                    or now - (self.jobs[j]["leased_at"] or 0) > self.lease_s]
+            if not free:
+                return None
+            job_id = min(free, key=lambda j: (PRIORITY.get(self.jobs[j]["job"]["kind"], 9),
+                                              self.jobs[j].get("created", 0)))
+        st = self.jobs[job_id]
+        st["agent"], st["leased_at"] = agent, now
+        self.ledger.update_job(job_id, st)
+        return Job.model_validate(st["job"])
+
+    def take_repeat(self, agent: str, hw: str, commit: str) -> Job | None:
+        """An agent new to the class runs an open repeat of best as its first baseline (rather
+        than one more run on top of the repeats sigma still needs), when one is free."""
         for job_id in self._open.get(hw, {}):
             st = self.jobs[job_id]
-            if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.lease_s:
-                st["agent"], st["leased_at"] = agent, now
+            j = st["job"]
+            if j["kind"] == "baseline" and j["commit"] == commit and st["agent"] is None:
+                st["agent"] = st["for_agent"] = agent
+                st["leased_at"] = time.time()
+                self._baselined.add((agent, hw))
                 self.ledger.update_job(job_id, st)
-                return Job.model_validate(st["job"])
+                return Job.model_validate(j)
         return None
+
+    def open_jobs(self, hw: str, kind: str | None = None) -> list[dict]:
+        """The open jobs' states of a class (of one kind), oldest first."""
+        return [self.jobs[j] for j in self._open.get(hw, {})
+                if kind is None or self.jobs[j]["job"]["kind"] == kind]
+
+    def cancel(self, job_id: str, why: str) -> None:
+        """Close an open job nobody needs any more (best moved on). A run of it still in flight
+        reports as usual: its record is a sample."""
+        st = self.jobs.get(job_id)
+        if st is None or st["done"]:
+            return
+        st["done"], st["cancelled"] = True, why
+        self._open.get(st["job"]["hardware_class"], {}).pop(job_id, None)
+        self.ledger.update_job(job_id, st)
 
     def finished(self, rec: ExperimentRecord) -> dict | None:
         """Close the job a record ran (or, when the run died, hand it out again: the run died, not

@@ -250,7 +250,9 @@ def _judge_audit(rec, d, fd, best, best_samples, sigma, cfg, land, on_best, chai
     if best_samples:
         n_b = len(best_samples)
         best_mean = sum(best_samples) / n_b
-        margin = getattr(d, "margin_best", None)
+        # The coordinator's own margin against best when its decision records one (it always
+        # does since judging every result against best); else what its rule gave at the time.
+        margin = d.margin if getattr(d, "samples_best", 0) else None
         if margin is None:
             net = rec.lines_added - rec.lines_removed
             margin = margin_for(cfg, standard_error(sigma, 1, n_b), net)

@@ -28,6 +28,22 @@ def lost_winner_rows(records: Iterable[tuple[ExperimentRecord, Decision | None]]
     return rows
 
 
+def lost_winners_from_rows(rows: list[dict], on_best) -> list[dict]:
+    """The same audit over ledger rows (one per record with its latest decision), for
+    `swarm status` and the report. `on_best(commit) -> bool`."""
+    out = []
+    for r in rows:
+        if (r.get("kind") or "experiment") != "experiment" or r.get("run_status") != "ok":
+            continue
+        if not r.get("beat_best") or r.get("best_after") or on_best(r.get("commit")):
+            continue
+        out.append({"experiment_id": r.get("experiment_id"), "agent": r.get("agent"),
+                    "description": r.get("description"), "delta": r.get("delta_best"),
+                    "margin": r.get("margin"), "decision": r.get("decision"),
+                    "why": REASONS.get(r.get("decision"), "LOST"), "reason": r.get("decision_reason")})
+    return out
+
+
 def lost_winners(coord, hw: str) -> list[dict]:
     """The audit over a live Coordinator's state for one hardware class (call under no lock:
     it takes the coordinator's)."""

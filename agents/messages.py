@@ -179,9 +179,9 @@ class PromotionConfig(_Model):
     min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
                          "(the coordinator schedules repeats of the baseline until then): with fewer, "
                          "even the Student-t margin rests on a sigma that is often half the true one")
-    best_samples: int = Field(3, ge=1, description="a new best is re-measured (top-priority runs of it, "
-                              "new seeds) until it has this many samples: the sample that made it best "
-                              "was selected for being low")
+    best_remeasures: int = Field(2, ge=0, description="top-priority runs (new seeds) of each new best; "
+                                 "from the first on, those alone are its reference: the samples that "
+                                 "made it best were selected for being low")
     job_lease_s: float | None = Field(None, gt=0, description="a job handed out but not reported within "
                                       "this many seconds is handed out again; null: derived from the "
                                       "runs (1.5 x the longest run, start-up and evaluation included, "

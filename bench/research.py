@@ -225,7 +225,7 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
             continue
         d = Decision.model_validate_json(js)
         rec = records.get(id)
-        if rec is not None and id not in seen:
+        if rec is not None and id not in seen and getattr(d, "stage", None) != "sigma":  # a wait: no judgment
             seen.add(id)
             if rec.status == "ok" and d.decision != "rejected" and rec.val_bpb is not None:
                 samples.setdefault(blob(rec.commit), []).append(rec.val_bpb)
@@ -247,19 +247,20 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
 def _judge_audit(rec, d, fd, best, best_samples, sigma, cfg, land, on_best, chain_blobs, blob, repo,
                  res: ArmResult) -> None:
     reached = rec.commit in on_best or blob(rec.commit) in chain_blobs
-    if best_samples:
+    # The coordinator's own judgment against best when its decision records one (it does since
+    # every result is judged against best: delta, margin, samples of best); else (the code
+    # before) what its rule gave against the best of that moment, replayed here.
+    if getattr(d, "samples_best", 0) and d.delta is not None and d.margin is not None:
+        delta, margin = d.delta, d.margin
+    elif best_samples:
         n_b = len(best_samples)
-        best_mean = sum(best_samples) / n_b
-        # The coordinator's own margin against best when its decision records one (it always
-        # does since judging every result against best); else what its rule gave at the time.
-        margin = d.margin if getattr(d, "samples_best", 0) else None
-        if margin is None:
-            net = rec.lines_added - rec.lines_removed
-            margin = margin_for(cfg, standard_error(sigma, 1, n_b), net)
-        if best_mean - rec.val_bpb > margin and not reached and fd.decision not in REASONS:
-            res.lost_winners += 1
-            res.lost.append((rec.experiment_id, round(best_mean - rec.val_bpb, 4), round(margin, 4),
-                             fd.decision, fd.reason[:60]))
+        delta = sum(best_samples) / n_b - rec.val_bpb
+        margin = margin_for(cfg, standard_error(sigma, 1, n_b), rec.lines_added - rec.lines_removed)
+    else:
+        delta = margin = None
+    if delta is not None and delta > margin and not reached and fd.decision not in REASONS:
+        res.lost_winners += 1
+        res.lost.append((rec.experiment_id, round(delta, 4), round(margin, 4), fd.decision, fd.reason[:60]))
     true_best = land.true_bpb(repo.show(best))
     if land.true_bpb(repo.show(rec.commit)) < true_best - 2 * land.sigma:
         res.true_wins += 1
@@ -356,8 +357,8 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
     out("")
     out(f"landscape: baseline {land.baseline:.4f}, optimum {land.optimum:.4f} (max gain "
         f"{land.max_gain:.4f}), noise sigma {land.sigma}; target gain {target:.4f}")
-    out(f"{'arm':<12} {'runs':>5} {'true gain (mean ± sd)':>22} {'capture':>8} {'to target':>16} "
-        f"{'lost':>5} {'recall':>7} {'moves/exp':>10}")
+    out(f"{'arm':<12} {'runs':>5} {'exps':>5} {'true gain (mean ± sd)':>22} {'capture':>8} "
+        f"{'to target':>16} {'lost':>5} {'recall':>7} {'moves/exp':>10}")
     line = {}
     for arm, rs in results.items():
         if not rs:
@@ -376,7 +377,8 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
         rec = sum(r.true_wins_reached for r in rs) / tw if tw else float("nan")
         exps = sum(r.experiments for r in rs)
         mv = sum(r.moves for r in rs) / exps if exps else float("nan")
-        out(f"{arm:<12} {runs:>5.0f} {gain:>22} {cap:>8.3f} {tt:>16} {lost:>5} {rec:>7.3f} {mv:>10.4f}")
+        out(f"{arm:<12} {runs:>5.0f} {exps / len(rs):>5.0f} {gain:>22} {cap:>8.3f} {tt:>16} {lost:>5} "
+            f"{rec:>7.3f} {mv:>10.4f}")
         line[arm] = dict(gain=_mean([r.gain for r in rs]), capture=cap, lost=lost, recall=rec, moves=mv,
                          results=rs)
     out("  (to target: mean runs r / wall-clock t in budgets, over the seeds that reached it)")

@@ -186,6 +186,9 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
     blob = lambda c: repo.blob_id(c)
     samples: dict[tuple[str, str], list[float]] = {}
+    # A best is compared by the samples taken since it became best, once it has any (the
+    # ones that made it best were selected for being low).
+    fresh: dict[tuple[str, str], list[float]] = {}
     record_ids: list[str] = []
     moves = []
     for typ, id, js in led.events():
@@ -194,13 +197,18 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
             rec = ExperimentRecord.model_validate_json(js)
             d = decisions.get(id)
             if rec.status == "ok" and d is not None and d.decision != "rejected":
-                samples.setdefault((rec.hardware_class, blob(rec.commit)), []).append(rec.val_bpb)
+                key = (rec.hardware_class, blob(rec.commit))
+                samples.setdefault(key, []).append(rec.val_bpb)
+                if key in fresh:
+                    fresh[key].append(rec.val_bpb)
         elif typ == "decision":
             d = Decision.model_validate_json(js)
             if d.best_after:
                 hw = d.hardware_class
                 new = samples.get((hw, blob(d.best_after)), [])
-                old = samples.get((hw, blob(d.best_before)), [])
+                old = (fresh.get((hw, blob(d.best_before))) or
+                       samples.get((hw, blob(d.best_before)), []))
+                fresh[(hw, blob(d.best_after))] = []
                 moves.append(d)
                 # 1: the move beat its first parent by the margin, with samples of that class only (5).
                 assert d.decision in KEPT, d

@@ -45,7 +45,7 @@ class Scripted:
 
 @pytest.fixture
 def coord(tmp_path, redis_url):
-    cfg = PromotionConfig(min_dof=2, best_samples=1, sigma_prior=0.003)
+    cfg = PromotionConfig(min_dof=2, best_remeasures=0, sigma_prior=0.003)
     return Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=TINY_TRAIN)
 
 

@@ -19,7 +19,7 @@ HW = "cpu-fake"
 def cfg():
     # A new best is not re-measured here, so that each test sees only the jobs it is about
     # (re-measuring: test_judge_best.py).
-    return PromotionConfig(sigma_prior=0.003, best_samples=1)
+    return PromotionConfig(sigma_prior=0.003, best_remeasures=0)
 
 
 @pytest.fixture

@@ -223,8 +223,10 @@ def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
     for ag in a:
         job = job_of(coord, ag.name)
         kinds.append((job.kind, job.commit))
-    # Top priority: repeats of the new best, until it has best_samples samples; then the rest.
-    assert kinds[: cfg.best_samples - 1] == [("baseline", rA.commit)] * (cfg.best_samples - 1)
+    # Top priority: best_remeasures repeats of the new best, then the rest.
+    assert cfg.best_remeasures >= 1
+    assert kinds[: cfg.best_remeasures] == [("baseline", rA.commit)] * cfg.best_remeasures
+    assert kinds[cfg.best_remeasures] == ("confirm", rZ.commit)
 
 
 def test_confirmation_only_when_it_can_change_the_outcome(coord, tmp_path):

@@ -16,7 +16,7 @@ HW = "cpu-fake"
 
 
 def scenario(tmp_path, redis_url):
-    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_samples=1),
+    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_remeasures=0),
                         swarm_id="L", baseline_train_py=baseline_text())
     agents = [FakeAgent(f"a{i}", coord.repo.path, tmp_path / "wt", sigma=0.0005, seed=i) for i in range(3)]
     assert warm_up(coord, agents) == 9  # 3 first-round baselines, 6 repeats: sigma's 8 dof

@@ -14,7 +14,7 @@ HW = "cpu-fake"
 
 
 def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url):
-    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_samples=1),
+    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_remeasures=0),
                         swarm_id="G", baseline_train_py=baseline_text())
     agents = [FakeAgent(f"a{i}", coord.repo.path, tmp_path / "wt", sigma=0.0005, seed=i) for i in range(3)]
     warm_up(coord, agents)

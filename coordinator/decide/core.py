@@ -1,10 +1,11 @@
 """The Coordinator: owns the research repo, the ledger and the decisions (a plain class; actor.py wraps it).
 
 Decisions are made one at a time under one lock, in the order reports reach the coordinator.
-That is the stated order for several winners from one parent: the first to arrive
-fast-forwards `best`; the next ones are then children of an older best and take the merge path
-(3-way merge onto the current best, verification run, then `merge` or `did-not-stack`).
-A retried report returns the experiment's current decision and appends nothing.
+Every ok result is judged against the current best of its class, whatever its parent
+(judging.py): the first of several winners from one parent fast-forwards `best`; the next ones
+are then off best and take the merge path (their change merged onto the current best, a
+verification run, then `merge` or `did-not-stack`). A retried report returns the experiment's
+current decision and appends nothing.
 """
 from __future__ import annotations
 
@@ -82,6 +83,9 @@ class Coordinator(Judging):
         self.decisions: dict[str, Decision] = {}
         self.started: dict[str, StartedExperiment] = {}
         self.samples: dict[tuple[str, str], Samples] = {}
+        # Samples of a best taken after it became best: the one(s) that made it best were
+        # selected for being low, so once it has fresh ones they alone are its reference.
+        self.fresh: dict[tuple[str, str], Samples] = {}
         self.noise: dict[str, NoisePool] = {}
         self.order: dict[str, list[str]] = {}
         self.commits = CommitCache(self.repo)
@@ -92,7 +96,8 @@ class Coordinator(Judging):
         self._snap_thread: threading.Thread | None = None
         self._snap_at = 0.0
         last_move: dict[str, Decision] = {}
-        for typ, id, js in self.ledger.events():
+        events = list(self.ledger.events())
+        for typ, id, js in events:
             if typ == "started":
                 self.started[id] = StartedExperiment.model_validate_json(js)
             elif typ == "record":
@@ -107,11 +112,18 @@ class Coordinator(Judging):
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self._todo = []
         self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
-        for id, rec in self.records.items():
-            d = self.decisions.get(id)
-            if d is not None and d.decision != "rejected" and rec.status == "ok":
-                self._add_sample(rec)
-                self._note_run_length(rec)
+        # Samples in stream order: a record's sample counts from its record event (as when it
+        # was decided), a best's fresh samples from the decision that moved best to it.
+        for typ, id, js in events:
+            if typ == "record":
+                rec, d = self.records[id], self.decisions.get(id)
+                if d is not None and d.decision != "rejected" and rec.status == "ok":
+                    self._add_sample(rec)
+                    self._note_run_length(rec)
+            elif typ == "decision" and '"best_after":null' not in js:
+                d = Decision.model_validate_json(js)
+                if d.best_after and d.hardware_class and self.commits.has(d.best_after):
+                    self._start_fresh(d.hardware_class, d.best_after)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
@@ -192,6 +204,22 @@ class Coordinator(Judging):
             return Samples()
         return self.samples.get((hw, self.commits.blob(commit)), Samples())
 
+    def _ref_samples(self, hw: str, commit: str | None) -> Samples:
+        """What a commit is compared by: its fresh samples once it has any (a best), else all."""
+        if commit is None:
+            return Samples()
+        key = (hw, self.commits.blob(commit))
+        f = self.fresh.get(key)
+        return f if f is not None and f.n else self.samples.get(key, Samples())
+
+    def _fresh_n(self, hw: str, commit: str) -> int:
+        key = (hw, self.commits.blob(commit))
+        f = self.fresh.get(key)
+        return f.n if f is not None else self.samples.get(key, Samples()).n
+
+    def _start_fresh(self, hw: str, commit: str) -> None:
+        self.fresh[(hw, self.commits.blob(commit))] = Samples()
+
     def _sigma(self, hw: str) -> float:
         return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
 
@@ -201,6 +229,8 @@ class Coordinator(Judging):
         key = (rec.hardware_class, self.commits.blob(rec.commit))
         s = self.samples.setdefault(key, Samples())
         self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
+        if key in self.fresh:
+            self.fresh[key].add(rec.val_bpb, rec.confirm_bpb)
 
     def _register(self, hw: str) -> bool:
         if hw in self.classes:
@@ -224,7 +254,7 @@ class Coordinator(Judging):
                                   hardware_class=rec.hardware_class, **kw))
 
     def _publish(self, hw: str, commit: str, exp_id: str | None, decision: str | None) -> Broadcast:
-        s = self._samples_of(hw, commit)
+        s = self._ref_samples(hw, commit)
         b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
                       val_bpb=s.mean if s.n else float("nan"),
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
@@ -294,13 +324,13 @@ class Coordinator(Judging):
         if key is None or key.commit != best:
             self._publish(hw, best, None, None)
         else:  # same seq: the value of the same commit got one more sample (written with the batch)
-            s = self._samples_of(hw, best)
+            s = self._ref_samples(hw, best)
             self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
             self.ledger.set(broadcast.best_key(self.swarm_id, hw), key.model_dump_json())
 
     def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
                    kind: str, merge_commit: str | None = None, reason_prefix: str = "", **fields) -> Decision:
-        cs, bs = self._samples_of(hw, new), self._samples_of(hw, old)
+        cs, bs = self._samples_of(hw, new), self._ref_samples(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
         reason = reason_prefix + v.reason + (" [suspect: confirm split got worse]" if suspect else "")
         fields.update(samples_best=bs.n, mean=cs.mean)
@@ -309,6 +339,7 @@ class Coordinator(Judging):
                       best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit, **fields)
         self.ledger.flush()
         self._bests.pop(hw, None)
+        self._start_fresh(hw, new)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
         self._publish(hw, new, rec.experiment_id, kind)
@@ -498,7 +529,7 @@ class Coordinator(Judging):
             classes = {}
             for hw in sorted(self.classes):
                 best = self._best_commit(hw)
-                s = self._samples_of(hw, best)
+                s = self._ref_samples(hw, best)
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
                                "sigma": self._sigma(hw),
                                "noise_dof": self.noise.get(hw, NoisePool()).dof,

@@ -11,7 +11,9 @@ whatever its parent (a part of Coordinator, kept apart from the port and the sta
   way, verified like a merge.
 - No promotion before sigma has min_dof degrees of freedom: results that look better wait
   (pending, stage "sigma") while the coordinator schedules repeats of best; each new best is
-  re-measured (top-priority repeats) until it has best_samples samples.
+  re-measured (best_remeasures top-priority repeats); from the first of them on, the samples
+  taken since it became best alone are its reference (the ones that made it best were
+  selected for being low).
 - When best moves, open verifications of merges onto an older best are cancelled and the
   candidates merged again onto the new best.
 """
@@ -39,7 +41,7 @@ class Judging:
 
     def _class_margin(self, hw: str) -> float | None:
         """The margin one new sample must clear against best now (no added lines)."""
-        bs = self._samples_of(hw, self._best_commit(hw))
+        bs = self._ref_samples(hw, self._best_commit(hw))
         dof = self._dof(hw)
         if bs.n == 0 or dof < 1:
             return None
@@ -61,7 +63,7 @@ class Judging:
     def _judge_experiment(self, rec: ExperimentRecord, prev: Decision | None = None) -> Decision:
         hw, C, P = rec.hardware_class, rec.commit, rec.parent
         best = self._best_commit(hw)
-        bs, cs = self._samples_of(hw, best), self._samples_of(hw, C)
+        bs, cs = self._ref_samples(hw, best), self._samples_of(hw, C)
         sigma, dof = self._sigma(hw), self._dof(hw)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best,
                     mean=cs.mean if cs.n else None)
@@ -172,7 +174,7 @@ class Judging:
         ms = self._samples_of(hw, M)
         if ms.n <= d.merge_samples:
             return d  # its verification run has not reported yet
-        bs = self._samples_of(hw, best)
+        bs = self._ref_samples(hw, best)
         sigma, dof = self._sigma(hw), self._dof(hw)
         added, removed = self.commits.diff_lines(best, M)
         v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof)
@@ -238,16 +240,18 @@ class Judging:
 
     def _schedule_repeats(self, hw: str) -> None:
         """Open repeats of best (baseline jobs anyone may take) while sigma has fewer than
-        min_dof degrees of freedom or best fewer than best_samples samples, counting the
+        min_dof degrees of freedom or best fewer than best_remeasures samples, counting the
         repeats already open."""
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
-        n = self._samples_of(hw, best).n
-        if n == 0:
+        if self._samples_of(hw, best).n == 0:
             return  # the first round's baselines are on their way
+        n = self._fresh_n(hw, best)  # a new best: only the runs since it became best count
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st["job"]["commit"] == best)
-        need = max(self.cfg.best_samples - (n + open_b), self.cfg.min_dof - (self._dof(hw) + open_b))
+        fresh = (hw, self.commits.blob(best)) in self.fresh
+        want = self.cfg.best_remeasures if fresh else 0  # the root is not selected: no re-measure
+        need = max(want - (n + open_b), self.cfg.min_dof - (self._dof(hw) + open_b))
         for _ in range(max(0, need)):
             self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")
 

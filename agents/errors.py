@@ -15,10 +15,6 @@ class InvalidEdit(AgentError):
     compile, or is too large. The message becomes the record's `reason`."""
 
 
-class BackendError(AgentError):
-    """A proposal backend failed for good (after its retries)."""
-
-
 class SpendingCapReached(AgentError):
     """The agent's LLM spending cap is used up: the agent stops cleanly."""
 

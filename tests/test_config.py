@@ -1,8 +1,6 @@
 """swarm.yaml: unknown keys, bad values and clear-text secrets are one-line errors naming file and key."""
-from pathlib import Path
 
 import pytest
-import yaml
 
 from coordinator.run.config import (ConfigError, assign_programs, default_config_text, load_config,
                                 parse_config, resolve_backend, resolve_program)

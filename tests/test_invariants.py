@@ -1,4 +1,4 @@
-"""A randomized run that kills the coordinator, agents and redis at random times; then DESIGN.md
+"""A randomized run that kills the coordinator, agents and redis at random times; then docs/architecture.md
 invariants 1, 3, 4 and 5 are checked (fake_runner.check_invariants)."""
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_random_kills_keep_invariants(tmp_path, redis_daemon):
             kills["coordinator"] += 1
             coord = new_coord()
         note_best()
-        assert coord.report(rec) == coord.decisions[rec.experiment_id]  # retries never double
+        assert coord.report(rec).decision == coord.decisions[rec.experiment_id]  # retries never double
 
     coord = new_coord()
     note_best()

@@ -7,7 +7,7 @@ import pytest
 
 from agents.messages import PromotionConfig, ReportReply
 from coordinator.decide.core import Coordinator
-from fake_runner import (FakeAgent, baseline_text, check_invariants, drain_jobs, drop_pads,
+from fake_runner import (FakeAgent, baseline_text, check_invariants, drop_pads,
                          set_constants)
 
 HW = "cpu-fake"

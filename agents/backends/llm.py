@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from typing import Literal
+
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
-from agents.config import LitellmSpec
 from agents.errors import SpendingCapReached
 from agents.prompt import SYSTEM, fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
+
+class LitellmSpec(BaseModel):
+    """Any provider litellm knows; the key comes from the env var named by api_key_env."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["litellm"] = "litellm"
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    timeout_s: float = Field(default=120.0, gt=0)      # one HTTP call
+    max_retries: int = Field(default=4, ge=0)          # on 429, 5xx, timeouts, garbage
+    backoff_s: float = Field(default=2.0, ge=0)        # first retry delay, doubled each time
+    max_tokens: int = Field(default=4096, gt=0)
+    # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+
 _NOT_RETRYABLE = ("AuthenticationError", "PermissionDeniedError", "NotFoundError",
                   "BadRequestError", "ContextWindowExceededError", "ContentPolicyViolationError",
                   "UnsupportedParamsError", "PaymentRequiredError")
+
+
+class _Again(Exception):
+    """An attempt failed in a way another attempt may fix (429, 5xx, time-out, no content)."""
+
+
+class _Fatal(Exception):
+    """An attempt failed in a way no retry fixes (a bad key, an unknown model...)."""
 
 
 def _litellm():
@@ -64,6 +92,11 @@ class LitellmBackend:
                                      f"${s.max_cost_usd:.4f} spent")
         litellm = _litellm()
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        # litellm's own retries stay off (num_retries=0): they take an answer without content
+        # (no choices, blank) as a success, so a second loop would be needed and one budget of
+        # max_retries + 1 requests could not be kept; their waits are fixed (backoff_s would be
+        # ignored); and once retrying they retry any error, a 401 too. One tenacity loop (the
+        # library litellm itself retries with) covers all of it.
         kw = dict(model=s.model, messages=messages, timeout=s.timeout_s, max_tokens=s.max_tokens,
                   num_retries=0, max_retries=0)
         if s.api_base:
@@ -74,19 +107,15 @@ class LitellmBackend:
         if s.temperature is not None:
             kw["temperature"] = s.temperature
         out = Proposal()
-        last = "no attempt"
-        for attempt in range(s.max_retries + 1):
-            if attempt:
-                time.sleep(s.backoff_s * 2 ** (attempt - 1))
+
+        def attempt() -> str:
             try:
                 resp = litellm.completion(**kw)
             except Exception as e:  # litellm maps provider errors onto its own classes
-                last = f"{type(e).__name__}: {self._scrub(e)}"
+                why = f"{type(e).__name__}: {self._scrub(e)}"
                 if type(e).__name__ in _NOT_RETRYABLE:
-                    out.error = f"litellm: {last}"
-                    return out
-                log.warning("%s: LLM call failed (attempt %d): %s", self.agent, attempt + 1, last)
-                continue
+                    raise _Fatal(why) from None
+                raise _Again(why) from None
             usage = getattr(resp, "usage", None)
             pt = int(getattr(usage, "prompt_tokens", 0) or 0)
             ct = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -100,12 +129,23 @@ class LitellmBackend:
             except (AttributeError, IndexError, TypeError):
                 content = None
             if not isinstance(content, str) or not content.strip():
-                last = "answer has no message content"
-                log.warning("%s: LLM answer unusable (attempt %d): %s", self.agent, attempt + 1, last)
-                continue
-            out.text = content
-            return out
-        out.error = f"litellm: gave up after {s.max_retries + 1} attempts: {last}"
+                raise _Again("answer has no message content")
+            return content
+
+        def say(state: tenacity.RetryCallState) -> None:
+            log.warning("%s: LLM call failed (attempt %d): %s", self.agent, state.attempt_number,
+                        state.outcome.exception())
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(s.max_retries + 1),
+            wait=tenacity.wait_exponential(multiplier=s.backoff_s),   # backoff_s, 2x, 4x, ...
+            retry=tenacity.retry_if_exception_type(_Again), before_sleep=say, reraise=True)
+        try:
+            out.text = retrying(attempt)
+        except _Fatal as e:
+            out.error = f"litellm: {e}"
+        except _Again as e:
+            out.error = f"litellm: gave up after {s.max_retries + 1} attempts: {e}"
         return out
 
     def propose(self, ctx: ProposalContext) -> Proposal:
@@ -117,10 +157,4 @@ class LitellmBackend:
         return self._ask(fix_prompt(ctx, log_tail))
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> LitellmBackend:
-    if isinstance(spec, dict):
-        spec = LitellmSpec.model_validate(spec)
-    return LitellmBackend(spec, seed=seed, agent=agent)
-
-
-register_backend("litellm", _factory)
+register_backend("litellm", LitellmBackend, LitellmSpec)

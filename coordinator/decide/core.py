@@ -14,10 +14,10 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
-from coordinator.state import broadcast
+from coordinator.state import broadcast, keys
+from coordinator.decide.bestkey import BestKeys
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.groupcommit import GroupCommit, Slot
 from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
@@ -25,21 +25,16 @@ from coordinator.decide.judging import DEFAULT_LEASE_S, Judging
 from coordinator.state.ledger import Ledger, LedgerError, connect_redis
 from coordinator.decide.refwriter import RefWriter
 from coordinator.state.repo import RepoError, ResearchRepo
-from coordinator.decide.rules import NoisePool, Samples, Verdict, is_suspect
+from coordinator.decide.noise import SampleBook
+from coordinator.decide.perf import PerfStats
+from coordinator.decide.rules import Verdict, is_suspect
+from coordinator.decide.snapshots import Snapshots
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                              ReportReply, StartedExperiment)
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
-SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def _pct(sorted_xs: list[float], p: float) -> float:
-    if not sorted_xs:
-        return float("nan")
-    return sorted_xs[min(len(sorted_xs) - 1, int(round(p / 100 * (len(sorted_xs) - 1))))]
 
 
 class CoordinatorError(RuntimeError):
@@ -47,8 +42,9 @@ class CoordinatorError(RuntimeError):
 
 
 class Coordinator(Judging):
-    """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
-    status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
+    """The agent-facing port (agents.ports.CoordinatorPort: begin, report, next_job, best,
+    recent, heartbeat, fetch, flush), plus the admin calls status, perf, reconcile_dead_agent,
+    snapshot and flush_refs (decide/actor.py's ADMIN_METHODS). State lives in redis and git; this object is a
     cache rebuilt from them on construction, so it may be killed and re-created at any time."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,
@@ -59,8 +55,7 @@ class Coordinator(Judging):
         self.swarm_id = swarm_id or "swarm"
         self._lock = threading.RLock()  # the decision lock
         self._group = GroupCommit()
-        self._stats_lock = threading.Lock()
-        self._stale = False
+        self._stale = False  # a batch failed to reach redis: rebuild the caches before the next
         self.r = connect_redis(redis_url, wait_s=redis_wait_s)
         self.ledger = Ledger(self.r, self.swarm_id)
         self.repo = ResearchRepo(self.home / "repo.git")
@@ -71,30 +66,40 @@ class Coordinator(Judging):
             self.repo.create(baseline_train_py)
         self.root = self.repo.root()
         self.refwriter = RefWriter(self.repo)
-        # (records in the batch, seconds holding the decision lock) of recent batches: perf().
-        self._batches: deque[tuple[int, float]] = deque(maxlen=4096)
-        # Seconds from a report's arrival here to its decision (queue + decision + commit).
-        self._latency: deque[float] = deque(maxlen=16384)
-        self._load()
-
-    # -- rebuilding from redis and git ----------------------------------------------------------
-    def _load(self) -> None:
+        self.stats = PerfStats()
+        # Caches of what redis and git hold, filled by _load(); after a failed ledger write they
+        # are thrown away and filled again (_rebuild).
         self.records: dict[str, ExperimentRecord] = {}
         self.decisions: dict[str, Decision] = {}
         self.started: dict[str, StartedExperiment] = {}
-        self.samples: dict[tuple[str, str], Samples] = {}
-        # Samples of a best taken after it became best: the one(s) that made it best were
-        # selected for being low, so once it has fresh ones they alone are its reference.
-        self.fresh: dict[tuple[str, str], Samples] = {}
-        self.noise: dict[str, NoisePool] = {}
-        self.order: dict[str, list[str]] = {}
+        self.order: dict[str, list[str]] = {}            # record ids per hardware class, arrival order
+        self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
-        self._latest: dict[str, Broadcast | None] = {}
-        self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
+        self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
-        self._since_snapshot = 0
-        self._snap_thread: threading.Thread | None = None
-        self._snap_at = 0.0
+        self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
+        self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
+        self._load()
+
+    # -- rebuilding from redis and git ----------------------------------------------------------
+    def _rebuild(self) -> None:
+        """Throw the caches away and fill them again from redis and git."""
+        for cache in (self.records, self.decisions, self.started, self.order, self.classes,
+                      self._bests, self._todo):
+            cache.clear()
+        self.commits = CommitCache(self.repo)
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
+        self.snapshots.reset()
+        self._load()
+
+    def _load(self) -> None:
+        """Fill the (empty) caches from the ledger and the repo; decide what was recorded but
+        never decided before a restart."""
+        self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         last_move: dict[str, Decision] = {}
         events = list(self.ledger.events())
         for typ, id, js in events:
@@ -109,21 +114,19 @@ class Coordinator(Judging):
                 self.decisions[id] = d
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
-        self._todo = []
-        self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
+        self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
         # Samples in stream order: a record's sample counts from its record event (as when it
         # was decided), a best's fresh samples from the decision that moved best to it.
         for typ, id, js in events:
             if typ == "record":
                 rec, d = self.records[id], self.decisions.get(id)
                 if d is not None and d.decision != "rejected" and rec.status == "ok":
-                    self._add_sample(rec)
+                    self.book.add(rec)
                     self._note_run_length(rec)
             elif typ == "decision" and '"best_after":null' not in js:
                 d = Decision.model_validate_json(js)
                 if d.best_after and d.hardware_class and self.commits.has(d.best_after):
-                    self._start_fresh(d.hardware_class, d.best_after)
+                    self.book.start_fresh(d.hardware_class, d.best_after)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
@@ -134,7 +137,7 @@ class Coordinator(Judging):
         self._run_followups()
         for hw in sorted(self.classes):
             self._schedule_repeats(hw)
-            self._sync_best_key(hw)
+            self.best_keys.sync(hw, self.repo.ref(self._ref(hw)))
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
         self.jobs.update_offers()  # deciding the undecided above may have opened jobs
@@ -159,14 +162,6 @@ class Coordinator(Judging):
                         cur[:10], target[:10])
         else:
             log.error("best[%s]: git ref %s and ledger %s diverged; keeping git", hw, cur[:10], target[:10])
-
-    def _sync_best_key(self, hw: str) -> None:
-        cur = self.repo.ref(self._ref(hw))
-        key = broadcast.latest(self.r, self.swarm_id, hw)
-        s = self._samples_of(hw, cur)
-        if cur is None or s.n == 0 or (key is not None and key.commit == cur):
-            return
-        self._publish(hw, cur, None, None)
 
     # -- helpers ----------------------------------------------------------------------------------
     @staticmethod
@@ -199,39 +194,6 @@ class Coordinator(Judging):
                 log.info("restoring %d experiment refs", len(due))
                 self.refwriter.write(due)
 
-    def _samples_of(self, hw: str, commit: str | None) -> Samples:
-        if commit is None:
-            return Samples()
-        return self.samples.get((hw, self.commits.blob(commit)), Samples())
-
-    def _ref_samples(self, hw: str, commit: str | None) -> Samples:
-        """What a commit is compared by: its fresh samples once it has any (a best), else all."""
-        if commit is None:
-            return Samples()
-        key = (hw, self.commits.blob(commit))
-        f = self.fresh.get(key)
-        return f if f is not None and f.n else self.samples.get(key, Samples())
-
-    def _fresh_n(self, hw: str, commit: str) -> int:
-        key = (hw, self.commits.blob(commit))
-        f = self.fresh.get(key)
-        return f.n if f is not None else self.samples.get(key, Samples()).n
-
-    def _start_fresh(self, hw: str, commit: str) -> None:
-        self.fresh[(hw, self.commits.blob(commit))] = Samples()
-
-    def _sigma(self, hw: str) -> float:
-        return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
-
-    def _add_sample(self, rec: ExperimentRecord) -> None:
-        if rec.val_bpb is None or not self.commits.has(rec.commit):
-            return
-        key = (rec.hardware_class, self.commits.blob(rec.commit))
-        s = self.samples.setdefault(key, Samples())
-        self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
-        if key in self.fresh:
-            self.fresh[key].add(rec.val_bpb, rec.confirm_bpb)
-
     def _register(self, hw: str) -> bool:
         if hw in self.classes:
             return True
@@ -253,22 +215,6 @@ class Coordinator(Judging):
         return self._put(Decision(experiment_id=rec.experiment_id, decision=decision, reason=reason,
                                   hardware_class=rec.hardware_class, **kw))
 
-    def _publish(self, hw: str, commit: str, exp_id: str | None, decision: str | None) -> Broadcast:
-        s = self._ref_samples(hw, commit)
-        b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
-                      val_bpb=s.mean if s.n else float("nan"),
-                      seq=broadcast.next_seq(self.r, self.swarm_id, hw),
-                      experiment_id=exp_id, decision=decision)
-        broadcast.publish(self.r, b)
-        self._latest[hw] = b
-        return b
-
-    def _latest_best(self, hw: str) -> Broadcast | None:
-        """The best key's value: only this object writes it, so it is read from redis once."""
-        if hw not in self._latest:
-            self._latest[hw] = broadcast.latest(self.r, self.swarm_id, hw)
-        return self._latest[hw]
-
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, rec: ExperimentRecord) -> Decision:
         d = self._decide_one(rec)
@@ -286,9 +232,8 @@ class Coordinator(Judging):
             self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
-            if st is not None and st["done"] and st["job"]["for_experiment"] and not st.get("cancelled"):
-                self._give_up(st["job"]["for_experiment"], st["job"],
-                              f"its {rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
+            if st is not None and st.done and st.job.for_experiment and not st.cancelled:
+                self._give_up(st.job.for_experiment, st.job, f"its {rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
         if not self.commits.has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
@@ -299,38 +244,29 @@ class Coordinator(Judging):
             self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
-        dof0 = self._dof(hw)
-        self._add_sample(rec)
+        dof0 = self.book.dof(hw)
+        self.book.add(rec)
         self._note_run_length(rec)
         self._sample_added(hw, dof0)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):
-            self._refresh_best_key(hw, best)
-        noise = dict(sigma=self._sigma(hw), dof=self._dof(hw), samples=self._samples_of(hw, rec.commit).n)
+            self.best_keys.refresh(hw, best)
+        noise = dict(sigma=self.book.sigma(hw), dof=self.book.dof(hw), samples=self.book.of(hw, rec.commit).n)
         if rec.kind == "baseline":
             return self._dec(rec, "sample", "baseline run: a noise sample", **noise)
         if rec.kind in ("confirm", "verify"):
-            orig = st["job"]["for_experiment"] if st else None
+            orig = st.job.for_experiment if st else None
             if orig is None or orig not in self.records:
                 return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)", **noise)
             # The candidate's decision changes; this record stays a sample (a move is counted once).
             od = self._rejudge(orig)
-            gone = f" (job cancelled: {st['cancelled']})" if st.get("cancelled") else ""
+            gone = f" (job cancelled: {st.cancelled})" if st.cancelled else ""
             return self._dec(rec, "sample", f"{rec.kind} run for {orig}{gone}: it is now {od.decision}", **noise)
         return self._judge_experiment(rec)
 
-    def _refresh_best_key(self, hw: str, best: str) -> None:
-        key = self._latest_best(hw)
-        if key is None or key.commit != best:
-            self._publish(hw, best, None, None)
-        else:  # same seq: the value of the same commit got one more sample (written with the batch)
-            s = self._ref_samples(hw, best)
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
-            self.ledger.set(broadcast.best_key(self.swarm_id, hw), key.model_dump_json())
-
     def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
                    kind: str, merge_commit: str | None = None, reason_prefix: str = "", **fields) -> Decision:
-        cs, bs = self._samples_of(hw, new), self._ref_samples(hw, old)
+        cs, bs = self.book.of(hw, new), self.book.ref(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
         reason = reason_prefix + v.reason + (" [suspect: confirm split got worse]" if suspect else "")
         fields.update(samples_best=bs.n, mean=cs.mean)
@@ -339,10 +275,10 @@ class Coordinator(Judging):
                       best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit, **fields)
         self.ledger.flush()
         self._bests.pop(hw, None)
-        self._start_fresh(hw, new)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
-        self._publish(hw, new, rec.experiment_id, kind)
+        self.book.start_fresh(hw, new)
+        self.best_keys.publish(hw, new, rec.experiment_id, kind)
         self._best_moved(hw, new)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
                  rec.experiment_id, hw, old[:10], new[:10], v.delta, v.margin, sigma, v.samples,
@@ -364,28 +300,30 @@ class Coordinator(Judging):
         self.ledger.add_started(started)
         self.started[started.experiment_id] = started
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
         current decision and appends nothing. `bundle`: git bundle bytes holding record.commit
         (from an agent on another node). Bad records are decided `rejected`, never raised.
         Raises LedgerError when redis stays unreachable past the retry window.
 
+        The reply also says whether next_job would hand the reporting agent a job right now and
+        what the latest best of its class is: what the agent asks at its next iteration
+        boundary, answered in the same call (through Ray each call costs ~1 ms of CPU on each side).
+
         Reports that queue up while a decision runs are decided together by the next lock
         holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
         (group commit: one fsync for the batch, not one per write)."""
-        return self._submit(Slot(record, bundle))
-
-    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
-        """report(), plus whether next_job would hand the reporting agent a job right now and
-        the latest best of its class: what the agent asks at its next iteration boundary,
-        answered in the same call (through Ray each call costs ~1 ms of CPU on each side)."""
-        d = self.report(record, bundle)
+        d = self._submit(Slot(record, bundle))
         hw = record.hardware_class
         # Outside the lock: read the cache, never fill it (a fill racing a publish could put an
         # older best back); before the first publish of this process, ask redis.
-        best = self._latest.get(hw)
+        best = self.best_keys.cached(hw)
         return ReportReply(decision=d, job_waiting=self._job_waiting(record.agent, hw),
                            best=best if best is not None else self.best(hw))
+
+    def flush(self) -> int:
+        """Nothing to re-send: records reach this object directly, none is ever spooled. Returns 0."""
+        return 0
 
     def _job_waiting(self, agent: str, hardware_class: str) -> bool:
         """False when next_job(agent, hardware_class) would surely answer None now. Read
@@ -401,8 +339,7 @@ class Coordinator(Judging):
                 return self._run_batch()
         refs = self._group.submit(slot, lead)
         if isinstance(slot.record, ExperimentRecord):
-            with self._stats_lock:
-                self._latency.append(time.perf_counter() - slot.t0)
+            self.stats.report_done(time.perf_counter() - slot.t0)
         # The batch's bookkeeping refs, by the thread that ran it, after the lock is released.
         self.refwriter.write(refs or [])
         if slot.error is not None:
@@ -414,7 +351,7 @@ class Coordinator(Judging):
         batch = self._group.take()
         try:
             if self._stale:
-                self._load()
+                self._rebuild()
             self.commits.look([c for sl in batch for c in (sl.record.commit, sl.record.parent)])
             with self.ledger.batch():
                 for sl in batch:
@@ -440,24 +377,10 @@ class Coordinator(Judging):
                     if sl.result is None and sl.error is None and isinstance(sl.record, ExperimentRecord):
                         sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
                     sl.finish()
-                with self._stats_lock:
-                    self._batches.append((len(batch), time.perf_counter() - t0))
-        if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
-                and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
-                and (self._snap_thread is None or not self._snap_thread.is_alive())):
-            # Off the decision lock, one at a time: a snapshot reads the whole ledger back from
-            # redis (O(records)); done inside the lock it held up every report behind it.
-            self._since_snapshot, self._snap_at = 0, time.monotonic()
-            self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
-                                                 name="ledger-snapshot")
-            self._snap_thread.start()
+                self.stats.batch_done(len(batch), time.perf_counter() - t0)
+        if not self._stale:
+            self.snapshots.maybe_start()
         return self.refwriter.take()
-
-    def _background_snapshot(self) -> None:
-        try:
-            self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
-        except Exception as e:  # the next one (or the final snapshot()) will try again
-            log.warning("automatic snapshot failed: %s", str(e).splitlines()[0][:200])
 
     def _report_one(self, record: ExperimentRecord, bundle: bytes | None) -> Decision:
         d = self.decisions.get(record.experiment_id)
@@ -473,7 +396,7 @@ class Coordinator(Judging):
             self.ledger.add_record(record)
             self.records[record.experiment_id] = record
             self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
-        self._since_snapshot += 1
+        self.snapshots.count()
         return self._decide(self.records[record.experiment_id])
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
@@ -514,7 +437,7 @@ class Coordinator(Judging):
 
     def heartbeat(self, agent: str, status: dict) -> None:
         """Store an agent's status (read by the live view and `swarm status`)."""
-        self.r.hset(self.ledger.key("agents"), agent, json.dumps({**status, "ts": time.time()}))
+        self.r.hset(keys.agents(self.swarm_id), agent, json.dumps({**status, "ts": time.time()}))
 
     def fetch(self, commit: str) -> bytes:
         """A git bundle containing `commit`. Raises CoordinatorError for an unknown commit."""
@@ -524,20 +447,22 @@ class Coordinator(Judging):
             return self.repo.bundle(commit)
 
     def status(self) -> dict:
-        """Best, its mean val_bpb and samples, and sigma per class; counts of decisions and jobs."""
+        """Best, its reference mean val_bpb and samples, sigma, its degrees of freedom and the
+        margin one new result must clear, per class; counts of decisions and jobs; the
+        lost-winner audit (results that beat best by the margin and are not on best, with why)."""
+        from coordinator.decide.audit import lost_winners
+
         with self._lock:
             classes = {}
             for hw in sorted(self.classes):
                 best = self._best_commit(hw)
-                s = self._ref_samples(hw, best)
+                s = self.book.ref(hw, best)
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
-                               "sigma": self._sigma(hw),
-                               "noise_dof": self.noise.get(hw, NoisePool()).dof,
+                               "sigma": self.book.sigma(hw), "noise_dof": self.book.dof(hw),
                                "min_dof": self.cfg.min_dof, "margin": self._class_margin(hw)}
             counts: dict[str, int] = {}
             for d in self.decisions.values():
                 counts[d.decision] = counts.get(d.decision, 0) + 1
-            from coordinator.decide.audit import lost_winners
             lost = [row for hw in sorted(self.classes) for row in lost_winners(self, hw)]
             return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
                     "records": len(self.records), "started": len(self.started),
@@ -548,18 +473,7 @@ class Coordinator(Judging):
         decision latency (a report's arrival here to its decision, durable in redis: queueing
         behind other decisions included, the caller's transport not), how long each batch held
         the decision lock and the capacity that implies, and this process's CPU seconds."""
-        with self._stats_lock:
-            b, lat = list(self._batches), sorted(self._latency)
-        if not b:
-            return {"batches": 0, "cpu_s": time.process_time()}
-        secs = sorted(t for _, t in b)
-        n = sum(k for k, _ in b)
-        return {"batches": len(b), "records": n, "mean_batch": n / len(b),
-                "cpu_s": time.process_time(),  # this process's CPU time so far
-                "decisions": len(lat), "decision_p50_ms": _pct(lat, 50) * 1000,
-                "decision_p99_ms": _pct(lat, 99) * 1000,
-                "batch_p50_ms": _pct(secs, 50) * 1000, "batch_p99_ms": _pct(secs, 99) * 1000,
-                "capacity_per_s": n / max(sum(secs), 1e-9)}
+        return self.stats.summary()
 
     def reconcile_dead_agent(self, agent: str) -> list[str]:
         """Record `crash` ("agent died mid-run") for the agent's begun-but-unreported experiments
@@ -570,12 +484,12 @@ class Coordinator(Judging):
         # Outside the lock: a report queues like any other (one idempotent by its id, should the
         # agent's own report of the same experiment arrive first).
         for s in begun:
-            self.report(ExperimentRecord(
+            self._submit(Slot(ExperimentRecord(
                 experiment_id=s.experiment_id, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
                 program=s.program, hardware_class=s.hardware_class, parent=s.parent,
                 commit=s.commit, description=s.description, status="crash",
                 reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
-                started_at=s.started_at, finished_at=time.time()))
+                started_at=s.started_at, finished_at=time.time())))
         with self._lock:
             self.jobs.release(agent)
             self.jobs.update_offers()
@@ -585,8 +499,4 @@ class Coordinator(Judging):
         """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
         self.flush_refs()
         with self._lock:
-            self._since_snapshot = 0
-            self.ledger.flush()
-            if self._snap_thread is not None:
-                self._snap_thread.join()  # never let an older automatic one land after this
-            return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
+            return self.snapshots.write()

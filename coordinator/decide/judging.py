@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 
 from agents.messages import Decision, ExperimentRecord
-from coordinator.decide.rules import NoisePool, Samples, Verdict, judge, margin_for, standard_error
+from coordinator.decide.rules import Samples, Verdict, judge, margin_for, standard_error
 from coordinator.state.repo import merge_texts, object_id
 
 log = logging.getLogger(__name__)
@@ -32,20 +32,20 @@ DEFAULT_LEASE_S = 900.0  # before any run says how long runs take
 
 
 class Judging:
-    """Mixed into Coordinator: uses its cfg, repo, commits, jobs, records, decisions, samples,
-    noise, refwriter and its _dec/_move_best/_best_commit/_samples_of/_sigma helpers."""
+    """Mixed into Coordinator: uses its cfg, repo, commits, book (samples and noise), jobs,
+    records, decisions, refwriter and its _dec/_move_best/_best_commit helpers."""
 
     # -- state helpers ----------------------------------------------------------------------
     def _dof(self, hw: str) -> int:
-        return self.noise.get(hw, NoisePool()).dof
+        return self.book.dof(hw)
 
     def _class_margin(self, hw: str) -> float | None:
         """The margin one new sample must clear against best now (no added lines)."""
-        bs = self._ref_samples(hw, self._best_commit(hw))
+        bs = self.book.ref(hw, self._best_commit(hw))
         dof = self._dof(hw)
         if bs.n == 0 or dof < 1:
             return None
-        return margin_for(self.cfg, standard_error(self._sigma(hw), 1, bs.n), 0, dof)
+        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, bs.n), 0, dof)
 
     def _note_run_length(self, rec: ExperimentRecord) -> None:
         """A job's lease must outlast a whole run (budget, start-up, evaluation): never shorter
@@ -63,8 +63,8 @@ class Judging:
     def _judge_experiment(self, rec: ExperimentRecord, prev: Decision | None = None) -> Decision:
         hw, C, P = rec.hardware_class, rec.commit, rec.parent
         best = self._best_commit(hw)
-        bs, cs = self._ref_samples(hw, best), self._samples_of(hw, C)
-        sigma, dof = self._sigma(hw), self._dof(hw)
+        bs, cs = self.book.ref(hw, best), self.book.of(hw, C)
+        sigma, dof = self.book.sigma(hw), self._dof(hw)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best,
                     mean=cs.mean if cs.n else None)
         if bs.n == 0:
@@ -84,7 +84,7 @@ class Judging:
         added, removed = self.commits.diff_lines(best, C)
         vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof)
         vp = None
-        ps = self._samples_of(hw, P) if has_p and not p_is_best else Samples()
+        ps = self.book.of(hw, P) if has_p and not p_is_best else Samples()
         if ps.n:
             a, r = self.commits.diff_lines(P, C)
             vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof)
@@ -139,7 +139,7 @@ class Judging:
     def _verify(self, rec: ExperimentRecord, hw: str, best: str, text: str, stage: str, info: dict,
                 reason: str) -> Decision:
         M = self._onto_best(rec, best, text, "onto best" if stage == "verify" else "alone onto best")
-        n = self._samples_of(hw, M).n
+        n = self.book.of(hw, M).n
         self.jobs.issue("verify", M, best, hw, rec.experiment_id,
                         f"verify {'merge of' if stage == 'verify' else 'alone:'} {rec.description}")
         return self._dec(rec, "pending", reason, stage=stage, merge_commit=M, merge_samples=n, **info)
@@ -171,11 +171,11 @@ class Judging:
         best = self._best_commit(hw)
         if best != d.best_before:  # best moved under the verification: merge onto the new best
             return self._judge_experiment(rec, prev=d)
-        ms = self._samples_of(hw, M)
+        ms = self.book.of(hw, M)
         if ms.n <= d.merge_samples:
             return d  # its verification run has not reported yet
-        bs = self._ref_samples(hw, best)
-        sigma, dof = self._sigma(hw), self._dof(hw)
+        bs = self.book.ref(hw, best)
+        sigma, dof = self.book.sigma(hw), self._dof(hw)
         added, removed = self.commits.diff_lines(best, M)
         v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
@@ -188,7 +188,7 @@ class Judging:
             return self._dec(rec, "pending", f"verification {v.reason}", delta=v.delta, margin=v.margin,
                              stage=d.stage, merge_commit=M, merge_samples=d.merge_samples, **info)
         if d.stage == "verify":
-            cs = self._samples_of(hw, rec.commit)
+            cs = self.book.of(hw, rec.commit)
             a, r = self.commits.diff_lines(best, rec.commit)
             vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof)
             if vb.decision == "promote" and self.commits.blob(rec.commit) != self.commits.blob(M):
@@ -198,9 +198,9 @@ class Judging:
                          f"{v.reason}", delta=v.delta, margin=v.margin, merge_commit=M,
                          merge_samples=d.merge_samples, **info)
 
-    def _give_up(self, exp_id: str, job: dict, reason: str) -> None:
+    def _give_up(self, exp_id: str, job, reason: str) -> None:
         d = self.decisions.get(exp_id)
-        if d is None or d.decision != "pending" or job["commit"] not in (d.merge_commit, self.records[exp_id].commit):
+        if d is None or d.decision != "pending" or job.commit not in (d.merge_commit, self.records[exp_id].commit):
             return
         self._dec(self.records[exp_id], "unjudged", f"never judged: {reason}", best_before=d.best_before,
                   merge_commit=d.merge_commit, sigma=d.sigma, dof=d.dof, delta_parent=d.delta_parent,
@@ -211,14 +211,14 @@ class Judging:
         """Cancel the open jobs an older best made pointless and queue their candidates to be
         merged again onto the new best (after the decision in hand: see _run_followups)."""
         for st in self.jobs.open_jobs(hw):
-            j = st["job"]
-            if j["kind"] == "baseline" and j["commit"] != new and st["agent"] is None and not st.get("for_agent"):
-                self.jobs.cancel(j["job_id"], "best moved: a repeat of an older best")
-            elif j["kind"] in ("verify", "confirm") and j["parent"] != new and j["for_experiment"]:
-                d = self.decisions.get(j["for_experiment"])
-                if d is not None and d.merge_commit == j["commit"]:
-                    self.jobs.cancel(j["job_id"], "best moved: merged again onto the new best")
-                    self._followups().append(("retarget", j["for_experiment"]))
+            j = st.job
+            if j.kind == "baseline" and j.commit != new and st.agent is None and not st.for_agent:
+                self.jobs.cancel(j.job_id, "best moved: a repeat of an older best")
+            elif j.kind in ("verify", "confirm") and j.parent != new and j.for_experiment:
+                d = self.decisions.get(j.for_experiment)
+                if d is not None and d.merge_commit == j.commit:
+                    self.jobs.cancel(j.job_id, "best moved: merged again onto the new best")
+                    self._followups().append(("retarget", j.for_experiment))
 
     def _sample_added(self, hw: str, dof_before: int) -> None:
         if dof_before < self.cfg.min_dof <= self._dof(hw):
@@ -245,13 +245,13 @@ class Judging:
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
-        if self._samples_of(hw, best).n == 0:
+        if self.book.of(hw, best).n == 0:
             return  # the first round's baselines are on their way
-        n = self._fresh_n(hw, best)  # a new best: only the runs since it became best count
-        open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st["job"]["commit"] == best)
-        fresh = (hw, self.commits.blob(best)) in self.fresh
-        want = self.cfg.best_remeasures if fresh else 0  # the root is not selected: no re-measure
-        need = max(want - (n + open_b), self.cfg.min_dof - (self._dof(hw) + open_b))
+        open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
+        fresh = self.book.fresh_n(hw, best)  # a new best: only the runs since it became best count
+        # (the root was not selected: it needs no re-measure)
+        want = 0 if fresh is None else self.cfg.best_remeasures - fresh
+        need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
         for _ in range(max(0, need)):
             self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")
 

@@ -10,25 +10,21 @@ import importlib.resources
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents.backends.auto import resolve_auto
+from agents.backends.base import BackendSpec, backend_config
 from agents.messages import PromotionConfig
-from agents.config import CommandSpec, LitellmSpec, MutateSpec
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ONLY_ENV_RE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Keys whose value is a secret: they may only be written as ${ENV_VAR}.
 SECRET_KEY_RE = re.compile(r"(api_?key|token|password|secret)$", re.IGNORECASE)
-# The LLM provider keys `auto` looks for, in order, with the model it then uses.
-AUTO_LLM = (
-    ("ANTHROPIC_API_KEY", "anthropic/claude-sonnet-4-5"),
-    ("OPENAI_API_KEY", "openai/gpt-4.1"),
-)
 
 
 class ConfigError(ValueError):
@@ -39,21 +35,11 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AutoBackend(_Cfg):
-    """litellm when an LLM key is in the environment (see AUTO_LLM), else mutate."""
-    type: Literal["auto"]
-
-
-# The concrete backends are the agents' own models (one declaration of each type).
-Backend = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, AutoBackend],
-                    Field(discriminator="type")]
-
-
 class ProgramEntry(_Cfg):
     name: str | None = None                 # a shipped program: programs/<name>.md
     path: str | None = None                 # or a file, relative to swarm.yaml
     weight: float = Field(default=1.0, gt=0)
-    backend: Backend | None = None          # None: the top-level `backend`
+    backend: BackendSpec | None = None      # None: the top-level `backend`
     adopt: str | None = None                # None: the program's own suggestion
 
     def label(self) -> str:
@@ -93,7 +79,8 @@ class SwarmConfig(_Cfg):
     seed: int = 0
     data: DataConfig = DataConfig()
     agents: AgentsConfig = AgentsConfig()
-    backend: Backend = AutoBackend(type="auto")
+    # any registered backend type (agents/backends/base.py): built-ins and plugins
+    backend: BackendSpec = Field(default_factory=lambda: backend_config({"type": "auto"}))
     programs: list[ProgramEntry] = Field(default_factory=list)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     redis: RedisConfig = RedisConfig()
@@ -156,7 +143,8 @@ def parse_config(data: Any, source: str = "swarm.yaml",
         raise ConfigError(f"{source}: {validation_message(e)}") from None
 
 
-_TAGS = ("mutate", "litellm", "command", "auto", "int", "str", "float", "bool")
+# Union members pydantic names in an error's location (agents.count: int | "per-gpu" | "auto").
+_TAGS = ("int", "str", "float", "bool")
 
 
 def validation_message(e: ValidationError) -> str:
@@ -222,13 +210,9 @@ def resolve_program(entry: ProgramEntry, base: Path, source: str = "swarm.yaml",
 
 def resolve_backend(backend, env: dict[str, str] | None = None) -> dict:
     """The concrete backend (as a dict for AgentConfig): `auto` becomes litellm or mutate."""
-    env = dict(os.environ) if env is None else env
     if backend.type != "auto":
         return backend.model_dump(exclude_none=True)
-    for var, model in AUTO_LLM:
-        if env.get(var):
-            return {"type": "litellm", "model": model, "api_key_env": var}
-    return {"type": "mutate"}
+    return resolve_auto(env)
 
 
 def assign_programs(programs: list[ProgramEntry], n_agents: int) -> list[int]:

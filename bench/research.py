@@ -203,12 +203,12 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
     repo = c.repo
     final = repo.ref(f"refs/heads/best/{HW}")
     on_best = set(repo.git("rev-list", final).split())
-    chain_blobs = {repo.blob_id(x) for x in repo.first_parent_history(final)}
+    chain_blobs = {c.commits.blob(x) for x in repo.first_parent_history(final)}
     blob_of: dict[str, str] = {}
 
     def blob(commit: str) -> str:
         if commit not in blob_of:
-            blob_of[commit] = repo.blob_id(commit)
+            blob_of[commit] = c.commits.blob(commit)
         return blob_of[commit]
 
     final_dec = dict(c.decisions)
@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="swarm,independent,single,null")
     ap.add_argument("--backend", action="append", default=[], metavar="[PROGRAM=]TYPE",
                     help="proposal backend type, for every program or one (repeatable; default mutate)")
+    ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",
+                    help="a PromotionConfig key for every coordinator of the bench (repeatable)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (repos, ledger)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -443,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         print(f"research bench: {conf}, backends {backends or {'*': 'mutate'}}")
-        run_bench(conf, work, redis.url, backends, arms=tuple(a.arms.split(",")))
+        promo = PromotionConfig(**dict(kv.split("=", 1) for kv in a.promotion))
+        if a.promotion:
+            print(f"promotion: {promo}")
+        run_bench(conf, work, redis.url, backends, cfg=promo, arms=tuple(a.arms.split(",")))
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     finally:
         redis.stop(kill=True)

@@ -149,7 +149,8 @@ class Swarm:
     """One coordinator and its agents in a fresh SWARM_HOME."""
 
     def __init__(self, home: Path, redis_url: str, swarm_id: str, land: Landscape, programs: list[str],
-                 seed: int, cfg: PromotionConfig, backends: dict[str, str], budget: float):
+                 seed: int, cfg: PromotionConfig, backends: dict[str, str], budget: float,
+                 adopt: str | None = None):
         self.home, self.land, self.cfg = home, land, cfg
         self.coord = Coordinator(home, redis_url, cfg, swarm_id=swarm_id, baseline_train_py=baseline_text())
         self.log = RunLog()
@@ -158,7 +159,7 @@ class Swarm:
         for i, prog in enumerate(programs):
             name = f"a{i}"
             kind = backends.get(prog, backends.get("*", "mutate"))
-            acfg = AgentConfig(name=name, program_name=prog, program_text=program_text(prog),
+            acfg = AgentConfig(name=name, program_name=prog, program_text=program_text(prog, adopt),
                                backend={"type": kind}, seed=seed * 1000 + i, swarm_id=swarm_id,
                                swarm_home=home, hardware_class=HW, budget=budget, recent_n=0,
                                heartbeat_s=1e9)
@@ -284,7 +285,7 @@ class Config:
 
 def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, str],
               cfg: PromotionConfig | None = None, arms=("swarm", "independent", "single", "null"),
-              out=print) -> dict:
+              out=print, adopt: str | None = None) -> dict:
     cfg = cfg or PromotionConfig()
     land, null = Landscape(), Landscape(null=True)
     target = TARGET_FRACTION * land.max_gain
@@ -295,7 +296,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         runs = conf.runs
         if "swarm" in arms:
             s = Swarm(workdir / f"swarm-{seed}", redis_url, f"swarm-{seed}", land, programs_for(n),
-                      seed, cfg, backends, conf.budget)
+                      seed, cfg, backends, conf.budget, adopt)
             r = ArmResult("swarm")
             s.play(conf.runs, target, r)
             results["swarm"].append(s.finish(r))
@@ -425,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="swarm,independent,single,null")
     ap.add_argument("--backend", action="append", default=[], metavar="[PROGRAM=]TYPE",
                     help="proposal backend type, for every program or one (repeatable; default mutate)")
+    ap.add_argument("--adopt", choices=["always", "if-better", "never"],
+                    help="the swarm's agents' adopt rule (default: the programs', i.e. if-better)")
     ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",
                     help="a PromotionConfig key for every coordinator of the bench (repeatable)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (repos, ledger)")
@@ -448,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         promo = PromotionConfig(**dict(kv.split("=", 1) for kv in a.promotion))
         if a.promotion:
             print(f"promotion: {promo}")
-        run_bench(conf, work, redis.url, backends, cfg=promo, arms=tuple(a.arms.split(",")))
+        run_bench(conf, work, redis.url, backends, cfg=promo, arms=tuple(a.arms.split(",")), adopt=a.adopt)
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     finally:
         redis.stop(kill=True)

@@ -283,6 +283,11 @@ def test_job_lease_covers_a_whole_run(tmp_path, redis_url):
                                   startup_seconds=60.0, eval_seconds=120.0, total_seconds=1380.0)
     decide(coord, rec)
     assert coord.jobs.lease_s >= 1380.0 * 1.5
+    # swarm run derives the first lease from the budget and the profile's start-up and eval limits
+    from coordinator.run.swarm import job_lease
+    from trainer.profiles import get_profile
+    prof = get_profile("gpu")
+    assert job_lease(300.0, prof) > 300.0 + prof.startup_limit + prof.eval_limit > 900.0
 
 
 def test_a_merge_is_counted_once(coord, tmp_path):

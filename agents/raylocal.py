@@ -39,9 +39,11 @@ def loopback_environment(home: Path) -> dict[str, str]:
 
 def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
                     object_store_mb: int = 256, temp_dir: Path | None = None,
-                    address: str | None = None, resources: dict[str, float] | None = None) -> None:
+                    address: str | None = None, resources: dict[str, float] | None = None,
+                    quiet: bool = True) -> None:
     """Start a private local Ray (address None) on 127.0.0.1, or join `address`.
-    `resources`: custom resources of the private Ray's one node.
+    `resources`: custom resources of the private Ray's one node. `quiet` keeps Ray's own
+    start-up chatter (its INFO lines) off the user's terminal.
 
     Raises ConnectionError with one line naming the address when it cannot be joined.
     """
@@ -56,7 +58,9 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         return
     if address:
         try:
-            ray.init(address=address, log_to_driver=False, runtime_env=_driver_runtime_env())
+            ray.init(address=address, log_to_driver=False,
+                     logging_level=logging.WARNING if quiet else logging.INFO,
+                     runtime_env=_driver_runtime_env())
         except Exception as e:  # ray raises several types here; the user needs one line
             raise ConnectionError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from e
         return
@@ -72,7 +76,8 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
              include_dashboard=False,
              object_store_memory=object_store_mb * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False, **kwargs)
+             _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING if quiet else logging.INFO, **kwargs)
     log.info("started a local Ray with %d CPUs on 127.0.0.1", num_cpus)
 
 

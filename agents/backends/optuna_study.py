@@ -63,7 +63,10 @@ def distribution(param, current=None):
     if isinstance(param, FloatParam):
         return FloatDistribution(param.min, param.max)
     if isinstance(param, IntParam):
-        return IntDistribution(param.min, param.max, step=param.step)
+        # the grid's last point: check_space refuses a range that misses max (swarm run), the
+        # backend itself takes what it is given without Optuna's warning on every trial
+        high = param.min + (param.max - param.min) // param.step * param.step
+        return IntDistribution(param.min, high, step=param.step)
     if isinstance(param, ChoiceParam):
         return CategoricalDistribution(list(param.values))
     raise TypeError(f"unknown parameter type {type(param).__name__}")

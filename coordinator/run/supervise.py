@@ -85,7 +85,8 @@ class Supervisor:
         cpus = self.p.n_agents * self.p.cfg.agents.cpus_per_agent
         res = self.p.cfg.agents.resource
         start_local_ray(num_cpus=cpus, num_gpus=self.p.n_agents * self.p.gpus_per_agent or None,
-                        temp_dir=self.ray_tmp, resources={res: self.p.n_agents} if res else None)
+                        temp_dir=self.ray_tmp, resources={res: self.p.n_agents} if res else None,
+                        quiet=not self.p.verbose)
 
     def _agent(self, spec: dict):
         from agents.actor import agent_actor
@@ -393,19 +394,21 @@ def _rows(client, info) -> list[dict]:
 
 
 class _View:
-    """rich Live on a terminal (~2 redraws/s), a plain line every 10 s otherwise."""
+    """rich Live on a terminal (~2 redraws/s); otherwise a plain line each time something
+    happened (a new record or a move of best), never the same line again."""
 
     def __init__(self, plain: bool):
         self.plain = plain
         self.live = None
-        self.last_plain = 0.0
+        self.last_plain = ""
 
     def update(self, data: dict) -> None:
         from coordinator.run import live
         if self.plain:
-            if time.monotonic() - self.last_plain >= 10:
-                self.last_plain = time.monotonic()
-                print(live.plain_line(data), flush=True)
+            line = live.plain_line(data)
+            if line != self.last_plain:
+                self.last_plain = line
+                print(line, flush=True)
             return
         if self.live is None:
             from rich.live import Live

@@ -128,10 +128,19 @@ def plan(args) -> Plan:
         home = Path.home() / ".swarm"
     _check_same_budget(SwarmHome(home), profile, budget)
     cfg.budget = budget
+    if cfg.promotion.job_lease_s is None:
+        cfg.promotion = cfg.promotion.model_copy(update={"job_lease_s": job_lease(budget, get_profile(profile))})
     return Plan(cfg=cfg, home=home, profile=profile,
                 n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
                 redis_url=redis_url, address=address, max_experiments=args.max_experiments,
                 deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose)
+
+
+def job_lease(budget: float, prof) -> float:
+    """How long a handed-out job is its agent's: a whole run (start-up, the budget, the locked
+    evaluation) with room to spare, so that a slow run is never handed out twice. The
+    coordinator raises it further when runs turn out longer."""
+    return 1.5 * (prof.startup_limit + budget + prof.eval_limit) + 60.0
 
 
 def _check_same_budget(home: SwarmHome, profile: str, budget: float) -> None:
@@ -152,7 +161,7 @@ def run_command(args, setup_logging) -> int:
     if p.address:
         # joining is part of the checks: an unreachable cluster must not leave a SWARM_HOME
         from agents.raylocal import start_local_ray
-        start_local_ray(num_cpus=0, address=p.address)
+        start_local_ray(num_cpus=0, address=p.address, quiet=not p.verbose)
         _check_cluster_gpus(p)
     setup_logging(p.home, p.verbose)
     from coordinator.run.supervise import Supervisor

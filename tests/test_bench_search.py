@@ -1,4 +1,4 @@
-"""bench/search.py end to end at a toy size: three methods, real backends, one real redis."""
+"""bench/search.py at a toy size (three methods, real backends, one real redis), and the research bench with the optuna backend."""
 import json
 import math
 
@@ -24,3 +24,22 @@ def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys):
     for (trace,) in d["traces"].values():
         assert len(trace) == 14 and trace[0] <= d["baseline"] + 1e-12
     assert "| optuna-tpe |" in capsys.readouterr().out
+
+
+def test_research_bench_runs_the_optuna_backend_with_its_studies_on_the_bench_redis(tmp_path, redis_url,
+                                                                                   monkeypatch):
+    import redis
+
+    from agents.backends.optuna_study import study_views
+    from bench.research import Config, backend_spec, run_bench
+
+    monkeypatch.delenv("SWARM_REDIS_URL", raising=False)
+    assert backend_spec("{type: optuna, sampler: cmaes}") == {"type": "optuna", "sampler": "cmaes"}
+    conf = Config(agents=4, runs=24, seeds=1, null_runs=0, null_seeds=0)
+    out: list[str] = []
+    res = run_bench(conf, tmp_path, redis_url, {"*": "optuna"}, arms=("swarm",), out=out.append)
+    assert res["arms"]["swarm"]["results"][0].runs == 24
+    views = study_views(redis.Redis.from_url(redis_url), "swarm-0")
+    # four programs, one agent each: a study per program, each with its agent's trials
+    assert len(views) == 4 and all(len(v.rows) >= 2 for v in views)
+    assert all(r["agent"] for v in views for r in v.rows)

@@ -1,4 +1,5 @@
-"""bench/search.py at a toy size (three methods, real backends, one real redis), and the research bench with the optuna backend."""
+"""bench/search.py at a toy size (three methods, real backends, one real redis), and the
+research bench with the optuna backend."""
 import json
 import math
 

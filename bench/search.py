@@ -261,9 +261,10 @@ def main(argv=None) -> int:
               f"{' / '.join(f'{x:.4f}' for x in r['mean_curve'])} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    traces = {m: [[round(x, 4) for x in tr] for tr in trs] for m, trs in traces.items()}
     out.write_text(json.dumps({"agents": args.agents, "runs": args.runs, "seeds": args.seeds,
                                "sigma": SIGMA, "baseline": base, "target": target, "rows": rows,
-                               "traces": traces}, indent=1, default=str))
+                               "traces": traces}, separators=(",", ":"), default=str) + "\n")
     print(f"\nwrote {out}")
     return 0
 

@@ -23,7 +23,7 @@ def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert [r["method"] for r in d["rows"]] == ["mutate", "optuna-tpe", "optuna-cmaes"]
     for (trace,) in d["traces"].values():
-        assert len(trace) == 14 and trace[0] <= d["baseline"] + 1e-12
+        assert len(trace) == 14 and trace[0] <= d["baseline"] + 1e-4   # traces keep 4 decimals
     assert "| optuna-tpe |" in capsys.readouterr().out
 
 

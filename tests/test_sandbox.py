@@ -1,0 +1,278 @@
+"""The sandbox itself (trainer.sandbox), with real bubblewrap and a real `python -c` inside."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import site
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer import sandbox
+from trainer.sandbox import SandboxSpec, SandboxUnavailable, check_sandbox, wrap
+
+PY_ENV = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+
+
+def run_in(spec: SandboxSpec, code: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    argv = wrap([sys.executable, "-I", "-c", textwrap.dedent(code)], spec)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True, **kw)
+
+
+def out_json(p: subprocess.CompletedProcess):
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def spec(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return SandboxSpec(scratch=scratch, env=dict(PY_ENV))
+
+
+def test_check_sandbox_passes_here():
+    check_sandbox()
+
+
+def test_runs_as_nobody_with_exactly_its_env(spec):
+    spec.env["ONLY_THIS"] = "yes"
+    p = run_in(spec, "import os, json; print(json.dumps([os.getuid(), os.getgid()]))")
+    assert out_json(p) == [65534, 65534]
+    env = subprocess.run(wrap(["/usr/bin/env", "-0"], spec), capture_output=True, timeout=60)
+    got = dict(kv.split("=", 1) for kv in env.stdout.decode().split("\0") if kv)
+    # bwrap sets PWD to the working directory (scratch); nothing else is added
+    assert got == {**spec.env, "PWD": str(spec.scratch.resolve())}
+
+
+def test_proc_shows_only_the_sandbox(spec, monkeypatch):
+    monkeypatch.setenv("SWARM_TEST_PARENT_SECRET", "sk-parent-secret-123")
+    p = run_in(spec, """
+        import os, json
+        pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())
+        environs = []
+        for pid in pids:
+            try:
+                environs.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin1'))
+            except OSError:
+                pass
+        print(json.dumps({'pids': pids, 'ppid': os.getppid(), 'env': environs}))
+    """, env={**os.environ, "SWARM_TEST_PARENT_SECRET": "sk-parent-secret-123"})
+    got = out_json(p)
+    assert max(got["pids"]) < 10 and os.getpid() not in got["pids"]  # own PID namespace
+    assert "sk-parent-secret-123" not in json.dumps(got["env"]) + p.stdout + p.stderr
+
+
+def test_writes_outside_scratch_fail(spec, tmp_path, prepared_data_dir):
+    targets = [site.getsitepackages()[0], str(Path(sandbox.__file__).parent), str(prepared_data_dir),
+               str(Path.home()), str(tmp_path), "/usr/lib", "/etc", "/dev", "/sys/fs/cgroup"]
+    p = run_in(spec, f"""
+        import os, json
+        res = {{}}
+        for d in {targets!r}:
+            try:
+                with open(os.path.join(d, 'sandbox-wrote-here'), 'w') as f:
+                    f.write('x')
+                res[d] = 'wrote'
+            except OSError as e:
+                res[d] = type(e).__name__
+        with open('in-scratch', 'w') as f:
+            f.write('ok')
+        with open('/tmp/in-tmp', 'w') as f:
+            f.write('ok')
+        print(json.dumps(res))
+    """)
+    res = out_json(p)
+    # scratch's parent lies in the sandbox's own /tmp tmpfs: a write there lands in that tmpfs
+    assert all(v != "wrote" for d, v in res.items() if d != str(tmp_path)), res
+    assert not any(Path(t, "sandbox-wrote-here").exists() for t in targets)
+    assert (spec.scratch / "in-scratch").read_text() == "ok"
+
+
+def test_hidden_paths_look_empty_and_readable_shows_one_file(spec, tmp_path):
+    secret_dir = tmp_path / "home"
+    (secret_dir / "repo").mkdir(parents=True)
+    (secret_dir / "repo" / "HEAD").write_text("ref")
+    (secret_dir / "token.bin").write_text("val-data")
+    spec.hidden = [secret_dir]
+    spec.readable = [secret_dir / "token.bin"]
+    p = run_in(spec, f"""
+        import os, json
+        print(json.dumps([sorted(os.listdir({str(secret_dir)!r})), open({str(secret_dir / 'token.bin')!r}).read()]))
+    """)
+    assert out_json(p) == [["token.bin"], "val-data"]
+
+
+def test_home_caches_are_hidden(spec):
+    cache = Path.home() / ".cache"
+    if not cache.is_dir() or not any(cache.iterdir()):
+        pytest.skip("no ~/.cache to hide here")
+    p = run_in(spec, f"import os, json; print(json.dumps(os.listdir({str(cache)!r})))")
+    assert out_json(p) == []
+
+
+def test_no_network(spec):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        p = run_in(spec, f"""
+            import socket, json
+            try:
+                socket.create_connection(('127.0.0.1', {port}), timeout=3)
+                print(json.dumps('connected'))
+            except OSError as e:
+                print(json.dumps(type(e).__name__))
+        """)
+        assert out_json(p) != "connected"
+        srv.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+
+
+def test_passed_fd_stays_usable(spec):
+    r, w = os.pipe()
+    argv = wrap([sys.executable, "-I", "-c", f"import os; os.write({w}, b'hello')"], spec)
+    p = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True)
+    os.close(w)
+    assert p.wait(timeout=60) == 0
+    assert os.read(r, 100) == b"hello"
+    os.close(r)
+
+
+def test_double_fork_setsid_grandchild_dies_with_the_group(spec):
+    marker = spec.scratch / "grandchild.pid"
+    code = f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open({str(marker)!r}, 'w') as f:
+                    f.write(str(os.getpid()))
+                while True:
+                    time.sleep(0.1)
+                    with open({str(spec.scratch / 'alive')!r}, 'w') as f:
+                        f.write(str(time.time()))
+            os._exit(0)
+        time.sleep(600)
+    """
+    before = set(_all_pids())
+    p = subprocess.Popen(wrap([sys.executable, "-I", "-c", textwrap.dedent(code)], spec), start_new_session=True)
+    t = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < t:
+        time.sleep(0.05)
+    assert marker.exists()
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    time.sleep(0.5)
+    alive = spec.scratch / "alive"
+    stamp = alive.read_text() if alive.exists() else None
+    time.sleep(0.5)
+    assert (alive.read_text() if alive.exists() else None) == stamp  # nobody writes any more
+    assert set(_all_pids()) - before <= _ours_or_unrelated(before)
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _ours_or_unrelated(before: set[int]) -> set[int]:
+    """New PIDs that are not descendants of this test process (other users of the machine)."""
+    me, out = os.getpid(), set()
+    for pid in set(_all_pids()) - before:
+        p = pid
+        for _ in range(64):
+            try:
+                stat = Path(f"/proc/{p}/stat").read_text()
+            except OSError:
+                break
+            p = int(stat.rsplit(")", 1)[1].split()[1])
+            if p == me:
+                break
+            if p <= 1:
+                out.add(pid)
+                break
+    return out
+
+
+def test_fork_bomb_ends_and_machine_keeps_pids(spec):
+    spec.max_procs = 64
+    before = set(_all_pids())
+    argv = wrap([sys.executable, "-I", "-c", "import os\nwhile True:\n    os.fork()"], spec)
+    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        # a bomb held at the cap runs until its owner kills the group (the runner's hard limit)
+        os.killpg(proc.pid, signal.SIGKILL)
+        rc = proc.wait(timeout=10)
+    err = proc.stderr.read()
+    assert rc != 0
+    time.sleep(0.5)
+    assert set(_all_pids()) - before <= _ours_or_unrelated(before)
+    assert "process limit of 64 tasks reached" in err or "BlockingIOError" in err, err[-2000:]
+
+
+def test_memory_hog_ends_with_a_reason(spec):
+    spec.memory_mb = 300
+    p = run_in(spec, """
+        chunks = []
+        while True:
+            chunks.append(bytearray(20 << 20))
+    """, timeout=60)
+    assert p.returncode != 0
+    assert "MemoryError" in p.stderr or "memory limit of 300 MB" in p.stderr
+
+
+def test_torch_trains_under_the_limits(spec):
+    spec.memory_mb, spec.max_procs = 2000, 256
+    spec.env["OMP_NUM_THREADS"] = "2"
+    p = run_in(spec, """
+        import json, torch, torch.nn as nn
+        m = nn.Sequential(nn.Embedding(1024, 128), nn.Linear(128, 1024))
+        opt = torch.optim.AdamW(m.parameters())
+        x = torch.randint(0, 1024, (16, 256))
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(m(x).view(-1, 1024), x.view(-1))
+            loss.backward(); opt.step(); opt.zero_grad()
+        print(json.dumps(loss.item()))
+    """, timeout=180)
+    assert out_json(p) > 0
+
+
+def test_cgroups_are_removed_after_the_run(spec):
+    spec.memory_mb, spec.max_procs = 500, 32
+    argv = wrap([sys.executable, "-I", "-c", "pass"], spec)
+    cfg = json.loads(argv[5])
+    assert subprocess.run(argv, timeout=60).returncode == 0
+    assert not any(os.path.isdir(c["dir"]) for c in cfg["cgroups"])
+
+
+def test_unsafe_returns_argv_unchanged(spec):
+    spec.unsafe = True
+    assert wrap(["python", "-c", "pass"], spec) == ["python", "-c", "pass"]
+    assert sandbox.unsafe_from_env({"SWARM_UNSAFE_NO_SANDBOX": "1"})
+    assert not sandbox.unsafe_from_env({})
+
+
+def test_check_sandbox_names_cause_and_fix(monkeypatch, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(fake))
+    with pytest.raises(SandboxUnavailable) as e:
+        check_sandbox()
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot make namespaces" in msg and "seccomp" in msg
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SandboxUnavailable, match="not executable"):
+        check_sandbox()

@@ -1,0 +1,368 @@
+"""The experiment sandbox (locked): bubblewrap around every train.py run and every evaluation.
+
+`wrap(argv, spec)` returns the command line that runs `argv` with new user, PID, network, IPC
+and UTS namespaces, uid 65534, a read-only root, `spec.scratch` as the only writable place,
+`spec.hidden` replaced by empty tmpfs, exactly `spec.env` as the environment, and limits on
+memory and tasks. Start it with `Popen(wrap(...), start_new_session=True, pass_fds=...)` and end
+it by killing that process group: the sandbox's PID namespace dies with it, so nothing the run
+started (double fork + setsid included) outlives it.
+
+The escape hatch: `swarm run/train --unsafe-no-sandbox` skips `check_sandbox()`, records the
+flag in swarm.json and sets `SWARM_UNSAFE_NO_SANDBOX=1` for the agents; the runner reads it
+(`unsafe_from_env()`) into `SandboxSpec.unsafe`, and `wrap()` then returns argv unchanged.
+
+How the limits are enforced, as measured on the dev machine (kernel 6.18, cgroup v1 hybrid,
+bwrap 0.8 run as root):
+- RLIMIT_NPROC does not work: bwrap run as root maps the inside uid 65534 to uid 0 outside,
+  and the kernel never applies RLIMIT_NPROC to uid 0 (100 forks passed under `--nproc=20`).
+  Running bwrap as an unprivileged uid instead would need the Python install readable by that
+  uid (here it lives under /root, mode 700).
+- So tasks (threads count: the pids controller counts tasks) are capped by a pids cgroup made
+  under the caller's own cgroup (v2 if it delegates `pids`, else v1 `/sys/fs/cgroup/pids`): a
+  fork bomb gets EAGAIN and the machine (pid_max 32768 here) keeps its PIDs. Where no cgroup
+  is writable, a watchdog outside the sandbox counts its tasks every 20 ms and kills it past
+  the cap: the last resort, which a fast bomb can outrun by a few hundred tasks.
+- Memory: RLIMIT_DATA = memory_mb on every process in the sandbox (portable; malloc fails, so
+  Python raises MemoryError, a readable crash). Not RLIMIT_AS: CUDA reserves terabytes of
+  address space. `import torch` plus a small AdamW step peaks at ~440 MB RSS and runs under
+  RLIMIT_DATA = 1000 MB. A memory cgroup (same places as pids) also caps the sandbox's total,
+  tmpfs pages included; /tmp and /dev/shm are size-capped tmpfs either way.
+- The supervisor that applies these is a stdlib-only `python -I -S -c` between the caller and
+  bwrap; it exits with bwrap's status and, when a limit ended the run, writes one line
+  `sandbox: ... limit ...` to stderr (so into run.log) first.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.errors import TrainerError
+
+UNSAFE_ENV = "SWARM_UNSAFE_NO_SANDBOX"   # "1": the swarm was started with --unsafe-no-sandbox
+BWRAP_ENV = "SWARM_BWRAP"                # path of the bwrap binary (default: bwrap on PATH)
+TMPFS_MB = 512                           # size of the sandbox's /tmp and /dev/shm each
+CGROUP_PREFIX = "swarm-sandbox-"
+FIX = ("install bubblewrap (apt-get install -y bubblewrap); in Docker run with "
+       "--security-opt seccomp=unconfined (or a seccomp profile allowing unshare/clone with "
+       "namespace flags) and --security-opt apparmor=unconfined; in Kubernetes set "
+       "securityContext.seccompProfile.type: Unconfined and allow user namespaces "
+       "(or run the pod privileged); or pass --unsafe-no-sandbox to run train.py unconfined")
+
+
+class SandboxUnavailable(TrainerError):
+    """bubblewrap is missing or cannot make namespaces here (one line: cause and fix)."""
+
+
+@dataclass
+class SandboxSpec:
+    scratch: Path                                        # the only writable place, same path inside
+    readable: list[Path] = field(default_factory=list)   # extra paths shown read-only (even inside hidden ones)
+    hidden: list[Path] = field(default_factory=list)     # replaced by an empty tmpfs (dirs) or /dev/null (files)
+    env: dict[str, str] = field(default_factory=dict)    # the ONLY environment inside
+    gpu_devices: list[int] = field(default_factory=list) # /dev/nvidiaN for these, plus the control nodes
+    memory_mb: int | None = None                         # per process (RLIMIT_DATA) and total (cgroup)
+    max_procs: int | None = None                         # tasks (threads included) in the sandbox
+    unsafe: bool = False                                 # --unsafe-no-sandbox: wrap() returns argv unchanged
+
+
+def unsafe_from_env(env: dict[str, str] | None = None) -> bool:
+    """True when the swarm was started with --unsafe-no-sandbox (SWARM_UNSAFE_NO_SANDBOX=1)."""
+    return (env if env is not None else os.environ).get(UNSAFE_ENV, "") == "1"
+
+
+def default_hidden() -> list[Path]:
+    """Places with credentials that a read-only root would otherwise show: the home's caches and
+    configs, cloud and cluster credentials, and the Kubernetes service-account token."""
+    home = Path.home()
+    names = [".cache", ".ssh", ".config", ".ray", ".aws", ".azure", ".kube", ".docker", ".gnupg",
+             ".netrc", ".git-credentials", ".gitconfig", ".pypirc", ".bash_history", ".python_history",
+             ".redis", ".rediscli_history", ".huggingface"]
+    paths = [home / n for n in names] + [Path("/var/run/secrets"), Path("/run/secrets")]
+    return [p for p in paths if os.path.lexists(p)]
+
+
+def _bwrap() -> str | None:
+    return os.environ.get(BWRAP_ENV) or shutil.which("bwrap")
+
+
+@functools.lru_cache(maxsize=None)
+def _check(bwrap: str | None) -> str | None:
+    if not bwrap:
+        return "bubblewrap (bwrap) is not installed"
+    if not os.access(bwrap, os.X_OK):
+        return f"{bwrap} is not executable"
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--uid", "65534", "--gid", "65534",
+            "--", "/bin/sh", "-c", "test \"$(id -u)\" = 65534"]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{bwrap} could not run ({e})"
+    if p.returncode != 0:
+        msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        return f"bubblewrap cannot make namespaces here ({msg})"
+    return None
+
+
+def check_sandbox() -> None:
+    """Run a trivial bwrap once (cached per bwrap path). Raises SandboxUnavailable with one
+    line naming the cause and the fix."""
+    cause = _check(_bwrap())
+    if cause:
+        raise SandboxUnavailable(f"{cause}: {FIX}")
+
+
+# --- cgroups ---------------------------------------------------------------------------------
+
+def _own_cgroups() -> dict[str, str]:
+    out = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            for c in ctrls.split(",") if ctrls else ["v2"]:
+                out[c] = path
+    except OSError:
+        pass
+    return out
+
+
+def _sweep(parent: Path) -> None:
+    """Remove sandbox cgroups left by supervisors that were SIGKILLed (rmdir only succeeds on
+    an empty cgroup; a young one may belong to a sandbox that is about to start)."""
+    try:
+        for d in parent.glob(CGROUP_PREFIX + "*"):
+            try:
+                if time.time() - d.stat().st_mtime > 120:
+                    d.rmdir()
+            except OSError:
+                pass
+    except OSError:
+        pass
+
+
+def _make_cgroups(spec: SandboxSpec) -> list[dict]:
+    """Make this sandbox's cgroups and write their limits. Returns [{procs, dir, kind}]; empty
+    where no cgroup is writable (the supervisor's watchdog and RLIMIT_DATA remain)."""
+    if spec.max_procs is None and spec.memory_mb is None:
+        return []
+    name = CGROUP_PREFIX + uuid.uuid4().hex[:12]
+    own = _own_cgroups()
+    made: list[dict] = []
+    root = Path("/sys/fs/cgroup")
+    v2 = root if (root / "cgroup.controllers").exists() else root / "unified"
+    if "v2" in own and (v2 / "cgroup.controllers").exists():
+        parent = v2 / own["v2"].lstrip("/")
+        try:
+            have = (parent / "cgroup.subtree_control").read_text().split()
+            want = [c for c, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)) if on]
+            if all(c in have for c in want):
+                _sweep(parent)
+                d = parent / name
+                d.mkdir()
+                if spec.max_procs:
+                    (d / "pids.max").write_text(str(spec.max_procs + 3))
+                if spec.memory_mb:
+                    (d / "memory.max").write_text(str(spec.memory_mb << 20))
+                    try:
+                        (d / "memory.swap.max").write_text("0")
+                    except OSError:
+                        pass
+                return [{"dir": str(d), "kind": "v2"}]
+        except OSError:
+            pass
+    for ctrl, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)):
+        if not on or ctrl not in own:
+            continue
+        parent = root / ctrl / own[ctrl].lstrip("/")
+        try:
+            _sweep(parent)
+            d = parent / name
+            d.mkdir()
+            if ctrl == "pids":
+                (d / "pids.max").write_text(str(spec.max_procs + 3))  # + supervisor and bwrap's two
+            else:
+                (d / "memory.limit_in_bytes").write_text(str(spec.memory_mb << 20))
+            made.append({"dir": str(d), "kind": ctrl})
+        except OSError:
+            continue
+    return made
+
+
+# --- the supervisor: stdlib only, runs as `python -I -S -c` between the caller and bwrap --------
+
+_SUPERVISOR = r'''
+import json, os, resource, signal, sys, time
+cfg = json.loads(sys.argv[1]); argv = sys.argv[2:]
+me = str(os.getpid())
+for cg in cfg["cgroups"]:
+    with open(os.path.join(cg["dir"], "cgroup.procs"), "w") as f:
+        f.write(me)
+if cfg["data"]:
+    resource.setrlimit(resource.RLIMIT_DATA, (cfg["data"], cfg["data"]))
+child = os.fork()
+if child == 0:
+    try:  # bwrap's own init (PID 1 inside) keeps the environment it was started with: none
+        os.execve(argv[0], argv, {})
+    finally:
+        os._exit(127)
+
+def tasks(root):
+    n, todo, seen = 0, [root], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                n += 1
+                try:
+                    with open("/proc/%d/task/%s/children" % (p, t)) as f:
+                        todo.extend(int(c) for c in f.read().split())
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return n
+
+def cleanup():
+    for cg in cfg["cgroups"]:
+        try:
+            with open(os.path.join(os.path.dirname(cg["dir"]), "cgroup.procs"), "w") as f:
+                f.write(me)
+        except OSError:
+            pass
+    for _ in range(50):
+        left = [cg for cg in cfg["cgroups"] if os.path.isdir(cg["dir"])]
+        for cg in left:
+            try:
+                os.rmdir(cg["dir"])
+            except OSError:
+                pass
+        if not left:
+            break
+        time.sleep(0.02)
+
+def reason():
+    for cg in cfg["cgroups"]:
+        try:
+            if cg["kind"] == "memory":
+                with open(os.path.join(cg["dir"], "memory.failcnt")) as f:
+                    if int(f.read()) > 0:
+                        return "memory limit of %d MB reached" % cfg["memory_mb"]
+            elif cg["kind"] == "pids":
+                with open(os.path.join(cg["dir"], "pids.events")) as f:
+                    if int(f.read().split()[-1]) > 0:
+                        return "process limit of %d tasks reached" % cfg["max_procs"]
+            else:
+                with open(os.path.join(cg["dir"], "memory.events")) as f:
+                    ev = dict(l.split() for l in f if l.strip())
+                if int(ev.get("max", 0)) or int(ev.get("oom_kill", 0)):
+                    return "memory limit of %d MB reached" % cfg["memory_mb"]
+                with open(os.path.join(cg["dir"], "pids.events")) as f:
+                    if int(f.read().split()[-1]) > 0:
+                        return "process limit of %d tasks reached" % cfg["max_procs"]
+        except (OSError, ValueError, IndexError):
+            pass
+    return None
+
+def stop(signum, frame):
+    try:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    except OSError:
+        pass
+    cleanup()
+    os._exit(128 + signum)
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+watch = cfg["watch"]
+while True:
+    pid, status = os.waitpid(child, os.WNOHANG)
+    if pid:
+        break
+    if watch and tasks(child) > watch:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        sys.stderr.write("sandbox: process limit of %d tasks reached; the sandbox was killed\n" % (watch - 2))
+        cleanup()
+        os._exit(137)
+    time.sleep(0.02 if watch else 0.2)
+why = reason()
+cleanup()
+code = os.waitstatus_to_exitcode(status)
+code = 128 - code if code < 0 else code
+if why and code != 0:
+    sys.stderr.write("sandbox: %s\n" % why)
+sys.exit(code)
+'''
+
+
+def _bind_args(spec: SandboxSpec) -> list[str]:
+    args: list[str] = []
+    scratch = Path(spec.scratch).resolve()
+    for h in [*default_hidden(), *spec.hidden]:
+        h = Path(h)
+        if not os.path.lexists(h):
+            continue
+        h = h.resolve()
+        if h == scratch or h in scratch.parents:
+            # hiding a parent of scratch: the tmpfs first, scratch is bound back on top below
+            args += ["--tmpfs", str(h)]
+        elif h.is_dir():
+            args += ["--tmpfs", str(h)]
+        else:
+            args += ["--ro-bind", "/dev/null", str(h)]
+    args += ["--bind", str(scratch), str(scratch)]
+    for r in spec.readable:
+        r = Path(r).resolve()
+        args += ["--ro-bind", str(r), str(r)]
+    return args
+
+
+def _gpu_args(spec: SandboxSpec) -> list[str]:
+    if not spec.gpu_devices:
+        return []
+    args = []
+    for i in spec.gpu_devices:
+        args += ["--dev-bind", f"/dev/nvidia{int(i)}", f"/dev/nvidia{int(i)}"]
+    for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"):
+        args += ["--dev-bind-try", f"/dev/{n}", f"/dev/{n}"]
+    return args
+
+
+def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
+    """The full command line that runs argv in the sandbox (argv unchanged when spec.unsafe).
+    Fds passed with Popen(pass_fds=...) stay usable inside; the working directory must be
+    visible inside (scratch is). Raises SandboxUnavailable when bwrap is missing."""
+    if spec.unsafe:
+        return list(argv)
+    bwrap = _bwrap()
+    if not bwrap:
+        raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {FIX}")
+    inner = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             "--size", str(TMPFS_MB << 20), "--tmpfs", "/dev/shm",
+             *_gpu_args(spec), "--remount-ro", "/dev",
+             "--size", str(TMPFS_MB << 20), "--tmpfs", "/tmp",
+             *_bind_args(spec), "--chdir", str(Path(spec.scratch).resolve()),
+             "--uid", "65534", "--gid", "65534", "--clearenv"]
+    for k, v in spec.env.items():
+        inner += ["--setenv", k, v]
+    inner += ["--", *argv]
+    cgroups = _make_cgroups(spec)
+    has_pids = any(c["kind"] in ("pids", "v2") for c in cgroups)
+    cfg = {"cgroups": cgroups, "data": (spec.memory_mb << 20) if spec.memory_mb else 0,
+           "memory_mb": spec.memory_mb, "max_procs": spec.max_procs,
+           # the watchdog counts bwrap's outer and inner processes too
+           "watch": (spec.max_procs + 2) if spec.max_procs and not has_pids else 0}
+    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, json.dumps(cfg), *inner]

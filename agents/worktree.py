@@ -15,11 +15,19 @@ log = logging.getLogger(__name__)
 
 IDENTITY = {"user.name": "autoresearch-swarm", "user.email": "swarm@localhost"}
 
+# Every git call the agent or the coordinator makes starts with this. Git must never run code
+# planted in a repo or a worktree: hooks (`.git/hooks`, a `core.hooksPath` in any config file)
+# and `core.fsmonitor` (run by status, add, commit and reset) execute with the caller's whole
+# environment, secrets included. `-c` beats every config file, per-worktree ones too.
+GIT = ("git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+       "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false", "-c", "protocol.ext.allow=never",
+       "-c", "core.pager=cat")
+
 
 def git(cwd: Path, *args: str, input: bytes | None = None, check: bool = True) -> str:
     """Run git; retries briefly when another agent holds a lock on the shared repo."""
     for attempt in range(20):
-        p = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+        p = subprocess.run([*GIT, *args], cwd=cwd, input=input, capture_output=True)
         err = p.stderr.decode(errors="replace")
         if p.returncode == 0 or not check:
             return p.stdout.decode(errors="replace")
@@ -85,7 +93,7 @@ class Worktree:
         return git(self.path, "show", f"{commit}:{path}")
 
     def has(self, commit: str) -> bool:
-        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"],
+        return subprocess.run([*GIT, "cat-file", "-e", f"{commit}^{{commit}}"],
                               cwd=self.path, capture_output=True).returncode == 0
 
     def is_clean(self) -> bool:

@@ -276,3 +276,37 @@ def test_check_sandbox_names_cause_and_fix(monkeypatch, tmp_path):
     monkeypatch.setenv(sandbox.BWRAP_ENV, str(tmp_path / "missing"))
     with pytest.raises(SandboxUnavailable, match="not executable"):
         check_sandbox()
+
+
+def test_fork_bomb_without_cgroups_is_killed_by_the_watchdog(spec, monkeypatch, tmp_path):
+    """Where no cgroup is writable, the supervisor's watchdog kills the sandbox past the cap. The
+    test itself runs inside a pids cgroup of 1000 as a safety net for the machine."""
+    net = Path("/sys/fs/cgroup/pids") / f"swarm-test-net-{os.getpid()}"
+    try:
+        net.mkdir()
+        (net / "pids.max").write_text("1000")
+    except OSError:
+        pytest.skip("no writable pids cgroup for the safety net")
+    monkeypatch.setattr(sandbox, "_make_cgroups", lambda spec: [])
+    spec.max_procs = 64
+    argv = wrap([sys.executable, "-I", "-c", "import os\nwhile True:\n    os.fork()"], spec)
+    assert json.loads(argv[5])["watch"] == 66
+
+    def join():
+        (net / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE, text=True, preexec_fn=join)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+        assert rc == 137 and "sandbox: process limit of 64 tasks reached; the sandbox was killed" in err
+        t = time.monotonic() + 10
+        while int((net / "pids.current").read_text()) and time.monotonic() < t:
+            time.sleep(0.05)
+        assert int((net / "pids.current").read_text()) == 0
+    finally:
+        for _ in range(100):
+            try:
+                net.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)

@@ -310,3 +310,111 @@ def test_fork_bomb_without_cgroups_is_killed_by_the_watchdog(spec, monkeypatch, 
                 break
             except OSError:
                 time.sleep(0.05)
+
+
+# --- the CLI gate: no sandbox, no run (unless --unsafe-no-sandbox, which is recorded) ---------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def swarm_cli(args: list[str], env_extra: dict[str, str], tmp_path: Path, timeout: float = 300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    env.pop(sandbox.UNSAFE_ENV, None)
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def failing_bwrap(tmp_path):
+    fake = tmp_path / "fake-bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    return {sandbox.BWRAP_ENV: str(fake)}
+
+
+def test_swarm_train_exits_2_with_one_line_where_bwrap_fails(tmp_path, failing_bwrap, prepared_data_dir):
+    p = swarm_cli(["train", "--budget", "3", "--data-dir", str(prepared_data_dir)], failing_bwrap, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swarm train: error: bubblewrap cannot make namespaces")
+    assert "Operation not permitted" in lines[0] and "--unsafe-no-sandbox" in lines[0]
+    assert not (tmp_path / ".swarm").exists()
+
+
+def test_swarm_train_exits_2_where_bwrap_is_not_installed(tmp_path, prepared_data_dir):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "git").symlink_to("/usr/bin/git")
+    p = swarm_cli(["train", "--budget", "3", "--data-dir", str(prepared_data_dir)],
+                  {"PATH": str(bindir)}, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bubblewrap (bwrap) is not installed" in lines[0] and "apt-get install" in lines[0]
+
+
+def test_swarm_run_exits_2_before_creating_anything(tmp_path, failing_bwrap):
+    home = tmp_path / "home"
+    p = swarm_cli(["run", "--agents", "1", "--budget", "3", "--max-experiments", "1", "--plain",
+                   "--swarm-home", str(home)], failing_bwrap, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("swarm run: error: bubblewrap cannot make namespaces"), p.stderr
+    assert not home.exists()
+
+
+def test_swarm_train_unsafe_runs_without_the_sandbox(tmp_path, failing_bwrap, prepared_data_dir):
+    p = swarm_cli(["train", "--unsafe-no-sandbox", "--budget", "3", "--max-steps", "3",
+                   "--data-dir", str(prepared_data_dir), "--run-dir", str(tmp_path / "run")],
+                  failing_bwrap, tmp_path)
+    assert "--unsafe-no-sandbox: train.py runs without the sandbox" in p.stderr
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "val_bpb" in p.stdout
+
+
+def test_unsafe_flag_is_planned_recorded_and_shown(tmp_path, failing_bwrap, monkeypatch, capsys, redis_url):
+    from coordinator.cli import build_parser, main
+    from coordinator.run.swarm import plan
+    from coordinator.state.home import SwarmHome
+
+    for k, v in failing_bwrap.items():
+        monkeypatch.setenv(k, v)
+    home = SwarmHome(tmp_path / "home")
+    args = build_parser().parse_args(["run", "--unsafe-no-sandbox", "--agents", "1", "--budget", "3",
+                                      "--profile", "cpu", "--swarm-home", str(home.root)])
+    p = plan(args)  # the failing bwrap is not even tried
+    assert p.unsafe
+    args = build_parser().parse_args(["run", "--agents", "1", "--budget", "3", "--profile", "cpu",
+                                      "--swarm-home", str(home.root)])
+    with pytest.raises(SandboxUnavailable):
+        plan(args)
+
+    info, _ = home.create_or_resume(None, profile="cpu", budget=3.0, unsafe=True)
+    assert json.loads(home.info_path.read_text())["unsafe_no_sandbox"] is True
+    home.create_or_resume(None, profile="cpu", budget=3.0)  # a later safe run does not erase it
+    assert home.info()["unsafe_no_sandbox"] is True and home.info()["unsafe_runs"] == [1]
+    capsys.readouterr()
+    assert main(["status", "--swarm-home", str(home.root), "--redis-url", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "--unsafe-no-sandbox" in out and "WARNING" in out
+    assert main(["status", "--json", "--swarm-home", str(home.root), "--redis-url", redis_url]) == 0
+    assert json.loads(capsys.readouterr().out)["unsafe_no_sandbox"] is True
+
+
+def test_report_shows_the_unsafe_warning(tmp_path):
+    import networkx as nx
+
+    from coordinator.review.report.html import build_report
+    from coordinator.state.home import unsafe_warning
+    from coordinator.state.repo import ResearchRepo
+
+    repo = ResearchRepo(tmp_path / "repo.git")
+    root = repo.create("print('x')\n")
+    rows = [{"experiment_id": "e1", "status": "crash", "commit": root, "agent": "a0", "program": "baseline",
+             "hardware_class": "cpu-x", "ts": 1.0}]
+    G = nx.DiGraph()
+    warning = unsafe_warning({"unsafe_no_sandbox": True, "unsafe_runs": [2]})
+    page = build_report(rows, G, repo_path=repo.path, swarm_home=tmp_path, out_dir=tmp_path / "r",
+                        warning=warning).read_text()
+    assert 'id="unsafe-warning"' in page and "run(s) 2 of this swarm used --unsafe-no-sandbox" in page
+    safe = build_report(rows, G, repo_path=repo.path, swarm_home=tmp_path, out_dir=tmp_path / "s").read_text()
+    assert 'id="unsafe-warning"' not in safe

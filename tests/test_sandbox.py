@@ -233,6 +233,18 @@ def test_memory_hog_ends_with_a_reason(spec):
     assert "MemoryError" in p.stderr or "memory limit of 300 MB" in p.stderr
 
 
+def test_shared_memory_bomb_is_stopped_by_the_memory_cgroup(spec):
+    """MAP_SHARED anonymous memory is not counted by RLIMIT_DATA; the memory cgroup counts it."""
+    spec.memory_mb, spec.max_procs = 400, 64
+    argv = wrap([sys.executable, "-I", "-c", "import mmap\nm = mmap.mmap(-1, 2 << 30)\n"
+                 "for i in range(0, 2 << 30, 4096):\n    m[i] = 1\nprint('survived')"], spec)
+    if not any(c["kind"] in ("memory", "v2") for c in json.loads(argv[5])["cgroups"]):
+        pytest.skip("no writable memory cgroup here")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert p.returncode == 137 and "survived" not in p.stdout
+    assert p.stderr.strip().splitlines()[-1] == "sandbox: memory limit of 400 MB reached"
+
+
 def test_torch_trains_under_the_limits(spec):
     spec.memory_mb, spec.max_procs = 2000, 256
     spec.env["OMP_NUM_THREADS"] = "2"

@@ -254,10 +254,11 @@ def cleanup():
 def reason():
     for cg in cfg["cgroups"]:
         try:
-            if cg["kind"] == "memory":
-                with open(os.path.join(cg["dir"], "memory.failcnt")) as f:
-                    if int(f.read()) > 0:
-                        return "memory limit of %d MB reached" % cfg["memory_mb"]
+            if cg["kind"] == "memory":  # failcnt also counts reclaim at the limit: OOM kills only
+                with open(os.path.join(cg["dir"], "memory.oom_control")) as f:
+                    ev = dict(l.split() for l in f if l.strip())
+                if int(ev.get("oom_kill", ev.get("under_oom", 0))) > 0:
+                    return "memory limit of %d MB reached" % cfg["memory_mb"]
             elif cg["kind"] == "pids":
                 with open(os.path.join(cg["dir"], "pids.events")) as f:
                     if int(f.read().split()[-1]) > 0:
@@ -265,7 +266,7 @@ def reason():
             else:
                 with open(os.path.join(cg["dir"], "memory.events")) as f:
                     ev = dict(l.split() for l in f if l.strip())
-                if int(ev.get("max", 0)) or int(ev.get("oom_kill", 0)):
+                if int(ev.get("oom_kill", 0)):
                     return "memory limit of %d MB reached" % cfg["memory_mb"]
                 with open(os.path.join(cg["dir"], "pids.events")) as f:
                     if int(f.read().split()[-1]) > 0:

@@ -139,6 +139,44 @@ def test_no_network(spec):
         srv.close()
 
 
+def test_host_unix_sockets_are_unreachable(spec):
+    """A network namespace does not cover path-based unix sockets, and the sandbox's uid is root
+    outside: a visible socket (docker.sock, containerd, dbus...) would be a way out. The sandbox
+    cannot create AF_UNIX sockets (seccomp) and /run is empty inside."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="swarm-sock-", dir="/var/tmp"))
+    path = d / "host.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    path.chmod(0o600)
+    try:
+        p = run_in(spec, f"""
+            import json, os, socket
+            out = {{}}
+            try:
+                c = socket.socket(socket.AF_UNIX)
+                c.connect({str(path)!r})
+                out["unix"] = "CONNECTED"
+            except OSError as e:
+                out["unix"] = type(e).__name__
+            a, b = socket.socketpair()  # multiprocessing's pipes still work
+            a.send(b"x")
+            out["pair"] = b.recv(1).decode()
+            out["run"] = sorted(os.listdir("/run")) if os.path.isdir("/run") else None
+            print(json.dumps(out))
+        """)
+        got = out_json(p)
+        assert got["unix"] != "CONNECTED" and got["pair"] == "x" and got["run"] in ([], None), got
+        srv.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+        path.unlink()
+        d.rmdir()
+
+
 def test_passed_fd_stays_usable(spec):
     r, w = os.pipe()
     argv = wrap([sys.executable, "-I", "-c", f"import os; os.write({w}, b'hello')"], spec)

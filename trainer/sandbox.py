@@ -85,7 +85,8 @@ def default_hidden() -> list[Path]:
     names = [".cache", ".ssh", ".config", ".ray", ".aws", ".azure", ".kube", ".docker", ".gnupg",
              ".netrc", ".git-credentials", ".gitconfig", ".pypirc", ".bash_history", ".python_history",
              ".redis", ".rediscli_history", ".huggingface"]
-    paths = [home / n for n in names] + [Path("/var/run/secrets"), Path("/run/secrets")]
+    # /run holds the machine's unix sockets (docker, containerd, dbus, systemd) and k8s secrets
+    paths = [home / n for n in names] + [Path("/run"), Path("/var/run")]
     return [p for p in paths if os.path.lexists(p)]
 
 
@@ -196,6 +197,60 @@ def _make_cgroups(spec: SandboxSpec) -> list[dict]:
     return made
 
 
+# --- seccomp: no AF_UNIX sockets, no io_uring ----------------------------------------------------
+# A network namespace does not cover path-based unix sockets, and the sandbox's uid is root
+# outside (see above), so any socket it can see (docker.sock, containerd, dbus, a redis socket)
+# would answer it, mode 0600 or not. /run is hidden, but a socket can live anywhere: the filter
+# refuses socket(AF_UNIX, ...) (EACCES). socketpair() stays allowed (multiprocessing's pipes),
+# and its sockets cannot connect elsewhere. io_uring is refused too: it can open sockets
+# without the socket() system call. Foreign-ABI calls (i386, x32) are refused.
+
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_NR_SOCKET = {"x86_64": 41, "aarch64": 198}
+_NR_IO_URING = (425, 426, 427)   # setup, enter, register: the same on both
+_AF_UNIX = 1
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The compiled cBPF program bwrap loads with --seccomp (None on an unknown architecture)."""
+    import platform
+    import struct
+
+    machine = machine or platform.machine()
+    if machine not in _AUDIT_ARCH:
+        return None
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06   # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+    allow, deny = 0x7FFF0000, 0x00050000 | 13    # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EACCES
+    prog: list[tuple] = [
+        ("ld", 4), ("jeq", _AUDIT_ARCH[machine], "nr", "deny"),
+        ("nr:ld", 0),
+    ]
+    if machine == "x86_64":
+        prog.append(("jge", 0x40000000, "deny", None))
+    prog.append(("jeq", _NR_SOCKET[machine], "sock", None))
+    for nr in _NR_IO_URING:
+        prog.append(("jeq", nr, "deny", None))
+    prog += [("ret", allow), ("sock:ld", 16), ("jeq", _AF_UNIX, "deny", None), ("ret", allow),
+             ("deny:ret", deny)]
+    labels = {}
+    for i, ins in enumerate(prog):
+        if ":" in ins[0]:
+            labels[ins[0].split(":")[0]] = i
+    out = b""
+    for i, ins in enumerate(prog):
+        op = ins[0].split(":")[-1]
+
+        def rel(target):
+            return 0 if target is None else labels[target] - i - 1
+        if op == "ld":
+            out += struct.pack("<HBBI", ld, 0, 0, ins[1])
+        elif op == "ret":
+            out += struct.pack("<HBBI", ret, 0, 0, ins[1])
+        else:
+            out += struct.pack("<HBBI", jeq if op == "jeq" else jge, rel(ins[2]), rel(ins[3]), ins[1])
+    return out
+
+
 # --- the supervisor: stdlib only, runs as `python -I -S -c` between the caller and bwrap --------
 
 _SUPERVISOR = r'''
@@ -207,6 +262,12 @@ for cg in cfg["cgroups"]:
         f.write(me)
 if cfg["data"]:
     resource.setrlimit(resource.RLIMIT_DATA, (cfg["data"], cfg["data"]))
+if cfg["seccomp"]:
+    sfd = os.memfd_create("swarm-seccomp", 0)
+    os.write(sfd, bytes.fromhex(cfg["seccomp"]))
+    os.lseek(sfd, 0, 0)
+    os.set_inheritable(sfd, True)
+    argv[1:1] = ["--seccomp", str(sfd)]
 child = os.fork()
 if child == 0:
     try:  # bwrap's own init (PID 1 inside) keeps the environment it was started with: none
@@ -311,11 +372,15 @@ sys.exit(code)
 def _bind_args(spec: SandboxSpec) -> list[str]:
     args: list[str] = []
     scratch = Path(spec.scratch).resolve()
+    seen: set[Path] = set()
     for h in [*default_hidden(), *spec.hidden]:
         h = Path(h)
         if not os.path.lexists(h):
             continue
         h = h.resolve()
+        if h in seen:
+            continue
+        seen.add(h)
         if h == scratch or h in scratch.parents:
             # hiding a parent of scratch: the tmpfs first, scratch is bound back on top below
             args += ["--tmpfs", str(h)]
@@ -362,7 +427,9 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     inner += ["--", *argv]
     cgroups = _make_cgroups(spec)
     has_pids = any(c["kind"] in ("pids", "v2") for c in cgroups)
+    bpf = seccomp_filter()
     cfg = {"cgroups": cgroups, "data": (spec.memory_mb << 20) if spec.memory_mb else 0,
+           "seccomp": bpf.hex() if bpf else "",
            "memory_mb": spec.memory_mb, "max_procs": spec.max_procs,
            # the watchdog counts bwrap's outer and inner processes too
            "watch": (spec.max_procs + 2) if spec.max_procs and not has_pids else 0}

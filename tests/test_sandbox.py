@@ -276,7 +276,7 @@ def test_shared_memory_bomb_is_stopped_by_the_memory_cgroup(spec):
     spec.memory_mb, spec.max_procs = 400, 64
     argv = wrap([sys.executable, "-I", "-c", "import mmap\nm = mmap.mmap(-1, 2 << 30)\n"
                  "for i in range(0, 2 << 30, 4096):\n    m[i] = 1\nprint('survived')"], spec)
-    if not any(c["kind"] in ("memory", "v2") for c in json.loads(argv[5])["cgroups"]):
+    if not {"memory", "v2"} & set(sandbox.cgroup_kinds_available(spec)):
         pytest.skip("no writable memory cgroup here")
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert p.returncode == 137 and "survived" not in p.stdout
@@ -299,12 +299,14 @@ def test_torch_trains_under_the_limits(spec):
     assert out_json(p) > 0
 
 
-def test_cgroups_are_removed_after_the_run(spec):
+def test_cgroups_are_removed_after_the_run_and_argv_can_be_reused(spec):
     spec.memory_mb, spec.max_procs = 500, 32
     argv = wrap([sys.executable, "-I", "-c", "pass"], spec)
-    cfg = json.loads(argv[5])
-    assert subprocess.run(argv, timeout=60).returncode == 0
-    assert not any(os.path.isdir(c["dir"]) for c in cfg["cgroups"])
+    parents = [Path(c["parent"]) for c in json.loads(argv[5])["cgroups"]]
+    for _ in range(2):  # the supervisor makes the cgroups per launch
+        p = subprocess.Popen(argv)
+        assert p.wait(timeout=60) == 0
+        assert not [d for parent in parents for d in parent.glob(f"{sandbox.CGROUP_PREFIX}{p.pid}-*")]
 
 
 def test_unsafe_returns_argv_unchanged(spec):
@@ -337,10 +339,10 @@ def test_fork_bomb_without_cgroups_is_killed_by_the_watchdog(spec, monkeypatch, 
         (net / "pids.max").write_text("1000")
     except OSError:
         pytest.skip("no writable pids cgroup for the safety net")
-    monkeypatch.setattr(sandbox, "_make_cgroups", lambda spec: [])
+    monkeypatch.setattr(sandbox, "_cgroup_plan", lambda spec: [])
     spec.max_procs = 64
     argv = wrap([sys.executable, "-I", "-c", "import os\nwhile True:\n    os.fork()"], spec)
-    assert json.loads(argv[5])["watch"] == 66
+    assert json.loads(argv[5])["cgroups"] == []
 
     def join():
         (net / "cgroup.procs").write_text(str(os.getpid()))

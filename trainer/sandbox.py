@@ -39,7 +39,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,66 +134,52 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _sweep(parent: Path) -> None:
-    """Remove sandbox cgroups left by supervisors that were SIGKILLed (rmdir only succeeds on
-    an empty cgroup; a young one may belong to a sandbox that is about to start)."""
-    try:
-        for d in parent.glob(CGROUP_PREFIX + "*"):
-            try:
-                if time.time() - d.stat().st_mtime > 120:
-                    d.rmdir()
-            except OSError:
-                pass
-    except OSError:
-        pass
-
-
-def _make_cgroups(spec: SandboxSpec) -> list[dict]:
-    """Make this sandbox's cgroups and write their limits. Returns [{procs, dir, kind}]; empty
-    where no cgroup is writable (the supervisor's watchdog and RLIMIT_DATA remain)."""
+def _cgroup_plan(spec: SandboxSpec) -> list[dict]:
+    """Where this sandbox's cgroups would go and the limits to write there (no side effects:
+    the supervisor makes them per launch, so one wrap() argv can be started again).
+    [{parent, kind: v2|pids|memory, limits: {file: value}, optional: {file: value}}]."""
     if spec.max_procs is None and spec.memory_mb is None:
         return []
-    name = CGROUP_PREFIX + uuid.uuid4().hex[:12]
     own = _own_cgroups()
-    made: list[dict] = []
     root = Path("/sys/fs/cgroup")
+    pids = {"pids.max": str(spec.max_procs + 3)} if spec.max_procs else {}  # + supervisor, bwrap's two
     v2 = root if (root / "cgroup.controllers").exists() else root / "unified"
     if "v2" in own and (v2 / "cgroup.controllers").exists():
         parent = v2 / own["v2"].lstrip("/")
         try:
             have = (parent / "cgroup.subtree_control").read_text().split()
-            want = [c for c, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)) if on]
-            if all(c in have for c in want):
-                _sweep(parent)
-                d = parent / name
-                d.mkdir()
-                if spec.max_procs:
-                    (d / "pids.max").write_text(str(spec.max_procs + 3))
-                if spec.memory_mb:
-                    (d / "memory.max").write_text(str(spec.memory_mb << 20))
-                    try:
-                        (d / "memory.swap.max").write_text("0")
-                    except OSError:
-                        pass
-                return [{"dir": str(d), "kind": "v2"}]
         except OSError:
-            pass
-    for ctrl, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)):
-        if not on or ctrl not in own:
-            continue
-        parent = root / ctrl / own[ctrl].lstrip("/")
+            have = []
+        want = [c for c, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)) if on]
+        if want and all(c in have for c in want):
+            mem = {"memory.max": str(spec.memory_mb << 20)} if spec.memory_mb else {}
+            return [{"parent": str(parent), "kind": "v2", "limits": {**pids, **mem},
+                     "optional": {"memory.swap.max": "0"} if spec.memory_mb else {}}]
+    plan = []
+    if spec.max_procs and "pids" in own:
+        plan.append({"parent": str(root / "pids" / own["pids"].lstrip("/")), "kind": "pids",
+                     "limits": pids, "optional": {}})
+    if spec.memory_mb and "memory" in own:
+        plan.append({"parent": str(root / "memory" / own["memory"].lstrip("/")), "kind": "memory",
+                     "limits": {"memory.limit_in_bytes": str(spec.memory_mb << 20)},
+                     "optional": {"memory.memsw.limit_in_bytes": str(spec.memory_mb << 20)}})
+    return plan
+
+
+def cgroup_kinds_available(spec: SandboxSpec) -> list[str]:
+    """The cgroup kinds a sandbox with `spec`'s limits would get here (tries mkdir + rmdir)."""
+    out = []
+    for cg in _cgroup_plan(spec):
+        d = Path(cg["parent"]) / f"{CGROUP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
-            _sweep(parent)
-            d = parent / name
             d.mkdir()
-            if ctrl == "pids":
-                (d / "pids.max").write_text(str(spec.max_procs + 3))  # + supervisor and bwrap's two
-            else:
-                (d / "memory.limit_in_bytes").write_text(str(spec.memory_mb << 20))
-            made.append({"dir": str(d), "kind": ctrl})
         except OSError:
             continue
-    return made
+        try:
+            out.append(cg["kind"])
+        finally:
+            d.rmdir()
+    return out
 
 
 # --- seccomp: no AF_UNIX sockets, no io_uring ----------------------------------------------------
@@ -257,9 +242,81 @@ _SUPERVISOR = r'''
 import json, os, resource, signal, sys, time
 cfg = json.loads(sys.argv[1]); argv = sys.argv[2:]
 me = str(os.getpid())
+PREFIX = cfg["prefix"]
+made, child = [], None
+
+def cleanup():
+    for cg in made:
+        try:
+            with open(os.path.join(os.path.dirname(cg["dir"]), "cgroup.procs"), "w") as f:
+                f.write(me)
+        except OSError:
+            pass
+    for _ in range(50):
+        left = [cg for cg in made if os.path.isdir(cg["dir"])]
+        for cg in left:
+            try:
+                os.rmdir(cg["dir"])
+            except OSError:
+                pass
+        if not left:
+            break
+        time.sleep(0.02)
+
+def stop(signum, frame):
+    # the caller's SIGTERM: end the sandbox and remove the cgroups (SIGKILL leaves them to sweep)
+    if child:
+        try:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        except OSError:
+            pass
+    cleanup()
+    os._exit(128 + signum)
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+
+def sweep(parent):
+    # cgroups left by supervisors that were SIGKILLed: rmdir succeeds only on an empty one
+    try:
+        for n in os.listdir(parent):
+            d = os.path.join(parent, n)
+            if n.startswith(PREFIX) and time.time() - os.stat(d).st_mtime > 120:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+
 for cg in cfg["cgroups"]:
-    with open(os.path.join(cg["dir"], "cgroup.procs"), "w") as f:
-        f.write(me)
+    sweep(cg["parent"])
+    d = os.path.join(cg["parent"], "%s%s-%s" % (PREFIX, me, os.urandom(3).hex()))
+    try:
+        os.mkdir(d)
+    except OSError:
+        continue
+    try:
+        for k, v in cg["limits"].items():
+            with open(os.path.join(d, k), "w") as f:
+                f.write(v)
+        for k, v in cg["optional"].items():
+            try:
+                with open(os.path.join(d, k), "w") as f:
+                    f.write(v)
+            except OSError:
+                pass
+        with open(os.path.join(d, "cgroup.procs"), "w") as f:
+            f.write(me)
+        made.append({"dir": d, "kind": cg["kind"]})
+    except OSError:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+# no pids cgroup: the watchdog (it counts bwrap's outer and inner processes too)
+watch = cfg["max_procs"] + 2 if cfg["max_procs"] and not any(c["kind"] in ("pids", "v2") for c in made) else 0
 if cfg["data"]:
     resource.setrlimit(resource.RLIMIT_DATA, (cfg["data"], cfg["data"]))
 if cfg["seccomp"]:
@@ -294,26 +351,8 @@ def tasks(root):
             pass
     return n
 
-def cleanup():
-    for cg in cfg["cgroups"]:
-        try:
-            with open(os.path.join(os.path.dirname(cg["dir"]), "cgroup.procs"), "w") as f:
-                f.write(me)
-        except OSError:
-            pass
-    for _ in range(50):
-        left = [cg for cg in cfg["cgroups"] if os.path.isdir(cg["dir"])]
-        for cg in left:
-            try:
-                os.rmdir(cg["dir"])
-            except OSError:
-                pass
-        if not left:
-            break
-        time.sleep(0.02)
-
 def reason():
-    for cg in cfg["cgroups"]:
+    for cg in made:
         try:
             if cg["kind"] == "memory":  # failcnt also counts reclaim at the limit: OOM kills only
                 with open(os.path.join(cg["dir"], "memory.oom_control")) as f:
@@ -336,29 +375,17 @@ def reason():
             pass
     return None
 
-def stop(signum, frame):
-    try:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-    except OSError:
-        pass
-    cleanup()
-    os._exit(128 + signum)
-
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-watch = cfg["watch"]
 while True:
-    pid, status = os.waitpid(child, os.WNOHANG)
+    pid, status = os.waitpid(child, 0 if not watch else os.WNOHANG)  # blocking: no exit latency
     if pid:
         break
-    if watch and tasks(child) > watch:
+    if tasks(child) > watch:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         sys.stderr.write("sandbox: process limit of %d tasks reached; the sandbox was killed\n" % (watch - 2))
         cleanup()
         os._exit(137)
-    time.sleep(0.02 if watch else 0.2)
+    time.sleep(0.02)
 why = reason()
 cleanup()
 code = os.waitstatus_to_exitcode(status)
@@ -425,12 +452,8 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     for k, v in spec.env.items():
         inner += ["--setenv", k, v]
     inner += ["--", *argv]
-    cgroups = _make_cgroups(spec)
-    has_pids = any(c["kind"] in ("pids", "v2") for c in cgroups)
     bpf = seccomp_filter()
-    cfg = {"cgroups": cgroups, "data": (spec.memory_mb << 20) if spec.memory_mb else 0,
-           "seccomp": bpf.hex() if bpf else "",
-           "memory_mb": spec.memory_mb, "max_procs": spec.max_procs,
-           # the watchdog counts bwrap's outer and inner processes too
-           "watch": (spec.max_procs + 2) if spec.max_procs and not has_pids else 0}
+    cfg = {"cgroups": _cgroup_plan(spec), "prefix": CGROUP_PREFIX,
+           "data": (spec.memory_mb << 20) if spec.memory_mb else 0, "seccomp": bpf.hex() if bpf else "",
+           "memory_mb": spec.memory_mb, "max_procs": spec.max_procs}
     return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, json.dumps(cfg), *inner]

@@ -177,6 +177,17 @@ def test_host_unix_sockets_are_unreachable(spec):
         d.rmdir()
 
 
+def test_no_nested_user_namespaces(spec):
+    """A user namespace inside would give the hostile code capabilities there: mounts, netfilter,
+    and much more kernel to attack."""
+    p = run_in(spec, """
+        import ctypes, json
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(json.dumps(libc.unshare(0x10000000)))  # CLONE_NEWUSER
+    """)
+    assert out_json(p) == -1
+
+
 def test_passed_fd_stays_usable(spec):
     r, w = os.pipe()
     argv = wrap([sys.executable, "-I", "-c", f"import os; os.write({w}, b'hello')"], spec)

@@ -99,7 +99,8 @@ def _check(bwrap: str | None) -> str | None:
         return "bubblewrap (bwrap) is not installed"
     if not os.access(bwrap, os.X_OK):
         return f"{bwrap} is not executable"
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--ro-bind", "/", "/",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--uid", "65534", "--gid", "65534",
             "--", "/bin/sh", "-c", "test \"$(id -u)\" = 65534"]
     try:
@@ -442,7 +443,7 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     bwrap = _bwrap()
     if not bwrap:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {FIX}")
-    inner = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+    inner = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
              "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
              "--size", str(TMPFS_MB << 20), "--tmpfs", "/dev/shm",
              *_gpu_args(spec), "--remount-ro", "/dev",

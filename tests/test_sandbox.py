@@ -481,3 +481,17 @@ def test_report_shows_the_unsafe_warning(tmp_path):
     assert 'id="unsafe-warning"' in page and "run(s) 2 of this swarm used --unsafe-no-sandbox" in page
     safe = build_report(rows, G, repo_path=repo.path, swarm_home=tmp_path, out_dir=tmp_path / "s").read_text()
     assert 'id="unsafe-warning"' not in safe
+
+
+def test_an_older_bwrap_gets_only_the_options_it_knows(tmp_path, monkeypatch, spec):
+    """Ubuntu 22.04 ships bwrap 0.6: no --size, no --disable-userns."""
+    old = tmp_path / "bwrap-0.6"
+    old.write_text("#!/bin/sh\necho 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]\n"
+                   "    --unshare-all --uid UID --tmpfs DEST --seccomp FD'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(old))
+    argv = wrap(["true"], spec)
+    assert str(old) in argv and "--size" not in argv and "--disable-userns" not in argv
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/usr/bin/bwrap")
+    argv = wrap(["true"], spec)
+    assert "--size" in argv and "--disable-userns" in argv

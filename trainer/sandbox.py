@@ -99,8 +99,8 @@ def _check(bwrap: str | None) -> str | None:
         return "bubblewrap (bwrap) is not installed"
     if not os.access(bwrap, os.X_OK):
         return f"{bwrap} is not executable"
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--ro-bind", "/", "/",
+    argv = [bwrap, "--unshare-all", "--unshare-user", *_opt(bwrap, "--disable-userns"), "--die-with-parent",
+            "--new-session", "--ro-bind", "/", "/",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--uid", "65534", "--gid", "65534",
             "--", "/bin/sh", "-c", "test \"$(id -u)\" = 65534"]
     try:
@@ -111,6 +111,22 @@ def _check(bwrap: str | None) -> str | None:
         msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         return f"bubblewrap cannot make namespaces here ({msg})"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows (Ubuntu 22.04 ships 0.6, without --size and --disable-userns)."""
+    try:
+        p = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(w for w in (p.stdout + p.stderr).split() if w.startswith("--"))
+
+
+def _opt(bwrap: str, option: str, *args: str) -> list[str]:
+    """[option, *args] if this bwrap has `option`, else nothing (an older bwrap: that layer is
+    missing, the cgroups and the seccomp filter still hold)."""
+    return [option, *args] if option in _options(bwrap) else []
 
 
 def check_sandbox() -> None:
@@ -443,11 +459,10 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     bwrap = _bwrap()
     if not bwrap:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {FIX}")
-    inner = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             "--size", str(TMPFS_MB << 20), "--tmpfs", "/dev/shm",
-             *_gpu_args(spec), "--remount-ro", "/dev",
-             "--size", str(TMPFS_MB << 20), "--tmpfs", "/tmp",
+    size = _opt(bwrap, "--size", str(TMPFS_MB << 20))
+    inner = [bwrap, "--unshare-all", "--unshare-user", *_opt(bwrap, "--disable-userns"),
+             "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             *size, "--tmpfs", "/dev/shm", *_gpu_args(spec), "--remount-ro", "/dev", *size, "--tmpfs", "/tmp",
              *_bind_args(spec), "--chdir", str(Path(spec.scratch).resolve()),
              "--uid", "65534", "--gid", "65534", "--clearenv"]
     for k, v in spec.env.items():

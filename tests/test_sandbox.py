@@ -109,6 +109,29 @@ def test_hidden_paths_look_empty_and_readable_shows_one_file(spec, tmp_path):
     assert out_json(p) == [["token.bin"], "val-data"]
 
 
+def test_a_hidden_file_inside_a_hidden_folder_does_not_appear(spec):
+    """Hiding a folder and a file inside it: the folder stays empty (no /dev/null stand-in)."""
+    data = Path("/var/tmp") / f"swarm-hidden-{os.getpid()}"
+    (data / "prep").mkdir(parents=True, exist_ok=True)
+    (data / "prep" / "val.tokens.npy").write_bytes(b"held-out")
+    (data / "lone.txt").write_text("x")
+    spec.hidden = [data / "prep" / "val.tokens.npy", data, Path("/etc/hostname")]
+    try:
+        p = run_in(spec, f"""
+            import os, json
+            try:
+                host = open('/etc/hostname').read()  # a hidden file outside: /dev/null on a nodev mount
+            except OSError as e:
+                host = type(e).__name__
+            print(json.dumps([os.listdir({str(data)!r}), os.path.exists({str(data / 'prep' / 'val.tokens.npy')!r}),
+                              host]))
+        """)
+        assert out_json(p) == [[], False, "PermissionError"]
+    finally:
+        import shutil
+        shutil.rmtree(data)
+
+
 def test_home_caches_are_hidden(spec):
     cache = Path.home() / ".cache"
     if not cache.is_dir() or not any(cache.iterdir()):

@@ -416,15 +416,9 @@ sys.exit(code)
 def _bind_args(spec: SandboxSpec) -> list[str]:
     args: list[str] = []
     scratch = Path(spec.scratch).resolve()
-    seen: set[Path] = set()
-    for h in [*default_hidden(), *spec.hidden]:
-        h = Path(h)
-        if not os.path.lexists(h):
-            continue
-        h = h.resolve()
-        if h in seen:
-            continue
-        seen.add(h)
+    wanted = {Path(h).resolve() for h in [*default_hidden(), *spec.hidden] if os.path.lexists(h)}
+    # a path inside a hidden folder is hidden already: a /dev/null stand-in would make it appear
+    for h in sorted(p for p in wanted if not any(a in wanted for a in p.parents)):
         if h == scratch or h in scratch.parents:
             # hiding a parent of scratch: the tmpfs first, scratch is bound back on top below
             args += ["--tmpfs", str(h)]

@@ -250,28 +250,40 @@ def test_double_fork_setsid_grandchild_dies_with_the_group(spec):
     stamp = alive.read_text() if alive.exists() else None
     time.sleep(0.5)
     assert (alive.read_text() if alive.exists() else None) == stamp  # nobody writes any more
-    assert set(_all_pids()) - before <= _ours_or_unrelated(before)
+    assert _new_descendants(before) == set() and _with_cmdline(str(marker)) == []
 
 
 def _all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
-def _ours_or_unrelated(before: set[int]) -> set[int]:
-    """New PIDs that are not descendants of this test process (other users of the machine)."""
+def _with_cmdline(text: str) -> list[int]:
+    """Live (non-zombie) processes anywhere on the machine whose command line contains `text`."""
+    found = []
+    for pid in _all_pids():
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _new_descendants(before: set[int]) -> set[int]:
+    """New processes still alive whose ancestry leads to this test process (a process that
+    vanishes while we look is not left behind)."""
     me, out = os.getpid(), set()
     for pid in set(_all_pids()) - before:
         p = pid
         for _ in range(64):
             try:
-                stat = Path(f"/proc/{p}/stat").read_text()
-            except OSError:
+                p = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 break
-            p = int(stat.rsplit(")", 1)[1].split()[1])
             if p == me:
+                out.add(pid)
                 break
             if p <= 1:
-                out.add(pid)
                 break
     return out
 
@@ -279,7 +291,8 @@ def _ours_or_unrelated(before: set[int]) -> set[int]:
 def test_fork_bomb_ends_and_machine_keeps_pids(spec):
     spec.max_procs = 64
     before = set(_all_pids())
-    argv = wrap([sys.executable, "-I", "-c", "import os\nwhile True:\n    os.fork()"], spec)
+    tag = f"# bomb {spec.scratch}"
+    argv = wrap([sys.executable, "-I", "-c", f"import os\nwhile True:\n    os.fork()\n{tag}"], spec)
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
         rc = proc.wait(timeout=30)
@@ -290,7 +303,7 @@ def test_fork_bomb_ends_and_machine_keeps_pids(spec):
     err = proc.stderr.read()
     assert rc != 0
     time.sleep(0.5)
-    assert set(_all_pids()) - before <= _ours_or_unrelated(before)
+    assert _new_descendants(before) == set() and _with_cmdline(tag) == []
     assert "process limit of 64 tasks reached" in err or "BlockingIOError" in err, err[-2000:]
 
 

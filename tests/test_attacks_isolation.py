@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_runner import TINY, write
 
 import trainer
@@ -47,25 +46,6 @@ def tree_digest(root: Path) -> str:
 
 def all_pids() -> set[int]:
     return {int(d) for d in os.listdir("/proc") if d.isdigit()}
-
-
-def descendants_of_me() -> set[int]:
-    """Live processes whose ancestry leads to this test process (children, grandchildren...),
-    or that left this process's ancestry for init (a daemonised survivor) but carry our marker."""
-    me, out = os.getpid(), set()
-    for pid in all_pids():
-        p = pid
-        for _ in range(64):
-            try:
-                p = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                break
-            if p == me:
-                out.add(pid)
-                break
-            if p <= 1:
-                break
-    return out
 
 
 def processes_with(marker: str) -> list[int]:
@@ -115,7 +95,7 @@ def test_git_never_runs_planted_hooks_or_fsmonitor(tmp_path):
     markers.mkdir()
     repo = ResearchRepo(tmp_path / "repo.git")
     root = repo.create(BASELINE)
-    mon, evil = plant(repo.path, markers, "repo")
+    mon, _ = plant(repo.path, markers, "repo")
     os.system(f"git --git-dir {repo.path} config core.fsmonitor {mon}")
     os.system(f"git --git-dir {repo.path} config extensions.worktreeConfig true")
 
@@ -141,7 +121,7 @@ def test_git_never_runs_planted_hooks_or_fsmonitor(tmp_path):
     # the coordinator's paths: refs (compare-and-swap and plain), merges, bundles, report diffs
     assert repo.update_ref("refs/heads/best-cpu", c1, None)
     repo.set_ref("refs/heads/best-cpu", c2)
-    merged, clean = repo.merge_file(root, c1, c2)
+    merged, _ = repo.merge_file(root, c1, c2)
     m = repo.commit_tree(merged, [c2, c1], "merge", base=c2)
     assert repo.update_ref("refs/heads/best-cpu", m, c2)
     repo.fetch_bundle(data)
@@ -256,7 +236,6 @@ def world(attack_data_dir, monkeypatch):
     monkeypatch.setenv("SWARM_REDIS_URL", f"redis://:{PLANTED_REDIS_PW}@127.0.0.1:6399/0")
     monkeypatch.delenv("SWARM_UNSAFE_NO_SANDBOX", raising=False)
     w.before = guarded_digests(w)
-    w.pids_before = all_pids()
     yield w
     shutil.rmtree(root, ignore_errors=True)
 
@@ -420,7 +399,7 @@ print("LOOT " + json.dumps(found), flush=True)
 def test_c_a_secret_printed_anyway_is_redacted_from_the_tail(world, monkeypatch):
     """Second line of defence: a secret value train.py somehow holds is masked in the tail."""
     monkeypatch.setenv("OTHER_SERVICE_TOKEN", "tok-leaked-through-source-42")
-    r, log = attack(world, "print('leak: tok-leaked-through-source-42 and sk-planted-attack-key-7f3a9c')\n")
+    r, _ = attack(world, "print('leak: tok-leaked-through-source-42 and sk-planted-attack-key-7f3a9c')\n")
     assert_honest_ok(r)
     assert "leak: *** and ***" in r.log_tail
     assert "tok-leaked-through-source-42" not in r.log_tail and PLANTED_KEY not in r.log_tail

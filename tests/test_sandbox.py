@@ -487,7 +487,7 @@ def test_unsafe_flag_is_planned_recorded_and_shown(tmp_path, failing_bwrap, monk
     with pytest.raises(SandboxUnavailable):
         plan(args)
 
-    info, _ = home.create_or_resume(None, profile="cpu", budget=3.0, unsafe=True)
+    home.create_or_resume(None, profile="cpu", budget=3.0, unsafe=True)
     assert json.loads(home.info_path.read_text())["unsafe_no_sandbox"] is True
     home.create_or_resume(None, profile="cpu", budget=3.0)  # a later safe run does not erase it
     assert home.info()["unsafe_no_sandbox"] is True and home.info()["unsafe_runs"] == [1]

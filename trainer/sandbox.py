@@ -93,7 +93,7 @@ def _bwrap() -> str | None:
     return os.environ.get(BWRAP_ENV) or shutil.which("bwrap")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check(bwrap: str | None) -> str | None:
     if not bwrap:
         return "bubblewrap (bwrap) is not installed"
@@ -104,7 +104,8 @@ def _check(bwrap: str | None) -> str | None:
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--uid", "65534", "--gid", "65534",
             "--", "/bin/sh", "-c", "test \"$(id -u)\" = 65534"]
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30,
+                           env={"PATH": "/usr/bin:/bin"})
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{bwrap} could not run ({e})"
     if p.returncode != 0:
@@ -113,11 +114,11 @@ def _check(bwrap: str | None) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _options(bwrap: str) -> frozenset[str]:
     """The options this bwrap knows (Ubuntu 22.04 ships 0.6, without --size and --disable-userns)."""
     try:
-        p = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+        p = subprocess.run([bwrap, "--help"], check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     return frozenset(w for w in (p.stdout + p.stderr).split() if w.startswith("--"))
@@ -242,7 +243,7 @@ def seccomp_filter(machine: str | None = None) -> bytes | None:
     for i, ins in enumerate(prog):
         op = ins[0].split(":")[-1]
 
-        def rel(target):
+        def rel(target, i=i):
             return 0 if target is None else labels[target] - i - 1
         if op == "ld":
             out += struct.pack("<HBBI", ld, 0, 0, ins[1])

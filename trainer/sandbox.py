@@ -21,15 +21,23 @@ bwrap 0.8 run as root):
   under the caller's own cgroup (v2 if it delegates `pids`, else v1 `/sys/fs/cgroup/pids`): a
   fork bomb gets EAGAIN and the machine (pid_max 32768 here) keeps its PIDs. Where no cgroup
   is writable, a watchdog outside the sandbox counts its tasks every 20 ms and kills it past
-  the cap: the last resort, which a fast bomb can outrun by a few hundred tasks.
+  the cap: the last resort (measured: a Python fork bomb reached 121 tasks under a cap of 64
+  before it was killed, 0.45 s after start).
 - Memory: RLIMIT_DATA = memory_mb on every process in the sandbox (portable; malloc fails, so
   Python raises MemoryError, a readable crash). Not RLIMIT_AS: CUDA reserves terabytes of
   address space. `import torch` plus a small AdamW step peaks at ~440 MB RSS and runs under
-  RLIMIT_DATA = 1000 MB. A memory cgroup (same places as pids) also caps the sandbox's total,
-  tmpfs pages included; /tmp and /dev/shm are size-capped tmpfs either way.
+  RLIMIT_DATA = 1000 MB. RLIMIT_DATA misses MAP_SHARED anonymous memory and many processes
+  together, so a memory cgroup (same places as pids) also caps the sandbox's total, tmpfs pages
+  included (an mmap bomb ends in an OOM kill of the sandbox); /tmp and /dev/shm are size-capped
+  tmpfs either way. Without a writable cgroup only RLIMIT_DATA and the tmpfs sizes hold.
 - The supervisor that applies these is a stdlib-only `python -I -S -c` between the caller and
-  bwrap; it exits with bwrap's status and, when a limit ended the run, writes one line
-  `sandbox: ... limit ...` to stderr (so into run.log) first.
+  bwrap; it makes the cgroups per launch and removes them after, exits with bwrap's status
+  and, when a limit ended the run, writes one line `sandbox: ... limit ...` to stderr (so into
+  run.log) first. It starts bwrap with an empty environment: bwrap's own init is PID 1 inside,
+  and its /proc/1/environ would otherwise show the caller's secrets.
+Kernel surface: a seccomp filter (below) and --disable-userns (no nested user namespaces).
+Cost, measured: `python -c pass` takes ~100-150 ms here plain; bare bwrap adds ~5 ms, the
+supervisor, mounts and seccomp ~100 ms, the cgroups ~30 ms more; `import torch` 3.4 s -> 3.7 s.
 """
 from __future__ import annotations
 

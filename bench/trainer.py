@@ -3,14 +3,14 @@ training) broken down by phase, and the seconds the sandbox adds, with the same 
 with and without the sandbox in one go; tokens/s and MFU of the baseline; with --seeds N also
 the val_bpb spread over N seeds (the noise floor the coordinator needs).
 
-    python bench/trainer.py [--budget 30] [--threads 1] [--gap 20] [--seeds 0] [--data-dir D]
+    python bench/trainer.py [--budget 30] [--threads 1] [--gap 20] [--repeat 3] [--seeds 0] [--data-dir D]
 
-Four runs of the baseline, in this order: unsandboxed cold, unsandboxed warm, sandboxed cold,
-sandboxed warm. "cold" is a process's first run (fresh evaluator, no standby, confirm scored
+Runs of the baseline: unsandboxed cold, sandboxed cold, then --repeat warm runs of each,
+alternating. "cold" is a process's first run (fresh evaluator, no standby, confirm scored
 so its cost shows); "warm" is an agent's steady state (the evaluator kept, the standby sandbox
 started when the last run ended, --gap seconds earlier: an agent's proposal time; confirm
 not asked, as for most experiments). Ends with one line:
-tokens_per_s=N overhead_s=N (sandboxed, warm) sandbox_cost_s=N mfu_percent=N (na on CPU).
+tokens_per_s=N overhead_s=N (sandboxed, warm, median) sandbox_cost_s=N mfu_percent=N (na on CPU).
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gap", type=float, default=20, help="seconds between runs (an agent's proposal time)")
+    ap.add_argument("--repeat", type=int, default=3, help="warm runs per mode")
     ap.add_argument("--seeds", type=int, default=0, help="also run N seeds and print the val_bpb spread")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--profile", default=None)
@@ -78,31 +79,36 @@ def main(argv=None) -> int:
     prepare("bundled", [args.profile] if args.profile else None, data_dir=data)
     runs = Path(tempfile.mkdtemp(prefix="swarm-bench-runs-"))
     kw = dict(budget=args.budget, data_dir=data, profile=args.profile, threads=args.threads)
-    results = {}
-    for sandboxed in (False, True):
-        os.environ[UNSAFE_ENV] = "" if sandboxed else "1"
-        mode = "sandbox" if sandboxed else "no-sandbox"
-        for phase in ("cold", "warm"):
-            if phase == "warm":
-                time.sleep(args.gap)
-            r = run_experiment(baseline_path(), runs / f"{mode}-{phase}", standby=True,
-                               confirm_below=float("inf") if phase == "cold" else None, **kw)
-            if r.status != "ok":
-                print(f"baseline {mode} {phase}: {r.status}: {r.error}", file=sys.stderr)
-                return 1
-            results[(mode, phase)] = r
-            print(breakdown(f"{mode} {phase}", r), flush=True)
-        discard_all()
-        close_all()
+    results: dict[tuple[str, str], list] = {}
+    # Cold runs first, then warm ones alternating between the modes (each mode keeps its own
+    # standby and evaluator), so that the load of a shared machine falls on both alike.
+    order = [("no-sandbox", "cold"), ("sandbox", "cold")] + [(m, "warm") for _ in range(args.repeat)
+                                                           for m in ("no-sandbox", "sandbox")]
+    for i, (mode, phase) in enumerate(order):
+        os.environ[UNSAFE_ENV] = "1" if mode == "no-sandbox" else ""
+        if phase == "warm":
+            time.sleep(args.gap / 2)  # the other mode's standby had the other half
+        r = run_experiment(baseline_path(), runs / f"{mode}-{phase}-{i}", standby=True,
+                           confirm_below=float("inf") if phase == "cold" else None, **kw)
+        if r.status != "ok":
+            print(f"baseline {mode} {phase}: {r.status}: {r.error}", file=sys.stderr)
+            return 1
+        results.setdefault((mode, phase), []).append(r)
+        print(breakdown(f"{mode} {phase}", r), flush=True)
+    discard_all()
+    close_all()
     os.environ.pop(UNSAFE_ENV, None)
-    r = results[("sandbox", "warm")]
-    cost_cold = overhead(results[("sandbox", "cold")]) - overhead(results[("no-sandbox", "cold")])
-    cost_warm = overhead(r) - overhead(results[("no-sandbox", "warm")])
+    med = {k: statistics.median(overhead(x) for x in v) for k, v in results.items()}
+    for k, v in results.items():
+        print(f"median overhead {k[0]} {k[1]}: {med[k]:.2f}s over {len(v)} run(s)")
+    r = results[("sandbox", "warm")][-1]
+    cost_cold = med[("sandbox", "cold")] - med[("no-sandbox", "cold")]
+    cost_warm = med[("sandbox", "warm")] - med[("no-sandbox", "warm")]
     spawn_plain, spawn_sbx = spawn_seconds(True), spawn_seconds(False)
     print(f"bare spawn (python -c pass): plain={spawn_plain:.3f}s sandboxed={spawn_sbx:.3f}s "
           f"(+{spawn_sbx - spawn_plain:.3f}s)")
-    print(f"sandbox cost per experiment: cold={cost_cold:+.2f}s warm={cost_warm:+.2f}s "
-          f"(difference of two single runs: noisy on a loaded machine)")
+    print(f"sandbox cost per experiment: cold={cost_cold:+.2f}s (one run each) "
+          f"warm={cost_warm:+.2f}s (median of {args.repeat} each); noisy on a loaded machine")
     tps = r.tokens / r.training_seconds
     print(f"val_bpb={r.val_bpb:.4f} unigram_bpb={r.unigram_bpb:.4f} ratio={r.val_bpb / r.unigram_bpb:.3f}")
     print(f"training_seconds={r.training_seconds:.2f} steps={r.steps} params={r.num_params} hw={r.hardware_class}")
@@ -118,7 +124,8 @@ def main(argv=None) -> int:
                   f"stdev={statistics.stdev(vals):.4f} range={max(vals) - min(vals):.4f}")
     discard_all()
     mfu = "na" if r.mfu_percent is None else f"{r.mfu_percent:.2f}"
-    print(f"tokens_per_s={tps:.0f} overhead_s={overhead(r):.1f} sandbox_cost_s={cost_warm:.1f} mfu_percent={mfu}")
+    print(f"tokens_per_s={tps:.0f} overhead_s={med[('sandbox', 'warm')]:.1f} sandbox_cost_s={cost_warm:.1f} "
+          f"mfu_percent={mfu}")
     return 0
 
 

@@ -15,7 +15,7 @@ from test_runner import TINY, write
 from agents.inflight import Inflight, _belongs_to_run, _group_members, kill_leftover
 from tests.fake_runner import fake_run_experiment
 from trainer.events import EVENT_ORDER, parse_event
-from trainer.runner import run_experiment
+from trainer.runner import run_experiment, score_kept
 from trainer.schema import ExperimentResult
 
 OK_FIELDS = ("val_bpb", "training_seconds", "startup_seconds", "eval_seconds", "steps", "tokens",
@@ -81,6 +81,9 @@ def test_real_runner_keeps_the_contract(tmp_path, prepared_data_dir):
     assert rec.group_ok is True
     assert r.bad_events == 0 and r.sandboxed
     assert alive(rec.events[0]["pgid"]) == []                # nothing of the run is left
+    # confirm only when asked, later, from the kept artifact: the same weights score the same
+    val, confirm, err = score_kept(tmp_path / "run", data_dir=prepared_data_dir, threads=1)
+    assert err is None and abs(val - r.val_bpb) < 1e-6 and confirm is not None and r.confirm_bpb is None
 
 
 def test_real_runner_crash_keeps_the_contract(tmp_path, prepared_data_dir):

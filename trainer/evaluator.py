@@ -223,6 +223,8 @@ class Evaluator:
                 self.wait_ready(deadline, cancel)
                 _place(model, m)
                 _place(weights, w)
+                if confirm_below is not None:  # JSON has no infinity: "always" is a huge finite bound
+                    confirm_below = min(float(confirm_below), 1e300) if confirm_below == confirm_below else None
                 req = EvalRequest(id=nonce, model=str(m), weights=str(w), index=index, probe_seed=probe_seed,
                                   confirm_below=confirm_below, threads=self.key.threads, device=self.key.device)
                 self.proc.stdin.write(req.model_dump_json().encode() + b"\n")

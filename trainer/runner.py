@@ -46,7 +46,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL", "AUTH")
 _REDIS_PW = re.compile(r"rediss?://[^@\s]*:[^@\s]+@")
 
-__all__ = ["run_experiment", "tolerance", "scrubbed_env", "log_tail"]
+__all__ = ["run_experiment", "run_request", "score_kept", "tolerance", "scrubbed_env", "log_tail"]
 
 
 def export_limit(budget: float) -> float:
@@ -104,7 +104,7 @@ def hidden_paths(prep: Prepared, data_dir: str | Path | None) -> list[Path]:
     out = []
     for p in paths:
         p = p.expanduser().resolve()
-        if p.exists() and p.is_dir() and p not in out:
+        if p.exists() and p not in out:  # a file is shown as /dev/null, a folder as an empty tmpfs
             out.append(p)
     return out
 
@@ -288,7 +288,7 @@ class _Run:
                            event_fd=event_fd, data_fd=data_fd, budget=self.budget, max_steps=self.req.max_steps,
                            seed=self.req.seed, device=self.device, threads=self.req.threads, profile=p.name,
                            max_seq_len=p.max_seq_len, vocab_size=p.vocab_size, eval_batch=p.eval_batch,
-                           warmup_batches=p.warmup_batches)
+                           warmup_batches=0 if self.req.max_steps else p.warmup_batches)  # no clock, no warm-up
         return spec.model_dump_json().encode()
 
     def _launch(self, scratch: Path, args: list[str], fds: tuple[int, int]) -> tuple[subprocess.Popen, int]:
@@ -489,7 +489,7 @@ class _Run:
             if self.req.standby:
                 from trainer import standby
                 try:
-                    standby.spawn(self.key, self.run_dir.parent, self._launch_standby)
+                    standby.spawn(self.key, self.run_dir.parent, self._launch_standby, self.unsafe)
                 except Exception:
                     log.exception("could not start a standby sandbox")
 
@@ -529,3 +529,33 @@ def run_request(req: RunRequest, *, cancel: threading.Event | None = None,
     except Exception as e:  # a bug here must still be a record, not a dead agent
         log.exception("runner failed")
         return run.done("crash", f"runner error: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+
+
+def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None = None,
+               data_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+               timeout: float | None = None) -> tuple[float | None, float | None, str | None]:
+    """Score a finished run's kept artifact again (model.pt2 with the weights it submitted), for
+    example on confirm when the coordinator needs it: (val_bpb, confirm_bpb, error). The files
+    were written by the runner, not by train.py; they are checked again all the same."""
+    from trainer.evaluator import EvaluatorGone, EvaluatorKey, get_evaluator
+    from trainer.sandbox import unsafe_from_env
+
+    run_dir = Path(run_dir).resolve()
+    prof = get_profile(profile)
+    prep = locate(prof, data_dir)
+    try:
+        index = json.loads((run_dir / "weights.json").read_text())
+    except (OSError, ValueError):
+        return None, None, "no kept artifact in this run dir"
+    ev = get_evaluator(EvaluatorKey(
+        prepared_dir=str(prep.dir), batch=prof.eval_batch, seq_len=prof.max_seq_len,
+        eval_tokens=prof.eval_tokens, device=device, threads=threads, unsafe=unsafe_from_env(),
+        gpu_devices=tuple(gpu_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))),
+        memory_mb=prof.memory_mb, max_procs=prof.max_procs, hidden=tuple(map(str, hidden_paths(prep, data_dir)))))
+    try:
+        reply = ev.evaluate(run_dir / "model.pt2", run_dir / "weights.bin", index, probe_seed=secrets.randbits(62),
+                            confirm_below=float("inf") if confirm else None,
+                            deadline=time.monotonic() + (timeout or prof.eval_limit))
+    except EvaluatorGone as e:
+        return None, None, f"the evaluator died ({e})"
+    return reply.val_bpb, reply.confirm_bpb, reply.error

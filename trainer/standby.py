@@ -36,6 +36,7 @@ class Standby:
     log_r: int
     child_fds: tuple[int, int]   # (event, data) fd numbers inside the sandbox
     spawned: float
+    unsafe: bool = False         # --unsafe-no-sandbox: no bind mount, paths are the host's
 
     def send_spec(self, spec_json: bytes) -> None:
         data = wire.HEADER.pack(wire.MAGIC, wire.SPEC, len(spec_json), 0, 0) + spec_json
@@ -84,10 +85,13 @@ def take(key: tuple, run_dir: Path) -> Standby | None:
         sb.discard()
         return None
     sb.scratch = target
+    if sb.unsafe:  # no mount namespace: the process sees the directory where it now is
+        sb.inside = str(target)
     return sb
 
 
-def spawn(key: tuple, root: Path, launch: Callable[[Path, int, int], tuple[subprocess.Popen, int]]) -> None:
+def spawn(key: tuple, root: Path, launch: Callable[[Path, int, int], tuple[subprocess.Popen, int]],
+          unsafe: bool = False) -> None:
     """Start a standby for `key` with a fresh scratch under `root`. `launch(scratch, event_w,
     data_r)` spawns the sandbox and returns (proc, the write end of its log pipe's reader)."""
     with _LOCK:
@@ -110,7 +114,7 @@ def spawn(key: tuple, root: Path, launch: Callable[[Path, int, int], tuple[subpr
         os.close(dt_r)
     with _LOCK:
         _WAITING[key] = Standby(key, proc, scratch, str(scratch), ev_r, dt_w, log_r, (ev_w, dt_r),
-                                time.monotonic())
+                                time.monotonic(), unsafe)
 
 
 @atexit.register

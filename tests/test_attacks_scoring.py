@@ -341,3 +341,86 @@ def test_artifact_symlink_is_not_followed(tmp_path, prepared_data_dir, untouched
     r = run(tmp_path, text, prepared_data_dir)
     assert r.status == "crash" and "model.pt2 not a regular file" in r.error, r.error
     assert not (tmp_path / "run" / "model.pt2").exists()
+
+
+# --- the artifact checker on its own (no training): each tampering has its one-line reason ---
+
+def _honest_archive(path: Path) -> Path:
+    import torch
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 8)
+            self.head = torch.nn.Linear(8, 16)
+
+        def forward(self, idx):
+            return self.head(self.emb(idx))
+
+    with torch.no_grad():
+        ep = torch.export.export(M().eval(), (torch.zeros(2, 4, dtype=torch.long),))
+    torch.export.save(ep, str(path))
+    return path
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        items = [(i, z.read(i)) for i in z.infolist()]
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
+        for info, data in items:
+            name, data = edit(info.filename, data)
+            if name is not None:
+                info.filename = name
+                z.writestr(info, data)
+    return dst
+
+
+def _json_edit(suffix: str, change):
+    import json
+
+    def edit(name, data):
+        if name.endswith(suffix):
+            obj = json.loads(data)
+            change(obj)
+            data = json.dumps(obj).encode()
+        return name, data
+    return edit
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("honest", None),
+    ("pickle weight", "is a pickle"),
+    ("extra member", "unexpected archive member"),
+    ("sympy expression", "graph uses expr"),
+    ("guards code", "guards code"),
+    ("foreign op", "op not allowed: torch.ops.aten.sort.default"),
+    ("state mutation", "must not mutate state"),
+    ("node name", "without an identifier name"),
+])
+def test_check_archive_refuses_each_tampering(tmp_path, case, reason):
+    from trainer.artifact import ArtifactError, check_archive
+
+    src = _honest_archive(tmp_path / "m.pt2")
+    node0 = lambda o: o["graph_module"]["graph"]["nodes"][0]  # noqa: E731
+    edits = {
+        "honest": lambda n, d: (n, d),
+        "pickle weight": _json_edit("model_weights_config.json",
+                                    lambda o: next(iter(o["config"].values())).update(use_pickle=True)),
+        "extra member": lambda n, d: (n.replace("archive_version", "extra/payload.pkl"), d)
+        if n.endswith("archive_version") else (n, d),
+        "sympy expression": _json_edit("models/model.json", lambda o: o["graph_module"]["graph"]["tensor_values"][
+            "idx"]["sizes"].__setitem__(0, {"as_expr": {"expr_str": "__import__('os').system('true')"}})),
+        "guards code": _json_edit("models/model.json", lambda o: o.update(guards_code=["import os"])),
+        "foreign op": _json_edit("models/model.json", lambda o: node0(o).update(target="torch.ops.aten.sort.default")),
+        "state mutation": _json_edit("models/model.json", lambda o: o["graph_module"]["signature"][
+            "output_specs"].append({"buffer_mutation": {"arg": {"name": "x"}, "buffer_name": "b"}})),
+        "node name": _json_edit("models/model.json", lambda o: node0(o).update(name="x\nimport os")),
+    }
+    path = _rewrite(src, tmp_path / "t.pt2", edits[case])
+    if reason is None:
+        check_archive(path)
+        return
+    with pytest.raises(ArtifactError, match=re.escape(reason)):
+        check_archive(path)

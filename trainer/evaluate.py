@@ -42,9 +42,9 @@ def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], to
     marks = {"load": time.monotonic()}
     try:
         x = torch.from_numpy(val.rows[0][0]).to(req.device)
-        check_causal(model, x, len(token_bytes), seed=req.probe_seed)
+        first = check_causal(model, x, len(token_bytes), seed=req.probe_seed)
         marks["probe"] = time.monotonic()
-        out.val_bpb = bpb_of_batches(model, val.rows, token_bytes, req.device)
+        out.val_bpb = bpb_of_batches(model, val.rows, token_bytes, req.device, first_logits=first)
         marks["val"] = time.monotonic()
         if req.confirm_below is not None and out.val_bpb < req.confirm_below:
             out.confirm_bpb = bpb_of_batches(model, confirm().rows, token_bytes, req.device)

@@ -25,19 +25,20 @@ def eval_batches(docs: TokenDocs, batch: int, seq_len: int, eval_tokens: int):
 
 
 def bpb_of_batches(model: Callable[[torch.Tensor], torch.Tensor], rows, token_bytes: np.ndarray,
-                   device: str = "cpu") -> float:
+                   device: str = "cpu", first_logits: torch.Tensor | None = None) -> float:
     """Bits per byte over fixed (x, y) batches: the cross entropy computed here from
     model(x) -> logits (B, T, >=vocab), summed over targets that are not special tokens,
-    divided by their UTF-8 bytes."""
+    divided by their UTF-8 bytes. first_logits: the model's logits for the first batch, when
+    already computed (by the causality probe, on the same rows)."""
     tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64, device=device)
     vocab = len(tb)
     nats = 0.0
     nbytes = 0
     with torch.no_grad():
-        for x, y in rows:
+        for i, (x, y) in enumerate(rows):
             x = torch.from_numpy(x).to(device)
             y = torch.from_numpy(y).to(device)
-            logits = model(x)
+            logits = first_logits if (i == 0 and first_logits is not None) else model(x)
             if not isinstance(logits, torch.Tensor) or logits.shape[:2] != x.shape or logits.shape[-1] < vocab:
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise MetricError(f"model(idx) must return logits (B, T, vocab>={vocab}), got {shape}")
@@ -74,11 +75,15 @@ PROBES = 64
 
 @torch.no_grad()
 def check_causal(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vocab: int,
-                 seed: int = 0, probes: int = PROBES) -> None:
+                 seed: int = 0, probes: int = PROBES) -> torch.Tensor:
     """Changing tokens at positions >= j must leave logits before j unchanged, at `probes`
-    random (row, j) pairs drawn from `seed` (the runner draws it at random per evaluation)."""
+    random (row, j) pairs drawn from `seed` (the runner draws it at random per evaluation).
+    Returns model(x), which the val pass reuses for its first batch."""
     g = torch.Generator().manual_seed(seed)
-    base = model(x).float()
+    logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.shape[:2] != x.shape:
+        return logits  # bpb_of_batches names the wrong shape
+    base = logits.float()
     B, T = x.shape
     done = 0
     while done < probes:
@@ -95,6 +100,7 @@ def check_causal(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
             raise MetricError("model looks at future tokens (logits before a position change "
                               "when later tokens change)")
         done += B
+    return logits
 
 
 def unigram_bpb(train: TokenDocs, val: TokenDocs, token_bytes: np.ndarray, *, batch: int,

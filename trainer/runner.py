@@ -369,7 +369,13 @@ class _Run:
         """Wait for the sandbox to exit, be cancelled or pass its deadline; kill its group in every
         case. Returns (why it was killed or None, exit code, peak RSS in MB)."""
         why, rc, rss = None, None, None
+        evaluator_started = False
         while True:
+            if not evaluator_started and self.server.t_submit is not None:
+                # Started (if it is not already running) while train.py exports: not earlier,
+                # where its imports would take CPU from training.
+                self.evaluator()
+                evaluator_started = True
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -469,7 +475,6 @@ class _Run:
                          eval_seconds=self.timings["eval"], mfu_percent=mfu, **measured)
 
     def run(self) -> ExperimentResult:
-        self.evaluator()  # starts (or finds) the warm evaluator: it imports torch while we train
         proc = self._spawn()
         try:
             why, rc, rss = self._supervise(proc)

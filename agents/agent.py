@@ -413,22 +413,28 @@ class ResearchAgent:
                                cuda_visible_devices=self.cuda_visible_devices,
                                data_dir=cfg.data_dir, max_steps=cfg.max_steps,
                                hard_limit=cfg.hard_limit, confirm_below=confirm,
-                               threads=cfg.threads, cancel=self._cancel, on_event=self._on_event)
+                               threads=cfg.threads, cancel=self._cancel, on_event=self._on_event,
+                               standby=True)  # the next run's sandbox warms up while we propose
         except Exception as e:  # the runner should not raise; if it does, it is still a record
             log.exception("%s: runner raised", cfg.name)
             return ExperimentResult(status="crash", error=f"runner raised {type(e).__name__}: "
                                     f"{' '.join(str(e).split())[:200]}", seed=seed)
 
     def _on_event(self, event: Any) -> None:
-        """Runner progress: pgid for inflight.json, progress for the live view."""
-        ev = event if isinstance(event, dict) else getattr(event, "__dict__", {})
-        pgid = ev.get("pgid") or ev.get("pid")
-        if pgid and ev.get("event", ev.get("kind")) in (None, "started", "start", "spawned"):
-            self.inflight.update(pgid=int(pgid))
-        if "progress" in ev and ev["progress"] is not None:
-            self.progress = float(ev["progress"])
-        elif ev.get("elapsed") is not None and ev.get("budget"):
-            self.progress = min(1.0, float(ev["elapsed"]) / float(ev["budget"]))
+        """Runner events (trainer.events): `started` puts the sandbox's process group in
+        inflight.json, so a restarted agent kills what a dead run left; `progress` feeds the
+        live view. Anything else is ignored."""
+        from trainer.events import Progress, Started, parse_event
+
+        try:
+            ev = parse_event(event if isinstance(event, dict) else dict(getattr(event, "__dict__", {})))
+        except Exception as e:
+            log.debug("%s: runner event ignored (%s)", self.cfg.name, type(e).__name__)
+            return
+        if isinstance(ev, Started):
+            self.inflight.update(pgid=ev.pgid, run_dir=ev.run_dir)
+        elif isinstance(ev, Progress):
+            self.progress = ev.progress
         self._beat()
 
     def _record(self, eid: str, *, kind: str, parent: str, commit: str | None, description: str,

@@ -16,6 +16,14 @@ log = logging.getLogger(__name__)
 
 IDENTITY = {"user.name": "autoresearch-swarm", "user.email": "swarm@localhost"}
 
+# Every git call the agent or the coordinator makes starts with this. Git must never run code
+# planted in a repo or a worktree: hooks (`.git/hooks`, a `core.hooksPath` in any config file)
+# and `core.fsmonitor` (run by status, add, commit and reset) execute with the caller's whole
+# environment, secrets included. `-c` beats every config file, per-worktree ones too.
+GIT = ("git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+       "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false", "-c", "protocol.ext.allow=never",
+       "-c", "core.pager=cat")
+
 
 class _Locked(Exception):
     """Another agent holds a lock file in the shared repo."""
@@ -29,7 +37,7 @@ _LOCK_RETRY = dict(stop=tenacity.stop_after_attempt(20), wait=tenacity.wait_incr
 def git(cwd: Path, *args: str, input: bytes | None = None, check: bool = True) -> str:
     """Run git; retries briefly when another agent holds a lock on the shared repo."""
     def once() -> str:
-        p = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+        p = subprocess.run([*GIT, *args], cwd=cwd, input=input, capture_output=True)
         err = p.stderr.decode(errors="replace")
         if p.returncode == 0 or not check:
             return p.stdout.decode(errors="replace")
@@ -98,7 +106,7 @@ class Worktree:
         return git(self.path, "show", f"{commit}:{path}")
 
     def has(self, commit: str) -> bool:
-        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"],
+        return subprocess.run([*GIT, "cat-file", "-e", f"{commit}^{{commit}}"],
                               cwd=self.path, capture_output=True).returncode == 0
 
     def is_clean(self) -> bool:

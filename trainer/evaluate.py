@@ -1,68 +1,63 @@
-"""Locked evaluation process: loads the exported model, probes causality, scores val (and confirm).
-
-Run as `python -I -m trainer.evaluate SPEC.json` by the runner; no train.py code runs here,
-only the exported graph of its model.
-"""
+"""Locked scoring of one artifact: load it safely with the submitted weights, probe causality at
+positions the runner drew, score val (and confirm when asked). Runs in a forked worker of the
+evaluator (trainer/evaluator.py), inside the evaluation sandbox; no train.py code runs here,
+only the checked graph of its model."""
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+
+import numpy as np
+
+from trainer.specs import EvalReply, EvalRequest
 
 
-def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+class SplitRows:
+    """One split's fixed evaluation rows, packed once and kept in memory by the evaluator."""
+
+    def __init__(self, docs, batch: int, seq_len: int, eval_tokens: int):
+        from trainer.metric import eval_batches
+        self.rows = list(eval_batches(docs, batch, seq_len, eval_tokens))
 
 
-def run(spec: dict) -> dict:
-    import numpy as np
+def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], token_bytes: np.ndarray) -> EvalReply:
+    """The reply for one request; every failure is an `error` line, never an exception."""
     import torch
 
-    from trainer.dataloader import TokenDocs
-    from trainer.metric import MetricError, check_causal, eval_batches, evaluate_bpb
+    from trainer.artifact import ArtifactError, load_model
+    from trainer.metric import MetricError, bpb_of_batches, check_causal
 
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    t0 = time.monotonic()
+    if req.threads:
+        torch.set_num_threads(req.threads)
+    out = EvalReply(id=req.id)
+    t = time.monotonic()
     try:
-        ep = torch.export.load(spec["model_path"])
+        model, out.num_params = load_model(req.model, req.weights, req.index, req.device)
+    except ArtifactError as e:
+        out.error = f"artifact refused: {e}"
+        return out
     except Exception as e:
-        return {"error": f"exported model could not be loaded: {type(e).__name__}"}
-    params = set(ep.graph_signature.parameters)
-    num_params = int(sum(v.numel() for k, v in ep.state_dict.items() if k in params))
-    model = ep.module()
-    prepared = Path(spec["prepared_dir"])
-    tb = np.load(prepared / "token_bytes.npy")
-    kw = dict(batch=spec["eval_batch"], seq_len=spec["max_seq_len"], eval_tokens=spec["eval_tokens"],
-              device=spec["device"])
-    out: dict = {"num_params": num_params}
+        out.error = f"artifact could not be loaded: {type(e).__name__}"
+        return out
+    marks = {"load": time.monotonic()}
     try:
-        val = TokenDocs(prepared, "val")
-        x, _ = next(eval_batches(val, spec["eval_batch"], spec["max_seq_len"], spec["eval_tokens"]))
-        check_causal(model, torch.from_numpy(x).to(spec["device"]), len(tb), seed=spec.get("seed", 0))
-        out["val_bpb"] = evaluate_bpb(model, val, tb, **kw)
-        cb = spec.get("confirm_below")
-        if cb is not None and out["val_bpb"] < cb:
-            out["confirm_bpb"] = evaluate_bpb(model, TokenDocs(prepared, "confirm"), tb, **kw)
+        x = torch.from_numpy(val.rows[0][0]).to(req.device)
+        first = check_causal(model, x, len(token_bytes), seed=req.probe_seed)
+        marks["probe"] = time.monotonic()
+        out.val_bpb = bpb_of_batches(model, val.rows, token_bytes, req.device, first_logits=first)
+        marks["val"] = time.monotonic()
+        if req.confirm_below is not None and out.val_bpb < req.confirm_below:
+            out.confirm_bpb = bpb_of_batches(model, confirm().rows, token_bytes, req.device)
+            marks["confirm"] = time.monotonic()
     except MetricError as e:
-        return {"error": str(e), "num_params": num_params}
+        out.error = str(e)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        return {"error": f"evaluation failed: {type(e).__name__}: {msg}", "num_params": num_params}
-    out["eval_seconds"] = time.monotonic() - t0
+        out.error = f"evaluation failed: {type(e).__name__}: {msg}"
+    prev = t
+    for k, v in marks.items():
+        out.seconds[k] = v - prev
+        prev = v
+    if out.error:
+        out.val_bpb = out.confirm_bpb = None
     return out
-
-
-def main(argv: list[str]) -> int:
-    spec = json.loads(Path(argv[0]).read_text())
-    res = run(spec)
-    _write(Path(spec["result_path"]), res)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

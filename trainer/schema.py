@@ -35,10 +35,13 @@ class ExperimentResult(_Model):
     eval_seconds: float | None = None
     peak_memory_mb: float | None = None
     mfu_percent: float | None = None    # GPU only
-    tokens: int | None = None           # training tokens consumed
-    steps: int | None = None
+    tokens: int | None = None           # real training tokens the runner served
+    steps: int | None = None            # real batches the runner served (micro-batches, not optimizer steps)
     num_params: int | None = None
     seed: int = 0
     budget: float = 0.0                 # seconds of training the run was allowed
     profile: str = ""
     hardware_class: str = ""
+    bad_events: int = 0                 # messages from train.py the runner could not use (ignored)
+    sandboxed: bool = True              # False only under --unsafe-no-sandbox
+    timings: dict[str, float] = {}      # seconds per phase (spawn_to_ready, training, export, eval_val...)

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from coordinator.state.home import HomeError, SwarmHome, ledger_redis
+from coordinator.state.home import HomeError, SwarmHome, ledger_redis, unsafe_warning
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,15 @@ def status(home: SwarmHome, info: dict, args) -> int:
         data = live.gather(client, info["swarm_id"], rows)
     data["lost_winners"] = _lost_winners(home, rows)
     data["running"] = home.running_pid() is not None
+    data["unsafe_no_sandbox"] = bool(info.get("unsafe_no_sandbox"))
+    warning = unsafe_warning(info)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
     state = "running" if data["running"] else "stopped"
     Console().print(live.render(data, title=f"swarm {info['swarm_id']} ({state}) in {home.root}"))
+    if warning:
+        Console().print(f"[bold red]{warning}[/]")
     return 0
 
 
@@ -109,7 +113,7 @@ def report(home: SwarmHome, info: dict, args) -> int:
     out = Path(args.output) if args.output else home.reports_dir
     try:
         path = build_report(rows, G, repo_path=repo_path(home), swarm_home=home.root, out_dir=out,
-                            studies=_studies(home, info, args.redis_url))
+                            studies=_studies(home, info, args.redis_url), warning=unsafe_warning(info))
     except ReportError as e:
         raise HomeError(str(e)) from None
     print(f"wrote {path}")

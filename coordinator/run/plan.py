@@ -26,4 +26,5 @@ class Plan:
     deadline: float | None
     plain: bool
     verbose: bool
+    unsafe: bool = False             # --unsafe-no-sandbox: train.py runs unconfined
     extra: dict = field(default_factory=dict)

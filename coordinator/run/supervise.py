@@ -99,9 +99,13 @@ class Supervisor:
                           data_dir=self.data_dir, data_source=self.data_source)
         self.configs[cfg.name] = cfg
         res = self.p.cfg.agents.resource
+        extra: dict = {"resources": {res: 1}} if res else {}
+        if self.p.unsafe:
+            from trainer.sandbox import UNSAFE_ENV
+            extra["runtime_env"] = {"env_vars": {UNSAFE_ENV: "1"}}
         # The bare handle: the agent builds its port (and its spool dir) on its own node.
         actor = agent_actor(cfg, gpus=self.p.gpus_per_agent, cpus=self.p.cfg.agents.cpus_per_agent,
-                            **({"resources": {res: 1}} if res else {})).remote(cfg, self.coord)
+                            **extra).remote(cfg, self.coord)
         self.actors[cfg.name] = actor
         self.refs[cfg.name] = actor.run.remote(max_experiments=self.p.max_experiments,
                                                deadline=self.p.deadline)
@@ -111,7 +115,12 @@ class Supervisor:
 
     def run(self) -> int:
         self.info, resumed = self.home.create_or_resume(self.p.redis_url, profile=self.p.profile,
-                                                        budget=self.p.cfg.budget)
+                                                        budget=self.p.cfg.budget, unsafe=self.p.unsafe)
+        if self.p.unsafe:
+            # the agents' runners read it (trainer.sandbox.unsafe_from_env); set before Ray starts
+            # so a local Ray's workers inherit it, and per actor for a joined cluster
+            from trainer.sandbox import UNSAFE_ENV
+            os.environ[UNSAFE_ENV] = "1"
         log.info("%s swarm %s in %s", "resuming" if resumed else "starting", self.info["swarm_id"],
                  self.home.root)
         self.home.write_pid()

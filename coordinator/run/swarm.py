@@ -54,9 +54,18 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
 
 
 def plan(args) -> Plan:
-    """Validate config, flags, programs, GPUs, redis and the Ray address. Raises on bad input."""
+    """Validate the sandbox, config, flags, programs, GPUs, redis and the Ray address. Raises
+    on bad input (SandboxUnavailable where bubblewrap cannot make namespaces)."""
     from agents.program import load_program
     from trainer.profiles import detect_profile, get_profile
+    from trainer.sandbox import UNSAFE_ENV, check_sandbox
+
+    unsafe = bool(getattr(args, "unsafe_no_sandbox", False))
+    if unsafe:
+        log.warning("--unsafe-no-sandbox: train.py runs without the sandbox")
+    else:
+        os.environ.pop(UNSAFE_ENV, None)  # only the flag turns the sandbox off
+        check_sandbox()
 
     cfg_path = Path(args.config) if args.config else (Path("swarm.yaml") if Path("swarm.yaml").is_file() else None)
     cfg, base = load_config(cfg_path)
@@ -133,7 +142,8 @@ def plan(args) -> Plan:
     return Plan(cfg=cfg, home=home, profile=profile,
                 n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
                 redis_url=redis_url, address=address, max_experiments=args.max_experiments,
-                deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose)
+                deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose,
+                unsafe=unsafe)
 
 
 def job_lease(budget: float, prof) -> float:

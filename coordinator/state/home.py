@@ -31,6 +31,15 @@ class HomeError(SwarmError):
     """SWARM_HOME is missing or unreadable."""
 
 
+def unsafe_warning(info: dict) -> str | None:
+    """The line status and the report show when a run of this swarm had no sandbox."""
+    if not info.get("unsafe_no_sandbox"):
+        return None
+    runs = ", ".join(str(r) for r in info.get("unsafe_runs", [])) or "?"
+    return (f"WARNING: run(s) {runs} of this swarm used --unsafe-no-sandbox: train.py ran without "
+            f"the sandbox, so its results could be forged")
+
+
 def resolve_home(cli_value: str | None = None, cfg_value: str | None = None) -> Path:
     """--swarm-home, else $SWARM_HOME, else swarm.yaml's swarm_home, else ./.swarm."""
     raw = cli_value or os.environ.get("SWARM_HOME") or cfg_value or ".swarm"
@@ -85,19 +94,26 @@ class SwarmHome:
         atomic_write(self.info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     def create_or_resume(self, redis_url: str | None, *, profile: str | None = None,
-                         budget: float | None = None) -> tuple[dict, bool]:
+                         budget: float | None = None, unsafe: bool = False) -> tuple[dict, bool]:
         """Returns (info, resumed). A new home gets a new swarm id; an existing one keeps it.
-        The profile and budget are recorded: a resumed swarm must train under the same ones."""
+        The profile and budget are recorded: a resumed swarm must train under the same ones.
+        `unsafe` (--unsafe-no-sandbox) is recorded for good: once one run of this swarm trained
+        unconfined, its ledger holds results a train.py could have forged."""
         fixed = {k: v for k, v in (("profile", profile), ("budget", budget)) if v is not None}
         if self.exists():
             info = self.info()
             info["runs"] = info.get("runs", 0) + 1
             for k, v in fixed.items():
                 info.setdefault(k, v)
+            if unsafe:
+                info["unsafe_no_sandbox"] = True
+                info.setdefault("unsafe_runs", []).append(info["runs"])
             self.write_info(info)
             return info, True
         info = {"swarm_id": new_swarm_id(), "created_at": time.time(), "runs": 1,
                 "redis": "embedded" if redis_url is None else redact_url(redis_url), **fixed}
+        if unsafe:
+            info.update(unsafe_no_sandbox=True, unsafe_runs=[1])
         for d in (self.logs_dir, self.snapshots_dir, self.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.write_info(info)

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 from agents.edits import EDITABLE
+from agents.worktree import GIT
 from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class _CatFile:
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
+            self.proc = subprocess.Popen([*GIT, "--git-dir", str(self.git_dir), "cat-file", "--batch"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         return self.proc
 
@@ -104,7 +105,7 @@ class ResearchRepo:
         env = dict(os.environ)
         # The repo's own config names the coordinator; don't let a user's global hooks interfere.
         env.setdefault("GIT_TERMINAL_PROMPT", "0")
-        p = subprocess.run(["git", "--git-dir", str(self.path), *args], input=input,
+        p = subprocess.run([*GIT, "--git-dir", str(self.path), *args], input=input,
                            capture_output=True, env=env)
         if check and p.returncode != 0:
             msg = p.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -122,7 +123,7 @@ class ResearchRepo:
         if self.exists() and self.ref("refs/swarm/root"):
             return self.root()
         self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(self.path)], check=True,
+        subprocess.run([*GIT, "init", "--bare", "-q", "-b", "main", str(self.path)], check=True,
                        capture_output=True)
         self.git("config", "user.name", "swarm-coordinator")
         self.git("config", "user.email", "coordinator@swarm.local")
@@ -142,7 +143,7 @@ class ResearchRepo:
 
     # -- reading ------------------------------------------------------------------------------
     def ref(self, name: str) -> str | None:
-        p = subprocess.run(["git", "--git-dir", str(self.path), "rev-parse", "-q", "--verify",
+        p = subprocess.run([*GIT, "--git-dir", str(self.path), "rev-parse", "-q", "--verify",
                             f"{name}^{{commit}}"], capture_output=True, text=True)
         return p.stdout.strip() if p.returncode == 0 else None
 
@@ -181,7 +182,7 @@ class ResearchRepo:
 
     def is_ancestor(self, a: str, b: str) -> bool:
         """True when `a` is `b` or an ancestor of it."""
-        p = subprocess.run(["git", "--git-dir", str(self.path), "merge-base", "--is-ancestor", a, b],
+        p = subprocess.run([*GIT, "--git-dir", str(self.path), "merge-base", "--is-ancestor", a, b],
                            capture_output=True)
         return p.returncode == 0
 
@@ -248,7 +249,7 @@ class ResearchRepo:
 
     def update_ref(self, name: str, new: str, old: str | None = None) -> bool:
         """Compare-and-swap: move `name` to `new` only if it is at `old` (None: must not exist)."""
-        p = subprocess.run(["git", "--git-dir", str(self.path), "update-ref", name, new, old or ZERO],
+        p = subprocess.run([*GIT, "--git-dir", str(self.path), "update-ref", name, new, old or ZERO],
                            capture_output=True)
         return p.returncode == 0
 
@@ -342,7 +343,7 @@ def git_merge_texts(base: str, ours: str, theirs: str) -> tuple[str, bool]:
             f = Path(d) / name
             f.write_text(text, encoding="utf-8")
             paths.append(str(f))
-        p = subprocess.run(["git", "merge-file", "-p", "-L", "best", "-L", "base", "-L", "candidate", *paths],
+        p = subprocess.run([*GIT, "merge-file", "-p", "-L", "best", "-L", "base", "-L", "candidate", *paths],
                            capture_output=True)
         if p.returncode < 0 or p.returncode > 127:
             raise RepoError(f"git merge-file failed: {p.stderr.decode().strip()[:200]}")

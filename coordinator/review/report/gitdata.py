@@ -10,6 +10,8 @@ import subprocess
 from collections import deque
 from pathlib import Path
 
+from agents.worktree import GIT
+
 log = logging.getLogger(__name__)
 
 _HEADER = re.compile(r"^[0-9a-f]{40}( \(from [0-9a-f]{40}\))?$")
@@ -30,7 +32,7 @@ def train_py_diffs(repo_path: Path, pairs: list[tuple[str, str]],
         return {}
     stdin = "".join(f"{child} {parent}\n" for parent, child in pairs)
     proc = subprocess.run(
-        ["git", "-C", str(repo_path), "diff-tree", "--stdin", "--always", "-p", "--no-color",
+        [*GIT, "-C", str(repo_path), "diff-tree", "--stdin", "--always", "-p", "--no-color",
          "--no-ext-diff", "--", *editable],
         input=stdin.encode(), capture_output=True)
     if proc.returncode != 0 and not proc.stdout:
@@ -59,7 +61,7 @@ def train_py_diffs(repo_path: Path, pairs: list[tuple[str, str]],
 
 def _one_by_one(repo_path: Path, pair: tuple[str, str], editable) -> dict:
     parent, child = pair
-    proc = subprocess.run(["git", "-C", str(repo_path), "diff", "--no-color", parent, child,
+    proc = subprocess.run([*GIT, "-C", str(repo_path), "diff", "--no-color", parent, child,
                            "--", *editable], capture_output=True)
     if proc.returncode != 0:
         return {pair: f"(no diff: {short_err(proc.stderr)})"}

@@ -152,9 +152,16 @@ def _invalid_html(rows) -> str:
     return "".join(out) + "</table>"
 
 
+def _warning_html(warning: str | None) -> str:
+    if not warning:
+        return ""
+    return ('<p class="warning" id="unsafe-warning" style="color:#fff;background:#b00020;padding:8px;'
+            f'font-weight:bold">{html.escape(warning)}</p>\n')
+
+
 def build_report(rows: list[dict], G: nx.DiGraph, *, repo_path: Path, swarm_home: Path,
                  out_dir: Path, sigma: float | None = None, margin: float | None = None,
-                 studies: list | None = None) -> Path:
+                 studies: list | None = None, warning: str | None = None) -> Path:
     """Write out_dir/report.html (self-contained) and out_dir/progress.png; return the HTML path.
 
     DAG nodes are the nodes of G (one per trained commit); invalid edits, which have no
@@ -182,7 +189,7 @@ def build_report(rows: list[dict], G: nx.DiGraph, *, repo_path: Path, swarm_home
 <style>{_asset("page.css")}</style></head>
 <body>
 <h1>autoresearch-swarm: morning review</h1>
-<p class="summary"><span>records: <b>{len(rows)}</b></span>{summary}
+{_warning_html(warning)}<p class="summary"><span>records: <b>{len(rows)}</b></span>{summary}
 <span>trained commits: <b>{G.number_of_nodes()}</b></span>
 <span>built {time.strftime("%Y-%m-%d %H:%M:%S")}</span></p>
 <h2>Progress</h2>

@@ -1,0 +1,533 @@
+"""The sandbox itself (trainer.sandbox), with real bubblewrap and a real `python -c` inside."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import site
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer import sandbox
+from trainer.sandbox import SandboxSpec, SandboxUnavailable, check_sandbox, wrap
+
+PY_ENV = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+
+
+def run_in(spec: SandboxSpec, code: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    argv = wrap([sys.executable, "-I", "-c", textwrap.dedent(code)], spec)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True, **kw)
+
+
+def out_json(p: subprocess.CompletedProcess):
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def spec(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return SandboxSpec(scratch=scratch, env=dict(PY_ENV))
+
+
+def test_check_sandbox_passes_here():
+    check_sandbox()
+
+
+def test_runs_as_nobody_with_exactly_its_env(spec):
+    spec.env["ONLY_THIS"] = "yes"
+    p = run_in(spec, "import os, json; print(json.dumps([os.getuid(), os.getgid()]))")
+    assert out_json(p) == [65534, 65534]
+    env = subprocess.run(wrap(["/usr/bin/env", "-0"], spec), capture_output=True, timeout=60)
+    got = dict(kv.split("=", 1) for kv in env.stdout.decode().split("\0") if kv)
+    # bwrap sets PWD to the working directory (scratch); nothing else is added
+    assert got == {**spec.env, "PWD": str(spec.scratch.resolve())}
+
+
+def test_proc_shows_only_the_sandbox(spec, monkeypatch):
+    monkeypatch.setenv("SWARM_TEST_PARENT_SECRET", "sk-parent-secret-123")
+    p = run_in(spec, """
+        import os, json
+        pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())
+        environs = []
+        for pid in pids:
+            try:
+                environs.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin1'))
+            except OSError:
+                pass
+        print(json.dumps({'pids': pids, 'ppid': os.getppid(), 'env': environs}))
+    """, env={**os.environ, "SWARM_TEST_PARENT_SECRET": "sk-parent-secret-123"})
+    got = out_json(p)
+    assert max(got["pids"]) < 10 and os.getpid() not in got["pids"]  # own PID namespace
+    assert "sk-parent-secret-123" not in json.dumps(got["env"]) + p.stdout + p.stderr
+
+
+def test_writes_outside_scratch_fail(spec, tmp_path, prepared_data_dir):
+    targets = [site.getsitepackages()[0], str(Path(sandbox.__file__).parent), str(prepared_data_dir),
+               str(Path.home()), str(tmp_path), "/usr/lib", "/etc", "/dev", "/sys/fs/cgroup"]
+    p = run_in(spec, f"""
+        import os, json
+        res = {{}}
+        for d in {targets!r}:
+            try:
+                with open(os.path.join(d, 'sandbox-wrote-here'), 'w') as f:
+                    f.write('x')
+                res[d] = 'wrote'
+            except OSError as e:
+                res[d] = type(e).__name__
+        with open('in-scratch', 'w') as f:
+            f.write('ok')
+        with open('/tmp/in-tmp', 'w') as f:
+            f.write('ok')
+        print(json.dumps(res))
+    """)
+    res = out_json(p)
+    # scratch's parent lies in the sandbox's own /tmp tmpfs: a write there lands in that tmpfs
+    assert all(v != "wrote" for d, v in res.items() if d != str(tmp_path)), res
+    assert not any(Path(t, "sandbox-wrote-here").exists() for t in targets)
+    assert (spec.scratch / "in-scratch").read_text() == "ok"
+
+
+def test_hidden_paths_look_empty_and_readable_shows_one_file(spec, tmp_path):
+    secret_dir = tmp_path / "home"
+    (secret_dir / "repo").mkdir(parents=True)
+    (secret_dir / "repo" / "HEAD").write_text("ref")
+    (secret_dir / "token.bin").write_text("val-data")
+    spec.hidden = [secret_dir]
+    spec.readable = [secret_dir / "token.bin"]
+    p = run_in(spec, f"""
+        import os, json
+        print(json.dumps([sorted(os.listdir({str(secret_dir)!r})), open({str(secret_dir / 'token.bin')!r}).read()]))
+    """)
+    assert out_json(p) == [["token.bin"], "val-data"]
+
+
+def test_a_hidden_file_inside_a_hidden_folder_does_not_appear(spec):
+    """Hiding a folder and a file inside it: the folder stays empty (no /dev/null stand-in)."""
+    data = Path("/var/tmp") / f"swarm-hidden-{os.getpid()}"
+    (data / "prep").mkdir(parents=True, exist_ok=True)
+    (data / "prep" / "val.tokens.npy").write_bytes(b"held-out")
+    (data / "lone.txt").write_text("x")
+    spec.hidden = [data / "prep" / "val.tokens.npy", data, Path("/etc/hostname")]
+    try:
+        p = run_in(spec, f"""
+            import os, json
+            try:
+                host = open('/etc/hostname').read()  # a hidden file outside: /dev/null on a nodev mount
+            except OSError as e:
+                host = type(e).__name__
+            print(json.dumps([os.listdir({str(data)!r}), os.path.exists({str(data / 'prep' / 'val.tokens.npy')!r}),
+                              host]))
+        """)
+        assert out_json(p) == [[], False, "PermissionError"]
+    finally:
+        import shutil
+        shutil.rmtree(data)
+
+
+def test_home_caches_are_hidden(spec):
+    cache = Path.home() / ".cache"
+    if not cache.is_dir() or not any(cache.iterdir()):
+        pytest.skip("no ~/.cache to hide here")
+    p = run_in(spec, f"import os, json; print(json.dumps(os.listdir({str(cache)!r})))")
+    assert out_json(p) == []
+
+
+def test_no_network(spec):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        p = run_in(spec, f"""
+            import socket, json
+            try:
+                socket.create_connection(('127.0.0.1', {port}), timeout=3)
+                print(json.dumps('connected'))
+            except OSError as e:
+                print(json.dumps(type(e).__name__))
+        """)
+        assert out_json(p) != "connected"
+        srv.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+
+
+def test_host_unix_sockets_are_unreachable(spec):
+    """A network namespace does not cover path-based unix sockets, and the sandbox's uid is root
+    outside: a visible socket (docker.sock, containerd, dbus...) would be a way out. The sandbox
+    cannot create AF_UNIX sockets (seccomp) and /run is empty inside."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="swarm-sock-", dir="/var/tmp"))
+    path = d / "host.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    path.chmod(0o600)
+    try:
+        p = run_in(spec, f"""
+            import json, os, socket
+            out = {{}}
+            try:
+                c = socket.socket(socket.AF_UNIX)
+                c.connect({str(path)!r})
+                out["unix"] = "CONNECTED"
+            except OSError as e:
+                out["unix"] = type(e).__name__
+            a, b = socket.socketpair()  # multiprocessing's pipes still work
+            a.send(b"x")
+            out["pair"] = b.recv(1).decode()
+            out["run"] = sorted(os.listdir("/run")) if os.path.isdir("/run") else None
+            print(json.dumps(out))
+        """)
+        got = out_json(p)
+        assert got["unix"] != "CONNECTED" and got["pair"] == "x" and got["run"] in ([], None), got
+        srv.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+        path.unlink()
+        d.rmdir()
+
+
+def test_no_nested_user_namespaces(spec):
+    """A user namespace inside would give the hostile code capabilities there: mounts, netfilter,
+    and much more kernel to attack."""
+    p = run_in(spec, """
+        import ctypes, json
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(json.dumps(libc.unshare(0x10000000)))  # CLONE_NEWUSER
+    """)
+    assert out_json(p) == -1
+
+
+def test_passed_fd_stays_usable(spec):
+    r, w = os.pipe()
+    argv = wrap([sys.executable, "-I", "-c", f"import os; os.write({w}, b'hello')"], spec)
+    p = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True)
+    os.close(w)
+    assert p.wait(timeout=60) == 0
+    assert os.read(r, 100) == b"hello"
+    os.close(r)
+
+
+def test_double_fork_setsid_grandchild_dies_with_the_group(spec):
+    marker = spec.scratch / "grandchild.pid"
+    code = f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open({str(marker)!r}, 'w') as f:
+                    f.write(str(os.getpid()))
+                while True:
+                    time.sleep(0.1)
+                    with open({str(spec.scratch / 'alive')!r}, 'w') as f:
+                        f.write(str(time.time()))
+            os._exit(0)
+        time.sleep(600)
+    """
+    before = set(_all_pids())
+    p = subprocess.Popen(wrap([sys.executable, "-I", "-c", textwrap.dedent(code)], spec), start_new_session=True)
+    t = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < t:
+        time.sleep(0.05)
+    assert marker.exists()
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    time.sleep(0.5)
+    alive = spec.scratch / "alive"
+    stamp = alive.read_text() if alive.exists() else None
+    time.sleep(0.5)
+    assert (alive.read_text() if alive.exists() else None) == stamp  # nobody writes any more
+    assert _new_descendants(before) == set() and _with_cmdline(str(marker)) == []
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _with_cmdline(text: str) -> list[int]:
+    """Live (non-zombie) processes anywhere on the machine whose command line contains `text`."""
+    found = []
+    for pid in _all_pids():
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _new_descendants(before: set[int]) -> set[int]:
+    """New processes still alive whose ancestry leads to this test process (a process that
+    vanishes while we look is not left behind)."""
+    me, out = os.getpid(), set()
+    for pid in set(_all_pids()) - before:
+        p = pid
+        for _ in range(64):
+            try:
+                p = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                break
+            if p == me:
+                out.add(pid)
+                break
+            if p <= 1:
+                break
+    return out
+
+
+def test_fork_bomb_ends_and_machine_keeps_pids(spec):
+    spec.max_procs = 64
+    before = set(_all_pids())
+    tag = f"# bomb {spec.scratch}"
+    argv = wrap([sys.executable, "-I", "-c", f"import os\nwhile True:\n    os.fork()\n{tag}"], spec)
+    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        # a bomb held at the cap runs until its owner kills the group (the runner's hard limit)
+        os.killpg(proc.pid, signal.SIGKILL)
+        rc = proc.wait(timeout=10)
+    err = proc.stderr.read()
+    assert rc != 0
+    time.sleep(0.5)
+    assert _new_descendants(before) == set() and _with_cmdline(tag) == []
+    assert "process limit of 64 tasks reached" in err or "BlockingIOError" in err, err[-2000:]
+
+
+def test_memory_hog_ends_with_a_reason(spec):
+    spec.memory_mb = 300
+    p = run_in(spec, """
+        chunks = []
+        while True:
+            chunks.append(bytearray(20 << 20))
+    """, timeout=60)
+    assert p.returncode != 0
+    assert "MemoryError" in p.stderr or "memory limit of 300 MB" in p.stderr
+
+
+def test_shared_memory_bomb_is_stopped_by_the_memory_cgroup(spec):
+    """MAP_SHARED anonymous memory is not counted by RLIMIT_DATA; the memory cgroup counts it."""
+    spec.memory_mb, spec.max_procs = 400, 64
+    argv = wrap([sys.executable, "-I", "-c", "import mmap\nm = mmap.mmap(-1, 2 << 30)\n"
+                 "for i in range(0, 2 << 30, 4096):\n    m[i] = 1\nprint('survived')"], spec)
+    if not {"memory", "v2"} & set(sandbox.cgroup_kinds_available(spec)):
+        pytest.skip("no writable memory cgroup here")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert p.returncode == 137 and "survived" not in p.stdout
+    assert p.stderr.strip().splitlines()[-1] == "sandbox: memory limit of 400 MB reached"
+
+
+def test_torch_trains_under_the_limits(spec):
+    spec.memory_mb, spec.max_procs = 2000, 256
+    spec.env["OMP_NUM_THREADS"] = "2"
+    p = run_in(spec, """
+        import json, torch, torch.nn as nn
+        m = nn.Sequential(nn.Embedding(1024, 128), nn.Linear(128, 1024))
+        opt = torch.optim.AdamW(m.parameters())
+        x = torch.randint(0, 1024, (16, 256))
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(m(x).view(-1, 1024), x.view(-1))
+            loss.backward(); opt.step(); opt.zero_grad()
+        print(json.dumps(loss.item()))
+    """, timeout=180)
+    assert out_json(p) > 0
+
+
+def test_cgroups_are_removed_after_the_run_and_argv_can_be_reused(spec):
+    spec.memory_mb, spec.max_procs = 500, 32
+    argv = wrap([sys.executable, "-I", "-c", "pass"], spec)
+    parents = [Path(c["parent"]) for c in json.loads(argv[5])["cgroups"]]
+    for _ in range(2):  # the supervisor makes the cgroups per launch
+        p = subprocess.Popen(argv)
+        assert p.wait(timeout=60) == 0
+        assert not [d for parent in parents for d in parent.glob(f"{sandbox.CGROUP_PREFIX}{p.pid}-*")]
+
+
+def test_unsafe_returns_argv_unchanged(spec):
+    spec.unsafe = True
+    assert wrap(["python", "-c", "pass"], spec) == ["python", "-c", "pass"]
+    assert sandbox.unsafe_from_env({"SWARM_UNSAFE_NO_SANDBOX": "1"})
+    assert not sandbox.unsafe_from_env({})
+
+
+def test_check_sandbox_names_cause_and_fix(monkeypatch, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(fake))
+    with pytest.raises(SandboxUnavailable) as e:
+        check_sandbox()
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot make namespaces" in msg and "seccomp" in msg
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SandboxUnavailable, match="not executable"):
+        check_sandbox()
+
+
+def test_fork_bomb_without_cgroups_is_killed_by_the_watchdog(spec, monkeypatch, tmp_path):
+    """Where no cgroup is writable, the supervisor's watchdog kills the sandbox past the cap. The
+    test itself runs inside a pids cgroup of 1000 as a safety net for the machine."""
+    net = Path("/sys/fs/cgroup/pids") / f"swarm-test-net-{os.getpid()}"
+    try:
+        net.mkdir()
+        (net / "pids.max").write_text("1000")
+    except OSError:
+        pytest.skip("no writable pids cgroup for the safety net")
+    monkeypatch.setattr(sandbox, "_cgroup_plan", lambda spec: [])
+    spec.max_procs = 64
+    argv = wrap([sys.executable, "-I", "-c", "import os\nwhile True:\n    os.fork()"], spec)
+    assert json.loads(argv[5])["cgroups"] == []
+
+    def join():
+        (net / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE, text=True, preexec_fn=join)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+        assert rc == 137 and "sandbox: process limit of 64 tasks reached; the sandbox was killed" in err
+        t = time.monotonic() + 10
+        while int((net / "pids.current").read_text()) and time.monotonic() < t:
+            time.sleep(0.05)
+        assert int((net / "pids.current").read_text()) == 0
+    finally:
+        for _ in range(100):
+            try:
+                net.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+# --- the CLI gate: no sandbox, no run (unless --unsafe-no-sandbox, which is recorded) ---------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def swarm_cli(args: list[str], env_extra: dict[str, str], tmp_path: Path, timeout: float = 300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    env.pop(sandbox.UNSAFE_ENV, None)
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def failing_bwrap(tmp_path):
+    fake = tmp_path / "fake-bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    return {sandbox.BWRAP_ENV: str(fake)}
+
+
+def test_swarm_train_exits_2_with_one_line_where_bwrap_fails(tmp_path, failing_bwrap, prepared_data_dir):
+    p = swarm_cli(["train", "--budget", "3", "--data-dir", str(prepared_data_dir)], failing_bwrap, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swarm train: error: bubblewrap cannot make namespaces")
+    assert "Operation not permitted" in lines[0] and "--unsafe-no-sandbox" in lines[0]
+    assert not (tmp_path / ".swarm").exists()
+
+
+def test_swarm_train_exits_2_where_bwrap_is_not_installed(tmp_path, prepared_data_dir):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "git").symlink_to("/usr/bin/git")
+    p = swarm_cli(["train", "--budget", "3", "--data-dir", str(prepared_data_dir)],
+                  {"PATH": str(bindir)}, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bubblewrap (bwrap) is not installed" in lines[0] and "apt-get install" in lines[0]
+
+
+def test_swarm_run_exits_2_before_creating_anything(tmp_path, failing_bwrap):
+    home = tmp_path / "home"
+    p = swarm_cli(["run", "--agents", "1", "--budget", "3", "--max-experiments", "1", "--plain",
+                   "--swarm-home", str(home)], failing_bwrap, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("swarm run: error: bubblewrap cannot make namespaces"), p.stderr
+    assert not home.exists()
+
+
+def test_swarm_train_unsafe_runs_without_the_sandbox(tmp_path, failing_bwrap, prepared_data_dir):
+    p = swarm_cli(["train", "--unsafe-no-sandbox", "--budget", "3", "--max-steps", "3",
+                   "--data-dir", str(prepared_data_dir), "--run-dir", str(tmp_path / "run")],
+                  failing_bwrap, tmp_path)
+    assert "--unsafe-no-sandbox: train.py runs without the sandbox" in p.stderr
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "val_bpb" in p.stdout
+
+
+def test_unsafe_flag_is_planned_recorded_and_shown(tmp_path, failing_bwrap, monkeypatch, capsys, redis_url):
+    from coordinator.cli import build_parser, main
+    from coordinator.run.swarm import plan
+    from coordinator.state.home import SwarmHome
+
+    for k, v in failing_bwrap.items():
+        monkeypatch.setenv(k, v)
+    home = SwarmHome(tmp_path / "home")
+    args = build_parser().parse_args(["run", "--unsafe-no-sandbox", "--agents", "1", "--budget", "3",
+                                      "--profile", "cpu", "--swarm-home", str(home.root)])
+    p = plan(args)  # the failing bwrap is not even tried
+    assert p.unsafe
+    args = build_parser().parse_args(["run", "--agents", "1", "--budget", "3", "--profile", "cpu",
+                                      "--swarm-home", str(home.root)])
+    with pytest.raises(SandboxUnavailable):
+        plan(args)
+
+    home.create_or_resume(None, profile="cpu", budget=3.0, unsafe=True)
+    assert json.loads(home.info_path.read_text())["unsafe_no_sandbox"] is True
+    home.create_or_resume(None, profile="cpu", budget=3.0)  # a later safe run does not erase it
+    assert home.info()["unsafe_no_sandbox"] is True and home.info()["unsafe_runs"] == [1]
+    capsys.readouterr()
+    assert main(["status", "--swarm-home", str(home.root), "--redis-url", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "--unsafe-no-sandbox" in out and "WARNING" in out
+    assert main(["status", "--json", "--swarm-home", str(home.root), "--redis-url", redis_url]) == 0
+    assert json.loads(capsys.readouterr().out)["unsafe_no_sandbox"] is True
+
+
+def test_report_shows_the_unsafe_warning(tmp_path):
+    import networkx as nx
+
+    from coordinator.review.report.html import build_report
+    from coordinator.state.home import unsafe_warning
+    from coordinator.state.repo import ResearchRepo
+
+    repo = ResearchRepo(tmp_path / "repo.git")
+    root = repo.create("print('x')\n")
+    rows = [{"experiment_id": "e1", "status": "crash", "commit": root, "agent": "a0", "program": "baseline",
+             "hardware_class": "cpu-x", "ts": 1.0}]
+    G = nx.DiGraph()
+    warning = unsafe_warning({"unsafe_no_sandbox": True, "unsafe_runs": [2]})
+    page = build_report(rows, G, repo_path=repo.path, swarm_home=tmp_path, out_dir=tmp_path / "r",
+                        warning=warning).read_text()
+    assert 'id="unsafe-warning"' in page and "run(s) 2 of this swarm used --unsafe-no-sandbox" in page
+    safe = build_report(rows, G, repo_path=repo.path, swarm_home=tmp_path, out_dir=tmp_path / "s").read_text()
+    assert 'id="unsafe-warning"' not in safe
+
+
+def test_an_older_bwrap_gets_only_the_options_it_knows(tmp_path, monkeypatch, spec):
+    """Ubuntu 22.04 ships bwrap 0.6: no --size, no --disable-userns."""
+    old = tmp_path / "bwrap-0.6"
+    old.write_text("#!/bin/sh\necho 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]\n"
+                   "    --unshare-all --uid UID --tmpfs DEST --seccomp FD'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(old))
+    argv = wrap(["true"], spec)
+    assert str(old) in argv and "--size" not in argv and "--disable-userns" not in argv
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/usr/bin/bwrap")
+    argv = wrap(["true"], spec)
+    assert "--size" in argv and "--disable-userns" in argv

@@ -18,7 +18,7 @@ from test_runner import TINY, write
 import trainer
 from agents.worktree import Worktree
 from coordinator.review.report.gitdata import train_py_diffs
-from coordinator.state.repo import ResearchRepo
+from coordinator.state.repo import ResearchRepo, git_merge_texts
 
 BASELINE = "print('baseline')\n"
 
@@ -121,7 +121,7 @@ def test_git_never_runs_planted_hooks_or_fsmonitor(tmp_path):
     # the coordinator's paths: refs (compare-and-swap and plain), merges, bundles, report diffs
     assert repo.update_ref("refs/heads/best-cpu", c1, None)
     repo.set_ref("refs/heads/best-cpu", c2)
-    merged, _ = repo.merge_file(root, c1, c2)
+    merged, _ = git_merge_texts(repo.show(root), repo.show(c1), repo.show(c2))
     m = repo.commit_tree(merged, [c2, c1], "merge", base=c2)
     assert repo.update_ref("refs/heads/best-cpu", m, c2)
     repo.fetch_bundle(data)

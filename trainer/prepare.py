@@ -49,6 +49,10 @@ class Prepared:
     unigram_bpb: float
     forbidden: tuple[str, ...]  # paths a train.py must never open (val/confirm and raw text)
 
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.dir / "tokenizer.pkl"
+
     def token_bytes(self) -> np.ndarray:
         return np.load(self.dir / "token_bytes.npy")
 

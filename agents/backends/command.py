@@ -14,7 +14,7 @@ from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.config import CommandSpec
 from agents.edits import EDITABLE
 from agents.errors import AgentError
-from agents.prompt import SYSTEM, fix_prompt, user_prompt
+from agents.prompt import fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class CommandBackend:
         scratch = Path(ctx.state_dir or wt.parent) / "command"
         scratch.mkdir(parents=True, exist_ok=True)
         prompt_file = scratch / "prompt.md"
-        prompt_file.write_text(SYSTEM + "\n\n" + prompt, encoding="utf-8")
+        prompt_file.write_text(prompt, encoding="utf-8")   # role and format are in it
         program_file = scratch / "program.md"
         program_file.write_text(ctx.program.text, encoding="utf-8")
         target = wt / EDITABLE

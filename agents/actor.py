@@ -11,7 +11,34 @@ from agents.config import AgentConfig
 log = logging.getLogger(__name__)
 
 
-class _GpuAgent(ResearchAgent):
+def _log_to_home(cfg: AgentConfig) -> None:
+    """The agent's warnings (a backend not answering, a retry) go to SWARM_HOME/logs/<agent>.log:
+    Ray's worker logs live in a temp folder deleted when the swarm stops. Configured here, once
+    per actor process, as the CLI does for the terminal."""
+    path = cfg.swarm_home / "logs" / f"agent-{cfg.name}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
+        return
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("agents")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+
+
+class _ActorAgent(ResearchAgent):
+    """ResearchAgent in its own actor process: logs to SWARM_HOME/logs."""
+
+    def __init__(self, config, coordinator, **kw):
+        cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
+        _log_to_home(cfg)
+        super().__init__(cfg, coordinator, **kw)
+
+
+class _GpuAgent(_ActorAgent):
     """ResearchAgent that gives its runs the GPU Ray assigned to this actor."""
 
     def __init__(self, config, coordinator, **kw):
@@ -39,4 +66,4 @@ def agent_actor(config: AgentConfig | dict, *, gpus: int = 0, cpus: float = 1,
     if namespace:
         opts["namespace"] = namespace
     opts.update(options)
-    return ray.remote(_GpuAgent if gpus else ResearchAgent).options(**opts)
+    return ray.remote(_GpuAgent if gpus else _ActorAgent).options(**opts)

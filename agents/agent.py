@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,10 +16,12 @@ from agents.messages import Broadcast, ExperimentRecord, StartedExperiment, new_
 from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
 from agents.config import AgentConfig
 from agents.edits import EDITABLE, line_delta
-from agents.errors import InvalidEdit, SpendingCapReached
+from agents.errors import BackendError, InvalidEdit, ProposalAbandoned, SpendingCapReached
 from agents.inflight import Inflight, kill_leftover
 from agents.ports import CoordinatorPort, RayCoordinator
+from agents.health import BackendHealth
 from agents.program import Program, load_program, parse_program
+from agents.transcript import secret_values, write_json
 from agents.worktree import Worktree
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ class ResearchAgent:
         self._prepared: Proposal | BaseException | None = None
         self._last_seq = -1
         self.recovered: ExperimentRecord | None = None
+        self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
+                                    wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
         self._setup()
@@ -178,6 +183,11 @@ class ResearchAgent:
         the current run finish; otherwise cancel it (recorded crash "stopped")."""
         self.stop_reason = self.stop_reason or "stopped"
         self._stop.set()
+        # A proposal or fix in flight is not waited for (a local model can take minutes): the
+        # backend abandons it, and it is written down as abandoned.
+        cancel = getattr(self.backend, "cancel", None)
+        if callable(cancel):
+            cancel()
         if not (self.cfg.graceful_stop if graceful is None else graceful):
             self._cancel.set()
 
@@ -192,7 +202,21 @@ class ResearchAgent:
                 "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
                 "last_delta": self.last_delta, "stop_reason": self.stop_reason,
                 "spent_usd": getattr(self.backend, "spent_usd", 0.0),
+                **self.health.status(), "last_outcome": self._last_outcome(),
                 "head": self._safe_head()}
+
+    def _last_outcome(self) -> str | None:
+        """The newest of: the agent's stop, the backend's trouble, its last experiment."""
+        if self.stop_reason and self.phase == "stopped":
+            return f"stopped: {self.stop_reason}"
+        if self.health.outcome():
+            return self.health.outcome()
+        last = self.own[-1] if self.own else None
+        if last is None:
+            return None
+        if last.status == "ok":
+            return f"ok: {last.description}"[:200]
+        return f"{last.status}: {last.reason or last.description}"[:200]
 
     def _safe_head(self) -> str | None:
         try:
@@ -261,6 +285,9 @@ class ResearchAgent:
                 p = self.backend.propose(ctx)
                 p.base = base
                 self._prepared = p
+            except ProposalAbandoned as e:  # stopping: the loop thread may not look again
+                self.health.abandoned(e, "prepared proposal")
+                self._prepared = e
             except BaseException as e:  # handed to the loop thread, which decides
                 self._prepared = e
 
@@ -276,7 +303,7 @@ class ResearchAgent:
     def _take_prepared(self, base: str) -> Proposal | None:
         self._join_prep()
         p, self._prepared = self._prepared, None
-        if isinstance(p, SpendingCapReached):
+        if isinstance(p, (SpendingCapReached, BackendError)):
             raise p
         if isinstance(p, BaseException):
             log.warning("%s: background proposal failed: %s", self.cfg.name, p)
@@ -291,22 +318,63 @@ class ResearchAgent:
         base = self.wt.head()
         source = self.wt.source()
         self.phase = "propose"
+        self.description = ""
         self._beat(force=True)
-        proposal = self._take_prepared(base) or self.backend.propose(self._context(base, source))
+        started_at = time.time()   # before the proposal: a record's duration includes it
+        try:
+            proposal = self._take_prepared(base) or self.backend.propose(self._context(base, source))
+        except BackendError as e:
+            # No answer is not an experiment: no record, nothing counted.
+            self._backend_failed(e)
+            return
+        self.health.answered()
         eid = new_experiment_id(self.cfg.name)
-        started_at = time.time()
         try:
             new, desc = proposal.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
                                          max_file_bytes=self.cfg.max_file_bytes)
         except InvalidEdit as e:
+            self._keep_transcript(eid, proposal, f"invalid: {e}")
             rec = self._record(eid, kind="experiment", parent=base, commit=None,
                                description=(proposal.description or "")[:200], status="invalid",
                                reason=str(e), proposal=proposal, started_at=started_at)
             self._finish(rec, source, None)
             return
+        self._keep_transcript(eid, proposal, "ok")
         self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
                     description=desc, eid=eid, proposal=proposal, base_source=source,
                     started_at=started_at)
+
+    # --- the backend's trouble: not experiments -----------------------------------------------
+    def _secrets(self) -> list[str]:
+        env = getattr(getattr(self.backend, "spec", None), "api_key_env", None)
+        return secret_values([os.environ.get(env)] if env else [])
+
+    def _backend_failed(self, e: BackendError, *, wait: bool = True, what: str = "proposal") -> None:
+        """Down: wait (growing, capped; a stop ends the wait) and let the loop ask again.
+        Refused: stop this agent with the reason. Abandoned: written down, nothing else."""
+        kind, delay = self.health.failed(e, what)
+        if kind == "refused":
+            self.stop_reason = f"backend refused: {self.health.reason}"
+            self._stop.set()
+            self._beat(force=True)
+        elif kind == "down" and wait:
+            self.phase = "backend down"
+            self._beat(force=True)
+            self._stop.wait(delay)
+
+    def _keep_transcript(self, eid: str, proposal: Proposal, parse: str) -> None:
+        """runs/<id>/proposal.json: the prompt, the raw answer, the parse result, tokens,
+        duration. Best effort: a disk problem must not lose the experiment."""
+        data = dict(proposal.transcript or {"backend": self.backend.name})
+        data.update(experiment_id=eid.split("/")[0], agent=self.cfg.name,
+                    program=self.program.name, result=parse,
+                    description=proposal.description or None,
+                    prompt_tokens=proposal.prompt_tokens,
+                    completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
+        try:
+            write_json(self.cfg.runs_dir / eid / "proposal.json", data, self._secrets())
+        except OSError as err:
+            log.warning("%s: transcript not written: %s", self.cfg.name, err)
 
     def _message(self, desc: str, eid: str) -> str:
         return (f"{desc}\n\nExperiment: {eid}\nProgram: {self.program.name}\n"
@@ -352,6 +420,12 @@ class ResearchAgent:
                 self.stop_reason = str(e)
                 self._stop.set()
                 break
+            except BackendError as e:
+                reason = f"{result.error or 'crash'}; no fix attempt: {e}"
+                self._backend_failed(e, wait=False, what="fix")
+                break
+            self.health.answered()
+            self._keep_transcript(f"{eid}/fix{fixes + 1}", fix, "fix")
             proposal = _merge_usage(proposal, fix)
             try:
                 fixed, _ = fix.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,

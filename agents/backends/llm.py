@@ -1,21 +1,38 @@
 """`litellm`: any provider's model behind litellm, with retries, token and cost accounting,
-and a per-agent spending cap. litellm is imported on first use (its import takes seconds)."""
+and a per-agent spending cap. litellm is imported on first use (its import takes seconds).
+
+An answer is a Proposal (parsed by the agent); no answer is an exception: BackendUnavailable
+(down, timed out, 5xx, 429 after the retries: the agent waits and asks again) or BackendRefused
+(auth, bad model, other 4xx: the agent stops). An answer whose edit cannot be used is asked
+again once, with the parser's message.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.config import LitellmSpec
-from agents.errors import SpendingCapReached
-from agents.prompt import SYSTEM, fix_prompt, user_prompt
+from agents.edits import apply_edit, parse_edit, validate_source
+from agents.errors import (BackendRefused, BackendUnavailable, InvalidEdit, ProposalAbandoned,
+                           SpendingCapReached)
+from agents.prompt import SYSTEM, fix_prompt, retry_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
 _NOT_RETRYABLE = ("AuthenticationError", "PermissionDeniedError", "NotFoundError",
-                  "BadRequestError", "ContextWindowExceededError", "ContentPolicyViolationError",
-                  "UnsupportedParamsError", "PaymentRequiredError")
+                  "BadRequestError", "ContextWindowExceededError", "UnsupportedParamsError",
+                  "PaymentRequiredError", "UnprocessableEntityError")
+_PER_PROPOSAL = ("ContentPolicyViolationError",)   # this prompt only: an invalid proposal
+# Past the HTTP timeout: the watchdog that makes timeout_s cover the whole call (connect, send,
+# wait, read; httpx's own timeout is per phase) only fires on a server that trickles bytes.
+_WATCHDOG_GRACE_S = 5.0
+
+
+class _WallTimeout(Exception):
+    pass
 
 
 def _litellm():
@@ -24,6 +41,45 @@ def _litellm():
     import litellm
     litellm.suppress_debug_info = True
     return litellm
+
+
+def _causes(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _strip_prefixes(msg: str, name: str) -> str:
+    # litellm says the class three times: "litellm.AuthenticationError: AuthenticationError:
+    # OpenAIException - scripted 401"
+    prefixes = (f"litellm.{name}:", f"{name}:", "OpenAIException -", "OpenAIException:")
+    while True:
+        stripped = msg.lstrip()
+        for p in prefixes:
+            if stripped.startswith(p):
+                stripped = stripped[len(p):]
+        if stripped.strip() == msg.strip():
+            return msg.strip()
+        msg = stripped
+
+
+def classify(e: BaseException) -> str:
+    """What a failed call means: "refused" (asking again cannot help), "invalid" (this prompt
+    only), "answer" (the server answered with something unusable), or "down" (try later)."""
+    name = type(e).__name__
+    status = getattr(e, "status_code", None)
+    if name in _PER_PROPOSAL:
+        return "invalid"
+    if name in _NOT_RETRYABLE:
+        return "refused"
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
+        return "refused"
+    text = str(e)
+    if "Received response" in text or "Expecting value" in text:
+        return "answer"   # a 200 whose body is not JSON (a proxy's HTML page)
+    return "down"
 
 
 class LitellmBackend:
@@ -36,6 +92,7 @@ class LitellmBackend:
         self.seed = seed
         self.agent = agent
         self.spent_usd = 0.0
+        self._cancel = threading.Event()
 
     def _key(self) -> str | None:
         if not self.spec.api_key_env:
@@ -47,6 +104,26 @@ class LitellmBackend:
         line = " ".join(str(text).split())[:300]
         return line.replace(key, "***") if key else line
 
+    def where(self) -> str:
+        """The model and the URL, as a user wrote them, for messages."""
+        s = self.spec
+        return f"model {s.model!r}" + (f" at {s.api_base}" if s.api_base else "")
+
+    def describe(self, e: BaseException) -> str:
+        """One line a user can act on."""
+        s = self.spec
+        if isinstance(e, _WallTimeout) or any(type(c).__name__ in ("Timeout", "APITimeoutError",
+                                                                   "ReadTimeout", "TimeoutException")
+                                              for c in _causes(e)):
+            return (f"no answer from {self.where()} within timeout_s={s.timeout_s:g} s "
+                    f"(raise the backend's timeout_s for a slow model)")
+        if any(isinstance(c, ConnectionRefusedError) for c in _causes(e)):
+            return f"cannot connect to {self.where()}: connection refused"
+        msg = _strip_prefixes(self._scrub(e), type(e).__name__)
+        if "Connection error" in msg:
+            return f"cannot connect to {self.where()}: {msg}"
+        return f"{type(e).__name__}: {msg}"
+
     def _cost(self, litellm, resp, pt: int, ct: int) -> float:
         s = self.spec
         if s.input_cost_per_mtok is not None or s.output_cost_per_mtok is not None:
@@ -57,13 +134,43 @@ class LitellmBackend:
             # Unknown model (a local server): no price known; the cap cannot bind on it.
             return 0.0
 
-    def _ask(self, user: str) -> Proposal:
+    def cancel(self) -> None:
+        """Abandon the call in flight (the agent is stopping): propose/fix raise
+        ProposalAbandoned within a fraction of a second."""
+        self._cancel.set()
+
+    def _complete(self, litellm, kw: dict):
+        """litellm.completion under a wall clock of timeout_s (+ grace), abandoned on cancel."""
+        box: dict = {}
+
+        def call():
+            try:
+                box["resp"] = litellm.completion(**kw)
+            except BaseException as e:  # handed to the caller
+                box["err"] = e
+
+        t = threading.Thread(target=call, name=f"{self.agent}-llm", daemon=True)
+        t.start()
+        limit = time.monotonic() + self.spec.timeout_s + _WATCHDOG_GRACE_S
+        while t.is_alive():
+            if self._cancel.is_set():
+                raise ProposalAbandoned("stopped while waiting for the model")
+            if time.monotonic() > limit:
+                raise _WallTimeout()
+            t.join(0.2)
+        if "err" in box:
+            raise box["err"]
+        return box["resp"]
+
+    def _ask(self, messages: list[dict], turn: dict) -> Proposal:
+        """One chat completion with retries. Fills `turn` (the transcript of this request)."""
         s = self.spec
         if s.max_cost_usd is not None and self.spent_usd >= s.max_cost_usd:
             raise SpendingCapReached(f"spending cap reached: ${self.spent_usd:.4f} of "
                                      f"${s.max_cost_usd:.4f} spent")
+        if self._cancel.is_set():
+            raise ProposalAbandoned("stopped before asking the model")
         litellm = _litellm()
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
         kw = dict(model=s.model, messages=messages, timeout=s.timeout_s, max_tokens=s.max_tokens,
                   num_retries=0, max_retries=0)
         if s.api_base:
@@ -74,18 +181,31 @@ class LitellmBackend:
         if s.temperature is not None:
             kw["temperature"] = s.temperature
         out = Proposal()
-        last = "no attempt"
+        attempts = turn.setdefault("attempts", [])
+        last, last_kind = "no attempt", "down"
         for attempt in range(s.max_retries + 1):
             if attempt:
-                time.sleep(s.backoff_s * 2 ** (attempt - 1))
+                if self._cancel.wait(s.backoff_s * 2 ** (attempt - 1)):
+                    raise ProposalAbandoned("stopped while waiting to retry the model")
+            t0 = time.time()
             try:
-                resp = litellm.completion(**kw)
+                resp = self._complete(litellm, kw)
+            except ProposalAbandoned:
+                attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
+                                 "error": "abandoned: the agent is stopping"})
+                raise
             except Exception as e:  # litellm maps provider errors onto its own classes
-                last = f"{type(e).__name__}: {self._scrub(e)}"
-                if type(e).__name__ in _NOT_RETRYABLE:
+                kind, last = classify(e), self.describe(e)
+                attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
+                                 "error": last})
+                if kind == "refused":
+                    raise BackendRefused(f"litellm {self.where()}: {last}") from None
+                if kind == "invalid":
                     out.error = f"litellm: {last}"
                     return out
-                log.warning("%s: LLM call failed (attempt %d): %s", self.agent, attempt + 1, last)
+                last_kind = kind
+                log.warning("%s: LLM call failed (attempt %d of %d): %s", self.agent, attempt + 1,
+                            s.max_retries + 1, last)
                 continue
             usage = getattr(resp, "usage", None)
             pt = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -99,22 +219,82 @@ class LitellmBackend:
                 content = resp.choices[0].message.content
             except (AttributeError, IndexError, TypeError):
                 content = None
+            attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
+                             "prompt_tokens": pt, "completion_tokens": ct,
+                             **({} if isinstance(content, str) and content.strip()
+                                else {"error": "answer has no message content"})})
             if not isinstance(content, str) or not content.strip():
-                last = "answer has no message content"
+                last, last_kind = "answer has no message content", "answer"
                 log.warning("%s: LLM answer unusable (attempt %d): %s", self.agent, attempt + 1, last)
                 continue
             out.text = content
             return out
+        if last_kind == "down":
+            raise BackendUnavailable(f"litellm {self.where()}: gave up after {s.max_retries + 1} "
+                                     f"attempts: {last}")
         out.error = f"litellm: gave up after {s.max_retries + 1} attempts: {last}"
         return out
 
+    def _ask_edit(self, user: str, source: str) -> Proposal:
+        """Ask; an answer whose edit cannot be used is asked again once, with the reason."""
+        started = time.time()
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        transcript: dict = {"backend": self.name, "model": self.spec.model,
+                            "api_base": self.spec.api_base, "started_at": started, "turns": []}
+        total = Proposal(transcript=transcript)
+        try:
+            for round_ in range(2):
+                turn: dict = {"messages": messages if round_ == 0 else messages[-2:]}
+                transcript["turns"].append(turn)
+                p = self._ask(messages, turn)
+                turn["answer"] = p.text
+                total = _add(total, p)
+                if p.error or p.text is None:
+                    break
+                problem = _edit_problem(p.text, source)
+                turn["parse"] = problem or "ok"
+                if problem is None or round_ == 1:
+                    break
+                log.info("%s: the answer's edit cannot be used (%s): asking again once",
+                         self.agent, problem)
+                messages = messages + [{"role": "assistant", "content": p.text},
+                                       {"role": "user", "content": retry_prompt(problem)}]
+        finally:
+            transcript["duration_s"] = round(time.time() - started, 3)
+            transcript["prompt_tokens"] = total.prompt_tokens
+            transcript["completion_tokens"] = total.completion_tokens
+            transcript["cost_usd"] = total.cost_usd
+        return total
+
     def propose(self, ctx: ProposalContext) -> Proposal:
-        """Ask the model for an edit. Raises SpendingCapReached when the cap is used up."""
-        return self._ask(user_prompt(ctx))
+        """Ask the model for an edit. Raises SpendingCapReached when the cap is used up,
+        BackendUnavailable / BackendRefused when there is no answer, ProposalAbandoned
+        after cancel()."""
+        return self._ask_edit(user_prompt(ctx), ctx.source)
 
     def fix(self, ctx: ProposalContext, log_tail: str) -> Proposal:
         """Ask the model to repair the crashed train.py (ctx.source) given the log tail."""
-        return self._ask(fix_prompt(ctx, log_tail))
+        return self._ask_edit(fix_prompt(ctx, log_tail), ctx.source)
+
+
+def _edit_problem(text: str, source: str) -> str | None:
+    """Why the answer's edit cannot be used on `source`, or None. Size limits are the agent's
+    (checked when it resolves the proposal); here only what a second answer can repair."""
+    try:
+        new = apply_edit(parse_edit(text), source, max_edit_bytes=1 << 30)
+        validate_source(new, source, max_file_bytes=1 << 30)
+    except InvalidEdit as e:
+        return str(e)
+    return None
+
+
+def _add(total: Proposal, p: Proposal) -> Proposal:
+    """The last answer with the usage of every request behind it."""
+    p.prompt_tokens += total.prompt_tokens
+    p.completion_tokens += total.completion_tokens
+    p.cost_usd += total.cost_usd
+    p.transcript = total.transcript
+    return p
 
 
 def _factory(spec, *, seed: int = 0, agent: str = "") -> LitellmBackend:

@@ -21,7 +21,7 @@ from agents.inflight import Inflight, kill_leftover
 from agents.ports import CoordinatorPort, RayCoordinator
 from agents.health import BackendHealth
 from agents.program import Program, load_program, parse_program
-from agents.transcript import secret_values, write_json
+from agents.transcript import redact, secret_values, write_json
 from agents.worktree import Worktree
 
 log = logging.getLogger(__name__)
@@ -335,11 +335,13 @@ class ResearchAgent:
         except InvalidEdit as e:
             self._keep_transcript(eid, proposal, f"invalid: {e}")
             rec = self._record(eid, kind="experiment", parent=base, commit=None,
-                               description=(proposal.description or "")[:200], status="invalid",
-                               reason=str(e), proposal=proposal, started_at=started_at)
+                               description=redact(proposal.description or "", self._secrets())[:200],
+                               status="invalid", reason=redact(str(e), self._secrets()),
+                               proposal=proposal, started_at=started_at)
             self._finish(rec, source, None)
             return
         self._keep_transcript(eid, proposal, "ok")
+        desc = redact(desc, self._secrets())   # a model may echo anything into git and the ledger
         self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
                     description=desc, eid=eid, proposal=proposal, base_source=source,
                     started_at=started_at)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.config import CommandSpec
 from agents.edits import EDITABLE
-from agents.errors import AgentError
+from agents.errors import AgentError, BackendRefused
 from agents.prompt import fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,19 @@ class CommandBackend:
             desc = next((ln.strip() for ln in text.splitlines() if ln.strip()), "command edit")
         return Proposal(description=desc[:200], new_source=new_source,
                         touched=[p for p in changed if p != EDITABLE])
+
+    def preflight(self) -> list[str]:
+        """The template's program exists. Raises BackendRefused naming it."""
+        try:
+            words = shlex.split(self.spec.template)
+        except ValueError as e:
+            raise BackendRefused(f"command template cannot be split into words: {e}") from None
+        words = [w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]  # VAR=value
+        prog = words[0] if words else ""
+        if prog and "{" not in prog and shutil.which(prog) is None:
+            raise BackendRefused(f"command {prog!r} (from the template {self.spec.template!r}) "
+                                 f"is not on PATH")
+        return []
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         """Run the CLI with the proposal prompt; the edit is what it changed in the worktree."""

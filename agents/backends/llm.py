@@ -134,6 +134,22 @@ class LitellmBackend:
             # Unknown model (a local server): no price known; the cap cannot bind on it.
             return 0.0
 
+    def _kw(self, messages: list[dict], max_tokens: int) -> dict:
+        s = self.spec
+        kw = dict(model=s.model, messages=messages, timeout=s.timeout_s, max_tokens=max_tokens,
+                  num_retries=0, max_retries=0)
+        if s.api_base:
+            kw["api_base"] = s.api_base
+        key = self._key()
+        if key:
+            kw["api_key"] = key
+        elif (s.api_base and s.model.startswith("openai/") and not s.api_key_env
+              and not os.environ.get("OPENAI_API_KEY")):
+            # A local OpenAI-compatible server wants no key, but the openai client refuses to
+            # send a request without one.
+            kw["api_key"] = "no-key"
+        return kw
+
     def cancel(self) -> None:
         """Abandon the call in flight (the agent is stopping): propose/fix raise
         ProposalAbandoned within a fraction of a second."""
@@ -171,13 +187,7 @@ class LitellmBackend:
         if self._cancel.is_set():
             raise ProposalAbandoned("stopped before asking the model")
         litellm = _litellm()
-        kw = dict(model=s.model, messages=messages, timeout=s.timeout_s, max_tokens=s.max_tokens,
-                  num_retries=0, max_retries=0)
-        if s.api_base:
-            kw["api_base"] = s.api_base
-        key = self._key()
-        if key:
-            kw["api_key"] = key
+        kw = self._kw(messages, s.max_tokens)
         if s.temperature is not None:
             kw["temperature"] = s.temperature
         out = Proposal()
@@ -265,6 +275,36 @@ class LitellmBackend:
             transcript["completion_tokens"] = total.completion_tokens
             transcript["cost_usd"] = total.cost_usd
         return total
+
+    def preflight(self) -> list[str]:
+        """One tiny completion before the swarm starts. Raises BackendRefused or
+        BackendUnavailable with a line naming the model and URL; returns warnings (no price
+        known for the model), each to say once."""
+        s = self.spec
+        litellm = _litellm()
+        kw = self._kw([{"role": "user", "content": "Answer with: OK"}], 1)
+        try:
+            self._complete(litellm, kw)
+        except Exception as e:
+            kind, why = classify(e), self.describe(e)
+            why = why if self.where() in why else f"{self.where()}: {why}"
+            if kind == "refused":
+                raise BackendRefused(why) from None
+            if kind == "down" and getattr(e, "status_code", None) != 429:  # 429: it is there
+                raise BackendUnavailable(why) from None
+        warnings = []
+        if s.input_cost_per_mtok is None and s.output_cost_per_mtok is None and not self._priced(litellm):
+            warnings.append(f"litellm knows no price for {s.model!r}: its cost counts as $0, so "
+                            f"max_cost_usd cannot stop it (set input_cost_per_mtok and "
+                            f"output_cost_per_mtok in the backend's config)")
+        return warnings
+
+    def _priced(self, litellm) -> bool:
+        try:
+            info = litellm.get_model_info(self.spec.model)
+        except Exception:
+            return False
+        return bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         """Ask the model for an edit. Raises SpendingCapReached when the cap is used up,

@@ -6,6 +6,7 @@ typo is an error that names the file and the dotted key.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import os
 import re
@@ -170,10 +171,48 @@ def validation_message(e: ValidationError) -> str:
     first = errs[0]
     where = loc_of(first) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
+        return f"{where}: unknown key{_valid_keys(first['loc'])}"
     # a union (int | "auto") fails once per member: say all of it in one line
     msgs = list(dict.fromkeys(err["msg"] for err in errs if loc_of(err) == loc_of(first)))
     return f"{where}: {' or '.join(msgs)}"
+
+
+def _model_at(loc) -> type[BaseModel] | None:
+    """The config model that holds the key at `loc` (pydantic's error location: keys, list
+    indexes and union tags such as 'litellm')."""
+    import typing
+
+    def models_in(tp) -> list[type[BaseModel]]:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        return [m for a in typing.get_args(tp) for m in models_in(a)]
+
+    current: list[type[BaseModel]] = [SwarmConfig]
+    for part in list(loc)[:-1]:
+        if isinstance(part, int):
+            continue
+        tagged = [m for m in current if "type" in m.model_fields
+                  and typing.get_args(m.model_fields["type"].annotation) == (part,)]
+        if tagged:
+            current = tagged
+            continue
+        nxt = [m for c in current if part in c.model_fields
+               for m in models_in(c.model_fields[part].annotation)]
+        if not nxt:
+            return None
+        current = nxt
+    return current[0] if len(current) == 1 else None
+
+
+def _valid_keys(loc) -> str:
+    """` (did you mean 'count'? valid keys: ...)` for an unknown key, when the model is known."""
+    model = _model_at(loc)
+    if model is None:
+        return ""
+    keys = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}valid keys: {', '.join(keys)})"
 
 
 def default_config_text() -> str:

@@ -64,13 +64,15 @@ def _fmt(v, spec=".4f") -> str:
 
 
 def render(data: dict, title: str = "") -> Group:
-    """One row per agent (program, idea, progress over the budget, last delta), then the
-    best val_bpb per hardware class and experiments/hour."""
+    """One row per agent (program, idea, progress over the budget, last delta, last outcome:
+    an invalid edit's reason, a backend down or refused), then the best val_bpb per hardware
+    class and experiments/hour."""
     t = Table(title=title or f"swarm {data['swarm_id']}", expand=True, title_justify="left")
     for col, kw in (("agent", {}), ("program", {}), ("phase", {}),
                     ("current idea", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
                     ("progress", {"width": 22}), ("last delta", {"justify": "right"}),
-                    ("runs", {"justify": "right"})):
+                    ("runs", {"justify": "right"}), ("invalid", {"justify": "right"}),
+                    ("last outcome", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True})):
         t.add_column(col, **kw)
     for a in data["agents"]:
         p = a.get("progress")
@@ -78,7 +80,8 @@ def render(data: dict, title: str = "") -> Group:
         d = a.get("last_delta")
         delta = Text(_fmt(d, "+.4f"), style="green" if d and d > 0 else "red" if d else "")
         t.add_row(str(a.get("agent", "?")), str(a.get("program", "")), str(a.get("phase", "")),
-                  str(a.get("description") or ""), bar, delta, str(a.get("experiments", "")))
+                  str(a.get("description") or ""), bar, delta, str(a.get("experiments", "")),
+                  str((a.get("statuses") or {}).get("invalid", 0)), _outcome_text(a))
     lines = []
     for hw, b in sorted(data["best"].items()):
         lines.append(f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} at {str(b.get('commit') or '')[:10]}")
@@ -90,8 +93,24 @@ def render(data: dict, title: str = "") -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
+def _outcome_text(a: dict) -> Text:
+    text = str(a.get("last_outcome") or "")
+    bad = a.get("backend_state") not in (None, "up") or text.startswith(("invalid", "crash", "stopped: backend"))
+    return Text(text, style="red" if bad else "")
+
+
+def _agent_brief(a: dict) -> str:
+    out = f"{a.get('agent')}:{a.get('phase', '')}"
+    invalid = (a.get("statuses") or {}).get("invalid", 0)
+    if invalid:
+        out += f" ({invalid} invalid)"
+    if a.get("backend_state") not in (None, "up") or a.get("phase") == "stopped":
+        out += f" [{str(a.get('last_outcome') or '')[:120]}]"
+    return out
+
+
 def plain_line(data: dict) -> str:
     """The same in one line, for logs and for a stdout that is not a terminal."""
     best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))}" for hw, b in sorted(data["best"].items())) or "none"
-    busy = ", ".join(f"{a.get('agent')}:{a.get('phase', '')}" for a in data["agents"])
+    busy = ", ".join(_agent_brief(a) for a in data["agents"])
     return f"[swarm] {data['experiments']} experiments, best {best}; {busy}"

@@ -122,7 +122,9 @@ def plan(args) -> Plan:
         backend = resolve_backend(entry.backend or cfg.backend)
         key_env = backend.get("api_key_env")
         if key_env and not os.environ.get(key_env):
-            raise ConfigError(f"{src}: programs.{j}.backend.api_key_env: environment variable "
+            # name the key the user wrote: the program's own backend, or the top-level one
+            where = f"programs.{j}.backend" if entry.backend is not None else "backend"
+            raise ConfigError(f"{src}: {where}.api_key_env: environment variable "
                               f"{key_env} is not set")
         # names are stable across runs, so a resumed swarm's agents pick up their own state
         specs.append({"name": f"a{i}-{entry.label()}", "program_name": entry.label(),
@@ -157,8 +159,35 @@ def _check_same_budget(home: SwarmHome, profile: str, budget: float) -> None:
                          f"on {profile}")
 
 
+def preflight(p: Plan) -> None:
+    """Ask each configured backend once before anything starts: a tiny completion for litellm,
+    the program exists for command. A backend that cannot work is one line naming the
+    program(s) and the model/URL (exit 2); warnings (no price known) are said once here."""
+    from agents.backends.base import make_backend
+    from agents.errors import BackendError
+
+    seen: dict[str, list[str]] = {}
+    specs: dict[str, dict] = {}
+    for a in p.agent_specs:
+        key = repr(sorted(a["backend"].items()))
+        specs[key] = a["backend"]
+        if a["program_name"] not in seen.setdefault(key, []):
+            seen[key].append(a["program_name"])
+    for key, spec in specs.items():
+        check = getattr(make_backend(spec), "preflight", None)
+        if not callable(check):
+            continue
+        names = ", ".join(seen[key])
+        try:
+            for w in check() or []:
+                print(f"swarm run: warning: program {names}: {w}", file=sys.stderr, flush=True)
+        except BackendError as e:
+            raise SwarmError(f"backend check failed for program {names}: {e}") from None
+
+
 def run_command(args, setup_logging) -> int:
     p = plan(args)
+    preflight(p)
     if p.address:
         # joining is part of the checks: an unreachable cluster must not leave a SWARM_HOME
         from agents.raylocal import start_local_ray

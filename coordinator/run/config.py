@@ -210,7 +210,9 @@ def _valid_keys(loc) -> str:
     if model is None:
         return ""
     keys = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    typed = str(loc[-1])
+    # a shortened key (cpus for cpus_per_agent) before a similar-looking one (gpus)
+    close = [k for k in keys if k.startswith(typed)][:1] or difflib.get_close_matches(typed, keys, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f" ({hint}valid keys: {', '.join(keys)})"
 

@@ -179,3 +179,35 @@ def test_transcripts_are_written_and_hold_no_secret(tmp_path):
                          if p.is_file() and ".git" not in p.parts and "repo.git" not in p.parts)
     assert "***" in everything and SECRET not in everything
     assert exps[0].description == "deeper (key ***)"      # nor the ledger, nor git
+
+
+def test_run_verdict_says_why_no_proposal_was_valid():
+    from coordinator.run.supervise import no_valid_proposal
+    inv = dict(kind="experiment", status="invalid", reason="SEARCH text not found", started_at=10.0)
+    ok = dict(kind="experiment", status="ok", started_at=10.0)
+    base = dict(kind="baseline", status="ok", started_at=10.0)
+    assert no_valid_proposal([base, inv, ok], {}, since=0) is None
+    assert no_valid_proposal([base], {}, since=0) is None            # nothing was asked for
+    assert no_valid_proposal([base, inv, inv], {}, since=0) == (
+        "no valid proposal in this run: 2 invalid (2 x 'SEARCH text not found')")
+    assert no_valid_proposal([ok, inv], {}, since=11.0) is None       # an earlier run's: not counted
+    refused = {"a0": {"stop_reason": "backend refused: litellm: AuthenticationError: bad key"}}
+    assert "stopped by the backend: a0: backend refused: litellm: AuthenticationError" in \
+        no_valid_proposal([base], refused, since=0)
+    down = {"a0": {"stop_reason": "max_experiments", "backend_events": {"down": 3}}}
+    assert "3 proposal(s) got no answer" in no_valid_proposal([base], down, since=0)
+
+
+def test_status_shows_the_last_outcome_and_invalid_count():
+    from coordinator.run import live
+    a = {"agent": "a0", "program": "p", "phase": "backend down", "statuses": {"invalid": 4},
+         "backend_state": "down", "description": "",
+         "last_outcome": "backend down for 42 s: cannot connect to model 'openai/x': connection refused"}
+    data = {"swarm_id": "s", "agents": [a], "best": {}, "experiments": 4}
+    line = live.plain_line(data)
+    assert "a0:backend down (4 invalid) [backend down for 42 s: cannot connect" in line
+    from rich.console import Console
+    console = Console(width=250, record=True)
+    console.print(live.render(data))
+    text = console.export_text()
+    assert "last outcome" in text and "backend down for 42 s" in text

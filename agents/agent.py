@@ -16,7 +16,8 @@ from agents.messages import Broadcast, ExperimentRecord, StartedExperiment, new_
 from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
 from agents.config import AgentConfig
 from agents.edits import EDITABLE, line_delta
-from agents.errors import BackendError, InvalidEdit, ProposalAbandoned, SpendingCapReached
+from agents.errors import (BackendError, BackendRefused, InvalidEdit, ProposalAbandoned,
+                           SpendingCapReached)
 from agents.inflight import Inflight, kill_leftover
 from agents.ports import CoordinatorPort, RayCoordinator
 from agents.health import BackendHealth
@@ -27,6 +28,8 @@ from agents.worktree import Worktree
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., ExperimentResult]
+# Backend errors (not bad edits) with the same message in a row before the agent stops
+SAME_FAILURE_STOP = 5
 
 
 def _default_runner() -> Runner:
@@ -95,6 +98,7 @@ class ResearchAgent:
         self._prepared: Proposal | BaseException | None = None
         self._last_seq = -1
         self.recovered: ExperimentRecord | None = None
+        self._last_error: tuple[str | None, int] = (None, 0)
         self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
                                     wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +338,7 @@ class ResearchAgent:
                                          max_file_bytes=self.cfg.max_file_bytes)
         except InvalidEdit as e:
             self._keep_transcript(eid, proposal, f"invalid: {e}")
+            self._same_failure(proposal.error)
             rec = self._record(eid, kind="experiment", parent=base, commit=None,
                                description=redact(proposal.description or "", self._secrets())[:200],
                                status="invalid", reason=redact(str(e), self._secrets()),
@@ -341,6 +346,7 @@ class ResearchAgent:
             self._finish(rec, source, None)
             return
         self._keep_transcript(eid, proposal, "ok")
+        self._same_failure(None)
         desc = redact(desc, self._secrets())   # a model may echo anything into git and the ledger
         self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
                     description=desc, eid=eid, proposal=proposal, base_source=source,
@@ -363,6 +369,17 @@ class ResearchAgent:
             self.phase = "backend down"
             self._beat(force=True)
             self._stop.wait(delay)
+
+    def _same_failure(self, error: str | None) -> None:
+        """A backend that fails the same way every time (a CLI that is not logged in exits 1
+        at once) would write invalid records in a hot loop: stop after SAME_FAILURE_STOP."""
+        if error is None or error != self._last_error[0]:
+            self._last_error = (error, 1 if error else 0)
+            return
+        self._last_error = (error, self._last_error[1] + 1)
+        if self._last_error[1] >= SAME_FAILURE_STOP:
+            self._backend_failed(BackendRefused(f"the same failure {SAME_FAILURE_STOP} times in a "
+                                                f"row: {error}"))
 
     def _keep_transcript(self, eid: str, proposal: Proposal, parse: str) -> None:
         """runs/<id>/proposal.json: the prompt, the raw answer, the parse result, tokens,

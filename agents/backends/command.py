@@ -10,12 +10,14 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.config import CommandSpec
 from agents.edits import EDITABLE
-from agents.errors import AgentError, BackendRefused
+from agents.errors import AgentError, BackendRefused, ProposalAbandoned
 from agents.prompt import fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,19 @@ class CommandBackend:
     def __init__(self, spec: CommandSpec, *, seed: int = 0, agent: str = ""):
         self.spec = spec
         self.agent = agent
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """The agent is stopping: kill the CLI's process group now (propose/fix then raise
+        ProposalAbandoned and leave the worktree restored)."""
+        self._cancelled.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _run(self, ctx: ProposalContext, prompt: str) -> Proposal:
         if ctx.worktree is None:
@@ -65,9 +80,13 @@ class CommandBackend:
                                         train_py=shlex.quote(str(target)),
                                         program_file=shlex.quote(str(program_file)))
         log_path = scratch / "command.log"
+        if self._cancelled.is_set():
+            raise ProposalAbandoned("stopped before the command started")
+        started = time.time()
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(["bash", "-c", cmd], cwd=wt, stdout=subprocess.PIPE,
                                     stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
+            self._proc = proc
             try:
                 stdout, _ = proc.communicate(timeout=self.spec.timeout_s)
             except subprocess.TimeoutExpired:
@@ -79,12 +98,20 @@ class CommandBackend:
                 proc.communicate()
                 restore(wt)
                 return Proposal(error=f"command timed out after {self.spec.timeout_s:g}s")
+        self._proc = None
+        if self._cancelled.is_set():
+            restore(wt)
+            raise ProposalAbandoned("the command was stopped")
         text = stdout.decode("utf-8", errors="replace")
+        transcript = {"backend": self.name, "command": cmd, "prompt": prompt, "stdout": text,
+                      "stderr": log_path.read_text(errors="replace")[-20_000:],
+                      "exit_code": proc.returncode, "started_at": started,
+                      "duration_s": round(time.time() - started, 3)}
         if proc.returncode != 0:
             restore(wt)
             err = log_path.read_text(errors="replace").strip().splitlines()
             return Proposal(error=f"command exited with {proc.returncode}"
-                                  + (f": {err[-1][:200]}" if err else ""))
+                                  + (f": {err[-1][:200]}" if err else ""), transcript=transcript)
         changed = changed_paths(wt)
         try:
             new_source = target.read_text(encoding="utf-8")
@@ -104,7 +131,7 @@ class CommandBackend:
         if not desc:
             desc = next((ln.strip() for ln in text.splitlines() if ln.strip()), "command edit")
         return Proposal(description=desc[:200], new_source=new_source,
-                        touched=[p for p in changed if p != EDITABLE])
+                        touched=[p for p in changed if p != EDITABLE], transcript=transcript)
 
     def preflight(self) -> list[str]:
         """The template's program exists. Raises BackendRefused naming it."""

@@ -211,16 +211,12 @@ class ResearchAgent:
 
     def _last_outcome(self) -> str | None:
         """The newest of: the agent's stop, the backend's trouble, its last experiment."""
-        if self.stop_reason and self.phase == "stopped":
-            return f"stopped: {self.stop_reason}"
-        if self.health.outcome():
-            return self.health.outcome()
         last = self.own[-1] if self.own else None
-        if last is None:
-            return None
-        if last.status == "ok":
-            return f"ok: {last.description}"[:200]
-        return f"{last.status}: {last.reason or last.description}"[:200]
+        what = None if last is None else (f"ok: {last.description}" if last.status == "ok"
+                                          else f"{last.status}: {last.reason or last.description}")
+        if self.stop_reason and self.phase == "stopped":
+            return f"stopped: {self.stop_reason}" + (f"; last: {what}"[:200] if what else "")
+        return self.health.outcome() or (what[:200] if what else None)
 
     def _safe_head(self) -> str | None:
         try:
@@ -307,6 +303,8 @@ class ResearchAgent:
     def _take_prepared(self, base: str) -> Proposal | None:
         self._join_prep()
         p, self._prepared = self._prepared, None
+        if isinstance(p, ProposalAbandoned):
+            return None        # written down by the thread that abandoned it
         if isinstance(p, (SpendingCapReached, BackendError)):
             raise p
         if isinstance(p, BaseException):
@@ -326,7 +324,11 @@ class ResearchAgent:
         self._beat(force=True)
         started_at = time.time()   # before the proposal: a record's duration includes it
         try:
-            proposal = self._take_prepared(base) or self.backend.propose(self._context(base, source))
+            proposal = self._take_prepared(base)
+            if proposal is None:
+                if self._stop.is_set():
+                    return
+                proposal = self.backend.propose(self._context(base, source))
         except BackendError as e:
             # No answer is not an experiment: no record, nothing counted.
             self._backend_failed(e)

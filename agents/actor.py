@@ -52,7 +52,8 @@ class _GpuAgent(_ActorAgent):
 
 def agent_actor(config: AgentConfig | dict, *, gpus: int = 0, cpus: float = 1,
                 max_restarts: int = 0, namespace: str | None = None, **options: Any):
-    """An actor class for this agent: `agent_actor(cfg, gpus=1).remote(cfg, coordinator_handle)`.
+    """An actor class for this agent: `agent_actor(cfg, gpus=1).remote(cfg, port)`, where port is
+    a CoordinatorPort (RayCoordinator(coordinator_handle, cfg.state_dir / "spool")).
 
     max_concurrency=4 so stop()/status() answer while run() loops. The actor is named
     `agent-<name>`. max_restarts defaults to 0: a restarted actor would re-run __init__, which

@@ -3,6 +3,7 @@ one seed; loops sync -> propose -> validate -> commit -> run -> (fix) -> report 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -19,8 +20,8 @@ from agents.edits import EDITABLE, line_delta
 from agents.errors import (BackendError, BackendRefused, InvalidEdit, ProposalAbandoned,
                            SpendingCapReached)
 from agents.inflight import Inflight, kill_leftover
-from agents.ports import CoordinatorPort, RayCoordinator
 from agents.health import BackendHealth
+from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
 from agents.transcript import redact, secret_values, write_json
 from agents.worktree import Worktree
@@ -49,28 +50,20 @@ def _hardware_class(cfg: AgentConfig) -> str:
     return hardware_class(cfg.profile or detect_profile(), device, cfg.threads)
 
 
-def _is_actor_handle(obj: Any) -> bool:
-    # A Ray handle has every method name, so the Protocol check alone would accept it.
-    import sys
-    ray_actor = sys.modules.get("ray.actor")
-    return ray_actor is not None and isinstance(obj, ray_actor.ActorHandle)
-
-
 class ResearchAgent:
     """One research agent. Build it directly for tests; agents.actor makes it a Ray actor.
 
-    `coordinator` is a CoordinatorPort or a Ray actor handle (wrapped in RayCoordinator).
+    `coordinator` is a CoordinatorPort: a Coordinator in-process, or a RayCoordinator around
+    the coordinator actor's handle (agents.actor and swarm run wrap it).
     `runner` defaults to trainer.runner.run_experiment, `backend` to make_backend(config.backend).
     Raises ProgramError for a malformed program, WorktreeError when the repo cannot be used."""
 
-    def __init__(self, config: AgentConfig | dict, coordinator: Any, *, runner: Runner | None = None,
+    def __init__(self, config: AgentConfig | dict, coordinator: CoordinatorPort, *, runner: Runner | None = None,
                  backend: Backend | None = None, hardware_class: str | None = None,
                  cuda_visible_devices: str | None = None):
         self.cfg = config if isinstance(config, AgentConfig) else AgentConfig.model_validate(config)
         cfg = self.cfg
-        self.port: Any = coordinator
-        if _is_actor_handle(coordinator) or not isinstance(coordinator, CoordinatorPort):
-            self.port = RayCoordinator(coordinator, cfg.state_dir / "spool")
+        self.port = coordinator
         self.program: Program = (load_program(cfg.program_path, cfg.program_name)
                                  if cfg.program_path else parse_program(cfg.program_text, cfg.program_name))
         self.adopt = cfg.adopt or self.program.adopt or "if-better"
@@ -226,8 +219,7 @@ class ResearchAgent:
 
     # --- one iteration ---------------------------------------------------------------------
     def _iteration(self) -> None:
-        if isinstance(self.port, RayCoordinator):
-            self.port.flush()
+        self.port.flush()
         self.phase = "sync"
         job = self.port.next_job(self.cfg.name, self.hw)
         if job is not None:
@@ -405,71 +397,90 @@ class ResearchAgent:
                description: str, job_id: str | None = None, eid: str | None = None,
                proposal: Proposal | None = None, base_source: str | None = None,
                started_at: float | None = None) -> None:
-        """Commit (experiments), run, fix crashes, report, ratchet. Jobs/baselines train
-        `source` of an existing commit unchanged."""
+        """Commit (experiments), run, fix crashes (experiments), report, ratchet. Jobs/baselines
+        train `source` of an existing commit unchanged."""
         eid = eid or new_experiment_id(self.cfg.name)
         started_at = started_at or time.time()
         if kind == "experiment":
-            commit = self.wt.commit(source, self._message(description, eid), parent)
-            # The worktree goes back to the parent while the copy in the run dir trains: the
-            # next proposal is prepared there (a discard, the usual outcome, keeps that base).
-            self.wt.reset_hard(parent)
+            commit = self._commit_aside(source, description, eid, parent)
         self.description = description
-        started = StartedExperiment(experiment_id=eid, agent=self.cfg.name, program=self.program.name,
-                                    hardware_class=self.hw, parent=parent, commit=commit, kind=kind,
-                                    seed=seed, description=description, job_id=job_id,
-                                    started_at=started_at)
-        self.port.begin(started)
-        run_dir = self.cfg.runs_dir / eid
-        self.inflight.write(started, run_dir, commit=commit, parent_val_bpb=self.parent_val)
+        run_dir = self._begin(StartedExperiment(
+            experiment_id=eid, agent=self.cfg.name, program=self.program.name,
+            hardware_class=self.hw, parent=parent, commit=commit, kind=kind, seed=seed,
+            description=description, job_id=job_id, started_at=started_at))
         if kind == "experiment":
             self._start_prep(parent, base_source, description)
         confirm = float("inf") if kind != "experiment" else (
             self.parent_val * 1.02 if self.parent_val is not None else None)
-        result = self._run(run_dir, source, seed, confirm)
-        fixes = 0
-        reason = result.error
-        while (kind == "experiment" and result.status == "crash" and fixes < self.cfg.max_fix_attempts
+        run = _Attempt(result=self._run(run_dir, source, seed, confirm), source=source,
+                       commit=commit, proposal=proposal)
+        run.reason = run.result.error
+        if kind == "experiment":
+            self._fix_crashes(run, eid=eid, parent=parent, description=description,
+                              run_dir=run_dir, seed=seed, confirm=confirm)
+        if run.result.status == "crash" and self._cancel.is_set():
+            run.reason = "stopped"
+        result = run.result
+        rec = self._record(eid, kind=kind, parent=parent, commit=run.commit, description=description,
+                           status=result.status, reason=None if result.status == "ok" else run.reason,
+                           proposal=run.proposal, started_at=started_at, result=result, seed=seed,
+                           job_id=job_id, fixes=run.fixes)
+        if kind == "experiment":
+            rec.lines_added, rec.lines_removed = line_delta(base_source, run.source)
+        self._finish(rec, base_source, run.commit)
+
+    def _commit_aside(self, source: str, description: str, eid: str, parent: str) -> str:
+        """Commit an experiment's train.py on `parent`; returns the commit."""
+        commit = self.wt.commit(source, self._message(description, eid), parent)
+        # The worktree goes back to the parent while the copy in the run dir trains: the
+        # next proposal is prepared there (a discard, the usual outcome, keeps that base).
+        self.wt.reset_hard(parent)
+        return commit
+
+    def _begin(self, started: StartedExperiment) -> Path:
+        """Tell the coordinator and inflight.json that a run starts; returns its run dir."""
+        self.port.begin(started)
+        run_dir = self.cfg.runs_dir / started.experiment_id
+        self.inflight.write(started, run_dir, commit=started.commit, parent_val_bpb=self.parent_val)
+        return run_dir
+
+    def _fix_crashes(self, run: _Attempt, *, eid: str, parent: str, description: str,
+                     run_dir: Path, seed: int, confirm: float | None) -> None:
+        """While the run crashed: ask the backend for a fix (it sees the log tail), commit it
+        and run again, up to max_fix_attempts. Updates `run` in place."""
+        while (run.result.status == "crash" and run.fixes < self.cfg.max_fix_attempts
                and not self._cancel.is_set()):
             self._join_prep()   # a command backend shares the worktree with a fix
             self.phase = "fix"
-            ctx = self._context(parent, source, description)
+            ctx = self._context(parent, run.source, description)
             try:
-                fix = self.backend.fix(ctx, result.log_tail)
+                fix = self.backend.fix(ctx, run.result.log_tail)
             except SpendingCapReached as e:
-                reason = f"{result.error or 'crash'}; no fix attempt: {e}"
+                run.reason = f"{run.result.error or 'crash'}; no fix attempt: {e}"
                 self.stop_reason = str(e)
                 self._stop.set()
-                break
+                return
             except BackendError as e:
-                reason = f"{result.error or 'crash'}; no fix attempt: {e}"
+                run.reason = f"{run.result.error or 'crash'}; no fix attempt: {e}"
                 self._backend_failed(e, wait=False, what="fix")
-                break
+                return
             self.health.answered()
-            self._keep_transcript(f"{eid}/fix{fixes + 1}", fix, "fix")
-            proposal = _merge_usage(proposal, fix)
+            self._keep_transcript(f"{eid}/fix{run.fixes + 1}", fix, "fix")
+            run.proposal = _merge_usage(run.proposal, fix)
             try:
-                fixed, _ = fix.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
+                fixed, _ = fix.resolve(run.source, max_edit_bytes=self.cfg.max_edit_bytes,
                                        max_file_bytes=self.cfg.max_file_bytes)
             except InvalidEdit as e:
-                reason = f"{result.error or 'crash'}; fix attempt {fixes + 1} unusable: {e}"
-                break
-            fixes += 1
-            source = fixed
-            commit = self.wt.commit(source, self._message(f"{description} (fix {fixes})", eid), parent)
+                run.reason = f"{run.result.error or 'crash'}; fix attempt {run.fixes + 1} unusable: {e}"
+                return
+            run.fixes += 1
+            run.source = fixed
+            run.commit = self.wt.commit(fixed, self._message(f"{description} (fix {run.fixes})", eid),
+                                        parent)
             self.wt.reset_hard(parent)
-            self.inflight.update(commit=commit)
-            result = self._run(run_dir / f"fix{fixes}", source, seed, confirm)
-            reason = result.error
-        if result.status == "crash" and self._cancel.is_set():
-            reason = "stopped"
-        rec = self._record(eid, kind=kind, parent=parent, commit=commit, description=description,
-                           status=result.status, reason=None if result.status == "ok" else reason,
-                           proposal=proposal, started_at=started_at, result=result, seed=seed,
-                           job_id=job_id, fixes=fixes)
-        if kind == "experiment":
-            rec.lines_added, rec.lines_removed = line_delta(base_source, source)
-        self._finish(rec, base_source, commit)
+            self.inflight.update(commit=run.commit)
+            run.result = self._run(run_dir / f"fix{run.fixes}", fixed, seed, confirm)
+            run.reason = run.result.error
 
     def _run(self, run_dir: Path, source: str, seed: int, confirm: float | None) -> ExperimentResult:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -560,6 +571,18 @@ class ResearchAgent:
             self.port.heartbeat(self.cfg.name, self.status())
         except Exception as e:  # the live view must never stop research
             log.debug("heartbeat failed: %s", e)
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One experiment's latest run: its result, the train.py and commit it ran, fixes so far."""
+
+    result: ExperimentResult
+    source: str
+    commit: str | None
+    proposal: Proposal | None
+    fixes: int = 0
+    reason: str | None = None
 
 
 def _merge_usage(a: Proposal | None, b: Proposal) -> Proposal:

@@ -6,49 +6,17 @@ a backend names the environment variable that holds its key (`api_key_env`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.backends.base import BackendSpec, backend_config
 
 Adopt = Literal["always", "if-better", "never"]
 
 
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class MutateSpec(_Cfg):
-    """Offline random search over the program's declared search space."""
-    type: Literal["mutate"] = "mutate"
-    max_changes: int = Field(default=2, ge=1, le=5)   # constants changed per proposal (1..n)
-
-
-class LitellmSpec(_Cfg):
-    """Any provider litellm knows; the key comes from the env var named by api_key_env."""
-    type: Literal["litellm"] = "litellm"
-    model: str
-    api_base: str | None = None
-    api_key_env: str | None = None
-    max_cost_usd: float | None = Field(default=None, ge=0)
-    temperature: float | None = None
-    timeout_s: float = Field(default=120.0, gt=0)      # one HTTP call
-    max_retries: int = Field(default=4, ge=0)          # on 429, 5xx, timeouts, garbage
-    backoff_s: float = Field(default=2.0, ge=0)        # first retry delay, doubled each time
-    max_tokens: int = Field(default=4096, gt=0)
-    # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
-    input_cost_per_mtok: float | None = Field(default=None, ge=0)
-    output_cost_per_mtok: float | None = Field(default=None, ge=0)
-
-
-class CommandSpec(_Cfg):
-    """A coding-agent CLI run in the worktree: `{prompt_file}`, `{worktree}`, `{train_py}`,
-    `{program_file}` are substituted (shell-quoted) into the template."""
-    type: Literal["command"] = "command"
-    template: str
-    timeout_s: float = Field(default=600.0, gt=0)
-
-
-BackendSpec = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec], Field(discriminator="type")]
 
 
 class AgentConfig(_Cfg):
@@ -58,7 +26,7 @@ class AgentConfig(_Cfg):
     program_name: str
     program_path: Path | None = None
     program_text: str | None = None
-    backend: BackendSpec = Field(default_factory=MutateSpec)
+    backend: BackendSpec = Field(default_factory=lambda: backend_config({"type": "mutate"}))
     adopt: Adopt | None = None            # None: the program's own `adopt:` or "if-better"
     seed: int = 0
     swarm_id: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from trainer.schema import EDITABLE_FILES
@@ -131,7 +132,8 @@ def parse_edit(raw: str | bytes) -> ParsedEdit:
             i += 1
             while True:
                 if i >= len(lines):
-                    raise InvalidEdit(f"truncated edit block (no {'=======' if part == 'search' else '>>>>>>> REPLACE'})")
+                    missing = "=======" if part == "search" else ">>>>>>> REPLACE"
+                    raise InvalidEdit(f"truncated edit block (no {missing})")
                 cur = lines[i]
                 if _SEARCH.match(cur):
                     raise InvalidEdit(f"nested SEARCH marker at line {i + 1}")
@@ -226,14 +228,16 @@ def validate_source(new: str, old: str, *, max_file_bytes: int) -> None:
 
 
 def line_delta(old: str, new: str) -> tuple[int, int]:
-    """(lines added, lines removed) between two versions of the file."""
-    added = removed = 0
-    for d in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0):
-        if d.startswith("+") and not d.startswith("+++"):
-            added += 1
-        elif d.startswith("-") and not d.startswith("---"):
-            removed += 1
-    return added, removed
+    """(lines added, lines removed) from `old` to `new`, as a multiset difference of lines: in
+    process and O(n) (difflib took ~6 ms a decision in the coordinator). A moved line counts as
+    neither; the net (added - removed) equals any line diff's net, which is what the promotion
+    rule charges. The agent's record and the coordinator's margin both count with this."""
+    return counter_delta(Counter(old.splitlines()), Counter(new.splitlines()))
+
+
+def counter_delta(old: Counter, new: Counter) -> tuple[int, int]:
+    """line_delta() of two texts already counted as multisets of lines (the coordinator caches them)."""
+    return sum((new - old).values()), sum((old - new).values())
 
 
 def diff_bytes(old: str, new: str) -> int:

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from agents.messages import StartedExperiment
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +22,16 @@ class Inflight:
 
     def write(self, started: StartedExperiment, run_dir: Path, pgid: int | None = None,
               **extra) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"experiment_id": started.experiment_id, "pgid": pgid, "run_dir": str(run_dir),
                 "started": started.model_dump(mode="json"), **extra}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data))
 
     def update(self, **fields) -> None:
         data = self.read()
         if data is None:
             return
         data.update(fields)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data))
 
     def read(self) -> dict | None:
         try:

@@ -1,13 +1,17 @@
-"""How an agent talks to the coordinator: the CoordinatorPort protocol, and RayCoordinator,
-which adapts a coordinator actor handle to it and never loses a record (spools on failure)."""
+"""How an agent talks to the coordinator: the CoordinatorPort protocol (declared once: the
+actor's forwarding methods and RayCoordinator's generic calls are made from its method list),
+and RayCoordinator, which adapts a coordinator actor handle to it and never loses a record."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
 
@@ -16,11 +20,15 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class CoordinatorPort(Protocol):
-    """The coordinator as an agent sees it. The real one is a Ray actor (coordinator/)."""
+    """The coordinator as an agent sees it. The real one is coordinator.decide.core.Coordinator,
+    a Ray actor (coordinator/decide/actor.py) reached through RayCoordinator. Adding a method
+    here and to Coordinator is all it takes: the actor and RayCoordinator forward it."""
 
     def begin(self, started: StartedExperiment) -> None: ...
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision: ...
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply | None:
+        """The decision, plus whether a job waits and what best is. None only from a
+        RayCoordinator that could not reach the coordinator (the record was spooled)."""
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None: ...
 
@@ -32,15 +40,39 @@ class CoordinatorPort(Protocol):
 
     def fetch(self, commit: str) -> bytes: ...
 
+    def flush(self) -> int:
+        """Re-send records spooled while the coordinator was unreachable (called at each
+        iteration boundary); returns how many were delivered."""
+
+
+PORT_METHODS: tuple[str, ...] = tuple(
+    name for name, v in vars(CoordinatorPort).items() if callable(v) and not name.startswith("_"))
+"""The port's method names, in declaration order: what the actor and RayCoordinator forward."""
+
 
 class CoordinatorUnavailable(Exception):
     """The coordinator did not answer after the retries."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Hint:
+    """What a report's reply said about the agent's next boundary, and when."""
+
+    at: float                   # time.monotonic() of the reply
+    hardware_class: str
+    job_waiting: bool
+    best: Broadcast | None
+
+    def fresh(self, hardware_class: str, ttl_s: float) -> bool:
+        return self.hardware_class == hardware_class and time.monotonic() - self.at < ttl_s
+
+
 class RayCoordinator:
     """CoordinatorPort over a Ray actor handle: each call is ray.get(...) with a timeout and a
-    few quick retries. report() spools the record to `spool_dir` when the coordinator cannot
-    be reached; flush() re-sends spooled records (call it at each iteration boundary)."""
+    few quick retries. Port methods not written here are forwarded as they are (`_call`); the
+    ones here have their own semantics: report() spools the record to `spool_dir` when the
+    coordinator cannot be reached and flush() re-sends it; heartbeat() is best effort; the
+    reply of a report stands in for the next next_job()/best()."""
 
     HINT_TTL_S = 5.0  # how long a report's answer stands in for next_job()/best()
 
@@ -51,29 +83,28 @@ class RayCoordinator:
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_delay_s = retry_delay_s
-        # A coordinator that answers report_sync tells, with each decision, whether a job waits
-        # and what best is: the agent's next next_job()/best() then need no call of their own.
-        try:
-            self._sync = hasattr(handle, "report_sync")
-        except Exception:
-            self._sync = False
-        self._hint: tuple[float, str, bool] | None = None
-        self._best_hint: tuple[float, str, Broadcast] | None = None
+        # Each good for one boundary: next_job() and best() each consume their own.
+        self._job_hint: Hint | None = None
+        self._best_hint: Hint | None = None
 
     def _call(self, method: str, *args, retries: int | None = None):
         import ray
 
-        last: Exception | None = None
-        for attempt in range((self.retries if retries is None else retries) + 1):
-            if attempt:
-                time.sleep(self.retry_delay_s * attempt)
-            try:
-                return ray.get(getattr(self.handle, method).remote(*args), timeout=self.timeout_s)
-            except Exception as e:  # actor restarting, timeout, died: all worth a retry
-                last = e
-                log.warning("coordinator.%s failed (attempt %d): %s", method, attempt + 1,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise CoordinatorUnavailable(f"coordinator.{method} failed: {type(last).__name__}")
+        def warn(state):
+            e = state.outcome.exception()
+            log.warning("coordinator.%s failed (attempt %d): %s", method, state.attempt_number,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+        # Actor restarting, timeout, died: all worth a retry.
+        retrying = Retrying(stop=stop_after_attempt((self.retries if retries is None else retries) + 1),
+                            wait=wait_incrementing(self.retry_delay_s, self.retry_delay_s),
+                            retry=retry_if_exception_type(Exception), after=warn)
+        try:
+            return retrying(lambda: ray.get(getattr(self.handle, method).remote(*args),
+                                            timeout=self.timeout_s))
+        except RetryError as e:
+            last = e.last_attempt.exception()
+            raise CoordinatorUnavailable(f"coordinator.{method} failed: {type(last).__name__}") from last
 
     def begin(self, started: StartedExperiment) -> None:
         """Record the intent; on failure only a warning (inflight.json still covers a death)."""
@@ -82,20 +113,18 @@ class RayCoordinator:
         except CoordinatorUnavailable as e:
             log.warning("%s", e)
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision | None:
-        """The coordinator's decision, or None when it was unreachable and the record spooled."""
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply | None:
+        """The coordinator's reply, or None when it was unreachable and the record spooled."""
         try:
-            if not self._sync:
-                return self._call("report", record, bundle)
-            reply: ReportReply = self._call("report_sync", record, bundle)
-            now, hw = time.monotonic(), record.hardware_class
-            self._hint = (now, hw, reply.job_waiting)
-            self._best_hint = (now, hw, reply.best) if reply.best is not None else None
-            return reply.decision
+            reply: ReportReply = self._call("report", record, bundle)
         except CoordinatorUnavailable as e:
             self._spool(record, bundle)
             log.warning("%s; record %s spooled", e, record.experiment_id)
             return None
+        hint = Hint(time.monotonic(), record.hardware_class, reply.job_waiting, reply.best)
+        self._job_hint = hint
+        self._best_hint = hint if reply.best is not None else None
+        return reply
 
     def _spool(self, record: ExperimentRecord, bundle: bytes | None) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +152,8 @@ class RayCoordinator:
         return sent
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
-        hint, self._hint = self._hint, None  # good for one boundary only
-        if (hint is not None and hint[1] == hardware_class and not hint[2]
-                and time.monotonic() - hint[0] < self.HINT_TTL_S):
+        hint, self._job_hint = self._job_hint, None
+        if hint is not None and not hint.job_waiting and hint.fresh(hardware_class, self.HINT_TTL_S):
             return None
         try:
             return self._call("next_job", agent, hardware_class)
@@ -134,8 +162,8 @@ class RayCoordinator:
 
     def best(self, hardware_class: str) -> Broadcast | None:
         hint, self._best_hint = self._best_hint, None
-        if hint is not None and hint[1] == hardware_class and time.monotonic() - hint[0] < self.HINT_TTL_S:
-            return hint[2]
+        if hint is not None and hint.fresh(hardware_class, self.HINT_TTL_S):
+            return hint.best
         try:
             return self._call("best", hardware_class)
         except CoordinatorUnavailable:
@@ -154,5 +182,15 @@ class RayCoordinator:
         except CoordinatorUnavailable:
             pass
 
-    def fetch(self, commit: str) -> bytes:
-        return self._call("fetch", commit)
+
+def _forwarder(name: str):
+    def call(self: RayCoordinator, *args):
+        return self._call(name, *args)
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"coordinator.{name}(...) through the actor, retried; raises CoordinatorUnavailable."
+    return call
+
+
+for _name in PORT_METHODS:
+    if _name not in vars(RayCoordinator):
+        setattr(RayCoordinator, _name, _forwarder(_name))

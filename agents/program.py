@@ -28,46 +28,38 @@ class _P(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LogParam(_P):
+class _Ranged(_P):
+    """A parameter with [min, max] bounds: min may not exceed max."""
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class LogParam(_Ranged):
     """A positive rate: steps multiply by `step` (> 1), clipped to [min, max]."""
     type: Literal["log"]
     min: float = Field(gt=0)
     max: float = Field(gt=0)
     step: float = Field(default=1.5, gt=1)
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.min > self.max:
-            raise ValueError("min must be <= max")
-        return self
 
-
-class FloatParam(_P):
+class FloatParam(_Ranged):
     """A real value stepped additively by `step`, clipped to [min, max]."""
     type: Literal["float"]
     min: float
     max: float
     step: float = Field(gt=0)
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.min > self.max:
-            raise ValueError("min must be <= max")
-        return self
 
-
-class IntParam(_P):
+class IntParam(_Ranged):
     """A size or count stepped by an integer `step`, clipped to [min, max]."""
     type: Literal["int"]
     min: int
     max: int
     step: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.min > self.max:
-            raise ValueError("min must be <= max")
-        return self
 
 
 class ChoiceParam(_P):
@@ -122,7 +114,7 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
             space.update(_SPACE.validate_python(raw))
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"] if not str(x) in ("log", "float", "int", "choice"))
+            loc = ".".join(str(x) for x in err["loc"] if str(x) not in ("log", "float", "int", "choice"))
             raise ProgramError(f"{source}: search_space.{loc}: {err['msg']}") from None
     return Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.fsutil import atomic_write
+
 # The words trainer.runner strips from the child's environment (importing it costs seconds:
 # it imports torch). "PASS" and "AUTH" cover PASSWORD, PASSPHRASE, AUTH_TOKEN...
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL", "AUTH")
@@ -56,11 +58,7 @@ def clean(value: Any, secrets: list[str]) -> Any:
 
 def write_json(path: Path, data: dict, secrets: list[str]) -> Path:
     """Write `data` cleaned, atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(data, secrets), indent=1, default=str), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(clean(data, secrets), indent=1, default=str))
 
 
 class BackendEvents:

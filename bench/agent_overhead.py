@@ -103,7 +103,8 @@ def main(argv=None) -> int:
           f"(after a keep the prepared proposal's base moved; the rest were prepared during a run)")
     print("per experiment, unscaled:")
     print(f"  agent fixed overhead (git, validate, run dir, report): {fixed:.3f}s (measured)")
-    print(f"  waiting on the backend: {sync_per_exp:.2f} x {a.backend_delay:g}s = {sync_per_exp * a.backend_delay:.2f}s")
+    print(f"  waiting on the backend: {sync_per_exp:.2f} x {a.backend_delay:g}s = "
+          f"{sync_per_exp * a.backend_delay:.2f}s")
     print(f"  runner start-up + evaluation (given): {a.startup_s + a.eval_s:.2f}s")
     print(f"  duty cycle = budget / (budget + overhead) = {a.budget:g} / ({a.budget:g} + {overhead:.2f})")
     print(f"overhead_s={overhead:.2f} duty_cycle={duty:.3f}")

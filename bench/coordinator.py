@@ -3,9 +3,10 @@
 The coordinator runs as it does in a swarm: the one named Ray actor (coordinator/decide/actor.py), in
 its own process. The agents are threads spread over --hosts Ray actors (256 agent processes
 would not fit in 24 GiB and 2 cores), and each agent does what a ResearchAgent does at every
-iteration, through the actor handle: next_job, then (no job) read the latest best from its own
-redis pub/sub subscriber and commit a one-line edit onto it, begin, "train" (a random
-sub-second sleep; val_bpb is a known function of the edit plus Gaussian noise), report.
+iteration, through the actor handle: next_job, then (no job) take the latest best from the
+last report's reply (best() when it has none) and commit a one-line edit onto it, begin,
+"train" (a random sub-second sleep; val_bpb is a known function of the edit plus Gaussian
+noise), report.
 --in-process puts the Coordinator and all agents in this one process instead (for profiling;
 there the agents' own work shares the coordinator's interpreter lock).
 
@@ -13,7 +14,9 @@ Prints decisions/s; the decision latency measured in the coordinator (Coordinato
 from a report's arrival in Coordinator.report to its decision, durable in redis: the wait
 behind other decisions included, the Ray transport and the wait for a free actor thread not);
 each call's round trip as the agent sees it (Ray call + queue + decision); CPU per call; the
-time the decision lock was held per batch; broadcast fan-out times; and one final line
+time the decision lock was held per batch; how long a best move takes to reach every agent
+(from the coordinator's move to the last agent's first best()/report reply that shows it or a
+newer best: this includes the agents' sleeps between calls); and one final line
     agents=N decisions_per_s=N p50_ms=N p99_ms=N broadcast_all_ms=N
 whose p50/p99 are the decision latency in the coordinator (--in-process: the same thing).
 On a 2-core machine the 256 simulated agents' own Ray calls (about 0.8 ms of CPU each, on
@@ -39,9 +42,6 @@ from pathlib import Path
 # `import coordinator` finds the package, not this script.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import redis  # noqa: E402
-
-from coordinator.state.broadcast import BroadcastListener, next_seq, publish  # noqa: E402
 from coordinator.decide.core import Coordinator  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 from coordinator.state.repo import ResearchRepo  # noqa: E402
@@ -87,7 +87,7 @@ class AgentHost:
     """Runs simulated agents as threads; `coord` is the Coordinator itself (in-process) or the
     coordinator actor's handle (then every call is a Ray call, as from a real agent)."""
 
-    def __init__(self, coord, redis_url: str, repo_path: str, agent_ids: list[int], seconds: float,
+    def __init__(self, coord, repo_path: str, agent_ids: list[int], seconds: float,
                  exp_min: float, exp_max: float, via_ray: bool):
         self.coord, self.via_ray = coord, via_ray
         self.ids, self.seconds, self.exp = agent_ids, seconds, (exp_min, exp_max)
@@ -95,19 +95,24 @@ class AgentHost:
         self.repo_lock = threading.Lock()
         self.texts: dict[str, str] = {}  # an agent knows the train.py it wrote
         self.lock = threading.Lock()
-        self.lat: dict[str, list[float]] = {"report_sync": [], "begin": [], "next_job": []}
+        self.lat: dict[str, list[float]] = {"report": [], "begin": [], "next_job": [], "best": []}
         self.counts: dict[str, int] = defaultdict(int)
-        self.recv: dict[int, list[float]] = defaultdict(list)
+        # Per agent, each best it saw for the first time: (seq, unix time seen); and per seq,
+        # the unix time the coordinator moved best there.
+        self.seen: dict[int, list[tuple[int, float]]] = {i: [] for i in agent_ids}
+        self.moved: dict[int, float] = {}
         self.errors: list[str] = []
-        # Each agent has its own connection and subscriber, as agents on other nodes would.
-        self.listeners = [BroadcastListener(redis.Redis.from_url(redis_url), "bench", on_message=self._heard)
-                          for _ in agent_ids]
         self.threads: list[threading.Thread] = []
 
-    def _heard(self, b: Broadcast) -> None:
+    def _saw(self, i: int, b: Broadcast | None) -> None:
         t = time.time()
+        if b is None:
+            return
         with self.lock:
-            self.recv[b.seq].append(t - b.published_at)
+            mine = self.seen[i]
+            if not mine or b.seq > mine[-1][0]:
+                mine.append((b.seq, t))
+            self.moved.setdefault(b.seq, b.published_at)
 
     def _call(self, name: str, *args):
         t0 = time.perf_counter()
@@ -127,7 +132,7 @@ class AgentHost:
                 self.texts[commit] = self.repo.show(commit)
             return self.texts[commit]
 
-    def _agent(self, i: int, listener: BroadcastListener, stop_at: float) -> None:
+    def _agent(self, i: int, stop_at: float) -> None:
         rng = random.Random(i)
         name = f"agent{i:03d}"
         reply = None  # the last report's answer stands in for next_job/best, as in agents/ports.py
@@ -138,7 +143,8 @@ class AgentHost:
                     commit, parent, kind, desc = job.commit, job.parent, job.kind, job.description
                     text = self._read(commit)
                 else:
-                    b = reply.best if reply is not None and reply.best is not None else listener.latest(HW)
+                    b = reply.best if reply is not None and reply.best is not None else self._call("best", HW)
+                    self._saw(i, b)
                     parent = b.commit if b else self.repo.root()
                     k = rng.choice(KNOBS)
                     text = re.sub(rf"^{k} = .*$", f"{k} = {rng.choice([0, 1])}", self._read(parent), flags=re.M)
@@ -153,18 +159,22 @@ class AgentHost:
                 self._call("begin", StartedExperiment(**common))
                 time.sleep(rng.uniform(*self.exp))  # "training"
                 val = true_bpb(text) + rng.gauss(0, 0.004)
-                reply = self._call("report_sync", ExperimentRecord(**common, status="ok", val_bpb=val,
+                reply = self._call("report", ExperimentRecord(**common, status="ok", val_bpb=val,
                                                                    confirm_bpb=val))
+                self._saw(i, reply.best)
                 with self.lock:
                     self.counts[reply.decision.decision] += 1
         except Exception as e:  # a bench thread must not die silently
             self.errors.append(f"{name}: {type(e).__name__}: {e}")
 
+    def ready(self) -> bool:
+        return True
+
     def start(self) -> None:
         self.cpu0 = time.process_time()
         stop_at = time.monotonic() + self.seconds
-        self.threads = [threading.Thread(target=self._agent, args=(i, l, stop_at), daemon=True)
-                        for i, l in zip(self.ids, self.listeners)]
+        self.threads = [threading.Thread(target=self._agent, args=(i, stop_at), daemon=True)
+                        for i in self.ids]
         for t in self.threads:
             t.start()
 
@@ -174,22 +184,21 @@ class AgentHost:
         with self.lock:
             return {"lat": {k: list(v) for k, v in self.lat.items()}, "counts": dict(self.counts),
                     "cpu_s": time.process_time() - self.cpu0,
-                    "recv": {k: list(v) for k, v in self.recv.items()}, "errors": list(self.errors)}
+                    "seen": {i: list(v) for i, v in self.seen.items()}, "moved": dict(self.moved),
+                    "errors": list(self.errors)}
 
-    def heard(self, seq: int) -> int:
-        with self.lock:
-            return len(self.recv.get(seq, []))
 
-    def heard_times(self, seq: int) -> list[float]:
-        with self.lock:
-            return list(self.recv.get(seq, []))
-
-    def close(self) -> None:
-        # Stop every subscriber thread first, then join: one by one, each waits out its poll.
-        for l in self.listeners:
-            l._thread.stop()
-        for l in self.listeners:
-            l.close()
+def reach_all(seen: dict[int, list[tuple[int, float]]], moved: dict[int, float]) -> tuple[list[float], int]:
+    """Per best move: seconds until every agent had seen it or a newer best (its first
+    best()/report reply showing one). Returns those times and how many moves some agent never saw."""
+    full, partial = [], 0
+    for seq, at in sorted(moved.items()):
+        firsts = [next((t for s, t in mine if s >= seq), None) for mine in seen.values()]
+        if firsts and all(t is not None for t in firsts):
+            full.append(max(0.0, max(firsts) - at))
+        else:
+            partial += 1
+    return full, partial
 
 
 T0 = time.monotonic()
@@ -218,14 +227,13 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="benchcoord"))
     daemon = RedisDaemon(tmp / "redis", fsync=args.fsync).start()
     hosts: list = []
-    remote = None
     try:
         cfg = PromotionConfig(sigma_prior=0.004)
         repo_path = str(tmp / "home" / "repo.git")
         shards = [list(range(args.agents))[h::args.hosts] for h in range(args.hosts)]
         if args.in_process:
             coord = Coordinator(tmp / "home", daemon.url, cfg, "bench", baseline())
-            hosts = [AgentHost(coord, daemon.url, repo_path, list(range(args.agents)), args.seconds,
+            hosts = [AgentHost(coord, repo_path, list(range(args.agents)), args.seconds,
                                args.exp_min, args.exp_max, via_ray=False)]
             call = lambda name, *a: getattr(coord, name)(*a)  # noqa: E731
             remote = lambda h, name, *a: getattr(h, name)(*a)  # noqa: E731
@@ -242,10 +250,10 @@ def main(argv=None) -> int:
             call("status")  # the actor is up and the repo exists
             say("coordinator actor up")
             Host = ray.remote(num_cpus=0, max_concurrency=4)(AgentHost)
-            hosts = [Host.remote(handle, daemon.url, repo_path, ids, args.seconds, args.exp_min,
+            hosts = [Host.remote(handle, repo_path, ids, args.seconds, args.exp_min,
                                  args.exp_max, True) for ids in shards if ids]
             for h in hosts:
-                remote(h, "heard", 0)  # every subscriber is up before the clock starts
+                remote(h, "ready")  # every host is up before the clock starts
         say(f"{args.agents} agents ready; running {args.seconds:.0f} s")
         cpu0 = call("perf")["cpu_s"]
         t_start = time.monotonic()
@@ -255,77 +263,59 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t_start
         coord_cpu = call("perf")["cpu_s"] - cpu0
         say("agents stopped")
-        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report_sync", "begin", "next_job")}
+        lat = {k: [x for r in results for x in r["lat"][k]] for k in ("report", "begin", "next_job", "best")}
         counts: dict[str, int] = defaultdict(int)
-        recv: dict[int, list[float]] = defaultdict(list)
+        seen: dict[int, list[tuple[int, float]]] = {}
+        moved: dict[int, float] = {}
         errors = [e for r in results for e in r["errors"]]
         for r in results:
             for k, v in r["counts"].items():
                 counts[k] += v
-            for seq, v in r["recv"].items():
-                recv[int(seq)] += v
-        time.sleep(0.5)
-        late = [[remote(h, "heard_times", seq) for h in hosts] for seq in recv]
-        full, partial = [], 0
-        for per_host in late:
-            v = [x for xs in per_host for x in xs]
-            if len(v) >= args.agents:
-                full.append(max(v))
-            else:
-                partial += 1
-        # A probe on the quiet swarm: the fan-out time alone, without the agents' work.
-        client = redis.Redis.from_url(daemon.url)
-        probe_seq = next_seq(client, "bench", "probe")
-        publish(client, Broadcast(swarm_id="bench", hardware_class="probe", commit="0" * 40,
-                                  val_bpb=0.0, seq=probe_seq))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(remote(h, "heard", probe_seq) for h in hosts) < args.agents:
-            time.sleep(0.01)
-        probe = [x for h in hosts for x in remote(h, "heard_times", probe_seq)]
-        probe_ms = max(probe) * 1000 if len(probe) >= args.agents else float("nan")
+            seen.update({int(i): v for i, v in r["seen"].items()})
+            moved.update({int(s): t for s, t in r["moved"].items()})
+        full, partial = reach_all(seen, moved)
         st, perf = call("status"), call("perf")
-        rep = lat["report_sync"]
+        rep = lat["report"]
         n = len(rep)
-        print(f"mode: {'in-process Coordinator' if args.in_process else f'Coordinator Ray actor, agents in {len(hosts)} Ray actors'}; "
+        mode = ("in-process Coordinator" if args.in_process
+                else f"Coordinator Ray actor, agents in {len(hosts)} Ray actors")
+        print(f"mode: {mode}; "
               f"{args.agents} agents, experiments {args.exp_min}-{args.exp_max} s, {elapsed:.1f} s, "
               f"redis fsync {args.fsync}")
         print(f"decisions: {n} ({dict(counts)}); best now {st['classes'][HW]['best'][:10]}, "
               f"sigma {st['classes'][HW]['sigma']:.4f}")
-        for k in ("report_sync", "begin", "next_job"):
+        for k in ("report", "begin", "next_job", "best"):
             xs = lat[k]
-            print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, p90 {pct(xs, 90) * 1000:.1f} ms, "
-                  f"p99 {pct(xs, 99) * 1000:.1f} ms, max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")
+            if not xs:  # best(): only when no reply has carried one yet
+                continue
+            print(f"{k} latency as the agent sees it: p50 {pct(xs, 50) * 1000:.1f} ms, "
+                  f"p90 {pct(xs, 90) * 1000:.1f} ms, p99 {pct(xs, 99) * 1000:.1f} ms, "
+                  f"max {max(xs, default=0) * 1000:.1f} ms ({len(xs)} calls)")
         calls = sum(len(v) for v in lat.values())
         print(f"CPU: coordinator {coord_cpu:.1f} s ({coord_cpu / max(calls, 1) * 1e3:.2f} ms per call, "
               f"{coord_cpu / elapsed * 100:.0f}% of a core); agent hosts {sum(r['cpu_s'] for r in results):.1f} s"
               f"{' (same process)' if args.in_process else ''}")
         if perf.get("decisions"):
             print(f"decision latency at the coordinator (arrival to durable decision): p50 "
-                  f"{perf['decision_p50_ms']:.1f} ms, p99 {perf['decision_p99_ms']:.1f} ms ({perf['decisions']} reports)")
+                  f"{perf['decision_p50_ms']:.1f} ms, p99 {perf['decision_p99_ms']:.1f} ms "
+                  f"({perf['decisions']} reports)")
         if perf.get("batches"):
-            print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, p99 {perf['batch_p99_ms']:.1f} ms, "
-                  f"{perf['mean_batch']:.1f} reports+begins per batch -> capacity ~{perf['capacity_per_s']:.0f}/s")
+            print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, "
+                  f"p99 {perf['batch_p99_ms']:.1f} ms, {perf['mean_batch']:.1f} reports+begins per batch "
+                  f"-> capacity ~{perf['capacity_per_s']:.0f}/s")
         under_load = max(full) * 1000 if full else float("nan")
-        print(f"broadcasts under load: {len(full)} reached all {args.agents} agents, worst "
-              f"{under_load:.1f} ms, median {statistics.median(full) * 1000 if full else float('nan'):.1f} ms"
-              f"{f'; {partial} did not reach all' if partial else ''}")
-        print(f"broadcast probe on the quiet swarm: all {args.agents} agents in {probe_ms:.1f} ms")
+        print(f"best moves seen by every agent (first reply or best() showing it or newer): {len(full)} "
+              f"reached all {args.agents} agents, worst {under_load:.1f} ms, median "
+              f"{statistics.median(full) * 1000 if full else float('nan'):.1f} ms"
+              f"{f'; {partial} not seen by every agent before the end' if partial else ''}")
         if errors:
             print(f"{len(errors)} agent errors, first: {errors[0]}", file=sys.stderr)
         print(f"agent round trip of a report: p50 {pct(rep, 50) * 1000:.1f} ms, p99 {pct(rep, 99) * 1000:.1f} ms")
-        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} p50_ms={perf.get('decision_p50_ms', float('nan')):.1f} "
+        print(f"agents={args.agents} decisions_per_s={n / elapsed:.1f} "
+              f"p50_ms={perf.get('decision_p50_ms', float('nan')):.1f} "
               f"p99_ms={perf.get('decision_p99_ms', float('nan')):.1f} broadcast_all_ms={under_load:.1f}")
         return 1 if errors else 0
     finally:
-        if hosts and remote is not None:
-            try:
-                if args.in_process:
-                    hosts[0].close()
-                else:
-                    import ray
-                    ray.get([h.close.remote() for h in hosts], timeout=60)
-            except Exception as e:
-                say(f"closing the agent hosts: {type(e).__name__}: {e}")
         daemon.stop(kill=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

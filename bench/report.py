@@ -17,11 +17,13 @@ from pathlib import Path
 
 # bench/coordinator.py is named like the package: drop bench/ from the path so that
 # `import coordinator` finds the package, not that script.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# The repository root goes first: the DevTools client and the synthetic swarm live in tests/.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from coordinator.review.report import build_report  # noqa: E402
-from coordinator.review.report.headless import NODE_COUNT_JS, Browser  # noqa: E402
-from coordinator.review.report.synthetic import lineage_graph, make_swarm  # noqa: E402
+from tests.headless import NODE_COUNT_JS, Browser  # noqa: E402
+from tests.synthetic import lineage_graph, make_swarm  # noqa: E402
 
 
 def main() -> None:

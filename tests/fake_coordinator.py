@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from agents.messages import Broadcast, Decision, ExperimentRecord, Job, StartedExperiment
+from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
 
 TINY_TRAIN = '''"""A tiny stand-in train.py: the fake runner reads its constants."""
 LEARNING_RATE = 0.04  # per step
@@ -78,7 +78,13 @@ class FakeCoordinator:
     def begin(self, started: StartedExperiment) -> None:
         self.started[started.experiment_id] = started
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
+        d = self._decide(record)
+        with self._lock:
+            waiting = any(j.hardware_class == record.hardware_class for j in self.jobs)
+            return ReportReply(decision=d, job_waiting=waiting, best=self.bests.get(record.hardware_class))
+
+    def _decide(self, record: ExperimentRecord) -> Decision:
         with self._lock:
             self.reports += 1
             if record.experiment_id in self.decisions:
@@ -124,6 +130,9 @@ class FakeCoordinator:
 
     def heartbeat(self, agent: str, status: dict) -> None:
         self.beats.append((agent, status))
+
+    def flush(self) -> int:
+        return 0
 
     def fetch(self, commit: str) -> bytes:
         with tempfile.TemporaryDirectory() as d:
@@ -193,27 +202,22 @@ class FlakyCoordinator(FakeCoordinator):
     def set_down(self, down: bool) -> None:
         self.down = down
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         if self.down:
             raise ConnectionError("coordinator is restarting")
         return super().report(record, bundle)
 
 
-class SyncingCoordinator(FakeCoordinator):
-    """A FakeCoordinator that answers report_sync (decision + job hint + best), and counts the
-    next_job and best calls an agent still makes."""
+class CountingCoordinator(FakeCoordinator):
+    """A FakeCoordinator that counts the report, next_job and best calls an agent makes."""
 
     def __init__(self, repo: Path | None = None, jobs: list[Job] | None = None):
         super().__init__(repo, jobs)
-        self.calls = {"next_job": 0, "best": 0, "report_sync": 0}
+        self.calls = {"next_job": 0, "best": 0, "report": 0}
 
-    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None):
-        from agents.messages import ReportReply
-
-        self.calls["report_sync"] += 1
-        d = self.report(record, bundle)
-        waiting = any(j.hardware_class == record.hardware_class for j in self.jobs)
-        return ReportReply(decision=d, job_waiting=waiting, best=self.bests.get(record.hardware_class))
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
+        self.calls["report"] += 1
+        return super().report(record, bundle)
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
         self.calls["next_job"] += 1

@@ -117,7 +117,7 @@ class FakeAgent:
     def run_job(self, coord, job: Job):
         rec = self.record(job.commit, job.parent, kind=job.kind, job=job)
         coord.begin(self.started(rec))
-        return coord.report(rec)
+        return coord.report(rec).decision
 
     def experiment(self, coord, parent: str, description: str, **values):
         """Edit constants on `parent`, commit, measure, report; returns (record, decision)."""
@@ -125,7 +125,7 @@ class FakeAgent:
         c = self.commit(parent, text, description)
         rec = self.record(c, parent, description=description)
         coord.begin(self.started(rec))
-        return rec, coord.report(rec)
+        return rec, coord.report(rec).decision
 
 
 def confirm_shift(text: str) -> float:
@@ -152,7 +152,7 @@ KEPT = ("promote", "merge", "simplification")
 
 
 def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
-    """DESIGN.md invariants 1, 3, 4, 5 on a coordinator's ledger and repo.
+    """docs/architecture.md invariants 1, 3, 4, 5 on a coordinator's ledger and repo.
 
     best_seen: per hardware class, the best commits observed over time (in order).
     Invariant 1 is re-derived independently: the ledger stream is replayed, samples are pooled
@@ -162,7 +162,7 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     decisions = {k.decode(): v for k, v in coord.r.hgetall(led.key("decisions")).items()}
     from agents.messages import Decision
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
-    blob = lambda c: repo.blob_id(c)
+    blob = lambda c: repo.commit_files([c])[0][1]
     samples: dict[tuple[str, str], list[float]] = {}
     record_ids: list[str] = []
     moves = []
@@ -187,7 +187,7 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
                 delta = sum(old) / len(old) - sum(new) / len(new)
                 assert abs(delta - d.delta) < 1e-9, (delta, d)
                 if d.decision == "simplification":
-                    a, r = repo.diff_lines(d.best_before, d.best_after)
+                    a, r = line_delta(repo.show(d.best_before), repo.show(d.best_after))
                     assert a < r, d
                 else:
                     assert delta >= d.margin > 0, d

@@ -284,7 +284,7 @@ def test_remote_clone_works_from_bundles(home):
     b.write_bytes(bundle)
     # the bundle applies onto the shared repo, which only has the parent
     repo = tmp_path / "home" / "repo.git"
-    git(repo, "fetch", "-q", str(b), f"+refs/*:refs/incoming/*")
+    git(repo, "fetch", "-q", str(b), "+refs/*:refs/incoming/*")
     assert git(repo, "rev-parse", f"{rec.commit}^") == baseline
 
 

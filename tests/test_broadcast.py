@@ -1,37 +1,29 @@
-"""Broadcast: pub/sub reaches a listening agent; the best key lets a late joiner catch up."""
+"""The latest best per class lives in one key (state/keys.py): a late joiner reads it; nothing
+is published on pub/sub (agents get best from the coordinator's replies and best())."""
 from __future__ import annotations
-
-import threading
 
 import redis
 
-from coordinator.state.broadcast import BroadcastListener, best_key, latest, next_seq, publish
 from agents.messages import Broadcast
+from coordinator.state import keys
+from coordinator.state.broadcast import latest, next_seq, set_latest
 
 
-def test_listener_hears_and_late_joiner_catches_up(redis_url):
+def test_latest_best_key_holds_the_newest_and_nothing_is_published(redis_url):
     r = redis.Redis.from_url(redis_url)
-    heard = threading.Event()
-    early = BroadcastListener(r, "B", on_message=lambda b: heard.set())
+    sub = r.pubsub(ignore_subscribe_messages=True)
+    sub.psubscribe("*")
     try:
-        assert early.latest("hw") is None
+        assert latest(r, "B", "hw") is None
         b1 = Broadcast(swarm_id="B", hardware_class="hw", commit="c1", val_bpb=2.0, seq=next_seq(r, "B", "hw"))
-        publish(r, b1)
-        assert heard.wait(5)
-        assert early.latest("hw").commit == "c1"
+        set_latest(r, b1)
         b2 = Broadcast(swarm_id="B", hardware_class="hw", commit="c2", val_bpb=1.9, seq=next_seq(r, "B", "hw"))
         assert b2.seq > b1.seq
-        publish(r, b2)
-        late = BroadcastListener(r, "B")  # missed both messages
-        try:
-            assert late.latest("hw").commit == "c2"
-            assert late.latest("other") is None
-        finally:
-            late.close()
-        assert latest(r, "B", "hw") == b2
-        # An older broadcast never replaces a newer one in a listener.
-        early._keep(b1)
-        assert early.latest("hw").seq == b2.seq
-        assert r.get(best_key("B", "hw")) is not None
+        set_latest(r, b2)
+        late = redis.Redis.from_url(redis_url)  # a late joiner, on its own connection
+        assert latest(late, "B", "hw") == b2
+        assert latest(late, "B", "other") is None
+        assert Broadcast.model_validate_json(r.get(keys.best("B", "hw"))) == b2
+        assert sub.get_message(timeout=0.5) is None
     finally:
-        early.close()
+        sub.close()

@@ -1,7 +1,7 @@
 """Chaos through real processes, while agents work concurrently: the coordinator's Ray actor is
 SIGKILLed at random moments (mid-decision included), redis is SIGKILLed and brought back from its
 AOF (sometimes with the coordinator killed while redis is still down), and agents die mid-run.
-Then DESIGN.md invariants 1, 3, 4 and 5 are checked (fake_runner.check_invariants), and every
+Then docs/architecture.md invariants 1, 3, 4 and 5 are checked (fake_runner.check_invariants), and every
 experiment an agent started has exactly one record.
 
 The agents are threads that talk to the actor through agents.ports.RayCoordinator, the adapter

@@ -7,7 +7,7 @@ import pytest
 from coordinator.cli import main
 from coordinator.state.home import SwarmHome
 from coordinator.state.ledger import write_parquet_rows
-from coordinator.review.report.synthetic import make_swarm
+from tests.synthetic import make_swarm
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_export_and_lineage_from_the_snapshot(stopped_swarm, tmp_path, capsys):
     assert "best/" in capsys.readouterr().out
     dot = tmp_path / "g.dot"
     assert main(["lineage", "--swarm-home", str(home.root), "--format", "dot", "--output", str(dot)]) == 0
-    assert dot.read_text().startswith("digraph lineage {")
+    assert dot.read_text().splitlines()[0] == 'strict digraph "lineage" {'  # pydot's writer
     capsys.readouterr()
     assert main(["status", "--swarm-home", str(home.root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -44,3 +44,26 @@ def test_morning_after_commands_do_not_import_ray(stopped_swarm):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("commit\tval_bpb")
+
+
+def test_swarm_lineage_json_is_one_json_object(stopped_swarm):
+    """`swarm lineage --format json | python -c 'json.load(sys.stdin)["nodes"]'` works: the
+    installed entry point prints the graph as a JSON object, not a JSON string holding it."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    home, sw = stopped_swarm
+    root = Path(__file__).resolve().parents[1]
+    exe = shutil.which("swarm")
+    cmd = [exe] if exe else [sys.executable, "-m", "coordinator.cli"]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this tree's code, whatever is installed
+    r = subprocess.run([*cmd, "lineage", "--swarm-home", str(home.root), "--format", "json"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert isinstance(data, dict) and data["directed"] is True
+    commits = {row["commit"] for row in sw.rows if row.get("commit")}
+    assert commits <= {n["id"] for n in data["nodes"]}
+    assert len(data["links"]) >= 1

@@ -29,7 +29,7 @@ def test_cluster_config_rejects_an_unknown_key(name):
 
     cfg = yaml.safe_load((ROOT / name).read_text())
     cfg["max_wokers"] = 3
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="max_wokers"):
         validate_config(fillout_defaults(cfg))
 
 

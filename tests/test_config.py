@@ -1,8 +1,6 @@
 """swarm.yaml: unknown keys, bad values and clear-text secrets are one-line errors naming file and key."""
-from pathlib import Path
 
 import pytest
-import yaml
 
 from coordinator.run.config import (ConfigError, assign_programs, default_config_text, load_config,
                                 parse_config, resolve_backend, resolve_program)
@@ -66,7 +64,8 @@ def test_env_expansion_with_default():
 def test_file_errors_name_the_file(tmp_path):
     p = tmp_path / "my.yaml"
     p.write_text("agents:\n  count: 2\n  cpus: 3\n")
-    with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key \(did you mean 'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent\)$"):
+    with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key \(did you mean "
+                                          r"'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent\)$"):
         load_config(p)
     p.write_text("agents: [unclosed\n")
     with pytest.raises(ConfigError, match="my.yaml.*not valid YAML"):

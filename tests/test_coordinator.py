@@ -39,7 +39,7 @@ def run_baselines(coord, agents, vals=(2.000, 2.002, 1.998), hw=HW):
         rec = a.record(job.commit, job.parent, kind="baseline", job=job,
                        val=None if vals is None else vals[i])
         coord.begin(a.started(rec))
-        assert coord.report(rec).decision == "sample"
+        assert coord.report(rec).decision.decision == "sample"
 
 
 def best(coord, hw=HW):
@@ -111,12 +111,12 @@ def test_inside_margin_gets_confirmation_then_mean_decides(coord, tmp_path):
     text = set_constants(agents[0].text_at(coord.root), Z=1)
     c = agents[0].commit(coord.root, text, "Z on")
     rec = agents[0].record(c, coord.root, description="Z on", val=1.995)
-    d = coord.report(rec)
+    d = coord.report(rec).decision
     assert d.decision == "pending" and 0 < d.delta < d.margin
     job = coord.next_job("a1", HW)
     assert job.kind == "confirm" and job.commit == c and job.seed != rec.seed
     conf = agents[1].record(job.commit, job.parent, kind="confirm", job=job, val=1.994)
-    assert coord.report(conf).decision == "sample"
+    assert coord.report(conf).decision.decision == "sample"
     final = coord.decisions[rec.experiment_id]
     assert final.decision == "promote" and final.samples == 2 and best(coord) == c
 
@@ -126,7 +126,7 @@ def test_positive_inside_margin_twice_is_discarded(coord, tmp_path):
     run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
     c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z on")
     rec = agents[0].record(c, coord.root, val=1.996)
-    assert coord.report(rec).decision == "pending"
+    assert coord.report(rec).decision.decision == "pending"
     job = coord.next_job("a1", HW)
     coord.report(agents[1].record(job.commit, job.parent, kind="confirm", job=job, val=2.001))
     assert coord.decisions[rec.experiment_id].decision == "discard"
@@ -138,7 +138,7 @@ def test_simplification_and_suspect(coord, tmp_path):
     run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
     c = agents[0].commit(coord.root, drop_pads(agents[0].text_at(coord.root)), "drop pads")
     rec = agents[0].record(c, coord.root, val=2.0005)
-    d = coord.report(rec)
+    d = coord.report(rec).decision
     assert d.decision == "simplification" and best(coord) == c and d.delta < 0
     r2, d2 = agents[1].experiment(coord, c, "Y overfits", Y=2)
     assert d2.decision == "promote" and d2.suspect and "suspect" in d2.reason
@@ -167,14 +167,14 @@ def test_bad_inputs_are_rejected_and_kept(coord, tmp_path):
     before = coord.ledger.counts()
     unknown = ExperimentRecord(experiment_id="x-1", agent="a0", program="p", hardware_class=HW,
                                parent=coord.root, commit="ab" * 20, status="ok", val_bpb=1.0)
-    d = coord.report(unknown)
+    d = coord.report(unknown).decision
     assert d.decision == "rejected" and "unknown commit" in d.reason
     rec, _ = agents[0].experiment(coord, coord.root, "A up", A=1)
     other = rec.model_copy(update={"experiment_id": "x-2", "hardware_class": "tpu-nobody"})
-    d = coord.report(other)
+    d = coord.report(other).decision
     assert d.decision == "rejected" and "unknown hardware class" in d.reason
     n_stream = coord.r.xlen(coord.ledger.key("ledger"))
-    again = coord.report(rec)  # a retried report: same answer, nothing appended
+    again = coord.report(rec).decision  # a retried report: same answer, nothing appended
     assert again == coord.decisions[rec.experiment_id]
     assert coord.r.xlen(coord.ledger.key("ledger")) == n_stream
     after = coord.ledger.counts()
@@ -202,7 +202,7 @@ def test_restart_rebuilds_from_redis_and_git(coord, tmp_path, redis_url, cfg):
     status = coord.status()
     c2 = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t")
     assert c2.status() == status
-    assert c2.report(r1) == d1  # idempotent across a restart
+    assert c2.report(r1).decision == d1  # idempotent across a restart
     # The pending verification survives the restart and completes on the new object.
     drain_jobs(c2, agents)
     assert c2.decisions[r2.experiment_id].decision == "merge"
@@ -278,7 +278,7 @@ def test_fetch_and_report_with_bundle_from_another_node(coord, tmp_path):
     g("bundle", "create", str(tmp_path / "up.bundle"), "refs/heads/exp")
     rec = ExperimentRecord(experiment_id="n2-1", agent="n2", program="p", hardware_class=HW,
                            parent=coord.root, commit=head, status="ok", val_bpb=1.95)
-    d = coord.report(rec, bundle=(tmp_path / "up.bundle").read_bytes())
+    d = coord.report(rec, bundle=(tmp_path / "up.bundle").read_bytes()).decision
     assert d.decision == "promote" and best(coord) == head
     with pytest.raises(CoordinatorError, match="unknown commit"):
         coord.fetch("cd" * 20)
@@ -331,7 +331,7 @@ def test_reports_queued_during_a_decision_are_decided_together_once_each(coord, 
 
     def send(rec):
         coord.begin(a.started(rec))
-        results[rec.experiment_id] = coord.report(rec).decision
+        results[rec.experiment_id] = coord.report(rec).decision.decision
 
     def ledger_records():
         return sum(1 for typ, _, _ in coord.ledger.events() if typ == "record")
@@ -345,7 +345,7 @@ def test_reports_queued_during_a_decision_are_decided_together_once_each(coord, 
     for t in threads:
         t.join(timeout=30)
     assert results == {r.experiment_id: "discard" for r in recs}
-    assert any(n == len(recs) for n, _ in coord._batches)  # the 12 queued begins: one batch
+    assert any(n == len(recs) for n, _ in coord.stats.batches)  # the 12 queued begins: one batch
     assert ledger_records() == before + len(recs)
     # The same reports again, concurrently: the same answers and nothing appended.
     threads = [threading.Thread(target=send, args=(r,)) for r in recs]
@@ -368,7 +368,7 @@ def test_next_job_fast_path_sees_leases(tmp_path, redis_url):
     agents = make_agents(coord, tmp_path)
     run_baselines(coord, agents, vals=[2.0, 2.002, 1.998])
     c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z")
-    assert coord.report(agents[0].record(c, coord.root, val=1.995)).decision == "pending"
+    assert coord.report(agents[0].record(c, coord.root, val=1.995)).decision.decision == "pending"
     job = coord.next_job("a1", HW)
     assert job.kind == "confirm"
     answers: dict[str, object] = {}
@@ -397,21 +397,21 @@ def test_next_job_fast_path_sees_leases(tmp_path, redis_url):
     assert answers["a2"].job_id == job.job_id
 
 
-def test_report_sync_says_whether_a_job_waits_and_what_best_is(coord, tmp_path):
+def test_report_reply_says_whether_a_job_waits_and_what_best_is(coord, tmp_path):
     agents = make_agents(coord, tmp_path)
     run_baselines(coord, agents)
     a0, a1, a2 = agents
     c = a0.commit(coord.root, set_constants(a0.text_at(coord.root), Z=1), "Z")
-    reply = coord.report_sync(a0.record(c, coord.root, val=1.9985))  # inside the margin: confirm
+    reply = coord.report(a0.record(c, coord.root, val=1.9985))  # inside the margin: confirm
     assert reply.decision.decision == "pending"
     assert reply.job_waiting and reply.best.commit == coord.root
     assert reply.job_waiting == (coord.next_job("a0", HW) is not None)  # the hint is what next_job says
     # Leased to a0 now: a1 is told nothing waits, and next_job agrees.
     c1 = a1.commit(coord.root, set_constants(a1.text_at(coord.root), Y=1), "Y")
-    r1 = coord.report_sync(a1.record(c1, coord.root, val=2.05))
+    r1 = coord.report(a1.record(c1, coord.root, val=2.05))
     assert r1.decision.decision == "discard" and not r1.job_waiting
     assert coord.next_job("a1", HW) is None
     # A promotion: the reply carries the new best.
     rec, _ = a2.experiment(coord, coord.root, "A up", A=1)
-    r2 = coord.report_sync(rec)  # a retried report: same decision, current best
+    r2 = coord.report(rec)  # a retried report: same decision, current best
     assert r2.decision.decision == "promote" and r2.best.commit == rec.commit

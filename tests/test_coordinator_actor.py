@@ -57,7 +57,7 @@ def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_loca
             time.sleep(0.2)
     assert after == before
     port = RayPort(again, ray)
-    assert port.report(r1) == d1  # a retried report after the restart: same answer, no double
+    assert port.report(r1).decision == d1  # a retried report after the restart: same answer, no double
     drain_jobs(port, agents)
     final = port.recent(HW, 10)
     by_id = {rec.experiment_id: d for rec, d in final}
@@ -71,3 +71,22 @@ def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_loca
     reader = Coordinator(home, redis_url, cfg, swarm_id="R")
     assert b"training" in reader.r.hget(reader.ledger.key("agents"), "a0")
     check_invariants(reader, {HW: [root, r1.commit]})
+
+
+def test_the_port_is_declared_once_and_forwarded(tmp_path):
+    """The actor's methods are the port's plus the admin calls, made from those lists; every
+    port method exists on Coordinator; RayCoordinator forwards the ones it does not override."""
+    from agents.ports import PORT_METHODS, CoordinatorPort, RayCoordinator
+    from coordinator.decide.actor import ADMIN_METHODS, CoordinatorActor
+
+    assert {"begin", "report", "next_job", "best", "recent", "heartbeat", "fetch", "flush"} == set(PORT_METHODS)
+    public = {n for n in dir(CoordinatorActor) if not n.startswith("_")}
+    assert public == set(PORT_METHODS) | set(ADMIN_METHODS)
+    for name in (*PORT_METHODS, *ADMIN_METHODS):
+        assert callable(getattr(Coordinator, name)), name
+    rc = RayCoordinator(object(), tmp_path / "spool")
+    assert isinstance(rc, CoordinatorPort)
+    calls = []
+    rc._call = lambda method, *args, **kw: calls.append((method, args)) or b"bundle"
+    assert rc.fetch("c0ffee") == b"bundle" and calls == [("fetch", ("c0ffee",))]
+    assert rc.flush() == 0 and len(calls) == 1  # flush is RayCoordinator's own: nothing spooled

@@ -1,4 +1,4 @@
-"""A randomized run that kills the coordinator, agents and redis at random times; then DESIGN.md
+"""A randomized run that kills the coordinator, agents and redis at random times; then docs/architecture.md
 invariants 1, 3, 4 and 5 are checked (fake_runner.check_invariants)."""
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_random_kills_keep_invariants(tmp_path, redis_daemon):
             coord = new_coord()
             assert rec.experiment_id in coord.decisions
         else:
-            d = coord.report(rec)
+            d = coord.report(rec).decision
             if d.best_after and rng.random() < 0.3:  # died after the ledger write, before the ref move
                 kills["ref-move-lost"] += 1
                 coord.repo.set_ref(f"refs/heads/best/{d.hardware_class}", d.best_before)
@@ -70,7 +70,7 @@ def test_random_kills_keep_invariants(tmp_path, redis_daemon):
             kills["coordinator"] += 1
             coord = new_coord()
         note_best()
-        assert coord.report(rec) == coord.decisions[rec.experiment_id]  # retries never double
+        assert coord.report(rec).decision == coord.decisions[rec.experiment_id]  # retries never double
 
     coord = new_coord()
     note_best()

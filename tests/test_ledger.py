@@ -7,7 +7,7 @@ import json
 import redis
 
 from coordinator.decide.core import Coordinator
-from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows
+from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows, write_json_rows, write_tsv_rows
 from fake_runner import FakeAgent, baseline_text, drain_jobs
 from trainer.schema import ExperimentResult
 from agents.messages import ExperimentRecord, PromotionConfig, StartedExperiment
@@ -42,14 +42,14 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     assert set(rows[0]) == set(ROW_COLUMNS)
 
     buf = io.StringIO()
-    led.write_tsv(buf)
+    write_tsv_rows(led.rows(), buf)
     lines = buf.getvalue().splitlines()
     assert lines[0].split("\t")[:8] == ["commit", "val_bpb", "memory_gb", "status", "description",
                                          "agent", "program", "parent"]
     assert len(lines) == 8 and all(len(l.split("\t")) == len(ROW_COLUMNS) for l in lines)
 
     js = io.StringIO()
-    led.write_json(js)
+    write_json_rows(led.rows(), js)
     assert [r["experiment_id"] for r in json.loads(js.getvalue())] == [r["experiment_id"] for r in rows]
 
     snap = coord.snapshot()
@@ -58,7 +58,7 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     assert [r["experiment_id"] for r in back] == [r["experiment_id"] for r in rows]
     assert back[-1]["decision"] == "invalid"
     out = tmp_path / "x.tsv"
-    led.write_tsv(out)
+    write_tsv_rows(led.rows(), out)
     assert out.read_text() == buf.getvalue()
 
 
@@ -90,17 +90,17 @@ def test_appends_are_idempotent(tmp_path, redis_url):
 def test_automatic_snapshot_is_written_in_the_background(tmp_path, redis_url, monkeypatch):
     import time
 
-    import coordinator.decide.core as core
+    import coordinator.decide.snapshots as snapshots
 
-    monkeypatch.setattr(core, "SNAPSHOT_EVERY", 3)
-    monkeypatch.setattr(core, "SNAPSHOT_MIN_GAP_S", 0.0)
+    monkeypatch.setattr(snapshots, "SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr(snapshots, "SNAPSHOT_MIN_GAP_S", 0.0)
     coord, agents, r1, r2 = scenario(tmp_path, redis_url)  # 7 records: at least one automatic snapshot
     snap = tmp_path / "home" / "snapshots" / "ledger.parquet"
     deadline = time.monotonic() + 30
     while not snap.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert coord._snap_thread is not None  # it ran on its own thread, not under the decision lock
-    coord._snap_thread.join(timeout=30)
+    assert coord.snapshots.thread is not None  # it ran on its own thread, not under the decision lock
+    coord.snapshots.thread.join(timeout=30)
     ids = {r["experiment_id"] for r in read_parquet_rows(snap)}
     assert r1.experiment_id in ids
     assert coord.snapshot() == snap and len(read_parquet_rows(snap)) == 7

@@ -6,7 +6,8 @@ import json
 import networkx as nx
 
 from coordinator.decide.core import Coordinator
-from coordinator.review.lineage import build_lineage, node_link_json
+from coordinator.review.lineage import build_lineage
+from coordinator.review.report.export import graph_text
 from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads
 from agents.messages import ExperimentRecord, PromotionConfig
 
@@ -28,7 +29,7 @@ def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url)
     M = coord.decisions[r2.experiment_id].merge_commit
     c = agents[0].commit(M, drop_pads(agents[0].text_at(M)), "drop pads")
     rs = agents[0].record(c, M, val=coord.best(HW).val_bpb + 0.0002)
-    assert coord.report(rs).decision == "simplification"
+    assert coord.report(rs).decision.decision == "simplification"
     coord.report(ExperimentRecord(experiment_id="inv-1", agent="a2", program="p", hardware_class=HW,
                                   parent=c, commit=None, status="invalid", reason="bad edit"))
 
@@ -47,7 +48,7 @@ def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url)
     assert G.nodes[c]["invalid_children"] == 1
     assert G.nodes[r1.commit]["agent"] == "a0" and G.nodes[r1.commit]["hardware_class"] == HW
 
-    data = json.loads(node_link_json(G))
+    data = json.loads(graph_text(G, "json"))
     assert {"nodes", "links", "directed"} <= set(data) and data["directed"] is True
     for n in data["nodes"]:
         assert {"id", "val_bpb", "status", "agent", "program", "hardware_class", "on_best"} <= set(n)

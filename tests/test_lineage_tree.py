@@ -8,8 +8,8 @@ import networkx as nx
 import pytest
 
 from coordinator.review.report import TreeError, render_tree, write_graph
-from coordinator.review.report.synthetic import lineage_graph, make_swarm
 from coordinator.review.report.tree import best_chain, best_tips
+from tests.synthetic import lineage_graph, make_swarm
 
 CLASSES = ("h100", "a100")
 

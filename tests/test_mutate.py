@@ -33,7 +33,7 @@ def test_steps_stay_in_space_and_describe_themselves():
         new, desc = p.resolve(src, **LIMITS)
         changes = re.findall(r"(\w+) (\S+) -> (\S+)", desc)
         assert 1 <= len(changes) <= 2
-        for name, old, after in changes:
+        for name, old, _after in changes:
             assert repr(value(src, name)) == old or str(value(src, name)) == old.strip("'")
             v = value(new, name)
             prm = space[name]

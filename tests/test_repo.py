@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.state.repo import RepoError, ResearchRepo
+from agents.edits import line_delta
+from coordinator.state.repo import RepoError, ResearchRepo, merge_texts
 
 BASE = "A = 0\n# f\n# f\n# f\nB = 0\n# f\n# f\n# f\nPAD = 0\n"
+
+
+def blob_id(repo: ResearchRepo, commit: str) -> str | None:
+    return repo.commit_files([commit])[0][1]
 
 
 def test_create_merge_cas_bundle(tmp_path):
@@ -16,9 +21,9 @@ def test_create_merge_cas_bundle(tmp_path):
     a = repo.commit_tree(BASE.replace("A = 0", "A = 1"), [root], "A", base=root)
     b = repo.commit_tree(BASE.replace("B = 0", "B = 1"), [root], "B", base=root)
     a2 = repo.commit_tree(BASE.replace("A = 0", "A = 2"), [root], "A2", base=root)
-    text, clean = repo.merge_file(root, a, b)
+    text, clean = merge_texts(repo.show(root), repo.show(a), repo.show(b))
     assert clean and "A = 1" in text and "B = 1" in text
-    _, clean = repo.merge_file(root, a, a2)
+    _, clean = merge_texts(repo.show(root), repo.show(a), repo.show(a2))
     assert not clean
     m = repo.commit_tree(text, [a, b], "merge", base=a)
     assert repo.parents(m) == [a, b] and repo.is_ancestor(b, m) and not repo.is_ancestor(m, a)
@@ -29,11 +34,11 @@ def test_create_merge_cas_bundle(tmp_path):
     assert not repo.update_ref("refs/heads/best/x", m, a)         # not at a: refused
     assert repo.update_ref("refs/heads/best/x", a, root) and repo.ref("refs/heads/best/x") == a
 
-    assert repo.diff_lines(root, a) == (1, 1)
-    assert repo.diff_lines(root, repo.commit_tree(BASE.replace("PAD = 0\n", ""), [root], "s")) == (0, 1)
-    assert repo.blob_id(a) != repo.blob_id(root)
-    assert repo.blob_id(repo.commit_tree(BASE, [a], "revert")) == repo.blob_id(root)
-    assert repo.has_commit(m) and not repo.has_commit("ab" * 20) and not repo.has_commit(repo.blob_id(a))
+    assert line_delta(repo.show(root), repo.show(a)) == (1, 1)
+    assert line_delta(BASE, repo.show(repo.commit_tree(BASE.replace("PAD = 0\n", ""), [root], "s"))) == (0, 1)
+    assert blob_id(repo, a) != blob_id(repo, root)
+    assert blob_id(repo, repo.commit_tree(BASE, [a], "revert")) == blob_id(repo, root)
+    assert repo.has_commit(m) and not repo.has_commit("ab" * 20) and not repo.has_commit(blob_id(repo, a))
     with pytest.raises(RepoError):
         repo.show("ab" * 20)
 
@@ -76,7 +81,7 @@ def test_objects_written_in_process_are_git_valid(tmp_path):
     assert names == ["README", "train.py", "train", "zeta.py"]  # git's order: "train/" sorts after "train.py"
     assert git("rev-parse", f"{c}:train/inner.txt") == git("rev-parse", f"{base}:train/inner.txt")
     # The same bytes as git's own hash-object: identical content gives identical blob ids.
-    assert repo.blob_id(c) == git("hash-object", "--stdin", input=new_text.encode()).decode().strip()
+    assert blob_id(repo, c) == git("hash-object", "--stdin", input=new_text.encode()).decode().strip()
     assert git("log", "-1", "--format=%an <%ae>%n%B", c).decode().startswith(
         "swarm-coordinator <coordinator@swarm.local>\na two-parent commit\n\nwith a body")
 
@@ -87,9 +92,9 @@ def test_cat_file_reads_several_specs_in_one_round_trip(tmp_path):
     got = repo._cat.read_many([root, f"{root}:train.py", "ab" * 20, "bad\nspec", "", f"{root}:nope"])
     assert got[0][1] == "commit" and got[1][1] == "blob" and got[1][2] == BASE.encode()
     assert got[2:] == [None, None, None, None]
-    assert repo.commit_file(root)[0] and repo.commit_file(root)[2] == BASE.encode()
-    assert repo.commit_file("ab" * 20) == (False, None, None)
-    assert repo.commit_file(repo.blob_id(root)) == (False, None, None)  # a blob is not a commit
+    [(is_commit, _, data)] = repo.commit_files([root])
+    assert is_commit and data == BASE.encode()
+    assert repo.commit_files(["ab" * 20, blob_id(repo, root)]) == [(False, None, None)] * 2  # a blob is not a commit
 
 
 def test_in_process_merge_agrees_with_git_merge_file():

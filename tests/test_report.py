@@ -9,9 +9,9 @@ import time
 import pytest
 
 from coordinator.review.report import ReportError, build_report
-from coordinator.review.report.headless import NODE_COUNT_JS, NODE_XY_JS, Browser, find_chromium
-from coordinator.review.report.synthetic import lineage_graph, make_swarm
 from coordinator.review.report.tables import program_table
+from tests.headless import NODE_COUNT_JS, NODE_XY_JS, Browser, find_chromium
+from tests.synthetic import lineage_graph, make_swarm
 
 
 @pytest.fixture(scope="module")

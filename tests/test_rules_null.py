@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from coordinator.decide.core import Coordinator
 from fake_runner import FakeAgent, baseline_text, drain_jobs, set_constants
-from coordinator.decide.rules import original_rule_keeps
 from agents.messages import PromotionConfig
 
 HW = "cpu-fake"
 N_AGENTS, N_EXPERIMENTS, SIGMA = 8, 200, 0.005
 KEPT = ("promote", "merge", "simplification")
+
+
+def original_rule_keeps(parent_val: float, val: float) -> bool:
+    """karpathy/autoresearch's rule, for comparison: any lower val_bpb is kept."""
+    return val < parent_val
 
 
 def test_null_effects_rarely_promote(tmp_path, redis_url):

@@ -14,6 +14,7 @@ import numpy as np
 
 from trainer.dataloader import TokenDocs
 from trainer.errors import DataMissing, TrainerError
+from trainer.fsutil import atomic_write
 from trainer.metric import MetricError, unigram_bpb
 from trainer.profiles import PROFILES, Profile, detect_profile, get_profile
 from trainer.sources import SPLITS, Source, get_source
@@ -32,16 +33,11 @@ def data_root(data_dir: str | Path | None = None) -> Path:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, arr))
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,6 @@ class Prepared:
     source_id: str
     unigram_bpb: float
     forbidden: tuple[str, ...]  # paths a train.py must never open (val/confirm and raw text)
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.dir / "tokenizer.pkl"
 
     def token_bytes(self) -> np.ndarray:
         return np.load(self.dir / "token_bytes.npy")

@@ -1,7 +1,6 @@
 """BPE tokenizer: rustbpe trained on the train split, served as a tiktoken Encoding with `<|bos|>`."""
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import tiktoken
 
 from trainer.errors import CorruptData, DataMissing
+from trainer.fsutil import atomic_write
 
 # GPT-4 style split pattern, digits in groups of at most two (as in the original).
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
@@ -42,10 +42,7 @@ def token_bytes(enc: tiktoken.Encoding) -> np.ndarray:
 def save_tokenizer(enc: tiktoken.Encoding, path: Path) -> None:
     state = {"name": enc.name, "pat_str": enc._pat_str,
              "mergeable_ranks": enc._mergeable_ranks, "special_tokens": enc._special_tokens}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(state, f)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: pickle.dump(state, f))
 
 
 def load_tokenizer(path: Path) -> tiktoken.Encoding:

@@ -1,16 +1,45 @@
 """The proposal-backend interface, the context a backend sees, and the backend registry.
 
-Built-in backends (mutate, litellm, command) register through `register_backend` exactly as a
-user's own backend would; `make_backend(spec)` builds one from its config.
+A backend is registered with its config model in one call, the same for a built-in one and a
+user's own::
+
+    class EchoSpec(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        type: Literal["echo"] = "echo"       # the name swarm.yaml's `backend: {type: ...}` uses
+        text: str
+
+    register_backend("echo", EchoBackend, EchoSpec)   # EchoBackend(spec, *, seed, agent)
+
+- `register_backend(name, factory, config)`: `factory(spec, *, seed: int, agent: str)` (a class
+  or a function) returns a Backend; `config` is a pydantic model with a `type` field.
+  Registering a name again replaces it.
+- `BackendSpec`: the pydantic type of a `backend:` field (swarm.yaml, AgentConfig). It
+  validates a mapping against the model registered under its `type`; an unknown type is a
+  one-line error listing the known ones.
+- `make_backend(spec, seed=, agent=)`: builds the backend a spec (model or mapping) names.
+- `backend_types()`: name -> registered BackendType.
+
+Where registrations come from (loaded once, on first use of the registry): every module of
+the `agents.backends` package (the built-ins: a new built-in is one module that calls
+register_backend), then every entry point of the group `autoresearch_swarm.backends` (a
+user's package declares `[project.entry-points."autoresearch_swarm.backends"]
+echo = "my_pkg.echo"`; loading the entry point imports the module, which calls
+register_backend). A plugin that fails to load is logged and skipped.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib
+import importlib.metadata
+import logging
+import pkgutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Annotated, Any, Callable, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PlainSerializer, PlainValidator
+from pydantic_core import PydanticCustomError
+
 from agents.messages import Decision, ExperimentRecord
 
 from agents.edits import EDITABLE, apply_edit, diff_bytes, parse_edit, validate_source
@@ -93,29 +122,97 @@ class UnknownBackend(AgentError):
     """No backend is registered under that type name."""
 
 
-_REGISTRY: dict[str, Callable[..., Backend]] = {}
+ENTRY_POINT_GROUP = "autoresearch_swarm.backends"
+log = logging.getLogger(__name__)
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Register `factory(spec, *, seed: int, agent: str) -> Backend` under `name` (the spec's
-    `type`). Registering a name again replaces it."""
-    _REGISTRY[name] = factory
+@dataclass(frozen=True)
+class BackendType:
+    """One registered backend: its `type` name, what builds it, and its config model."""
+    name: str
+    factory: Callable[..., Backend]
+    config: type[BaseModel]
+
+
+_REGISTRY: dict[str, BackendType] = {}
+_loaded = False
+_loading = False
+_load_lock = threading.RLock()   # re-entered when a plugin asks the registry while it loads
+
+
+def register_backend(name: str, factory: Callable[..., Backend], config: type[BaseModel]) -> None:
+    """Register `factory(spec, *, seed: int, agent: str) -> Backend` under `name`, with the
+    pydantic model its `backend:` mapping validates against. Raises TypeError when the model
+    has no `type` field."""
+    if not (isinstance(config, type) and issubclass(config, BaseModel)) or "type" not in config.model_fields:
+        raise TypeError(f"backend {name!r}: config must be a pydantic model with a `type` field")
+    _REGISTRY[name] = BackendType(name, factory, config)
+
+
+def backend_types() -> dict[str, BackendType]:
+    """Every registered backend by name (built-ins and entry points loaded on first call)."""
+    _load()
+    return dict(_REGISTRY)
+
+
+def backend_config(value: Any) -> BaseModel:
+    """`value` (a mapping with `type`, or a config model) validated against the model of its
+    type. Raises pydantic's ValidationError (nested keys keep their location)."""
+    types = backend_types()
+    if isinstance(value, BaseModel):
+        kind = getattr(value, "type", None)
+        if kind in types and isinstance(value, types[kind].config):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise PydanticCustomError("backend_spec", "a backend is a mapping with a `type` key")
+    kind = value.get("type")
+    if kind is None:
+        raise PydanticCustomError("backend_type", "a backend needs a `type` (known: {known})",
+                                  {"known": ", ".join(sorted(types))})
+    if kind not in types:
+        raise PydanticCustomError("backend_type", "unknown backend type {kind} (known: {known})",
+                                  {"kind": repr(kind), "known": ", ".join(sorted(types))})
+    return types[kind].config.model_validate(value)
+
+
+# The type of a `backend:` field: validated through the registry, dumped as its own model.
+BackendSpec = Annotated[BaseModel, PlainValidator(backend_config),
+                        PlainSerializer(lambda m, info: m.model_dump(mode=info.mode), return_type=dict)]
 
 
 def make_backend(spec: BaseModel | dict[str, Any], *, seed: int = 0, agent: str = "") -> Backend:
-    """Build the backend a spec names. Raises UnknownBackend for an unregistered type."""
-    _load_builtins()
+    """Build the backend a spec names. Raises UnknownBackend for an unregistered type and
+    pydantic's ValidationError for a bad mapping."""
     kind = spec.get("type") if isinstance(spec, dict) else getattr(spec, "type", None)
-    if kind not in _REGISTRY:
+    types = backend_types()
+    if kind not in types:
         raise UnknownBackend(f"backend type {kind!r} is not registered "
-                             f"(known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[kind](spec, seed=seed, agent=agent)
+                             f"(known: {', '.join(sorted(types))})")
+    return types[kind].factory(backend_config(spec), seed=seed, agent=agent)
 
 
-def _load_builtins() -> None:
-    # Imported lazily: the litellm module must not import litellm itself until it is used.
-    from agents.backends import command, llm, mutate  # noqa: F401
-
-
-def replace(p: Proposal, **kw) -> Proposal:
-    return dataclasses.replace(p, **kw)
+def _load() -> None:
+    global _loaded, _loading
+    if _loaded:
+        return
+    with _load_lock:   # other threads wait here; the loading thread re-enters and returns
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            # Built-ins: every module of this package (imported here, not at package import:
+            # the litellm module must not import litellm itself until it is used).
+            import agents.backends as pkg
+            for mod in pkgutil.iter_modules(pkg.__path__):
+                if mod.name != "base":
+                    importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    ep.load()
+                except Exception as e:  # a broken plugin must not take the built-ins down
+                    log.warning("backend plugin %s (%s) failed to load: %s: %s",
+                                ep.name, ep.value, type(e).__name__, e)
+            _loaded = True
+        finally:
+            _loading = False

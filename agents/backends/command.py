@@ -13,14 +13,25 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
-from agents.config import CommandSpec
 from agents.edits import EDITABLE
 from agents.errors import AgentError, BackendRefused, ProposalAbandoned
 from agents.prompt import fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
+
+
+class CommandSpec(BaseModel):
+    """A coding-agent CLI run in the worktree: `{prompt_file}`, `{worktree}`, `{train_py}`,
+    `{program_file}` are substituted (shell-quoted) into the template."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["command"] = "command"
+    template: str
+    timeout_s: float = Field(default=600.0, gt=0)
 
 
 def _git(worktree: Path, *args: str) -> str:
@@ -155,10 +166,4 @@ class CommandBackend:
         return self._run(ctx, fix_prompt(ctx, log_tail))
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> CommandBackend:
-    if isinstance(spec, dict):
-        spec = CommandSpec.model_validate(spec)
-    return CommandBackend(spec, seed=seed, agent=agent)
-
-
-register_backend("command", _factory)
+register_backend("command", CommandBackend, CommandSpec)

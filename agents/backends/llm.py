@@ -12,15 +12,37 @@ import logging
 import os
 import threading
 import time
+from typing import Literal
+
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
-from agents.config import LitellmSpec
 from agents.edits import apply_edit, parse_edit, validate_source
 from agents.errors import (BackendRefused, BackendUnavailable, InvalidEdit, ProposalAbandoned,
                            SpendingCapReached)
 from agents.prompt import SYSTEM, fix_prompt, retry_prompt, user_prompt
 
 log = logging.getLogger(__name__)
+
+
+class LitellmSpec(BaseModel):
+    """Any provider litellm knows; the key comes from the env var named by api_key_env."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["litellm"] = "litellm"
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    timeout_s: float = Field(default=120.0, gt=0)      # one HTTP call
+    max_retries: int = Field(default=4, ge=0)          # on 429, 5xx, timeouts, garbage
+    backoff_s: float = Field(default=2.0, ge=0)        # first retry delay, doubled each time
+    max_tokens: int = Field(default=4096, gt=0)
+    # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+
 
 _NOT_RETRYABLE = ("AuthenticationError", "PermissionDeniedError", "NotFoundError",
                   "BadRequestError", "ContextWindowExceededError", "UnsupportedParamsError",
@@ -33,6 +55,19 @@ _WATCHDOG_GRACE_S = 5.0
 
 class _WallTimeout(Exception):
     pass
+
+
+class _Again(Exception):
+    """An attempt failed in a way another attempt may fix (429, 5xx, time-out, no content).
+    `kind`: "down" (no answer) or "answer" (an unusable one)."""
+
+    def __init__(self, why: str, kind: str):
+        super().__init__(why)
+        self.kind = kind
+
+
+class _Fatal(Exception):
+    """This prompt cannot be answered (a content policy): an invalid proposal."""
 
 
 def _litellm():
@@ -192,31 +227,26 @@ class LitellmBackend:
             kw["temperature"] = s.temperature
         out = Proposal()
         attempts = turn.setdefault("attempts", [])
-        last, last_kind = "no attempt", "down"
-        for attempt in range(s.max_retries + 1):
-            if attempt:
-                if self._cancel.wait(s.backoff_s * 2 ** (attempt - 1)):
-                    raise ProposalAbandoned("stopped while waiting to retry the model")
+
+        def attempt() -> str:
             t0 = time.time()
+
+            def note(**kw) -> None:
+                attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3), **kw})
+
             try:
                 resp = self._complete(litellm, kw)
             except ProposalAbandoned:
-                attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
-                                 "error": "abandoned: the agent is stopping"})
+                note(error="abandoned: the agent is stopping")
                 raise
             except Exception as e:  # litellm maps provider errors onto its own classes
-                kind, last = classify(e), self.describe(e)
-                attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
-                                 "error": last})
+                kind, why = classify(e), self.describe(e)
+                note(error=why)
                 if kind == "refused":
-                    raise BackendRefused(f"litellm {self.where()}: {last}") from None
+                    raise BackendRefused(f"litellm {self.where()}: {why}") from None
                 if kind == "invalid":
-                    out.error = f"litellm: {last}"
-                    return out
-                last_kind = kind
-                log.warning("%s: LLM call failed (attempt %d of %d): %s", self.agent, attempt + 1,
-                            s.max_retries + 1, last)
-                continue
+                    raise _Fatal(why) from None
+                raise _Again(why, kind) from None
             usage = getattr(resp, "usage", None)
             pt = int(getattr(usage, "prompt_tokens", 0) or 0)
             ct = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -229,20 +259,39 @@ class LitellmBackend:
                 content = resp.choices[0].message.content
             except (AttributeError, IndexError, TypeError):
                 content = None
-            attempts.append({"started_at": t0, "duration_s": round(time.time() - t0, 3),
-                             "prompt_tokens": pt, "completion_tokens": ct,
-                             **({} if isinstance(content, str) and content.strip()
-                                else {"error": "answer has no message content"})})
             if not isinstance(content, str) or not content.strip():
-                last, last_kind = "answer has no message content", "answer"
-                log.warning("%s: LLM answer unusable (attempt %d): %s", self.agent, attempt + 1, last)
-                continue
-            out.text = content
-            return out
-        if last_kind == "down":
-            raise BackendUnavailable(f"litellm {self.where()}: gave up after {s.max_retries + 1} "
-                                     f"attempts: {last}")
-        out.error = f"litellm: gave up after {s.max_retries + 1} attempts: {last}"
+                note(prompt_tokens=pt, completion_tokens=ct, error="answer has no message content")
+                raise _Again("answer has no message content", "answer")
+            note(prompt_tokens=pt, completion_tokens=ct)
+            return content
+
+        def say(state: tenacity.RetryCallState) -> None:
+            log.warning("%s: LLM call failed (attempt %d of %d): %s", self.agent,
+                        state.attempt_number, s.max_retries + 1, state.outcome.exception())
+
+        def sleep(seconds: float) -> None:   # a stop ends the wait between attempts
+            if self._cancel.wait(seconds):
+                raise ProposalAbandoned("stopped while waiting to retry the model")
+
+        # litellm's own retries stay off (num_retries=0): they take an answer without content
+        # (no choices, blank) as a success, so a second loop would be needed and one budget of
+        # max_retries + 1 requests could not be kept; their waits are fixed (backoff_s would be
+        # ignored); and once retrying they retry any error, a 401 too. One tenacity loop (the
+        # library litellm itself retries with) covers all of it.
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(s.max_retries + 1),
+            wait=tenacity.wait_exponential(multiplier=s.backoff_s),   # backoff_s, 2x, 4x, ...
+            retry=tenacity.retry_if_exception_type(_Again), before_sleep=say, sleep=sleep,
+            reraise=True)
+        try:
+            out.text = retrying(attempt)
+        except _Fatal as e:
+            out.error = f"litellm: {e}"
+        except _Again as e:
+            if e.kind == "down":   # no answer at all: not an experiment
+                raise BackendUnavailable(f"litellm {self.where()}: gave up after "
+                                         f"{s.max_retries + 1} attempts: {e}") from None
+            out.error = f"litellm: gave up after {s.max_retries + 1} attempts: {e}"
         return out
 
     def _ask_edit(self, user: str, source: str) -> Proposal:
@@ -337,10 +386,4 @@ def _add(total: Proposal, p: Proposal) -> Proposal:
     return p
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> LitellmBackend:
-    if isinstance(spec, dict):
-        spec = LitellmSpec.model_validate(spec)
-    return LitellmBackend(spec, seed=seed, agent=agent)
-
-
-register_backend("litellm", _factory)
+register_backend("litellm", LitellmBackend, LitellmSpec)

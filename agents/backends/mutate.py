@@ -11,6 +11,9 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.program import ChoiceParam, FloatParam, IntParam, LogParam
@@ -18,6 +21,13 @@ from agents.program import ChoiceParam, FloatParam, IntParam, LogParam
 log = logging.getLogger(__name__)
 
 _MAX_TRIES = 200
+
+
+class MutateSpec(BaseModel):
+    """Offline random search over the program's declared search space."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["mutate"] = "mutate"
+    max_changes: int = Field(default=2, ge=1, le=5)   # constants changed per proposal (1..n)
 
 
 @dataclass
@@ -186,9 +196,5 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _factory(spec, *, seed: int = 0, agent: str = "") -> MutateBackend:
-    max_changes = spec.get("max_changes", 2) if isinstance(spec, dict) else spec.max_changes
-    return MutateBackend(seed=seed, max_changes=max_changes)
-
-
-register_backend("mutate", _factory)
+register_backend("mutate", lambda spec, *, seed=0, agent="": MutateBackend(seed, spec.max_changes),
+                 MutateSpec)

@@ -7,11 +7,12 @@ calls (max_concurrency) only overlap in cheap reads such as best() and heartbeat
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+from agents.messages import PromotionConfig
+from agents.ports import PORT_METHODS
 from coordinator.decide.core import Coordinator
-from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
-                             ReportReply, StartedExperiment)
 
 NAMESPACE = "autoresearch-swarm"
 # A restarted coordinator waits this long for redis: both may have gone down together (a head
@@ -20,10 +21,17 @@ NAMESPACE = "autoresearch-swarm"
 RESTART_REDIS_WAIT_S = 600.0
 
 
+ADMIN_METHODS = ("status", "perf", "reconcile_dead_agent", "snapshot", "flush_refs")
+"""What `swarm run` (not an agent) asks of the coordinator, besides the agents' port."""
+
+
 class CoordinatorActor:
-    """The Coordinator's public port, and nothing else, as the actor class. Ray wraps every
-    method of an actor class (tracing hooks), so making Coordinator itself the actor put a
-    wrapper around each of its internal calls too: a few per decision, under the lock."""
+    """The Coordinator's public port (agents.ports.PORT_METHODS) plus the admin calls
+    (ADMIN_METHODS), and nothing else, as the actor class; the forwarding methods are made
+    from those two lists below, so a new port method is declared in the protocol and written
+    in Coordinator, nowhere else. Ray wraps every method of an actor class (tracing hooks), so
+    making Coordinator itself the actor put a wrapper around each of its internal calls too: a
+    few per decision, under the lock."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig, swarm_id: str,
                  baseline_train_py: str | None = None):
@@ -34,44 +42,17 @@ class CoordinatorActor:
         self.c = Coordinator(swarm_home, redis_url, promotion, swarm_id, baseline_train_py,
                              redis_wait_s=RESTART_REDIS_WAIT_S if restarted else 0.0)
 
-    def begin(self, started: StartedExperiment) -> None:
-        return self.c.begin(started)
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
-        return self.c.report(record, bundle)
+def _forwarder(name: str):
+    @functools.wraps(getattr(Coordinator, name))
+    def call(self: CoordinatorActor, *args, **kwargs):
+        return getattr(self.c, name)(*args, **kwargs)
+    call.__qualname__ = f"CoordinatorActor.{name}"
+    return call
 
-    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
-        return self.c.report_sync(record, bundle)
 
-    def next_job(self, agent: str, hardware_class: str) -> Job | None:
-        return self.c.next_job(agent, hardware_class)
-
-    def best(self, hardware_class: str) -> Broadcast | None:
-        return self.c.best(hardware_class)
-
-    def recent(self, hardware_class: str, n: int) -> list:
-        return self.c.recent(hardware_class, n)
-
-    def heartbeat(self, agent: str, status: dict) -> None:
-        return self.c.heartbeat(agent, status)
-
-    def fetch(self, commit: str) -> bytes:
-        return self.c.fetch(commit)
-
-    def status(self) -> dict:
-        return self.c.status()
-
-    def perf(self) -> dict:
-        return self.c.perf()
-
-    def reconcile_dead_agent(self, agent: str) -> list[str]:
-        return self.c.reconcile_dead_agent(agent)
-
-    def snapshot(self) -> Path:
-        return self.c.snapshot()
-
-    def flush_refs(self) -> None:
-        return self.c.flush_refs()
+for _name in PORT_METHODS + ADMIN_METHODS:
+    setattr(CoordinatorActor, _name, _forwarder(_name))
 
 
 def actor_name(swarm_id: str) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from coordinator.state.repo import RepoError, ResearchRepo, counter_delta
+from agents.edits import counter_delta
+from coordinator.state.repo import RepoError, ResearchRepo
 
 TEXT_CACHE = 256  # train.py texts kept in memory, least recently used dropped first
 
@@ -57,7 +58,7 @@ class CommitCache:
         return self._entry(commit)[0]
 
     def diff_lines(self, a: str, b: str) -> tuple[int, int]:
-        """(lines added, lines removed) from a to b (see repo.line_delta), from cached texts."""
+        """(lines added, lines removed) from a to b (see agents.edits.line_delta), from cached texts."""
         return counter_delta(self._entry(a)[1], self._entry(b)[1])
 
     def _entry(self, commit: str) -> tuple[str, Counter]:

@@ -13,31 +13,26 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
-from coordinator.state import broadcast
+from coordinator.state import broadcast, keys
+from coordinator.decide.bestkey import BestKeys
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.groupcommit import GroupCommit, Slot
 from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
 from coordinator.state.ledger import Ledger, LedgerError, connect_redis
 from coordinator.decide.refwriter import RefWriter
 from coordinator.state.repo import RepoError, ResearchRepo, merge_texts, object_id
-from coordinator.decide.rules import NoisePool, Samples, Verdict, is_suspect, judge
+from coordinator.decide.noise import SampleBook
+from coordinator.decide.perf import PerfStats
+from coordinator.decide.rules import Verdict, is_suspect, judge
+from coordinator.decide.snapshots import Snapshots
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                              ReportReply, StartedExperiment)
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 50          # records between automatic parquet snapshots...
-SNAPSHOT_MIN_GAP_S = 30.0    # ...and at least this long apart: each one reads the whole ledger
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def _pct(sorted_xs: list[float], p: float) -> float:
-    if not sorted_xs:
-        return float("nan")
-    return sorted_xs[min(len(sorted_xs) - 1, int(round(p / 100 * (len(sorted_xs) - 1))))]
 
 
 class CoordinatorError(RuntimeError):
@@ -45,8 +40,9 @@ class CoordinatorError(RuntimeError):
 
 
 class Coordinator:
-    """The agent-facing port: begin, report, next_job, best, recent, heartbeat, fetch, plus
-    status, reconcile_dead_agent and snapshot. State lives in redis and git; this object is a
+    """The agent-facing port (agents.ports.CoordinatorPort: begin, report, next_job, best,
+    recent, heartbeat, fetch, flush), plus the admin calls status, perf, reconcile_dead_agent,
+    snapshot and flush_refs (decide/actor.py's ADMIN_METHODS). State lives in redis and git; this object is a
     cache rebuilt from them on construction, so it may be killed and re-created at any time."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,
@@ -57,8 +53,7 @@ class Coordinator:
         self.swarm_id = swarm_id or "swarm"
         self._lock = threading.RLock()  # the decision lock
         self._group = GroupCommit()
-        self._stats_lock = threading.Lock()
-        self._stale = False
+        self._stale = False  # a batch failed to reach redis: rebuild the caches before the next
         self.r = connect_redis(redis_url, wait_s=redis_wait_s)
         self.ledger = Ledger(self.r, self.swarm_id)
         self.repo = ResearchRepo(self.home / "repo.git")
@@ -69,28 +64,40 @@ class Coordinator:
             self.repo.create(baseline_train_py)
         self.root = self.repo.root()
         self.refwriter = RefWriter(self.repo)
-        # (records in the batch, seconds holding the decision lock) of recent batches: perf().
-        self._batches: deque[tuple[int, float]] = deque(maxlen=4096)
-        # Seconds from a report's arrival here to its decision (queue + decision + commit).
-        self._latency: deque[float] = deque(maxlen=16384)
-        self._load()
-
-    # -- rebuilding from redis and git ----------------------------------------------------------
-    def _load(self) -> None:
+        self.stats = PerfStats()
+        # Caches of what redis and git hold, filled by _load(); after a failed ledger write they
+        # are thrown away and filled again (_rebuild).
         self.records: dict[str, ExperimentRecord] = {}
         self.decisions: dict[str, Decision] = {}
         self.started: dict[str, StartedExperiment] = {}
-        self.samples: dict[tuple[str, str], Samples] = {}
-        self.noise: dict[str, NoisePool] = {}
-        self.order: dict[str, list[str]] = {}
+        self.order: dict[str, list[str]] = {}            # record ids per hardware class, arrival order
+        self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
-        self._latest: dict[str, Broadcast | None] = {}
-        self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
+        self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._history: dict[str, tuple[str, set[str]]] = {}
         self._bests: dict[str, str] = {}
-        self._since_snapshot = 0
-        self._snap_thread: threading.Thread | None = None
-        self._snap_at = 0.0
+        self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
+        self._load()
+
+    # -- rebuilding from redis and git ----------------------------------------------------------
+    def _rebuild(self) -> None:
+        """Throw the caches away and fill them again from redis and git."""
+        for cache in (self.records, self.decisions, self.started, self.order, self.classes,
+                      self._history, self._bests):
+            cache.clear()
+        self.commits = CommitCache(self.repo)
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
+        self.snapshots.reset()
+        self._load()
+
+    def _load(self) -> None:
+        """Fill the (empty) caches from the ledger and the repo; decide what was recorded but
+        never decided before a restart."""
+        self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         last_move: dict[str, Decision] = {}
         for typ, id, js in self.ledger.events():
             if typ == "started":
@@ -104,12 +111,11 @@ class Coordinator:
                 self.decisions[id] = d
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
-        self.classes = {name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/")}
+        self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
         for id, rec in self.records.items():
             d = self.decisions.get(id)
             if d is not None and d.decision != "rejected" and rec.status == "ok":
-                self._add_sample(rec)
+                self.book.add(rec)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
@@ -117,7 +123,7 @@ class Coordinator:
             log.warning("deciding %s, recorded before the last restart but never decided", id)
             self._decide(self.records[id])
         for hw in sorted(self.classes):
-            self._sync_best_key(hw)
+            self.best_keys.sync(hw, self.repo.ref(self._ref(hw)))
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
         self.jobs.update_offers()  # deciding the undecided above may have opened jobs
@@ -142,14 +148,6 @@ class Coordinator:
                         cur[:10], target[:10])
         else:
             log.error("best[%s]: git ref %s and ledger %s diverged; keeping git", hw, cur[:10], target[:10])
-
-    def _sync_best_key(self, hw: str) -> None:
-        cur = self.repo.ref(self._ref(hw))
-        key = broadcast.latest(self.r, self.swarm_id, hw)
-        s = self._samples_of(hw, cur)
-        if cur is None or s.n == 0 or (key is not None and key.commit == cur):
-            return
-        self._publish(hw, cur, None, None)
 
     # -- helpers ----------------------------------------------------------------------------------
     @staticmethod
@@ -182,21 +180,6 @@ class Coordinator:
                 log.info("restoring %d experiment refs", len(due))
                 self.refwriter.write(due)
 
-    def _samples_of(self, hw: str, commit: str | None) -> Samples:
-        if commit is None:
-            return Samples()
-        return self.samples.get((hw, self.commits.blob(commit)), Samples())
-
-    def _sigma(self, hw: str) -> float:
-        return self.noise.get(hw, NoisePool()).sigma(self.cfg.sigma_prior)
-
-    def _add_sample(self, rec: ExperimentRecord) -> None:
-        if rec.val_bpb is None or not self.commits.has(rec.commit):
-            return
-        key = (rec.hardware_class, self.commits.blob(rec.commit))
-        s = self.samples.setdefault(key, Samples())
-        self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
-
     def _best_history(self, hw: str, best: str) -> set[str]:
         cached = self._history.get(hw)
         if cached is None or cached[0] != best:
@@ -225,22 +208,6 @@ class Coordinator:
         return self._put(Decision(experiment_id=rec.experiment_id, decision=decision, reason=reason,
                                   hardware_class=rec.hardware_class, **kw))
 
-    def _publish(self, hw: str, commit: str, exp_id: str | None, decision: str | None) -> Broadcast:
-        s = self._samples_of(hw, commit)
-        b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
-                      val_bpb=s.mean if s.n else float("nan"),
-                      seq=broadcast.next_seq(self.r, self.swarm_id, hw),
-                      experiment_id=exp_id, decision=decision)
-        broadcast.publish(self.r, b)
-        self._latest[hw] = b
-        return b
-
-    def _latest_best(self, hw: str) -> Broadcast | None:
-        """The best key's value: only this object writes it, so it is read from redis once."""
-        if hw not in self._latest:
-            self._latest[hw] = broadcast.latest(self.r, self.swarm_id, hw)
-        return self._latest[hw]
-
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, rec: ExperimentRecord) -> Decision:
         hw = rec.hardware_class
@@ -252,8 +219,8 @@ class Coordinator:
             self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
-            if st is not None and st["done"] and st["job"]["for_experiment"]:
-                self._give_up(st["job"]["for_experiment"], f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
+            if st is not None and st.done and st.job.for_experiment:
+                self._give_up(st.job.for_experiment, f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
         if not self.commits.has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
@@ -264,15 +231,15 @@ class Coordinator:
             self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
-        self._add_sample(rec)
+        self.book.add(rec)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):
-            self._refresh_best_key(hw, best)
+            self.best_keys.refresh(hw, best)
         if rec.kind == "baseline":
-            return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self._sigma(hw),
-                             samples=self._samples_of(hw, rec.commit).n)
+            return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self.book.sigma(hw),
+                             samples=self.book.of(hw, rec.commit).n)
         if rec.kind in ("confirm", "verify"):
-            orig = st["job"]["for_experiment"] if st else None
+            orig = st.job.for_experiment if st else None
             if orig is None or orig not in self.records:
                 return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)")
             od = self._rejudge(orig)
@@ -283,15 +250,6 @@ class Coordinator:
                              samples=od.samples, sigma=od.sigma)
         return self._judge_experiment(rec)
 
-    def _refresh_best_key(self, hw: str, best: str) -> None:
-        key = self._latest_best(hw)
-        if key is None or key.commit != best:
-            self._publish(hw, best, None, None)
-        else:  # same seq: the value of the same commit got one more sample (written with the batch)
-            s = self._samples_of(hw, best)
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
-            self.ledger.set(broadcast.best_key(self.swarm_id, hw), key.model_dump_json())
-
     def _verdict_decision(self, rec: ExperimentRecord, v: Verdict, sigma: float, **kw) -> Decision:
         return self._dec(rec, v.decision, v.reason, delta=v.delta, margin=v.margin, sigma=sigma,
                          samples=v.samples, **kw)
@@ -299,21 +257,21 @@ class Coordinator:
     def _judge_experiment(self, rec: ExperimentRecord) -> Decision:
         hw, C, P = rec.hardware_class, rec.commit, rec.parent
         best = self._best_commit(hw)
-        sigma = self._sigma(hw)
-        cs = self._samples_of(hw, C)
+        sigma = self.book.sigma(hw)
+        cs = self.book.of(hw, C)
         if not self.commits.has(P):
             return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
         added, removed = self.commits.diff_lines(P, C)
         net = added - removed
         if P == best:
-            v = judge(self.cfg, cs, self._samples_of(hw, best), sigma, net)
+            v = judge(self.cfg, cs, self.book.of(hw, best), sigma, net)
             if v.decision in ("promote", "simplification"):
                 return self._move_best(rec, hw, best, C, v, sigma, v.decision)
             if v.decision == "pending":
                 self.jobs.issue("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
             return self._verdict_decision(rec, v, sigma, best_before=best)
         if P in self._best_history(hw, best):
-            ps = self._samples_of(hw, P)
+            ps = self.book.of(hw, P)
             if ps.n == 0:
                 return self._dec(rec, "discard", "its parent, an older best, has no samples")
             v = judge(self.cfg, cs, ps, sigma, net)
@@ -352,15 +310,15 @@ class Coordinator:
         M = d.merge_commit
         if M is None:
             return self._judge_experiment(rec)
-        if self._samples_of(hw, M).n == 0:
+        if self.book.of(hw, M).n == 0:
             return d  # its verification run has not reported yet
         best = self._best_commit(hw)
         if best != d.best_before:
             # Best moved while the verification ran: merge onto the new best and verify again.
             return self._judge_experiment(rec)
-        sigma = self._sigma(hw)
+        sigma = self.book.sigma(hw)
         added, removed = self.commits.diff_lines(best, M)
-        v = judge(self.cfg, self._samples_of(hw, M), self._samples_of(hw, best), sigma, added - removed)
+        v = judge(self.cfg, self.book.of(hw, M), self.book.of(hw, best), sigma, added - removed)
         if v.decision in ("promote", "simplification"):
             return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M)
         if v.decision == "pending":
@@ -379,7 +337,7 @@ class Coordinator:
 
     def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
                    kind: str, merge_commit: str | None = None) -> Decision:
-        cs, bs = self._samples_of(hw, new), self._samples_of(hw, old)
+        cs, bs = self.book.of(hw, new), self.book.of(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
         reason = v.reason + (" [suspect: confirm split got worse]" if suspect else "")
         # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
@@ -389,7 +347,7 @@ class Coordinator:
         self._bests.pop(hw, None)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
-        self._publish(hw, new, rec.experiment_id, kind)
+        self.best_keys.publish(hw, new, rec.experiment_id, kind)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
                  rec.experiment_id, hw, old[:10], new[:10], v.delta, v.margin, sigma, v.samples,
                  " SUSPECT" if suspect else "")
@@ -410,28 +368,30 @@ class Coordinator:
         self.ledger.add_started(started)
         self.started[started.experiment_id] = started
 
-    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> Decision:
+    def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
         current decision and appends nothing. `bundle`: git bundle bytes holding record.commit
         (from an agent on another node). Bad records are decided `rejected`, never raised.
         Raises LedgerError when redis stays unreachable past the retry window.
 
+        The reply also says whether next_job would hand the reporting agent a job right now and
+        what the latest best of its class is: what the agent asks at its next iteration
+        boundary, answered in the same call (through Ray each call costs ~1 ms of CPU on each side).
+
         Reports that queue up while a decision runs are decided together by the next lock
         holder, in arrival order, and their ledger writes go to redis in one MULTI/EXEC
         (group commit: one fsync for the batch, not one per write)."""
-        return self._submit(Slot(record, bundle))
-
-    def report_sync(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
-        """report(), plus whether next_job would hand the reporting agent a job right now and
-        the latest best of its class: what the agent asks at its next iteration boundary,
-        answered in the same call (through Ray each call costs ~1 ms of CPU on each side)."""
-        d = self.report(record, bundle)
+        d = self._submit(Slot(record, bundle))
         hw = record.hardware_class
         # Outside the lock: read the cache, never fill it (a fill racing a publish could put an
         # older best back); before the first publish of this process, ask redis.
-        best = self._latest.get(hw)
+        best = self.best_keys.cached(hw)
         return ReportReply(decision=d, job_waiting=self._job_waiting(record.agent, hw),
                            best=best if best is not None else self.best(hw))
+
+    def flush(self) -> int:
+        """Nothing to re-send: records reach this object directly, none is ever spooled. Returns 0."""
+        return 0
 
     def _job_waiting(self, agent: str, hardware_class: str) -> bool:
         """False when next_job(agent, hardware_class) would surely answer None now. Read
@@ -447,8 +407,7 @@ class Coordinator:
                 return self._run_batch()
         refs = self._group.submit(slot, lead)
         if isinstance(slot.record, ExperimentRecord):
-            with self._stats_lock:
-                self._latency.append(time.perf_counter() - slot.t0)
+            self.stats.report_done(time.perf_counter() - slot.t0)
         # The batch's bookkeeping refs, by the thread that ran it, after the lock is released.
         self.refwriter.write(refs or [])
         if slot.error is not None:
@@ -460,7 +419,7 @@ class Coordinator:
         batch = self._group.take()
         try:
             if self._stale:
-                self._load()
+                self._rebuild()
             self.commits.look([c for sl in batch for c in (sl.record.commit, sl.record.parent)])
             with self.ledger.batch():
                 for sl in batch:
@@ -486,24 +445,10 @@ class Coordinator:
                     if sl.result is None and sl.error is None and isinstance(sl.record, ExperimentRecord):
                         sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
                     sl.finish()
-                with self._stats_lock:
-                    self._batches.append((len(batch), time.perf_counter() - t0))
-        if (self._since_snapshot >= SNAPSHOT_EVERY and not self._stale
-                and time.monotonic() - self._snap_at >= SNAPSHOT_MIN_GAP_S
-                and (self._snap_thread is None or not self._snap_thread.is_alive())):
-            # Off the decision lock, one at a time: a snapshot reads the whole ledger back from
-            # redis (O(records)); done inside the lock it held up every report behind it.
-            self._since_snapshot, self._snap_at = 0, time.monotonic()
-            self._snap_thread = threading.Thread(target=self._background_snapshot, daemon=True,
-                                                 name="ledger-snapshot")
-            self._snap_thread.start()
+                self.stats.batch_done(len(batch), time.perf_counter() - t0)
+        if not self._stale:
+            self.snapshots.maybe_start()
         return self.refwriter.take()
-
-    def _background_snapshot(self) -> None:
-        try:
-            self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
-        except Exception as e:  # the next one (or the final snapshot()) will try again
-            log.warning("automatic snapshot failed: %s", str(e).splitlines()[0][:200])
 
     def _report_one(self, record: ExperimentRecord, bundle: bytes | None) -> Decision:
         d = self.decisions.get(record.experiment_id)
@@ -519,7 +464,7 @@ class Coordinator:
             self.ledger.add_record(record)
             self.records[record.experiment_id] = record
             self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
-        self._since_snapshot += 1
+        self.snapshots.count()
         return self._decide(self.records[record.experiment_id])
 
     def next_job(self, agent: str, hardware_class: str) -> Job | None:
@@ -560,7 +505,7 @@ class Coordinator:
 
     def heartbeat(self, agent: str, status: dict) -> None:
         """Store an agent's status (read by the live view and `swarm status`)."""
-        self.r.hset(self.ledger.key("agents"), agent, json.dumps({**status, "ts": time.time()}))
+        self.r.hset(keys.agents(self.swarm_id), agent, json.dumps({**status, "ts": time.time()}))
 
     def fetch(self, commit: str) -> bytes:
         """A git bundle containing `commit`. Raises CoordinatorError for an unknown commit."""
@@ -575,10 +520,10 @@ class Coordinator:
             classes = {}
             for hw in sorted(self.classes):
                 best = self._best_commit(hw)
-                s = self._samples_of(hw, best)
+                s = self.book.of(hw, best)
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
-                               "sigma": self._sigma(hw),
-                               "noise_dof": self.noise.get(hw, NoisePool()).dof}
+                               "sigma": self.book.sigma(hw),
+                               "noise_dof": self.book.dof(hw)}
             counts: dict[str, int] = {}
             for d in self.decisions.values():
                 counts[d.decision] = counts.get(d.decision, 0) + 1
@@ -591,18 +536,7 @@ class Coordinator:
         decision latency (a report's arrival here to its decision, durable in redis: queueing
         behind other decisions included, the caller's transport not), how long each batch held
         the decision lock and the capacity that implies, and this process's CPU seconds."""
-        with self._stats_lock:
-            b, lat = list(self._batches), sorted(self._latency)
-        if not b:
-            return {"batches": 0, "cpu_s": time.process_time()}
-        secs = sorted(t for _, t in b)
-        n = sum(k for k, _ in b)
-        return {"batches": len(b), "records": n, "mean_batch": n / len(b),
-                "cpu_s": time.process_time(),  # this process's CPU time so far
-                "decisions": len(lat), "decision_p50_ms": _pct(lat, 50) * 1000,
-                "decision_p99_ms": _pct(lat, 99) * 1000,
-                "batch_p50_ms": _pct(secs, 50) * 1000, "batch_p99_ms": _pct(secs, 99) * 1000,
-                "capacity_per_s": n / max(sum(secs), 1e-9)}
+        return self.stats.summary()
 
     def reconcile_dead_agent(self, agent: str) -> list[str]:
         """Record `crash` ("agent died mid-run") for the agent's begun-but-unreported experiments
@@ -613,12 +547,12 @@ class Coordinator:
         # Outside the lock: a report queues like any other (one idempotent by its id, should the
         # agent's own report of the same experiment arrive first).
         for s in begun:
-            self.report(ExperimentRecord(
+            self._submit(Slot(ExperimentRecord(
                 experiment_id=s.experiment_id, swarm_id=self.swarm_id, kind=s.kind, agent=s.agent,
                 program=s.program, hardware_class=s.hardware_class, parent=s.parent,
                 commit=s.commit, description=s.description, status="crash",
                 reason="agent died mid-run", seed=s.seed, job_id=s.job_id,
-                started_at=s.started_at, finished_at=time.time()))
+                started_at=s.started_at, finished_at=time.time())))
         with self._lock:
             self.jobs.release(agent)
             self.jobs.update_offers()
@@ -628,8 +562,4 @@ class Coordinator:
         """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
         self.flush_refs()
         with self._lock:
-            self._since_snapshot = 0
-            self.ledger.flush()
-            if self._snap_thread is not None:
-                self._snap_thread.join()  # never let an older automatic one land after this
-            return self.ledger.write_parquet(self.home / "snapshots" / "ledger.parquet")
+            return self.snapshots.write()

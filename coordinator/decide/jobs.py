@@ -11,31 +11,53 @@ import random
 import time
 import uuid
 
-from coordinator.state.ledger import Ledger
+from pydantic import BaseModel, ConfigDict
+
 from agents.messages import ExperimentRecord, Job
+from coordinator.state.ledger import Ledger
 
 JOB_MAX_ATTEMPTS = 3  # a job whose run crashes is handed out again this many times
 
 
+class JobState(BaseModel):
+    """A job and its lease bookkeeping: the value of one field of the ledger's `jobs` hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: Job
+    agent: str | None = None          # who holds the lease now (None: free)
+    for_agent: str | None = None      # a baseline job is issued for one agent
+    leased_at: float | None = None    # unix time the lease was taken
+    done: bool = False
+    attempts: int = 0                 # runs of it that crashed so far
+    created: float = 0.0              # unix time; orders the open jobs
+
+
 class JobBoard:
+    """Every job's JobState by id, with indexes of the open ones; reads and writes the ledger's
+    `jobs` hash."""
+
     def __init__(self, ledger: Ledger, lease_s: float):
         self.ledger, self.lease_s = ledger, lease_s
         self._rng = random.Random()
-        self.jobs: dict[str, dict] = ledger.jobs()
+        self.jobs: dict[str, JobState] = {job_id: JobState.model_validate(st)
+                                          for job_id, st in ledger.jobs().items()}
         # Indexes: open jobs per class, oldest first, and which agents ran their class's baseline.
         self._open: dict[str, dict[str, None]] = {}
         self._baselined: set[tuple[str, str]] = set()
-        for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].get("created", 0)):
-            if not st["done"]:
-                self._open.setdefault(st["job"]["hardware_class"], {})[job_id] = None
-            if st["job"]["kind"] == "baseline" and st.get("for_agent"):
-                self._baselined.add((st["for_agent"], st["job"]["hardware_class"]))
+        for job_id, st in sorted(self.jobs.items(), key=lambda kv: kv[1].created):
+            if not st.done:
+                self._open.setdefault(st.job.hardware_class, {})[job_id] = None
+            if st.job.kind == "baseline" and st.for_agent:
+                self._baselined.add((st.for_agent, st.job.hardware_class))
         self._offers: dict[str, tuple[int, float, frozenset]] = {}
         self.update_offers()
 
-    def get(self, job_id: str | None) -> dict | None:
-        """A job's state: {"job", "agent", "for_agent", "leased_at", "done", "attempts", "created"}."""
+    def get(self, job_id: str | None) -> JobState | None:
         return self.jobs.get(job_id or "")
+
+    def _save(self, st: JobState) -> None:
+        self.ledger.update_job(st.job.job_id, st.model_dump(mode="json"))
 
     def open_count(self) -> int:
         return sum(len(v) for v in self._open.values())
@@ -55,22 +77,21 @@ class JobBoard:
         """A new job (leased at once to `for_agent` if given); an open confirm/verify job for the
         same candidate is returned instead of a second one."""
         for job_id in self._open.get(hw, {}):
-            j = self.jobs[job_id]["job"]
-            if (kind != "baseline" and j["kind"] == kind and j["commit"] == commit
-                    and j["for_experiment"] == for_experiment):
-                return Job.model_validate(j)
+            j = self.jobs[job_id].job
+            if (kind != "baseline" and j.kind == kind and j.commit == commit
+                    and j.for_experiment == for_experiment):
+                return j.model_copy()
         job = Job(job_id=f"{kind}-{uuid.uuid4().hex[:10]}", kind=kind, commit=commit, parent=parent,
                   hardware_class=hw, seed=self._rng.randrange(1, 2**31 - 1),
                   for_experiment=for_experiment, description=description)
         self.ledger.add_job(job)
-        st = {"job": job.model_dump(), "agent": for_agent, "for_agent": for_agent,
-              "leased_at": time.time() if for_agent else None, "done": False, "attempts": 0,
-              "created": time.time()}
+        st = JobState(job=job, agent=for_agent, for_agent=for_agent,
+                      leased_at=time.time() if for_agent else None, created=time.time())
         self.jobs[job.job_id] = st
         self._open.setdefault(hw, {})[job.job_id] = None
         if kind == "baseline" and for_agent:
             self._baselined.add((for_agent, hw))
-        self.ledger.update_job(job.job_id, st)
+        self._save(st)
         return job
 
     def lease(self, agent: str, hw: str) -> Job | None:
@@ -79,33 +100,33 @@ class JobBoard:
         now = time.time()
         for job_id in self._open.get(hw, {}):
             st = self.jobs[job_id]
-            if st["agent"] == agent or st["agent"] is None or now - (st["leased_at"] or 0) > self.lease_s:
-                st["agent"], st["leased_at"] = agent, now
-                self.ledger.update_job(job_id, st)
-                return Job.model_validate(st["job"])
+            if st.agent == agent or st.agent is None or now - (st.leased_at or 0) > self.lease_s:
+                st.agent, st.leased_at = agent, now
+                self._save(st)
+                return st.job.model_copy()
         return None
 
-    def finished(self, rec: ExperimentRecord) -> dict | None:
+    def finished(self, rec: ExperimentRecord) -> JobState | None:
         """Close the job a record ran (or, when the run died, hand it out again: the run died, not
         the idea). Returns the job's state, None when the record ran no known job."""
         st = self.get(rec.job_id)
         if st is None:
             return None
-        if rec.status == "ok" or st["attempts"] + 1 >= JOB_MAX_ATTEMPTS:
-            st["done"] = True
-            self._open.get(st["job"]["hardware_class"], {}).pop(rec.job_id, None)
+        if rec.status == "ok" or st.attempts + 1 >= JOB_MAX_ATTEMPTS:
+            st.done = True
+            self._open.get(st.job.hardware_class, {}).pop(st.job.job_id, None)
         else:
-            st["attempts"] += 1
-            st["agent"], st["leased_at"] = None, None
-        self.ledger.update_job(rec.job_id, st)
+            st.attempts += 1
+            st.agent, st.leased_at = None, None
+        self._save(st)
         return st
 
     def release(self, agent: str) -> None:
         """Free every lease a dead agent held."""
-        for job_id, st in self.jobs.items():
-            if st["agent"] == agent and not st["done"]:
-                st["agent"], st["leased_at"] = None, None
-                self.ledger.update_job(job_id, st)
+        for st in self.jobs.values():
+            if st.agent == agent and not st.done:
+                st.agent, st.leased_at = None, None
+                self._save(st)
 
     def update_offers(self) -> None:
         """Per class: (open jobs nobody holds, earliest lease expiry, agents holding a lease),
@@ -115,10 +136,10 @@ class JobBoard:
             free, expiry, holders = 0, float("inf"), set()
             for job_id in ids:
                 st = self.jobs[job_id]
-                if st["agent"] is None:
+                if st.agent is None:
                     free += 1
                 else:
-                    holders.add(st["agent"])
-                    expiry = min(expiry, (st["leased_at"] or 0) + self.lease_s)
+                    holders.add(st.agent)
+                    expiry = min(expiry, (st.leased_at or 0) + self.lease_s)
             offers[hw] = (free, expiry, frozenset(holders))
         self._offers = offers

@@ -54,18 +54,6 @@ class NoisePool:
         return math.sqrt(max(self.m2, 0.0) / self.dof)
 
 
-def pooled_sigma(groups: list[list[float]], prior: float) -> float:
-    """Pooled within-group std of val_bpb over groups of >= 2 samples (else `prior`)."""
-    m2 = 0.0
-    dof = 0
-    for g in groups:
-        if len(g) >= 2:
-            mu = sum(g) / len(g)
-            m2 += sum((x - mu) ** 2 for x in g)
-            dof += len(g) - 1
-    return math.sqrt(m2 / dof) if dof else prior
-
-
 @dataclass
 class Verdict:
     decision: str          # promote | simplification | pending | discard
@@ -116,8 +104,3 @@ def is_suspect(cand_confirm: float | None, best_confirm: float | None, margin: f
     if cand_confirm is None or best_confirm is None:
         return False
     return cand_confirm - best_confirm > margin
-
-
-def original_rule_keeps(parent_val: float, val: float) -> bool:
-    """karpathy/autoresearch's rule, for comparison: any lower val_bpb is kept."""
-    return val < parent_val

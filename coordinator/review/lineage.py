@@ -80,7 +80,3 @@ def build_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
             G.add_edge(p, c, first_parent=(i == 0))
     return G
 
-
-def node_link_json(G: nx.DiGraph) -> str:
-    """networkx node-link JSON (edges under "links", the classic key)."""
-    return json.dumps(nx.node_link_data(G, edges="links"), default=str)

@@ -60,32 +60,19 @@ def _graph(home: SwarmHome, info: dict, redis_url: str | None):
 
 
 def lineage(home: SwarmHome, info: dict, args) -> int:
-    import networkx as nx
-
-    rows, G = _graph(home, info, args.redis_url)
+    _, G = _graph(home, info, args.redis_url)
     if args.format == "tree":
         from coordinator.review.report.tree import render_tree
-        text = render_tree(G, all=args.all)
-    elif args.format == "json":
-        from coordinator.review.lineage import node_link_json
-        text = json.dumps(node_link_json(G), indent=1, default=str)
+        _emit(render_tree(G, all=args.all), args.output)
+        return 0
+    from coordinator.review.report.export import write_graph
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_graph(G, args.format, out)
+        print(f"wrote {out}")
     else:
-        # dot/graphml writers want scalar attributes: drop None, stringify the rest
-        H = nx.DiGraph()
-        for n, a in G.nodes(data=True):
-            H.add_node(n, **{k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str))
-                             for k, v in a.items() if v is not None})
-        H.add_edges_from(G.edges())
-        if args.format == "graphml":
-            text = "\n".join(nx.generate_graphml(H))
-        else:
-            lines = ["digraph lineage {"]
-            for n, a in H.nodes(data=True):
-                label = f"{str(n)[:8]}\\n{a.get('val_bpb', '')}".replace('"', "'")
-                lines.append(f'  "{n}" [label="{label}"];')
-            lines += [f'  "{u}" -> "{v}";' for u, v in H.edges()]
-            text = "\n".join(lines + ["}"])
-    _emit(text, args.output)
+        write_graph(G, args.format, sys.stdout)
     return 0
 
 

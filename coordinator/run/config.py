@@ -11,25 +11,21 @@ import importlib.resources
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents.backends.auto import resolve_auto
+from agents.backends.base import BackendSpec, backend_config, backend_types
 from agents.messages import PromotionConfig
-from agents.config import CommandSpec, LitellmSpec, MutateSpec
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ONLY_ENV_RE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Keys whose value is a secret: they may only be written as ${ENV_VAR}.
 SECRET_KEY_RE = re.compile(r"(api_?key|token|password|secret)$", re.IGNORECASE)
-# The LLM provider keys `auto` looks for, in order, with the model it then uses.
-AUTO_LLM = (
-    ("ANTHROPIC_API_KEY", "anthropic/claude-sonnet-4-5"),
-    ("OPENAI_API_KEY", "openai/gpt-4.1"),
-)
 
 
 class ConfigError(ValueError):
@@ -40,21 +36,11 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AutoBackend(_Cfg):
-    """litellm when an LLM key is in the environment (see AUTO_LLM), else mutate."""
-    type: Literal["auto"]
-
-
-# The concrete backends are the agents' own models (one declaration of each type).
-Backend = Annotated[Union[MutateSpec, LitellmSpec, CommandSpec, AutoBackend],
-                    Field(discriminator="type")]
-
-
 class ProgramEntry(_Cfg):
     name: str | None = None                 # a shipped program: programs/<name>.md
     path: str | None = None                 # or a file, relative to swarm.yaml
     weight: float = Field(default=1.0, gt=0)
-    backend: Backend | None = None          # None: the top-level `backend`
+    backend: BackendSpec | None = None      # None: the top-level `backend`
     adopt: str | None = None                # None: the program's own suggestion
 
     def label(self) -> str:
@@ -94,7 +80,8 @@ class SwarmConfig(_Cfg):
     seed: int = 0
     data: DataConfig = DataConfig()
     agents: AgentsConfig = AgentsConfig()
-    backend: Backend = AutoBackend(type="auto")
+    # any registered backend type (agents/backends/base.py): built-ins and plugins
+    backend: BackendSpec = Field(default_factory=lambda: backend_config({"type": "auto"}))
     programs: list[ProgramEntry] = Field(default_factory=list)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     redis: RedisConfig = RedisConfig()
@@ -154,14 +141,16 @@ def parse_config(data: Any, source: str = "swarm.yaml",
     try:
         return SwarmConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {validation_message(e)}") from None
+        raise ConfigError(f"{source}: {validation_message(e, data)}") from None
 
 
-_TAGS = ("mutate", "litellm", "command", "auto", "int", "str", "float", "bool")
+# Union members pydantic names in an error's location (agents.count: int | "per-gpu" | "auto").
+_TAGS = ("int", "str", "float", "bool")
 
 
-def validation_message(e: ValidationError) -> str:
-    """`dotted.key: what is wrong` for the most telling error (unknown keys first)."""
+def validation_message(e: ValidationError, data: Any = None) -> str:
+    """`dotted.key: what is wrong` for the most telling error (unknown keys first). With the
+    validated `data`, an unknown key also gets the valid keys and the closest one."""
     errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
 
     def loc_of(err) -> str:
@@ -171,15 +160,16 @@ def validation_message(e: ValidationError) -> str:
     first = errs[0]
     where = loc_of(first) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key{_valid_keys(first['loc'])}"
+        return f"{where}: unknown key{_valid_keys(first['loc'], data)}"
     # a union (int | "auto") fails once per member: say all of it in one line
     msgs = list(dict.fromkeys(err["msg"] for err in errs if loc_of(err) == loc_of(first)))
     return f"{where}: {' or '.join(msgs)}"
 
 
-def _model_at(loc) -> type[BaseModel] | None:
+def _model_at(loc, data: Any) -> type[BaseModel] | None:
     """The config model that holds the key at `loc` (pydantic's error location: keys, list
-    indexes and union tags such as 'litellm')."""
+    indexes, union tags), walking `data` alongside: a `backend:` mapping's model is the one its
+    `type` registered."""
     import typing
 
     def models_in(tp) -> list[type[BaseModel]]:
@@ -187,26 +177,27 @@ def _model_at(loc) -> type[BaseModel] | None:
             return [tp]
         return [m for a in typing.get_args(tp) for m in models_in(a)]
 
-    current: list[type[BaseModel]] = [SwarmConfig]
+    model: type[BaseModel] = SwarmConfig
     for part in list(loc)[:-1]:
         if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
             continue
-        tagged = [m for m in current if "type" in m.model_fields
-                  and typing.get_args(m.model_fields["type"].annotation) == (part,)]
-        if tagged:
-            current = tagged
-            continue
-        nxt = [m for c in current if part in c.model_fields
-               for m in models_in(c.model_fields[part].annotation)]
-        if not nxt:
+        if part not in model.model_fields:
+            continue   # a union member's tag in the location
+        data = data.get(part) if isinstance(data, dict) else None
+        found = [m for m in models_in(model.model_fields[part].annotation) if m is not BaseModel]
+        if len(found) == 1:
+            model = found[0]
+        elif isinstance(data, dict) and data.get("type") in backend_types():
+            model = backend_types()[data["type"]].config
+        else:
             return None
-        current = nxt
-    return current[0] if len(current) == 1 else None
+    return model
 
 
-def _valid_keys(loc) -> str:
+def _valid_keys(loc, data: Any) -> str:
     """` (did you mean 'count'? valid keys: ...)` for an unknown key, when the model is known."""
-    model = _model_at(loc)
+    model = _model_at(loc, data)
     if model is None:
         return ""
     keys = list(model.model_fields)
@@ -263,13 +254,9 @@ def resolve_program(entry: ProgramEntry, base: Path, source: str = "swarm.yaml",
 
 def resolve_backend(backend, env: dict[str, str] | None = None) -> dict:
     """The concrete backend (as a dict for AgentConfig): `auto` becomes litellm or mutate."""
-    env = dict(os.environ) if env is None else env
     if backend.type != "auto":
         return backend.model_dump(exclude_none=True)
-    for var, model in AUTO_LLM:
-        if env.get(var):
-            return {"type": "litellm", "model": model, "api_key_env": var}
-    return {"type": "mutate"}
+    return resolve_auto(env)
 
 
 def assign_programs(programs: list[ProgramEntry], n_agents: int) -> list[int]:

@@ -14,6 +14,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.state import keys
+
 log = logging.getLogger(__name__)
 
 HOUR = 3600.0
@@ -30,14 +32,14 @@ def gather(client, swarm_id: str, rows: list[dict] | None = None) -> dict:
     """
     agents, best = [], {}
     if client is not None:
-        for name, raw in sorted(client.hgetall(f"swarm:{swarm_id}:agents").items()):
+        for name, raw in sorted(client.hgetall(keys.agents(swarm_id)).items()):
             try:
                 hb = json.loads(raw)
             except (TypeError, ValueError):
                 continue
             hb.setdefault("agent", _s(name))
             agents.append(hb)
-        prefix = f"swarm:{swarm_id}:best:"
+        prefix = keys.best_prefix(swarm_id)
         for key in client.scan_iter(match=prefix + "*"):
             try:
                 b = json.loads(client.get(key))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from coordinator.state.home import SwarmError, SwarmHome
-from coordinator.run.swarm import MAX_RESTARTS, STOP_GRACE_S, Plan
+from coordinator.run.plan import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from trainer.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 INFO_FILE = "swarm.json"
@@ -80,10 +82,7 @@ class SwarmHome:
 
     def write_info(self, info: dict) -> None:
         """Atomically (temp file + rename): a crash never leaves half a swarm.json."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.info_path)
+        atomic_write(self.info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     def create_or_resume(self, redis_url: str | None, *, profile: str | None = None,
                          budget: float | None = None) -> tuple[dict, bool]:

@@ -17,11 +17,10 @@ sample).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +30,13 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
+import tenacity
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from agents.messages import Decision, ExperimentRecord, Job, StartedExperiment
+from coordinator.state import keys
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +61,33 @@ def connect_redis(url: str, retry_s: float = 30.0, wait_s: float = 0.0) -> redis
         probe = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
     except ValueError as e:  # the message names the scheme, never the password
         raise LedgerError(f"bad redis URL: {str(e).splitlines()[0][:120]}") from None
-    deadline, said = time.monotonic() + wait_s, 0.0
-    while True:
+
+    def ping() -> None:
         try:
             probe.ping()
-            probe.close()
-            break
         except redis.AuthenticationError:
             raise LedgerError(f"redis at {where} refused the password in the redis URL") from None
         except redis.ResponseError as e:
             if "auth" in str(e).lower() or "NOAUTH" in str(e):
                 raise LedgerError(f"redis at {where} needs a password the redis URL does not give") from None
             raise LedgerError(f"redis at {where} answered an error: {str(e).splitlines()[0][:120]}") from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            now = time.monotonic()
-            if now >= deadline:
-                raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
-            if now - said >= 10:
-                said = now
-                log.warning("redis at %s unreachable; waiting up to %.0f s more", where, deadline - now)
-            time.sleep(0.2)
+        probe.close()
+
+    said = [0.0]
+
+    def say(state: tenacity.RetryCallState) -> None:
+        if time.monotonic() - said[0] >= 10:   # a restarted coordinator may wait minutes: say so
+            said[0] = time.monotonic()
+            log.warning("redis at %s unreachable; waiting up to %.0f s more", where,
+                        wait_s - state.seconds_since_start)
+
+    try:
+        tenacity.Retrying(stop=tenacity.stop_after_delay(wait_s), wait=tenacity.wait_fixed(0.2),
+                          retry=tenacity.retry_if_exception_type(
+                              (redis.ConnectionError, redis.TimeoutError, OSError)),
+                          before_sleep=say, reraise=True)(ping)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        raise LedgerError(f"cannot reach redis at {where} (is redis-server running?)") from None
     retries = max(1, int(retry_s / 0.5))
     return redis.Redis.from_url(
         url, socket_connect_timeout=3, socket_timeout=10,
@@ -153,7 +162,7 @@ class Ledger:
     def __init__(self, client, swarm_id: str):
         self.r = client
         self.swarm_id = swarm_id
-        self.prefix = f"swarm:{swarm_id}:"
+        self.prefix = keys.prefix(swarm_id)
         self._append = client.register_script(_APPEND)
         self._pipe = None
 
@@ -177,7 +186,7 @@ class Ledger:
             self._pipe.execute()
 
     def key(self, name: str) -> str:
-        return self.prefix + name
+        return keys.ledger_key(self.swarm_id, name)
 
     # -- writing ------------------------------------------------------------------------------
     def _add(self, typ: str, hash_name: str, id: str, payload: str, overwrite: bool) -> bool:
@@ -226,7 +235,7 @@ class Ledger:
             chunk = self.r.xrange(self.key("ledger"), min=start, count=batch)
             if not chunk:
                 return
-            for eid, fields in chunk:
+            for _eid, fields in chunk:
                 f = {_s(k): _s(v) for k, v in fields.items()}
                 yield f["type"], f["id"], f["json"]
             last = _s(chunk[-1][0])
@@ -262,35 +271,15 @@ class Ledger:
     def write_parquet(self, path: Path) -> Path:
         return write_parquet_rows(self.rows(), path)
 
-    def write_tsv(self, out: Path | IO[str]) -> None:
-        write_tsv_rows(self.rows(), out)
-
-    def write_json(self, out: Path | IO[str]) -> None:
-        write_json_rows(self.rows(), out)
-
 
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_parquet_rows(rows: list[dict], path: Path) -> Path:
     """Write rows (ROW_SCHEMA) to parquet atomically (temp file, then os.replace)."""
     table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=ROW_SCHEMA)
-    return _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def read_parquet_rows(path: Path) -> list[dict]:
@@ -308,10 +297,9 @@ def _fmt(v) -> str:
 
 def _write_text(out, fn) -> None:
     if isinstance(out, (str, Path)):
-        def w(tmp):
-            with open(tmp, "w", newline="") as f:
-                fn(f)
-        _atomic_write(Path(out), w)
+        buf = io.StringIO(newline="")
+        fn(buf)
+        atomic_write(out, buf.getvalue())
     else:
         fn(out)
 

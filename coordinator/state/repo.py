@@ -14,12 +14,13 @@ import tempfile
 import threading
 import time
 import zlib
-from collections import Counter
 from pathlib import Path
+
+from agents.edits import EDITABLE
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-EDITABLE = "train.py"
 ZERO = "0" * 40
 IDENTITY = "swarm-coordinator <coordinator@swarm.local>"
 _REF_LEAF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,200}$")
@@ -164,10 +165,6 @@ class ResearchRepo:
     def show(self, commit: str, path: str = EDITABLE) -> str:
         return self._file(commit, path)[2].decode("utf-8", "replace")
 
-    def blob_id(self, commit: str, path: str = EDITABLE) -> str:
-        """The blob hash of `path` at `commit`: equal contents give equal ids (samples are pooled by it)."""
-        return self._file(commit, path)[0]
-
     def parents(self, commit: str) -> list[str]:
         # Parsed from the commit object through the long-running cat-file: the lineage asks this
         # for every commit, and a fork per commit cost ~8 s on 1,000 commits.
@@ -191,14 +188,10 @@ class ResearchRepo:
     def first_parent_history(self, ref: str) -> list[str]:
         return self.git("rev-list", "--first-parent", ref).split()
 
-    def commit_file(self, commit: str, path: str = EDITABLE) -> tuple[bool, str | None, bytes | None]:
-        """(is a commit here, blob id of `path` in it, its bytes); the blob parts are None when
-        the commit is unknown or has no `path`."""
-        return self.commit_files([commit], path)[0]
-
     def commit_files(self, commits: list[str],
                      path: str = EDITABLE) -> list[tuple[bool, str | None, bytes | None]]:
-        """commit_file() of several commits in one cat-file round trip."""
+        """For each commit, in one cat-file round trip: (is a commit here, blob id of `path` in
+        it, its bytes); the blob parts are None when the commit is unknown or has no `path`."""
         got = self._cat.read_many([x for c in commits for x in (c, f"{c}:{path}")])
         out: list[tuple[bool, str | None, bytes | None]] = []
         for c, f in zip(got[::2], got[1::2]):
@@ -210,10 +203,6 @@ class ResearchRepo:
                 out.append((True, f[0], f[2]))
         return out
 
-    def diff_lines(self, a: str, b: str, path: str = EDITABLE) -> tuple[int, int]:
-        """(lines added, lines removed) in `path` from commit a to commit b (see line_delta)."""
-        return line_delta(self.show(a, path), self.show(b, path))
-
     # -- writing ------------------------------------------------------------------------------
     def write_object(self, kind: str, body: bytes) -> str:
         """Store a loose object (what `git hash-object -w` does) without a fork: the merge path
@@ -222,10 +211,7 @@ class ResearchRepo:
         sha = object_id(kind, body)
         f = self.path / "objects" / sha[:2] / sha[2:]
         if not f.exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_name(f".{sha[2:]}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(zlib.compress(data, 1))
-            os.replace(tmp, f)
+            atomic_write(f, zlib.compress(data, 1))
         return sha
 
     def _tree_entries(self, commit: str) -> list[tuple[bytes, bytes, bytes]]:
@@ -276,22 +262,8 @@ class ResearchRepo:
         if d not in self._ref_dirs:
             os.makedirs(d, exist_ok=True)
             self._ref_dirs.add(d)
-        f = os.path.join(d, leaf)
-        tmp = os.path.join(d, f".{leaf}.tmp{os.getpid()}.{threading.get_ident()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:  # the directory was removed (git pack-refs --prune)
-            os.makedirs(d, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, (new + "\n").encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, f)
-
-    def merge_file(self, base: str, ours: str, theirs: str) -> tuple[str, bool]:
-        """3-way merge of train.py; returns (merged text, clean)."""
-        return merge_texts(self.show(base), self.show(ours), self.show(theirs))
+        # atomic_write recreates the directory if git pack-refs --prune removed it
+        atomic_write(os.path.join(d, leaf), new + "\n")
 
     # -- moving commits between nodes ---------------------------------------------------------
     def bundle(self, commit: str) -> bytes:
@@ -318,18 +290,6 @@ class ResearchRepo:
 def object_id(kind: str, body: bytes) -> str:
     """The git object id of `body` as a `kind` object (what `git hash-object` prints)."""
     return hashlib.sha1(f"{kind} {len(body)}".encode() + b"\0" + body).hexdigest()
-
-
-def line_delta(old: str, new: str) -> tuple[int, int]:
-    """(lines added, lines removed) from `old` to `new`, as a multiset difference of lines: in
-    process and O(n) (difflib took ~6 ms a decision). Its net (added - removed) equals any line
-    diff's net, which is all the promotion rule uses."""
-    return counter_delta(Counter(old.splitlines()), Counter(new.splitlines()))
-
-
-def counter_delta(old: Counter, new: Counter) -> tuple[int, int]:
-    """line_delta() of two texts already counted as multisets of lines."""
-    return sum((new - old).values()), sum((old - new).values())
 
 
 MERGE_GAP = 3  # unchanged lines the in-process merge wants between the two sides' changes

@@ -6,11 +6,12 @@ import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import IO
 
 import networkx as nx
+
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def _scalar(v):
 
 
 def _scalar_copy(G: nx.DiGraph, *, dot: bool = False) -> nx.DiGraph:
-    H = nx.DiGraph()
+    H = nx.DiGraph(name="lineage") if dot else nx.DiGraph()  # DOT: `digraph lineage {`
     for n, a in G.nodes(data=True):
         attrs = {k: _scalar(v) for k, v in a.items() if _scalar(v) is not None}
         if dot:
@@ -68,10 +69,7 @@ def write_graph(G: nx.DiGraph, fmt: str, out: str | Path | IO[str]) -> None:
     """Write G as json|dot|graphml to a path (whole, via a temp file) or an open text stream."""
     text = graph_text(G, fmt)
     if isinstance(out, (str, Path)):
-        path = Path(out)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(out, text)
     elif isinstance(out, io.TextIOBase) or hasattr(out, "write"):
         out.write(text)
     else:

@@ -19,6 +19,7 @@ from coordinator.review.report.layout import layered_positions
 from coordinator.review.report.plot import program_colors, write_progress_png
 from coordinator.review.report.tables import (noise_by_class, program_table, record_status,
                                        run_seconds, status_counts)
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 PANEL_FIELDS = ("experiment_id", "kind", "agent", "program", "backend", "hardware_class", "seed",
                 "run_status", "status", "reason", "decision", "decision_reason", "val_bpb",
                 "confirm_bpb", "parent_val_bpb", "delta", "decision_delta", "margin", "sigma",
-                "samples", "suspect", "best_before", "best_after", "merge_commit", "lines_added", "lines_removed", "fix_attempts",
+                "samples", "suspect", "best_before", "best_after", "merge_commit", "lines_added",
+                "lines_removed", "fix_attempts",
                 "training_seconds", "total_seconds", "memory_gb", "peak_memory_mb", "steps", "prompt_tokens",
                 "completion_tokens", "cost_usd", "started_at", "finished_at", "job_id")
 NODE_FIELDS = ("status", "decision", "agent", "program", "hardware_class", "description",
@@ -216,10 +218,7 @@ parent. Click a node for its record, its train.py diff against each parent and i
 <script>{_asset("page.js")}</script>
 </body></html>
 """
-    path = out_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    path = atomic_write(out_dir / "report.html", page)
     log.info("report: %d records, %d nodes, %.2fs -> %s", len(rows), G.number_of_nodes(),
              time.perf_counter() - t0, path)
     return path

@@ -7,13 +7,14 @@ stack or conflicted), crashes, timeouts, invalid edits, suspect promotions, two 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def _fast_import(repo: Path, commits: list[_Commit], state: dict) -> dict[int, s
         shas[int(m[1:])] = sha
     marks.unlink()
     refs = [f"update refs/heads/best/{hw} {shas[st['best']]}" for hw, st in state.items()]
-    for i, c in enumerate(commits, 1):
+    for i in range(1, len(commits) + 1):
         refs.append(f"update refs/experiments/c{i} {shas[i]}")
     refs.append(f"update refs/swarm/root {shas[1]}")
     refs.append(f"update refs/heads/main {shas[1]}")
@@ -275,9 +276,7 @@ def _write_logs(home: Path, rows: list[dict], rng: random.Random, n: int) -> Non
             lines.append("killed: hard time limit")
         else:
             lines.append(f"val_bpb: {r['val_bpb']:.6f}")
-        tmp = d / "run.log.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, d / "run.log")
+        atomic_write(d / "run.log", "\n".join(lines) + "\n")
 
 
 def lineage_graph(sw: SyntheticSwarm) -> nx.DiGraph:

@@ -1,5 +1,6 @@
 """Open a report in headless Chromium over the DevTools protocol: wait for it to render,
-evaluate JavaScript, click, take a screenshot. Used by the report test and bench/report.py."""
+evaluate JavaScript, click, take a screenshot. Test code (the report test and bench/report.py),
+not part of the package."""
 from __future__ import annotations
 
 import base64
@@ -15,6 +16,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +145,7 @@ class Browser:
         if full_page:
             params["captureBeyondViewport"] = True
         data = base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, data)
 
     def close(self) -> None:
         """Stop this browser's process group (only ours) and remove its profile."""

@@ -1,0 +1,39 @@
+"""The coordinator's samples: val_bpb samples per (hardware class, train.py content) and the
+pooled noise of each class, fed one decided record at a time."""
+from __future__ import annotations
+
+from agents.messages import ExperimentRecord
+from coordinator.decide.commits import CommitCache
+from coordinator.decide.rules import NoisePool, Samples
+
+
+class SampleBook:
+    """Samples are keyed by the commit's train.py blob, not the commit: the same file trained
+    under another commit (a merge that changed nothing, a re-run) is the same candidate."""
+
+    def __init__(self, commits: CommitCache, sigma_prior: float):
+        self.commits = commits
+        self.sigma_prior = sigma_prior
+        self.samples: dict[tuple[str, str], Samples] = {}
+        self.noise: dict[str, NoisePool] = {}
+
+    def of(self, hw: str, commit: str | None) -> Samples:
+        """The samples of `commit`'s train.py in class `hw` (empty when none, or no commit)."""
+        if commit is None:
+            return Samples()
+        return self.samples.get((hw, self.commits.blob(commit)), Samples())
+
+    def sigma(self, hw: str) -> float:
+        """The pooled val_bpb std of one commit in class `hw` (the prior until there is data)."""
+        return self.noise.get(hw, NoisePool()).sigma(self.sigma_prior)
+
+    def dof(self, hw: str) -> int:
+        return self.noise.get(hw, NoisePool()).dof
+
+    def add(self, rec: ExperimentRecord) -> None:
+        """Count an ok record's val_bpb (and confirm_bpb); a record of an unknown commit counts nothing."""
+        if rec.val_bpb is None or not self.commits.has(rec.commit):
+            return
+        key = (rec.hardware_class, self.commits.blob(rec.commit))
+        s = self.samples.setdefault(key, Samples())
+        self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)

@@ -1,0 +1,33 @@
+"""The swarm's redis key names, in one place: every reader and writer of redis spells them here."""
+from __future__ import annotations
+
+
+def prefix(swarm_id: str) -> str:
+    """Every key of one swarm starts with this."""
+    return f"swarm:{swarm_id}:"
+
+
+def ledger_key(swarm_id: str, name: str) -> str:
+    """The ledger's keys: `ledger` (the append-only stream), the hashes `started`, `records`,
+    `decisions`, `jobs` (lease bookkeeping) and `agents` (heartbeats)."""
+    return prefix(swarm_id) + name
+
+
+def agents(swarm_id: str) -> str:
+    """Hash: agent name -> its latest heartbeat (JSON)."""
+    return ledger_key(swarm_id, "agents")
+
+
+def best(swarm_id: str, hw: str) -> str:
+    """String: the latest Broadcast (JSON) of a hardware class."""
+    return f"{best_prefix(swarm_id)}{hw}"
+
+
+def best_prefix(swarm_id: str) -> str:
+    """What every best key starts with (for SCAN)."""
+    return prefix(swarm_id) + "best:"
+
+
+def best_seq(swarm_id: str, hw: str) -> str:
+    """Counter: the last Broadcast.seq handed out for a hardware class."""
+    return prefix(swarm_id) + f"bestseq:{hw}"

@@ -199,6 +199,7 @@ class ResearchAgent:
                 "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
                 "last_delta": self.last_delta, "stop_reason": self.stop_reason,
                 "spent_usd": getattr(self.backend, "spent_usd", 0.0),
+                "spent_tokens": getattr(self.backend, "spent_tokens", 0),
                 **self.health.status(), "last_outcome": self._last_outcome(),
                 "head": self._safe_head()}
 

@@ -99,3 +99,26 @@ def test_cap_already_used_raises_before_calling():
     b = make_backend(spec("http://127.0.0.1:9/v1", max_cost_usd=0.0))
     with pytest.raises(SpendingCapReached):
         b.propose(ctx())
+
+
+def test_token_cap_binds_where_no_price_is_known(tmp_path):
+    make_research_repo(tmp_path / "home")
+    # no price: cost stays $0; 150 tokens an answer, cap 400 -> three answers, then stop
+    free = {"input_cost_per_mtok": None, "output_cost_per_mtok": None}
+    with FakeLLMServer([("ok", EDIT.replace("DEPTH = 6", "DEPTH = 5")), ("ok", EDIT)]) as srv:
+        cfg = AgentConfig(name="llm", program_name="tiny", program_text=TINY_PROGRAM,
+                          swarm_home=tmp_path / "home", hardware_class="hw", budget=1,
+                          backend=spec(srv.url, max_total_tokens=400, **free), prepare_ahead=False)
+        agent = ResearchAgent(cfg, FakeCoordinator(), runner=fake_runner())
+        summary = agent.run(max_experiments=20)
+        assert len(srv.requests) == 3
+    assert summary["stop_reason"] == "token cap reached: 450 of 400 tokens used (max_total_tokens)"
+    assert summary["spent_tokens"] == 450 and summary["spent_usd"] == 0.0
+
+
+def test_preflight_says_when_no_price_is_known():
+    with FakeLLMServer([("ok", "OK")]) as srv:
+        free = make_backend(spec(srv.url, input_cost_per_mtok=None, output_cost_per_mtok=None))
+        assert len(free.preflight()) == 1 and "knows no price for 'openai/fake-model'" in free.preflight()[0]
+        assert make_backend(spec(srv.url)).preflight() == []      # a price is configured
+        assert srv.requests[0]["max_tokens"] == 1

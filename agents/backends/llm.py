@@ -42,6 +42,8 @@ class LitellmSpec(BaseModel):
     # Price overrides (USD per million tokens) for models litellm's bundled map does not know.
     input_cost_per_mtok: float | None = Field(default=None, ge=0)
     output_cost_per_mtok: float | None = Field(default=None, ge=0)
+    # Per agent: stop after this many tokens (prompt + completion), priced or not.
+    max_total_tokens: int | None = Field(default=None, ge=0)
 
 
 _NOT_RETRYABLE = ("AuthenticationError", "PermissionDeniedError", "NotFoundError",
@@ -127,6 +129,7 @@ class LitellmBackend:
         self.seed = seed
         self.agent = agent
         self.spent_usd = 0.0
+        self.spent_tokens = 0
         self._cancel = threading.Event()
 
     def _key(self) -> str | None:
@@ -219,6 +222,9 @@ class LitellmBackend:
         if s.max_cost_usd is not None and self.spent_usd >= s.max_cost_usd:
             raise SpendingCapReached(f"spending cap reached: ${self.spent_usd:.4f} of "
                                      f"${s.max_cost_usd:.4f} spent")
+        if s.max_total_tokens is not None and self.spent_tokens >= s.max_total_tokens:
+            raise SpendingCapReached(f"token cap reached: {self.spent_tokens} of "
+                                     f"{s.max_total_tokens} tokens used (max_total_tokens)")
         if self._cancel.is_set():
             raise ProposalAbandoned("stopped before asking the model")
         litellm = _litellm()
@@ -255,6 +261,7 @@ class LitellmBackend:
             out.completion_tokens += ct
             out.cost_usd += cost
             self.spent_usd += cost
+            self.spent_tokens += pt + ct
             try:
                 content = resp.choices[0].message.content
             except (AttributeError, IndexError, TypeError):
@@ -345,7 +352,7 @@ class LitellmBackend:
         if s.input_cost_per_mtok is None and s.output_cost_per_mtok is None and not self._priced(litellm):
             warnings.append(f"litellm knows no price for {s.model!r}: its cost counts as $0, so "
                             f"max_cost_usd cannot stop it (set input_cost_per_mtok and "
-                            f"output_cost_per_mtok in the backend's config)")
+                            f"output_cost_per_mtok, or cap tokens with max_total_tokens)")
         return warnings
 
     def _priced(self, litellm) -> bool:

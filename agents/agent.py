@@ -23,7 +23,7 @@ from agents.inflight import Inflight, kill_leftover
 from agents.health import BackendHealth
 from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
-from agents.transcript import redact, secret_values, write_json
+from agents.transcript import keep_transcript, redact, secret_values
 from agents.worktree import Worktree
 
 log = logging.getLogger(__name__)
@@ -377,18 +377,9 @@ class ResearchAgent:
                                                 f"row: {error}"))
 
     def _keep_transcript(self, eid: str, proposal: Proposal, parse: str) -> None:
-        """runs/<id>/proposal.json: the prompt, the raw answer, the parse result, tokens,
-        duration. Best effort: a disk problem must not lose the experiment."""
-        data = dict(proposal.transcript or {"backend": self.backend.name})
-        data.update(experiment_id=eid.split("/")[0], agent=self.cfg.name,
-                    program=self.program.name, result=parse,
-                    description=proposal.description or None,
-                    prompt_tokens=proposal.prompt_tokens,
-                    completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
-        try:
-            write_json(self.cfg.runs_dir / eid / "proposal.json", data, self._secrets())
-        except OSError as err:
-            log.warning("%s: transcript not written: %s", self.cfg.name, err)
+        keep_transcript(self.cfg.runs_dir / eid, proposal, parse, secrets=self._secrets(),
+                        experiment_id=eid.split("/")[0], agent=self.cfg.name,
+                        program=self.program.name, backend=self.backend.name)
 
     def _message(self, desc: str, eid: str) -> str:
         return (f"{desc}\n\nExperiment: {eid}\nProgram: {self.program.name}\n"

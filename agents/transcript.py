@@ -5,6 +5,7 @@ morning: each proposal's transcript (runs/<id>/proposal.json) and the backend's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 # The words trainer.runner strips from the child's environment (importing it costs seconds:
 # it imports torch). "PASS" and "AUTH" cover PASSWORD, PASSPHRASE, AUTH_TOKEN...
@@ -59,6 +62,20 @@ def clean(value: Any, secrets: list[str]) -> Any:
 def write_json(path: Path, data: dict, secrets: list[str]) -> Path:
     """Write `data` cleaned, atomically (a reader never sees half a file)."""
     return atomic_write(path, json.dumps(clean(data, secrets), indent=1, default=str))
+
+
+def keep_transcript(run_dir: Path, proposal, parse: str, *, secrets: list[str], backend: str,
+                    **about: Any) -> None:
+    """run_dir/proposal.json: the prompt, the raw answer, `parse` (the parse result), tokens,
+    duration. Best effort: a disk problem must not lose the experiment."""
+    data = dict(proposal.transcript or {"backend": backend})
+    data.update(about, result=parse, description=proposal.description or None,
+                prompt_tokens=proposal.prompt_tokens, completion_tokens=proposal.completion_tokens,
+                cost_usd=proposal.cost_usd)
+    try:
+        write_json(run_dir / "proposal.json", data, secrets)
+    except OSError as err:
+        log.warning("transcript %s not written: %s", run_dir, err)
 
 
 class BackendEvents:

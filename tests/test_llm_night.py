@@ -85,8 +85,9 @@ def test_outage_mid_run_costs_no_experiment_and_no_invalid_record(tmp_path):
             while len(srv.requests) < 1:          # one proposal answered, then the outage
                 time.sleep(0.05)
             srv.down()
-            end = time.monotonic() + OUTAGE_S
-            while time.monotonic() < end:
+            t0 = time.monotonic()
+            # down for OUTAGE_S, and in any case until the agent has noticed (a loaded machine)
+            while (time.monotonic() - t0 < OUTAGE_S or not down_seen) and time.monotonic() - t0 < OUTAGE_S + 120:
                 if agent.health.state == "down" and not down_seen:
                     down_seen.append(agent.status()["last_outcome"])
                 time.sleep(0.05)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.schema import ExperimentResult
-from agents.messages import Broadcast, ExperimentRecord, StartedExperiment, new_experiment_id
+from agents.messages import (Broadcast, ExperimentRecord, ReportReply, StartedExperiment,
+                             new_experiment_id)
 
 from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
 from agents.config import AgentConfig
@@ -20,7 +21,7 @@ from agents.edits import EDITABLE, line_delta
 from agents.errors import (BackendError, BackendRefused, InvalidEdit, ProposalAbandoned,
                            SpendingCapReached)
 from agents.inflight import Inflight, kill_leftover
-from agents.health import BackendHealth
+from agents.health import SAME_FAILURE_STOP, BackendHealth
 from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
 from agents.transcript import keep_transcript, redact, secret_values
@@ -29,8 +30,8 @@ from agents.worktree import Worktree
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., ExperimentResult]
-# Backend errors (not bad edits) with the same message in a row before the agent stops
-SAME_FAILURE_STOP = 5
+# Decisions after which the agent keeps the commit as its line.
+KEEP = ("promote", "merge", "simplification", "pending")
 
 
 def _default_runner() -> Runner:
@@ -76,7 +77,8 @@ class ResearchAgent:
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self._lock = threading.Lock()
-        self.parent_val: float | None = None
+        self.parent_val: float | None = None   # the coordinator's mean for the head (else one run)
+        self.line_margin: float | None = None  # the margin the coordinator judged the head with
         self.own: collections.deque[ExperimentRecord] = collections.deque(maxlen=max(1, cfg.recent_n))
         self.counts: collections.Counter[str] = collections.Counter()
         self.experiments = 0
@@ -91,7 +93,6 @@ class ResearchAgent:
         self._prepared: Proposal | BaseException | None = None
         self._last_seq = -1
         self.recovered: ExperimentRecord | None = None
-        self._last_error: tuple[str | None, int] = (None, 0)
         self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
                                     wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -243,10 +244,18 @@ class ResearchAgent:
         self._experiment()
 
     def _maybe_adopt(self, best: Broadcast) -> None:
+        """Follow best by the coordinator's means: a line that trails best by more than the
+        margin the coordinator judged its head with is dead, whatever the rule; `always` adopts
+        every new best, `if-better` a best whose mean beats the line's, `never` only when the
+        line is dead."""
         head = self.wt.head()
-        if best.commit == head or self.adopt == "never":
+        if best.commit == head:
             return
-        if self.adopt == "if-better" and self.parent_val is not None and best.val_bpb >= self.parent_val:
+        line = self.parent_val
+        dead = (line is not None and self.line_margin is not None
+                and line - best.val_bpb > self.line_margin)
+        if not (self.adopt == "always" or dead or (
+                self.adopt == "if-better" and (line is None or best.val_bpb < line))):
             return
         self._join_prep()
         self._adopt(best)
@@ -257,6 +266,7 @@ class ResearchAgent:
             self.wt.reset_hard(best.commit)
             log.info("%s: adopted best %s (val_bpb %.4f)", self.cfg.name, best.commit[:10], best.val_bpb)
         self.parent_val = best.val_bpb
+        self.line_margin = None  # best itself: nothing to trail
         self._last_seq = best.seq
 
     def _context(self, base: str, source: str, in_flight: str | None = None) -> ProposalContext:
@@ -366,13 +376,7 @@ class ResearchAgent:
             self._stop.wait(delay)
 
     def _same_failure(self, error: str | None) -> None:
-        """A backend that fails the same way every time (a CLI that is not logged in exits 1
-        at once) would write invalid records in a hot loop: stop after SAME_FAILURE_STOP."""
-        if error is None or error != self._last_error[0]:
-            self._last_error = (error, 1 if error else 0)
-            return
-        self._last_error = (error, self._last_error[1] + 1)
-        if self._last_error[1] >= SAME_FAILURE_STOP:
+        if self.health.same_failure(error):
             self._backend_failed(BackendRefused(f"the same failure {SAME_FAILURE_STOP} times in a "
                                                 f"row: {error}"))
 
@@ -528,21 +532,25 @@ class ResearchAgent:
     def _finish(self, rec: ExperimentRecord, base_source: str | None, commit: str | None) -> None:
         """Report, clear inflight.json, ratchet (experiments) or learn the parent's score."""
         self.phase = "report"
-        self.port.report(rec, self._bundle(rec))
+        answer = self.port.report(rec, self._bundle(rec))
+        d = answer.decision if isinstance(answer, ReportReply) else answer
         self.inflight.clear()
         self.counts[rec.status] += 1
         if rec.kind == "experiment":
             self.experiments += 1
             self.own.append(rec)
             self.last_delta = rec.delta
-            if (rec.status == "ok" and rec.val_bpb is not None and self.parent_val is not None
-                    and rec.val_bpb < self.parent_val and commit is not None):
+            # The line follows the coordinator, not one noisy run: keep a commit it kept (or is
+            # still judging), or one it says beat its own parent by the margin.
+            if (rec.status == "ok" and rec.val_bpb is not None and commit is not None and d is not None
+                    and (d.decision in KEEP or d.beat_parent)):
                 self._join_prep()
                 self.wt.reset_hard(commit)   # keep: the branch moves to the winner
-                self.parent_val = rec.val_bpb
+                self.parent_val = d.mean if d.mean is not None else rec.val_bpb
+                self.line_margin = d.margin
                 self.kept += 1
-                log.info("%s: kept %s (%s) val_bpb %.4f", self.cfg.name, commit[:10],
-                         rec.description, rec.val_bpb)
+                log.info("%s: kept %s (%s, %s) val_bpb %.4f", self.cfg.name, commit[:10],
+                         rec.description, d.decision, rec.val_bpb)
         elif (rec.status == "ok" and rec.val_bpb is not None and rec.kind == "baseline"
               and rec.commit == self._safe_head() and self.parent_val is None):
             self.parent_val = rec.val_bpb

@@ -13,6 +13,9 @@ from agents.transcript import BackendEvents
 
 log = logging.getLogger(__name__)
 
+# Backend errors (not bad edits) with the same message in a row before the agent stops
+SAME_FAILURE_STOP = 5
+
 
 class BackendHealth:
     """The backend's state for one agent. `secrets()` gives the values to redact."""
@@ -29,6 +32,17 @@ class BackendHealth:
         self.since: float | None = None
         self.failures = 0                   # consecutive requests without an answer
         self.counts: collections.Counter[str] = collections.Counter()
+        self._last_error: tuple[str | None, int] = (None, 0)
+
+    def same_failure(self, error: str | None) -> bool:
+        """Note a proposal's backend error (None: a usable answer). True after the same error
+        SAME_FAILURE_STOP times in a row: a backend failing at once every time (a CLI that is not
+        logged in) would otherwise write invalid records in a hot loop."""
+        if error is None or error != self._last_error[0]:
+            self._last_error = (error, 1 if error else 0)
+            return False
+        self._last_error = (error, self._last_error[1] + 1)
+        return self._last_error[1] >= SAME_FAILURE_STOP
 
     def failed(self, e: BackendError, what: str = "proposal") -> tuple[str, float]:
         """Record a failure. Returns ("abandoned", 0), ("refused", 0) (the agent stops) or

@@ -22,16 +22,17 @@ RecordKind = Literal["experiment", "baseline", "confirm", "verify"]
 confirm: the same commit again with another seed. verify: a merge candidate built by the coordinator."""
 
 DecisionKind = Literal[
-    "discard",        # not better than its parent (or not by enough)
+    "discard",        # judged against best (and its parent) and not better by enough
     "promote",        # parent was best and it cleared the margin: best fast-forwarded
     "simplification", # removed more lines than it added and stayed within the noise of best
-    "merge",          # parent was an older best: its change, applied onto best, verified and merged
-    "did-not-stack",  # merged cleanly onto best but the verification run did not beat best
-    "conflict",       # its change does not apply onto the current best
+    "merge",          # off best: its change (or, after a conflict, itself) put onto best, verified
+    "did-not-stack",  # put onto best, but the verification run did not beat best
+    "conflict",       # beat its parent, its change does not apply onto best, alone it does not beat best
     "pending",        # positive but inside the margin: waiting for a confirmation run
     "sample",         # a baseline/confirm run: adds a noise sample, moves nothing by itself
     "crash", "timeout", "invalid",
     "rejected",       # the record itself is bad (unknown commit, unknown hardware class...)
+    "unjudged",       # never compared with best (its job gave up, best had no samples...)
 ]
 
 
@@ -101,13 +102,23 @@ class Decision(_Model):
     hardware_class: str = ""
     best_before: str | None = None
     best_after: str | None = None          # new best commit when it moved
-    delta: float | None = None             # improvement over best (mean of samples), + = better
+    delta: float | None = None             # best mean - mean of the decided commit (the candidate,
+                                           # or merge_commit once verified), + = better
     margin: float | None = None            # what it had to clear
     sigma: float | None = None
     samples: int = 0                       # samples of the candidate behind the decision
     suspect: bool = False                  # val improved but the confirm split got worse
     merge_commit: str | None = None
     decided_at: float = Field(default_factory=time.time)
+    # delta above is always against best (+ = better); this one against the record's parent.
+    delta_parent: float | None = None      # parent mean - candidate mean, + = better
+    mean: float | None = None              # the candidate's mean val_bpb over its samples
+    dof: int = 0                           # degrees of freedom behind sigma
+    samples_best: int = 0                  # samples of best behind the decision
+    beat_best: bool = False                # the candidate itself beat best by the margin
+    beat_parent: bool = False              # the candidate beat its own parent by the margin
+    stage: str | None = None               # pending on: sigma | confirm | verify | verify-alone
+    merge_samples: int = 0                 # samples of merge_commit when its verification was asked
 
 
 class Job(_Model):
@@ -149,8 +160,10 @@ class PromotionConfig(_Model):
     """How the coordinator decides that a result is a real improvement, not noise."""
 
     min_delta: float = Field(0.001, ge=0, description="smallest val_bpb improvement that ever counts (bpb)")
-    k: float = Field(2.5, ge=0, description="margin in standard errors of the difference of means; "
-                     "2.5 keeps the false-promotion rate of zero-effect edits under 5%")
+    k: float = Field(3.0, ge=0, description="margin in standard errors of the difference of means, "
+                     "as a one-sided normal tail (3.0: 0.13%); with sigma estimated from few samples "
+                     "the Student-t quantile of the same tail is used. With the confirmation runs "
+                     "(each one more look) about 0.3% of zero-effect edits move best")
     sigma_prior: float = Field(0.005, gt=0, description="val_bpb std of one commit, used until a hardware "
                                "class has a commit with >= 2 samples (bpb)")
     cost_per_line: float = Field(2e-5, ge=0, description="extra improvement each net added line of "
@@ -158,7 +171,18 @@ class PromotionConfig(_Model):
     simplify_tolerance_k: float = Field(1.0, ge=0, description="a change that removes more lines than it "
                                         "adds is a win when it is worse than best by at most this many "
                                         "standard errors (or min_delta)")
-    confirm_runs: int = Field(1, ge=0, description="confirmation runs (new seed) for a positive result "
-                              "inside the margin before it is discarded")
-    job_lease_s: float = Field(900.0, gt=0, description="a job handed out but not reported within this "
-                               "many seconds is handed out again")
+    confirm_runs: int = Field(2, ge=0, description="at most this many confirmation runs (new seed) for a "
+                              "result inside the margin: a short sequential test, judged again after each")
+    confirm_fraction: float = Field(0.5, ge=0, le=1, description="a result gets a confirmation run only "
+                                    "when it beats best by at least this share of the margin (below, "
+                                    "one more sample almost never reaches the margin)")
+    min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
+                         "(the coordinator schedules repeats of the baseline until then): with fewer, "
+                         "even the Student-t margin rests on a sigma that is often half the true one")
+    best_remeasures: int = Field(2, ge=0, description="top-priority runs (new seeds) of each new best; "
+                                 "from the first on, those alone are its reference: the samples that "
+                                 "made it best were selected for being low")
+    job_lease_s: float | None = Field(None, gt=0, description="a job handed out but not reported within "
+                                      "this many seconds is handed out again; null: derived from the "
+                                      "runs (1.5 x the longest run, start-up and evaluation included, "
+                                      "+ 60 s; 900 s before the first run)")

@@ -5,6 +5,7 @@ metadata address; a local swarm needs neither. Used by the CLI and by the tests.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -38,8 +39,11 @@ def loopback_environment(home: Path) -> dict[str, str]:
 
 def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
                     object_store_mb: int = 256, temp_dir: Path | None = None,
-                    address: str | None = None) -> None:
+                    address: str | None = None, resources: dict[str, float] | None = None,
+                    quiet: bool = True) -> None:
     """Start a private local Ray (address None) on 127.0.0.1, or join `address`.
+    `resources`: custom resources of the private Ray's one node. `quiet` keeps Ray's own
+    start-up chatter (its INFO lines) off the user's terminal.
 
     Raises ConnectionError with one line naming the address when it cannot be joined.
     """
@@ -55,7 +59,8 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     if address:
         try:
             ray.init(address=address, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+                     logging_level=logging.WARNING if quiet else logging.INFO,
+                     runtime_env=_driver_runtime_env())
         except Exception as e:  # ray raises several types here; the user needs one line
             raise ConnectionError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from e
         return
@@ -68,7 +73,22 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         temp_dir.mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(temp_dir)
     # address="local": always a new private cluster, never one another process started.
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+             include_dashboard=False,
              object_store_memory=object_store_mb * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False, **kwargs)
+             _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING if quiet else logging.INFO, **kwargs)
     log.info("started a local Ray with %d CPUs on 127.0.0.1", num_cpus)
+
+
+def _driver_runtime_env() -> dict:
+    """The runtime env of a driver that joins a cluster. Inside a Ray job (`ray job submit`)
+    Ray merges it with the job's own and refuses an env var that both set."""
+    env = {"PYTHONUNBUFFERED": "1"}
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        taken = {}
+    env = {k: v for k, v in env.items() if k not in taken}
+    return {"env_vars": env} if env else {}

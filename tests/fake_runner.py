@@ -148,6 +148,28 @@ def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int
     return out
 
 
+def warm_up(coord, agents: list[FakeAgent], vals=(2.0, 2.002, 1.998), hw: str = "cpu-fake") -> int:
+    """The first round (every agent runs the unchanged baseline) and the repeats of it the
+    coordinator schedules until sigma has min_dof degrees of freedom; `vals` are the measured
+    values, used in turn. Returns how many baseline runs there were."""
+    n = 0
+    for _ in range(50):
+        got = False
+        for a in agents:
+            job = coord.next_job(a.name, hw)
+            if job is None:
+                continue
+            assert job.kind == "baseline", job
+            got = True
+            rec = a.record(job.commit, job.parent, kind="baseline", job=job, val=vals[n % len(vals)])
+            coord.begin(a.started(rec))
+            coord.report(rec)
+            n += 1
+        if not got:
+            return n
+    raise AssertionError("baseline jobs never stopped")
+
+
 KEPT = ("promote", "merge", "simplification")
 
 
@@ -164,6 +186,9 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
     blob = lambda c: repo.commit_files([c])[0][1]
     samples: dict[tuple[str, str], list[float]] = {}
+    # A best is compared by the samples taken since it became best, once it has any (the
+    # ones that made it best were selected for being low).
+    fresh: dict[tuple[str, str], list[float]] = {}
     record_ids: list[str] = []
     moves = []
     for typ, id, js in led.events():
@@ -172,13 +197,18 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
             rec = ExperimentRecord.model_validate_json(js)
             d = decisions.get(id)
             if rec.status == "ok" and d is not None and d.decision != "rejected":
-                samples.setdefault((rec.hardware_class, blob(rec.commit)), []).append(rec.val_bpb)
+                key = (rec.hardware_class, blob(rec.commit))
+                samples.setdefault(key, []).append(rec.val_bpb)
+                if key in fresh:
+                    fresh[key].append(rec.val_bpb)
         elif typ == "decision":
             d = Decision.model_validate_json(js)
             if d.best_after:
                 hw = d.hardware_class
                 new = samples.get((hw, blob(d.best_after)), [])
-                old = samples.get((hw, blob(d.best_before)), [])
+                old = (fresh.get((hw, blob(d.best_before))) or
+                       samples.get((hw, blob(d.best_before)), []))
+                fresh[(hw, blob(d.best_after))] = []
                 moves.append(d)
                 # 1: the move beat its first parent by the margin, with samples of that class only (5).
                 assert d.decision in KEPT, d

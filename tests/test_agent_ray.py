@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from agents.actor import agent_actor
-from agents.ports import RayCoordinator
 from agents.config import AgentConfig
 from tests import fake_coordinator
 from tests.fake_coordinator import FakeCoordinator, make_research_repo
@@ -49,7 +48,7 @@ def test_ray_kill_mid_run_gives_one_crash_and_a_clean_worktree(ray_local, coord_
     make_research_repo(tmp_path / "home", BASELINE)
     coord = coord_cls.remote(tmp_path / "home" / "repo.git")
     cfg = config(tmp_path, "victim", "optimizer", prepared_data_dir, budget=120)
-    actor = agent_actor(cfg, cpus=1).remote(cfg, RayCoordinator(coord, cfg.state_dir / "spool"))
+    actor = agent_actor(cfg, cpus=1).remote(cfg, coord)
     ref = actor.run.remote(max_experiments=1)
     wait_for(lambda: ray.get(actor.status.remote())["phase"] == "train")
     started = ray.get(coord.all_started.remote())
@@ -62,7 +61,7 @@ def test_ray_kill_mid_run_gives_one_crash_and_a_clean_worktree(ray_local, coord_
     assert ray.get(coord.all_records.remote()) == []
     wt = tmp_path / "home" / "worktrees" / "victim"
     (wt / "train.py").write_text("# a half-applied edit left behind\n")
-    again = agent_actor(cfg, cpus=1).remote(cfg, RayCoordinator(coord, cfg.state_dir / "spool"))
+    again = agent_actor(cfg, cpus=1).remote(cfg, coord)
     status = ray.get(again.status.remote(), timeout=120)
     recs = ray.get(coord.all_records.remote())
     assert [(r.experiment_id, r.status, r.reason) for r in recs] == [(eid, "crash", "agent died mid-run")]
@@ -72,7 +71,7 @@ def test_ray_kill_mid_run_gives_one_crash_and_a_clean_worktree(ray_local, coord_
     assert not (tmp_path / "home" / "agents" / "victim" / "inflight.json").exists()
     # a second restart finds nothing to recover: still exactly one record
     ray.kill(again, no_restart=True)
-    third = agent_actor(cfg, cpus=1).remote(cfg, RayCoordinator(coord, cfg.state_dir / "spool"))
+    third = agent_actor(cfg, cpus=1).remote(cfg, coord)
     ray.get(third.status.remote(), timeout=120)
     assert len(ray.get(coord.all_records.remote())) == 1
     ray.kill(third, no_restart=True)
@@ -86,7 +85,7 @@ def test_two_agents_two_programs_real_trainer(ray_local, coord_cls, tmp_path, pr
     actors, refs = {}, {}
     for name, program in [("opt", "optimizer"), ("sched", "schedule")]:
         cfg = config(tmp_path, name, program, prepared_data_dir, budget=20)
-        actors[name] = agent_actor(cfg, cpus=1).remote(cfg, RayCoordinator(coord, cfg.state_dir / "spool"))
+        actors[name] = agent_actor(cfg, cpus=1).remote(cfg, coord)
         refs[name] = actors[name].run.remote(max_experiments=3)
     summaries = {n: ray.get(r, timeout=1500) for n, r in refs.items()}
     recs = ray.get(coord.all_records.remote())

@@ -32,7 +32,10 @@ def test_export_and_lineage_from_the_snapshot(stopped_swarm, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", "--swarm-home", str(home.root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["experiments"] == len(sw.rows) and data["running"] is False
+    # experiments are the agents' own ideas; every record (jobs too) is a run
+    assert data["experiments"] == sum(1 for r in sw.rows if r["kind"] == "experiment")
+    assert data["runs"] == len(sw.rows) and data["running"] is False
+    assert data["lost_winners"] == []
 
 
 def test_morning_after_commands_do_not_import_ray(stopped_swarm):

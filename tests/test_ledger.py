@@ -8,7 +8,7 @@ import redis
 
 from coordinator.decide.core import Coordinator
 from coordinator.state.ledger import ROW_COLUMNS, Ledger, read_parquet_rows, write_json_rows, write_tsv_rows
-from fake_runner import FakeAgent, baseline_text, drain_jobs
+from fake_runner import FakeAgent, baseline_text, drain_jobs, warm_up
 from trainer.schema import ExperimentResult
 from agents.messages import ExperimentRecord, PromotionConfig, StartedExperiment
 
@@ -16,12 +16,10 @@ HW = "cpu-fake"
 
 
 def scenario(tmp_path, redis_url):
-    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003),
+    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_remeasures=0),
                         swarm_id="L", baseline_train_py=baseline_text())
     agents = [FakeAgent(f"a{i}", coord.repo.path, tmp_path / "wt", sigma=0.0005, seed=i) for i in range(3)]
-    for a, v in zip(agents, (2.0, 2.002, 1.998)):
-        job = coord.next_job(a.name, HW)
-        coord.report(a.record(job.commit, job.parent, kind="baseline", job=job, val=v))
+    assert warm_up(coord, agents) == 9  # 3 first-round baselines, 6 repeats: sigma's 8 dof
     r1, _ = agents[0].experiment(coord, coord.root, "A up", A=1)
     r2, _ = agents[1].experiment(coord, coord.root, "B up", B=1)
     drain_jobs(coord, agents)
@@ -35,7 +33,7 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     coord, agents, r1, r2 = scenario(tmp_path, redis_url)
     led = Ledger(redis.Redis.from_url(redis_url), "L")  # a reader, as the CLI makes one
     rows = led.rows()
-    assert len(rows) == len(coord.records) == 7  # 3 baselines, 2 experiments, 1 verify, 1 invalid
+    assert len(rows) == len(coord.records) == 13  # 9 baselines, 2 experiments, 1 verify, 1 invalid
     by_id = {r["experiment_id"]: r for r in rows}
     assert by_id[r2.experiment_id]["decision"] == "merge" and by_id[r2.experiment_id]["status"] == "keep"
     assert by_id["inv-1"]["status"] == "invalid" and by_id["inv-1"]["commit"] is None
@@ -46,7 +44,7 @@ def test_rows_exports_and_snapshot(tmp_path, redis_url):
     lines = buf.getvalue().splitlines()
     assert lines[0].split("\t")[:8] == ["commit", "val_bpb", "memory_gb", "status", "description",
                                          "agent", "program", "parent"]
-    assert len(lines) == 8 and all(len(l.split("\t")) == len(ROW_COLUMNS) for l in lines)
+    assert len(lines) == 14 and all(len(l.split("\t")) == len(ROW_COLUMNS) for l in lines)
 
     js = io.StringIO()
     write_json_rows(led.rows(), js)
@@ -94,7 +92,7 @@ def test_automatic_snapshot_is_written_in_the_background(tmp_path, redis_url, mo
 
     monkeypatch.setattr(snapshots, "SNAPSHOT_EVERY", 3)
     monkeypatch.setattr(snapshots, "SNAPSHOT_MIN_GAP_S", 0.0)
-    coord, agents, r1, r2 = scenario(tmp_path, redis_url)  # 7 records: at least one automatic snapshot
+    coord, agents, r1, r2 = scenario(tmp_path, redis_url)  # 13 records: at least one automatic snapshot
     snap = tmp_path / "home" / "snapshots" / "ledger.parquet"
     deadline = time.monotonic() + 30
     while not snap.exists() and time.monotonic() < deadline:
@@ -103,4 +101,4 @@ def test_automatic_snapshot_is_written_in_the_background(tmp_path, redis_url, mo
     coord.snapshots.thread.join(timeout=30)
     ids = {r["experiment_id"] for r in read_parquet_rows(snap)}
     assert r1.experiment_id in ids
-    assert coord.snapshot() == snap and len(read_parquet_rows(snap)) == 7
+    assert coord.snapshot() == snap and len(read_parquet_rows(snap)) == 13

@@ -8,35 +8,35 @@ import networkx as nx
 from coordinator.decide.core import Coordinator
 from coordinator.review.lineage import build_lineage
 from coordinator.review.report.export import graph_text
-from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads
+from fake_runner import FakeAgent, baseline_text, drain_jobs, drop_pads, warm_up
 from agents.messages import ExperimentRecord, PromotionConfig
 
 HW = "cpu-fake"
 
 
 def test_lineage_of_a_merge_a_conflict_and_a_simplification(tmp_path, redis_url):
-    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003),
+    coord = Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003, best_remeasures=0),
                         swarm_id="G", baseline_train_py=baseline_text())
     agents = [FakeAgent(f"a{i}", coord.repo.path, tmp_path / "wt", sigma=0.0005, seed=i) for i in range(3)]
-    for a, v in zip(agents, (2.0, 2.002, 1.998)):
-        job = coord.next_job(a.name, HW)
-        coord.report(a.record(job.commit, job.parent, kind="baseline", job=job, val=v))
+    warm_up(coord, agents)
     r1, _ = agents[0].experiment(coord, coord.root, "A up", A=1)
     r2, _ = agents[1].experiment(coord, coord.root, "B up", B=1)
-    r3, d3 = agents[2].experiment(coord, coord.root, "A more", A=2)
+    r3, d3 = agents[2].experiment(coord, coord.root, "A half", A=0.5)  # alone, not better than best
     assert d3.decision == "conflict"
     drain_jobs(coord, agents)
     M = coord.decisions[r2.experiment_id].merge_commit
     c = agents[0].commit(M, drop_pads(agents[0].text_at(M)), "drop pads")
     rs = agents[0].record(c, M, val=coord.best(HW).val_bpb + 0.0002)
-    assert coord.report(rs).decision.decision == "simplification"
+    assert coord.report(rs).decision.decision == "pending"  # a simplification is confirmed first
+    drain_jobs(coord, agents)
+    assert coord.decisions[rs.experiment_id].decision == "simplification"
     coord.report(ExperimentRecord(experiment_id="inv-1", agent="a2", program="p", hardware_class=HW,
                                   parent=c, commit=None, status="invalid", reason="bad edit"))
 
     G = build_lineage(coord.ledger.rows(), coord.repo.path)
     assert isinstance(G, nx.DiGraph) and nx.is_directed_acyclic_graph(G)
     root = coord.root
-    assert G.nodes[root]["kind"] == "baseline" and G.nodes[root]["samples"] == 3
+    assert G.nodes[root]["kind"] == "baseline" and G.nodes[root]["samples"] == 9
     assert G.nodes[M]["is_merge"] and G.nodes[M]["status"] == "keep" and G.nodes[M]["kind"] == "verify"
     assert G.edges[r1.commit, M]["first_parent"] is True
     assert G.edges[r2.commit, M]["first_parent"] is False

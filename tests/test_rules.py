@@ -60,7 +60,8 @@ def test_margin_grows_with_noise_lines_and_has_a_floor():
     ((1.997,), 0, "pending"),           # positive but inside k*se, one sample
     ((1.997, 1.998), 0, "discard"),     # still inside after the confirmation run
     ((2.003,), 0, "discard"),           # worse
-    ((2.001,), -3, "simplification"),   # removes lines, within the noise of best
+    ((2.001,), -3, "pending"),          # removes lines, within the noise of best: confirm it
+    ((2.001, 2.0005), -3, "simplification"),  # ... and confirmed
     ((2.02,), -3, "discard"),           # removes lines but clearly worse
     ((1.9935,), 200, "pending"),        # would promote with no added lines; 200 lines cost 0.004
 ])

@@ -27,8 +27,8 @@ class BestKeys:
         return self._latest[hw]
 
     def publish(self, hw: str, commit: str, exp_id: str | None, decision: str | None) -> Broadcast:
-        """`commit` is the new best of `hw`: a Broadcast with the next seq and its samples' mean."""
-        s = self.book.of(hw, commit)
+        """`commit` is the new best of `hw`: a Broadcast with the next seq and its reference mean."""
+        s = self.book.ref(hw, commit)
         b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
                       val_bpb=s.mean if s.n else float("nan"),
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
@@ -51,6 +51,6 @@ class BestKeys:
         if key is None or key.commit != best:
             self.publish(hw, best, None, None)
         else:
-            s = self.book.of(hw, best)
+            s = self.book.ref(hw, best)
             self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
             self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())

@@ -1,10 +1,11 @@
 """The Coordinator: owns the research repo, the ledger and the decisions (a plain class; actor.py wraps it).
 
 Decisions are made one at a time under one lock, in the order reports reach the coordinator.
-That is the stated order for several winners from one parent: the first to arrive
-fast-forwards `best`; the next ones are then children of an older best and take the merge path
-(3-way merge onto the current best, verification run, then `merge` or `did-not-stack`).
-A retried report returns the experiment's current decision and appends nothing.
+Every ok result is judged against the current best of its class, whatever its parent
+(judging.py): the first of several winners from one parent fast-forwards `best`; the next ones
+are then off best and take the merge path (their change merged onto the current best, a
+verification run, then `merge` or `did-not-stack`). A retried report returns the experiment's
+current decision and appends nothing.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from coordinator.decide.bestkey import BestKeys
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.groupcommit import GroupCommit, Slot
 from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
+from coordinator.decide.judging import DEFAULT_LEASE_S, Judging
 from coordinator.state.ledger import Ledger, LedgerError, connect_redis
 from coordinator.decide.refwriter import RefWriter
-from coordinator.state.repo import RepoError, ResearchRepo, merge_texts, object_id
+from coordinator.state.repo import RepoError, ResearchRepo
 from coordinator.decide.noise import SampleBook
 from coordinator.decide.perf import PerfStats
-from coordinator.decide.rules import Verdict, is_suspect, judge
+from coordinator.decide.rules import Verdict, is_suspect
 from coordinator.decide.snapshots import Snapshots
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
                              ReportReply, StartedExperiment)
@@ -39,7 +41,7 @@ class CoordinatorError(RuntimeError):
     """A request the coordinator cannot serve (unknown commit to fetch, no baseline...)."""
 
 
-class Coordinator:
+class Coordinator(Judging):
     """The agent-facing port (agents.ports.CoordinatorPort: begin, report, next_job, best,
     recent, heartbeat, fetch, flush), plus the admin calls status, perf, reconcile_dead_agent,
     snapshot and flush_refs (decide/actor.py's ADMIN_METHODS). State lives in redis and git; this object is a
@@ -74,10 +76,10 @@ class Coordinator:
         self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
-        self._history: dict[str, tuple[str, set[str]]] = {}
         self._bests: dict[str, str] = {}
+        self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
         self._load()
 
@@ -85,12 +87,12 @@ class Coordinator:
     def _rebuild(self) -> None:
         """Throw the caches away and fill them again from redis and git."""
         for cache in (self.records, self.decisions, self.started, self.order, self.classes,
-                      self._history, self._bests):
+                      self._bests, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self.snapshots.reset()
         self._load()
 
@@ -99,7 +101,8 @@ class Coordinator:
         never decided before a restart."""
         self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         last_move: dict[str, Decision] = {}
-        for typ, id, js in self.ledger.events():
+        events = list(self.ledger.events())
+        for typ, id, js in events:
             if typ == "started":
                 self.started[id] = StartedExperiment.model_validate_json(js)
             elif typ == "record":
@@ -112,17 +115,28 @@ class Coordinator:
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
         self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
-        for id, rec in self.records.items():
-            d = self.decisions.get(id)
-            if d is not None and d.decision != "rejected" and rec.status == "ok":
-                self.book.add(rec)
+        # Samples in stream order: a record's sample counts from its record event (as when it
+        # was decided), a best's fresh samples from the decision that moved best to it.
+        for typ, id, js in events:
+            if typ == "record":
+                rec, d = self.records[id], self.decisions.get(id)
+                if d is not None and d.decision != "rejected" and rec.status == "ok":
+                    self.book.add(rec)
+                    self._note_run_length(rec)
+            elif typ == "decision" and '"best_after":null' not in js:
+                d = Decision.model_validate_json(js)
+                if d.best_after and d.hardware_class and self.commits.has(d.best_after):
+                    self.book.start_fresh(d.hardware_class, d.best_after)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
         for id in undecided:  # the coordinator died between storing a record and deciding it
             log.warning("deciding %s, recorded before the last restart but never decided", id)
             self._decide(self.records[id])
+        self._pending_on_old_best()  # best moved, or sigma became trusted, before a restart
+        self._run_followups()
         for hw in sorted(self.classes):
+            self._schedule_repeats(hw)
             self.best_keys.sync(hw, self.repo.ref(self._ref(hw)))
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
@@ -180,13 +194,6 @@ class Coordinator:
                 log.info("restoring %d experiment refs", len(due))
                 self.refwriter.write(due)
 
-    def _best_history(self, hw: str, best: str) -> set[str]:
-        cached = self._history.get(hw)
-        if cached is None or cached[0] != best:
-            cached = (best, set(self.repo.first_parent_history(best)))
-            self._history[hw] = cached
-        return cached[1]
-
     def _register(self, hw: str) -> bool:
         if hw in self.classes:
             return True
@@ -210,6 +217,12 @@ class Coordinator:
 
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, rec: ExperimentRecord) -> Decision:
+        d = self._decide_one(rec)
+        self._run_followups()  # candidates to merge again onto a new best, results sigma waited for
+        self._schedule_repeats(rec.hardware_class)
+        return d
+
+    def _decide_one(self, rec: ExperimentRecord) -> Decision:
         hw = rec.hardware_class
         st = self.jobs.finished(rec) if rec.job_id else None
         if hw not in self.classes:
@@ -219,8 +232,8 @@ class Coordinator:
             self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
-            if st is not None and st.done and st.job.for_experiment:
-                self._give_up(st.job.for_experiment, f"{rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
+            if st is not None and st.done and st.job.for_experiment and not st.cancelled:
+                self._give_up(st.job.for_experiment, st.job, f"its {rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
             return dec
         if not self.commits.has(rec.commit):
             return self._dec(rec, "rejected", f"unknown commit {rec.commit!r} (not in the research "
@@ -231,123 +244,42 @@ class Coordinator:
             self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
+        dof0 = self.book.dof(hw)
         self.book.add(rec)
+        self._note_run_length(rec)
+        self._sample_added(hw, dof0)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):
             self.best_keys.refresh(hw, best)
+        noise = dict(sigma=self.book.sigma(hw), dof=self.book.dof(hw), samples=self.book.of(hw, rec.commit).n)
         if rec.kind == "baseline":
-            return self._dec(rec, "sample", "baseline run: a noise sample", sigma=self.book.sigma(hw),
-                             samples=self.book.of(hw, rec.commit).n)
+            return self._dec(rec, "sample", "baseline run: a noise sample", **noise)
         if rec.kind in ("confirm", "verify"):
             orig = st.job.for_experiment if st else None
             if orig is None or orig not in self.records:
-                return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)")
+                return self._dec(rec, "sample", f"{rec.kind} run: a sample (no candidate to decide)", **noise)
+            # The candidate's decision changes; this record stays a sample (a move is counted once).
             od = self._rejudge(orig)
-            if rec.kind == "verify" and od.decision in ("merge", "did-not-stack"):
-                return self._put(od.model_copy(update={"experiment_id": rec.experiment_id,
-                                                       "decided_at": time.time()}))
-            return self._dec(rec, "sample", f"{rec.kind} run for {orig}: it is now {od.decision}",
-                             samples=od.samples, sigma=od.sigma)
+            gone = f" (job cancelled: {st.cancelled})" if st.cancelled else ""
+            return self._dec(rec, "sample", f"{rec.kind} run for {orig}{gone}: it is now {od.decision}", **noise)
         return self._judge_experiment(rec)
 
-    def _verdict_decision(self, rec: ExperimentRecord, v: Verdict, sigma: float, **kw) -> Decision:
-        return self._dec(rec, v.decision, v.reason, delta=v.delta, margin=v.margin, sigma=sigma,
-                         samples=v.samples, **kw)
-
-    def _judge_experiment(self, rec: ExperimentRecord) -> Decision:
-        hw, C, P = rec.hardware_class, rec.commit, rec.parent
-        best = self._best_commit(hw)
-        sigma = self.book.sigma(hw)
-        cs = self.book.of(hw, C)
-        if not self.commits.has(P):
-            return self._dec(rec, "discard", f"parent {P[:10]} is not in the research repo")
-        added, removed = self.commits.diff_lines(P, C)
-        net = added - removed
-        if P == best:
-            v = judge(self.cfg, cs, self.book.of(hw, best), sigma, net)
-            if v.decision in ("promote", "simplification"):
-                return self._move_best(rec, hw, best, C, v, sigma, v.decision)
-            if v.decision == "pending":
-                self.jobs.issue("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
-            return self._verdict_decision(rec, v, sigma, best_before=best)
-        if P in self._best_history(hw, best):
-            ps = self.book.of(hw, P)
-            if ps.n == 0:
-                return self._dec(rec, "discard", "its parent, an older best, has no samples")
-            v = judge(self.cfg, cs, ps, sigma, net)
-            if v.decision in ("promote", "simplification"):
-                return self._try_merge(rec, hw, P, best, v, sigma)
-            if v.decision == "pending":
-                self.jobs.issue("confirm", C, P, hw, rec.experiment_id, f"confirm {rec.description}")
-            return self._verdict_decision(rec, v, sigma, best_before=best)
-        return self._dec(rec, "discard", "parent is not on best (not the current or an older best)",
-                         best_before=best)
-
-    def _try_merge(self, rec: ExperimentRecord, hw: str, P: str, best: str, v: Verdict,
-                   sigma: float) -> Decision:
-        text, clean = merge_texts(self.commits.text(P), self.commits.text(best), self.commits.text(rec.commit))
-        if not clean:
-            return self._dec(rec, "conflict", f"beat its parent by {v.delta:.4f} but its change does "
-                             f"not apply onto best {best[:10]}", delta=v.delta, sigma=sigma,
-                             samples=v.samples, best_before=best)
-        M = self.repo.commit_tree(text, [best, rec.commit],
-                                  f"Merge {rec.experiment_id} ({rec.description}) onto best", base=best)
-        self.commits.remember(M, object_id("blob", text.encode()), text)  # written just now: no read back
-        self.refwriter.later(f"refs/candidates/{rec.experiment_id}", M)
-        if self.commits.blob(M) == self.commits.blob(best):
-            return self._dec(rec, "discard", "its change is already in best", best_before=best)
-        self.jobs.issue("verify", M, best, hw, rec.experiment_id, f"verify merge of {rec.description}")
-        return self._dec(rec, "pending", f"beat its parent (an older best) by {v.delta:.4f}; merged "
-                         f"cleanly onto best: verifying", delta=v.delta, margin=v.margin, sigma=sigma,
-                         samples=v.samples, best_before=best, merge_commit=M)
-
-    def _rejudge(self, exp_id: str) -> Decision:
-        d = self.decisions[exp_id]
-        if d.decision != "pending":
-            return d
-        rec = self.records[exp_id]
-        hw = rec.hardware_class
-        M = d.merge_commit
-        if M is None:
-            return self._judge_experiment(rec)
-        if self.book.of(hw, M).n == 0:
-            return d  # its verification run has not reported yet
-        best = self._best_commit(hw)
-        if best != d.best_before:
-            # Best moved while the verification ran: merge onto the new best and verify again.
-            return self._judge_experiment(rec)
-        sigma = self.book.sigma(hw)
-        added, removed = self.commits.diff_lines(best, M)
-        v = judge(self.cfg, self.book.of(hw, M), self.book.of(hw, best), sigma, added - removed)
-        if v.decision in ("promote", "simplification"):
-            return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M)
-        if v.decision == "pending":
-            self.jobs.issue("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
-            return self._verdict_decision(rec, v, sigma, best_before=best, merge_commit=M)
-        return self._dec(rec, "did-not-stack", f"merged cleanly but the merge did not beat best: "
-                         f"{v.reason}", delta=v.delta, margin=v.margin, sigma=sigma,
-                         samples=v.samples, best_before=best, merge_commit=M)
-
-    def _give_up(self, exp_id: str, reason: str) -> None:
-        d = self.decisions.get(exp_id)
-        if d is not None and d.decision == "pending":
-            rec = self.records[exp_id]
-            self._dec(rec, "did-not-stack" if d.merge_commit else "discard", reason,
-                      best_before=d.best_before, merge_commit=d.merge_commit)
-
     def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
-                   kind: str, merge_commit: str | None = None) -> Decision:
-        cs, bs = self.book.of(hw, new), self.book.of(hw, old)
+                   kind: str, merge_commit: str | None = None, reason_prefix: str = "", **fields) -> Decision:
+        cs, bs = self.book.of(hw, new), self.book.ref(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
-        reason = v.reason + (" [suspect: confirm split got worse]" if suspect else "")
+        reason = reason_prefix + v.reason + (" [suspect: confirm split got worse]" if suspect else "")
+        fields.update(samples_best=bs.n, mean=cs.mean)
         # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
         d = self._dec(rec, kind, reason, delta=v.delta, margin=v.margin, sigma=sigma, samples=v.samples,
-                      best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit)
+                      best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit, **fields)
         self.ledger.flush()
         self._bests.pop(hw, None)
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
+        self.book.start_fresh(hw, new)
         self.best_keys.publish(hw, new, rec.experiment_id, kind)
+        self._best_moved(hw, new)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
                  rec.experiment_id, hw, old[:10], new[:10], v.delta, v.margin, sigma, v.samples,
                  " SUSPECT" if suspect else "")
@@ -489,8 +421,8 @@ class Coordinator:
             raise CoordinatorError(f"bad hardware class name {hw!r}")
         if self.jobs.needs_baseline(agent, hw):
             best = self._best_commit(hw)
-            return self.jobs.issue("baseline", best, best, hw, None, "baseline (unchanged best)",
-                                   for_agent=agent)
+            return self.jobs.take_repeat(agent, hw, best) or self.jobs.issue(
+                "baseline", best, best, hw, None, "baseline (unchanged best)", for_agent=agent)
         return self.jobs.lease(agent, hw)
 
     def best(self, hardware_class: str) -> Broadcast | None:
@@ -515,21 +447,26 @@ class Coordinator:
             return self.repo.bundle(commit)
 
     def status(self) -> dict:
-        """Best, its mean val_bpb and samples, and sigma per class; counts of decisions and jobs."""
+        """Best, its reference mean val_bpb and samples, sigma, its degrees of freedom and the
+        margin one new result must clear, per class; counts of decisions and jobs; the
+        lost-winner audit (results that beat best by the margin and are not on best, with why)."""
+        from coordinator.decide.audit import lost_winners
+
         with self._lock:
             classes = {}
             for hw in sorted(self.classes):
                 best = self._best_commit(hw)
-                s = self.book.of(hw, best)
+                s = self.book.ref(hw, best)
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
-                               "sigma": self.book.sigma(hw),
-                               "noise_dof": self.book.dof(hw)}
+                               "sigma": self.book.sigma(hw), "noise_dof": self.book.dof(hw),
+                               "min_dof": self.cfg.min_dof, "margin": self._class_margin(hw)}
             counts: dict[str, int] = {}
             for d in self.decisions.values():
                 counts[d.decision] = counts.get(d.decision, 0) + 1
+            lost = [row for hw in sorted(self.classes) for row in lost_winners(self, hw)]
             return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
                     "records": len(self.records), "started": len(self.started),
-                    "open_jobs": self.jobs.open_count()}
+                    "open_jobs": self.jobs.open_count(), "lost_winners": lost}
 
     def perf(self) -> dict:
         """The coordinator's own view of its speed, over the last few thousand reports:

@@ -17,6 +17,10 @@ from agents.messages import ExperimentRecord, Job
 from coordinator.state.ledger import Ledger
 
 JOB_MAX_ATTEMPTS = 3  # a job whose run crashes is handed out again this many times
+# Which open job an idle agent gets first: repeats of best (its re-measure and the samples
+# sigma needs) come before verifications, which come before confirmations: every later
+# decision leans on best's mean and on sigma.
+PRIORITY = {"baseline": 0, "verify": 1, "confirm": 2}
 
 
 class JobState(BaseModel):
@@ -31,6 +35,7 @@ class JobState(BaseModel):
     done: bool = False
     attempts: int = 0                 # runs of it that crashed so far
     created: float = 0.0              # unix time; orders the open jobs
+    cancelled: str | None = None      # why nobody needs it any more (best moved on)
 
 
 class JobBoard:
@@ -95,16 +100,45 @@ class JobBoard:
         return job
 
     def lease(self, agent: str, hw: str) -> Job | None:
-        """The oldest open job of the class this agent may take: its own lease, a free one, or one
-        whose lease ran out."""
+        """The open job of the class this agent may take (the one it holds, else a free one or
+        one whose lease ran out, by PRIORITY of its kind, then oldest first)."""
         now = time.time()
+        open_ = [self.jobs[j] for j in self._open.get(hw, {})]
+        mine = [st for st in open_ if st.agent == agent]
+        free = [st for st in open_ if st.agent is None or now - (st.leased_at or 0) > self.lease_s]
+        if not mine and not free:
+            return None
+        st = mine[0] if mine else min(free, key=lambda st: (PRIORITY.get(st.job.kind, 9), st.created))
+        st.agent, st.leased_at = agent, now
+        self._save(st)
+        return st.job.model_copy()
+
+    def take_repeat(self, agent: str, hw: str, commit: str) -> Job | None:
+        """An agent new to the class runs a free repeat of best as its first baseline (rather
+        than one more run on top of the repeats sigma still needs), when there is one."""
         for job_id in self._open.get(hw, {}):
             st = self.jobs[job_id]
-            if st.agent == agent or st.agent is None or now - (st.leased_at or 0) > self.lease_s:
-                st.agent, st.leased_at = agent, now
+            if st.job.kind == "baseline" and st.job.commit == commit and st.agent is None:
+                st.agent = st.for_agent = agent
+                st.leased_at = time.time()
+                self._baselined.add((agent, hw))
                 self._save(st)
                 return st.job.model_copy()
         return None
+
+    def open_jobs(self, hw: str, kind: str | None = None) -> list[JobState]:
+        """The open jobs of a class (of one kind), oldest first."""
+        return [self.jobs[j] for j in self._open.get(hw, {}) if kind is None or self.jobs[j].job.kind == kind]
+
+    def cancel(self, job_id: str, why: str) -> None:
+        """Close an open job nobody needs any more (best moved on). A run of it still in flight
+        reports as usual: its record is a sample."""
+        st = self.jobs.get(job_id)
+        if st is None or st.done:
+            return
+        st.done, st.cancelled = True, why
+        self._open.get(st.job.hardware_class, {}).pop(job_id, None)
+        self._save(st)
 
     def finished(self, rec: ExperimentRecord) -> JobState | None:
         """Close the job a record ran (or, when the run died, hand it out again: the run died, not

@@ -16,12 +16,32 @@ class SampleBook:
         self.sigma_prior = sigma_prior
         self.samples: dict[tuple[str, str], Samples] = {}
         self.noise: dict[str, NoisePool] = {}
+        # Samples of a best taken after it became best: the ones that made it best were
+        # selected for being low, so once it has fresh ones they alone are its reference.
+        self.fresh: dict[tuple[str, str], Samples] = {}
 
     def of(self, hw: str, commit: str | None) -> Samples:
         """The samples of `commit`'s train.py in class `hw` (empty when none, or no commit)."""
         if commit is None:
             return Samples()
         return self.samples.get((hw, self.commits.blob(commit)), Samples())
+
+    def ref(self, hw: str, commit: str | None) -> Samples:
+        """What a commit is compared by: its fresh samples once it has any (a best), else all."""
+        if commit is None:
+            return Samples()
+        key = (hw, self.commits.blob(commit))
+        f = self.fresh.get(key)
+        return f if f is not None and f.n else self.samples.get(key, Samples())
+
+    def fresh_n(self, hw: str, commit: str) -> int | None:
+        """Samples of `commit` since it became best; None when it never did (the root)."""
+        f = self.fresh.get((hw, self.commits.blob(commit)))
+        return None if f is None else f.n
+
+    def start_fresh(self, hw: str, commit: str) -> None:
+        """`commit` just became best: count its samples from now on apart."""
+        self.fresh[(hw, self.commits.blob(commit))] = Samples()
 
     def sigma(self, hw: str) -> float:
         """The pooled val_bpb std of one commit in class `hw` (the prior until there is data)."""
@@ -37,3 +57,5 @@ class SampleBook:
         key = (rec.hardware_class, self.commits.blob(rec.commit))
         s = self.samples.setdefault(key, Samples())
         self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
+        if key in self.fresh:
+            self.fresh[key].add(rec.val_bpb, rec.confirm_bpb)

@@ -40,6 +40,9 @@ def build_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
     best_refs = list(repo.refs("refs/heads/best/").values())
     on_best = set(repo.git("rev-list", *best_refs).split()) if best_refs else set()
 
+    # The decision that put a commit on best (a merge commit's record is its verification run,
+    # a sample: the move belongs to the candidate's decision, counted once).
+    moved = {r["best_after"]: r for r in rows if r.get("best_after")}
     G = nx.DiGraph()
     for c in [root, *by_commit]:
         rs = by_commit.get(c, [])
@@ -54,8 +57,8 @@ def build_lineage(rows: list[dict], repo_path: Path) -> nx.DiGraph:
         parents = repo.parents(c)
         G.add_node(c, **{k: _clean(v) for k, v in {
             "val_bpb": sum(vals) / len(vals) if vals else None, "samples": len(vals),
-            "status": main.get("status", "baseline" if c == root else "unrecorded"),
-            "decision": main.get("decision"), "agent": main.get("agent"),
+            "status": "keep" if c in moved else main.get("status", "baseline" if c == root else "unrecorded"),
+            "decision": moved[c].get("decision") if c in moved else main.get("decision"), "agent": main.get("agent"),
             "program": main.get("program"), "hardware_class": main.get("hardware_class"),
             "description": main.get("description", "baseline" if c == root else ""),
             "experiment_id": main.get("experiment_id"), "kind": main.get("kind", "baseline"),

@@ -43,6 +43,7 @@ def status(home: SwarmHome, info: dict, args) -> int:
 
     with ledger_rows(home, info, args.redis_url) as (client, rows):
         data = live.gather(client, info["swarm_id"], rows)
+    data["lost_winners"] = _lost_winners(home, rows)
     data["running"] = home.running_pid() is not None
     if args.json:
         print(json.dumps(data, indent=2, default=str))
@@ -50,6 +51,19 @@ def status(home: SwarmHome, info: dict, args) -> int:
     state = "running" if data["running"] else "stopped"
     Console().print(live.render(data, title=f"swarm {info['swarm_id']} ({state}) in {home.root}"))
     return 0
+
+
+def _lost_winners(home: SwarmHome, rows: list[dict]) -> list[dict]:
+    """The lost-winner audit: results that beat best by the margin and are not on best."""
+    from coordinator.decide.audit import lost_winners_from_rows
+    from coordinator.state.repo import ResearchRepo
+
+    repo = ResearchRepo(repo_path(home))
+    if not repo.exists():
+        return []
+    best_refs = list(repo.refs("refs/heads/best/").values())
+    on_best = set(repo.git("rev-list", *best_refs).split()) if best_refs else set()
+    return lost_winners_from_rows(rows, lambda c: c in on_best)
 
 
 def _graph(home: SwarmHome, info: dict, redis_url: str | None):

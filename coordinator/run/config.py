@@ -51,6 +51,9 @@ class AgentsConfig(_Cfg):
     count: int | Literal["per-gpu", "auto"] = "auto"
     gpus: int | None = Field(default=None, ge=0)    # GPUs to use (one agent each); None: all
     cpus_per_agent: int = Field(default=1, ge=1)
+    # A custom Ray resource each agent also takes one unit of: only nodes that offer it run
+    # agents (e.g. `ray start --resources='{"swarm_agent": 4}'`). None: GPU/CPU requests only.
+    resource: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
     @field_validator("count")
     @classmethod

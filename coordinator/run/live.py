@@ -52,13 +52,24 @@ def gather(client, swarm_id: str, rows: list[dict] | None = None) -> dict:
         for r in rows:
             if r.get("best_after") and r.get("decision") in ("promote", "merge", "simplification"):
                 best[r["hardware_class"]] = {"val_bpb": r.get("val_bpb"), "commit": r["best_after"]}
-    finished = [r["finished_at"] for r in rows if r.get("finished_at")]
-    started = [r["started_at"] for r in rows if r.get("started_at")]
+    # Experiments are the agents' own ideas: baseline, confirmation and verification runs are
+    # jobs (counted as runs), and an invalid edit never trained.
+    exps = [r for r in rows if (r.get("kind") or "experiment") == "experiment"]
+    trained = [r for r in exps if r.get("run_status", r.get("status")) != "invalid"]
+    finished = [r["finished_at"] for r in trained if r.get("finished_at")]
+    started = [r["started_at"] for r in trained if r.get("started_at")]
     span = (max(finished) - min(started)) if finished and started else 0.0
     per_hour = len(finished) / (span / HOUR) if span > 60 else None
-    return {"swarm_id": swarm_id, "agents": agents, "best": best, "experiments": len(rows),
-            "experiments_per_hour": per_hour,
-            "kept": sum(1 for r in rows if r.get("status") == "keep"), "time": time.time()}
+    moves = {r["best_after"] for r in rows if r.get("best_after")}  # each move once
+    noise: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: r.get("decided_at") or 0):
+        if r.get("sigma") is not None and r.get("hardware_class"):
+            noise[r["hardware_class"]] = {"sigma": r.get("sigma"), "dof": r.get("dof"),
+                                          "margin": r.get("margin") if r.get("margin") is not None
+                                          else noise.get(r["hardware_class"], {}).get("margin")}
+    return {"swarm_id": swarm_id, "agents": agents, "best": best, "experiments": len(exps),
+            "runs": len(rows), "experiments_per_hour": per_hour, "kept": len(moves),
+            "best_moves": len(moves), "noise": noise, "lost_winners": [], "time": time.time()}
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -66,53 +77,74 @@ def _fmt(v, spec=".4f") -> str:
 
 
 def render(data: dict, title: str = "") -> Group:
-    """One row per agent (program, idea, progress over the budget, last delta, last outcome:
-    an invalid edit's reason, a backend down or refused), then the best val_bpb per hardware
-    class and experiments/hour."""
-    t = Table(title=title or f"swarm {data['swarm_id']}", expand=True, title_justify="left")
-    for col, kw in (("agent", {}), ("program", {}), ("phase", {}),
-                    ("current idea", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
-                    ("progress", {"width": 22}), ("last delta", {"justify": "right"}),
-                    ("runs", {"justify": "right"}), ("invalid", {"justify": "right"}),
-                    ("last outcome", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True})):
+    """One row per agent (program, phase, progress over the budget, last delta vs parent,
+    invalid edits), each agent's current idea and last outcome (an invalid edit's reason, a
+    backend down or refused) in full below the table (so 80 columns truncate nothing), then
+    best, sigma, its degrees of freedom and the margin per hardware class, experiments/hour and
+    the lost-winner audit."""
+    t = Table(title=title or f"swarm {data['swarm_id']}", title_justify="left")
+    names = [str(a.get("agent", "?")) for a in data["agents"]]
+    t.add_column("agent", no_wrap=True, min_width=max([5, *map(len, names)]))
+    for col, kw in (("program", {"no_wrap": True}), ("phase", {"no_wrap": True}),
+                    ("progress", {"width": 12}), ("Δparent", {"justify": "right", "no_wrap": True}),
+                    ("exps", {"justify": "right"}), ("inv", {"justify": "right"})):
         t.add_column(col, **kw)
+    ideas, outcomes = [], []
     for a in data["agents"]:
         p = a.get("progress")
-        bar = ProgressBar(total=1.0, completed=float(p), width=20) if isinstance(p, (int, float)) else Text("-")
+        bar = ProgressBar(total=1.0, completed=float(p), width=10) if isinstance(p, (int, float)) else Text("-")
         d = a.get("last_delta")
         delta = Text(_fmt(d, "+.4f"), style="green" if d and d > 0 else "red" if d else "")
         t.add_row(str(a.get("agent", "?")), str(a.get("program", "")), str(a.get("phase", "")),
-                  str(a.get("description") or ""), bar, delta, str(a.get("experiments", "")),
-                  str((a.get("statuses") or {}).get("invalid", 0)), _outcome_text(a))
+                  bar, delta, str(a.get("experiments", "")),
+                  str((a.get("statuses") or {}).get("invalid", 0)))
+        if a.get("description"):
+            ideas.append(f"{a.get('agent', '?')}: {a['description']}")
+        if a.get("last_outcome"):
+            outcomes.append(_outcome_text(a))
     lines = []
+    if ideas:
+        lines += ["current ideas:"] + [f"  {i}" for i in ideas]
+    if outcomes:
+        lines += ["last outcomes:"] + [f"  {o}" for o in outcomes]
     for hw, b in sorted(data["best"].items()):
         lines.append(f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} at {str(b.get('commit') or '')[:10]}")
+        n = data.get("noise", {}).get(hw)
+        if n:
+            lines.append(f"  sigma {_fmt(n.get('sigma'), '.5f')} ({n.get('dof') or 0} dof), "
+                         f"margin {_fmt(n.get('margin'), '.5f')}")
     if not data["best"]:
         lines.append("best: none yet (the baseline round runs first)")
     eph = data.get("experiments_per_hour")
-    lines.append(f"{data['experiments']} experiments, {data.get('kept', 0)} kept, "
+    lines.append(f"{data['experiments']} experiments ({data.get('runs', data['experiments'])} runs "
+                 f"with jobs), best moved {data.get('best_moves', data.get('kept', 0))} times, "
                  f"{_fmt(eph, '.1f')} experiments/hour")
+    lost = data.get("lost_winners") or []
+    lines.append(f"winners not on best: {len(lost)}" + (" (Δ vs best, + = better)" if lost else ""))
+    for r in lost:
+        lines.append(f"  {r['experiment_id']} {_fmt(r.get('delta'), '+.4f')} > margin "
+                     f"{_fmt(r.get('margin'), '.4f')}: {r['why']}")
     return Group(t, Text("\n".join(lines)))
 
 
-def _outcome_text(a: dict) -> Text:
-    text = str(a.get("last_outcome") or "")
-    bad = a.get("backend_state") not in (None, "up") or text.startswith(("invalid", "crash", "stopped: backend"))
-    return Text(text, style="red" if bad else "")
+def _outcome_text(a: dict) -> str:
+    return f"{a.get('agent', '?')}: {a.get('last_outcome')}"
 
 
-def _agent_brief(a: dict) -> str:
-    out = f"{a.get('agent')}:{a.get('phase', '')}"
-    invalid = (a.get("statuses") or {}).get("invalid", 0)
-    if invalid:
-        out += f" ({invalid} invalid)"
-    if a.get("backend_state") not in (None, "up") or a.get("phase") == "stopped":
-        out += f" [{str(a.get('last_outcome') or '')[:120]}]"
+def _troubles(data: dict) -> str:
+    """Invalid edits and backends in trouble: events, not the clock (no 'down for N s')."""
+    invalid = sum((a.get("statuses") or {}).get("invalid", 0) for a in data["agents"])
+    out = f", {invalid} invalid" if invalid else ""
+    for a in data["agents"]:
+        if a.get("backend_state") not in (None, "up"):
+            out += f"; {a.get('agent')}: backend {a['backend_state']}: {str(a.get('backend_reason'))[:120]}"
     return out
 
 
 def plain_line(data: dict) -> str:
-    """The same in one line, for logs and for a stdout that is not a terminal."""
+    """The same in one line, for logs and for a stdout that is not a terminal. It changes only
+    when something happened (an experiment, a job, a move of best), never with the clock or
+    the agents' phases, so a caller prints it only when it differs from the last one."""
     best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))}" for hw, b in sorted(data["best"].items())) or "none"
-    busy = ", ".join(_agent_brief(a) for a in data["agents"])
-    return f"[swarm] {data['experiments']} experiments, best {best}; {busy}"
+    return (f"[swarm] {data['experiments']} experiments ({data.get('runs', data['experiments'])} runs), "
+            f"best {best}, moved {data.get('best_moves', 0)} times{_troubles(data)}")

@@ -1,5 +1,9 @@
 """The running part of `swarm run`: redis, data, Ray, the coordinator actor and the agent actors,
 a supervision loop (dead agents are reconciled and restarted) and a clean stop on Ctrl-C.
+
+An agent whose node died is not an agent that keeps crashing: it is restarted without counting
+against MAX_RESTARTS, and its new actor waits (pending in Ray, no retry loop) until a node with
+a free agent slot joins the cluster.
 """
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +25,10 @@ from coordinator.run.plan import MAX_RESTARTS, STOP_GRACE_S, Plan
 log = logging.getLogger(__name__)
 
 _HUB_SOURCES = ("bundled", "climbmix", "tinystories")
+WAITING_SAY_S = 60.0   # how often a swarm without capacity says again that it waits
+# An unreachable agent may be on a node that Ray has not yet declared dead (its health check
+# takes ~15-30 s): a restart before that lands on the dying node and dies with it.
+UNREACHABLE_WAIT_S = 90.0
 
 
 class Supervisor:
@@ -32,6 +42,9 @@ class Supervisor:
         self.refs: dict[str, object] = {}
         self.configs: dict[str, object] = {}
         self.restarts: dict[str, int] = {}
+        self.placed: dict[str, object] = {}     # agent -> status() ref: ready once it is set up
+        self.waiting: dict[str, float] = {}     # agent -> when it lost its node
+        self._waiting_said = 0.0
         self.results: dict[str, dict] = {}
         self.data_source: str | None = None
         self._redis_said = 0.0
@@ -72,13 +85,14 @@ class Supervisor:
         # Ray's unix socket paths must fit in 107 bytes: a short temp dir, removed at the end
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="swr", dir="/tmp"))
         cpus = self.p.n_agents * self.p.cfg.agents.cpus_per_agent
+        res = self.p.cfg.agents.resource
         start_local_ray(num_cpus=cpus, num_gpus=self.p.n_agents * self.p.gpus_per_agent or None,
-                        temp_dir=self.ray_tmp)
+                        temp_dir=self.ray_tmp, resources={res: self.p.n_agents} if res else None,
+                        quiet=not self.p.verbose)
 
     def _agent(self, spec: dict):
         from agents.actor import agent_actor
         from agents.config import AgentConfig
-        from agents.ports import RayCoordinator
 
         cfg = AgentConfig(**spec, swarm_id=self.info["swarm_id"], swarm_home=self.home.root,
                           budget=self.p.cfg.budget, profile=self.p.profile,
@@ -86,12 +100,14 @@ class Supervisor:
                           threads=None if self.p.gpus_per_agent else self.p.cfg.agents.cpus_per_agent,
                           data_dir=self.data_dir, data_source=self.data_source)
         self.configs[cfg.name] = cfg
-        actor = agent_actor(cfg, gpus=self.p.gpus_per_agent,
-                            cpus=self.p.cfg.agents.cpus_per_agent).remote(
-                                cfg, RayCoordinator(self.coord, cfg.state_dir / "spool"))
+        res = self.p.cfg.agents.resource
+        # The bare handle: the agent builds its port (and its spool dir) on its own node.
+        actor = agent_actor(cfg, gpus=self.p.gpus_per_agent, cpus=self.p.cfg.agents.cpus_per_agent,
+                            **({"resources": {res: 1}} if res else {})).remote(cfg, self.coord)
         self.actors[cfg.name] = actor
         self.refs[cfg.name] = actor.run.remote(max_experiments=self.p.max_experiments,
                                                deadline=self.p.deadline)
+        self.placed[cfg.name] = actor.status.remote()
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -102,6 +118,9 @@ class Supervisor:
                  self.home.root)
         self.home.write_pid()
         self.started_at = time.time()
+        if threading.current_thread() is threading.main_thread():
+            # `ray job stop` sends SIGTERM: stop as on Ctrl-C, in-flight runs recording themselves
+            signal.signal(signal.SIGTERM, _interrupt)
         interrupted = False
         verdict = 0
         try:
@@ -141,6 +160,7 @@ class Supervisor:
         try:
             while self.refs:
                 self._watch_redis()
+                self._watch_capacity()
                 done, _ = ray.wait(list(self.refs.values()), num_returns=1, timeout=0.5)
                 for ref in done:
                     name = next(n for n, r in self.refs.items() if r == ref)
@@ -188,6 +208,7 @@ class Supervisor:
     def _agent_died(self, name: str, err: Exception) -> None:
         import ray
 
+        err = self._confirm_death(name, err)
         try:
             lost = ray.get(self.coord.reconcile_dead_agent.remote(name), timeout=120)
         except Exception as e:
@@ -196,12 +217,77 @@ class Supervisor:
         log.warning("agent %s died (%s); recorded %d lost run(s) as crash", name, _last_line(err), len(lost))
         log.info("agent %s death: %s", name, str(err)[-3000:])
         self._forget(name)
-        if n >= MAX_RESTARTS:
+        if _node_lost(err):
+            # Not the agent's fault: restart it, uncounted; Ray places it when a node has room.
+            self.waiting[name] = time.monotonic()
+            self._waiting_said = 0.0
+        elif n >= MAX_RESTARTS:
             log.error("agent %s died %d times: not restarting it", name, n + 1)
             return
-        self.restarts[name] = n + 1
+        else:
+            self.restarts[name] = n + 1
         spec = next(s for s in self.p.agent_specs if s["name"] == name)
         self._agent(spec)
+
+    def _confirm_death(self, name: str, err: Exception) -> Exception:
+        """For an agent that is only unreachable (ActorUnavailableError), wait until Ray says
+        that it died, and why; returns that error (or `err` when it answers or time runs out)."""
+        import ray
+
+        actor = self.actors.get(name)
+        if actor is None or not isinstance(err, ray.exceptions.ActorUnavailableError):
+            return err
+        end = time.monotonic() + UNREACHABLE_WAIT_S
+        while time.monotonic() < end:
+            try:
+                ray.get(actor.status.remote(), timeout=5)
+                return err  # reachable again: its run was lost all the same; restart it
+            except ray.exceptions.ActorDiedError as e:
+                return e
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                time.sleep(1)
+        return err
+
+    def _watch_capacity(self) -> None:
+        """Say when agents that lost their node wait for capacity (at once, then every
+        WAITING_SAY_S), and when each is set up again on a node that joined."""
+        import ray
+
+        if self.placed:
+            done, _ = ray.wait(list(self.placed.values()), num_returns=len(self.placed), timeout=0)
+            for ref in done:
+                name = next(n for n, r in self.placed.items() if r == ref)
+                del self.placed[name]
+                since = self.waiting.pop(name, None)
+                if since is not None:
+                    with contextlib.suppress(Exception):  # died again: its run ref says so
+                        ray.get(ref)
+                        log.warning("agent %s resumed on a node with capacity after %.1f s",
+                                    name, time.monotonic() - since)
+        waiting = sorted(n for n in self.waiting if n in self.placed)
+        if waiting and time.monotonic() - self._waiting_said >= WAITING_SAY_S:
+            self._waiting_said = time.monotonic()
+            log.warning("waiting for capacity: %d agent(s) lost their node (%s); each needs %s "
+                        "and the cluster has %s free; they resume when a node with room joins",
+                        len(waiting), ", ".join(waiting), self._agent_needs(), self._free())
+
+    def _agent_needs(self) -> str:
+        need = {"CPU": self.p.cfg.agents.cpus_per_agent}
+        if self.p.gpus_per_agent:
+            need["GPU"] = self.p.gpus_per_agent
+        if self.p.cfg.agents.resource:
+            need[self.p.cfg.agents.resource] = 1
+        return ", ".join(f"{v:g} {k}" for k, v in need.items())
+
+    def _free(self) -> str:
+        import ray
+        try:
+            free = ray.available_resources()
+        except Exception:
+            return "unknown"
+        keys = ["CPU"] + (["GPU"] if self.p.gpus_per_agent else []) + (
+            [self.p.cfg.agents.resource] if self.p.cfg.agents.resource else [])
+        return ", ".join(f"{free.get(k, 0):g} {k}" for k in keys)
 
     def _forget(self, name: str) -> None:
         """Kill what is left of a dead agent and wait until Ray frees its name for the restart."""
@@ -220,6 +306,11 @@ class Supervisor:
     def _stop_agents(self) -> None:
         import ray
 
+        for name in [n for n in self.waiting if n in self.placed and n in self.refs]:
+            # still waiting for a node: nothing runs there that could record itself
+            with contextlib.suppress(Exception):
+                ray.kill(self.actors[name], no_restart=True)
+            del self.refs[name]
         for name, actor in self.actors.items():
             with contextlib.suppress(Exception):
                 actor.stop.remote()
@@ -293,6 +384,15 @@ def _baseline_text() -> str:
     return (importlib.resources.files("trainer") / "baseline" / "train.py").read_text()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _node_lost(err: Exception) -> bool:
+    """Did the agent die with its node (a worker lost, preempted or drained)?"""
+    return bool(getattr(err, "preempted", False)) or "its node has died" in str(err)
+
+
 def _last_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return (lines[-1] if lines else e.__class__.__name__)[:300]
@@ -308,19 +408,21 @@ def _rows(client, info) -> list[dict]:
 
 
 class _View:
-    """rich Live on a terminal (~2 redraws/s), a plain line every 10 s otherwise."""
+    """rich Live on a terminal (~2 redraws/s); otherwise a plain line each time something
+    happened (a new record or a move of best), never the same line again."""
 
     def __init__(self, plain: bool):
         self.plain = plain
         self.live = None
-        self.last_plain = 0.0
+        self.last_plain = ""
 
     def update(self, data: dict) -> None:
         from coordinator.run import live
         if self.plain:
-            if time.monotonic() - self.last_plain >= 10:
-                self.last_plain = time.monotonic()
-                print(live.plain_line(data), flush=True)
+            line = live.plain_line(data)
+            if line != self.last_plain:
+                self.last_plain = line
+                print(line, flush=True)
             return
         if self.live is None:
             from rich.live import Live

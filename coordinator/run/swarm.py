@@ -117,12 +117,26 @@ def plan(args) -> Plan:
         check_ray_address(address)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     home = resolve_home(args.swarm_home, cfg.swarm_home)
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
+            args.swarm_home or os.environ.get("SWARM_HOME") or cfg.swarm_home):
+        # Inside `ray job submit` the working directory may be Ray's temporary copy of
+        # --working-dir, gone with the job: the swarm's state goes to the head's home instead.
+        home = Path.home() / ".swarm"
     _check_same_budget(SwarmHome(home), profile, budget)
     cfg.budget = budget
+    if cfg.promotion.job_lease_s is None:
+        cfg.promotion = cfg.promotion.model_copy(update={"job_lease_s": job_lease(budget, get_profile(profile))})
     return Plan(cfg=cfg, home=home, profile=profile,
                 n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
                 redis_url=redis_url, address=address, max_experiments=args.max_experiments,
                 deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose)
+
+
+def job_lease(budget: float, prof) -> float:
+    """How long a handed-out job is its agent's: a whole run (start-up, the budget, the locked
+    evaluation) with room to spare, so that a slow run is never handed out twice. The
+    coordinator raises it further when runs turn out longer."""
+    return 1.5 * (prof.startup_limit + budget + prof.eval_limit) + 60.0
 
 
 def _check_same_budget(home: SwarmHome, profile: str, budget: float) -> None:
@@ -170,7 +184,7 @@ def run_command(args, setup_logging) -> int:
     if p.address:
         # joining is part of the checks: an unreachable cluster must not leave a SWARM_HOME
         from agents.raylocal import start_local_ray
-        start_local_ray(num_cpus=0, address=p.address)
+        start_local_ray(num_cpus=0, address=p.address, quiet=not p.verbose)
         _check_cluster_gpus(p)
     setup_logging(p.home, p.verbose)
     from coordinator.run.supervise import Supervisor
@@ -185,3 +199,9 @@ def _check_cluster_gpus(p: Plan) -> None:
     if need > have:
         ray.shutdown()
         raise SwarmError(f"asked for {need} GPU(s) but the Ray cluster at {p.address} has {have}")
+    res = p.cfg.agents.resource
+    if res and p.n_agents > ray.cluster_resources().get(res, 0):
+        have = ray.cluster_resources().get(res, 0)
+        ray.shutdown()
+        raise SwarmError(f"{p.n_agents} agent(s) need one {res!r} each but the Ray cluster at "
+                         f"{p.address} has {have:g} (agents.resource)")

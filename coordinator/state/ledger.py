@@ -9,7 +9,8 @@ Row schema (one row per experiment, `rows()`): every ExperimentRecord field exce
 flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps`, `tokens`,
 `num_params`, then the latest decision: `decision`, `decision_reason`, `best_before`,
 `best_after`, `decision_delta`, `margin`, `sigma`, `samples`, `suspect`, `merge_commit`,
-`decided_at`, `simplification`. TSV columns: commit val_bpb memory_gb status description agent
+`decided_at`, `simplification`, and the labelled `delta_best` / `delta_parent` (+ = better), `dof`,
+`beat_best`. TSV columns: commit val_bpb memory_gb status description agent
 program parent, then the rest in ROW_COLUMNS order; `status` uses the original's vocabulary
 (keep/discard/crash) plus ours (pending, conflict, did-not-stack, timeout, invalid, rejected,
 sample).
@@ -121,6 +122,10 @@ ROW_SCHEMA = pa.schema([
     ("best_after", pa.string()), ("decision_delta", pa.float64()), ("margin", pa.float64()),
     ("sigma", pa.float64()), ("samples", pa.int64()), ("suspect", pa.bool_()),
     ("merge_commit", pa.string()), ("decided_at", pa.float64()), ("simplification", pa.bool_()),
+    # Labelled deltas, one sign convention (+ = better): against best at the decision, and
+    # against the record's parent (the coordinator's means; else the agent's own one run).
+    ("delta_best", pa.float64()), ("delta_parent", pa.float64()), ("dof", pa.int64()),
+    ("beat_best", pa.bool_()),
 ])
 ROW_COLUMNS = ROW_SCHEMA.names
 
@@ -149,9 +154,11 @@ def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
                    best_after=dec.best_after, decision_delta=dec.delta, margin=dec.margin,
                    sigma=dec.sigma, samples=dec.samples, suspect=dec.suspect,
                    merge_commit=dec.merge_commit, decided_at=dec.decided_at,
-                   simplification=dec.decision == "simplification")
+                   simplification=dec.decision == "simplification", delta_best=dec.delta,
+                   delta_parent=dec.delta_parent if dec.delta_parent is not None else rec.delta,
+                   dof=dec.dof, beat_best=dec.beat_best)
     else:
-        row.update(suspect=False, simplification=False)
+        row.update(suspect=False, simplification=False, beat_best=False, delta_parent=rec.delta)
     row["status"] = tsv_status(rec.status, dec.decision if dec else None)
     return row
 

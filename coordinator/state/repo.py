@@ -185,6 +185,11 @@ class ResearchRepo:
                            capture_output=True)
         return p.returncode == 0
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits (None when they share no history)."""
+        p = subprocess.run(["git", "--git-dir", str(self.path), "merge-base", a, b], capture_output=True)
+        return p.stdout.decode().strip() or None if p.returncode == 0 else None
+
     def first_parent_history(self, ref: str) -> list[str]:
         return self.git("rev-list", "--first-parent", ref).split()
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # record fields shown in the click panel, in this order (the rest is noise for a reviewer)
 PANEL_FIELDS = ("experiment_id", "kind", "agent", "program", "backend", "hardware_class", "seed",
                 "run_status", "status", "reason", "decision", "decision_reason", "val_bpb",
-                "confirm_bpb", "parent_val_bpb", "delta", "decision_delta", "margin", "sigma",
+                "confirm_bpb", "parent_val_bpb", "delta_best", "delta_parent", "margin", "sigma", "dof",
                 "samples", "suspect", "best_before", "best_after", "merge_commit", "lines_added",
                 "lines_removed", "fix_attempts",
                 "training_seconds", "total_seconds", "memory_gb", "peak_memory_mb", "steps", "prompt_tokens",
@@ -124,10 +124,27 @@ def _noise_html(rows, sigma, margin) -> str:
     for hw, d in sorted(per.items()):
         s = sigma if sigma is not None else d["sigma"]
         m = margin if margin is not None else d["margin"]
+        dof = None if d.get("dof") is None else int(d["dof"])
         items.append(f"<tr><td>{html.escape(hw)}</td><td>{_fmt(s, '.5f')}</td>"
-                     f"<td>{_fmt(m, '.5f')}</td></tr>")
+                     f"<td>{_fmt(dof, 'd')}</td><td>{_fmt(m, '.5f')}</td></tr>")
     return ("<table class='stats' id='noise-table'><tr><th>hardware class</th><th>sigma "
-            "(val_bpb noise)</th><th>promotion margin</th></tr>" + "".join(items) + "</table>")
+            "(val_bpb noise)</th><th>degrees of freedom</th><th>promotion margin (last decision)"
+            "</th></tr>" + "".join(items) + "</table>")
+
+
+def _lost_html(rows, G) -> str:
+    from coordinator.decide.audit import lost_winners_from_rows
+
+    lost = lost_winners_from_rows(rows, lambda c: bool(c in G and G.nodes[c].get("on_best")))
+    if not lost:
+        return "<p class='note' id='lost-winners'>none: every result that beat best by the margin is on best</p>"
+    out = ["<table class='stats' id='lost-winners'><tr><th>experiment</th><th>agent</th><th>idea</th>"
+           "<th>Δ vs best (+ = better)</th><th>margin</th><th>why not on best</th></tr>"]
+    for r in lost:
+        cells = (r["experiment_id"], r["agent"], r["description"], _fmt(r["delta"], "+.4f"),
+                 _fmt(r["margin"], ".4f"), r["why"] if r["why"] != "LOST" else "LOST (no recorded reason)")
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c or ''))}</td>" for c in cells) + "</tr>")
+    return "".join(out) + "</table>"
 
 
 def _invalid_html(rows, swarm_home: Path, out_dir: Path) -> str:
@@ -209,6 +226,10 @@ parent. Click a node for its record, its train.py diff against each parent and i
 {_stats_html(rows)}
 <h2>Noise and promotion margin</h2>
 {_noise_html(rows, sigma, margin)}
+<h2>Winners not on best</h2>
+<p class="note">Results that beat best by more than the margin and are not on best, with why
+(a verification or confirmation still pending, or put onto best and did not stack).</p>
+{_lost_html(rows, G)}
 <h2>Invalid edits (not trained)</h2>
 {_invalid_html(rows, swarm_home, out_dir)}
 <h2>Backend outages and refusals (not experiments)</h2>

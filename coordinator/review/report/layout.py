@@ -25,7 +25,7 @@ def layered_positions(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
     pos: dict[str, tuple[float, float]] = {}
     base = 0.0
     for hw in classes:
-        width = max((len(v) for (h, _), v in by.items() if h == hw), default=1)
+        width = max((len(v) for (h, _), v in by.items() if h == hw), default=1) + 1
         keys = sorted(x for (h, x) in by if h == hw)
         for x in keys:
             nodes = by[(hw, x)]
@@ -37,7 +37,13 @@ def layered_positions(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
                 return (not a.get("on_best"), min(ps) if ps else 0.0, a.get("started_at") or 0)
 
             nodes.sort(key=key)
-            for i, n in enumerate(nodes):
-                pos[n] = (float(x), base - float(i))
+            # The top row of a band is best's: a node off best (a merge candidate that did not
+            # stack, whose first parent is best) never takes it, even where best has no node.
+            row = 0
+            for n in nodes:
+                if row == 0 and not G.nodes[n].get("on_best"):
+                    row = 1
+                pos[n] = (float(x), base - float(row))
+                row += 1
         base -= width + 3.0
     return pos

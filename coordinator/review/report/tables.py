@@ -30,7 +30,9 @@ def program_table(rows: list[dict]) -> list[dict]:
     """One dict per program (COLUMNS keys), sorted by program, plus a final 'all' row.
 
     experiments: the agents' own ideas (kind experiment); keeps: those that beat their own
-    parent; promotions: those that moved best. GPU-hours count every run, jobs included.
+    parent (delta_parent > 0, + = better); promotions: those that moved best, each move once
+    (a verification run is a sample, the move is its candidate's). GPU-hours count every run,
+    jobs included.
     """
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -42,9 +44,12 @@ def program_table(rows: list[dict]) -> list[dict]:
 
 def _stats(program: str, rs: list[dict]) -> dict:
     exps = [r for r in rs if (r.get("kind") or "experiment") == "experiment"]
-    keeps = [r for r in exps if record_status(r) == "ok" and _num(r.get("delta")) > 0]
-    acc = [r for r in rs if r.get("decision") in ACCEPTED]
-    deltas = [_num(r.get("delta")) for r in acc if r.get("delta") is not None]
+    keeps = [r for r in exps if record_status(r) == "ok"
+             and _num(r.get("delta_parent", r.get("delta"))) > 0]
+    acc = [r for r in rs if r.get("decision") in ACCEPTED and r.get("best_after")]
+    acc = list({r["best_after"]: r for r in acc}.values())  # one per move
+    deltas = [_num(r.get("delta_best", r.get("decision_delta"))) for r in acc
+              if r.get("delta_best", r.get("decision_delta")) is not None]
     gpu_h = sum(run_seconds(r) for r in rs) / 3600.0
     cost = sum(_num(r.get("cost_usd")) for r in rs)
     return dict(program=program, experiments=len(exps), keeps=len(keeps), promotions=len(acc),
@@ -58,8 +63,8 @@ def noise_by_class(rows: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: _num(r.get("finished_at"))):
         hw = r.get("hardware_class") or "?"
-        d = out.setdefault(hw, {"sigma": None, "margin": None})
-        for k in ("sigma", "margin"):
+        d = out.setdefault(hw, {"sigma": None, "margin": None, "dof": None})
+        for k in ("sigma", "margin", "dof"):
             v = r.get(k)
             if isinstance(v, (int, float)) and not math.isnan(v):
                 d[k] = float(v)

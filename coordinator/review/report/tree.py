@@ -93,11 +93,12 @@ def _line(G: nx.DiGraph, n: str, tag: str, parent: str | None, hw: str | None = 
     v = _val(a, hw)
     pv = _val(G.nodes[parent], hw) if parent else None
     d = a.get("delta")
-    # the record's own delta was measured against its parent on its class; prefer it
+    # One sign convention everywhere (tree, table, TSV, JSON, report): + = better. The
+    # decision's delta is against the best of its time (for a step on best: its first parent).
     if isinstance(d, (int, float)) and d == d and parent is not None:
-        change = f"{-d:+.4f}"
+        change = f"{d:+.4f}"
     elif isinstance(v, float) and isinstance(pv, float):
-        change = f"{v - pv:+.4f}"
+        change = f"{pv - v:+.4f}"
     else:
         change = "       "
     flags = " [SUSPECT]" if a.get("suspect") else ""
@@ -167,7 +168,7 @@ def render_tree(G: nx.DiGraph, *, all: bool = False, hardware_class: str | None 
         first, last = _val(G.nodes[chain[0]], hw), _val(G.nodes[chain[-1]], hw)
         head = f"best/{hw}: {len(chain) - 1} steps, val_bpb {_fmt_bpb(first)} -> {_fmt_bpb(last)}"
         if isinstance(first, float) and isinstance(last, float):
-            head += f" ({last - first:+.4f})"
+            head += f" ({first - last:+.4f}; deltas: improvement over best, + = better)"
         lines = [head]
         on_chain = set(chain)
         for i, n in enumerate(chain):

@@ -1,0 +1,272 @@
+"""How the coordinator judges an experiment: against the current best of its hardware class,
+whatever its parent (a part of Coordinator, kept apart from the port and the state it owns).
+
+- On best (its train.py, put onto best, is its own: the parent is best, has best's train.py,
+  or descends from best): judged by its own samples against best's: promote (or a confirmed
+  simplification), pending with a confirmation run when one can change the outcome, else discard.
+- Off best, a winner (it beat best, or its own parent, by the margin): its whole change since
+  the merge base with best is merged onto best (a two-parent commit, best first) and a
+  verification run decides: merge, or did-not-stack. When that merge conflicts or does not
+  stack and the candidate alone beats best, the candidate's train.py goes onto best the same
+  way, verified like a merge.
+- No promotion before sigma has min_dof degrees of freedom: results that look better wait
+  (pending, stage "sigma") while the coordinator schedules repeats of best; each new best is
+  re-measured (best_remeasures top-priority repeats); from the first of them on, the samples
+  taken since it became best alone are its reference (the ones that made it best were
+  selected for being low).
+- When best moves, open verifications of merges onto an older best are cancelled and the
+  candidates merged again onto the new best.
+"""
+from __future__ import annotations
+
+import logging
+
+from agents.messages import Decision, ExperimentRecord
+from coordinator.decide.rules import Samples, Verdict, judge, margin_for, standard_error
+from coordinator.state.repo import merge_texts, object_id
+
+log = logging.getLogger(__name__)
+
+MOVES = ("promote", "simplification")
+DEFAULT_LEASE_S = 900.0  # before any run says how long runs take
+
+
+class Judging:
+    """Mixed into Coordinator: uses its cfg, repo, commits, book (samples and noise), jobs,
+    records, decisions, refwriter and its _dec/_move_best/_best_commit helpers."""
+
+    # -- state helpers ----------------------------------------------------------------------
+    def _dof(self, hw: str) -> int:
+        return self.book.dof(hw)
+
+    def _class_margin(self, hw: str) -> float | None:
+        """The margin one new sample must clear against best now (no added lines)."""
+        bs = self.book.ref(hw, self._best_commit(hw))
+        dof = self._dof(hw)
+        if bs.n == 0 or dof < 1:
+            return None
+        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, bs.n), 0, dof)
+
+    def _note_run_length(self, rec: ExperimentRecord) -> None:
+        """A job's lease must outlast a whole run (budget, start-up, evaluation): never shorter
+        than 1.5x the longest run seen, plus a minute."""
+        r = rec.result
+        if r is not None and r.total_seconds:
+            self.jobs.lease_s = max(self.jobs.lease_s, 1.5 * r.total_seconds + 60.0)
+
+    def _followups(self) -> list:
+        if not hasattr(self, "_todo"):
+            self._todo: list[tuple[str, str]] = []
+        return self._todo
+
+    # -- the verdict on an experiment --------------------------------------------------------
+    def _judge_experiment(self, rec: ExperimentRecord, prev: Decision | None = None) -> Decision:
+        hw, C, P = rec.hardware_class, rec.commit, rec.parent
+        best = self._best_commit(hw)
+        bs, cs = self.book.ref(hw, best), self.book.of(hw, C)
+        sigma, dof = self.book.sigma(hw), self._dof(hw)
+        info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best,
+                    mean=cs.mean if cs.n else None)
+        if bs.n == 0:
+            return self._dec(rec, "unjudged", "best has no samples yet", **info)
+        bC, bB = self.commits.blob(C), self.commits.blob(best)
+        if bC == bB:
+            return self._dec(rec, "discard", "same train.py as best: a sample of best", delta=0.0, **info)
+        has_p = self.commits.has(P)
+        p_is_best = P == best or (has_p and self.commits.blob(P) == bB)
+        if p_is_best:
+            text, clean = self.commits.text(C), True
+        else:
+            base = self.repo.merge_base(C, best)
+            base_text = self.commits.text(base) if base else ""
+            text, clean = merge_texts(base_text, self.commits.text(best), self.commits.text(C))
+        direct = clean and text == self.commits.text(C)   # onto best, its change is itself
+        added, removed = self.commits.diff_lines(best, C)
+        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof)
+        vp = None
+        ps = self.book.of(hw, P) if has_p and not p_is_best else Samples()
+        if ps.n:
+            a, r = self.commits.diff_lines(P, C)
+            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof)
+        sure = dof >= self.cfg.min_dof
+        # Once a winner, always one (against the best of its time): a later best does not
+        # turn its merge into a discard, only a verification can say did-not-stack.
+        beat_best = (sure and vb.decision == "promote") or bool(prev and prev.beat_best)
+        won_parent = (vp.decision == "promote") if vp is not None else (p_is_best and vb.decision == "promote")
+        beat_parent = (sure and won_parent) or bool(prev and prev.beat_parent)
+        info.update(delta=vb.delta, margin=vb.margin, beat_best=beat_best, beat_parent=beat_parent,
+                    delta_parent=vp.delta if vp else (vb.delta if p_is_best else None))
+        if not sure:
+            if vb.delta > 0 or (vp is not None and vp.delta > 0):
+                return self._dec(rec, "pending", f"looks better ({vb.delta:+.4f} vs best); waiting for "
+                                 f"sigma: {dof} of {self.cfg.min_dof} degrees of freedom", stage="sigma", **info)
+            return self._dec(rec, "discard", f"not better than best ({vb.delta:+.4f})"
+                             + (f" nor its parent ({vp.delta:+.4f})" if vp else ""), **info)
+        if direct:
+            if vb.decision in MOVES:
+                new = C
+                if P != best:  # first parent must be best: a two-parent commit with the same train.py
+                    new = self._onto_best(rec, best, text, "onto best")
+                return self._move_best(rec, hw, best, new, vb, sigma, vb.decision,
+                                       merge_commit=None if new == C else new, **_extra(info))
+            if vb.decision == "pending":
+                return self._confirm(rec, C, best, vb, info)
+            return self._dec(rec, "discard", vb.reason, **info)
+        if beat_best or beat_parent:
+            if clean:
+                if object_id("blob", text.encode()) == bB:
+                    return self._dec(rec, "discard", "its change is already in best", **info)
+                return self._verify(rec, hw, best, text, "verify", info,
+                                    f"beat {'best' if beat_best else 'its parent'} by the margin; its change "
+                                    f"since the merge base merged cleanly onto best: verifying")
+            return self._alone_or(rec, hw, best, vb, info, "conflict",
+                                  f"beat its parent by {info['delta_parent']:+.4f}, but its change does "
+                                  f"not apply onto best {best[:10]} and alone it does not beat best")
+        if vb.decision == "pending":
+            return self._confirm(rec, C, best, vb, info)
+        if vp is not None and vp.decision == "pending":
+            return self._confirm(rec, C, best, vp, info)
+        why = vb.reason if vp is None else f"{vb.reason} against best; {vp.reason} against its parent"
+        return self._dec(rec, "discard", why, **info)
+
+    def _onto_best(self, rec: ExperimentRecord, best: str, text: str, what: str) -> str:
+        M = self.repo.commit_tree(text, [best, rec.commit],
+                                  f"Merge {rec.experiment_id} ({rec.description}) {what}", base=best)
+        self.commits.remember(M, object_id("blob", text.encode()), text)  # written just now: no read back
+        self.refwriter.later(f"refs/candidates/{rec.experiment_id}", M)
+        return M
+
+    def _verify(self, rec: ExperimentRecord, hw: str, best: str, text: str, stage: str, info: dict,
+                reason: str) -> Decision:
+        M = self._onto_best(rec, best, text, "onto best" if stage == "verify" else "alone onto best")
+        n = self.book.of(hw, M).n
+        self.jobs.issue("verify", M, best, hw, rec.experiment_id,
+                        f"verify {'merge of' if stage == 'verify' else 'alone:'} {rec.description}")
+        return self._dec(rec, "pending", reason, stage=stage, merge_commit=M, merge_samples=n, **info)
+
+    def _alone_or(self, rec: ExperimentRecord, hw: str, best: str, vb: Verdict, info: dict,
+                  otherwise: str, reason: str, **kw) -> Decision:
+        """The candidate alone onto best when it beats best by itself, else `otherwise`."""
+        if vb.decision == "promote":
+            return self._verify(rec, hw, best, self.commits.text(rec.commit), "verify-alone", info,
+                                f"beats best by {vb.delta:.4f} alone; its change does not go onto best "
+                                f"as a merge: verifying it alone onto best")
+        return self._dec(rec, otherwise, reason, **{**info, **kw})
+
+    def _confirm(self, rec: ExperimentRecord, commit: str, best: str, v: Verdict, info: dict) -> Decision:
+        self.jobs.issue("confirm", commit, best, rec.hardware_class, rec.experiment_id,
+                        f"confirm {rec.description}")
+        return self._dec(rec, "pending", v.reason, stage="confirm", **info)
+
+    # -- after a confirmation or verification run -------------------------------------------
+    def _rejudge(self, exp_id: str) -> Decision:
+        d = self.decisions[exp_id]
+        if d.decision != "pending":
+            return d
+        rec = self.records[exp_id]
+        hw = rec.hardware_class
+        M = d.merge_commit
+        if M is None or d.stage not in ("verify", "verify-alone"):
+            return self._judge_experiment(rec, prev=d)
+        best = self._best_commit(hw)
+        if best != d.best_before:  # best moved under the verification: merge onto the new best
+            return self._judge_experiment(rec, prev=d)
+        ms = self.book.of(hw, M)
+        if ms.n <= d.merge_samples:
+            return d  # its verification run has not reported yet
+        bs = self.book.ref(hw, best)
+        sigma, dof = self.book.sigma(hw), self._dof(hw)
+        added, removed = self.commits.diff_lines(best, M)
+        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof)
+        info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
+                    mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent)
+        if v.decision in MOVES:
+            return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M,
+                                   **{**_extra(info), "reason_prefix": "verified: "})
+        if v.decision == "pending":
+            self.jobs.issue("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
+            return self._dec(rec, "pending", f"verification {v.reason}", delta=v.delta, margin=v.margin,
+                             stage=d.stage, merge_commit=M, merge_samples=d.merge_samples, **info)
+        if d.stage == "verify":
+            cs = self.book.of(hw, rec.commit)
+            a, r = self.commits.diff_lines(best, rec.commit)
+            vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof)
+            if vb.decision == "promote" and self.commits.blob(rec.commit) != self.commits.blob(M):
+                return self._alone_or(rec, hw, best, vb, {**info, "delta": vb.delta, "margin": vb.margin},
+                                      "did-not-stack", "")
+        return self._dec(rec, "did-not-stack", f"put onto best, the verification did not beat best: "
+                         f"{v.reason}", delta=v.delta, margin=v.margin, merge_commit=M,
+                         merge_samples=d.merge_samples, **info)
+
+    def _give_up(self, exp_id: str, job, reason: str) -> None:
+        d = self.decisions.get(exp_id)
+        if d is None or d.decision != "pending" or job.commit not in (d.merge_commit, self.records[exp_id].commit):
+            return
+        self._dec(self.records[exp_id], "unjudged", f"never judged: {reason}", best_before=d.best_before,
+                  merge_commit=d.merge_commit, sigma=d.sigma, dof=d.dof, delta_parent=d.delta_parent,
+                  beat_best=d.beat_best, beat_parent=d.beat_parent)
+
+    # -- jobs that follow best --------------------------------------------------------------
+    def _best_moved(self, hw: str, new: str) -> None:
+        """Cancel the open jobs an older best made pointless and queue their candidates to be
+        merged again onto the new best (after the decision in hand: see _run_followups)."""
+        for st in self.jobs.open_jobs(hw):
+            j = st.job
+            if j.kind == "baseline" and j.commit != new and st.agent is None and not st.for_agent:
+                self.jobs.cancel(j.job_id, "best moved: a repeat of an older best")
+            elif j.kind in ("verify", "confirm") and j.parent != new and j.for_experiment:
+                d = self.decisions.get(j.for_experiment)
+                if d is not None and d.merge_commit == j.commit:
+                    self.jobs.cancel(j.job_id, "best moved: merged again onto the new best")
+                    self._followups().append(("retarget", j.for_experiment))
+
+    def _sample_added(self, hw: str, dof_before: int) -> None:
+        if dof_before < self.cfg.min_dof <= self._dof(hw):
+            for i, d in self.decisions.items():
+                if d.decision == "pending" and d.stage == "sigma" and d.hardware_class == hw:
+                    self._followups().append(("rejudge", i))
+
+    def _run_followups(self) -> None:
+        todo = self._followups()
+        seen = set()
+        while todo:
+            what, i = todo.pop(0)
+            if (what, i) in seen:
+                continue
+            seen.add((what, i))
+            d = self.decisions.get(i)
+            if d is not None and d.decision == "pending":
+                self._judge_experiment(self.records[i], prev=d)
+
+    def _schedule_repeats(self, hw: str) -> None:
+        """Open repeats of best (baseline jobs anyone may take) while sigma has fewer than
+        min_dof degrees of freedom or best fewer than best_remeasures samples, counting the
+        repeats already open."""
+        if hw not in self.classes:
+            return
+        best = self._best_commit(hw)
+        if self.book.of(hw, best).n == 0:
+            return  # the first round's baselines are on their way
+        open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
+        fresh = self.book.fresh_n(hw, best)  # a new best: only the runs since it became best count
+        # (the root was not selected: it needs no re-measure)
+        want = 0 if fresh is None else self.cfg.best_remeasures - fresh
+        need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
+        for _ in range(max(0, need)):
+            self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")
+
+    def _pending_on_old_best(self) -> None:
+        """At start-up: verifications of merges onto a best that has moved since."""
+        for i, d in list(self.decisions.items()):
+            if (d.decision == "pending" and d.stage in ("verify", "verify-alone") and d.hardware_class
+                    and d.best_before != self._best_commit(d.hardware_class)):
+                self._followups().append(("retarget", i))
+            elif (d.decision == "pending" and d.stage == "sigma" and d.hardware_class
+                  and self._dof(d.hardware_class) >= self.cfg.min_dof):
+                self._followups().append(("rejudge", i))
+
+
+def _extra(info: dict) -> dict:
+    """The decision fields _move_best does not compute itself."""
+    return {k: info[k] for k in ("dof", "samples_best", "delta_parent", "mean", "beat_best", "beat_parent")
+            if k in info}

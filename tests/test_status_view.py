@@ -1,0 +1,74 @@
+"""What a person reads: `swarm status` in 80 columns, figures over experiments only with each
+move of best counted once, sigma/dof/margin and the lost-winner audit, and plain `swarm run`
+output that prints a line only when something happened (issue 13)."""
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from coordinator.run import live
+
+IDEA = "raise the learning rate warmup to 400 steps and halve the weight decay on the embeddings"
+
+
+def rows():
+    base = dict(hardware_class="cpu", run_status="ok", agent="a0", program="p")
+    return [
+        {**base, "kind": "baseline", "experiment_id": "b1", "started_at": 0.0, "finished_at": 100.0},
+        {**base, "kind": "experiment", "experiment_id": "e1", "started_at": 100.0, "finished_at": 400.0,
+         "decision": "merge", "best_after": "M1", "sigma": 0.01, "dof": 9, "margin": 0.03,
+         "decided_at": 900.0, "delta_best": 0.05, "beat_best": True, "commit": "c1"},
+        # the merge's verification run: a sample, not a second move
+        {**base, "kind": "verify", "experiment_id": "v1", "started_at": 400.0, "finished_at": 900.0,
+         "decision": "sample", "commit": "M1"},
+        {**base, "kind": "experiment", "experiment_id": "e2", "started_at": 400.0, "finished_at": 3700.0,
+         "decision": "discard", "commit": "c2"},
+        {**base, "kind": "experiment", "experiment_id": "e3", "run_status": "invalid",
+         "started_at": 3700.0, "finished_at": 3701.0, "decision": "invalid"},
+    ]
+
+
+def test_figures_count_experiments_only_and_each_move_once():
+    data = live.gather(None, "s", rows())
+    assert data["experiments"] == 3 and data["runs"] == 5
+    assert data["best_moves"] == 1 and data["kept"] == 1
+    # 2 trained experiments between t=100 and t=3700: 2 per hour
+    assert abs(data["experiments_per_hour"] - 2.0) < 1e-9
+    assert data["noise"]["cpu"] == {"sigma": 0.01, "dof": 9, "margin": 0.03}
+
+
+def test_status_is_readable_in_80_columns():
+    data = live.gather(None, "s", rows())
+    data["agents"] = [{"agent": f"agent-with-a-long-name-{i}", "program": "optimizer", "phase": "train",
+                       "progress": 0.5, "last_delta": -0.0123, "experiments": 12, "description": IDEA}
+                      for i in range(3)]
+    data["lost_winners"] = [{"experiment_id": "e9", "delta": 0.04, "margin": 0.03, "why": "pending"}]
+    buf = io.StringIO()
+    Console(file=buf, width=80, force_terminal=False, color_system=None).print(live.render(data))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "..." not in text
+    flat = " ".join(text.split())
+    for i in range(3):
+        assert f"agent-with-a-long-name-{i}" in text
+        assert f"agent-with-a-long-name-{i}: {IDEA}" in flat
+    assert "sigma 0.01000 (9 dof), margin 0.03000" in flat
+    assert "winners not on best: 1" in flat and "e9 +0.0400 > margin 0.0300: pending" in flat
+
+
+def test_plain_output_prints_a_line_only_when_something_happened(capsys):
+    from coordinator.run.supervise import _View
+
+    v = _View(plain=True)
+    data = live.gather(None, "s", rows())
+    v.update(data)
+    data["agents"] = [{"agent": "a0", "phase": "train", "progress": 0.7}]  # phases move all the time
+    v.update(data)
+    v.update(live.gather(None, "s", rows()))
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    more = rows() + [{"kind": "experiment", "experiment_id": "e4", "run_status": "ok",
+                      "started_at": 3701.0, "finished_at": 4000.0, "decision": "discard"}]
+    v.update(live.gather(None, "s", more))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "4 experiments" in out[0]

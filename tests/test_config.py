@@ -37,7 +37,7 @@ def test_unknown_keys_are_named_with_their_dotted_path():
                                                      "you mean 'k'? valid keys: min_delta, k,")
     # nothing close: only the valid keys
     assert _err({"agents": {"zzz": 1}}) == ("swarm.yaml: agents.zzz: unknown key (valid keys: "
-                                            "count, gpus, cpus_per_agent)")
+                                            "count, gpus, cpus_per_agent, resource)")
 
 
 def test_bad_values():
@@ -65,7 +65,7 @@ def test_file_errors_name_the_file(tmp_path):
     p = tmp_path / "my.yaml"
     p.write_text("agents:\n  count: 2\n  cpus: 3\n")
     with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key \(did you mean "
-                                          r"'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent\)$"):
+                                          r"'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent, resource\)$"):
         load_config(p)
     p.write_text("agents: [unclosed\n")
     with pytest.raises(ConfigError, match="my.yaml.*not valid YAML"):

@@ -19,6 +19,24 @@ NODE_HOME_ENV = "SWARM_NODE_HOME"
 NODE_DATA_ENV = "SWARM_NODE_DATA_DIR"
 
 
+def _log_to_home(cfg: AgentConfig) -> None:
+    """The agent's warnings (a backend not answering, a retry) go to SWARM_HOME/logs/<agent>.log:
+    Ray's worker logs live in a temp folder deleted when the swarm stops. Configured here, once
+    per actor process, as the CLI does for the terminal."""
+    path = cfg.swarm_home / "logs" / f"agent-{cfg.name}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
+        return
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("agents")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+
+
 def node_view(config: AgentConfig | dict) -> AgentConfig:
     """`config` with this node's SWARM_NODE_HOME and SWARM_NODE_DATA_DIR applied, when set.
 
@@ -38,12 +56,14 @@ def node_view(config: AgentConfig | dict) -> AgentConfig:
 
 class _NodeAgent(ResearchAgent):
     """ResearchAgent with its paths as this node sees them (node_view), talking to the
-    coordinator actor through a RayCoordinator whose spool lives on this node."""
+    coordinator actor through a RayCoordinator whose spool lives on this node, logging to
+    its SWARM_HOME/logs."""
 
     def __init__(self, config, coordinator_handle, **kw):
         from agents.ports import RayCoordinator
 
         cfg = node_view(config)
+        _log_to_home(cfg)
         super().__init__(cfg, RayCoordinator(coordinator_handle, cfg.state_dir / "spool"), **kw)
 
 

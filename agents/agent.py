@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,10 +18,13 @@ from agents.messages import (Broadcast, ExperimentRecord, ReportReply, StartedEx
 from agents.backends.base import Backend, Proposal, ProposalContext, make_backend
 from agents.config import AgentConfig
 from agents.edits import EDITABLE, line_delta
-from agents.errors import InvalidEdit, SpendingCapReached
+from agents.errors import (BackendError, BackendRefused, InvalidEdit, ProposalAbandoned,
+                           SpendingCapReached)
 from agents.inflight import Inflight, kill_leftover
+from agents.health import SAME_FAILURE_STOP, BackendHealth
 from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
+from agents.transcript import keep_transcript, redact, secret_values
 from agents.worktree import Worktree
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,8 @@ class ResearchAgent:
         self._prepared: Proposal | BaseException | None = None
         self._last_seq = -1
         self.recovered: ExperimentRecord | None = None
+        self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
+                                    wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
         self._setup()
@@ -175,6 +181,11 @@ class ResearchAgent:
         the current run finish; otherwise cancel it (recorded crash "stopped")."""
         self.stop_reason = self.stop_reason or "stopped"
         self._stop.set()
+        # A proposal or fix in flight is not waited for (a local model can take minutes): the
+        # backend abandons it, and it is written down as abandoned.
+        cancel = getattr(self.backend, "cancel", None)
+        if callable(cancel):
+            cancel()
         if not (self.cfg.graceful_stop if graceful is None else graceful):
             self._cancel.set()
 
@@ -189,7 +200,18 @@ class ResearchAgent:
                 "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
                 "last_delta": self.last_delta, "stop_reason": self.stop_reason,
                 "spent_usd": getattr(self.backend, "spent_usd", 0.0),
+                "spent_tokens": getattr(self.backend, "spent_tokens", 0),
+                **self.health.status(), "last_outcome": self._last_outcome(),
                 "head": self._safe_head()}
+
+    def _last_outcome(self) -> str | None:
+        """The newest of: the agent's stop, the backend's trouble, its last experiment."""
+        last = self.own[-1] if self.own else None
+        what = None if last is None else (f"ok: {last.description}" if last.status == "ok"
+                                          else f"{last.status}: {last.reason or last.description}")
+        if self.stop_reason and self.phase == "stopped":
+            return f"stopped: {self.stop_reason}" + (f"; last: {what}"[:200] if what else "")
+        return self.health.outcome() or (what[:200] if what else None)
 
     def _safe_head(self) -> str | None:
         try:
@@ -266,6 +288,9 @@ class ResearchAgent:
                 p = self.backend.propose(ctx)
                 p.base = base
                 self._prepared = p
+            except ProposalAbandoned as e:  # stopping: the loop thread may not look again
+                self.health.abandoned(e, "prepared proposal")
+                self._prepared = e
             except BaseException as e:  # handed to the loop thread, which decides
                 self._prepared = e
 
@@ -281,7 +306,9 @@ class ResearchAgent:
     def _take_prepared(self, base: str) -> Proposal | None:
         self._join_prep()
         p, self._prepared = self._prepared, None
-        if isinstance(p, SpendingCapReached):
+        if isinstance(p, ProposalAbandoned):
+            return None        # written down by the thread that abandoned it
+        if isinstance(p, (SpendingCapReached, BackendError)):
             raise p
         if isinstance(p, BaseException):
             log.warning("%s: background proposal failed: %s", self.cfg.name, p)
@@ -296,22 +323,67 @@ class ResearchAgent:
         base = self.wt.head()
         source = self.wt.source()
         self.phase = "propose"
+        self.description = ""
         self._beat(force=True)
-        proposal = self._take_prepared(base) or self.backend.propose(self._context(base, source))
+        started_at = time.time()   # before the proposal: a record's duration includes it
+        try:
+            proposal = self._take_prepared(base)
+            if proposal is None:
+                if self._stop.is_set():
+                    return
+                proposal = self.backend.propose(self._context(base, source))
+        except BackendError as e:
+            # No answer is not an experiment: no record, nothing counted.
+            self._backend_failed(e)
+            return
+        self.health.answered()
         eid = new_experiment_id(self.cfg.name)
-        started_at = time.time()
         try:
             new, desc = proposal.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
                                          max_file_bytes=self.cfg.max_file_bytes)
         except InvalidEdit as e:
+            self._keep_transcript(eid, proposal, f"invalid: {e}")
+            self._same_failure(proposal.error)
             rec = self._record(eid, kind="experiment", parent=base, commit=None,
-                               description=(proposal.description or "")[:200], status="invalid",
-                               reason=str(e), proposal=proposal, started_at=started_at)
+                               description=redact(proposal.description or "", self._secrets())[:200],
+                               status="invalid", reason=redact(str(e), self._secrets()),
+                               proposal=proposal, started_at=started_at)
             self._finish(rec, source, None)
             return
+        self._keep_transcript(eid, proposal, "ok")
+        self._same_failure(None)
+        desc = redact(desc, self._secrets())   # a model may echo anything into git and the ledger
         self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
                     description=desc, eid=eid, proposal=proposal, base_source=source,
                     started_at=started_at)
+
+    # --- the backend's trouble: not experiments -----------------------------------------------
+    def _secrets(self) -> list[str]:
+        env = getattr(getattr(self.backend, "spec", None), "api_key_env", None)
+        return secret_values([os.environ.get(env)] if env else [])
+
+    def _backend_failed(self, e: BackendError, *, wait: bool = True, what: str = "proposal") -> None:
+        """Down: wait (growing, capped; a stop ends the wait) and let the loop ask again.
+        Refused: stop this agent with the reason. Abandoned: written down, nothing else."""
+        kind, delay = self.health.failed(e, what)
+        if kind == "refused":
+            self.stop_reason = f"backend refused: {self.health.reason}"
+            self._stop.set()
+            self._beat(force=True)
+        elif kind == "down" and wait:
+            self.phase = "backend down"
+            self._beat(force=True)
+            self._stop.wait(delay)
+
+    def _same_failure(self, error: str | None) -> None:
+        if self.health.same_failure(error):
+            self._backend_failed(BackendRefused(f"the same failure {SAME_FAILURE_STOP} times in a "
+                                                f"row: {error}"))
+
+    def _keep_transcript(self, eid: str, proposal: Proposal, parse: str) -> None:
+        keep_transcript(self.cfg.runs_dir / eid, proposal, parse, secrets=self._secrets(),
+                        experiment_id=eid.split("/")[0], agent=self.cfg.name,
+                        program=self.program.name, backend=self.backend.name)
 
     def _message(self, desc: str, eid: str) -> str:
         return (f"{desc}\n\nExperiment: {eid}\nProgram: {self.program.name}\n"
@@ -384,6 +456,12 @@ class ResearchAgent:
                 self.stop_reason = str(e)
                 self._stop.set()
                 return
+            except BackendError as e:
+                run.reason = f"{run.result.error or 'crash'}; no fix attempt: {e}"
+                self._backend_failed(e, wait=False, what="fix")
+                return
+            self.health.answered()
+            self._keep_transcript(f"{eid}/fix{run.fixes + 1}", fix, "fix")
             run.proposal = _merge_usage(run.proposal, fix)
             try:
                 fixed, _ = fix.resolve(run.source, max_edit_bytes=self.cfg.max_edit_bytes,

@@ -53,6 +53,10 @@ class AgentConfig(_Cfg):
     # agents, one a second was ~256 calls/s, about a quarter core of the coordinator here).
     heartbeat_s: float = Field(default=5.0, gt=0)
     graceful_stop: bool = False           # stop(): False cancels the run (crash "stopped")
+    # While the backend does not answer (down, timed out, 5xx: no record, no experiment used
+    # up), the agent waits this long before asking again, doubling up to the cap.
+    backend_wait_s: float = Field(default=10.0, gt=0)
+    backend_wait_max_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _one_program(self):

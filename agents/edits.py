@@ -17,30 +17,47 @@ from agents.errors import InvalidEdit
 
 EDITABLE = EDITABLE_FILES[0]
 
-EDIT_FORMAT = f"""Answer with one line `DESCRIPTION: <what you changed, one line>` and then EITHER
-one or more search/replace blocks against {EDITABLE}:
+EDIT_FORMAT = f"""First write one line `DESCRIPTION: <what you changed, in one line>`,
+then EITHER one or more search/replace blocks against {EDITABLE}, each written as:
+  a line `{EDITABLE}`,
+  a line `<<<<<<< SEARCH`,
+  lines copied exactly, character for character, from the current {EDITABLE},
+  a line `=======`,
+  the lines that replace them,
+  a line `>>>>>>> REPLACE`;
+OR the whole new file: a line `FILE: {EDITABLE}` followed by a ```python code block holding
+the complete new {EDITABLE}.
+Each SEARCH text must occur exactly once in the file; keep it short (a few lines). Only
+{EDITABLE} may be changed. Write nothing after the last block."""
 
-{EDITABLE}
-<<<<<<< SEARCH
-exact lines copied from the current {EDITABLE}
-=======
-the lines that replace them
->>>>>>> REPLACE
+# A module-level constant with a plain number: `NAME = 0.02   # comment`.
+_CONST = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*=\s*)(?P<num>\d+\.\d+|\d+)(?P<rest>\s*(#.*)?)$")
 
-OR the whole new file:
 
-FILE: {EDITABLE}
-```python
-...the complete new {EDITABLE}...
-```
-Each SEARCH text must occur exactly once in the file. Only {EDITABLE} may be changed."""
+def worked_example(source: str) -> str | None:
+    """One concrete edit of `source` in the format above, built on a line that really is in it
+    (a placeholder gets copied back by small models). None when the file has no plain numeric
+    constant to show it on."""
+    lines = source.split("\n")
+    hits = [(m, ln) for ln in lines if (m := _CONST.match(ln)) and source.count(ln) == 1]
+    if not hits:
+        return None
+    # a learning rate reads as a sensible experiment; any constant shows the format as well
+    m, line = next(((m, ln) for m, ln in hits if "LR" in m.group("name")), hits[0])
+    num = m.group("num")
+    new_num = repr(float(num) * 2) if "." in num else str(int(num) * 2)
+    new_line = f"{m.group('name')}{m.group('eq')}{new_num}{m.group('rest')}"
+    return (f"DESCRIPTION: double {m.group('name')} ({num} -> {new_num})\n"
+            f"{EDITABLE}\n<<<<<<< SEARCH\n{line}\n=======\n{new_line}\n>>>>>>> REPLACE")
 
 _SEARCH = re.compile(r"^\s*<{5,9} ?SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _REPLACE = re.compile(r"^\s*>{5,9} ?REPLACE\s*$")
 _FENCE = re.compile(r"^\s*```")
-_FILE = re.compile(r"^\s*FILE:\s*(\S+)\s*$")
-_DESC = re.compile(r"^\s*DESCRIPTION:\s*(.*?)\s*$", re.I)
+# Lenient where it is safe: markdown emphasis or a heading mark around the keyword.
+_FILE = re.compile(r"^\s*[*_#]*\s*FILE\s*[*_]*:\s*[*_`]*([^\s*`]+)[*_`]*\s*$")
+_DESC = re.compile(r"^\s*[*_#>]*\s*DESCRIPTION\s*[*_]*\s*:\s*[*_]*\s*(.*?)\s*[*_]*\s*$", re.I)
+_FENCE_ONLY = re.compile(r"^\s*```[\w+-]*\s*$")
 _PATHLIKE = re.compile(r"^[`*]*([\w./\\-]+\.\w+)[`*:]*$")
 
 
@@ -79,6 +96,16 @@ def _block_path(lines: list[str], i: int) -> str | None:
         return None
     m = _PATHLIKE.match(lines[j].strip())
     return m.group(1) if m else None
+
+
+def _unfence(section: list[str]) -> list[str]:
+    """A section wrapped in its own ``` fence (models do that): drop the fence lines. A line
+    that is only a fence is never Python, so nothing real is lost."""
+    while section and _FENCE_ONLY.match(section[0]):
+        section = section[1:]
+    while section and _FENCE_ONLY.match(section[-1]):
+        section = section[:-1]
+    return section
 
 
 def parse_edit(raw: str | bytes) -> ParsedEdit:
@@ -121,7 +148,7 @@ def parse_edit(raw: str | bytes) -> ParsedEdit:
                 else:
                     (search if part == "search" else replace).append(cur)
                 i += 1
-            s, r = "\n".join(search), "\n".join(replace)
+            s, r = "\n".join(_unfence(search)), "\n".join(_unfence(replace))
             if not s.strip():
                 raise InvalidEdit("a SEARCH section is empty")
             blocks.append((s, r))

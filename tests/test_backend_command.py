@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+
+import pytest
 
 from agents.agent import ResearchAgent
 from agents.backends.base import ProposalContext, make_backend
 from agents.config import AgentConfig
+from agents.errors import ProposalAbandoned
 from agents.program import parse_program
 from tests.fake_coordinator import TINY_PROGRAM, FakeCoordinator, fake_runner, git, make_research_repo
 
@@ -112,3 +116,25 @@ def test_agent_with_command_backend(tmp_path):
     assert [r.description for r in exps] == ["depth 5", "depth 6", "depth 7"]
     assert [r.status for r in exps] == ["ok"] * 3
     assert agent.kept == 2 and agent.wt.is_clean()
+
+
+def test_cli_failing_the_same_way_stops_the_agent_instead_of_looping(tmp_path):
+    make_research_repo(tmp_path / "home")
+    cli = tmp_path / "not_logged_in.py"
+    cli.write_text('import sys\nprint("not logged in", file=sys.stderr)\nsys.exit(1)\n')
+    cfg = AgentConfig(name="cmd", program_name="tiny", program_text=TINY_PROGRAM,
+                      swarm_home=tmp_path / "home", hardware_class="hw", budget=1,
+                      backend={"type": "command", "template": f"{sys.executable} {cli}"})
+    coord = FakeCoordinator()
+    out = ResearchAgent(cfg, coord, runner=fake_runner()).run(deadline=time.time() + 3600)
+    exps = [r for r in coord.all_records() if r.kind == "experiment"]
+    assert [r.reason for r in exps] == ["command exited with 1: not logged in"] * 5
+    assert out["stop_reason"] == ("backend refused: the same failure 5 times in a row: "
+                                  "command exited with 1: not logged in")
+
+
+def test_stop_kills_the_cli_in_flight(tmp_path):
+    backend, ctx, _ = setup(tmp_path, "import time\ntime.sleep(60)\n", timeout_s=50)
+    threading.Timer(1.0, backend.cancel).start()   # were it not killed: 50 s, then no raise
+    with pytest.raises(ProposalAbandoned):
+        backend.propose(ctx)

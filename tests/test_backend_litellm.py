@@ -8,7 +8,7 @@ import pytest
 from agents.agent import ResearchAgent
 from agents.backends.base import ProposalContext, make_backend
 from agents.config import AgentConfig
-from agents.errors import SpendingCapReached
+from agents.errors import BackendRefused, SpendingCapReached
 from agents.program import parse_program
 from tests.fake_coordinator import (TINY_PROGRAM, TINY_TRAIN, FakeCoordinator, fake_runner,
                                     make_research_repo)
@@ -66,14 +66,17 @@ def test_garbage_is_retried_then_invalid():
 
 def test_auth_error_is_not_retried_and_key_not_echoed():
     with FakeLLMServer([("status", 401)]) as srv:
-        p = make_backend(spec(srv.url)).propose(ctx())
+        with pytest.raises(BackendRefused) as e:
+            make_backend(spec(srv.url)).propose(ctx())
         assert len(srv.requests) == 1
-    assert "AuthenticationError" in p.error and SECRET not in p.error
+    assert "AuthenticationError" in str(e.value) and SECRET not in str(e.value)
 
 
 def test_spending_cap_stops_agent_and_key_never_reaches_records(tmp_path):
     make_research_repo(tmp_path / "home")
-    # each answer costs 100*1000/1e6 + 50*2000/1e6 = $0.2; cap $0.5 -> three calls, then stop
+    # each answer costs 100*1000/1e6 + 50*2000/1e6 = $0.2; cap $0.5 -> three calls, then stop:
+    # the first proposal applies; the second (the same edit, no longer applicable) is asked
+    # again once with the parser's message, so it takes two calls
     with FakeLLMServer([("ok", EDIT.replace("DEPTH = 6", "DEPTH = 5"))]) as srv:
         cfg = AgentConfig(name="llm", program_name="tiny", program_text=TINY_PROGRAM,
                           swarm_home=tmp_path / "home", hardware_class="hw", budget=1,
@@ -83,10 +86,11 @@ def test_spending_cap_stops_agent_and_key_never_reaches_records(tmp_path):
         summary = agent.run(max_experiments=20)
     assert summary["stop_reason"].startswith("spending cap reached")
     exps = [r for r in coord.all_records() if r.kind == "experiment"]
-    assert len(exps) == 3 and sum(r.cost_usd for r in exps) == pytest.approx(0.6)
-    assert all(r.prompt_tokens == 100 and r.completion_tokens == 50 for r in exps)
-    # first: DEPTH 4 -> 5 is ok and kept; later the same edit no longer applies: invalid
-    assert [r.status for r in exps] == ["ok", "invalid", "invalid"]
+    assert len(exps) == 2 and sum(r.cost_usd for r in exps) == pytest.approx(0.6)
+    assert [(r.prompt_tokens, r.completion_tokens) for r in exps] == [(100, 50), (200, 100)]
+    # first: DEPTH 4 -> 5 is ok and kept; then the same edit no longer applies: invalid
+    assert [r.status for r in exps] == ["ok", "invalid"]
+    assert len(srv.requests) == 3
     dumped = "".join(r.model_dump_json() for r in coord.all_records()) + str(coord.beats)
     assert SECRET not in dumped
 
@@ -95,3 +99,26 @@ def test_cap_already_used_raises_before_calling():
     b = make_backend(spec("http://127.0.0.1:9/v1", max_cost_usd=0.0))
     with pytest.raises(SpendingCapReached):
         b.propose(ctx())
+
+
+def test_token_cap_binds_where_no_price_is_known(tmp_path):
+    make_research_repo(tmp_path / "home")
+    # no price: cost stays $0; 150 tokens an answer, cap 400 -> three answers, then stop
+    free = {"input_cost_per_mtok": None, "output_cost_per_mtok": None}
+    with FakeLLMServer([("ok", EDIT.replace("DEPTH = 6", "DEPTH = 5")), ("ok", EDIT)]) as srv:
+        cfg = AgentConfig(name="llm", program_name="tiny", program_text=TINY_PROGRAM,
+                          swarm_home=tmp_path / "home", hardware_class="hw", budget=1,
+                          backend=spec(srv.url, max_total_tokens=400, **free), prepare_ahead=False)
+        agent = ResearchAgent(cfg, FakeCoordinator(), runner=fake_runner())
+        summary = agent.run(max_experiments=20)
+        assert len(srv.requests) == 3
+    assert summary["stop_reason"] == "token cap reached: 450 of 400 tokens used (max_total_tokens)"
+    assert summary["spent_tokens"] == 450 and summary["spent_usd"] == 0.0
+
+
+def test_preflight_says_when_no_price_is_known():
+    with FakeLLMServer([("ok", "OK")]) as srv:
+        free = make_backend(spec(srv.url, input_cost_per_mtok=None, output_cost_per_mtok=None))
+        assert len(free.preflight()) == 1 and "knows no price for 'openai/fake-model'" in free.preflight()[0]
+        assert make_backend(spec(srv.url)).preflight() == []      # a price is configured
+        assert srv.requests[0]["max_tokens"] == 1

@@ -119,3 +119,40 @@ def test_resume_with_another_budget_is_refused(tmp_path):
     assert len(lines) == 1 and "--budget 20" in lines[0] and "--swarm-home" in lines[0]
     assert sorted(p.name for p in home.iterdir()) == ["swarm.json"]  # nothing created
     assert json.loads((home / "swarm.json").read_text()) == info
+
+
+def _llm_yaml(tmp_path, backend: str, program_backend: bool = False) -> None:
+    where = (f"programs:\n  - name: baseline\n    backend: {backend}\n" if program_backend
+             else f"backend: {backend}\nprograms:\n  - name: baseline\n")
+    (tmp_path / "swarm.yaml").write_text("budget: 10\nagents: {count: 1}\n" + where)
+
+
+def test_preflight_catches_a_closed_port(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    _llm_yaml(tmp_path, f'{{type: litellm, model: "openai/local", api_base: "{url}", timeout_s: 5}}')
+    line = _bad(tmp_path, "run", expect="backend check failed for program baseline", timeout=120)
+    assert url in line and "connection refused" in line and "openai/local" in line
+
+
+def test_preflight_catches_a_model_without_provider(tmp_path):
+    _llm_yaml(tmp_path, '{type: litellm, model: "gemma3", api_base: "http://127.0.0.1:9/v1"}')
+    line = _bad(tmp_path, "run", expect="backend check failed for program baseline", timeout=120)
+    assert "'gemma3'" in line and "LLM Provider NOT provided" in line
+
+
+def test_preflight_catches_a_missing_command(tmp_path):
+    _llm_yaml(tmp_path, '{type: command, template: "no-such-agent-cli -p {prompt_file}"}')
+    _bad(tmp_path, "run", expect="command 'no-such-agent-cli'", timeout=120)
+
+
+def test_missing_key_names_the_top_level_backend(tmp_path):
+    _llm_yaml(tmp_path, '{type: litellm, model: "openai/x", api_key_env: NO_SUCH_KEY_ENV}')
+    _bad(tmp_path, "run", expect="swarm.yaml: backend.api_key_env: environment variable NO_SUCH_KEY_ENV")
+    _llm_yaml(tmp_path, '{type: litellm, model: "openai/x", api_key_env: NO_SUCH_KEY_ENV}', True)
+    _bad(tmp_path, "run", expect="swarm.yaml: programs.0.backend.api_key_env: environment variable")
+
+
+def test_unknown_key_lists_the_closest_and_the_valid_keys(tmp_path):
+    _llm_yaml(tmp_path, '{type: litellm, model: "openai/x", timeout: 30}')
+    line = _bad(tmp_path, "run", expect="swarm.yaml: backend.timeout: unknown key (did you mean 'timeout_s'?")
+    assert "valid keys: type, model" in line

@@ -26,11 +26,18 @@ def test_default_config_loads_and_every_key_is_commented():
 
 
 def test_unknown_keys_are_named_with_their_dotted_path():
-    assert _err({"bugdet": 3}) == "swarm.yaml: bugdet: unknown key"
-    assert _err({"programs": [{"name": "baseline", "backend": {"type": "litellm", "model": "m",
-                                                                "modle": "x"}}]}) \
-        == "swarm.yaml: programs.0.backend.modle: unknown key"
-    assert _err({"promotion": {"kk": 1}}) == "swarm.yaml: promotion.kk: unknown key"
+    assert _err({"bugdet": 3}) == ("swarm.yaml: bugdet: unknown key (did you mean 'budget'? valid "
+                                   "keys: swarm_home, budget, profile, seed, data, agents, backend, "
+                                   "programs, promotion, redis, ray)")
+    msg = _err({"programs": [{"name": "baseline", "backend": {"type": "litellm", "model": "m",
+                                                              "modle": "x"}}]})
+    assert msg.startswith("swarm.yaml: programs.0.backend.modle: unknown key (did you mean 'model'? "
+                          "valid keys: type, model, api_base")
+    assert _err({"promotion": {"kk": 1}}).startswith("swarm.yaml: promotion.kk: unknown key (did "
+                                                     "you mean 'k'? valid keys: min_delta, k,")
+    # nothing close: only the valid keys
+    assert _err({"agents": {"zzz": 1}}) == ("swarm.yaml: agents.zzz: unknown key (valid keys: "
+                                            "count, gpus, cpus_per_agent, resource)")
 
 
 def test_bad_values():
@@ -57,7 +64,8 @@ def test_env_expansion_with_default():
 def test_file_errors_name_the_file(tmp_path):
     p = tmp_path / "my.yaml"
     p.write_text("agents:\n  count: 2\n  cpus: 3\n")
-    with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key$"):
+    with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key \(did you mean "
+                                          r"'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent, resource\)$"):
         load_config(p)
     p.write_text("agents: [unclosed\n")
     with pytest.raises(ConfigError, match="my.yaml.*not valid YAML"):

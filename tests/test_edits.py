@@ -117,3 +117,27 @@ def test_fuzz_never_raises_anything_but_invalid_edit():
             assert new != TINY_TRAIN
             applied += 1
     assert applied > 0
+
+
+def test_lenient_where_safe_fenced_sections_and_markdown_keywords():
+    fenced = ("Here you go.\n\n**DESCRIPTION:** deeper model\n\ntrain.py\n<<<<<<< SEARCH\n```python\n"
+              "DEPTH = 4  # layers\n```\n=======\n```python\nDEPTH = 6  # layers\n```\n>>>>>>> REPLACE\n")
+    new, desc = resolve(fenced.replace("\n", "\r\n"))
+    assert desc == "deeper model" and "DEPTH = 6  # layers\n" in new and "```" not in new
+    body = TINY_TRAIN.replace("DEPTH = 4", "DEPTH = 5")
+    new, desc = resolve(f"## DESCRIPTION: five\n**FILE: `train.py`**\n```python\n{body}```\n")
+    assert new == body and desc == "five"
+
+
+def test_worked_example_is_a_real_edit_of_the_file_it_is_shown_on():
+    from importlib import resources
+
+    from agents.edits import worked_example
+    baseline = (resources.files("trainer") / "baseline" / "train.py").read_text()
+    for src in (TINY_TRAIN, baseline):
+        example = worked_example(src)
+        assert "exact lines" not in example and "..." not in example   # no placeholder
+        new = apply_edit(parse_edit(example), src, max_edit_bytes=10_000)
+        validate_source(new, src, max_file_bytes=200_000)
+        assert line_delta(src, new) == (1, 1)
+    assert worked_example("x = 1\n") is None

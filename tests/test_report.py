@@ -127,3 +127,35 @@ def test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click(built,
         assert r["experiment_id"] in panel
         shot = b.screenshot(tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_is_drawn_at_the_mean_of_its_samples():
+    from coordinator.review.report.plot import best_steps
+    rows = [dict(hardware_class="hw", kind="baseline", commit="c0", run_status="ok", val_bpb=v,
+                 finished_at=t) for t, v in ((1, 2.50), (2, 2.40), (3, 2.45))]
+    rows += [dict(hardware_class="hw", kind="experiment", commit="c1", run_status="ok",
+                  val_bpb=2.30, finished_at=4, decision="promote"),
+             dict(hardware_class="hw", kind="confirm", commit="c1", run_status="ok",
+                  val_bpb=2.34, finished_at=5, decision="sample")]
+    assert best_steps(rows, "hw") == [(1, pytest.approx(2.45)), (4, pytest.approx(2.32))]
+
+
+def test_invalid_edits_link_their_transcript_and_backend_trouble_is_listed(tmp_path):
+    home = tmp_path / "home"
+    sw = make_swarm(home, experiments=80, agents=2, hardware_classes=("cpu-x-2t",), seed=0)
+    bad = [r for r in sw.rows if r["run_status"] == "invalid"]
+    assert bad
+    t = home / "runs" / bad[0]["experiment_id"] / "proposal.json"
+    t.parent.mkdir(parents=True, exist_ok=True)
+    t.write_text("{}")
+    (home / "logs").mkdir()
+    (home / "logs" / "backend-agent-a.jsonl").write_text(
+        json.dumps({"time": 1.0, "agent": "agent-a", "kind": "down", "reason": "connection refused"})
+        + "\n" + json.dumps({"time": 2.0, "agent": "agent-a", "kind": "up", "reason": "back"}) + "\n")
+    page = build_report(sw.rows, lineage_graph(sw), repo_path=sw.repo_path, swarm_home=home,
+                        out_dir=home / "reports").read_text()
+    assert f"<a href='../runs/{bad[0]['experiment_id']}/proposal.json'>proposal.json</a>" in page
+    assert page.count("proposal.json</a>") == 1          # only where a transcript exists
+    table = page[page.index("id='backend-table'"):]
+    assert "<td>agent-a</td><td>down</td><td>1</td>" in table and "connection refused" in table
+    assert "GPU-hours" not in page and "device-hours" in page and "cpu-x-2t (CPU)" in page

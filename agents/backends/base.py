@@ -76,6 +76,9 @@ class Proposal:
     cost_usd: float = 0.0
     error: str | None = None
     base: str | None = None                            # commit it was prepared against
+    # What was asked and answered (prompt, raw answer, parse result, tokens, duration), kept
+    # in runs/<id>/proposal.json after redaction; None for backends with nothing to show.
+    transcript: dict | None = None
 
     def resolve(self, source: str, *, max_edit_bytes: int, max_file_bytes: int) -> tuple[str, str]:
         """(new train.py, description). Raises InvalidEdit with the reason to record."""
@@ -103,7 +106,11 @@ class Proposal:
 @runtime_checkable
 class Backend(Protocol):
     """A proposal backend. `propose` and `fix` must not raise for a bad answer: they return a
-    Proposal with `error` set. They may raise SpendingCapReached (the agent then stops)."""
+    Proposal with `error` set (recorded invalid). When there is no answer at all they raise a
+    BackendError: BackendUnavailable (down, timed out: the agent waits and asks again, no
+    record), BackendRefused (asking again cannot help: the agent stops), ProposalAbandoned
+    (after an optional `cancel()`). SpendingCapReached stops the agent cleanly. An optional
+    `preflight()` checks the backend once before the swarm starts (raises BackendError)."""
     name: str
 
     def propose(self, ctx: ProposalContext) -> Proposal: ...

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.edits import EDITABLE
-from agents.errors import AgentError
-from agents.prompt import SYSTEM, fix_prompt, user_prompt
+from agents.errors import AgentError, BackendRefused, ProposalAbandoned
+from agents.prompt import fix_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,19 @@ class CommandBackend:
     def __init__(self, spec: CommandSpec, *, seed: int = 0, agent: str = ""):
         self.spec = spec
         self.agent = agent
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """The agent is stopping: kill the CLI's process group now (propose/fix then raise
+        ProposalAbandoned and leave the worktree restored)."""
+        self._cancelled.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _run(self, ctx: ProposalContext, prompt: str) -> Proposal:
         if ctx.worktree is None:
@@ -63,7 +80,7 @@ class CommandBackend:
         scratch = Path(ctx.state_dir or wt.parent) / "command"
         scratch.mkdir(parents=True, exist_ok=True)
         prompt_file = scratch / "prompt.md"
-        prompt_file.write_text(SYSTEM + "\n\n" + prompt, encoding="utf-8")
+        prompt_file.write_text(prompt, encoding="utf-8")   # role and format are in it
         program_file = scratch / "program.md"
         program_file.write_text(ctx.program.text, encoding="utf-8")
         target = wt / EDITABLE
@@ -74,9 +91,13 @@ class CommandBackend:
                                         train_py=shlex.quote(str(target)),
                                         program_file=shlex.quote(str(program_file)))
         log_path = scratch / "command.log"
+        if self._cancelled.is_set():
+            raise ProposalAbandoned("stopped before the command started")
+        started = time.time()
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(["bash", "-c", cmd], cwd=wt, stdout=subprocess.PIPE,
                                     stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
+            self._proc = proc
             try:
                 stdout, _ = proc.communicate(timeout=self.spec.timeout_s)
             except subprocess.TimeoutExpired:
@@ -88,12 +109,20 @@ class CommandBackend:
                 proc.communicate()
                 restore(wt)
                 return Proposal(error=f"command timed out after {self.spec.timeout_s:g}s")
+        self._proc = None
+        if self._cancelled.is_set():
+            restore(wt)
+            raise ProposalAbandoned("the command was stopped")
         text = stdout.decode("utf-8", errors="replace")
+        transcript = {"backend": self.name, "command": cmd, "prompt": prompt, "stdout": text,
+                      "stderr": log_path.read_text(errors="replace")[-20_000:],
+                      "exit_code": proc.returncode, "started_at": started,
+                      "duration_s": round(time.time() - started, 3)}
         if proc.returncode != 0:
             restore(wt)
             err = log_path.read_text(errors="replace").strip().splitlines()
             return Proposal(error=f"command exited with {proc.returncode}"
-                                  + (f": {err[-1][:200]}" if err else ""))
+                                  + (f": {err[-1][:200]}" if err else ""), transcript=transcript)
         changed = changed_paths(wt)
         try:
             new_source = target.read_text(encoding="utf-8")
@@ -113,7 +142,20 @@ class CommandBackend:
         if not desc:
             desc = next((ln.strip() for ln in text.splitlines() if ln.strip()), "command edit")
         return Proposal(description=desc[:200], new_source=new_source,
-                        touched=[p for p in changed if p != EDITABLE])
+                        touched=[p for p in changed if p != EDITABLE], transcript=transcript)
+
+    def preflight(self) -> list[str]:
+        """The template's program exists. Raises BackendRefused naming it."""
+        try:
+            words = shlex.split(self.spec.template)
+        except ValueError as e:
+            raise BackendRefused(f"command template cannot be split into words: {e}") from None
+        words = [w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]  # VAR=value
+        prog = words[0] if words else ""
+        if prog and "{" not in prog and shutil.which(prog) is None:
+            raise BackendRefused(f"command {prog!r} (from the template {self.spec.template!r}) "
+                                 f"is not on PATH")
+        return []
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         """Run the CLI with the proposal prompt; the edit is what it changed in the worktree."""

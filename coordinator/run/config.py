@@ -6,6 +6,7 @@ typo is an error that names the file and the dotted key.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import os
 import re
@@ -17,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.backends.auto import resolve_auto
-from agents.backends.base import BackendSpec, backend_config
+from agents.backends.base import BackendSpec, backend_config, backend_types
 from agents.messages import PromotionConfig
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
@@ -143,15 +144,16 @@ def parse_config(data: Any, source: str = "swarm.yaml",
     try:
         return SwarmConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {validation_message(e)}") from None
+        raise ConfigError(f"{source}: {validation_message(e, data)}") from None
 
 
 # Union members pydantic names in an error's location (agents.count: int | "per-gpu" | "auto").
 _TAGS = ("int", "str", "float", "bool")
 
 
-def validation_message(e: ValidationError) -> str:
-    """`dotted.key: what is wrong` for the most telling error (unknown keys first)."""
+def validation_message(e: ValidationError, data: Any = None) -> str:
+    """`dotted.key: what is wrong` for the most telling error (unknown keys first). With the
+    validated `data`, an unknown key also gets the valid keys and the closest one."""
     errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
 
     def loc_of(err) -> str:
@@ -161,10 +163,52 @@ def validation_message(e: ValidationError) -> str:
     first = errs[0]
     where = loc_of(first) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
+        return f"{where}: unknown key{_valid_keys(first['loc'], data)}"
     # a union (int | "auto") fails once per member: say all of it in one line
     msgs = list(dict.fromkeys(err["msg"] for err in errs if loc_of(err) == loc_of(first)))
     return f"{where}: {' or '.join(msgs)}"
+
+
+def _model_at(loc, data: Any) -> type[BaseModel] | None:
+    """The config model that holds the key at `loc` (pydantic's error location: keys, list
+    indexes, union tags), walking `data` alongside: a `backend:` mapping's model is the one its
+    `type` registered."""
+    import typing
+
+    def models_in(tp) -> list[type[BaseModel]]:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        return [m for a in typing.get_args(tp) for m in models_in(a)]
+
+    model: type[BaseModel] = SwarmConfig
+    for part in list(loc)[:-1]:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+            continue
+        if part not in model.model_fields:
+            continue   # a union member's tag in the location
+        data = data.get(part) if isinstance(data, dict) else None
+        found = [m for m in models_in(model.model_fields[part].annotation) if m is not BaseModel]
+        if len(found) == 1:
+            model = found[0]
+        elif isinstance(data, dict) and data.get("type") in backend_types():
+            model = backend_types()[data["type"]].config
+        else:
+            return None
+    return model
+
+
+def _valid_keys(loc, data: Any) -> str:
+    """` (did you mean 'count'? valid keys: ...)` for an unknown key, when the model is known."""
+    model = _model_at(loc, data)
+    if model is None:
+        return ""
+    keys = list(model.model_fields)
+    typed = str(loc[-1])
+    # a shortened key (cpus for cpus_per_agent) before a similar-looking one (gpus)
+    close = [k for k in keys if k.startswith(typed)][:1] or difflib.get_close_matches(typed, keys, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}valid keys: {', '.join(keys)})"
 
 
 def default_config_text() -> str:

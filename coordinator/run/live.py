@@ -77,8 +77,9 @@ def _fmt(v, spec=".4f") -> str:
 
 
 def render(data: dict, title: str = "") -> Group:
-    """One row per agent (program, phase, progress over the budget, last delta vs parent),
-    each agent's current idea in full below the table (so 80 columns truncate nothing), then
+    """One row per agent (program, phase, progress over the budget, last delta vs parent,
+    invalid edits), each agent's current idea and last outcome (an invalid edit's reason, a
+    backend down or refused) in full below the table (so 80 columns truncate nothing), then
     best, sigma, its degrees of freedom and the margin per hardware class, experiments/hour and
     the lost-winner audit."""
     t = Table(title=title or f"swarm {data['swarm_id']}", title_justify="left")
@@ -86,21 +87,26 @@ def render(data: dict, title: str = "") -> Group:
     t.add_column("agent", no_wrap=True, min_width=max([5, *map(len, names)]))
     for col, kw in (("program", {"no_wrap": True}), ("phase", {"no_wrap": True}),
                     ("progress", {"width": 12}), ("Δparent", {"justify": "right", "no_wrap": True}),
-                    ("exps", {"justify": "right"})):
+                    ("exps", {"justify": "right"}), ("inv", {"justify": "right"})):
         t.add_column(col, **kw)
-    ideas = []
+    ideas, outcomes = [], []
     for a in data["agents"]:
         p = a.get("progress")
         bar = ProgressBar(total=1.0, completed=float(p), width=10) if isinstance(p, (int, float)) else Text("-")
         d = a.get("last_delta")
         delta = Text(_fmt(d, "+.4f"), style="green" if d and d > 0 else "red" if d else "")
         t.add_row(str(a.get("agent", "?")), str(a.get("program", "")), str(a.get("phase", "")),
-                  bar, delta, str(a.get("experiments", "")))
+                  bar, delta, str(a.get("experiments", "")),
+                  str((a.get("statuses") or {}).get("invalid", 0)))
         if a.get("description"):
             ideas.append(f"{a.get('agent', '?')}: {a['description']}")
+        if a.get("last_outcome"):
+            outcomes.append(_outcome_text(a))
     lines = []
     if ideas:
         lines += ["current ideas:"] + [f"  {i}" for i in ideas]
+    if outcomes:
+        lines += ["last outcomes:"] + [f"  {o}" for o in outcomes]
     for hw, b in sorted(data["best"].items()):
         lines.append(f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} at {str(b.get('commit') or '')[:10]}")
         n = data.get("noise", {}).get(hw)
@@ -121,10 +127,24 @@ def render(data: dict, title: str = "") -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
+def _outcome_text(a: dict) -> str:
+    return f"{a.get('agent', '?')}: {a.get('last_outcome')}"
+
+
+def _troubles(data: dict) -> str:
+    """Invalid edits and backends in trouble: events, not the clock (no 'down for N s')."""
+    invalid = sum((a.get("statuses") or {}).get("invalid", 0) for a in data["agents"])
+    out = f", {invalid} invalid" if invalid else ""
+    for a in data["agents"]:
+        if a.get("backend_state") not in (None, "up"):
+            out += f"; {a.get('agent')}: backend {a['backend_state']}: {str(a.get('backend_reason'))[:120]}"
+    return out
+
+
 def plain_line(data: dict) -> str:
     """The same in one line, for logs and for a stdout that is not a terminal. It changes only
     when something happened (an experiment, a job, a move of best), never with the clock or
     the agents' phases, so a caller prints it only when it differs from the last one."""
     best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))}" for hw, b in sorted(data["best"].items())) or "none"
     return (f"[swarm] {data['experiments']} experiments ({data.get('runs', data['experiments'])} runs), "
-            f"best {best}, moved {data.get('best_moves', 0)} times")
+            f"best {best}, moved {data.get('best_moves', 0)} times{_troubles(data)}")

@@ -7,11 +7,13 @@ a free agent slot joins the cluster.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -124,10 +126,12 @@ class Supervisor:
         log.info("%s swarm %s in %s", "resuming" if resumed else "starting", self.info["swarm_id"],
                  self.home.root)
         self.home.write_pid()
+        self.started_at = time.time()
         if threading.current_thread() is threading.main_thread():
             # `ray job stop` sends SIGTERM: stop as on Ctrl-C, in-flight runs recording themselves
             signal.signal(signal.SIGTERM, _interrupt)
         interrupted = False
+        verdict = 0
         try:
             url = self._redis()
             if any(s["backend"].get("type") == "optuna" for s in self.p.agent_specs):
@@ -153,10 +157,10 @@ class Supervisor:
             self._watch_redis()  # the snapshot and the summary read it
             self._close_studies(url)
             self._snapshot()
-            self._final_summary(url)
+            verdict = self._final_summary(url)
         finally:
             self._teardown()
-        return 130 if interrupted else 0
+        return 130 if interrupted else verdict
 
     def _supervise(self, url: str) -> None:
         import ray
@@ -178,6 +182,9 @@ class Supervisor:
                     try:
                         self.results[name] = ray.get(ref)
                         log.info("agent %s finished: %s", name, self.results[name])
+                        why = str(self.results[name].get("stop_reason") or "")
+                        if why.startswith("backend refused"):   # one line in the terminal
+                            log.error("agent %s stopped: %s", name, why)
                     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                         self._agent_died(name, e)
                 if time.monotonic() - rows_at > 5:  # the whole ledger: not on every redraw
@@ -352,15 +359,22 @@ class Supervisor:
             path = ray.get(self.coord.snapshot.remote(), timeout=60)
             log.info("ledger snapshot: %s", path)
 
-    def _final_summary(self, url: str) -> None:
+    def _final_summary(self, url: str) -> int:
+        """Print the last line; 1 when no proposal of this run was valid (saying why), else 0."""
         import redis
 
         from coordinator.run import live
         client = redis.Redis.from_url(url)
         try:
-            print(live.plain_line(live.gather(client, self.info["swarm_id"], _rows(client, self.info))))
+            rows = _rows(client, self.info)
+            print(live.plain_line(live.gather(client, self.info["swarm_id"], rows)))
         finally:
             client.close()
+        why = no_valid_proposal(rows, self.results, self.started_at)
+        if why:
+            print(f"swarm run: {why}", file=sys.stderr, flush=True)
+            return 1
+        return 0
 
     def _teardown(self) -> None:
         with contextlib.suppress(Exception):
@@ -372,6 +386,29 @@ class Supervisor:
         if self.daemon is not None:
             self.daemon.stop()
         self.home.clear_pid()
+
+
+def no_valid_proposal(rows: list[dict], results: dict[str, dict], since: float) -> str | None:
+    """Why no proposal of the run since `since` was valid, or None when one was (or none was
+    asked for: a run that ended in its baseline round)."""
+    exps = [r for r in rows if r.get("kind") == "experiment" and (r.get("started_at") or 0) >= since]
+    if any(r.get("status") != "invalid" for r in exps):
+        return None
+    refused = [f"{n}: {s['stop_reason']}" for n, s in sorted(results.items())
+               if str(s.get("stop_reason") or "").startswith("backend refused")]
+    down = sum((s.get("backend_events") or {}).get("down", 0) for s in results.values())
+    if not exps and not refused and not down:
+        return None
+    parts = []
+    if exps:
+        reasons = collections.Counter(str(r.get("reason") or "?")[:120] for r in exps)
+        top, n = reasons.most_common(1)[0]
+        parts.append(f"{len(exps)} invalid ({n} x {top!r})")
+    if refused:
+        parts.append(f"stopped by the backend: {refused[0]}")
+    if down:
+        parts.append(f"{down} proposal(s) got no answer from the backend (logs/backend-*.jsonl)")
+    return "no valid proposal in this run: " + "; ".join(parts)
 
 
 def _baseline_text() -> str:

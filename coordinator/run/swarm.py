@@ -110,10 +110,12 @@ def plan(args) -> Plan:
         backend = resolve_backend(entry.backend or cfg.backend,
                                   program=load_program(programs[j], entry.label()),
                                   local=address is None)
-        for where, b in (("backend", backend), ("backend.llm", backend.get("llm") or {})):
+        # name the key the user wrote: the program's own backend, or the top-level one
+        base = f"programs.{j}.backend" if entry.backend is not None else "backend"
+        for where, b in ((base, backend), (f"{base}.llm", backend.get("llm") or {})):
             key_env = b.get("api_key_env")
             if key_env and not os.environ.get(key_env):
-                raise ConfigError(f"{src}: programs.{j}.{where}.api_key_env: environment variable "
+                raise ConfigError(f"{src}: {where}.api_key_env: environment variable "
                                   f"{key_env} is not set")
         if backend["type"] == "optuna":
             from agents.backends.optuna_study import check_space
@@ -166,8 +168,35 @@ def _check_same_budget(home: SwarmHome, profile: str, budget: float) -> None:
                          f"on {profile}")
 
 
+def preflight(p: Plan) -> None:
+    """Ask each configured backend once before anything starts: a tiny completion for litellm,
+    the program exists for command. A backend that cannot work is one line naming the
+    program(s) and the model/URL (exit 2); warnings (no price known) are said once here."""
+    from agents.backends.base import make_backend
+    from agents.errors import BackendError
+
+    seen: dict[str, list[str]] = {}
+    specs: dict[str, dict] = {}
+    for a in p.agent_specs:
+        key = repr(sorted(a["backend"].items()))
+        specs[key] = a["backend"]
+        if a["program_name"] not in seen.setdefault(key, []):
+            seen[key].append(a["program_name"])
+    for key, spec in specs.items():
+        check = getattr(make_backend(spec), "preflight", None)
+        if not callable(check):
+            continue
+        names = ", ".join(seen[key])
+        try:
+            for w in check() or []:
+                print(f"swarm run: warning: program {names}: {w}", file=sys.stderr, flush=True)
+        except BackendError as e:
+            raise SwarmError(f"backend check failed for program {names}: {e}") from None
+
+
 def run_command(args, setup_logging) -> int:
     p = plan(args)
+    preflight(p)
     if p.address:
         # joining is part of the checks: an unreachable cluster must not leave a SWARM_HOME
         from agents.raylocal import start_local_ray

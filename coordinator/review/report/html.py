@@ -7,6 +7,7 @@ import html
 import json
 import logging
 import math
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,7 @@ from coordinator.review.report.layout import layered_positions
 from coordinator.review.report.plot import program_colors, write_progress_png
 from coordinator.review.report.search import search_html
 from coordinator.review.report.tables import (noise_by_class, program_table, record_status,
-                                       status_counts)
+                                       run_seconds, status_counts)
 from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ def _fmt(v, spec: str) -> str:
 
 
 def _stats_html(rows: list[dict]) -> str:
-    head = ("program", "experiments", "keeps", "promotions", "best Δ", "GPU-hours", "LLM cost $",
-            "GPU-h / accept", "$ / accept")
+    # "device": a CPU swarm's hours are CPU-hours; the classes below say which devices
+    head = ("program", "experiments", "keeps", "promotions", "best Δ", "device-hours", "LLM cost $",
+            "device-h / accept", "$ / accept")
     out = ["<table class='stats' id='program-table'><tr>"
            + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for t in program_table(rows):
@@ -107,7 +109,14 @@ def _stats_html(rows: list[dict]) -> str:
                  _fmt(t["llm_cost_usd"], ".2f"), _fmt(t["gpu_hours_per_accept"], ".2f"),
                  _fmt(t["cost_per_accept"], ".3f"))
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "".join(out) + "</table>"
+    out.append("</table>")
+    hours: dict[str, float] = {}
+    for r in rows:
+        hours[r.get("hardware_class") or "?"] = hours.get(r.get("hardware_class") or "?", 0.0) + run_seconds(r) / 3600
+    out.append("<p class='note'>device-hours by hardware class: " + ", ".join(
+        f"{html.escape(hw)} ({'GPU' if 'cpu' not in hw.lower() else 'CPU'}) {h:.2f}"
+        for hw, h in sorted(hours.items())) + "</p>")
+    return "".join(out)
 
 
 def _noise_html(rows, sigma, margin) -> str:
@@ -139,16 +148,21 @@ def _lost_html(rows, G) -> str:
     return "".join(out) + "</table>"
 
 
-def _invalid_html(rows) -> str:
+def _invalid_html(rows, swarm_home: Path, out_dir: Path) -> str:
     bad = [r for r in rows if record_status(r) == "invalid"]
     if not bad:
         return "<p class='note'>no invalid edits</p>"
     out = ["<table class='stats' id='invalid-table'><tr><th>experiment</th><th>agent</th>"
-           "<th>program</th><th>hardware class</th><th>description</th><th>reason</th></tr>"]
+           "<th>program</th><th>hardware class</th><th>description</th><th>reason</th>"
+           "<th>transcript</th></tr>"]
     for r in bad:
-        cells = [r.get(k) or "" for k in ("experiment_id", "agent", "program", "hardware_class",
-                                            "description", "reason")]
-        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        cells = [html.escape(str(r.get(k) or "")) for k in ("experiment_id", "agent", "program",
+                                                            "hardware_class", "description", "reason")]
+        # what the model was asked and answered (agents write it; older swarms have none)
+        t = swarm_home / "runs" / str(r.get("experiment_id")) / "proposal.json"
+        href = html.escape(os.path.relpath(t, out_dir)) if t.is_file() else None
+        cells.append(f"<a href='{href}'>proposal.json</a>" if href else "–")
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "".join(out) + "</table>"
 
 
@@ -157,6 +171,25 @@ def _warning_html(warning: str | None) -> str:
         return ""
     return ('<p class="warning" id="unsafe-warning" style="color:#fff;background:#b00020;padding:8px;'
             f'font-weight:bold">{html.escape(warning)}</p>\n')
+
+
+def _backend_html(swarm_home: Path) -> str:
+    """The backends' trouble, which is not in the ledger: no answer is not an experiment."""
+    from agents.transcript import read_events
+
+    events = read_events(swarm_home)
+    if not events:
+        return "<p class='note'>no backend trouble (no outage, refusal or abandoned call)</p>"
+    by: dict[tuple[str, str], list[dict]] = {}
+    for e in events:
+        by.setdefault((str(e.get("agent")), str(e.get("kind"))), []).append(e)
+    out = ["<table class='stats' id='backend-table'><tr><th>agent</th><th>event</th><th>count</th>"
+           "<th>first</th><th>last</th><th>last reason</th></tr>"]
+    for (agent, kind), es in sorted(by.items()):
+        when = [time.strftime("%H:%M:%S", time.localtime(x.get("time") or 0)) for x in (es[0], es[-1])]
+        cells = [agent, kind, str(len(es)), *when, str(es[-1].get("reason") or "")]
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "".join(out) + "</table><p class='note'>from logs/backend-&lt;agent&gt;.jsonl</p>"
 
 
 def build_report(rows: list[dict], G: nx.DiGraph, *, repo_path: Path, swarm_home: Path,
@@ -208,7 +241,9 @@ parent. Click a node for its record, its train.py diff against each parent and i
 (a verification or confirmation still pending, or put onto best and did not stack).</p>
 {_lost_html(rows, G)}
 <h2>Invalid edits (not trained)</h2>
-{_invalid_html(rows)}
+{_invalid_html(rows, swarm_home, out_dir)}
+<h2>Backend outages and refusals (not experiments)</h2>
+{_backend_html(swarm_home)}
 {search_html(studies or [])}
 <script type="application/json" id="report-data">{data_json}</script>
 <script>{_plotly_js()}</script>

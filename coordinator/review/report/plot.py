@@ -35,21 +35,26 @@ def _ok(v) -> bool:
 
 
 def best_steps(rows: list[dict], hw: str) -> list[tuple[float, float]]:
-    """(time, val_bpb) of each record that moved best/hw, preceded by the first baseline."""
+    """(time, val_bpb) of each record that moved best/hw, preceded by the first baseline.
+    Each step is drawn at the mean of its commit's samples (baseline round, confirmation and
+    verification runs), the value decisions compare against, not at one noisy sample."""
     rs = sorted((r for r in rows if r.get("hardware_class") == hw),
                 key=lambda r: r.get("finished_at") or 0)
+
+    def mean_of(commit, fallback: float) -> float:
+        vs = [x["val_bpb"] for x in rs if commit and x.get("commit") == commit
+              and record_status(x) == "ok" and _ok(x.get("val_bpb"))]
+        return sum(vs) / len(vs) if vs else fallback
+
     steps: list[tuple[float, float]] = []
     for r in rs:
         if not steps and r.get("kind") == "baseline" and _ok(r.get("val_bpb")):
-            steps.append((r["finished_at"], r["val_bpb"]))
+            steps.append((r["finished_at"], mean_of(r.get("commit"), r["val_bpb"])))
         elif r.get("decision") in ACCEPTED and _ok(r.get("val_bpb")):
-            v = r["val_bpb"]
-            if r.get("decision") == "merge" and r.get("merge_commit"):
-                # the merged commit's own verification score is what best now stands at
-                vs = [x["val_bpb"] for x in rs if x.get("commit") == r["merge_commit"]
-                      and _ok(x.get("val_bpb"))]
-                v = vs[0] if vs else v
-            steps.append((r["finished_at"], v))
+            commit = r.get("merge_commit") if r.get("decision") == "merge" and r.get("merge_commit") \
+                else r.get("commit")
+            # a merge: the merged commit's own verification runs are what best stands at
+            steps.append((r["finished_at"], mean_of(commit, r["val_bpb"])))
     return steps
 
 

@@ -138,3 +138,29 @@ def test_stop_kills_the_cli_in_flight(tmp_path):
     threading.Timer(1.0, backend.cancel).start()   # were it not killed: 50 s, then no raise
     with pytest.raises(ProposalAbandoned):
         backend.propose(ctx)
+
+
+PLANTER = EDITOR + '''import os, stat, subprocess
+marker = pathlib.Path(sys.argv[2]).parent.parent / "hook-ran"
+hooks = pathlib.Path(sys.argv[2]).parent.parent / "planted-hooks"
+hooks.mkdir(exist_ok=True)
+script = "#!/bin/sh\\necho ran >> " + str(marker) + "\\n"
+for name in ("fsmon", "pre-commit", "post-checkout", "reference-transaction", "post-index-change"):
+    f = hooks / name
+    f.write_text(script)
+    f.chmod(0o755)
+# the CLI runs in the worktree, so it can rewrite the repo's config the agent's git then reads
+subprocess.run(["git", "config", "core.fsmonitor", str(hooks / "fsmon")], check=True)
+subprocess.run(["git", "config", "core.hooksPath", str(hooks)], check=True)
+'''
+
+
+def test_git_after_the_cli_never_runs_what_the_cli_planted(tmp_path):
+    """A coding-agent CLI edits the worktree's git config (fsmonitor, hooksPath); the backend's
+    own git calls afterwards (status, reset, clean) must not run any of it."""
+    backend, ctx, wt = setup(tmp_path, PLANTER)
+    p = backend.propose(ctx)
+    new, _ = p.resolve(ctx.source, **LIMITS)
+    assert "DEPTH = 6" in new
+    assert git(wt, "config", "core.hooksPath").strip()  # the plant is really there
+    assert not (tmp_path / "hook-ran").exists()

@@ -21,6 +21,7 @@ from agents.backends.base import Proposal, ProposalContext, register_backend
 from agents.edits import EDITABLE
 from agents.errors import AgentError, BackendRefused, ProposalAbandoned
 from agents.prompt import fix_prompt, user_prompt
+from agents.worktree import GIT
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class CommandSpec(BaseModel):
 
 
 def _git(worktree: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=worktree, check=True, capture_output=True,
+    # The CLI ran in this worktree and may have planted hooks or an fsmonitor in its config:
+    # the same hook-free base argv as every other git call of the agent.
+    return subprocess.run([*GIT, *args], cwd=worktree, check=True, capture_output=True,
                           text=True).stdout
 
 

@@ -163,10 +163,9 @@ def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: 
 
     def run(train_py, run_dir, *, budget=None, seed=0, profile=None, device="cpu",
             cuda_visible_devices=None, data_dir=None, max_steps=None, hard_limit=None,
-            confirm_below=None, threads=None, cancel=None, on_event=None) -> ExperimentResult:
+            confirm_below=None, threads=None, cancel=None, on_event=None,
+            standby=False) -> ExperimentResult:
         text = Path(train_py).read_text(encoding="utf-8")
-        if on_event:
-            on_event({"event": "started", "pgid": None})
         if gate is not None:
             gate()
         true = landscape.true_bpb(text)

@@ -41,6 +41,9 @@ programs:
   - {{name: optimizer, adopt: always}}  # every agent takes each new best at once
 agents: {{cpus_per_agent: 1, resource: {AGENT_RESOURCE}}}
 """
+# The job tests train with the real trainer and check the way in, not the noise estimate: one
+# baseline repeat instead of the eight degrees of freedom a promotion needs by default.
+JOB_YAML = SWARM_YAML + "promotion: {min_dof: 1}\n"
 
 
 # --- the fake runner and the `swarm run` driver ----------------------------------------------
@@ -469,7 +472,7 @@ def test_ray_job_submit(cluster):
     w = live_worker(cluster, "w3")
     base = cluster.base / "job"
     base.mkdir()
-    (base / "swarm.yaml").write_text(SWARM_YAML)
+    (base / "swarm.yaml").write_text(JOB_YAML)
     spec = {"entrypoint": f"swarm run --address auto --config {base / 'swarm.yaml'} --agents 1 "
                           "--budget 3 --max-experiments 1",
             # no SWARM_HOME: a job's swarm defaults to ~/.swarm on the head (HOME is the cluster's)
@@ -497,7 +500,7 @@ def test_ray_job_stop_is_a_clean_stop(cluster):
     live_worker(cluster, "w4")
     base = cluster.base / "jobstop"
     base.mkdir()
-    (base / "swarm.yaml").write_text(SWARM_YAML)
+    (base / "swarm.yaml").write_text(JOB_YAML)
     home = base / "home"
     spec = {"entrypoint": f"python -m tests.test_multinode run --address auto --config {base / 'swarm.yaml'} "
                           "--agents 2 --budget 5",

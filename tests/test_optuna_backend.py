@@ -115,7 +115,7 @@ def test_config_errors_are_one_line_naming_the_key(backend_yaml, msg):
      r"explore.md: search_space.MODEL_DIM: Optuna's int grid"),
     ("backend: {type: optuna, llm: {type: litellm, model: m, api_key_env: NOPE_KEY_X}}\n"
      "programs: [{name: baseline}]\n", ConfigError,
-     r"programs.0.backend.llm.api_key_env: environment variable NOPE_KEY_X is not set"),
+     r"backend.llm.api_key_env: environment variable NOPE_KEY_X is not set"),
 ])
 def test_swarm_run_refuses_what_optuna_cannot_use_before_creating_anything(tmp_path, monkeypatch,
                                                                           yaml_text, error, msg):

@@ -43,7 +43,11 @@ class ChildEnvSpy(threading.Thread):
                     continue
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                    if b"trainer.harness" in cmd and any(self.home.encode() in c for c in cmd):
+                    # the sandboxed child is `python -I -c "...trainer.harness..."` (or a standby
+                    # that gets its spec over a pipe): it is ours when it runs in our home
+                    if (any(b"trainer.harness" in c for c in cmd)
+                            and (any(self.home.encode() in c for c in cmd)
+                                 or os.readlink(f"/proc/{pid}/cwd").startswith(self.home))):
                         self.envs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
                 except OSError:
                     pass

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 
+from rich import box
 from rich.console import Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -82,17 +83,19 @@ def render(data: dict, title: str = "") -> Group:
     backend down or refused) in full below the table (so 80 columns truncate nothing), then
     best, sigma, its degrees of freedom and the margin per hardware class, experiments/hour and
     the lost-winner audit."""
-    t = Table(title=title or f"swarm {data['swarm_id']}", title_justify="left")
+    # No vertical rules: with seven columns they cost 24 of the 80 columns a terminal may have.
+    t = Table(title=title or f"swarm {data['swarm_id']}", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True)
     names = [str(a.get("agent", "?")) for a in data["agents"]]
     t.add_column("agent", no_wrap=True, min_width=max([5, *map(len, names)]))
     for col, kw in (("program", {"no_wrap": True}), ("phase", {"no_wrap": True}),
-                    ("progress", {"width": 12}), ("Δparent", {"justify": "right", "no_wrap": True}),
-                    ("exps", {"justify": "right"}), ("inv", {"justify": "right"})):
+                    ("progress", {"width": 10}), ("Δparent", {"justify": "right", "no_wrap": True}),
+                    ("exps", {"justify": "right", "no_wrap": True}), ("inv", {"justify": "right", "no_wrap": True})):
         t.add_column(col, **kw)
     ideas, outcomes = [], []
     for a in data["agents"]:
         p = a.get("progress")
-        bar = ProgressBar(total=1.0, completed=float(p), width=10) if isinstance(p, (int, float)) else Text("-")
+        bar = ProgressBar(total=1.0, completed=float(p), width=8) if isinstance(p, (int, float)) else Text("-")
         d = a.get("last_delta")
         delta = Text(_fmt(d, "+.4f"), style="green" if d and d > 0 else "red" if d else "")
         t.add_row(str(a.get("agent", "?")), str(a.get("program", "")), str(a.get("phase", "")),

@@ -135,3 +135,13 @@ def test_secrets_never_reach_the_child(tmp_path, prepared_data_dir, monkeypatch)
     assert '"PYTHONUNBUFFERED": "1"' in log and "HARMLESS" not in log
     for secret in ("sk-secret-1", "pw-secret-2", "pw-secret-3"):
         assert secret not in log
+
+
+def test_back_to_back_runs_take_the_standby_safely(tmp_path, prepared_data_dir):
+    """An agent's next run (a job needs no proposal) may start milliseconds after the last one
+    ended, before the standby's bubblewrap has bound its scratch: each run must still train."""
+    tp = write(tmp_path, TINY)
+    for i in range(3):
+        r = run_experiment(tp, tmp_path / f"run{i}", budget=2, data_dir=prepared_data_dir, threads=1,
+                           standby=True)
+        assert r.status == "ok", (i, r.error)

@@ -63,6 +63,43 @@ class Standby:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat", "rb").read()
+                ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _entered(sb: "Standby", wait_s: float = 15.0) -> bool:
+    """True once the standby runs the harness, i.e. bubblewrap has finished its mounts. Its
+    scratch is bound by path when bwrap starts: renaming it before then made bwrap fail with
+    "Can't find source path" (seen when a job followed a run within milliseconds)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and sb.proc.poll() is None:
+        for pid in [sb.proc.pid, *_descendants(sb.proc.pid)]:
+            try:
+                args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            # the harness itself (`python -I -c "...trainer.harness..."`), not the supervisor
+            # (`python -I -S -c ...`) nor bwrap, whose argv also hold that code
+            if args[1:3] == [b"-I", b"-c"] and len(args) > 3 and b"trainer.harness" in args[3]:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 _WAITING: dict[tuple, Standby] = {}
 _LOCK = threading.Lock()
 
@@ -74,7 +111,7 @@ def take(key: tuple, run_dir: Path) -> Standby | None:
     if sb is None:
         return None
     target = run_dir / "scratch"
-    if sb.proc.poll() is not None or sb.scratch.parent != run_dir.parent:
+    if sb.proc.poll() is not None or sb.scratch.parent != run_dir.parent or not _entered(sb):
         sb.discard()
         return None
     if target.exists():

@@ -148,10 +148,12 @@ def drain_jobs(coord, agents: list[FakeAgent], hw: str = "cpu-fake", rounds: int
     return out
 
 
-def warm_up(coord, agents: list[FakeAgent], vals=(2.0, 2.002, 1.998), hw: str = "cpu-fake") -> int:
+def warm_up(coord, agents: list[FakeAgent], vals=(2.0, 2.002, 1.998), hw: str = "cpu-fake",
+            check_sample: bool = False) -> int:
     """The first round (every agent runs the unchanged baseline) and the repeats of it the
     coordinator schedules until sigma has min_dof degrees of freedom; `vals` are the measured
-    values, used in turn. Returns how many baseline runs there were."""
+    values, used in turn. check_sample: assert each baseline report is decided `sample`.
+    Returns how many baseline runs there were."""
     n = 0
     for _ in range(50):
         got = False
@@ -163,7 +165,9 @@ def warm_up(coord, agents: list[FakeAgent], vals=(2.0, 2.002, 1.998), hw: str = 
             got = True
             rec = a.record(job.commit, job.parent, kind="baseline", job=job, val=vals[n % len(vals)])
             coord.begin(a.started(rec))
-            coord.report(rec)
+            reply = coord.report(rec)
+            if check_sample:
+                assert reply.decision.decision == "sample", reply
             n += 1
         if not got:
             return n

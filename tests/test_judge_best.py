@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.messages import PromotionConfig, ReportReply
+from agents.messages import PromotionConfig
 from coordinator.decide.core import Coordinator
+import fake_runner
 from fake_runner import (FakeAgent, baseline_text, check_invariants, drop_pads,
                          set_constants)
 
@@ -16,9 +17,8 @@ VALS = (2.000, 2.002, 1.998)
 
 
 def decide(coord, rec):
-    """The decision of a report (report() answers a Decision or a ReportReply holding one)."""
-    r = coord.report(rec)
-    return r.decision if isinstance(r, ReportReply) else r
+    """The decision of a report (report() answers a ReportReply holding it)."""
+    return coord.report(rec).decision
 
 
 def job_of(coord, agent, hw=HW):
@@ -43,22 +43,7 @@ def agents_for(coord, tmp_path, n=3):
 def warm_up(coord, agents, vals=VALS):
     """Run every baseline job the coordinator hands out (its first round, then the repeats it
     schedules until sigma has enough degrees of freedom); returns how many ran."""
-    n = 0
-    for _ in range(50):
-        got = False
-        for a in agents:
-            job = job_of(coord, a.name)
-            if job is None:
-                continue
-            assert job.kind == "baseline", job
-            got = True
-            rec = a.record(job.commit, job.parent, kind="baseline", job=job, val=vals[n % len(vals)])
-            coord.begin(a.started(rec))
-            assert decide(coord, rec).decision == "sample"
-            n += 1
-        if not got:
-            return n
-    raise AssertionError("baseline jobs never stopped")
+    return fake_runner.warm_up(coord, agents, vals, hw=HW, check_sample=True)
 
 
 def experiment(coord, agent, parent, description, val=None, **values):

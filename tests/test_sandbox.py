@@ -531,3 +531,31 @@ def test_an_older_bwrap_gets_only_the_options_it_knows(tmp_path, monkeypatch, sp
     monkeypatch.setenv(sandbox.BWRAP_ENV, "/usr/bin/bwrap")
     argv = wrap(["true"], spec)
     assert "--size" in argv and "--disable-userns" in argv
+
+
+def test_code_under_tmp_stays_visible_but_hidden_paths_inside_it_do_not(tmp_path):
+    """A checkout under /tmp (a CI clone) must still import inside the sandbox, whose /tmp is
+    private; a SWARM_HOME inside that checkout stays hidden."""
+    import shutil
+
+    import trainer
+    clone = tmp_path / "clone"
+    shutil.copytree(Path(trainer.__file__).parent, clone / "trainer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / ".swarm").mkdir()
+    (clone / ".swarm" / "secret.txt").write_text("s3cret")
+    (tmp_path / "scratch").mkdir()
+    probe = textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(clone)!r})
+        from trainer import sandbox
+        spec = sandbox.SandboxSpec(scratch=sandbox.Path({str(tmp_path / 'scratch')!r}),
+                                   hidden=[sandbox.Path({str(clone / '.swarm')!r})])
+        inner = ("import sys, os; sys.path.insert(0, {str(clone)!r}); import trainer; "
+                 "print(trainer.__file__); print(os.listdir({str(clone / '.swarm')!r}))")
+        os.execv(sys.executable, sandbox.wrap([sys.executable, "-I", "-c", inner], spec))
+    """)
+    p = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split("\n")[0] == str(clone / "trainer" / "__init__.py")
+    assert p.stdout.split("\n")[1] == "[]"

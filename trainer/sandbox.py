@@ -422,6 +422,26 @@ sys.exit(code)
 '''
 
 
+def _code_binds() -> list[str]:
+    """Read-only binds that put back the code the sandbox runs where the private /tmp would
+    hide it: the folder holding the `trainer` package (a checkout or clone under /tmp, as a CI
+    clone may be) and the Python install with its site-packages (a venv under /tmp). They come
+    before the hidden paths, so a hidden path inside one (a ./.swarm in a checkout) stays hidden."""
+    import site
+
+    import trainer
+
+    roots = {Path(trainer.__file__).resolve().parent.parent, Path(sys.prefix).resolve(),
+             Path(sys.base_prefix).resolve(), *(Path(s).resolve() for s in site.getsitepackages())}
+    tmp = Path("/tmp")
+    under = sorted(r for r in roots if tmp in r.parents and r.is_dir())
+    args: list[str] = []
+    for r in under:
+        if not any(a in under for a in r.parents):
+            args += ["--ro-bind", str(r), str(r)]
+    return args
+
+
 def _bind_args(spec: SandboxSpec) -> list[str]:
     args: list[str] = []
     scratch = Path(spec.scratch).resolve()
@@ -466,7 +486,7 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     inner = [bwrap, "--unshare-all", "--unshare-user", *_opt(bwrap, "--disable-userns"),
              "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
              *size, "--tmpfs", "/dev/shm", *_gpu_args(spec), "--remount-ro", "/dev", *size, "--tmpfs", "/tmp",
-             *_bind_args(spec), "--chdir", str(Path(spec.scratch).resolve()),
+             *_code_binds(), *_bind_args(spec), "--chdir", str(Path(spec.scratch).resolve()),
              "--uid", "65534", "--gid", "65534", "--clearenv"]
     for k, v in spec.env.items():
         inner += ["--setenv", k, v]

@@ -21,7 +21,7 @@ from agents.edits import EDITABLE, line_delta
 from agents.errors import (BackendError, BackendRefused, InvalidEdit, ProposalAbandoned,
                            SpendingCapReached)
 from agents.inflight import Inflight, kill_leftover
-from agents.health import SAME_FAILURE_STOP, BackendHealth
+from agents.health import SAME_FAILURE_STOP, BackendHealth, RunHealth
 from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
 from agents.transcript import keep_transcript, redact, secret_values
@@ -95,6 +95,7 @@ class ResearchAgent:
         self.recovered: ExperimentRecord | None = None
         self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
                                     wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
+        self.runs = RunHealth(cfg.backend_wait_s, cfg.backend_wait_max_s)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
         self._setup()
@@ -563,6 +564,13 @@ class ResearchAgent:
             self.parent_val = rec.val_bpb
         self.phase = "idle"
         self._beat(force=True)
+        wait = self.runs.ran(rec.kind, rec.status, rec.reason)
+        if wait:  # unchanged code crashed again: the machine, not an idea; do not loop hot
+            self.phase = f"waiting {wait:.0f}s: {self.runs.streak} runs of code that trained before crashed"
+            log.warning("%s: %s (last: %s)", self.cfg.name, self.phase, self.runs.last_error)
+            self._beat(force=True)
+            self._stop.wait(wait)
+            self.phase = "idle"
 
     def _observe(self, rec: ExperimentRecord) -> None:
         """Tell a backend that learns from results (optuna: `observe(record, source)`) what

@@ -54,7 +54,8 @@ class AgentConfig(_Cfg):
     heartbeat_s: float = Field(default=5.0, gt=0)
     graceful_stop: bool = False           # stop(): False cancels the run (crash "stopped")
     # While the backend does not answer (down, timed out, 5xx: no record, no experiment used
-    # up), the agent waits this long before asking again, doubling up to the cap.
+    # up), the agent waits this long before asking again, doubling up to the cap; the same
+    # wait follows runs of unchanged code (baseline, jobs) that crash in a row (health.RunHealth).
     backend_wait_s: float = Field(default=10.0, gt=0)
     backend_wait_max_s: float = Field(default=120.0, gt=0)
 

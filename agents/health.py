@@ -93,3 +93,33 @@ class BackendHealth:
     def status(self) -> dict:
         return {"backend_state": self.state, "backend_reason": self.reason,
                 "backend_since": self.since, "backend_events": dict(self.counts)}
+
+
+# Runs of code that trained before (the baseline, a repeat of best, a confirmation or a
+# verification: never the agent's new idea) that may crash in a row before the agent backs off.
+ENV_CRASHES_BEFORE_WAIT = 2
+
+
+class RunHealth:
+    """Whether the machine can still train. A crash of an experiment is the idea's; a crash of
+    code that trained before is the machine's or the sandbox's (a broken standby crashed every
+    run, 150 records in two minutes): after ENV_CRASHES_BEFORE_WAIT in a row the agent waits,
+    doubling from wait_s up to wait_max_s, before its next run; any run that ends ok resets."""
+
+    def __init__(self, wait_s: float, wait_max_s: float):
+        self.wait_s, self.wait_max_s = wait_s, wait_max_s
+        self.streak = 0
+        self.last_error: str | None = None
+
+    def ran(self, kind: str, status: str, error: str | None) -> float:
+        """Note a finished run; returns how long to wait before the next one (0: go on)."""
+        if status == "ok":
+            self.streak, self.last_error = 0, None
+            return 0.0
+        if kind == "experiment" or status not in ("crash", "timeout"):
+            return 0.0
+        self.streak += 1
+        self.last_error = (error or status).splitlines()[0][:200] if (error or status) else status
+        if self.streak < ENV_CRASHES_BEFORE_WAIT:
+            return 0.0
+        return min(self.wait_max_s, self.wait_s * 2 ** (self.streak - ENV_CRASHES_BEFORE_WAIT))

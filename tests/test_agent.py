@@ -14,6 +14,7 @@ from agents.backends.base import Proposal
 from agents.config import AgentConfig
 from agents.errors import SpendingCapReached
 from agents.messages import Broadcast, StartedExperiment
+from trainer.schema import ExperimentResult
 from tests.fake_coordinator import (TINY_PROGRAM, FakeCoordinator, fake_runner, git,
                                     make_research_repo)
 
@@ -323,3 +324,35 @@ def test_progress_is_zero_outside_a_run(home):
     agent.run(max_experiments=1)
     assert agent.status()["phase"] == "stopped" and agent.status()["progress"] == 0.0
     assert coord.beats[-1][1]["progress"] == 0.0
+
+
+def test_unchanged_code_crashing_in_a_row_makes_the_agent_wait_not_loop(home):
+    """A broken machine (the sandbox could not start: every run crashed) must not turn into a
+    hot loop of crash records: crashes of code that trained before (the agent's baseline) make
+    the agent wait, doubling, before its next run; an experiment's own crash does not."""
+    tmp_path, _ = home
+    coord = FakeCoordinator()
+    waits = []
+    runs = []
+
+    def broken(*a, **kw):
+        runs.append(1)
+        if len(runs) >= 20:  # a hot loop (the code before): end the test
+            agent._stop.set()
+        return ExperimentResult(status="crash", error="bwrap: Can't find source path")
+
+    agent = ResearchAgent(cfg(tmp_path, backend_wait_s=2.0, backend_wait_max_s=5.0), coord, runner=broken)
+
+    def wait(t=None):
+        waits.append(t)
+        if len(waits) >= 4:
+            agent._stop.set()
+        return agent._stop.is_set()
+
+    agent._stop.wait = wait
+    agent.run(max_experiments=3)
+    recs = coord.all_records()
+    assert [r.kind for r in recs] == ["baseline"] * len(recs) and all(r.status == "crash" for r in recs)
+    # the first crash may be bad luck; then 2, 4, 5 (capped), 5 seconds
+    assert waits == [2.0, 4.0, 5.0, 5.0] and len(recs) == 5
+    assert agent.runs.streak == 5 and "source path" in agent.runs.last_error

@@ -33,6 +33,7 @@ DecisionKind = Literal[
     "crash", "timeout", "invalid",
     "rejected",       # the record itself is bad (unknown commit, unknown hardware class...)
     "unjudged",       # never compared with best (its job gave up, best had no samples...)
+    "carried",        # reached best inside another result's verified merge or pool (not a move of its own)
 ]
 
 
@@ -117,8 +118,10 @@ class Decision(_Model):
     samples_best: int = 0                  # samples of best behind the decision
     beat_best: bool = False                # the candidate itself beat best by the margin
     beat_parent: bool = False              # the candidate beat its own parent by the margin
-    stage: str | None = None               # pending on: sigma | confirm | verify | verify-alone
+    stage: str | None = None               # pending on: sigma | confirm | verify | verify-alone | verify-pool
     merge_samples: int = 0                 # samples of merge_commit when its verification was asked
+    pooled: list[str] = Field(default_factory=list)  # experiments whose changes went into merge_commit
+                                           # with this one's (a pool: decide/pooling.py)
 
 
 class Job(_Model):
@@ -160,10 +163,11 @@ class PromotionConfig(_Model):
     """How the coordinator decides that a result is a real improvement, not noise."""
 
     min_delta: float = Field(0.001, ge=0, description="smallest val_bpb improvement that ever counts (bpb)")
-    k: float = Field(3.0, ge=0, description="margin in standard errors of the difference of means, "
-                     "as a one-sided normal tail (3.0: 0.13%); with sigma estimated from few samples "
-                     "the Student-t quantile of the same tail is used. With the confirmation runs "
-                     "(each one more look) about 0.3% of zero-effect edits move best")
+    k: float = Field(2.5, ge=0, description="margin in standard errors of the difference of means, "
+                     "as a one-sided normal tail (2.5: 0.6%); with sigma estimated from few samples "
+                     "the Student-t quantile of the same tail is used. With confirmations and pools "
+                     "(more looks), 0.45% of a null landscape's experiments moved best in the research "
+                     "bench (12 seeds), 1.3% at k=2.0")
     sigma_prior: float = Field(0.005, gt=0, description="val_bpb std of one commit, used until a hardware "
                                "class has a commit with >= 2 samples (bpb)")
     cost_per_line: float = Field(2e-5, ge=0, description="extra improvement each net added line of "
@@ -179,9 +183,18 @@ class PromotionConfig(_Model):
     min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
                          "(the coordinator schedules repeats of the baseline until then): with fewer, "
                          "even the Student-t margin rests on a sigma that is often half the true one")
-    best_remeasures: int = Field(2, ge=0, description="top-priority runs (new seeds) of each new best; "
+    best_remeasures: int = Field(4, ge=0, description="top-priority runs (new seeds) of each new best; "
                                  "from the first on, those alone are its reference: the samples that "
                                  "made it best were selected for being low")
+    pool_max: int = Field(4, ge=1, description="results inside the margin (judged against the current or the "
+                          "previous best) are merged together onto best, up to this many, and the "
+                          "combination verified like a merge: gains too small to confirm one by one add "
+                          "up (decide/pooling.py); 1: never pool")
+    pool_fraction: float = Field(0.25, ge=0, le=1, description="a result joins a pool when its effect (over "
+                                 "best, or over its own parent when that is not best) is at least this "
+                                 "share of the margin")
+    pool_open_max: int = Field(3, ge=1, description="at most this many pools of one best are being "
+                               "verified at a time (each costs a run)")
     job_lease_s: float | None = Field(None, gt=0, description="a job handed out but not reported within "
                                       "this many seconds is handed out again; null: derived from the "
                                       "runs (1.5 x the longest run, start-up and evaluation included, "

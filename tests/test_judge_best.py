@@ -187,6 +187,32 @@ def test_no_promotion_before_enough_degrees_of_freedom(coord, tmp_path, cfg):
     assert final.dof >= cfg.min_dof and final.sigma > 0 and final.margin > 0
 
 
+def test_sigma_leaves_out_the_run_that_earned_a_confirmation(coord, tmp_path):
+    """A result looked good on its own run (that is why it gets a confirmation): that run is
+    selected, and pooled with its confirmation it would inflate sigma. Only the confirmations
+    (and repeats of best) feed the noise pool."""
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    st = coord.status()["classes"][HW]
+    sigma0, dof0 = st["sigma"], st["noise_dof"]
+    mean = coord.book.ref(HW, coord.root).mean
+    m = coord._class_margin(HW)
+    r, d = experiment(coord, a[0], coord.root, "Z lucky", Z=1, val=mean - 0.95 * m)
+    assert d.decision == "pending" and d.stage == "confirm"
+    for val in (mean, mean + 0.0002):  # the truth: no better than best
+        job = job_of(coord, "a1")
+        assert job.kind == "confirm" and job.commit == r.commit
+        rec = a[1].record(job.commit, job.parent, kind="confirm", job=job, val=val)
+        coord.begin(a[1].started(rec))
+        decide(coord, rec)
+    st = coord.status()["classes"][HW]
+    # Two confirmations: one more degree of freedom, and sigma from their spread (0.0002), not
+    # from the lucky run's distance to them (0.95 margin: counted, sigma grew by a quarter).
+    assert st["noise_dof"] == dof0 + 1
+    assert st["sigma"] <= sigma0
+    assert coord.decisions[r.experiment_id].decision == "discard"
+
+
 def test_margin_multiplier_is_a_student_t_quantile(coord, tmp_path, cfg):
     a = agents_for(coord, tmp_path)
     warm_up(coord, a)
@@ -198,7 +224,7 @@ def test_margin_multiplier_is_a_student_t_quantile(coord, tmp_path, cfg):
 
 
 def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
-    a = agents_for(coord, tmp_path)
+    a = agents_for(coord, tmp_path, n=max(3, cfg.best_remeasures + 1))
     warm_up(coord, a)
     rZ, dZ = experiment(coord, a[2], coord.root, "Z on", Z=1, val=1.9955)  # near the margin: confirm
     assert dZ.decision == "pending" and not dZ.merge_commit

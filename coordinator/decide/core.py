@@ -22,6 +22,7 @@ from coordinator.decide.commits import CommitCache
 from coordinator.decide.groupcommit import GroupCommit, Slot
 from coordinator.decide.jobs import JOB_MAX_ATTEMPTS, JobBoard
 from coordinator.decide.judging import DEFAULT_LEASE_S, Judging
+from coordinator.decide.pooling import Pooling
 from coordinator.state.ledger import Ledger, LedgerError, connect_redis
 from coordinator.decide.refwriter import RefWriter
 from coordinator.state.repo import RepoError, ResearchRepo
@@ -41,7 +42,7 @@ class CoordinatorError(RuntimeError):
     """A request the coordinator cannot serve (unknown commit to fetch, no baseline...)."""
 
 
-class Coordinator(Judging):
+class Coordinator(Judging, Pooling):
     """The agent-facing port (agents.ports.CoordinatorPort: begin, report, next_job, best,
     recent, heartbeat, fetch, flush), plus the admin calls status, perf, reconcile_dead_agent,
     snapshot and flush_refs (decide/actor.py's ADMIN_METHODS). State lives in redis and git; this object is a
@@ -80,6 +81,7 @@ class Coordinator(Judging):
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
         self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
+        self._init_pools()
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
         self._load()
 
@@ -94,6 +96,7 @@ class Coordinator(Judging):
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self.snapshots.reset()
+        self._init_pools()
         self._load()
 
     def _load(self) -> None:
@@ -101,6 +104,7 @@ class Coordinator(Judging):
         never decided before a restart."""
         self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         last_move: dict[str, Decision] = {}
+        pools: list[str] = []
         events = list(self.ledger.events())
         for typ, id, js in events:
             if typ == "started":
@@ -114,6 +118,8 @@ class Coordinator(Judging):
                 self.decisions[id] = d
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
+                if d.stage == "verify-pool" and d.merge_commit:
+                    pools.append(d.merge_commit)
         self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
         # Samples in stream order: a record's sample counts from its record event (as when it
         # was decided), a best's fresh samples from the decision that moved best to it.
@@ -127,6 +133,10 @@ class Coordinator(Judging):
                 d = Decision.model_validate_json(js)
                 if d.best_after and d.hardware_class and self.commits.has(d.best_after):
                     self.book.start_fresh(d.hardware_class, d.best_after)
+        for d in self.decisions.values():
+            self._index_decision(d)
+        for M in pools:
+            self._pool_tried(M)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
@@ -207,6 +217,7 @@ class Coordinator(Judging):
     def _put(self, d: Decision) -> Decision:
         self.ledger.put_decision(d)
         self.decisions[d.experiment_id] = d
+        self._index_decision(d)
         return d
 
     def _dec(self, rec: ExperimentRecord, decision: str, reason: str, **kw) -> Decision:
@@ -279,7 +290,7 @@ class Coordinator(Judging):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
         self.book.start_fresh(hw, new)
         self.best_keys.publish(hw, new, rec.experiment_id, kind)
-        self._best_moved(hw, new)
+        self._best_moved(hw, old, new, d)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
                  rec.experiment_id, hw, old[:10], new[:10], v.delta, v.margin, sigma, v.samples,
                  " SUSPECT" if suspect else "")

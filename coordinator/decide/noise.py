@@ -1,10 +1,21 @@
 """The coordinator's samples: val_bpb samples per (hardware class, train.py content) and the
-pooled noise of each class, fed one decided record at a time."""
+pooled noise of each class, fed one decided record at a time.
+
+Sigma is pooled only from samples that no decision selected: baseline and confirmation runs.
+An experiment's own run (or a merge's verification run) is the sample that made the coordinator
+ask for more, chosen for looking good; counted with its confirmations it inflated sigma by about
+a half in the research bench (0.0133-0.015 for a true 0.010), and the margin with it. Likewise a
+new best starts a new group: the runs that made it best are not compared with its re-measures.
+"""
 from __future__ import annotations
 
 from agents.messages import ExperimentRecord
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.rules import NoisePool, Samples
+
+
+# Runs whose value no decision has looked at yet when the next one is asked for.
+UNSELECTED = ("baseline", "confirm")
 
 
 class SampleBook:
@@ -19,6 +30,8 @@ class SampleBook:
         # Samples of a best taken after it became best: the ones that made it best were
         # selected for being low, so once it has fresh ones they alone are its reference.
         self.fresh: dict[tuple[str, str], Samples] = {}
+        # Per (class, blob): the unselected samples of the current group (feeds the noise pool).
+        self.groups: dict[tuple[str, str], Samples] = {}
 
     def of(self, hw: str, commit: str | None) -> Samples:
         """The samples of `commit`'s train.py in class `hw` (empty when none, or no commit)."""
@@ -41,7 +54,9 @@ class SampleBook:
 
     def start_fresh(self, hw: str, commit: str) -> None:
         """`commit` just became best: count its samples from now on apart."""
-        self.fresh[(hw, self.commits.blob(commit))] = Samples()
+        key = (hw, self.commits.blob(commit))
+        self.fresh[key] = Samples()
+        self.groups[key] = Samples()
 
     def sigma(self, hw: str) -> float:
         """The pooled val_bpb std of one commit in class `hw` (the prior until there is data)."""
@@ -55,7 +70,9 @@ class SampleBook:
         if rec.val_bpb is None or not self.commits.has(rec.commit):
             return
         key = (rec.hardware_class, self.commits.blob(rec.commit))
-        s = self.samples.setdefault(key, Samples())
-        self.noise.setdefault(rec.hardware_class, NoisePool()).add(s, rec.val_bpb, rec.confirm_bpb)
+        self.samples.setdefault(key, Samples()).add(rec.val_bpb, rec.confirm_bpb)
+        if rec.kind in UNSELECTED:
+            self.noise.setdefault(rec.hardware_class, NoisePool()).add(
+                self.groups.setdefault(key, Samples()), rec.val_bpb)
         if key in self.fresh:
             self.fresh[key].add(rec.val_bpb, rec.confirm_bpb)

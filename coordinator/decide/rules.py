@@ -83,7 +83,8 @@ def margin_for(cfg: PromotionConfig, se: float, net_added: int, dof: int | None 
 
 
 def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_added: int,
-          allow_simplify: bool = True, dof: int | None = None) -> Verdict:
+          allow_simplify: bool = True, dof: int | None = None,
+          confirm_fraction: float | None = None) -> Verdict:
     """Classify a candidate against a reference by the means of their samples.
 
     promote: beats ref by the margin. simplification: net removes lines, is worse by at most
@@ -107,7 +108,8 @@ def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_a
                            f"({diff:+.4f} >= -{tol:.4f}, n={cand.n})", diff, m, se, cand.n)
         return Verdict("pending", f"{-net_added} net lines removed, within noise on one run "
                        f"({diff:+.4f}): confirming with another seed", diff, m, se, cand.n)
-    if diff > 0 and diff >= cfg.confirm_fraction * m and can_confirm:
+    frac = cfg.confirm_fraction if confirm_fraction is None else confirm_fraction
+    if diff > 0 and diff >= frac * m and can_confirm:
         return Verdict("pending", f"better by {diff:.4f}, inside margin {m:.4f}: confirming "
                        f"with another seed", diff, m, se, cand.n)
     if diff > 0:

@@ -12,8 +12,8 @@ flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps
 `decided_at`, `simplification`, and the labelled `delta_best` / `delta_parent` (+ = better), `dof`,
 `beat_best`. TSV columns: commit val_bpb memory_gb status description agent
 program parent, then the rest in ROW_COLUMNS order; `status` uses the original's vocabulary
-(keep/discard/crash) plus ours (pending, conflict, did-not-stack, timeout, invalid, rejected,
-sample).
+(keep/discard/crash) plus ours (pending, conflict, did-not-stack, carried, unjudged, timeout,
+invalid, rejected, sample).
 """
 from __future__ import annotations
 

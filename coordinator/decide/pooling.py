@@ -1,0 +1,156 @@
+"""Pools: results inside the margin, put together and verified as one (a part of Coordinator).
+
+One result that beats best by less than the margin cannot be told from noise; several that
+change different parts of train.py may add up to a gain one run can tell. When a result judged
+against best beats it by at least `pool_fraction` of the margin, the coordinator looks at the
+other results judged against the same best that did too (pending a confirmation, or discarded
+inside the margin), strongest first, and merges each one's change since its merge base with
+best onto best together with the result's own (skipping any that conflicts or adds nothing),
+up to `pool_max` results. When at least one other joined and that train.py was never tried as
+a pool, the combination is committed (best first, then the members) and verified like a merge:
+one run on a fresh seed, judged against best by the margin (its sample is new, not one of the
+selected ones, so the false-promotion rate is the margin's).
+- Verified: best moves once (decision `merge` on the result that formed the pool); the members,
+  now ancestors of best, become `carried`, as does any result still pending whose commit a
+  new best contains.
+- Not verified: the result that formed the pool is judged alone again (a confirmation when it
+  earned one); the members keep their own decisions.
+At most `pool_open_max` pools of one best are verified at a time (each costs a run).
+"""
+from __future__ import annotations
+
+from agents.messages import Decision, ExperimentRecord
+from coordinator.decide.rules import Verdict
+from coordinator.state.repo import merge_texts, object_id
+
+# Results judged against the current best or the one before it may join a pool: the swarm's
+# runs that started before best last moved are judged against the new best, but their own
+# effect (over their parent) is what a pool adds up.
+POOL_WINDOW = 2
+
+
+class Pooling:
+    """Mixed into Coordinator: uses its cfg, repo, commits, book, jobs, records, decisions,
+    refwriter and _dec; owns `_judged` (per (class, best): the experiments judged against that
+    best) and `_tried_pools` (train.py blobs already verified as pools)."""
+
+    def _init_pools(self) -> None:
+        self._judged: dict[tuple[str, str], dict[str, None]] = {}
+        self._tried_pools: set[str] = set()
+        self._recent_bests: dict[str, list[str]] = {}  # per class, the last POOL_WINDOW bests, oldest first
+
+    def _index_decision(self, d: Decision) -> None:
+        if d.best_before and d.hardware_class:
+            self._judged.setdefault((d.hardware_class, d.best_before), {})[d.experiment_id] = None
+            if d.best_after:
+                seq = self._recent_bests.setdefault(d.hardware_class, [])
+                seq[:] = ([b for b in seq if b not in (d.best_before, d.best_after)]
+                          + [d.best_before, d.best_after])[-POOL_WINDOW:]
+
+    def _pool_tried(self, merge_commit: str) -> None:
+        """At start-up: a pool the ledger says was verified (or is being verified)."""
+        if self.commits.has(merge_commit):
+            self._tried_pools.add(self.commits.blob(merge_commit))
+
+    # -- forming a pool ---------------------------------------------------------------------
+    def _pool_or_confirm(self, rec: ExperimentRecord, best: str, text: str | None, v: Verdict,
+                         info: dict) -> Decision:
+        """A result that earned a confirmation: pooled when it can be, else confirmed alone."""
+        return self._pool_or(rec, best, text, v, info) or self._confirm(rec, rec.commit, best, v, info)
+
+    def _pool_or(self, rec: ExperimentRecord, best: str, text: str | None, v: Verdict,
+                 info: dict) -> Decision | None:
+        """`text`: the result's change put onto best (None when it does not apply). The pool's
+        pending decision, or None when no pool is formed."""
+        if (text is None or self.cfg.pool_max <= 1 or v.delta <= 0
+                or v.delta < self.cfg.pool_fraction * v.margin):
+            return None
+        hw = rec.hardware_class
+        pool = self._pool(rec, hw, best, text)
+        if pool is None:
+            return None
+        ptext, members = pool
+        M = self.repo.commit_tree(ptext, [best, rec.commit] + [self.records[i].commit for i in members],
+                                  f"Pool {rec.experiment_id} ({rec.description}) with "
+                                  + ", ".join(members) + " onto best", base=best)
+        self.commits.remember(M, object_id("blob", ptext.encode()), ptext)
+        self.refwriter.later(f"refs/candidates/{rec.experiment_id}", M)
+        self.jobs.issue("verify", M, best, hw, rec.experiment_id,
+                        f"verify pool of {rec.description} with {len(members)} more")
+        return self._dec(rec, "pending", f"better by {v.delta:.4f}, inside margin {v.margin:.4f}; pooled with "
+                         + ", ".join(f"{i} ({self._effect(i):+.4f})" for i in members)
+                         + ": verifying the combination onto best", stage="verify-pool", merge_commit=M,
+                         merge_samples=self.book.of(hw, M).n, pooled=members, **info)
+
+    def _poolable(self, i: str) -> bool:
+        """Pending a confirmation, or discarded inside the margin, with an effect of at least
+        pool_fraction of the margin: over best, or over its own parent when that is not best."""
+        d, rec = self.decisions.get(i), self.records.get(i)
+        if d is None or rec is None or rec.kind != "experiment" or d.margin is None:
+            return False
+        effect = d.delta_parent if d.delta_parent is not None else d.delta
+        if effect is None or effect <= 0 or effect < self.cfg.pool_fraction * d.margin:
+            return False
+        return (d.decision == "pending" and d.stage == "confirm") or d.decision == "discard"
+
+    def _effect(self, i: str) -> float:
+        d = self.decisions[i]
+        return d.delta_parent if d.delta_parent is not None else d.delta
+
+    def _pools_full(self, hw: str, best: str) -> bool:
+        """pool_open_max pools of this best are being verified already."""
+        n = sum(1 for i in self._judged.get((hw, best), ()) if self.decisions[i].decision == "pending"
+                and self.decisions[i].stage == "verify-pool" and self.decisions[i].best_before == best)
+        return n >= self.cfg.pool_open_max
+
+    def _pool(self, rec: ExperimentRecord, hw: str, best: str, text: str) -> tuple[str, list[str]] | None:
+        """The pool's train.py and its other members, or None (pool_open_max pools of this best
+        are open, nobody else to pool with, or this combination was tried)."""
+        if self._pools_full(hw, best):
+            return None
+        bests = self._recent_bests.get(hw, [])[-POOL_WINDOW:] or [best]
+        if best not in bests:
+            bests = [best]
+        judged = {i: None for b in bests for i in self._judged.get((hw, b), {})}
+        cands = sorted((i for i in judged if i != rec.experiment_id and self._poolable(i)),
+                       key=lambda i: -self._effect(i))
+        best_text = self.commits.text(best)
+        members: list[str] = []
+        for i in cands:
+            if len(members) + 1 >= self.cfg.pool_max:
+                break
+            C = self.records[i].commit
+            base = self.repo.merge_base(C, best)
+            merged, clean = merge_texts(self.commits.text(base) if base else best_text, text,
+                                        self.commits.text(C))
+            if clean and merged != text:
+                text = merged
+                members.append(i)
+        if not members:
+            return None
+        blob = object_id("blob", text.encode())
+        if blob in self._tried_pools:
+            return None
+        self._tried_pools.add(blob)
+        return text, members
+
+    # -- after best moved -------------------------------------------------------------------
+    def _carry(self, hw: str, old: str, new: str, by: Decision) -> None:
+        """Results judged against the old best that the new best contains (a pool's members, a
+        pending line a merge took along): `carried`, their open jobs cancelled."""
+        for i in list(self._judged.get((hw, old), ())) + list(by.pooled):
+            d, rec = self.decisions.get(i), self.records.get(i)
+            if (d is None or rec is None or i == by.experiment_id or rec.commit is None
+                    or not (d.decision == "pending" or i in by.pooled)
+                    or d.decision in ("carried", "merge", "promote", "simplification")):
+                continue
+            if not self.repo.is_ancestor(rec.commit, new):
+                continue
+            for st in self.jobs.open_jobs(hw):
+                if st.job.for_experiment == i:
+                    self.jobs.cancel(st.job.job_id, f"its candidate reached best in {by.experiment_id}")
+            how = "pool" if i in by.pooled else "merge"
+            self._dec(rec, "carried", f"its change reached best in {by.experiment_id}'s verified {how} "
+                      f"{new[:10]}", best_before=old, best_after=None, merge_commit=new, delta=d.delta,
+                      margin=d.margin, sigma=d.sigma, dof=d.dof, mean=d.mean, samples=d.samples,
+                      samples_best=d.samples_best, delta_parent=d.delta_parent)

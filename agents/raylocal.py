@@ -21,7 +21,10 @@ LOOPBACK_ENV = {
 
 # A private local Ray has no dashboard to show task events; reporting them anyway cost ~17% of
 # the CPU of every actor call (bench/coordinator.py: 970 -> 800 us per call on each side).
-QUIET_ENV = {"RAY_task_events_report_interval_ms": "0"}
+# For the private local Ray only (setdefault: a user's own value wins). RAY_AUTH_MODE=token
+# is Ray's default for a new local cluster, said explicitly: left unset, Ray turns token auth
+# on anyway and prints a WARNING about it on the user's terminal at every `swarm run`.
+QUIET_ENV = {"RAY_task_events_report_interval_ms": "0", "RAY_AUTH_MODE": "token"}
 
 
 def loopback_environment(home: Path) -> dict[str, str]:

@@ -120,6 +120,7 @@ class Coordinator(Judging, Pooling):
                     last_move[d.hardware_class] = d
                 if d.stage == "verify-pool" and d.merge_commit:
                     pools.append(d.merge_commit)
+                self._note_move(d)
         self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
         # Samples in stream order: a record's sample counts from its record event (as when it
         # was decided), a best's fresh samples from the decision that moved best to it.
@@ -134,7 +135,7 @@ class Coordinator(Judging, Pooling):
                 if d.best_after and d.hardware_class and self.commits.has(d.best_after):
                     self.book.start_fresh(d.hardware_class, d.best_after)
         for d in self.decisions.values():
-            self._index_decision(d)
+            self._index_decision(d, moves=False)
         for M in pools:
             self._pool_tried(M)
         for hw, d in last_move.items():

@@ -1,12 +1,13 @@
 """Pools: results inside the margin, put together and verified as one (a part of Coordinator).
 
 One result that beats best by less than the margin cannot be told from noise; several that
-change different parts of train.py may add up to a gain one run can tell. When a result judged
-against best beats it by at least `pool_fraction` of the margin, the coordinator looks at the
-other results judged against the same best that did too (pending a confirmation, or discarded
-inside the margin), strongest first, and merges each one's change since its merge base with
-best onto best together with the result's own (skipping any that conflicts or adds nothing),
-up to `pool_max` results. When at least one other joined and that train.py was never tried as
+change different parts of train.py may add up to a gain one run can tell. When a result's
+effect (over best, or over its own parent when that is not best) is at least `pool_fraction`
+of the margin, the coordinator looks at the other results judged against the current or the
+previous best whose effect was too (pending a confirmation, or discarded inside the margin),
+strongest first, and merges each one's change since its merge base with best onto best
+together with the result's own (skipping any that conflicts or adds nothing), up to
+`pool_max` results. When at least one other joined and that train.py was never tried as
 a pool, the combination is committed (best first, then the members) and verified like a merge:
 one run on a fresh seed, judged against best by the margin (its sample is new, not one of the
 selected ones, so the false-promotion rate is the margin's).
@@ -31,21 +32,46 @@ POOL_WINDOW = 2
 
 class Pooling:
     """Mixed into Coordinator: uses its cfg, repo, commits, book, jobs, records, decisions,
-    refwriter and _dec; owns `_judged` (per (class, best): the experiments judged against that
-    best) and `_tried_pools` (train.py blobs already verified as pools)."""
+    refwriter and _dec. Keeps, per (class, best a decision was judged against), the experiments
+    that may join a pool, the pools being verified and the pending ones (updated with every
+    decision, so that forming a pool and carrying members never scan the ledger), and the
+    train.py blobs already verified as pools."""
 
     def _init_pools(self) -> None:
-        self._judged: dict[tuple[str, str], dict[str, None]] = {}
+        self._cands: dict[tuple[str, str], set[str]] = {}
+        self._open_pools: dict[tuple[str, str], set[str]] = {}
+        self._pending: dict[tuple[str, str], set[str]] = {}
+        self._where: dict[str, tuple[str, str]] = {}     # experiment -> its key in the three above
         self._tried_pools: set[str] = set()
         self._recent_bests: dict[str, list[str]] = {}  # per class, the last POOL_WINDOW bests, oldest first
 
-    def _index_decision(self, d: Decision) -> None:
-        if d.best_before and d.hardware_class:
-            self._judged.setdefault((d.hardware_class, d.best_before), {})[d.experiment_id] = None
-            if d.best_after:
-                seq = self._recent_bests.setdefault(d.hardware_class, [])
-                seq[:] = ([b for b in seq if b not in (d.best_before, d.best_after)]
-                          + [d.best_before, d.best_after])[-POOL_WINDOW:]
+    def _index_decision(self, d: Decision, moves: bool = True) -> None:
+        """Called with every decision put, after it is in self.decisions (at start-up with
+        each experiment's latest decision, moves=False: _note_move sees them in ledger order)."""
+        i = d.experiment_id
+        old = self._where.pop(i, None)
+        if old is not None:
+            for index in (self._cands, self._open_pools, self._pending):
+                index.get(old, set()).discard(i)
+        if not (d.best_before and d.hardware_class):
+            return
+        key = (d.hardware_class, d.best_before)
+        self._where[i] = key
+        if self._poolable(i):
+            self._cands.setdefault(key, set()).add(i)
+        if d.decision == "pending":
+            self._pending.setdefault(key, set()).add(i)
+            if d.stage == "verify-pool":
+                self._open_pools.setdefault(key, set()).add(i)
+        if moves:
+            self._note_move(d)
+
+    def _note_move(self, d: Decision) -> None:
+        """A decision in ledger order: when it moved best, remember the last POOL_WINDOW bests."""
+        if d.best_after and d.best_before and d.hardware_class:
+            seq = self._recent_bests.setdefault(d.hardware_class, [])
+            seq[:] = ([b for b in seq if b not in (d.best_before, d.best_after)]
+                      + [d.best_before, d.best_after])[-POOL_WINDOW:]
 
     def _pool_tried(self, merge_commit: str) -> None:
         """At start-up: a pool the ledger says was verified (or is being verified)."""
@@ -99,9 +125,7 @@ class Pooling:
 
     def _pools_full(self, hw: str, best: str) -> bool:
         """pool_open_max pools of this best are being verified already."""
-        n = sum(1 for i in self._judged.get((hw, best), ()) if self.decisions[i].decision == "pending"
-                and self.decisions[i].stage == "verify-pool" and self.decisions[i].best_before == best)
-        return n >= self.cfg.pool_open_max
+        return len(self._open_pools.get((hw, best), ())) >= self.cfg.pool_open_max
 
     def _pool(self, rec: ExperimentRecord, hw: str, best: str, text: str) -> tuple[str, list[str]] | None:
         """The pool's train.py and its other members, or None (pool_open_max pools of this best
@@ -111,9 +135,8 @@ class Pooling:
         bests = self._recent_bests.get(hw, [])[-POOL_WINDOW:] or [best]
         if best not in bests:
             bests = [best]
-        judged = {i: None for b in bests for i in self._judged.get((hw, b), {})}
-        cands = sorted((i for i in judged if i != rec.experiment_id and self._poolable(i)),
-                       key=lambda i: -self._effect(i))
+        cands = sorted({i for b in bests for i in self._cands.get((hw, b), ())} - {rec.experiment_id},
+                       key=lambda i: (-self._effect(i), i))
         best_text = self.commits.text(best)
         members: list[str] = []
         for i in cands:
@@ -138,7 +161,7 @@ class Pooling:
     def _carry(self, hw: str, old: str, new: str, by: Decision) -> None:
         """Results judged against the old best that the new best contains (a pool's members, a
         pending line a merge took along): `carried`, their open jobs cancelled."""
-        for i in list(self._judged.get((hw, old), ())) + list(by.pooled):
+        for i in sorted(self._pending.get((hw, old), set()) | set(by.pooled)):
             d, rec = self.decisions.get(i), self.records.get(i)
             if (d is None or rec is None or i == by.experiment_id or rec.commit is None
                     or not (d.decision == "pending" or i in by.pooled)

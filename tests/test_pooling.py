@@ -150,3 +150,24 @@ def test_a_verification_showing_any_gain_is_confirmed(coord, tmp_path):
     d = coord.decisions[r2.experiment_id]
     assert d.decision == "pending" and d.stage == "verify-pool" and 0 < d.delta < 0.5 * d.margin, d
     assert [st.job.kind for st in coord.jobs.open_jobs(HW) if st.job.commit == M] == ["confirm"]
+
+
+def test_a_pool_survives_a_coordinator_restart(coord, tmp_path, redis_url, cfg):
+    """The coordinator is rebuilt from redis and git between forming a pool and its
+    verification: the job is still handed out, the verified pool moves best, the member is
+    carried, and the open pool still counts against pool_open_max."""
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    r1, _ = experiment(coord, a[0], coord.root, "X on", X=1, val=near(coord, 0.6))
+    r2, d2 = experiment(coord, a[1], coord.root, "C on", C=1, val=near(coord, 0.6))
+    M = d2.merge_commit
+    coord.flush_refs()
+    coord = make(tmp_path, redis_url, cfg.model_copy(update={"pool_open_max": 1}))
+    assert coord._pools_full(HW, coord.root)
+    job = job_of(coord, "a2")
+    assert (job.kind, job.commit) == ("verify", M)
+    rec = a[2].record(job.commit, job.parent, kind="verify", job=job, val=near(coord, 3.0))
+    coord.begin(a[2].started(rec))
+    coord.report(rec)
+    assert coord.decisions[r2.experiment_id].decision == "merge" and best(coord) == M
+    assert coord.decisions[r1.experiment_id].decision == "carried"

@@ -28,6 +28,8 @@ from coordinator.state.repo import merge_texts, object_id
 # runs that started before best last moved are judged against the new best, but their own
 # effect (over their parent) is what a pool adds up.
 POOL_WINDOW = 2
+# A pool is formed from at most POOL_LOOK * pool_max of the strongest candidates.
+POOL_LOOK = 4
 
 
 class Pooling:
@@ -43,6 +45,7 @@ class Pooling:
         self._pending: dict[tuple[str, str], set[str]] = {}
         self._where: dict[str, tuple[str, str]] = {}     # experiment -> its key in the three above
         self._tried_pools: set[str] = set()
+        self._bases: dict[tuple[str, str], str | None] = {}  # (commit, best) -> their merge base
         self._recent_bests: dict[str, list[str]] = {}  # per class, the last POOL_WINDOW bests, oldest first
 
     def _index_decision(self, d: Decision, moves: bool = True) -> None:
@@ -139,11 +142,12 @@ class Pooling:
                        key=lambda i: (-self._effect(i), i))
         best_text = self.commits.text(best)
         members: list[str] = []
-        for i in cands:
+        # The strongest few: each candidate costs a merge base (a git call, cached per best)
+        for i in cands[:POOL_LOOK * self.cfg.pool_max]:
             if len(members) + 1 >= self.cfg.pool_max:
                 break
             C = self.records[i].commit
-            base = self.repo.merge_base(C, best)
+            base = self._merge_base(C, best)
             merged, clean = merge_texts(self.commits.text(base) if base else best_text, text,
                                         self.commits.text(C))
             if clean and merged != text:
@@ -156,6 +160,14 @@ class Pooling:
             return None
         self._tried_pools.add(blob)
         return text, members
+
+    def _merge_base(self, commit: str, best: str) -> str | None:
+        key = (commit, best)
+        if key not in self._bases:
+            if len(self._bases) > 10_000:
+                self._bases.clear()
+            self._bases[key] = self.repo.merge_base(commit, best)
+        return self._bases[key]
 
     # -- after best moved -------------------------------------------------------------------
     def _carry(self, hw: str, old: str, new: str, by: Decision) -> None:

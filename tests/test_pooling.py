@@ -3,10 +3,15 @@
 bare git repo."""
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 
 from agents.messages import PromotionConfig
+from coordinator.decide.audit import lost_winners_from_rows
 from coordinator.decide.core import Coordinator
+from coordinator.run import live
 from coordinator.review.lineage import build_lineage
 from coordinator.review.report import render_tree
 from fake_runner import baseline_text, check_invariants
@@ -68,6 +73,15 @@ def test_results_inside_the_margin_are_pooled_and_the_verified_pool_moves_best_o
     tree = render_tree(G, all=True)
     assert "1 steps" in tree.splitlines()[0] and "merge" in tree and "C on" in tree, tree
     assert G.has_edge(r1.commit, M) and G.has_edge(r2.commit, M)
+    # `swarm status` over the same ledger rows: one move of best, the carried member an
+    # experiment like any other, not a move and not a lost winner.
+    rows = coord.ledger.rows()
+    data = live.gather(None, "t", rows)
+    assert data["best_moves"] == 1 and data["experiments"] == 2
+    assert lost_winners_from_rows(rows, lambda c: coord.repo.is_ancestor(c, M)) == []
+    buf = io.StringIO()
+    Console(file=buf, width=80, force_terminal=False, color_system=None).print(live.render(data))
+    assert "best moved 1 times" in " ".join(buf.getvalue().split())
 
 
 def test_a_pool_that_does_not_beat_best_leaves_each_result_to_itself_and_is_never_tried_again(

@@ -57,7 +57,7 @@ from coordinator.state.redisd import RedisDaemon  # noqa: E402
 HW = "bench-sim"
 MOVED = ("promote", "merge", "simplification")
 # Decisions that are a recorded reason for a winner not (yet) being on best.
-REASONS = ("pending", "did-not-stack")
+REASONS = ("pending", "did-not-stack", "carried")
 TARGET_FRACTION = 0.5  # speed-to-target: true gain of best >= this share of the landscape's maximum
 
 

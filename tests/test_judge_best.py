@@ -359,3 +359,34 @@ def test_lost_winner_audit_lists_only_pending_work(coord, tmp_path):
     assert lost_winners(coord, HW) == [] and coord.status()["lost_winners"] == []
     cls = coord.status()["classes"][HW]
     assert cls["sigma"] > 0 and cls["noise_dof"] >= coord.cfg.min_dof and cls["margin"] > 0
+
+
+def test_a_winner_that_conflicts_with_a_newer_best_is_still_verified(coord, tmp_path):
+    """X beat best by the margin and waited for its verification; best then moved to Y, which
+    changed the same line further. X's change no longer applies and alone it is worse than Y:
+    it is verified alone anyway (once a winner, it ends on best, pending or did-not-stack,
+    never lost to a conflict)."""
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    rB, dB = experiment(coord, a[0], coord.root, "B up", B=1)
+    assert dB.decision == "promote"
+    run_jobs(coord, a)  # re-measures of the new best
+    rX, dX = experiment(coord, a[1], coord.root, "A up", A=2)  # made on the old best
+    assert dX.decision == "pending" and dX.stage == "verify" and dX.beat_best
+    rY, dY = experiment(coord, a[2], rB.commit, "A up more", A=3)
+    assert dY.decision == "promote" and best(coord) == rY.commit
+    d = coord.decisions[rX.experiment_id]
+    assert d.decision == "pending" and d.stage == "verify-alone", d
+    run_jobs(coord, a)
+    assert coord.decisions[rX.experiment_id].decision == "did-not-stack"
+    assert all(row["why"] != "LOST" for row in coord.status()["lost_winners"])
+
+
+def test_a_winner_whose_change_is_already_in_best_is_carried(coord, tmp_path):
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    rAB, dAB = experiment(coord, a[0], coord.root, "A and B up", A=1, B=1)
+    assert dAB.decision == "promote"
+    rA, dA = experiment(coord, a[1], coord.root, "A up", A=1)  # made on the old best
+    assert dA.decision == "carried" and "already in best" in dA.reason and dA.beat_parent
+    assert all(row["why"] != "LOST" for row in coord.status()["lost_winners"])

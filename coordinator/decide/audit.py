@@ -1,6 +1,7 @@
 """The lost-winner audit: every result that beat best by more than the margin and is not on
 best, with why. In a healthy swarm the list holds only pending work (a verification or
-confirmation in flight) and results that were verified and did not stack (DESIGN.md, invariant 8).
+confirmation in flight), results that were verified and did not stack, and results whose change
+reached best by another path (carried) (DESIGN.md, invariant 8).
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Iterable
 from agents.messages import Decision, ExperimentRecord
 
 # Recorded reasons for a winner that is not on best.
-REASONS = {"pending": "pending", "did-not-stack": "did-not-stack"}
+REASONS = {"pending": "pending", "did-not-stack": "did-not-stack",
+           "carried": "its change is in best"}
 
 
 def lost_winner_rows(records: Iterable[tuple[ExperimentRecord, Decision | None]], on_best) -> list[dict]:

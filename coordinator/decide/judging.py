@@ -119,13 +119,14 @@ class Judging:
         if beat_best or beat_parent:
             if clean:
                 if object_id("blob", text.encode()) == bB:
-                    return self._dec(rec, "discard", "its change is already in best", **info)
+                    return self._dec(rec, "carried", "its change is already in best", **info)
                 return self._verify(rec, hw, best, text, "verify", info,
                                     f"beat {'best' if beat_best else 'its parent'} by the margin; its change "
                                     f"since the merge base merged cleanly onto best: verifying")
             return self._alone_or(rec, hw, best, vb, info, "conflict",
                                   f"beat its parent by {info['delta_parent']:+.4f}, but its change does "
-                                  f"not apply onto best {best[:10]} and alone it does not beat best")
+                                  f"not apply onto best {best[:10]} and alone it does not beat best",
+                                  winner=beat_best)
         if vb.decision == "pending":
             return self._pool_or_confirm(rec, best, text if clean else None, vb, info)
         if vp is not None and vp.decision == "pending":
@@ -152,12 +153,16 @@ class Judging:
         return self._dec(rec, "pending", reason, stage=stage, merge_commit=M, merge_samples=n, **info)
 
     def _alone_or(self, rec: ExperimentRecord, hw: str, best: str, vb: Verdict, info: dict,
-                  otherwise: str, reason: str, **kw) -> Decision:
-        """The candidate alone onto best when it beats best by itself, else `otherwise`."""
-        if vb.decision == "promote":
+                  otherwise: str, reason: str, winner: bool = False, **kw) -> Decision:
+        """The candidate alone onto best when it beats best by itself, or when it beat an
+        earlier best by the margin (`winner`: once a winner, it ends on best, pending or
+        did-not-stack, never lost to a conflict with a newer best); else `otherwise`."""
+        if vb.decision == "promote" or winner:
+            why = (f"beats best by {vb.delta:.4f} alone" if vb.decision == "promote" else
+                   f"beat an earlier best by the margin ({vb.delta:+.4f} against this one)")
             return self._verify(rec, hw, best, self.commits.text(rec.commit), "verify-alone", info,
-                                f"beats best by {vb.delta:.4f} alone; its change does not go onto best "
-                                f"as a merge: verifying it alone onto best")
+                                f"{why}; its change does not go onto best as a merge: verifying it "
+                                f"alone onto best")
         return self._dec(rec, otherwise, reason, **{**info, **kw})
 
     def _confirm(self, rec: ExperimentRecord, commit: str, best: str, v: Verdict, info: dict) -> Decision:

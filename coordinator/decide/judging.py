@@ -7,15 +7,18 @@ whatever its parent (a part of Coordinator, kept apart from the port and the sta
 - Off best, a winner (it beat best, or its own parent, by the margin): its whole change since
   the merge base with best is merged onto best (a two-parent commit, best first) and a
   verification run decides: merge, or did-not-stack. When that merge conflicts or does not
-  stack and the candidate alone beats best, the candidate's train.py goes onto best the same
-  way, verified like a merge.
+  stack and the candidate alone beats best (or it beat best of its time: once a winner, always
+  verified), the candidate's train.py goes onto best the same way, verified like a merge. A
+  verification that shows any gain gets a confirmation.
+- Inside the margin but at least pool_fraction of it: pooled with the other such results
+  (pooling.py), or confirmed / discarded alone.
 - No promotion before sigma has min_dof degrees of freedom: results that look better wait
   (pending, stage "sigma") while the coordinator schedules repeats of best; each new best is
   re-measured (best_remeasures top-priority repeats); from the first of them on, the samples
   taken since it became best alone are its reference (the ones that made it best were
   selected for being low).
-- When best moves, open verifications of merges onto an older best are cancelled and the
-  candidates merged again onto the new best.
+- When best moves, results it contains are carried, and open verifications of merges onto an
+  older best are cancelled and the candidates merged again onto the new best.
 """
 from __future__ import annotations
 

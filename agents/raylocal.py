@@ -21,10 +21,12 @@ LOOPBACK_ENV = {
 
 # A private local Ray has no dashboard to show task events; reporting them anyway cost ~17% of
 # the CPU of every actor call (bench/coordinator.py: 970 -> 800 us per call on each side).
-# For the private local Ray only (setdefault: a user's own value wins). RAY_AUTH_MODE=token
-# is Ray's default for a new local cluster, said explicitly: left unset, Ray turns token auth
-# on anyway and prints a WARNING about it on the user's terminal at every `swarm run`.
-QUIET_ENV = {"RAY_task_events_report_interval_ms": "0", "RAY_AUTH_MODE": "token"}
+QUIET_ENV = {"RAY_task_events_report_interval_ms": "0"}
+# A new local Ray turns token auth on by default and says so with a WARNING on the user's
+# terminal at every `swarm run`. Quiet, that logger is raised to ERROR. (Setting RAY_AUTH_MODE
+# instead breaks a driver that imported ray before it was set: its client stays 'disabled'
+# while the GCS it starts wants a token.)
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def loopback_environment(home: Path) -> dict[str, str]:
@@ -75,6 +77,8 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(temp_dir)
+    if quiet:
+        logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     # address="local": always a new private cluster, never one another process started.
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
              include_dashboard=False,

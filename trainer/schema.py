@@ -45,3 +45,9 @@ class ExperimentResult(_Model):
     bad_events: int = 0                 # messages from train.py the runner could not use (ignored)
     sandboxed: bool = True              # False only under --unsafe-no-sandbox
     timings: dict[str, float] = {}      # seconds per phase (spawn_to_ready, training, export, eval_val...)
+    # The machine's own speed during the run, measured by the trusted runner (never from
+    # train.py's step count): the share of the run's CPU demand lost to other load (0 = quiet).
+    # A run trained on a machine much slower than its class's norm is `contended`: it cannot
+    # move best until it is re-measured (the budget is wall clock; load buys fewer steps).
+    contention: float | None = None
+    contended: bool = False

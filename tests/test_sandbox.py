@@ -109,35 +109,87 @@ def test_hidden_paths_look_empty_and_readable_shows_one_file(spec, tmp_path):
     assert out_json(p) == [["token.bin"], "val-data"]
 
 
-def test_a_hidden_file_inside_a_hidden_folder_does_not_appear(spec):
-    """Hiding a folder and a file inside it: the folder stays empty (no /dev/null stand-in)."""
+def test_hidden_paths_inside_something_shown_are_masked(spec, monkeypatch):
+    """The allow-list shows a folder (in a run: the Python install, whose site-packages hold the
+    bundled corpus; here one more folder); hidden paths inside it are masked: a folder empty, a
+    file inside a masked folder not even a /dev/null stand-in. A hidden path outside everything
+    shown is simply not there (a /dev/null bind would make it appear)."""
     data = Path("/var/tmp") / f"swarm-hidden-{os.getpid()}"
     (data / "prep").mkdir(parents=True, exist_ok=True)
     (data / "prep" / "val.tokens.npy").write_bytes(b"held-out")
     (data / "lone.txt").write_text("x")
-    spec.hidden = [data / "prep" / "val.tokens.npy", data, Path("/etc/hostname")]
+    (data / "raw.txt").write_text("raw corpus")
+    roots = sandbox.visible_roots()
+    monkeypatch.setattr(sandbox, "visible_roots", lambda: [*roots, data.resolve()])
+    spec.hidden = [data / "prep" / "val.tokens.npy", data / "prep", data / "raw.txt", Path("/etc/hostname")]
     try:
         p = run_in(spec, f"""
             import os, json
-            try:
-                host = open('/etc/hostname').read()  # a hidden file outside: /dev/null on a nodev mount
-            except OSError as e:
-                host = type(e).__name__
-            print(json.dumps([os.listdir({str(data)!r}), os.path.exists({str(data / 'prep' / 'val.tokens.npy')!r}),
-                              host]))
+            out = {{}}
+            for f in ('/etc/hostname', {str(data / 'raw.txt')!r}, {str(data / 'lone.txt')!r}):
+                try:
+                    out[f] = open(f).read()
+                except OSError as e:
+                    out[f] = type(e).__name__
+            print(json.dumps([sorted(os.listdir({str(data)!r})), os.listdir({str(data / 'prep')!r}),
+                              os.path.exists({str(data / 'prep' / 'val.tokens.npy')!r}), out]))
         """)
-        assert out_json(p) == [[], False, "PermissionError"]
+        got = out_json(p)
+        assert got[:3] == [["lone.txt", "prep", "raw.txt"], [], False]
+        # a masked file is /dev/null on a nodev mount: unreadable
+        assert got[3] == {"/etc/hostname": "FileNotFoundError", str(data / "raw.txt"): "PermissionError",
+                          str(data / "lone.txt"): "x"}
     finally:
         import shutil
         shutil.rmtree(data)
 
 
-def test_home_caches_are_hidden(spec):
-    cache = Path.home() / ".cache"
-    if not cache.is_dir() or not any(cache.iterdir()):
-        pytest.skip("no ~/.cache to hide here")
-    p = run_in(spec, f"import os, json; print(json.dumps(os.listdir({str(cache)!r})))")
-    assert out_json(p) == []
+def test_the_home_shows_only_the_way_to_the_python_install(spec):
+    """~/.cache, ~/.bashrc, ~/.ssh and everything else in the user's home are not there; only
+    the folders leading to what the sandbox needs (a Python install under the home)."""
+    home = Path.home().resolve()
+    roots = sandbox.visible_roots()
+    needed = sorted({r.relative_to(home).parts[0] for r in roots if home in r.parents})
+    p = run_in(spec, f"""
+        import os, json
+        try:
+            ls = sorted(os.listdir({str(home)!r}))
+        except OSError as e:
+            ls = type(e).__name__
+        out = {{}}
+        for n in ('.bashrc', '.profile', '.cache', '.ssh', '.env'):
+            out[n] = os.path.exists(os.path.join({str(home)!r}, n))
+        print(json.dumps([ls, out]))
+    """)
+    ls, out = out_json(p)
+    assert ls == (needed if needed else "FileNotFoundError"), ls
+    assert not any(out.values()), out
+
+
+def test_the_root_is_an_allow_list(spec):
+    """Only the system's programs and libraries, a few files of /etc, the CPU topology, the
+    Python install and the trainer package (and the ways to them) are there, read-only."""
+    roots = sandbox.visible_roots()
+    firsts = {r.parts[1] for r in roots} | {Path(spec.scratch).resolve().parts[1]}
+    allowed = firsts | {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "sys"}
+    p = run_in(spec, """
+        import os, json
+        out = {"/": sorted(os.listdir("/")), "/etc": sorted(os.listdir("/etc")), "/sys": sorted(os.listdir("/sys"))}
+        for d in ("/", "/etc", "/usr"):
+            try:
+                open(os.path.join(d, "sandbox-wrote-here"), "w")
+                out["write " + d] = "wrote"
+            except OSError as e:
+                out["write " + d] = type(e).__name__
+        print(json.dumps(out))
+    """)
+    got = out_json(p)
+    assert set(got["/"]) <= allowed, set(got["/"]) - allowed
+    for gone in ("home", "root", "var", "opt", "srv", "mnt", "media", "work", "run", "boot"):
+        assert gone not in got["/"] or gone in firsts, gone
+    assert set(got["/etc"]) <= set(sandbox.ETC_FILES), got["/etc"]
+    assert got["/sys"] == ["devices"]
+    assert all(v != "wrote" for k, v in got.items() if k.startswith("write ")), got
 
 
 def test_no_network(spec):
@@ -346,6 +398,110 @@ def test_torch_trains_under_the_limits(spec):
     assert out_json(p) > 0
 
 
+def test_scratch_quota_refuses_8_gib_and_the_runner_reads_what_was_written(spec):
+    """With quota_mb the scratch is a private tmpfs of that size: an 8 GiB fallocate fails there
+    (and in /tmp, /dev/shm and the read-only rest); the files a run wrote are read from outside
+    through open_scratch's fd after the sandbox is dead, and nothing lands in the host folder."""
+    import threading
+
+    from trainer import proctree
+    spec.quota_mb = 64
+    code = """
+        import json, os, time
+        out = {"cwd": os.getcwd()}
+        for d in ("/scratch", "/tmp", "/dev/shm", "/", os.environ.get("HOME", "/")):
+            try:
+                fd = os.open(os.path.join(d, "big"), os.O_CREAT | os.O_WRONLY, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, 8 << 30)
+                    out[d] = "allocated"
+                finally:
+                    os.close(fd)
+                    os.unlink(os.path.join(d, "big"))
+            except OSError as e:
+                out[d] = e.errno
+        try:
+            with open("/scratch/fill", "wb") as f:
+                for _ in range(80):
+                    f.write(bytes(1 << 20))
+            out["fill"] = "wrote 80 MB"
+        except OSError as e:
+            out["fill"] = e.errno
+        os.unlink("/scratch/fill")
+        with open("/scratch/model.pt2", "w") as f:
+            f.write("MODEL")
+        print(json.dumps(out), flush=True)
+        time.sleep(0.5)
+    """
+    argv = wrap([sys.executable, "-I", "-c", textwrap.dedent(code)], spec)
+    p = subprocess.Popen(argv, cwd=spec.scratch, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(p.stdout.read()), daemon=True)
+    reader.start()
+    pid = proctree.wait_for(p.pid, lambda a: a[1:3] == [b"-I", b"-c"] and b"posix_fallocate" in a[3], 60)
+    assert pid is not None
+    fd = sandbox.open_scratch(pid, 64)
+    try:
+        assert p.wait(timeout=120) == 0
+        reader.join(timeout=10)
+        out = json.loads(got[0].strip().splitlines()[-1])
+        assert out["cwd"] == "/scratch"
+        assert out["/scratch"] == 28 and out["/tmp"] == 28 and out["/dev/shm"] == 28, out  # ENOSPC
+        assert out["/"] == 30 and out["fill"] == 28, out  # EROFS, ENOSPC
+        assert open(os.open("model.pt2", os.O_RDONLY, dir_fd=fd)).read() == "MODEL"
+        assert list(spec.scratch.iterdir()) == []
+    finally:
+        os.close(fd)
+
+
+def test_cpu_share_caps_what_threads_can_take(spec):
+    """Two busy processes in a sandbox with a share of 0.5 CPU get about 0.5 CPU between them,
+    however many cores are free (a CFS quota; where no cpu cgroup is writable, the affinity
+    fallback below)."""
+    if not sandbox.cgroup_kinds_available(SandboxSpec(spec.scratch, cpus=0.5)):  # a plan of the cpu cgroup only
+        pytest.skip("no writable cpu cgroup here")
+    spec.cpus = 0.5
+    p = run_in(spec, """
+        import json, os, time
+        kids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                end = time.monotonic() + 3
+                while time.monotonic() < end:
+                    pass
+                os._exit(0)
+            kids.append(pid)
+        t = time.monotonic()
+        for k in kids:
+            os.waitpid(k, 0)
+        wall = time.monotonic() - t
+        print(json.dumps(os.times().children_user / wall))
+    """, timeout=120)
+    share = out_json(p)
+    assert share < 0.65, share  # unlimited: up to 2.0 where two cores are free
+
+
+def test_cpu_share_without_a_cgroup_pins_the_sandbox_and_refuses_widening(spec, monkeypatch):
+    """The fallback: ceil(share) cores of the caller's affinity, and sched_setaffinity refused
+    inside (seccomp), so more threads cannot spread over more cores."""
+    monkeypatch.setattr(sandbox, "_cgroup_plan", lambda spec: [])
+    spec.cpus = 1
+    p = run_in(spec, """
+        import json, os
+        before = sorted(os.sched_getaffinity(0))
+        try:
+            os.sched_setaffinity(0, set(range(os.cpu_count())))
+            widened = sorted(os.sched_getaffinity(0))
+        except OSError as e:
+            widened = e.errno
+        print(json.dumps([before, widened]))
+    """)
+    before, widened = out_json(p)
+    assert len(before) == 1 and set(before) <= os.sched_getaffinity(0)
+    assert widened == 13  # EACCES
+
+
 def test_cgroups_are_removed_after_the_run_and_argv_can_be_reused(spec):
     spec.memory_mb, spec.max_procs = 500, 32
     argv = wrap([sys.executable, "-I", "-c", "pass"], spec)
@@ -533,9 +689,9 @@ def test_an_older_bwrap_gets_only_the_options_it_knows(tmp_path, monkeypatch, sp
     assert "--size" in argv and "--disable-userns" in argv
 
 
-def test_code_under_tmp_stays_visible_but_hidden_paths_inside_it_do_not(tmp_path):
+def test_code_under_tmp_stays_visible_but_the_checkout_around_it_does_not(tmp_path):
     """A checkout under /tmp (a CI clone) must still import inside the sandbox, whose /tmp is
-    private; a SWARM_HOME inside that checkout stays hidden."""
+    private; of the checkout only the trainer package is there (not its .swarm, not its .env)."""
     import shutil
 
     import trainer
@@ -544,6 +700,7 @@ def test_code_under_tmp_stays_visible_but_hidden_paths_inside_it_do_not(tmp_path
                     ignore=shutil.ignore_patterns("__pycache__"))
     (clone / ".swarm").mkdir()
     (clone / ".swarm" / "secret.txt").write_text("s3cret")
+    (clone / ".env").write_text("OPENAI_API_KEY=sk-in-dot-env\n")
     (tmp_path / "scratch").mkdir()
     probe = textwrap.dedent(f"""
         import json, os, sys
@@ -552,10 +709,10 @@ def test_code_under_tmp_stays_visible_but_hidden_paths_inside_it_do_not(tmp_path
         spec = sandbox.SandboxSpec(scratch=sandbox.Path({str(tmp_path / 'scratch')!r}),
                                    hidden=[sandbox.Path({str(clone / '.swarm')!r})])
         inner = ("import sys, os; sys.path.insert(0, {str(clone)!r}); import trainer; "
-                 "print(trainer.__file__); print(os.listdir({str(clone / '.swarm')!r}))")
+                 "print(trainer.__file__); print(sorted(os.listdir({str(clone)!r})))")
         os.execv(sys.executable, sandbox.wrap([sys.executable, "-I", "-c", inner], spec))
     """)
     p = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split("\n")[0] == str(clone / "trainer" / "__init__.py")
-    assert p.stdout.split("\n")[1] == "[]"
+    assert p.stdout.split("\n")[1] == "['trainer']"  # not the checkout's .swarm nor its .env

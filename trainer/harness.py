@@ -1,8 +1,10 @@
 """Child-process entry (locked): seeds, threads, the api's pipes, then runs train.py.
 
-Runs inside the training sandbox as `python -I -c ... SPEC.json`, or ahead of its run as
-`... --standby EVENT_FD DATA_FD` (imports torch and warms the compile/export machinery, then
-waits for its spec on the data pipe); never by hand. There is no read guard here: val, confirm
+Runs inside the training sandbox as `python -I -c ... --wait EVENT_FD DATA_FD DEVICE` (waits
+for its spec on the data pipe: the runner first puts train.py into the sandbox's private
+scratch, which it reaches through this process's root before any of train.py's code ran), or
+ahead of its run as `... --standby EVENT_FD DATA_FD DEVICE` (imports torch and warms the
+compile/export machinery first); never by hand. There is no read guard here: val, confirm
 and the raw data are not in the sandbox at all, and nothing this process does is trusted by the
 runner.
 """
@@ -45,12 +47,11 @@ def receive_spec(data_fd: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] not in ("--standby", "--wait"):
+        raise SystemExit("harness: run by the runner only")
     if argv[0] == "--standby":
         preload(argv[3] if len(argv) > 3 else "cpu")
-        spec = receive_spec(int(argv[2]))
-    else:
-        with open(argv[0]) as f:
-            spec = json.load(f)
+    spec = receive_spec(int(argv[2]))
     import numpy as np
     import torch
 

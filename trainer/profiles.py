@@ -17,12 +17,14 @@ class Profile:
     eval_batch: int         # rows per eval forward; also the export example batch
     budget: float           # default training seconds
     warmup_batches: int     # synthetic batches the loader serves before the clock (compilation)
-    startup_limit: float    # seconds; the clock starts by then even if no real batch was asked for
+    startup_limit: float    # seconds; the clock starts by then at the latest (before the harness is ready, and
+                            # until the baseline's own start-up was measured: trainer/startup.py)
     eval_limit: float       # seconds one locked evaluation may take
     memory_mb: int          # per process in the training and evaluation sandboxes (RLIMIT_DATA) and in total
     max_procs: int          # tasks (threads included) in a sandbox
     max_batch_tokens: int   # tokens in one batch a train.py may ask for
     max_artifact_mb: int    # submitted weights, and model.pt2, each at most this
+    scratch_mb: int         # the training sandbox's scratch (a private tmpfs): its disk quota
 
 
 PROFILES: dict[str, Profile] = {
@@ -30,13 +32,13 @@ PROFILES: dict[str, Profile] = {
     "gpu": Profile("gpu", max_seq_len=2048, vocab_size=8192, eval_tokens=40 * 524288,
                    eval_batch=32, budget=300.0, warmup_batches=12, startup_limit=300.0,
                    eval_limit=600.0, memory_mb=65536, max_procs=1024, max_batch_tokens=1 << 23,
-                   max_artifact_mb=16384),
+                   max_artifact_mb=16384, scratch_mb=32768),
     # Small enough to learn visibly in 60 s on 2 cores: on CPU the output head dominates,
     # so a small vocabulary buys steps.
     "cpu": Profile("cpu", max_seq_len=256, vocab_size=1024, eval_tokens=64 * 256 * 4,
                    eval_batch=16, budget=60.0, warmup_batches=1, startup_limit=30.0,
                    eval_limit=120.0, memory_mb=6144, max_procs=256, max_batch_tokens=1 << 20,
-                   max_artifact_mb=1024),
+                   max_artifact_mb=1024, scratch_mb=2048),
 }
 
 

@@ -6,20 +6,24 @@ Who measures what (train.py is hostile code, see DESIGN.md "Trust"):
 - the clock, steps and tokens: trainer.serve.DataServer (batches served, in this process);
 - the weights scored: the bytes train.py sent at submit (later work cannot change them);
 - the score: trainer.evaluator, from a checked, pickle-free artifact, over a pipe;
-- the log: read from a pipe and capped; its tail is redacted before it leaves the run.
+- the log: read from a pipe and capped; its tail and every error line are redacted before they
+  leave the run;
+- the machine's speed during training: trainer.contention, from the kernel's accounting of the
+  sandbox's threads (contention, contended);
+- compute before the clock: an allowance after the harness is ready, measured from the
+  baseline's own start-up (trainer/startup.py).
+The sandbox (trainer/sandbox.py) sees an allow-list: the swarm's home, the data dir and the
+runs folder are not in it, whichever way they were set; train.py and model.pt2 cross its
+private, size-capped scratch through a directory fd the runner holds.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -29,24 +33,27 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from trainer import startup
+from trainer.contention import CONTENDED_ABOVE, ContentionMeter
 from trainer.errors import BadOption, BadTrainPy
 from trainer.events import Evaluating, Progress, Started
 from trainer.prepare import Prepared, data_root, locate
 from trainer.profiles import Profile, get_profile, gpu_name, hardware_class, peak_flops
+from trainer.runio import LOG_CAP, TAIL_LINES, LogPump, copy_out, die_with_parent, kill_group, last_error, log_tail
+from trainer.runio import put_in
 from trainer.schema import ExperimentResult
 from trainer.serve import DataServer, tolerance
 from trainer.specs import HarnessSpec, RunRequest
 
 log = logging.getLogger(__name__)
-TAIL_LINES = 40
-LOG_CAP = 16 << 20          # bytes of run.log a run may write; the rest is dropped and counted
 SUBMIT_GRACE = 30.0         # seconds after budget + tolerance before a run that never submits is killed
                             # (its last step and its exit may be slow on a busy machine)
 ROOT = str(Path(__file__).resolve().parent.parent)
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "CREDENTIAL", "AUTH")
 _REDIS_PW = re.compile(r"rediss?://[^@\s]*:[^@\s]+@")
 
-__all__ = ["run_experiment", "run_request", "score_kept", "tolerance", "scrubbed_env", "log_tail"]
+__all__ = ["run_experiment", "run_request", "score_kept", "tolerance", "scrubbed_env", "log_tail", "LOG_CAP",
+           "TAIL_LINES", "hidden_paths", "swarm_home"]
 
 
 def export_limit(budget: float) -> float:
@@ -74,7 +81,7 @@ def scrubbed_env(cuda_visible_devices: str | None = None, threads: int | None = 
     return env
 
 
-def child_env(scratch: Path, threads: int | None, cuda_visible: str | None) -> dict[str, str]:
+def child_env(scratch: str, threads: int | None, cuda_visible: str | None) -> dict[str, str]:
     """The whole environment of a sandboxed process: no secrets because nothing is inherited."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": "/tmp",
            "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
@@ -96,11 +103,26 @@ def gpu_devices(device: str, cuda_visible: str | None) -> list[int]:
     return present
 
 
-def hidden_paths(prep: Prepared, data_dir: str | Path | None) -> list[Path]:
-    """What a sandbox must not see: the data (raw and prepared), SWARM_HOME (research repo,
-    worktrees, other runs, redis), and the raw corpus files. ~/.cache and the credential
-    folders are hidden by trainer.sandbox itself."""
-    paths = [data_root(data_dir), Path(os.environ.get("SWARM_HOME", ".swarm")), *map(Path, prep.forbidden)]
+def swarm_home(home: str | Path | None = None) -> Path:
+    """The swarm's home as given (--swarm-home, swarm.yaml, the agent's config), else SWARM_HOME,
+    else ./.swarm."""
+    return Path(home or os.environ.get("SWARM_HOME") or ".swarm").expanduser().resolve()
+
+
+def hidden_paths(prep: Prepared, data_dir: str | Path | None, home: str | Path | None = None) -> list[Path]:
+    """What a sandbox must never see, should any of it lie inside what it is shown (the Python
+    install, site-packages, the trainer package): the swarm's home (research repo, worktrees,
+    other runs, redis), the data (raw and prepared), the prepared source's raw files, and the
+    bundled corpus (it sits in site-packages, whatever the source). The sandbox is an
+    allow-list: elsewhere these are not there at all."""
+    from trainer.errors import DataMissing
+    from trainer.sources import get_source
+
+    paths = [data_root(data_dir), swarm_home(home), *map(Path, prep.forbidden)]
+    try:
+        paths += map(Path, get_source("bundled").forbidden_paths(data_root(data_dir)))
+    except DataMissing:
+        pass
     out = []
     for p in paths:
         p = p.expanduser().resolve()
@@ -109,97 +131,12 @@ def hidden_paths(prep: Prepared, data_dir: str | Path | None) -> list[Path]:
     return out
 
 
-def _die_with_parent() -> None:
-    try:  # PR_SET_PDEATHSIG = 1: the sandbox gets SIGKILL when the thread that started it dies
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
-
-
-def kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
-    """End the sandbox: its process group (supervisor and bwrap); the PID namespace takes
-    every process inside with it."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        t = time.monotonic() + wait
-        while time.monotonic() < t and proc.poll() is None:
-            time.sleep(0.02)
-
-
-def log_tail(path: Path, n: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 64_000))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-def _last_error(tail: str) -> str:
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln) or ln.startswith("api.submit"):
-            return ln[:300]
-    return lines[-1][:300] if lines else "no output"
-
-
 def _redact(text: str) -> str:
     try:
         from trainer.redact import known_secrets, redact
         return redact(text, known_secrets())
     except ImportError:
         return text
-
-
-class LogPump(threading.Thread):
-    """Copies the sandbox's stdout+stderr into run.log, at most LOG_CAP bytes."""
-
-    def __init__(self, fd: int, path: Path):
-        super().__init__(daemon=True, name="swarm-log-pump")
-        self.fd, self.path, self.dropped = fd, path, 0
-
-    def run(self) -> None:
-        written = 0
-        with open(self.path, "ab") as f:
-            try:
-                while chunk := os.read(self.fd, 1 << 16):
-                    keep = chunk[:max(0, LOG_CAP - written)]
-                    f.write(keep)
-                    f.flush()
-                    written += len(keep)
-                    self.dropped += len(chunk) - len(keep)
-            except OSError:
-                pass
-            finally:
-                os.close(self.fd)
-            if self.dropped:
-                f.write(f"\n[run.log capped at {LOG_CAP >> 20} MB: {self.dropped} bytes dropped]\n".encode())
-
-
-def copy_out(src: Path, dst: Path, max_bytes: int) -> str | None:
-    """Copy a file the sandbox wrote (after it is dead) without following links; None or why not."""
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return "not a regular file" if e.errno == errno.ELOOP else f"unreadable ({e.strerror})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size > max_bytes:
-            return f"{st.st_size >> 20} MB, over the {max_bytes >> 20} MB limit"
-        with os.fdopen(os.dup(fd), "rb") as f, open(dst, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
-    finally:
-        os.close(fd)
-    return None
 
 
 class _Run:
@@ -216,7 +153,7 @@ class _Run:
         self.prep = locate(self.prof, req.data_dir)
         self.run_dir = Path(req.run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.scratch = self.run_dir / "scratch"
+        self.scratch = self.run_dir / "scratch"  # the sandbox's folder on this side (its scratch when unsafe)
         self.log_path = self.run_dir / "run.log"
         self.budget = float(req.budget if req.budget is not None else self.prof.budget)
         device = req.device
@@ -231,15 +168,22 @@ class _Run:
         self.cuda_visible = req.cuda_visible_devices if req.cuda_visible_devices is not None else \
             (os.environ.get("CUDA_VISIBLE_DEVICES") if device.startswith("cuda") else None)
         self.gpus = gpu_devices(device, self.cuda_visible)
-        self.hidden = hidden_paths(self.prep, req.data_dir)
+        self.hidden = hidden_paths(self.prep, req.data_dir, req.swarm_home)
         self.key = (ROOT, self.prof.name, device, req.threads, self.cuda_visible, tuple(self.gpus),
                     self.unsafe, tuple(self.hidden))
-        self.base = dict(seed=req.seed, budget=self.budget, profile=self.prof.name,
-                         hardware_class=hardware_class(self.prof.name, device, req.threads),
+        hw = hardware_class(self.prof.name, device, req.threads)
+        self.base = dict(seed=req.seed, budget=self.budget, profile=self.prof.name, hardware_class=hw,
                          unigram_bpb=self.prep.unigram_bpb, sandboxed=not self.unsafe)
-        self.timings: dict[str, float] = {}
+        # A baseline run measures the start-up allowance, so it gets the profile's limit itself.
+        self.baseline = startup.is_baseline(self.train_py)
+        self.allowance, _ = (self.prof.startup_limit, False) if self.baseline else \
+            startup.allowance(self.run_dir.parent, hw, self.prof.startup_limit)
+        self.timings: dict[str, float] = {"startup_allowance": self.allowance}
         self.server: DataServer | None = None
         self.pump: LogPump | None = None
+        self.meter: ContentionMeter | None = None
+        self.scratch_fd: int | None = None
+        self.fds: list[int] = []   # the event pipe's read end and the data pipe's write end
 
     # --- helpers ------------------------------------------------------------------------------
     def emit(self, event) -> None:
@@ -256,8 +200,12 @@ class _Run:
         counts = dict(bad_events=s.bad_events if s else 0)
         if s is not None and s.real:
             counts.update(steps=s.real, tokens=s.tokens)
+        c = self.meter.value() if self.meter is not None else None
+        if c is not None:
+            counts.update(contention=round(c, 4), contended=c > CONTENDED_ABOVE)
         self.timings["total"] = time.monotonic() - self.t_spawn
-        return ExperimentResult(status=status, error=error, log_tail=tail if status != "ok" else tail[-4000:],
+        return ExperimentResult(status=status, error=_redact(error) if error else error,
+                                log_tail=tail if status != "ok" else tail[-4000:],
                                 log_path=str(self.log_path), total_seconds=self.timings["total"],
                                 timings={k: round(v, 3) for k, v in self.timings.items()},
                                 **self.base, **{**counts, **kw})
@@ -272,17 +220,13 @@ class _Run:
             hidden=tuple(map(str, self.hidden))))
 
     # --- the training sandbox -----------------------------------------------------------------
-    def _stage(self, inside: str, event_fd: int, data_fd: int, fresh: bool) -> bytes:
-        """train.py and the tokenizer in the scratch; returns the harness spec (paths as the
-        sandbox sees them)."""
-        if fresh:
-            if self.scratch.exists():
-                shutil.rmtree(self.scratch)
-            self.scratch.mkdir()
+    def _stage(self, inside: str, event_fd: int, data_fd: int) -> bytes:
+        """train.py and the tokenizer into the sandbox's scratch (through scratch_fd); returns the
+        harness spec (paths as the sandbox sees them)."""
         for stale in ("model.pt2", "weights.bin", "weights.json"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        shutil.copyfile(self.train_py, self.scratch / "train.py")
-        shutil.copyfile(self.prep.tokenizer_path, self.scratch / "tokenizer.pkl")
+        put_in(self.scratch_fd, "train.py", self.train_py)
+        put_in(self.scratch_fd, "tokenizer.pkl", self.prep.tokenizer_path)
         p = self.prof
         spec = HarnessSpec(train_py=f"{inside}/train.py", scratch=inside, tokenizer=f"{inside}/tokenizer.pkl",
                            event_fd=event_fd, data_fd=data_fd, budget=self.budget, max_steps=self.req.max_steps,
@@ -291,23 +235,29 @@ class _Run:
                            warmup_batches=0 if self.req.max_steps else p.warmup_batches)  # no clock, no warm-up
         return spec.model_dump_json().encode()
 
-    def _launch(self, scratch: Path, args: list[str], fds: tuple[int, int]) -> tuple[subprocess.Popen, int]:
-        """Spawn the harness in a sandbox whose scratch is `scratch`; (proc, log pipe read end)."""
-        from trainer.sandbox import SandboxSpec, wrap
+    def _sandbox(self, host: Path):
+        from trainer.sandbox import SandboxSpec
+
+        p = self.prof
+        sbx = SandboxSpec(scratch=host, hidden=self.hidden, gpu_devices=self.gpus, memory_mb=p.memory_mb,
+                          max_procs=p.max_procs, quota_mb=p.scratch_mb, cpus=self.req.threads, unsafe=self.unsafe)
+        sbx.env = child_env(sbx.inside, self.req.threads, self.cuda_visible)
+        return sbx
+
+    def _launch(self, host: Path, args: list[str], fds: tuple[int, int]) -> tuple[subprocess.Popen, int]:
+        """Spawn the harness in a sandbox whose folder on this side is `host`; (proc, log pipe
+        read end)."""
+        from trainer.sandbox import wrap
 
         code = (f"import sys; sys.path.insert(0, {ROOT!r}); from trainer.harness import main; "
                 f"sys.exit(main(sys.argv[1:]))")
-        p = self.prof
-        sbx = SandboxSpec(scratch=scratch, hidden=self.hidden,
-                          env=child_env(scratch, self.req.threads, self.cuda_visible),
-                          gpu_devices=self.gpus, memory_mb=p.memory_mb, max_procs=p.max_procs,
-                          unsafe=self.unsafe)
+        sbx = self._sandbox(host)
         argv = wrap([sys.executable, "-I", "-c", code, *args], sbx)
         log_r, log_w = os.pipe()
         try:
             proc = subprocess.Popen(argv, stdout=log_w, stderr=log_w, stdin=subprocess.DEVNULL,
-                                    cwd=scratch, env=sbx.env, pass_fds=fds, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    cwd=host, env=sbx.env, pass_fds=fds, start_new_session=True,
+                                    preexec_fn=die_with_parent)
         except BaseException:
             os.close(log_r)
             raise
@@ -315,31 +265,44 @@ class _Run:
             os.close(log_w)
         return proc, log_r
 
-    def _launch_standby(self, scratch: Path, event_w: int, data_r: int) -> tuple[subprocess.Popen, int]:
-        return self._launch(scratch, ["--standby", str(event_w), str(data_r), self.device], (event_w, data_r))
+    def _launch_standby(self, host: Path, event_w: int, data_r: int) -> tuple[subprocess.Popen, int]:
+        return self._launch(host, ["--standby", str(event_w), str(data_r), self.device], (event_w, data_r))
 
     def _spawn(self) -> subprocess.Popen:
+        """Start the sandbox (or take the standby), reach its scratch, put train.py in, send the
+        spec. Leaves scratch_fd None when the sandbox never started (run() says so)."""
         from trainer import standby
         from trainer.dataloader import TokenDocs
 
         sb = standby.take(self.key, self.run_dir) if self.req.standby else None
         if sb is not None:
-            proc, ev_r, dt_w, log_r = sb.proc, sb.ev_r, sb.dt_w, sb.log_r
-            spec = self._stage(sb.inside, *sb.child_fds, fresh=False)
+            proc, ev_r, dt_w, log_r, child_fds, inside = sb.proc, sb.ev_r, sb.dt_w, sb.log_r, sb.child_fds, sb.inside
+            self.scratch_fd = sb.scratch_fd
             self.timings["standby_age"] = time.monotonic() - sb.spawned
         else:
+            if self.scratch.exists():
+                shutil.rmtree(self.scratch)
+            self.scratch.mkdir()
             ev_r, ev_w = os.pipe()
             dt_r, dt_w = os.pipe()
             try:
-                spec = self._stage(str(self.scratch), ev_w, dt_r, fresh=True)
-                (self.scratch / "spec.json").write_bytes(spec)
-                proc, log_r = self._launch(self.scratch, [str(self.scratch / "spec.json")], (ev_w, dt_r))
+                proc, log_r = self._launch(self.scratch, ["--wait", str(ev_w), str(dt_r), self.device], (ev_w, dt_r))
+            except BaseException:
+                os.close(ev_r)
+                os.close(dt_w)
+                raise
             finally:
                 os.close(ev_w)
                 os.close(dt_r)
+            child_fds, inside = (ev_w, dt_r), self._sandbox(self.scratch).inside
+        self.fds = [ev_r, dt_w]
         self.emit(Started(pgid=proc.pid, run_dir=str(self.run_dir)))
         self.pump = LogPump(log_r, self.log_path)
         self.pump.start()
+        if sb is None:
+            self.scratch_fd = standby.open_scratch(proc, self.scratch, self.unsafe, self.prof.scratch_mb)
+        if self.scratch_fd is None:
+            return proc
         p = self.prof
         self.server = DataServer(
             ev_r, dt_w, train=TokenDocs(self.prep.dir, "train"), vocab=p.vocab_size, seed=self.req.seed,
@@ -347,8 +310,7 @@ class _Run:
             startup_limit=p.startup_limit, max_batch_tokens=p.max_batch_tokens, max_seq_len=p.max_seq_len,
             weights_path=self.run_dir / "weights.bin", max_weights_bytes=p.max_artifact_mb << 20,
             t_spawn=self.t_spawn, on_progress=lambda pr, st, tk: self.emit(Progress(progress=pr, steps=st, tokens=tk)))
-        if sb is not None:
-            sb.send_spec(spec)
+        standby.send_spec(dt_w, self._stage(inside, *child_fds))
         self.server.start()
         return proc
 
@@ -367,21 +329,32 @@ class _Run:
 
     def _supervise(self, proc: subprocess.Popen) -> tuple[str | None, int | None, float | None]:
         """Wait for the sandbox to exit, be cancelled or pass its deadline; kill its group in every
-        case. Returns (why it was killed or None, exit code, peak RSS in MB)."""
+        case. Meanwhile: tighten the clock's start-up limit to the allowance once the harness is
+        ready, and sample the machine's speed. Returns (why it was killed or None, exit code,
+        peak RSS in MB)."""
         why, rc, rss = None, None, None
-        evaluator_started = False
+        evaluator_started = allowance_set = False
+        s = self.server
+        self.meter = ContentionMeter(proc.pid, share=self.req.threads or len(os.sched_getaffinity(0)))
         while True:
-            if not evaluator_started and self.server.t_submit is not None:
+            if not evaluator_started and s.t_submit is not None:
                 # Started (if it is not already running) while train.py exports: not earlier,
                 # where its imports would take CPU from training.
                 self.evaluator()
                 evaluator_started = True
+            if not allowance_set and s.t_ready is not None:
+                # Before `ready` only the locked harness runs (imports): the profile's limit. From
+                # then on train.py's own code runs, and the clock starts at the latest after the
+                # allowance (forced_start() is t_ready + startup_limit once t_ready is set).
+                s.startup_limit = self.allowance
+                allowance_set = True
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = rc = os.waitstatus_to_exitcode(status)
                 rss = ru.ru_maxrss / 1024
                 break
             now = time.monotonic()
+            self.meter.sample(counting=s.clock_start(now) is not None and s.t_submit is None, now=now)
             if self.cancel is not None and self.cancel.is_set():
                 why = "cancelled"
             else:
@@ -404,7 +377,7 @@ class _Run:
         if s.submit_error:
             return self.done("crash", s.submit_error)
         if s.t_submit is None:
-            err = _last_error(log_tail(self.log_path))
+            err = last_error(log_tail(self.log_path))
             if why:
                 return self.done("timeout", f"{why}: train.py did not submit")
             if s.t_ready is None:
@@ -422,6 +395,9 @@ class _Run:
                             ready_to_clock=t0 - (s.t_ready or t0), training=s.t_submit - t0)
         if s.t_exported:
             self.timings["export"] = s.t_exported - s.t_submit
+        if self.baseline and s.t_ready is not None and s.t0 is not None and s.t0 < s.forced_start() \
+                and not self.req.max_steps:
+            startup.record(self.run_dir.parent, self.base["hardware_class"], s.t0 - s.t_ready)
         return dict(training_seconds=s.t_submit - t0, startup_seconds=t0 - self.t_spawn,
                     peak_memory_mb=rss)
 
@@ -432,9 +408,9 @@ class _Run:
 
         t = time.monotonic()
         model = self.run_dir / "model.pt2"
-        problem = copy_out(self.scratch / "model.pt2", model, self.prof.max_artifact_mb << 20)
+        problem = copy_out("model.pt2", model, self.prof.max_artifact_mb << 20, dir_fd=self.scratch_fd)
         if problem:
-            err = _last_error(log_tail(self.log_path))
+            err = last_error(log_tail(self.log_path))
             if why:
                 return self.done("crash", f"{why}: model.pt2 not written ({err})", **measured)
             return self.done("crash", f"model.pt2 {problem} after submit: {err}", **measured)
@@ -477,6 +453,10 @@ class _Run:
     def run(self) -> ExperimentResult:
         proc = self._spawn()
         try:
+            if self.scratch_fd is None:
+                kill_group(proc, grace=0.5)
+                self.pump.join(timeout=5.0)
+                return self.done("crash", f"the sandbox did not start: {last_error(log_tail(self.log_path))}")
             why, rc, rss = self._supervise(proc)
             early = self._train_verdict(why, rc)
             if early is not None:
@@ -490,13 +470,28 @@ class _Run:
             return self._score(why, rc, measured)
         finally:
             kill_group(proc, grace=0.2)
+            self._close()
             shutil.rmtree(self.scratch, ignore_errors=True)
             if self.req.standby:
                 from trainer import standby
                 try:
-                    standby.spawn(self.key, self.run_dir.parent, self._launch_standby, self.unsafe)
+                    standby.spawn(self.key, self.run_dir.parent, self._launch_standby, self.unsafe,
+                                  quota_mb=self.prof.scratch_mb)
                 except Exception:
                     log.exception("could not start a standby sandbox")
+
+    def _close(self) -> None:
+        """The scratch's fd (its tmpfs goes with it) and the pipes' ends, once the server is done."""
+        fds = [self.scratch_fd]
+        if self.server is None or not self.server.is_alive():
+            fds += self.fds
+        self.scratch_fd, self.fds = None, []
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def run_experiment(train_py: str | Path, run_dir: str | Path, *, budget: float | None = None, seed: int = 0,
@@ -504,18 +499,20 @@ def run_experiment(train_py: str | Path, run_dir: str | Path, *, budget: float |
                    data_dir: str | Path | None = None, max_steps: int | None = None,
                    hard_limit: float | None = None, confirm_below: float | None = None,
                    threads: int | None = None, cancel: threading.Event | None = None,
-                   on_event: Callable[[dict], None] | None = None, standby: bool = False) -> ExperimentResult:
+                   on_event: Callable[[dict], None] | None = None, standby: bool = False,
+                   swarm_home: str | Path | None = None) -> ExperimentResult:
     """Train `train_py` for `budget` seconds (default: the profile's) in the sandbox and score it
     with the locked evaluator. Raises TrainerError only for bad apparatus input (missing
     train.py path, unprepared data, bad options, no sandbox); everything train.py does is a
     status. on_event gets trainer.events dicts: started, progress..., evaluating. standby=True
     starts the next run's sandbox when this one ends (see trainer/standby.py): for an agent
-    that runs one experiment after another in one runs folder."""
+    that runs one experiment after another in one runs folder. swarm_home: the swarm's home as
+    its owner set it (default SWARM_HOME, else ./.swarm), never shown to the sandbox."""
     try:
         req = RunRequest(train_py=train_py, run_dir=run_dir, budget=budget, seed=seed, profile=profile,
                          device=device, cuda_visible_devices=cuda_visible_devices, data_dir=data_dir,
                          max_steps=max_steps, hard_limit=hard_limit, confirm_below=confirm_below,
-                         threads=threads, standby=standby)
+                         threads=threads, standby=standby, swarm_home=swarm_home)
     except ValidationError as e:
         err = e.errors()[0]
         raise BadOption(f"run_experiment: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

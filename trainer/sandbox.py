@@ -1,41 +1,36 @@
 """The experiment sandbox (locked): bubblewrap around every train.py run and every evaluation.
 
 `wrap(argv, spec)` returns the command line that runs `argv` with new user, PID, network, IPC
-and UTS namespaces, uid 65534, a read-only root, `spec.scratch` as the only writable place,
-`spec.hidden` replaced by empty tmpfs, exactly `spec.env` as the environment, and limits on
-memory and tasks. Start it with `Popen(wrap(...), start_new_session=True, pass_fds=...)` and end
-it by killing that process group: the sandbox's PID namespace dies with it, so nothing the run
-started (double fork + setsid included) outlives it.
+and UTS namespaces, uid 65534, exactly `spec.env` as the environment, and limits on memory,
+tasks and CPU (trainer/limits.py). Start it with `Popen(wrap(...), start_new_session=True,
+pass_fds=...)` and end it by killing that process group: the sandbox's PID namespace dies with
+it, so nothing the run started (double fork + setsid included) outlives it.
+
+What the sandbox sees is an allow-list, not the machine minus a deny-list: an empty root
+(read-only) holding only what a run needs, read-only: the system's programs and libraries
+(/usr, /bin, /lib*), a few files of /etc (the loader's cache, passwd, timezone), the CPU
+topology under /sys (all of /sys on GPU: the driver reads PCI state there), the Python install
+and its site-packages, and the `trainer` package folder (not the checkout around it: a project's
+`.env`, `./.swarm` and data stay out). Then its own /proc, a minimal /dev (plus the run's GPU
+nodes), size-capped private /tmp and /dev/shm, and its scratch. So the user's home, other
+copies of prepared data, the swarm's home (wherever --swarm-home, SWARM_HOME or swarm.yaml put
+it) and the data dir are simply not there. `spec.hidden` (and default_hidden()) are masked only
+where they lie inside something bound (the raw corpus inside site-packages, a data dir inside
+the Python install): an empty tmpfs for a folder, /dev/null for a file.
+
+The scratch: with `spec.quota_mb` it is a private tmpfs of that size at SCRATCH_INSIDE (the
+disk quota: an 8 GiB fallocate fails with ENOSPC), never a host folder; the runner reaches it
+from outside through the harness's root (open_scratch): it writes train.py in before the run
+and reads model.pt2 out after the sandbox is dead, through a directory fd that keeps the tmpfs
+alive. `spec.scratch` is then only the supervisor's working directory on the host (how a
+restarted agent recognises the group as its run's). Without quota_mb, `spec.scratch` is bound
+read-write at its own path (the evaluator's scratch).
 
 The escape hatch: `swarm run/train --unsafe-no-sandbox` skips `check_sandbox()`, records the
 flag in swarm.json and sets `SWARM_UNSAFE_NO_SANDBOX=1` for the agents; the runner reads it
 (`unsafe_from_env()`) into `SandboxSpec.unsafe`, and `wrap()` then returns argv unchanged.
 
-How the limits are enforced, as measured on the dev machine (kernel 6.18, cgroup v1 hybrid,
-bwrap 0.8 run as root):
-- RLIMIT_NPROC does not work: bwrap run as root maps the inside uid 65534 to uid 0 outside,
-  and the kernel never applies RLIMIT_NPROC to uid 0 (100 forks passed under `--nproc=20`).
-  Running bwrap as an unprivileged uid instead would need the Python install readable by that
-  uid (here it lives under /root, mode 700).
-- So tasks (threads count: the pids controller counts tasks) are capped by a pids cgroup made
-  under the caller's own cgroup (v2 if it delegates `pids`, else v1 `/sys/fs/cgroup/pids`): a
-  fork bomb gets EAGAIN and the machine (pid_max 32768 here) keeps its PIDs. Where no cgroup
-  is writable, a watchdog outside the sandbox counts its tasks every 20 ms and kills it past
-  the cap: the last resort (measured: a Python fork bomb reached 121 tasks under a cap of 64
-  before it was killed, 0.45 s after start).
-- Memory: RLIMIT_DATA = memory_mb on every process in the sandbox (portable; malloc fails, so
-  Python raises MemoryError, a readable crash). Not RLIMIT_AS: CUDA reserves terabytes of
-  address space. `import torch` plus a small AdamW step peaks at ~440 MB RSS and runs under
-  RLIMIT_DATA = 1000 MB. RLIMIT_DATA misses MAP_SHARED anonymous memory and many processes
-  together, so a memory cgroup (same places as pids) also caps the sandbox's total, tmpfs pages
-  included (an mmap bomb ends in an OOM kill of the sandbox); /tmp and /dev/shm are size-capped
-  tmpfs either way. Without a writable cgroup only RLIMIT_DATA and the tmpfs sizes hold.
-- The supervisor that applies these is a stdlib-only `python -I -S -c` between the caller and
-  bwrap; it makes the cgroups per launch and removes them after, exits with bwrap's status
-  and, when a limit ended the run, writes one line `sandbox: ... limit ...` to stderr (so into
-  run.log) first. It starts bwrap with an empty environment: bwrap's own init is PID 1 inside,
-  and its /proc/1/environ would otherwise show the caller's secrets.
-Kernel surface: a seccomp filter (below) and --disable-userns (no nested user namespaces).
+Kernel surface: a seccomp filter and --disable-userns (no nested user namespaces).
 Cost, measured: `python -c pass` takes ~100-150 ms here plain; bare bwrap adds ~5 ms, the
 supervisor, mounts and seccomp ~100 ms, the cgroups ~30 ms more; `import torch` 3.4 s -> 3.7 s.
 """
@@ -47,16 +42,26 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.errors import TrainerError
+from trainer.limits import CGROUP_PREFIX, SUPERVISOR, cgroup_kinds_available, pinned_cores, seccomp_filter
+from trainer.limits import cgroup_plan as _cgroup_plan
+
+__all__ = ["SandboxSpec", "SandboxUnavailable", "wrap", "check_sandbox", "open_scratch", "unsafe_from_env",
+           "default_hidden", "visible_roots", "cgroup_kinds_available", "CGROUP_PREFIX", "SCRATCH_INSIDE"]
 
 UNSAFE_ENV = "SWARM_UNSAFE_NO_SANDBOX"   # "1": the swarm was started with --unsafe-no-sandbox
 BWRAP_ENV = "SWARM_BWRAP"                # path of the bwrap binary (default: bwrap on PATH)
 TMPFS_MB = 512                           # size of the sandbox's /tmp and /dev/shm each
-CGROUP_PREFIX = "swarm-sandbox-"
+SCRATCH_INSIDE = "/scratch"              # where a quota'd scratch appears inside
+CPU_LOCKS = "swarm-cpu-locks"            # the affinity fallback's per-core lock files, in the host's temp dir
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group",
+             "alternatives")
+SYS_CPU = ("/sys/devices/system/cpu", "/sys/devices/system/node")  # torch's cpuinfo, os.cpu_count()
 FIX = ("install bubblewrap (apt-get install -y bubblewrap); in Docker run with "
        "--security-opt seccomp=unconfined (or a seccomp profile allowing unshare/clone with "
        "namespace flags) and --security-opt apparmor=unconfined; in Kubernetes set "
@@ -70,14 +75,21 @@ class SandboxUnavailable(TrainerError):
 
 @dataclass
 class SandboxSpec:
-    scratch: Path                                        # the only writable place, same path inside
-    readable: list[Path] = field(default_factory=list)   # extra paths shown read-only (even inside hidden ones)
-    hidden: list[Path] = field(default_factory=list)     # replaced by an empty tmpfs (dirs) or /dev/null (files)
+    scratch: Path                                        # host folder: bound read-write, or (quota_mb) only the cwd
+    readable: list[Path] = field(default_factory=list)   # extra paths shown read-only
+    hidden: list[Path] = field(default_factory=list)     # never shown, masked inside anything bound
     env: dict[str, str] = field(default_factory=dict)    # the ONLY environment inside
     gpu_devices: list[int] = field(default_factory=list) # /dev/nvidiaN for these, plus the control nodes
     memory_mb: int | None = None                         # per process (RLIMIT_DATA) and total (cgroup)
     max_procs: int | None = None                         # tasks (threads included) in the sandbox
+    quota_mb: int | None = None                          # the scratch is a private tmpfs of this size
+    cpus: float | None = None                            # CPU share: a CFS quota, else affinity
     unsafe: bool = False                                 # --unsafe-no-sandbox: wrap() returns argv unchanged
+
+    @property
+    def inside(self) -> str:
+        """The scratch's path as the sandboxed process sees it."""
+        return SCRATCH_INSIDE if self.quota_mb and not self.unsafe else str(Path(self.scratch).resolve())
 
 
 def unsafe_from_env(env: dict[str, str] | None = None) -> bool:
@@ -86,8 +98,9 @@ def unsafe_from_env(env: dict[str, str] | None = None) -> bool:
 
 
 def default_hidden() -> list[Path]:
-    """Places with credentials that a read-only root would otherwise show: the home's caches and
-    configs, cloud and cluster credentials, and the Kubernetes service-account token."""
+    """Places with credentials, masked should one lie inside something the sandbox sees (a Python
+    install under the home, say): the home's caches and configs, cloud and cluster credentials,
+    and the machine's sockets and Kubernetes secrets under /run."""
     home = Path.home()
     names = [".cache", ".ssh", ".config", ".ray", ".aws", ".azure", ".kube", ".docker", ".gnupg",
              ".netrc", ".git-credentials", ".gitconfig", ".pypirc", ".bash_history", ".python_history",
@@ -146,319 +159,47 @@ def check_sandbox() -> None:
         raise SandboxUnavailable(f"{cause}: {FIX}")
 
 
-# --- cgroups ---------------------------------------------------------------------------------
-
-def _own_cgroups() -> dict[str, str]:
-    out = {}
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, ctrls, path = line.split(":", 2)
-            for c in ctrls.split(",") if ctrls else ["v2"]:
-                out[c] = path
-    except OSError:
-        pass
-    return out
-
-
-def _cgroup_plan(spec: SandboxSpec) -> list[dict]:
-    """Where this sandbox's cgroups would go and the limits to write there (no side effects:
-    the supervisor makes them per launch, so one wrap() argv can be started again).
-    [{parent, kind: v2|pids|memory, limits: {file: value}, optional: {file: value}}]."""
-    if spec.max_procs is None and spec.memory_mb is None:
-        return []
-    own = _own_cgroups()
-    root = Path("/sys/fs/cgroup")
-    pids = {"pids.max": str(spec.max_procs + 3)} if spec.max_procs else {}  # + supervisor, bwrap's two
-    v2 = root if (root / "cgroup.controllers").exists() else root / "unified"
-    if "v2" in own and (v2 / "cgroup.controllers").exists():
-        parent = v2 / own["v2"].lstrip("/")
-        try:
-            have = (parent / "cgroup.subtree_control").read_text().split()
-        except OSError:
-            have = []
-        want = [c for c, on in (("pids", spec.max_procs), ("memory", spec.memory_mb)) if on]
-        if want and all(c in have for c in want):
-            mem = {"memory.max": str(spec.memory_mb << 20)} if spec.memory_mb else {}
-            return [{"parent": str(parent), "kind": "v2", "limits": {**pids, **mem},
-                     "optional": {"memory.swap.max": "0"} if spec.memory_mb else {}}]
-    plan = []
-    if spec.max_procs and "pids" in own:
-        plan.append({"parent": str(root / "pids" / own["pids"].lstrip("/")), "kind": "pids",
-                     "limits": pids, "optional": {}})
-    if spec.memory_mb and "memory" in own:
-        plan.append({"parent": str(root / "memory" / own["memory"].lstrip("/")), "kind": "memory",
-                     "limits": {"memory.limit_in_bytes": str(spec.memory_mb << 20)},
-                     "optional": {"memory.memsw.limit_in_bytes": str(spec.memory_mb << 20)}})
-    return plan
+def _system_args(gpu: bool) -> list[str]:
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for name in ETC_FILES:
+        if os.path.exists(f"/etc/{name}"):
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for d in (("/sys",) if gpu else SYS_CPU):
+        if os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    return args
 
 
-def cgroup_kinds_available(spec: SandboxSpec) -> list[str]:
-    """The cgroup kinds a sandbox with `spec`'s limits would get here (tries mkdir + rmdir)."""
-    out = []
-    for cg in _cgroup_plan(spec):
-        d = Path(cg["parent"]) / f"{CGROUP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        try:
-            d.mkdir()
-        except OSError:
-            continue
-        try:
-            out.append(cg["kind"])
-        finally:
-            d.rmdir()
-    return out
-
-
-# --- seccomp: no AF_UNIX sockets, no io_uring ----------------------------------------------------
-# A network namespace does not cover path-based unix sockets, and the sandbox's uid is root
-# outside (see above), so any socket it can see (docker.sock, containerd, dbus, a redis socket)
-# would answer it, mode 0600 or not. /run is hidden, but a socket can live anywhere: the filter
-# refuses socket(AF_UNIX, ...) (EACCES). socketpair() stays allowed (multiprocessing's pipes),
-# and its sockets cannot connect elsewhere. io_uring is refused too: it can open sockets
-# without the socket() system call. Foreign-ABI calls (i386, x32) are refused.
-
-_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_NR_SOCKET = {"x86_64": 41, "aarch64": 198}
-_NR_IO_URING = (425, 426, 427)   # setup, enter, register: the same on both
-_AF_UNIX = 1
-
-
-def seccomp_filter(machine: str | None = None) -> bytes | None:
-    """The compiled cBPF program bwrap loads with --seccomp (None on an unknown architecture)."""
-    import platform
-    import struct
-
-    machine = machine or platform.machine()
-    if machine not in _AUDIT_ARCH:
-        return None
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06   # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
-    allow, deny = 0x7FFF0000, 0x00050000 | 13    # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EACCES
-    prog: list[tuple] = [
-        ("ld", 4), ("jeq", _AUDIT_ARCH[machine], "nr", "deny"),
-        ("nr:ld", 0),
-    ]
-    if machine == "x86_64":
-        prog.append(("jge", 0x40000000, "deny", None))
-    prog.append(("jeq", _NR_SOCKET[machine], "sock", None))
-    for nr in _NR_IO_URING:
-        prog.append(("jeq", nr, "deny", None))
-    prog += [("ret", allow), ("sock:ld", 16), ("jeq", _AF_UNIX, "deny", None), ("ret", allow),
-             ("deny:ret", deny)]
-    labels = {}
-    for i, ins in enumerate(prog):
-        if ":" in ins[0]:
-            labels[ins[0].split(":")[0]] = i
-    out = b""
-    for i, ins in enumerate(prog):
-        op = ins[0].split(":")[-1]
-
-        def rel(target, i=i):
-            return 0 if target is None else labels[target] - i - 1
-        if op == "ld":
-            out += struct.pack("<HBBI", ld, 0, 0, ins[1])
-        elif op == "ret":
-            out += struct.pack("<HBBI", ret, 0, 0, ins[1])
-        else:
-            out += struct.pack("<HBBI", jeq if op == "jeq" else jge, rel(ins[2]), rel(ins[3]), ins[1])
-    return out
-
-
-# --- the supervisor: stdlib only, runs as `python -I -S -c` between the caller and bwrap --------
-
-_SUPERVISOR = r'''
-import json, os, resource, signal, sys, time
-cfg = json.loads(sys.argv[1]); argv = sys.argv[2:]
-me = str(os.getpid())
-PREFIX = cfg["prefix"]
-made, child = [], None
-
-def cleanup():
-    for cg in made:
-        try:
-            with open(os.path.join(os.path.dirname(cg["dir"]), "cgroup.procs"), "w") as f:
-                f.write(me)
-        except OSError:
-            pass
-    for _ in range(50):
-        left = [cg for cg in made if os.path.isdir(cg["dir"])]
-        for cg in left:
-            try:
-                os.rmdir(cg["dir"])
-            except OSError:
-                pass
-        if not left:
-            break
-        time.sleep(0.02)
-
-def stop(signum, frame):
-    # the caller's SIGTERM: end the sandbox and remove the cgroups (SIGKILL leaves them to sweep)
-    if child:
-        try:
-            os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
-        except OSError:
-            pass
-    cleanup()
-    os._exit(128 + signum)
-
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-
-def sweep(parent):
-    # cgroups left by supervisors that were SIGKILLed: rmdir succeeds only on an empty one
-    try:
-        for n in os.listdir(parent):
-            d = os.path.join(parent, n)
-            if n.startswith(PREFIX) and time.time() - os.stat(d).st_mtime > 120:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-    except OSError:
-        pass
-
-for cg in cfg["cgroups"]:
-    sweep(cg["parent"])
-    d = os.path.join(cg["parent"], "%s%s-%s" % (PREFIX, me, os.urandom(3).hex()))
-    try:
-        os.mkdir(d)
-    except OSError:
-        continue
-    try:
-        for k, v in cg["limits"].items():
-            with open(os.path.join(d, k), "w") as f:
-                f.write(v)
-        for k, v in cg["optional"].items():
-            try:
-                with open(os.path.join(d, k), "w") as f:
-                    f.write(v)
-            except OSError:
-                pass
-        with open(os.path.join(d, "cgroup.procs"), "w") as f:
-            f.write(me)
-        made.append({"dir": d, "kind": cg["kind"]})
-    except OSError:
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-# no pids cgroup: the watchdog (it counts bwrap's outer and inner processes too)
-watch = cfg["max_procs"] + 2 if cfg["max_procs"] and not any(c["kind"] in ("pids", "v2") for c in made) else 0
-if cfg["data"]:
-    resource.setrlimit(resource.RLIMIT_DATA, (cfg["data"], cfg["data"]))
-if cfg["seccomp"]:
-    sfd = os.memfd_create("swarm-seccomp", 0)
-    os.write(sfd, bytes.fromhex(cfg["seccomp"]))
-    os.lseek(sfd, 0, 0)
-    os.set_inheritable(sfd, True)
-    argv[1:1] = ["--seccomp", str(sfd)]
-child = os.fork()
-if child == 0:
-    try:  # bwrap's own init (PID 1 inside) keeps the environment it was started with: none
-        os.execve(argv[0], argv, {})
-    finally:
-        os._exit(127)
-
-def tasks(root):
-    n, todo, seen = 0, [root], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            for t in os.listdir("/proc/%d/task" % p):
-                n += 1
-                try:
-                    with open("/proc/%d/task/%s/children" % (p, t)) as f:
-                        todo.extend(int(c) for c in f.read().split())
-                except OSError:
-                    pass
-        except OSError:
-            pass
-    return n
-
-def reason():
-    for cg in made:
-        try:
-            if cg["kind"] == "memory":  # failcnt also counts reclaim at the limit: OOM kills only
-                with open(os.path.join(cg["dir"], "memory.oom_control")) as f:
-                    ev = dict(l.split() for l in f if l.strip())
-                if int(ev.get("oom_kill", ev.get("under_oom", 0))) > 0:
-                    return "memory limit of %d MB reached" % cfg["memory_mb"]
-            elif cg["kind"] == "pids":
-                with open(os.path.join(cg["dir"], "pids.events")) as f:
-                    if int(f.read().split()[-1]) > 0:
-                        return "process limit of %d tasks reached" % cfg["max_procs"]
-            else:
-                with open(os.path.join(cg["dir"], "memory.events")) as f:
-                    ev = dict(l.split() for l in f if l.strip())
-                if int(ev.get("oom_kill", 0)):
-                    return "memory limit of %d MB reached" % cfg["memory_mb"]
-                with open(os.path.join(cg["dir"], "pids.events")) as f:
-                    if int(f.read().split()[-1]) > 0:
-                        return "process limit of %d tasks reached" % cfg["max_procs"]
-        except (OSError, ValueError, IndexError):
-            pass
-    return None
-
-while True:
-    pid, status = os.waitpid(child, 0 if not watch else os.WNOHANG)  # blocking: no exit latency
-    if pid:
-        break
-    if tasks(child) > watch:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-        sys.stderr.write("sandbox: process limit of %d tasks reached; the sandbox was killed\n" % (watch - 2))
-        cleanup()
-        os._exit(137)
-    time.sleep(0.02)
-why = reason()
-cleanup()
-code = os.waitstatus_to_exitcode(status)
-code = 128 - code if code < 0 else code
-if why and code != 0:
-    sys.stderr.write("sandbox: %s\n" % why)
-sys.exit(code)
-'''
-
-
-def _code_binds() -> list[str]:
-    """Read-only binds that put back the code the sandbox runs where the private /tmp would
-    hide it: the folder holding the `trainer` package (a checkout or clone under /tmp, as a CI
-    clone may be) and the Python install with its site-packages (a venv under /tmp). They come
-    before the hidden paths, so a hidden path inside one (a ./.swarm in a checkout) stays hidden."""
+def visible_roots() -> list[Path]:
+    """The folders outside the system's own that a sandbox sees (read-only): the Python install
+    (prefixes, site-packages, the interpreter's folder) and the `trainer` package folder, each
+    once (none inside another, none under the system folders, which are bound anyway)."""
     import site
 
     import trainer
 
-    roots = {Path(trainer.__file__).resolve().parent.parent, Path(sys.prefix).resolve(),
-             Path(sys.base_prefix).resolve(), *(Path(s).resolve() for s in site.getsitepackages())}
-    tmp = Path("/tmp")
-    under = sorted(r for r in roots if tmp in r.parents and r.is_dir())
-    args: list[str] = []
-    for r in under:
-        if not any(a in under for a in r.parents):
-            args += ["--ro-bind", str(r), str(r)]
-    return args
+    exe = Path(sys.executable).resolve().parent
+    found = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                         *site.getsitepackages())}
+    found |= {exe, Path(trainer.__file__).resolve().parent}
+    system = [Path(d).resolve() for d in SYSTEM_DIRS if os.path.isdir(d)]
+    found = {r for r in found if r.is_dir() and not any(r == s or s in r.parents for s in system)}
+    return sorted(r for r in found if not any(a in found for a in r.parents))
 
 
-def _bind_args(spec: SandboxSpec) -> list[str]:
+def _masks(hidden: list[Path], roots: list[Path]) -> list[str]:
+    """Mask the hidden paths that lie inside a bound root (elsewhere they are not there at all)."""
+    wanted = {Path(h).resolve() for h in [*default_hidden(), *hidden] if os.path.lexists(h)}
+    inside = {h for h in wanted if any(h == r or r in h.parents for r in roots)}
     args: list[str] = []
-    scratch = Path(spec.scratch).resolve()
-    wanted = {Path(h).resolve() for h in [*default_hidden(), *spec.hidden] if os.path.lexists(h)}
-    # a path inside a hidden folder is hidden already: a /dev/null stand-in would make it appear
-    for h in sorted(p for p in wanted if not any(a in wanted for a in p.parents)):
-        if h == scratch or h in scratch.parents:
-            # hiding a parent of scratch: the tmpfs first, scratch is bound back on top below
-            args += ["--tmpfs", str(h)]
-        elif h.is_dir():
-            args += ["--tmpfs", str(h)]
-        else:
-            args += ["--ro-bind", "/dev/null", str(h)]
-    args += ["--bind", str(scratch), str(scratch)]
-    for r in spec.readable:
-        r = Path(r).resolve()
-        args += ["--ro-bind", str(r), str(r)]
+    # a path inside a masked folder is masked already: a /dev/null stand-in would make it appear
+    for h in sorted(p for p in inside if not any(a in inside for a in p.parents)):
+        args += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
     return args
 
 
@@ -468,31 +209,57 @@ def _gpu_args(spec: SandboxSpec) -> list[str]:
     args = []
     for i in spec.gpu_devices:
         args += ["--dev-bind", f"/dev/nvidia{int(i)}", f"/dev/nvidia{int(i)}"]
-    for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"):
+    for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps"):
         args += ["--dev-bind-try", f"/dev/{n}", f"/dev/{n}"]
     return args
 
 
 def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     """The full command line that runs argv in the sandbox (argv unchanged when spec.unsafe).
-    Fds passed with Popen(pass_fds=...) stay usable inside; the working directory must be
-    visible inside (scratch is). Raises SandboxUnavailable when bwrap is missing."""
+    Fds passed with Popen(pass_fds=...) stay usable inside; the sandbox's working directory is
+    its scratch. Raises SandboxUnavailable when bwrap is missing."""
     if spec.unsafe:
         return list(argv)
     bwrap = _bwrap()
     if not bwrap:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {FIX}")
-    size = _opt(bwrap, "--size", str(TMPFS_MB << 20))
+    size = functools.partial(_opt, bwrap, "--size")
+    roots = visible_roots()
+    code = [a for r in roots for a in ("--ro-bind", str(r), str(r))]
+    if spec.quota_mb:
+        scratch = [*size(str(spec.quota_mb << 20)), "--tmpfs", SCRATCH_INSIDE]
+    else:
+        s = str(Path(spec.scratch).resolve())
+        scratch = ["--bind", s, s]
+    readable = [a for r in spec.readable for a in ("--ro-bind", str(Path(r).resolve()), str(Path(r).resolve()))]
+    # Order: the system, /proc, /dev, /tmp, then the code (a checkout or venv may live under
+    # /tmp), the masks inside it, the scratch and the readable files (which may lie inside a
+    # masked folder), and last the root itself made read-only.
     inner = [bwrap, "--unshare-all", "--unshare-user", *_opt(bwrap, "--disable-userns"),
-             "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             *size, "--tmpfs", "/dev/shm", *_gpu_args(spec), "--remount-ro", "/dev", *size, "--tmpfs", "/tmp",
-             *_code_binds(), *_bind_args(spec), "--chdir", str(Path(spec.scratch).resolve()),
-             "--uid", "65534", "--gid", "65534", "--clearenv"]
+             "--die-with-parent", "--new-session", *_system_args(bool(spec.gpu_devices)),
+             "--proc", "/proc", "--dev", "/dev", *size(str(TMPFS_MB << 20)), "--tmpfs", "/dev/shm",
+             *_gpu_args(spec), "--remount-ro", "/dev", *size(str(TMPFS_MB << 20)), "--tmpfs", "/tmp",
+             *code, *_masks(spec.hidden, roots), *scratch, *readable, "--remount-ro", "/",
+             "--chdir", spec.inside, "--uid", "65534", "--gid", "65534", "--clearenv"]
     for k, v in spec.env.items():
         inner += ["--setenv", k, v]
     inner += ["--", *argv]
-    bpf = seccomp_filter()
+    bpf = seccomp_filter(deny_affinity=bool(spec.cpus))
     cfg = {"cgroups": _cgroup_plan(spec), "prefix": CGROUP_PREFIX,
            "data": (spec.memory_mb << 20) if spec.memory_mb else 0, "seccomp": bpf.hex() if bpf else "",
-           "memory_mb": spec.memory_mb, "max_procs": spec.max_procs}
-    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, json.dumps(cfg), *inner]
+           "memory_mb": spec.memory_mb, "max_procs": spec.max_procs, "pin": pinned_cores(spec.cpus),
+           "cpu_locks": os.path.join(tempfile.gettempdir(), CPU_LOCKS)}
+    return [sys.executable, "-I", "-S", "-c", SUPERVISOR, json.dumps(cfg), *inner]
+
+
+def open_scratch(pid: int, quota_mb: int) -> int:
+    """A directory fd on the private scratch of the sandbox that process `pid` (on this side's
+    PID numbering) lives in, opened through its root. Open it before any of train.py's code ran
+    there (the harness waiting for its spec): the fd then is the tmpfs bubblewrap mounted, and it
+    keeps that tmpfs readable after the sandbox is dead. Raises OSError naming what is wrong."""
+    fd = os.open(f"/proc/{pid}/root{SCRATCH_INSIDE}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    st = os.fstatvfs(fd)
+    if (st.f_blocks * st.f_frsize) >> 20 != quota_mb and "--size" in _options(_bwrap() or ""):
+        os.close(fd)
+        raise OSError(f"the sandbox's scratch is not its {quota_mb} MB tmpfs")
+    return fd

@@ -27,6 +27,7 @@ class RunRequest(_Spec):
     confirm_below: float | None = None         # score confirm only when val_bpb is below this
     threads: int | None = Field(None, gt=0)
     standby: bool = False                      # start the next run's sandbox when this one ends
+    swarm_home: Path | None = None             # the swarm's home as set (default SWARM_HOME, ./.swarm)
 
 
 class HarnessSpec(_Spec):

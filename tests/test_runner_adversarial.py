@@ -67,8 +67,8 @@ def test_changing_the_budget_constant_is_neutralised(tmp_path, prepared_data_dir
 
 
 def test_the_val_split_does_not_exist_for_train_py(tmp_path, prepared_data_dir):
-    """unreachable: val and confirm are not in the training sandbox (the data dir is an empty
-    tmpfs there), even through a symlink; the run is scored as usual."""
+    """unreachable: val and confirm are not in the training sandbox (the data dir is not there at
+    all: the sandbox shows an allow-list), even through a symlink; the run is scored as usual."""
     val = next(Path(prepared_data_dir).rglob("val.tokens.npy"))
     text = TINY.replace("model = Bigram()", (
         "import os\n"
@@ -76,12 +76,15 @@ def test_the_val_split_does_not_exist_for_train_py(tmp_path, prepared_data_dir):
         f"for p in ({str(val)!r}, 'v.npy'):\n"
         "    try:\n        open(p, 'rb').read(); print('READ', p)\n"
         "    except OSError as e:\n        print('MISSING', type(e).__name__)\n"
-        f"print('LISTING', os.listdir({str(prepared_data_dir)!r}))\n"
+        "try:\n"
+        f"    print('LISTING', os.listdir({str(prepared_data_dir)!r}))\n"
+        "except OSError as e:\n    print('LISTING', type(e).__name__)\n"
         "model = Bigram()"))
     r = run(tmp_path, text, prepared_data_dir)
     log = Path(r.log_path).read_text()
     assert r.status == "ok", r.error
-    assert "READ" not in log and log.count("MISSING FileNotFoundError") == 2 and "LISTING []" in log
+    assert "READ" not in log and log.count("MISSING FileNotFoundError") == 2
+    assert "LISTING FileNotFoundError" in log
 
 
 def test_the_raw_corpus_does_not_exist_for_train_py(tmp_path, prepared_data_dir):

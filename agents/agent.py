@@ -493,7 +493,8 @@ class ResearchAgent:
                                data_dir=cfg.data_dir, max_steps=cfg.max_steps,
                                hard_limit=cfg.hard_limit, confirm_below=confirm,
                                threads=cfg.threads, cancel=self._cancel, on_event=self._on_event,
-                               standby=True)  # the next run's sandbox warms up while we propose
+                               standby=True,  # the next run's sandbox warms up while we propose
+                               swarm_home=cfg.swarm_home)  # never shown to the run, however it was set
         except Exception as e:  # the runner should not raise; if it does, it is still a record
             log.exception("%s: runner raised", cfg.name)
             return ExperimentResult(status="crash", error=f"runner raised {type(e).__name__}: "

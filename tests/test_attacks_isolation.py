@@ -339,10 +339,9 @@ for t in {[str(t) for t in targets]!r}:
     try:
         r, log = attack(world, code)
         assert_honest_ok(r)
-        # the data dir is an empty tmpfs inside: a new file there lands in that tmpfs, not here
-        private = str(world.data_dir / "evil.txt")
-        wrote = [ln for ln in log.splitlines() if ln.startswith("WROTE") and ln != f"WROTE {private}"]
-        assert wrote == [] and log.count("DENIED") >= len(targets) - 1, log[-3000:]
+        # the data dir, the repo and the other worktree are not there at all (the root is read-only)
+        wrote = [ln for ln in log.splitlines() if ln.startswith("WROTE")]
+        assert wrote == [] and log.count("DENIED") == len(targets), log[-3000:]
         assert not any(t.exists() for t in made)
         assert_nothing_persisted(world)
     finally:
@@ -389,9 +388,8 @@ print("LOOT " + json.dumps(found), flush=True)
     for secret in (PLANTED_KEY, PLANTED_REDIS_PW, "repo-content-3b7e", "OTHER-WORKTREE-CONTENT-9c1d"):
         assert secret not in everything, secret
     assert not any(k in loot["env"] for k in ("FAKE_PROVIDER_API_KEY", "SWARM_REDIS_URL", "SWARM_HOME"))
-    listings = dict(loot["listings"])
-    assert listings.pop(str(world.home)) == ["runs"]  # only the path down to the run's scratch
-    assert all(v in ([], "FileNotFoundError") for v in listings.values()), listings
+    # the sandbox shows an allow-list: the home, the data and the home's caches are not there
+    assert all(v == "FileNotFoundError" for v in loot["listings"].values()), loot["listings"]
     assert all(v == "FileNotFoundError" for v in loot["files"].values()), loot["files"]
     assert_nothing_persisted(world)
 

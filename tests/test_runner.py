@@ -137,11 +137,20 @@ def test_secrets_never_reach_the_child(tmp_path, prepared_data_dir, monkeypatch)
         assert secret not in log
 
 
-def test_back_to_back_runs_take_the_standby_safely(tmp_path, prepared_data_dir):
+@pytest.mark.parametrize("unsafe", [False, True], ids=["sandbox", "unsafe-no-sandbox"])
+def test_back_to_back_runs_take_the_standby_safely(tmp_path, prepared_data_dir, monkeypatch, unsafe):
     """An agent's next run (a job needs no proposal) may start milliseconds after the last one
-    ended, before the standby's bubblewrap has bound its scratch: each run must still train."""
+    ended, before the standby's bubblewrap has finished its mounts: each run must still train,
+    sandboxed or not (unsandboxed, the standby's process is the harness itself)."""
+    from trainer.standby import discard_all
+
+    monkeypatch.setenv("SWARM_UNSAFE_NO_SANDBOX", "1" if unsafe else "")
     tp = write(tmp_path, TINY)
-    for i in range(3):
-        r = run_experiment(tp, tmp_path / f"run{i}", budget=2, data_dir=prepared_data_dir, threads=1,
-                           standby=True)
-        assert r.status == "ok", (i, r.error)
+    try:
+        for i in range(3):
+            r = run_experiment(tp, tmp_path / f"run{i}", budget=2, data_dir=prepared_data_dir, threads=1,
+                               standby=True)
+            assert r.status == "ok", (i, r.error)
+            assert i == 0 or "standby_age" in r.timings, i
+    finally:
+        discard_all()

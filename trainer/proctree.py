@@ -51,12 +51,12 @@ def is_harness(argv: list[bytes]) -> bool:
 
 
 def wait_for(root: int, match, wait_s: float, alive=lambda: True) -> int | None:
-    """The pid of the first process below `root` whose argv satisfies `match`, polled every 5 ms
-    for up to `wait_s` while `alive()`; None when it never appeared. A process shows its argv
-    once it was exec'd, i.e. once bubblewrap has finished every mount."""
+    """The pid of the first process at or below `root` whose argv satisfies `match`, polled every
+    5 ms for up to `wait_s` while `alive()`; None when it never appeared. A process shows its
+    argv once it was exec'd, i.e. once bubblewrap has finished every mount."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and alive():
-        for pid in descendants(root):
+        for pid in [root, *descendants(root)]:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")

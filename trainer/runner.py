@@ -150,7 +150,10 @@ class _Run:
         self.train_py = Path(req.train_py).resolve()
         if not self.train_py.is_file():
             raise BadTrainPy(f"train.py does not exist: {self.train_py}")
-        self.prep = locate(self.prof, req.data_dir)
+        # absolute: the evaluator's sandbox works in another folder (a relative SWARM_DATA_DIR
+        # made every evaluation fail with FileNotFoundError)
+        self.data_dir = data_root(req.data_dir).resolve()
+        self.prep = locate(self.prof, self.data_dir)
         self.run_dir = Path(req.run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.scratch = self.run_dir / "scratch"  # the sandbox's folder on this side (its scratch when unsafe)
@@ -168,7 +171,7 @@ class _Run:
         self.cuda_visible = req.cuda_visible_devices if req.cuda_visible_devices is not None else \
             (os.environ.get("CUDA_VISIBLE_DEVICES") if device.startswith("cuda") else None)
         self.gpus = gpu_devices(device, self.cuda_visible)
-        self.hidden = hidden_paths(self.prep, req.data_dir, req.swarm_home)
+        self.hidden = hidden_paths(self.prep, self.data_dir, req.swarm_home)
         self.key = (ROOT, self.prof.name, device, req.threads, self.cuda_visible, tuple(self.gpus),
                     self.unsafe, tuple(self.hidden))
         hw = hardware_class(self.prof.name, device, req.threads)
@@ -544,6 +547,7 @@ def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None
 
     run_dir = Path(run_dir).resolve()
     prof = get_profile(profile)
+    data_dir = data_root(data_dir).resolve()
     prep = locate(prof, data_dir)
     try:
         index = json.loads((run_dir / "weights.json").read_text())

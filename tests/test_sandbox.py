@@ -503,7 +503,7 @@ def test_cpu_share_without_a_cgroup_pins_the_sandbox_and_refuses_widening(spec, 
 
 
 def test_cgroups_are_removed_after_the_run_and_argv_can_be_reused(spec):
-    spec.memory_mb, spec.max_procs = 500, 32
+    spec.memory_mb, spec.max_procs, spec.cpus = 500, 32, 1
     argv = wrap([sys.executable, "-I", "-c", "pass"], spec)
     parents = [Path(c["parent"]) for c in json.loads(argv[5])["cgroups"]]
     for _ in range(2):  # the supervisor makes the cgroups per launch

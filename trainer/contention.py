@@ -11,9 +11,13 @@ of that demand is lost. Steal time of the CPUs it may use (/proc/stat: a hypervi
 someone else) adds its share of the demand. contention = lost / demand over the window:
 0 on a quiet machine, 0.5 when the run got half the CPU it asked for.
 
-Measured here (2 cores, CPU profile, 1 thread, noisy: the machine was shared): honest runs on
-a quiet core read 0.00-0.03; with a busy-loop process started halfway on the same core, 0.2-0.3
-(a third of the steps lost in that half). CONTENDED_ABOVE sits between.
+Why 0.1: 10% of the CPU lost is about 10% fewer steps; on the CPU profile 3x the steps moved
+val_bpb by ~0.3 (ENV-NOTES), so 10% fewer is ~0.03 bpb, ~2.5 sigma of the 30 s baseline
+(sigma ~0.011): a shift the coordinator's margin would mistake for an idea.
+Measured here (2 cores shared with other developers' swarms, load average 10-17, so noisy): a
+busy loop alone on a core read 0.88 (its share of that core was 1/8), with a second busy loop
+on the same core 0.93 (the load predicts 0.89); honest baseline runs read 0.70-0.83 while they
+trained 4-8 steps in 8 s where a quieter moment gave 30 (0.73-0.87 of the steps lost).
 """
 from __future__ import annotations
 

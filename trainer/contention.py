@@ -14,10 +14,11 @@ someone else) adds its share of the demand. contention = lost / demand over the 
 Why 0.1: 10% of the CPU lost is about 10% fewer steps; on the CPU profile 3x the steps moved
 val_bpb by ~0.3 (ENV-NOTES), so 10% fewer is ~0.03 bpb, ~2.5 sigma of the 30 s baseline
 (sigma ~0.011): a shift the coordinator's margin would mistake for an idea.
-Measured here (2 cores shared with other developers' swarms, load average 10-17, so noisy): a
-busy loop alone on a core read 0.88 (its share of that core was 1/8), with a second busy loop
-on the same core 0.93 (the load predicts 0.89); honest baseline runs read 0.70-0.83 while they
-trained 4-8 steps in 8 s where a quieter moment gave 30 (0.73-0.87 of the steps lost).
+Measured here (2 cores shared with other developers' swarms, every process pinned to one core,
+so never quiet): a busy loop alone on a core read 0.88 (load ~8 on that core), with a second
+busy loop on the same core 0.93 (the load predicts 0.89). Checked against the steps the runner
+counted (which the measure does not use): the CPU baseline, 1 thread, trained 3.75 steps/s in a
+quiet moment; at 1.8 steps/s (52% lost) it read 0.45-0.48, at 1.0 (73%) 0.70, at 0.6 (83%) 0.77.
 """
 from __future__ import annotations
 

@@ -107,5 +107,11 @@ def test_swarm_run_with_a_swarm_home_outside_the_temp_folder(prepared_data_dir):
         assert crashed == [], crashed
         assert not any("FileNotFoundError" in json.dumps(r) for r in rows)
     finally:
+        pidfile = base / "home" / "redis" / "redis.pid"  # a swarm stopped by force leaves its redis
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)

@@ -5,7 +5,6 @@ Plain text with box-drawing characters (no markup), so the CLI prints it and tes
 from __future__ import annotations
 
 import json
-
 import logging
 
 import networkx as nx
@@ -75,7 +74,9 @@ def _step_tag(a: dict) -> str:
 
 
 def _who(a: dict) -> str:
-    return f"{a.get('agent', '?')}  {a.get('program', '?')}"
+    if a.get("outcome") == "baseline":  # the root: every agent ran it, none made it
+        return "baseline"
+    return f"{a.get('agent') or '?'}  {a.get('program') or '?'}"
 
 
 def _val(a: dict, hw: str | None):

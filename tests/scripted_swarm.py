@@ -13,7 +13,7 @@ from pathlib import Path
 from agents.messages import ExperimentRecord, PromotionConfig
 from coordinator.decide.core import Coordinator
 from coordinator.state.home import SwarmHome
-from fake_runner import FakeAgent, baseline_text, drain_jobs, warm_up
+from fake_runner import NAMES, FakeAgent, baseline_text, constants, drain_jobs, warm_up
 from trainer.schema import ExperimentResult
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ def _exp(coord, agent: FakeAgent, parent: str, description: str, contended: bool
     return rec, coord.report(rec).decision
 
 
-def scripted_swarm(root: Path, redis_url: str) -> Scripted:
-    """Build SWARM_HOME at `root` with the history above; the coordinator stays usable."""
+def scripted_swarm(root: Path, redis_url: str, rounds: int = 0, seed: int = 0) -> Scripted:
+    """Build SWARM_HOME at `root` with the history above; the coordinator stays usable.
+    `rounds`: then that many rounds of random one-constant edits by the three agents, each on
+    its own line or on best (more moves, merges, discards and carried results)."""
     home = SwarmHome(root)
     info, _ = home.create_or_resume(redis_url, profile="cpu", budget=30.0)
     coord = Coordinator(home.root, redis_url, PromotionConfig(sigma_prior=0.003, best_remeasures=2),
@@ -84,9 +86,31 @@ def scripted_swarm(root: Path, redis_url: str) -> Scripted:
     coord.begin(agents[2].started(bad))
     coord.report(bad)
     drain_jobs(coord, agents)
+    _random_rounds(coord, agents, rounds, seed)
+    best = coord.best(HW).commit
     # last: a small gain inside the margin, its confirmation never run (the swarm stopped)
-    rp, dp = _exp(coord, agents[2], best, "C 0 -> 0.35", C=0.35)
+    c0 = constants(agents[2].text_at(best)).get("C", 0.0)
+    rp, dp = _exp(coord, agents[2], best, f"C {c0:g} -> {c0 + 0.35:g}", C=c0 + 0.35)
     assert dp.decision == "pending", dp
     coord.flush_refs()
     return Scripted(home=home, coord=coord, info=info, pending_id=rp.experiment_id,
                     contended_id=rc.experiment_id)
+
+
+def _random_rounds(coord, agents: list[FakeAgent], rounds: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    head = {a.name: coord.best(HW).commit for a in agents}
+    for _ in range(rounds):
+        for a in agents:
+            parent = head[a.name] if rng.random() < 0.7 else coord.best(HW).commit
+            name = rng.choice(NAMES)
+            old = constants(a.text_at(parent)).get(name, 0.0)
+            new = round(old + rng.choice((-1.0, -0.5, 0.5, 1.0)), 2)
+            rec, d = _exp(coord, a, parent, f"{name} {old:g} -> {new:g}", **{name: new})
+            if d.decision in ("promote", "merge", "simplification", "pending") or d.beat_parent:
+                head[a.name] = rec.commit
+            elif rng.random() < 0.4:
+                head[a.name] = coord.best(HW).commit
+        drain_jobs(coord, agents)

@@ -47,7 +47,7 @@ def summary(fig: figures.Figures) -> dict:
                           "moves": b.moves} for hw, b in fig.best.items()}}
 
 
-def _outcome(c: str, root: str, main: dict, step, merged_by: dict) -> str:
+def _outcome(c: str, root: str, main: dict, step, merged_by: dict, is_merge: bool) -> str:
     if c == root:
         return "baseline"
     if step is not None:
@@ -56,7 +56,10 @@ def _outcome(c: str, root: str, main: dict, step, merged_by: dict) -> str:
     if cand is not None:  # a merge commit the coordinator built for a result
         o = figures.outcome(cand)
         return {"kept": "merged"}.get(o, o)
-    return figures.outcome(main) if main else "unrecorded"
+    o = figures.outcome(main) if main else "unrecorded"
+    # a merge commit only verification runs name: no decision holds it any more (merged
+    # again onto a newer best, or a pool that did not stack)
+    return "discarded" if o == "sample" and is_merge else o
 
 
 def build_lineage(rows: list[dict], repo_path: Path, fig: figures.Figures | None = None) -> nx.DiGraph:
@@ -102,7 +105,8 @@ def build_lineage(rows: list[dict], repo_path: Path, fig: figures.Figures | None
             "val_bpb": v.val_bpb, "samples": v.samples, "value_source": v.source,
             "status": "keep" if step is not None else main.get("status", "baseline" if c == root else "unrecorded"),
             "decision": (step.decision if step is not None else (cand or main).get("decision")),
-            "outcome": _outcome(c, root, main, step, merged_by), "step": step.n if step else None,
+            "outcome": _outcome(c, root, main, step, merged_by, len(parents) > 1),
+            "step": step.n if step else None,
             "agent": credit.get("agent"), "program": credit.get("program") or ("baseline" if c == root else None),
             "ran_by": main.get("agent"), "hardware_class": main.get("hardware_class"),
             "description": credit.get("description", "baseline" if c == root else ""),

@@ -400,9 +400,12 @@ def commit_values(rows: list[dict], fig: Figures) -> dict[tuple[str, str], Commi
             if v is not None:
                 out[(hw, c)] = CommitValue(val_bpb=v[0], samples=v[1], source="last decision")
                 continue
-        own = [r for r in by_decided(rs) if _num(r.get("mean")) is not None and r.get("samples")]
+        own = [r for r in by_decided(rs) if _num(r.get("mean")) is not None]
         if own:
-            out[(hw, c)] = CommitValue(val_bpb=_num(own[-1]["mean"]), samples=int(own[-1]["samples"]),
+            # a discard records best's samples, not the candidate's: count its runs then
+            n = int(own[-1].get("samples") or 0) or sum(1 for r in rs if record_status(r) == "ok"
+                                                         and _num(r.get("val_bpb")) is not None)
+            out[(hw, c)] = CommitValue(val_bpb=_num(own[-1]["mean"]), samples=max(n, 1),
                                        source="its decision")
             continue
         xs = [float(r["val_bpb"]) for r in rs if is_sample(r)]

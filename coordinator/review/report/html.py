@@ -44,8 +44,8 @@ NODE_FIELDS = ("status", "outcome", "decision", "agent", "ran_by", "program", "h
                "delta_parent", "decision_samples", "decision_samples_best", "step", "generation",
                "suspect", "contended", "is_merge", "on_best", "best_path", "lines_added",
                "lines_removed", "started_at", "finished_at")
-# Labels on every node up to this many (above, only best's path is labelled: the page stays legible).
-LABEL_ALL_MAX = 400
+# Labels on every node up to this many (above, only best's path: the page stays light).
+LABEL_ALL_MAX = 2000
 
 
 class ReportError(ValueError):
@@ -79,8 +79,9 @@ def _record(r: dict) -> dict:
     """A record for the click panel: no empty fields, and no `samples 0` where the decision
     did not count them (a discard records its best's samples, not the candidate's)."""
     out = {k: _clean(r.get(k)) for k in PANEL_FIELDS if k in r}
-    if not out.get("samples"):
-        out.pop("samples", None)
+    for k in ("samples", "samples_best"):
+        if not out.get(k):
+            out.pop(k, None)
     return out
 
 

@@ -62,16 +62,27 @@
     return OUTCOMES.filter(function (o) { return by[o]; }).map(function (o) { return by[o]; });
   }
 
-  function labelTrace() {
+  // Two lines (val_bpb, then Δ). Best's path: above each node, always shown. Every other node:
+  // to its right, shown while a generation is wide enough on screen for it (zoom in for more).
+  function labelTrace(onPath) {
     var x = [], y = [], text = [];
     D.nodes.forEach(function (n) {
-      if (!D.label_all && !n.best_path) return;
+      if (!!n.best_path !== onPath) return;
       var l = label(n);
-      if (l) { x.push(n.x); y.push(n.y); text.push(l); }
+      if (l) { x.push(n.x); y.push(n.y); text.push(l.replace(" ", "<br>")); }
     });
-    return { type: "scatter", mode: "text", x: x, y: y, text: text, textposition: "middle right",
-             textfont: { size: 9, color: "#222" }, hoverinfo: "skip", showlegend: false,
-             meta: "label", cliponaxis: false };
+    return { type: "scatter", mode: "text", x: x, y: y, text: text,
+             textposition: onPath ? "top center" : "middle right",
+             textfont: { size: onPath ? 10 : 9, color: onPath ? "#000" : "#333" }, hoverinfo: "skip",
+             showlegend: false, meta: onPath ? "label-best" : "label", cliponaxis: false };
+  }
+
+  var LABEL_PX = 46;   // a label ("2.4512" over "+0.0210", 9 px) needs about this many pixels
+  function fitLabels() {
+    var ax = gd._fullLayout.xaxis, i = gd.data.findIndex(function (t) { return t.meta === "label"; });
+    if (i < 0) return;
+    var show = D.label_all && ax._length / Math.max(1, ax.range[1] - ax.range[0]) >= LABEL_PX;
+    if (gd.data[i].visible !== show) Plotly.restyle(gd, { visible: show }, [i]);
   }
 
   function edgeTrace(second) {
@@ -178,20 +189,23 @@
   var maxGen = D.nodes.reduce(function (m, n) { return Math.max(m, n.x); }, 0);
   var gd = document.getElementById("dag");
   var traces = [bestPath(), edgeTrace(false), edgeTrace(true)].concat(nodeTraces()).concat([
-    labelTrace(),
+    labelTrace(false), labelTrace(true),
     overlay("suspect move", function (n) { return n.suspect; }, "#d62728", false),
     overlay("contended run", function (n) { return n.contended; }, "#9467bd", true)
   ]);
   var layout = {
-    margin: { l: 10, r: 10, t: 30, b: 40 }, hovermode: "closest", dragmode: "pan",
+    margin: { l: 20, r: 20, t: 40, b: 40 }, hovermode: "closest", dragmode: "pan",
     // generations are whole numbers: ticks at integers only
     xaxis: { title: { text: "generation (commits from the root)" }, zeroline: false,
+             range: [-0.4, maxGen + 0.9],
              tick0: 0, dtick: Math.max(1, Math.ceil(maxGen / 20)), tickformat: "d" },
     yaxis: { visible: false }, legend: { orientation: "h", y: -0.1 },
     title: { text: D.nodes.length + " trained commits", font: { size: 13 } }
   };
   Plotly.newPlot(gd, traces, layout, { responsive: true, scrollZoom: true, displaylogo: false })
     .then(function () {
+      fitLabels();
+      gd.on("plotly_relayout", fitLabels);
       gd.on("plotly_click", function (ev) {
         var p = ev.points && ev.points[0];
         if (p && p.customdata != null) show(p.customdata);

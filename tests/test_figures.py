@@ -143,6 +143,13 @@ def test_the_end_of_a_run_says_why_nothing_moved():
     assert "A result must beat best by the margin (0.0390 at the last decision, 3.5 x the noise sigma 0.0110)" in text
     for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
         assert cmd in text
+    # where sigma came from: this swarm's runs, or a prior from earlier swarms when the
+    # coordinator's status() says so
+    assert "noise [cpu]: sigma 0.0110 (8 dof), measured by this swarm's runs." in text
+    hist = live.noise_history({"classes": {HW: {"noise_prior": {"sigma": 0.012, "dof": 24, "swarms": 3}}}})
+    text = " ".join(live.summary(rows, data, history=hist).split())
+    assert ("noise [cpu]: sigma 0.0110 (8 dof), with a prior from earlier swarms (sigma 0.0120 over 24 "
+            "dof from 3 earlier swarm(s)).") in text
 
 
 def test_the_end_of_a_run_lists_each_move_and_agrees_with_the_last_frame(synthetic):

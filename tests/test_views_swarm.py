@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,28 +42,37 @@ def _published(home):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # about 3 minutes on a quiet 2-core machine; a loaded one trains slower
 def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
     # mutate explicitly (no LLM key here; `auto` would pick optuna, which is fine but slower
     # to start); min_dof 2 so that two agents' short baseline round lets best move
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
                                          "  - {name: optimizer}\n  - {name: schedule}\n"
                                          "promotion: {min_dof: 2, best_remeasures: 1}\n")
-    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "6",
-                          "--max-experiments", "3", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
+                          "--max-experiments", "2", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # `swarm status` works while the swarm runs (its redis, no Ray)
-    live_seen = None
-    deadline = time.monotonic() + 600
-    while p.poll() is None and time.monotonic() < deadline:
-        time.sleep(3)
-        r = subprocess.run([sys.executable, "-m", "coordinator.cli", "status", "--json"], cwd=tmp_path,
-                           env=_env(tmp_path), capture_output=True, text=True, timeout=120)
-        if r.returncode == 0 and p.poll() is None:
-            d = json.loads(r.stdout)
-            if d["running"] and d["records"] > 0:
-                live_seen = d
-                break
-    out, err = p.communicate(timeout=900)
+    try:
+        # `swarm status` works while the swarm runs (its redis, no Ray)
+        live_seen = None
+        deadline = time.monotonic() + 1200
+        while p.poll() is None and time.monotonic() < deadline:
+            time.sleep(3)
+            r = subprocess.run([sys.executable, "-m", "coordinator.cli", "status", "--json"], cwd=tmp_path,
+                               env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+            if r.returncode == 0 and p.poll() is None:
+                d = json.loads(r.stdout)
+                if d["running"] and d["records"] > 0:
+                    live_seen = d
+                    break
+        out, err = p.communicate(timeout=1500)
+    finally:
+        if p.poll() is None:  # the test failed or timed out: stop the swarm it started, cleanly
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                p.kill()
     assert p.returncode == 0, err[-3000:]
     assert live_seen is not None, "swarm status never answered while the swarm ran"
 
@@ -92,7 +102,7 @@ def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
     # counts
     exps = sum(1 for r in tsv if r["kind"] == "experiment")
     runs = sum(1 for r in tsv if r["run_status"] != "invalid")
-    assert exps >= 6
+    assert exps >= 4
     for got in (status, lineage["graph"]["summary"], report["figures"]["counts"]):
         assert (got["experiments"], got["runs"]) == (exps, runs)
 

@@ -272,12 +272,29 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
     return out
 
 
-def summary(rows: list[dict], data: dict, *, history: str | None = None, home_arg: str = "") -> str:
+def noise_history(coord_status: dict | None) -> dict[str, str]:
+    """hardware class -> where its noise prior came from, when the coordinator's status() says
+    (`classes[hw]["noise_prior"]`: a sentence, or a dict with `sigma`, `dof`, `swarms`); {}
+    when it does not (then the summary says sigma was measured by this swarm's runs)."""
+    out: dict[str, str] = {}
+    for hw, c in ((coord_status or {}).get("classes") or {}).items():
+        p = c.get("noise_prior") if isinstance(c, dict) else None
+        if isinstance(p, dict) and p.get("sigma") is not None:
+            out[hw] = (f"sigma {p['sigma']:.4f} over {p.get('dof', '?')} dof from "
+                       f"{p.get('swarms', '?')} earlier swarm(s)")
+        elif isinstance(p, str) and p:
+            out[hw] = p
+    return out
+
+
+def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = None,
+            home_arg: str = "") -> str:
     """What happened in a run, in words a newcomer reads: how many experiments and runs, what
     moved best (each move: what changed, by how much, verified how) or why nothing did, where
     the noise estimate came from, and the next commands to run. `data` is gather()'s, from the
-    same rows (so this and the last frame agree); `history`: the noise prior's origin, when an
-    earlier swarm's sigma was used; `home_arg`: appended to the commands (`--swarm-home DIR`)."""
+    same rows (so this and the last frame agree); `history`: per hardware class, the noise
+    prior's origin when earlier swarms' sigma was used (noise_history); `home_arg`: appended
+    to the commands (`--swarm-home DIR`)."""
     hours = (data.get("rates") or {}).get("hours") or 0.0
     n, runs = data.get("experiments", 0), data.get("runs", 0)
     lines = [f"swarm {data.get('swarm_id', '')}: {n} experiment{'s' if n != 1 else ''} and {runs} "
@@ -303,7 +320,8 @@ def summary(rows: list[dict], data: dict, *, history: str | None = None, home_ar
                          f"{s.get('verified')}{flag}")
     for hw, b in sorted((data.get("best") or {}).items()):
         if b.get("sigma") is not None:
-            src = f"with a prior from earlier swarms ({history})" if history else "measured by this swarm's runs"
+            h = (history or {}).get(hw)
+            src = f"with a prior from earlier swarms ({h})" if h else "measured by this swarm's runs"
             lines.append(f"noise [{hw}]: sigma {b['sigma']:.4f} ({b.get('dof') or 0} dof), {src}.")
     if data.get("contended"):
         lines.append(f"{len(data['contended'])} run(s) were contended (the machine was slower than its "

@@ -378,13 +378,21 @@ class Supervisor:
             view.update(data)
             view.close()
         here = self.home.root.resolve() == resolve_home(None).resolve()
-        print(live.summary(rows, data, home_arg="" if here else f" --swarm-home {self.home.root}"),
-              flush=True)
+        print(live.summary(rows, data, history=live.noise_history(self._coord_status()),
+                           home_arg="" if here else f" --swarm-home {self.home.root}"), flush=True)
         why = no_valid_proposal(rows, self.results, self.started_at)
         if why:
             print(f"swarm run: {why}", file=sys.stderr, flush=True)
             return 1
         return 0
+
+    def _coord_status(self) -> dict | None:
+        """The coordinator's own status() (for where its noise prior came from), or None."""
+        import ray
+        try:
+            return ray.get(self.coord.status.remote(), timeout=30)
+        except Exception:
+            return None
 
     def _teardown(self) -> None:
         view, self._view = self._view, None

@@ -278,30 +278,35 @@ def _root(rows: list[dict], hw: str, st: list[Step]) -> str | None:
     return None
 
 
-def value_at_decisions(rows: list[dict], hw: str, commit: str) -> tuple[float, int] | None:
-    """`commit`'s value as the last decision that compared a result with it (as best) recorded:
-    (mean, samples). None when no decision did."""
-    for r in reversed(by_decided(rows)):
-        if (r.get("hardware_class") or "") != hw or r.get("best_before") != commit:
-            continue
-        m, d = _num(r.get("mean")), delta_best(r)
-        if m is not None and d is not None and r.get("samples_best"):
-            return m + d, int(r["samples_best"])
-    return None
+class Index:
+    """What the decisions recorded about each commit as best, read in one pass over the rows
+    in decision order (the views ask it once per commit)."""
 
-
-def _move_value(rows: list[dict], hw: str, commit: str) -> tuple[float, int] | None:
-    """The new best's own mean as the decision that moved best to it recorded."""
-    for r in reversed(by_decided(rows)):
-        if (r.get("hardware_class") or "") == hw and r.get("best_after") == commit:
+    def __init__(self, rows: list[dict]):
+        self.rows = by_decided(rows)
+        self.as_best: dict[tuple[str, str], tuple[float, int]] = {}
+        self.moved_to: dict[tuple[str, str], tuple[float, int]] = {}
+        for r in self.rows:
+            hw = r.get("hardware_class") or ""
+            b, a = r.get("best_before"), r.get("best_after")
             m = _num(r.get("mean"))
-            if m is not None and r.get("samples"):
-                return m, int(r["samples"])
-    return None
+            if b and m is not None and delta_best(r) is not None and r.get("samples_best"):
+                self.as_best[(hw, b)] = (m + delta_best(r), int(r["samples_best"]))
+            if a and m is not None and r.get("samples"):
+                self.moved_to[(hw, a)] = (m, int(r["samples"]))
+
+    def value_at_decisions(self, hw: str, commit: str | None) -> tuple[float, int] | None:
+        """`commit`'s value as the last decision that compared a result with it (as best)
+        recorded: (mean, samples); None when no decision did."""
+        return self.as_best.get((hw, commit or ""))
+
+    def move_value(self, hw: str, commit: str | None) -> tuple[float, int] | None:
+        """The new best's own mean as the decision that moved best to it recorded."""
+        return self.moved_to.get((hw, commit or ""))
 
 
-def best_value(rows: list[dict], hw: str, commit: str | None,
-               published: dict | None = None) -> tuple[float | None, int, str]:
+def best_value(rows: list[dict], hw: str, commit: str | None, published: dict | None = None,
+               index: Index | None = None) -> tuple[float | None, int, str]:
     """(value, samples, source) of best `commit` of class `hw` (module docstring)."""
     if commit is None:
         return None, 0, ""
@@ -310,10 +315,10 @@ def best_value(rows: list[dict], hw: str, commit: str | None,
         if not n:
             n = len(samples_of(rows, hw, commit))
         return float(published["val_bpb"]), int(n), "published"
-    for fn, src in ((value_at_decisions, "last decision"), (_move_value, "last decision")):
-        v = fn(rows, hw, commit)
-        if v is not None:
-            return v[0], v[1], src
+    ix = index or Index(rows)
+    v = ix.value_at_decisions(hw, commit) or ix.move_value(hw, commit)
+    if v is not None:
+        return v[0], v[1], "last decision"
     xs = samples_of(rows, hw, commit)
     return _mean(xs), len(xs), "samples"
 
@@ -332,19 +337,20 @@ def noise(rows: list[dict], hw: str) -> tuple[float | None, int | None, float | 
     return sigma, (int(dof) if _num(dof) is not None else None), margin
 
 
-def best_of_class(rows: list[dict], hw: str, published: dict | None = None) -> Best:
+def best_of_class(rows: list[dict], hw: str, published: dict | None = None,
+                  index: Index | None = None) -> Best:
     cls = [r for r in rows if (r.get("hardware_class") or "") == hw]
+    ix = index or Index(cls)
     st = steps(cls, hw)
     root = _root(cls, hw, st)
     commit = st[-1].commit if st else root
     if commit is None and published:
         commit = published.get("commit")
-    v, n, src = best_value(cls, hw, commit, published)
+    v, n, src = best_value(cls, hw, commit, published, ix)
     if st:
-        bv = value_at_decisions(cls, hw, root) if root else None
-        base_v, base_n = bv if bv else (None, 0)
+        base_v, base_n = ix.value_at_decisions(hw, root) or (None, 0)
         if base_v is None and st[0].delta is not None:
-            mv = _move_value(cls, hw, st[0].commit)
+            mv = ix.move_value(hw, st[0].commit)
             if mv:
                 base_v, base_n = mv[0] + st[0].delta, st[0].samples_best
     else:
@@ -352,7 +358,7 @@ def best_of_class(rows: list[dict], hw: str, published: dict | None = None) -> B
     if base_v is None and root:
         xs = samples_of(cls, hw, root)
         base_v, base_n = _mean(xs), len(xs)
-    sigma, dof, margin = noise(cls, hw)
+    sigma, dof, margin = noise(ix.rows, hw)
     return Best(hardware_class=hw, commit=commit, val_bpb=v, samples=n, source=src, baseline=root,
                 baseline_val_bpb=base_v, baseline_samples=base_n,
                 gain=(base_v - v) if base_v is not None and v is not None else None,
@@ -364,7 +370,8 @@ def compute(rows: list[dict], published: dict[str, dict] | None = None) -> Figur
     ({'commit', 'val_bpb', 'samples'}), when redis is there."""
     published = published or {}
     cts = counts(rows)
-    best = {hw: best_of_class(rows, hw, published.get(hw))
+    ix = Index(rows)
+    best = {hw: best_of_class(rows, hw, published.get(hw), ix)
             for hw in sorted(set(classes(rows)) | set(published))}
     suspect = [s.experiment_id for b in best.values() for s in b.steps if s.suspect and s.experiment_id]
     return Figures(counts=cts, best=best, best_moves=sum(b.moves for b in best.values()),
@@ -379,13 +386,14 @@ class CommitValue(BaseModel):
     source: str = ""
 
 
-def commit_values(rows: list[dict], fig: Figures) -> dict[tuple[str, str], CommitValue]:
+def commit_values(rows: list[dict], fig: Figures, index: Index | None = None) -> dict[tuple[str, str], CommitValue]:
     """(hardware class, commit) -> the value decisions used for it: best's value for a class's
     best; for a former best, its value at the last decision against it; else the mean its own
     latest decision recorded; else the mean of its samples."""
+    ix = index or Index(rows)
     out: dict[tuple[str, str], CommitValue] = {}
     by: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
+    for r in ix.rows:  # decision order: each commit's rows in it
         if r.get("commit"):
             by.setdefault((r.get("hardware_class") or "", r["commit"]), []).append(r)
     former = {(s.hardware_class, s.before) for b in fig.best.values() for s in b.steps if s.before}
@@ -396,11 +404,11 @@ def commit_values(rows: list[dict], fig: Figures) -> dict[tuple[str, str], Commi
             out[(hw, c)] = CommitValue(val_bpb=b.val_bpb, samples=b.samples, source=b.source)
             continue
         if (hw, c) in former:
-            v = value_at_decisions(rows, hw, c) or _move_value(rows, hw, c)
+            v = ix.value_at_decisions(hw, c) or ix.move_value(hw, c)
             if v is not None:
                 out[(hw, c)] = CommitValue(val_bpb=v[0], samples=v[1], source="last decision")
                 continue
-        own = [r for r in by_decided(rs) if _num(r.get("mean")) is not None]
+        own = [r for r in rs if _num(r.get("mean")) is not None]
         if own:
             # a discard records best's samples, not the candidate's: count its runs then
             n = int(own[-1].get("samples") or 0) or sum(1 for r in rs if record_status(r) == "ok"

@@ -7,7 +7,6 @@ import logging
 import math
 
 from coordinator.state import figures
-from coordinator.state.figures import record_status  # noqa: F401  (the report's import of it)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +55,3 @@ def _stats(program: str, rs: list[dict], steps: list) -> dict:
                 largest_step=max(deltas) if deltas else None, gpu_hours=gpu_h, llm_cost_usd=cost,
                 gpu_hours_per_keep=gpu_h / c.keeps if c.keeps else None,
                 cost_per_keep=cost / c.keeps if c.keeps else None)
-
-
-def status_counts(rows: list[dict]) -> dict[str, int]:
-    """How many records ended in each status (ok, crash, timeout, invalid)."""
-    out: dict[str, int] = {}
-    for r in rows:
-        s = record_status(r)
-        out[s] = out.get(s, 0) + 1
-    return out

@@ -41,7 +41,7 @@ def main() -> int:
         at = ["--swarm-home", str(s.home.root), "--redis-url", daemon.url]
         assert swarm(["report", *at]) == 0
         html = s.home.reports_dir / "report.html"
-        with Browser() as b:
+        with Browser(timeout=180) as b:   # a loaded machine renders slowly
             b.open(html)
             drawn = b.eval(NODE_COUNT_JS)
             # open the panel of the last merge commit, as a reviewer would click it

@@ -422,8 +422,8 @@ def commit_values(rows: list[dict], fig: Figures, index: Index | None = None) ->
 
 
 def step_index(fig: Figures) -> dict[str, Step]:
-    """Commit -> the step that made it best (merge commits included), and the experiment's own
-    commit -> the same step when it differs (a merge candidate)."""
+    """Commit -> the step that made it best (a merge commit for a merge: its candidate's own
+    commit is not a step)."""
     out: dict[str, Step] = {}
     for b in fig.best.values():
         for s in b.steps:

@@ -75,7 +75,7 @@ def _step_tag(a: dict) -> str:
 
 def _who(a: dict) -> str:
     if a.get("outcome") == "baseline":  # the root: every agent ran it, none made it
-        return "baseline"
+        return "(every agent)"
     return f"{a.get('agent') or '?'}  {a.get('program') or '?'}"
 
 

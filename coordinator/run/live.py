@@ -219,9 +219,9 @@ def plain_line(data: dict) -> str:
     the agents' phases, so a caller prints it only when it differs from the last one."""
     best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))} ({b.get('samples') or 0} samples)"
                      for hw, b in sorted((data.get("best") or {}).items())) or "none"
-    n = data.get("experiments", 0)
+    n, moves = data.get("experiments", 0), data.get("best_moves", 0)
     return (f"[swarm] {n} experiments, {data.get('runs', n)} runs, best {best}, "
-            f"moved {data.get('best_moves', 0)} times{_troubles(data)}")
+            f"moved {moves} time{'s' if moves != 1 else ''}{_troubles(data)}")
 
 
 # --- the end of `swarm run` ---------------------------------------------------------------------

@@ -68,7 +68,12 @@ def best_track(rows: list[dict], hw: str, fig: figures.Figures | None = None) ->
             pts.append((t, mean + d, int(r["samples_best"]), _num(r.get("sigma"))))
     end = max((r.get("finished_at") or 0 for r in rows), default=0)
     if b.val_bpb is not None:
-        pts.append((max(end, pts[-1][0] if pts else end), b.val_bpb, b.samples, b.sigma))
+        # best's value now, from its last run on (its re-measures come after the decisions)
+        last = max((r.get("finished_at") or 0 for r in cls if r.get("commit") == b.commit), default=0)
+        at = max(last, pts[-1][0] if pts else last)
+        pts.append((at, b.val_bpb, b.samples, b.sigma))
+        if end > at:
+            pts.append((end, b.val_bpb, b.samples, b.sigma))
     return pts
 
 
@@ -133,7 +138,8 @@ def write_progress_png(rows: list[dict], path: Path, colors: dict[str, str] | No
     ax.set_ylabel("val_bpb (lower is better)")
     c = fig.counts
     ax.set_title(f"{c.experiments} experiments, {c.runs} runs ({c.jobs} coordinator jobs), "
-                 f"best moved {fig.best_moves} times, {len(classes)} hardware class(es)")
+                 f"best moved {fig.best_moves} time{'s' if fig.best_moves != 1 else ''}, "
+                 f"{len(classes)} hardware class(es)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     plot.tight_layout()

@@ -124,6 +124,8 @@ def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw:
     for c in kids:
         a = G.nodes[c]
         tag = a.get("decision") or a.get("status") or "?"
+        if tag == "sample":  # a commit only jobs trained (a merge no decision holds any more)
+            tag = a.get("outcome") or tag
         if a.get("status") in ("crash", "timeout"):
             tag = a["status"]
         if not G.edges[n, c].get("first_parent", True):

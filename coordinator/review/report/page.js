@@ -189,7 +189,9 @@
   var maxGen = D.nodes.reduce(function (m, n) { return Math.max(m, n.x); }, 0);
   var gd = document.getElementById("dag");
   var traces = [bestPath(), edgeTrace(false), edgeTrace(true)].concat(nodeTraces()).concat([
-    labelTrace(false), labelTrace(true),
+    // hidden from the start when a generation is too narrow for a label (no second drawing)
+    Object.assign(labelTrace(false), { visible: D.label_all &&
+                  gd.clientWidth / (maxGen + 1.3) >= LABEL_PX }), labelTrace(true),
     overlay("suspect move", function (n) { return n.suspect; }, "#d62728", false),
     overlay("contended run", function (n) { return n.contended; }, "#9467bd", true)
   ]);

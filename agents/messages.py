@@ -145,6 +145,7 @@ class Broadcast(_Model):
     commit: str
     val_bpb: float
     seq: int                               # strictly increasing per hardware class
+    samples: int = 0                       # how many samples val_bpb (best's reference mean) rests on
     experiment_id: str | None = None
     decision: DecisionKind | None = None
     published_at: float = Field(default_factory=time.time)

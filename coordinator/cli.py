@@ -91,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(subs, "status", "show the agents, best val_bpb per hardware class and experiments/hour",
              "swarm status")
-    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.add_argument("--json", action="store_true", help="print the status as JSON (the README's "
+                   "'Reviewing results' lists its keys)")
     _home_arg(s)
 
     ln = _sub(subs, "lineage", "print the lineage tree of experiments (or write it as json/dot/graphml)",
               "swarm lineage --format dot --output lineage.dot")
-    ln.add_argument("--all", action="store_true", help="include discarded and crashed experiments")
-    ln.add_argument("--format", choices=["tree", "json", "dot", "graphml"], default="tree")
+    ln.add_argument("--all", action="store_true", help="every trained commit: add the discarded, "
+                    "crashed, pending and carried results (default: best's commits only, in every format)")
+    ln.add_argument("--format", choices=["tree", "json", "dot", "graphml"], default="tree",
+                    help="tree (default): best per hardware class in the terminal; json: networkx "
+                    "node-link data; dot, graphml: for graph tools")
     ln.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     _home_arg(ln)
 

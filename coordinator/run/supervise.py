@@ -48,6 +48,7 @@ class Supervisor:
         self.results: dict[str, dict] = {}
         self.data_source: str | None = None
         self._redis_said = 0.0
+        self._view = None                       # the live view, open until the summary
 
     # --- bring-up -------------------------------------------------------------------------------
 
@@ -169,7 +170,8 @@ class Supervisor:
         from coordinator.run import live
 
         client = redis.Redis.from_url(url)
-        view = _View(self.p.plain)
+        # Closed by _final_summary after its last frame, drawn from the summary's own data.
+        view = self._view = _View(self.p.plain)
         rows, rows_at = [], 0.0
         try:
             while self.refs:
@@ -194,7 +196,6 @@ class Supervisor:
                 except redis.RedisError as e:  # redis restarting: the view waits, the swarm goes on
                     log.debug("live view: %s", e)
         finally:
-            view.close()
             client.close()
 
     def _watch_redis(self) -> None:
@@ -360,23 +361,43 @@ class Supervisor:
             log.info("ledger snapshot: %s", path)
 
     def _final_summary(self, url: str) -> int:
-        """Print the last line; 1 when no proposal of this run was valid (saying why), else 0."""
+        """The live view's last frame and, from the same figures, what happened in words;
+        1 when no proposal of this run was valid (saying why), else 0."""
         import redis
 
         from coordinator.run import live
+        from coordinator.state.home import resolve_home
         client = redis.Redis.from_url(url)
         try:
             rows = _rows(client, self.info)
-            print(live.plain_line(live.gather(client, self.info["swarm_id"], rows)))
+            data = live.gather(client, self.info["swarm_id"], rows, running=False)
         finally:
             client.close()
+        view, self._view = self._view, None
+        if view is not None:
+            view.update(data)
+            view.close()
+        here = self.home.root.resolve() == resolve_home(None).resolve()
+        print(live.summary(rows, data, history=live.noise_history(self._coord_status()),
+                           home_arg="" if here else f" --swarm-home {self.home.root}"), flush=True)
         why = no_valid_proposal(rows, self.results, self.started_at)
         if why:
             print(f"swarm run: {why}", file=sys.stderr, flush=True)
             return 1
         return 0
 
+    def _coord_status(self) -> dict | None:
+        """The coordinator's own status() (for where its noise prior came from), or None."""
+        import ray
+        try:
+            return ray.get(self.coord.status.remote(), timeout=30)
+        except Exception:
+            return None
+
     def _teardown(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:  # the run ended before its summary: give the terminal back
+            view.close()
         with contextlib.suppress(Exception):
             import ray
             if ray.is_initialized():

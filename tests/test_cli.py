@@ -156,3 +156,28 @@ def test_unknown_key_lists_the_closest_and_the_valid_keys(tmp_path):
     _llm_yaml(tmp_path, '{type: litellm, model: "openai/x", timeout: 30}')
     line = _bad(tmp_path, "run", expect="swarm.yaml: backend.timeout: unknown key (did you mean 'timeout_s'?")
     assert "valid keys: type, model" in line
+
+
+def test_errors_name_the_config_file_given(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "other.yaml").write_text("programs: []\n")
+    _bad(tmp_path, "run", "--config", "conf/other.yaml",
+         expect="conf/other.yaml: programs: at least one program is needed")
+    (tmp_path / "conf" / "other.yaml").write_text("programs:\n  - path: nowhere.md\n")
+    _bad(tmp_path, "run", "--config", "conf/other.yaml", expect="conf/other.yaml: programs.0.path: program file")
+
+
+def test_a_swarm_yaml_with_only_a_backend_is_planned_over_the_defaults(tmp_path, monkeypatch):
+    # The checks of `swarm run` (nothing started): a one-line file keeps the shipped programs.
+    from coordinator.cli import build_parser
+    from coordinator.run.swarm import plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWARM_HOME", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\n")
+    p = plan(build_parser().parse_args(["run", "--agents", "6", "--profile", "cpu", "--budget", "5"]))
+    assert sorted(a["program_name"] for a in p.agent_specs) == sorted(
+        ["baseline", "optimizer", "architecture", "schedule", "simplify", "explore"])
+    assert {a["backend"]["type"] for a in p.agent_specs} == {"mutate"}
+    assert not (tmp_path / ".swarm").exists()

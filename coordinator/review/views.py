@@ -136,6 +136,13 @@ def _studies(home: SwarmHome, info: dict, redis_url: str | None) -> list:
 def export(home: SwarmHome, info: dict, args) -> int:
     from coordinator.state.ledger import write_json_rows, write_parquet_rows, write_tsv_rows
 
+    if args.format == "mlflow":
+        from coordinator.track.export import export_mlflow
+        with ledger_rows(home, info, args.redis_url) as (client, rows):
+            n, where = export_mlflow(home.root, info, client, rows, tracking_uri=args.output,
+                                     experiment=args.experiment)
+        print(f"logged {n} records to {where}")
+        return 0
     with ledger_rows(home, info, args.redis_url) as (_, rows):
         pass
     ext = {"parquet": "parquet", "tsv": "tsv", "json": "json"}[args.format]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.backends.auto import resolve_auto
 from agents.backends.base import BackendSpec, backend_config, backend_types
 from agents.messages import PromotionConfig
+from coordinator.track.config import TrackingConfig
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -89,6 +90,7 @@ class SwarmConfig(_Cfg):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     redis: RedisConfig = RedisConfig()
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()   # MLflow / W&B (coordinator/track)
 
     @field_validator("programs")
     @classmethod
@@ -118,7 +120,7 @@ def _expand(value: Any, loc: tuple, source: str, env: dict[str, str]) -> Any:
     key = str(loc[-1]) if loc else ""
     if SECRET_KEY_RE.search(key) and not key.endswith("_env") and not ONLY_ENV_RE.match(value):
         raise ConfigError(f"{source}: {_dotted(loc)}: a secret may only be given as ${{ENV_VAR}}")
-    if key == "url":
+    if key == "url" or key.endswith(("_url", "_uri")):
         pw = urlsplit(value).password if "://" in value else None
         if pw and not ONLY_ENV_RE.match(pw):
             raise ConfigError(f"{source}: {_dotted(loc)}: the password in a URL may only be "

@@ -122,3 +122,14 @@ def test_tracking_is_off_by_default_and_a_missing_package_is_a_config_error(monk
                                           r"installed \(pip install 'autoresearch-swarm\[mlflow\]'\)$"):
         parse_config({"tracking": {"mlflow": {}}}, "swarm.yaml", env={})
     assert TrackingConfig().retry_max_s == 60
+
+
+def test_online_wandb_without_a_key_is_down_with_the_reason_and_never_asks(tmp_path, monkeypatch):
+    from coordinator.track.base import TrackerDown
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    w = WandbWriter(WandbTracking(mode="online", dir=str(tmp_path)), SwarmRun(swarm_id="sw-x"))
+    with pytest.raises(TrackerDown, match=r"W&B project autoresearch-swarm \(online.*no W&B API key"):
+        w.open()
+    assert not (tmp_path / "wandb").exists()

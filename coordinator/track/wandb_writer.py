@@ -28,6 +28,20 @@ def run_id(experiment_id: str) -> str:
     return _ID_BAD.sub("-", experiment_id)[:128]
 
 
+def _has_key() -> bool:
+    """A W&B key in the environment or in ~/.netrc (where `wandb login` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbWriter:
     name = "wandb"
 
@@ -61,6 +75,10 @@ class WandbWriter:
         """Write the swarm's own run (its params) once per session."""
         if self.wandb is not None:
             return
+        if self._mode() == "online" and not _has_key():
+            # wandb would ask for a key on the terminal (the live view's), or fail on each record
+            raise TrackerDown(f"{self.destination()}: no W&B API key (set WANDB_API_KEY or run "
+                              f"`wandb login`; or tracking.wandb.mode: offline)")
         try:
             import wandb
             self.wandb = wandb

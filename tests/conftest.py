@@ -40,12 +40,23 @@ SLOW_MODULES = {
     "test_trainer_manual": "`swarm train` runs the real trainer",
 }
 
+SLOW_TESTS = {   # the heaviest of the rest (CPU seconds of the process tree, measured here)
+    "test_report.py::test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click":
+        "starts Chromium (8.7 s)",
+    "test_rules_null.py::test_null_effects_rarely_promote": "a statistical simulation (7.9 s)",
+    "test_sandbox.py::test_torch_trains_under_the_limits": "trains with torch in the sandbox (5.8 s)",
+    "test_prepare.py::test_two_processes_at_once": "prepares the corpus twice at once (5.5 s)",
+}
+
 
 def _slow_reason(item) -> str | None:
     for name, why in SLOW_FIXTURES.items():
         if name in getattr(item, "fixturenames", ()):
             return why
-    return SLOW_MODULES.get(item.module.__name__.rsplit(".", 1)[-1]) if item.module else None
+    if item.module is None:
+        return None
+    name = item.module.__name__.rsplit(".", 1)[-1]
+    return SLOW_MODULES.get(name) or SLOW_TESTS.get(f"{name}.py::{item.name}")
 
 
 @pytest.hookimpl(tryfirst=True)   # before `-m` selects on the markers

@@ -122,9 +122,10 @@ def _swarm_export(h: History, client, uri: str, experiment: str, extra_env: dict
     kw = client.connection_pool.connection_kwargs
     url = f"redis://:{kw['password']}@127.0.0.1:{kw['port']}/0"
     env = dict(os.environ, SWARM_HOME=str(h.home), **(extra_env or {}))
+    # cwd: a local store puts its artifacts in ./mlruns of the working directory
     return subprocess.run([sys.executable, "-m", "coordinator.cli", "export", "--redis-url", url,
                            "--format", "mlflow", "--output", uri, "--experiment", experiment],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, cwd=h.home.parent, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("store", ["sqlite", "file"])

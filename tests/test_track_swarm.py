@@ -15,6 +15,7 @@ pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 
 
+@pytest.mark.timeout(1800)
 def test_a_real_swarm_is_logged_to_mlflow_and_wandb(tmp_path, prepared_data_dir):
     from coordinator.state.home import SwarmHome, ledger_redis
     from coordinator.state.ledger import Ledger
@@ -24,6 +25,8 @@ def test_a_real_swarm_is_logged_to_mlflow_and_wandb(tmp_path, prepared_data_dir)
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "swarm.yaml").write_text(
         "backend: {type: mutate}\nprograms:\n  - {name: baseline}\n"
+        # few runs: two baseline samples are enough to judge here, no re-measures or confirmations
+        "promotion: {min_dof: 1, best_remeasures: 0, confirm_runs: 0}\n"
         f"tracking:\n  mlflow: {{tracking_uri: '{db}', experiment: e2e}}\n"
         f"  wandb: {{mode: offline, dir: '{tmp_path / 'wb'}', project: e2e}}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "SWARM_", "RAY_"))}

@@ -165,6 +165,13 @@ def export(home: SwarmHome, info: dict, args) -> int:
     from coordinator.state.figures import export_columns
     from coordinator.state.ledger import write_json_rows, write_parquet_rows, write_tsv_rows
 
+    if args.format == "mlflow":
+        from coordinator.track.export import export_mlflow
+        with ledger_rows(home, info, args.redis_url) as (client, rows):
+            n, where = export_mlflow(home.root, info, client, rows, tracking_uri=args.output,
+                                     experiment=args.experiment)
+        print(f"logged {n} records to {where}")
+        return 0
     rows, fig = ledger_figures(home, info, args.redis_url)
     # the ledger's columns, then the figures every view shows (figures.export_columns)
     extra = pa.schema([("outcome", pa.string()), ("on_best", pa.bool_()), ("best_step", pa.int64()),

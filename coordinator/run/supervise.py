@@ -49,6 +49,7 @@ class Supervisor:
         self.data_source: str | None = None
         self._redis_said = 0.0
         self._view = None                       # the live view, open until the summary
+        self.trackers = None                    # coordinator/track: MLflow / W&B followers
 
     # --- bring-up -------------------------------------------------------------------------------
 
@@ -146,6 +147,10 @@ class Supervisor:
             self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
                                            baseline_train_py=_baseline_text())
             self._check_coordinator()
+            if self.p.cfg.tracking.enabled():
+                # a thread that follows the ledger: a tracker never holds up a decision
+                from coordinator.track.follower import start_trackers
+                self.trackers = start_trackers(self.p.cfg.tracking, url, self.info, self.home.root)
             for spec in self.p.agent_specs:
                 self._agent(spec)
             try:
@@ -158,6 +163,8 @@ class Supervisor:
             self._watch_redis()  # the snapshot and the summary read it
             self._close_studies(url)
             self._snapshot()
+            if self.trackers is not None:
+                self.trackers.stop(drain_s=60)   # what is left then, the next swarm run logs
             verdict = self._final_summary(url)
         finally:
             self._teardown()
@@ -398,6 +405,8 @@ class Supervisor:
         view, self._view = self._view, None
         if view is not None:  # the run ended before its summary: give the terminal back
             view.close()
+        if self.trackers is not None:
+            self.trackers.stop(drain_s=0)
         with contextlib.suppress(Exception):
             import ray
             if ray.is_initialized():

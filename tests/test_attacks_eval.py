@@ -73,9 +73,15 @@ os._exit(0)
 STUB = ("G=__import__;B=getattr(open(getattr(G('glob'),'glob')(getattr(G('sys'),'argv')[-1][:-11]+'*bin')[0],"
         "'rb'),'read')();exec(B[getattr(B,'index')(b'#PAY'):])")
 EVIL = 'emb")\n' + STUB + "#"   # the generated line reads `getattr(self, "emb")`, then runs STUB
-NAMED = f'''
+FORGED = '{"id": "x", "val_bpb": 0.04, "num_params": 1}'
+
+
+def named(forged: str = FORGED) -> str:
+    """The model whose parameter name carries STUB; the payload forges `forged` as the reply."""
+    payload = ("#PAY" + PAYLOAD.replace(FORGED, forged)).encode()
+    return f'''
 EVIL = {EVIL!r}
-PAYLOAD = {("#PAY" + PAYLOAD).encode()!r}
+PAYLOAD = {payload!r}
 class Named(Bigram):
     def __init__(self):
         super().__init__()
@@ -85,6 +91,9 @@ class Named(Bigram):
         return self.head(self.emb(idx)) + self._parameters[EVIL]
 model = Named()
 '''
+
+
+NAMED = named()
 
 
 def test_code_in_a_tensor_name_never_runs(tmp_path, prepared_data_dir, untouched):  # noqa: F811

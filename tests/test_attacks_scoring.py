@@ -95,9 +95,9 @@ def test_pickle_member_in_the_artifact_is_never_read(tmp_path, prepared_data_dir
     train.py writes is read any more (the model travels in the submit frame): the run scores the
     submitted bigram and the pickle is never opened."""
     mark = tmp_path / "pwned"
-    text = TINY.replace("model = Bigram()", TAMPER_SAVE.format(mark=str(mark)) + "model = Bigram()")
-    text = text.replace("api.submit(model)", "torch.export.save(torch.export.export(model.eval(), "
-                        "(torch.zeros(2, 8, dtype=torch.long),)), api.RUN_DIR + '/model.pt2')\napi.submit(model)")
+    text = TINY.replace("model = Bigram()", TAMPER_SAVE.format(mark=str(mark)) + "model = Bigram()\n"
+                        "torch.export.save(torch.export.export(model, (torch.zeros(2, 8, dtype=torch.long),)), "
+                        "api.RUN_DIR + '/model.pt2')  # before the clock: an export is slow")
     r = run(tmp_path, text, prepared_data_dir)
     assert r.status == "ok" and r.val_bpb < r.unigram_bpb, r.error
     assert not mark.exists()
@@ -278,11 +278,10 @@ def write(data):
     if len(calls) == 2:
         import time
         t = time.time()
-        for x, y in cached:
-            loss = F.cross_entropy(model(x).view(-1, api.VOCAB_SIZE), y.view(-1))
-            loss.backward(); opt.step(); opt.zero_grad()
-            if time.time() - t > 3:
-                break
+        while time.time() - t < 3:
+            for x, y in cached[-4:]:
+                loss = F.cross_entropy(model(x).view(-1, api.VOCAB_SIZE), y.view(-1))
+                loss.backward(); opt.step(); opt.zero_grad()
     _write(data)
 A._write = write
 api.submit(model)
@@ -402,7 +401,7 @@ def _first(graph: dict, op: str) -> list:
 @pytest.mark.parametrize("case, reason", [
     ("honest", None),
     ("foreign op", "op not allowed: aten.sort.default"),
-    ("python in the op name", "op not allowed: __import__('os').system('true')"),
+    ("python in the op name", "op not allowed: __import__??os??.system??true??"),
     ("code in a tensor name", "tensor 0 has a name that is not a dotted identifier"),
     ("a tensor not submitted", "node 0: refers to a tensor that was not submitted"),
     ("a value not computed yet", "refers to a value not computed before it"),

@@ -206,7 +206,7 @@ def check_graph(graph: object, shape: tuple[int, int] | None = None) -> int:
             raise ArtifactError(f"node {n} is not [op, args, kwargs]")
         op, args, kwargs = node
         if op not in ALLOWED_OPS:
-            raise ArtifactError(f"op not allowed: {str(op)[:100]}")
+            raise ArtifactError(f"op not allowed: {re.sub(r'[^A-Za-z0-9_.]', '?', str(op)[:100])}")
         for a in args:
             _check_arg(a, n, len(tensors), c)
         for k, a in kwargs.items():

@@ -87,7 +87,8 @@ def _score_rows(model, rows: list, token_bytes: np.ndarray, device: str) -> tupl
 # the row was scored, within PROBE_TOL nats (log-softmax values, floored at LOGP_FLOOR: a huge
 # logit shifts nothing, and a peek that hides under the tolerance gains at most PROBE_TOL nats a
 # token, 6e-5 bpb at 2.5 bytes a token). Honest models give bit-identical values: a position's
-# logits are computed from the same prefix by the same kernels (checked on CPU and on an H200).
+# logits are computed from the same prefix by the same kernels on the same shapes (checked on CPU
+# for the baseline; on GPU the same holds for deterministic kernels, not yet measured here).
 #
 # Every scored row is probed K times, in batches of rows drawn at random across the split (rows
 # of one scored batch do not meet again, so reading another row shows as well), after all rows

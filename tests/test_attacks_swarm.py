@@ -24,16 +24,20 @@ print("DESCRIPTION: a faster head")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_a_forged_score_is_never_promoted(tmp_path):
     # the forged reply also carries a confirm score, as a careful forger's would
     text = hostile(named(FORGED.replace('"num_params"', '"confirm_bpb": 0.05, "num_params"')))
     assert "confirm_bpb" in text
     cli = tmp_path / "cli.py"
     cli.write_text(CLI.format(text=text))
+    # the cheapest rules under which a result can move best at all (two baseline samples, no
+    # confirmation or re-measure runs), so that one agent gets to its experiment in minutes
     (tmp_path / "swarm.yaml").write_text(
         "backend: {type: command, timeout_s: 120, template: '" + sys.executable + " " + str(cli) + " {train_py}'}\n"
-        "programs:\n  - {name: baseline}\n")
-    r = _swarm(tmp_path, "run", "--agents", "1", "--budget", "8", "--max-experiments", "1", "--plain", timeout=900)
+        "programs:\n  - {name: baseline}\n"
+        "promotion: {min_dof: 1, confirm_runs: 0, best_remeasures: 0}\n")
+    r = _swarm(tmp_path, "run", "--agents", "1", "--budget", "8", "--max-experiments", "1", "--plain", timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     home, data = tmp_path / "home", tmp_path / "data"
 
@@ -45,12 +49,12 @@ def test_a_forged_score_is_never_promoted(tmp_path):
     assert counts["started"] == counts["records"]
 
     git = ["git", "--git-dir", str(home / "repo.git")]
-    refs = subprocess.run(git + ["for-each-ref", "--format=%(refname)", "refs/heads/best*"],
-                          capture_output=True, text=True, check=True).stdout.split()
-    assert refs, "no best ref"
-    for ref in refs:
-        best = subprocess.run(git + ["show", f"{ref}:train.py"], capture_output=True, text=True, check=True).stdout
-        assert "class Named" not in best and "GPT" in best  # still the baseline
+    refs = subprocess.run(git + ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/best"],
+                          capture_output=True, text=True, check=True).stdout.split("\n")
+    root = subprocess.run(git + ["rev-parse", "refs/swarm/root"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    refs = [ln.split() for ln in refs if ln.strip()]
+    assert refs and all(sha == root for sha, _ in refs), (refs, root)  # best is still the baseline
     st = json.loads(_swarm(tmp_path, "status", "--json").stdout)
     assert st["runs"] == len(rows)
     # nothing of the swarm is left running: no sandbox, no evaluator, no daemon

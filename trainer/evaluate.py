@@ -52,7 +52,7 @@ def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], to
         if req.confirm_below is not None and out.val_bpb < req.confirm_below:
             out.confirm_bpb = score_split(model, confirm().rows, token_bytes, device=req.device,
                                           seed=int(seeds[1].generate_state(1)[0]), seconds=out.seconds,
-                                          key="confirm", batch=model.shape[0])
+                                          key="confirm", batch=model.shape[0], k=1)
     except MetricError as e:
         out.error = str(e)
     except OpFailed as e:

@@ -104,7 +104,9 @@ def _score_rows(model, rows: list, token_bytes: np.ndarray, device: str) -> tupl
 # V=1024 (6.2 for 8192), i.e. G = 2.5 bpb at 2.5 bytes a token. Its expected gain over N probes
 # is then at most max_f f G (1-f)^N = G / (e N): 0.0021 bpb for N = 448 (the cpu profile, 224
 # rows x 2), under a quarter of the 0.011 sigma of 30 s runs; 1e-4 bpb on the gpu profile (10240
-# rows x 1). Each re-measure of a candidate draws its probes again.
+# rows x 1). Each re-measure of a candidate draws its probes again. Confirm rows (scored for
+# near-winners only, as a guard) are probed once each: a pure graph cannot tell which split a row
+# comes from, so the val probes already bound what it gains on rows drawn like them.
 PROBE_TOL = 1e-4
 LOGP_FLOOR = -100.0
 PROBES_MIN = 400
@@ -125,10 +127,10 @@ def regroup(rows: list, batch: int) -> list:
 
 def score_split(model: Callable[[torch.Tensor], torch.Tensor], rows: list, token_bytes: np.ndarray, *,
                 seed: int, device: str = "cpu", seconds: dict | None = None, key: str = "val",
-                batch: int | None = None) -> float:
+                batch: int | None = None, k: int | None = None) -> float:
     """Bits per byte of `model` on `rows` (see bpb_of_batches), then the causality probes above
-    on every scored row. `batch`: the rows the model takes at once (default: as `rows` come).
-    Raises MetricError with one of REASONS."""
+    on every scored row, `k` times each (default: probes_per_row). `batch`: the rows the model
+    takes at once (default: as `rows` come). Raises MetricError with one of REASONS."""
     if batch:
         rows = regroup(rows, batch)
     t = time.monotonic()
@@ -136,7 +138,7 @@ def score_split(model: Callable[[torch.Tensor], torch.Tensor], rows: list, token
     if seconds is not None:
         seconds[key] = time.monotonic() - t
     t = time.monotonic()
-    check_probes(model, rows, torch.cat(lps), len(token_bytes), seed=seed, device=device)
+    check_probes(model, rows, torch.cat(lps), len(token_bytes), seed=seed, device=device, k=k)
     if seconds is not None:
         seconds[f"{key}_probe"] = time.monotonic() - t
     return bpb

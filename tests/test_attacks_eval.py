@@ -3,8 +3,9 @@ real runner, the real training sandbox and the real evaluator sandbox. Each asse
 outcome and that nothing persisted (no process of the run left, the data and the locked package
 unchanged, the run dir holding only what the runner wrote).
 
-Every test here got through on the code before this file (a forged or peeking score came back
-`ok`, or text built from val came back in the error); see each docstring."""
+Every attack here got through on the code before this file (a forged or peeking score came back
+`ok`, or text built from val came back in the error; checked): see each docstring. The last two
+tests check the honest path and the evaluator's clean-up after each worker."""
 from __future__ import annotations
 
 import math

@@ -50,7 +50,7 @@ if str(_HERE.parent) not in sys.path:
 
 from agents.messages import PromotionConfig  # noqa: E402
 from bench.landscape import Bowls, Landscape  # noqa: E402
-from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402,F401
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
 TARGET_FRACTION = 0.5  # speed-to-target: true gain of best >= this share of the landscape's maximum

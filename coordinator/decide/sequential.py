@@ -265,7 +265,16 @@ def look(diff_raw: float, n_cand: int, n_ref: int, sigma: float, dof: int, desig
     info = info_of(n_cand, n_ref)
     se = sigma / math.sqrt(info)
     diff = diff_raw - line_cost
-    if se <= 0 or dof < 1 or not looks:
+    if se <= 0:
+        # No noise at all (a deterministic runner): the difference is known exactly. Within
+        # half of min_delta of it, one confirmation (as the rule before the sequential test).
+        m = min_delta + line_cost
+        if diff >= min_delta:
+            return Look(diff, 0.0, _FAR, 0.0, 0.0, m, m, info, True)
+        again = diff >= 0.5 * min_delta and n_cand == 1
+        return Look(diff, 0.0, 0.0, _FAR, -_FAR if again else _FAR, m, m - min_delta / 2, info, not again,
+                    big_enough=False)
+    if dof < 1 or not looks:
         return Look(diff, se, 0.0, math.inf, -math.inf, math.inf, -math.inf, info, False)
     bounds = boundaries(looks, design)
     upper, lower = bounds[-1] if len(bounds) == len(looks) else (bounds[-1][0], bounds[-1][0])

@@ -198,7 +198,7 @@ class PromotionConfig(_Model):
                          "(the coordinator schedules repeats of the baseline until then; noise history "
                          "counts): with fewer, even the Student-t margin rests on a sigma that is often "
                          "half the true one")
-    best_remeasures: int = Field(2, ge=0, description="top-priority runs (new seeds) of each new best until "
+    best_remeasures: int = Field(4, ge=0, description="top-priority runs (new seeds) of each new best until "
                                  "it has this many samples besides the experiment run that made it a "
                                  "winner (that one is left out of best's mean: it was selected for being low)")
     history_dof_max: int = Field(24, ge=0, description="noise measured by earlier swarms of the same "

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MOVES = ("promote", "simplification")
 DEFAULT_LEASE_S = 900.0  # before any run says how long runs take
 CONTENDED_MAX = 8  # contended repeats of one best before the coordinator stops asking for more
+PARENT_CONFIRMS = 2  # confirmations of an off-best result that only its own parent's test asks for
 VERIFY_STAGES = ("verify", "verify-alone", "verify-pool")
 
 
@@ -141,7 +142,9 @@ class Judging:
                                   winner=beat_best)
         if vb.decision == "pending":
             return self._pool_or_confirm(rec, best, text if clean else None, vb, info)
-        if vp is not None and vp.decision == "pending":
+        if vp is not None and vp.decision == "pending" and cs.n < 1 + PARENT_CONFIRMS:
+            # Against its parent (which no job re-measures) more runs of the candidate soon say
+            # little: a few at most (research bench: one result took 15 against a 2-run parent).
             return self._pool_or_confirm(rec, best, text if clean else None, vp, info)
         why = vb.reason if vp is None else f"{vb.reason} against best; {vp.reason} against its parent"
         # Off best, its own effect is what it gained over its parent.
@@ -317,8 +320,10 @@ class Judging:
         if self.book.contended(hw, best) >= CONTENDED_MAX:
             return
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
-        want = max(self.cfg.best_remeasures - self.book.unselected(hw, best).n,
-                   len(self._waiting_for_best(hw, best)))
+        # The root was never selected: its first round is all its re-measure (with noise history
+        # a swarm starts experiments after one baseline run per agent).
+        remeasure = 0 if best == self.root else self.cfg.best_remeasures - self.book.unselected(hw, best).n
+        want = max(remeasure, len(self._waiting_for_best(hw, best)))
         need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
         for _ in range(max(0, need)):
             self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")

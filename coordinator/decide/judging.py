@@ -92,7 +92,7 @@ class Judging:
         if p_is_best:
             text, clean = self.commits.text(C), True
         else:
-            base = self.repo.merge_base(C, best)
+            base = self._merge_base(C, best)  # cached: a pending result is judged again and again
             base_text = self.commits.text(base) if base else ""
             text, clean = merge_texts(base_text, self.commits.text(best), self.commits.text(C))
         direct = clean and text == self.commits.text(C)   # onto best, its change is itself

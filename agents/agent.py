@@ -79,9 +79,7 @@ class ResearchAgent:
         # The run in flight's own cancel: set by a hard stop, or when the verification it runs
         # is moot (best moved off the commit it must beat: the coordinator cancelled the job).
         self._run_cancel = threading.Event()
-        self._verifying: str | None = None   # the best a verification job in flight must beat
         self._job_gone: str | None = None
-        self._checked = 0.0
         self._lock = threading.Lock()
         self.parent_val: float | None = None   # the coordinator's mean for the head (else one run)
         self.line_margin: float | None = None  # the margin the coordinator judged the head with
@@ -416,12 +414,19 @@ class ResearchAgent:
             self._start_prep(parent, base_source, description)
         confirm = float("inf") if kind != "experiment" else (
             self.parent_val * 1.02 if self.parent_val is not None else None)
-        self._verifying, self._job_gone = (parent if kind == "verify" else None), None
+        self._job_gone = None
+        self._run_cancel = threading.Event()  # this run's (and its fixes'): a stop sets it too
+        if self._cancel.is_set():
+            self._run_cancel.set()
+        done = threading.Event()
+        if kind == "verify":  # watched from its own thread: never from the runner's serve loop
+            threading.Thread(target=self._watch_verification, args=(parent, done), daemon=True,
+                             name=f"{self.cfg.name}-verify-watch").start()
         try:
             run = _Attempt(result=self._run(run_dir, source, seed, confirm), source=source,
                            commit=commit, proposal=proposal)
         finally:
-            self._verifying = None
+            done.set()
         run.reason = run.result.error
         if run.result.status == "crash" and self._job_gone and not self._cancel.is_set():
             run.reason = f"cancelled: {self._job_gone}"
@@ -499,10 +504,6 @@ class ResearchAgent:
         self.progress = 0.0
         self._beat(force=True)
         cfg = self.cfg
-        self._run_cancel = threading.Event()
-        if self._cancel.is_set():
-            self._run_cancel.set()
-        self._checked = 0.0
         try:
             return self.runner(run_dir / EDITABLE, run_dir, budget=cfg.budget, seed=seed,
                                profile=cfg.profile, device=cfg.device,
@@ -531,27 +532,26 @@ class ResearchAgent:
             self.inflight.update(pgid=ev.pgid, run_dir=ev.run_dir)
         elif isinstance(ev, Progress):
             self.progress = ev.progress
-        self._check_verification()
         self._beat()
 
-    def _check_verification(self) -> None:
+    def _watch_verification(self, parent: str, done: threading.Event) -> None:
         """A verification job whose best moved is moot (the coordinator cancelled it and will
-        merge the candidate onto the new best): stop the run. Asked when the run starts, then
-        every heartbeat_s."""
-        parent = self._verifying
-        now = time.monotonic()
-        if parent is None or self._job_gone or (self._checked and now - self._checked < self.cfg.heartbeat_s):
-            return
-        self._checked = now
-        try:
-            best = self.port.best(self.hw)
-        except Exception as e:  # the coordinator unreachable: the run goes on
-            log.debug("%s: best not known during a verification: %s", self.cfg.name, e)
-            return
-        if best is not None and best.commit != parent:
-            self._job_gone = f"best moved to {best.commit[:10]} during the verification"
-            log.info("%s: stopping the verification run: %s", self.cfg.name, self._job_gone)
-            self._run_cancel.set()
+        merge the candidate onto the new best): stop its run. Asked as the run starts, then
+        every heartbeat_s until it ends."""
+        while not done.is_set():
+            try:
+                best = self.port.best(self.hw)
+            except Exception as e:  # the coordinator unreachable: the run goes on
+                log.debug("%s: best not known during a verification: %s", self.cfg.name, e)
+                best = None
+            if done.is_set():
+                return
+            if best is not None and best.commit != parent:
+                self._job_gone = f"best moved to {best.commit[:10]} during the verification"
+                log.info("%s: stopping the verification run: %s", self.cfg.name, self._job_gone)
+                self._run_cancel.set()
+                return
+            done.wait(self.cfg.heartbeat_s)
 
     def _record(self, eid: str, *, kind: str, parent: str, commit: str | None, description: str,
                 status: str, reason: str | None, proposal: Proposal | None, started_at: float,

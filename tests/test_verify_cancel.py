@@ -49,11 +49,13 @@ def test_a_verification_whose_best_moves_is_stopped_and_merged_again(tmp_path, r
     t = threading.Thread(target=agent._iteration)  # takes the verification job and trains it
     t0 = time.monotonic()
     t.start()
-    for _ in range(200):
-        if agent._verifying is not None and agent.phase == "train":
+    for _ in range(300):
+        held = [st for st in coord.jobs.open_jobs(HW, "verify") if st.agent == "r0"]
+        if held and agent.phase == "train":
             break
         time.sleep(0.02)
-    assert agent._verifying == rA.commit
+    assert held and held[0].job.parent == rA.commit
+    time.sleep(0.3)  # it trains
     rC, dC = f[0].experiment(coord, rA.commit, "C up", C=1)     # best moves while it runs
     assert dC.decision == "promote"
     t.join()

@@ -26,30 +26,33 @@ def coord(tmp_path, redis_url, cfg):
     return Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
 
 
-def test_a_candidate_as_well_measured_as_best_asks_for_a_sample_of_best(coord, tmp_path):
-    """Best has 2 samples since it moved; a candidate with 2 of its own that is still inside
-    the margin waits for a run of best (a repeat any agent may take), and is judged again when
-    it comes."""
+def test_a_candidate_better_measured_than_best_asks_for_a_sample_of_best(coord, tmp_path):
+    """Best has best_remeasures samples since it moved; a candidate still inside the margin gets
+    confirmations until it has more samples than best, then waits for a run of best (a repeat
+    any agent may take), and is judged again when it comes."""
     a = agents_for(coord, tmp_path)
     warm_up(coord, a)
     rA, dA = experiment(coord, a[0], coord.root, "A up", A=1)
     assert dA.decision == "promote"
     run_jobs(coord, a)  # best's re-measures: best_remeasures samples of it besides the winner's run
     mean = coord.book.ref(HW, rA.commit).mean
-    assert coord.book.ref(HW, rA.commit).n == coord.cfg.best_remeasures
-    r, d = experiment(coord, a[1], rA.commit, "Z on", Z=1, val=mean - 0.0035)
+    n_best = coord.book.ref(HW, rA.commit).n
+    assert n_best == coord.cfg.best_remeasures
+    m = coord._class_margin(HW)
+    r, d = experiment(coord, a[1], rA.commit, "Z on", Z=1, val=mean - 0.5 * m)
     assert d.decision == "pending" and d.waits == "candidate"
-    job = job_of(coord, "a2")
-    assert job.kind == "confirm"
-    rec = a[2].record(job.commit, job.parent, kind="confirm", job=job, val=mean - 0.0035)
-    coord.report(rec)
-    d = coord.decisions[r.experiment_id]
-    assert d.decision == "pending" and d.waits == "best" and len(d.looks) == 2, d
+    for k in range(n_best):  # confirmations just inside the margin
+        job = job_of(coord, "a2")
+        assert (job.kind, job.commit) == ("confirm", r.commit), job
+        coord.report(a[2].record(job.commit, job.parent, kind="confirm", job=job, val=mean - 0.5 * m))
+        d = coord.decisions[r.experiment_id]
+        assert d.decision == "pending" and len(d.looks) == k + 2, d
+    assert d.waits == "best" and coord.book.of(HW, r.commit).n == n_best + 1, d
     job = job_of(coord, "a2")
     assert (job.kind, job.commit) == ("baseline", rA.commit)
     coord.report(a[2].record(job.commit, job.parent, kind="baseline", job=job, val=mean))
     d = coord.decisions[r.experiment_id]
-    assert len(d.looks) == 3 and d.samples_best == coord.cfg.best_remeasures + 1, d
+    assert len(d.looks) == n_best + 2 and d.samples_best == n_best + 1, d
 
 
 def test_best_is_compared_by_its_confirmations_not_by_the_run_that_made_it_a_winner(coord, tmp_path):

@@ -69,7 +69,7 @@ BEST = (2.0, 2.002, 1.998)
     ((2.001, 2.0005), -3, "simplification", None),  # ... and confirmed
     ((2.02,), -3, "discard", None),          # removes lines but clearly worse
     ((1.9935,), 200, "pending", "candidate"),  # would promote with no added lines; 200 lines cost 0.004
-    ((1.997, 1.996, 1.997), 0, "pending", "best"),  # as many samples as best: best's turn
+    ((1.997, 1.996, 1.997, 1.997), 0, "pending", "best"),  # more samples than best: best's turn
 ])
 def test_judge(cand, net, expect, nxt):
     cfg = PromotionConfig(min_delta=0.001, cost_per_line=2e-5)

@@ -98,8 +98,9 @@ def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_a
     by at most max(min_delta, simplify_tolerance_k*se), and has been confirmed (>= 2 samples;
     with confirm_runs 0, one). discard: the ratio fell to beta (futility), or the candidate has
     1 + confirm_runs samples and the test did not end. Else pending: one more sample, of the
-    reference when it has no more samples than the candidate (and `sample_ref`: best can be
-    re-measured, a parent is not), else of the candidate.
+    reference when it has fewer samples than the candidate (and `sample_ref`: best can be
+    re-measured, a parent is not), else of the candidate. (Fewer, not "no more": a 2-agent,
+    20-run swarm with noise history moved best in 17 of 24 seeds against 12.)
     """
     diff = ref.mean - cand.mean
     looks = sequential.next_looks(tuple(looks), sequential.info_of(cand.n, ref.n))
@@ -128,7 +129,7 @@ def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_a
             return v("discard", f"better by {diff:.4f} but under the floor {lk.floor:+.4f} of the "
                      f"sequential test (margin {m:.4f}, n={cand.n}, best n={ref.n})")
         return v("discard", f"not better ({diff:+.4f})")
-    nxt = "best" if sample_ref and ref.n <= cand.n else "candidate"
+    nxt = "best" if sample_ref and ref.n < cand.n else "candidate"
     if nxt == "candidate" and not can_confirm:
         return v("discard", f"better by {diff:.4f} but inside margin {m:.4f} after {cand.n} "
                  f"samples (best n={ref.n}): the test ends undecided")

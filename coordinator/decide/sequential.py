@@ -8,7 +8,7 @@ is an estimate) and the information is I = 1/(1/n_c + 1/n_b) samples' worth (1/s
 1/sigma^2). Looks come with every new sample of the candidate or of best; the first look is the
 experiment's own run.
 - promote when z >= u_k (and D >= min_delta); stop for futility (discard) when z <= l_k; else one
-  more sample: of best while it has no more samples than the candidate (best's samples serve
+  more sample: of best while it has fewer samples than the candidate (best's samples serve
   every candidate judged against it), else of the candidate.
 - u_k spends the false-promotion budget `alpha` along the information fraction t = I / I_max as
   alpha * t^rho_alpha: exactly that much probability of a promotion by look k when nothing is

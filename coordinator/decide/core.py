@@ -85,6 +85,7 @@ class Coordinator(Judging, Pooling):
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
+        self._chains: dict[str, set[str]] = {}  # per class: best's first-parent history (judging.py)
         self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
         self._init_pools()
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
@@ -94,7 +95,7 @@ class Coordinator(Judging, Pooling):
     def _rebuild(self) -> None:
         """Throw the caches away and fill them again from redis and git."""
         for cache in (self.records, self.decisions, self.started, self.order, self.classes,
-                      self._bests, self._todo):
+                      self._bests, self._chains, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
@@ -320,6 +321,8 @@ class Coordinator(Judging, Pooling):
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
         self.book.start_fresh(hw, new)
+        if hw in self._chains:
+            self._chains[hw].add(new)
         self.best_keys.publish(hw, new, rec.experiment_id, kind)
         self._best_moved(hw, old, new, d)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,

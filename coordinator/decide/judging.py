@@ -67,6 +67,14 @@ class Judging:
         if r is not None and r.total_seconds:
             self.jobs.lease_s = max(self.jobs.lease_s, 1.5 * r.total_seconds + 60.0)
 
+    def _best_chain(self, hw: str, best: str) -> set[str]:
+        """The commits on best's first-parent history (every best this class had), kept up to
+        date as best moves (core._move_best)."""
+        chain = self._chains.get(hw)
+        if chain is None or best not in chain:
+            chain = self._chains[hw] = set(self.repo.first_parent_history(best))
+        return chain
+
     def _followups(self) -> list:
         if not hasattr(self, "_todo"):
             self._todo: list[tuple[str, str]] = []
@@ -92,7 +100,9 @@ class Judging:
         if p_is_best:
             text, clean = self.commits.text(C), True
         else:
-            base = self._merge_base(C, best)  # cached: a pending result is judged again and again
+            # A result made on an earlier best (most off-best results): that best is the merge
+            # base, no git call (merge-base forks were 16% of the decision time at 256 agents).
+            base = P if P in self._best_chain(hw, best) else self._merge_base(C, best)
             base_text = self.commits.text(base) if base else ""
             text, clean = merge_texts(base_text, self.commits.text(best), self.commits.text(C))
         direct = clean and text == self.commits.text(C)   # onto best, its change is itself

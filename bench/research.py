@@ -111,6 +111,8 @@ def _independent(conf: Config, seed: int, runs: int, workdir: Path, redis_url: s
         for k in ("experiments", "moves", "lost_winners", "true_wins", "true_wins_reached",
                   "baseline_root", "remeasures"):
             setattr(agg, k, getattr(agg, k) + getattr(p, k))
+        for k, v in p.kinds.items():
+            agg.kinds[k] = agg.kinds.get(k, 0) + v
     return agg
 
 

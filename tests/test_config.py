@@ -33,8 +33,8 @@ def test_unknown_keys_are_named_with_their_dotted_path():
                                                               "modle": "x"}}]})
     assert msg.startswith("swarm.yaml: programs.0.backend.modle: unknown key (did you mean 'model'? "
                           "valid keys: type, model, api_base")
-    assert _err({"promotion": {"kk": 1}}).startswith("swarm.yaml: promotion.kk: unknown key (did "
-                                                     "you mean 'k'? valid keys: min_delta, k,")
+    assert _err({"promotion": {"alpah": 1}}).startswith("swarm.yaml: promotion.alpah: unknown key (did "
+                                                        "you mean 'alpha'? valid keys: min_delta, alpha,")
     # nothing close: only the valid keys
     assert _err({"agents": {"zzz": 1}}) == ("swarm.yaml: agents.zzz: unknown key (valid keys: "
                                             "count, gpus, cpus_per_agent, resource)")

@@ -47,6 +47,7 @@ class Supervisor:
         self._waiting_said = 0.0
         self.results: dict[str, dict] = {}
         self.data_source: str | None = None
+        self.history = None   # NoiseHistorySpec: `describe(self.history, hw)` says what it holds
         self._redis_said = 0.0
         self._view = None                       # the live view, open until the summary
         self.trackers = None                    # coordinator/track: MLflow / W&B followers
@@ -78,6 +79,17 @@ class Supervisor:
         self.data_source = source if source in _HUB_SOURCES else None
         log.info("preparing data (%s) for profile %s", source, self.p.profile)
         return prepare(source, [self.p.profile], d.dir)
+
+    def _history(self):
+        """Where the noise measured by earlier swarms lives (beside the prepared data), keyed by
+        profile, budget and apparatus fingerprint (coordinator/decide/history.py)."""
+        from coordinator.decide.history import history_spec
+        try:
+            self.history = history_spec(self.data_dir, self.p.profile, self.p.cfg.budget)
+        except Exception as e:  # no history is today's behaviour, never a failure
+            log.warning("noise history unavailable: %s", e)
+            self.history = None
+        return self.history
 
     def _ray(self) -> None:
         from agents.raylocal import start_local_ray
@@ -145,7 +157,7 @@ class Supervisor:
             self._ray()
             from coordinator.decide.actor import coordinator_actor
             self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
-                                           baseline_train_py=_baseline_text())
+                                           baseline_train_py=_baseline_text(), history=self._history())
             self._check_coordinator()
             if self.p.cfg.tracking.enabled():
                 # a thread that follows the ledger: a tracker never holds up a decision

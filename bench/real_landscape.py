@@ -135,7 +135,9 @@ class RealLandscape:
         with self._lock:
             v = self._cache.get(key)
         if v is None:
-            v = float(self.gp.predict(np.array([self.scale(point)]))[0])
+            # Inside the measured box only: a point outside is read at its edge, never extrapolated.
+            x = np.clip(np.array([self.scale(point)]), 0.0, 1.0)
+            v = float(self.gp.predict(x)[0])
             with self._lock:
                 self._cache[key] = v
         return v
@@ -210,9 +212,23 @@ class RealLandscape:
         return "ok", self.true_bpb(text) + rng.gauss(0.0, self.sigma)
 
     def program_space(self, name: str) -> dict:
-        """A shipped program's search space cut to the measured knobs (its own step sizes)."""
+        """A shipped program's search space cut to the measured knobs and to their measured
+        ranges (its own step sizes): outside the measured box the GP only extrapolates (the
+        shipped `explore` program's DEPTH 1 and MATRIX_LR 0.5 read as gains no run showed)."""
         prog = load_program(PROGRAMS_DIR / f"{name}.md")
-        return {k: v for k, v in prog.search_space.items() if k in self.space}
+        out = {}
+        for k, v in prog.search_space.items():
+            m = self.space.get(k)
+            if m is None:
+                continue
+            if isinstance(v, ChoiceParam):
+                lo, hi = (m.values[0], m.values[-1]) if isinstance(m, ChoiceParam) else (m.min, m.max)
+                vals = [x for x in v.values if isinstance(x, (int, float)) and lo <= x <= hi]
+                if len(vals) >= 2:
+                    out[k] = v.model_copy(update={"values": vals})
+            elif not isinstance(m, ChoiceParam):
+                out[k] = v.model_copy(update={"min": max(v.min, m.min), "max": min(v.max, m.max)})
+        return out
 
     @functools.cached_property
     def program_names(self) -> list[str]:

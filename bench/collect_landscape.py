@@ -178,6 +178,39 @@ def machine() -> dict:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
+def drop_slow(out: Path, fraction: float, shape_knobs: list[str]) -> int:
+    """Runs trained on a loaded machine: the budget is wall clock, so another job on the same
+    core cuts a run's steps (seen here: the baseline's 114 steps fell to 57-77 while other work
+    shared the core). Among runs of one compute shape (the knobs that change the work per token;
+    the learning rates and the schedule do not), tokens/s is the machine's speed: runs more
+    than `fraction` below their shape's median are moved aside, to be trained again."""
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    speed: dict[str, list[float]] = {}
+
+    def shape(r):
+        return json.dumps({k: r["point"].get(k) for k in shape_knobs}, sort_keys=True)
+
+    def tps(r):
+        return (r.get("tokens") or 0) / (r.get("training_seconds") or 1.0)
+
+    for r in rows:
+        if r["status"] == "ok":
+            speed.setdefault(shape(r), []).append(tps(r))
+    med = {k: sorted(v)[len(v) // 2] for k, v in speed.items()}
+    keep, slow = [], []
+    for r in rows:
+        m = med.get(shape(r))
+        (slow if r["status"] == "ok" and m and tps(r) < (1 - fraction) * m else keep).append(r)
+    if slow:
+        with out.with_suffix(".slow.jsonl").open("a") as f:
+            for r in slow:
+                f.write(json.dumps(r) + "\n")
+        out.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    print(f"drop-slow: {len(slow)} of {len(rows)} runs more than {fraction:.0%} below their shape's "
+          f"median tokens/s moved to {out.with_suffix('.slow.jsonl').name}", flush=True)
+    return len(slow)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
@@ -195,6 +228,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", default=None, help="pin the runs to these cores (taskset list, e.g. 0)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--dry-run", action="store_true", help="print the design and exit")
+    ap.add_argument("--drop-slow", type=float, default=None, metavar="FRACTION",
+                    help="move runs whose tokens/s is more than FRACTION below the median of the runs of "
+                         "the same compute shape (--shape-knobs) to <out>.slow.jsonl, then re-run them")
+    ap.add_argument("--shape-knobs", default="DEPTH",
+                    help="the knobs that change the model's compute per token (comma list)")
     a = ap.parse_args(argv)
 
     from trainer import baseline_path
@@ -215,6 +253,8 @@ def main(argv=None) -> int:
 
     out = Path(a.out or _HERE / "data" / f"real-{a.profile}-b{a.budget:g}-t{a.threads}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if a.drop_slow is not None and out.exists():
+        drop_slow(out, a.drop_slow, a.shape_knobs.split(","))
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():

@@ -23,7 +23,7 @@ class Profile:
     memory_mb: int          # per process in the training and evaluation sandboxes (RLIMIT_DATA) and in total
     max_procs: int          # tasks (threads included) in a sandbox
     max_batch_tokens: int   # tokens in one batch a train.py may ask for
-    max_artifact_mb: int    # submitted weights, and model.pt2, each at most this
+    max_artifact_mb: int    # the tensors of the submit frame at most this (its graph: serve.MAX_GRAPH_BYTES)
     scratch_mb: int         # the training sandbox's scratch (a private tmpfs): its disk quota
 
 

@@ -1,15 +1,13 @@
 """The runner's plumbing around one sandbox (locked): its log pipe into run.log (capped), the
-log's tail and last error line, files copied out of its scratch after it is dead, and ending
+log's tail and last error line, the files put into its scratch, and ending
 its process group."""
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -82,28 +80,6 @@ class LogPump(threading.Thread):
                 os.close(self.fd)
             if self.dropped:
                 f.write(f"\n[run.log capped at {LOG_CAP >> 20} MB: {self.dropped} bytes dropped]\n".encode())
-
-
-def copy_out(src: str | Path, dst: Path, max_bytes: int, dir_fd: int | None = None) -> str | None:
-    """Copy a file the sandbox wrote (after it is dead) without following links: `src` relative
-    to `dir_fd` (the sandbox's scratch) when given. None, or why not."""
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return "not a regular file" if e.errno == errno.ELOOP else f"unreadable ({e.strerror})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size > max_bytes:
-            return f"{st.st_size >> 20} MB, over the {max_bytes >> 20} MB limit"
-        with os.fdopen(os.dup(fd), "rb") as f, open(dst, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
-    finally:
-        os.close(fd)
-    return None
 
 
 def put_in(dir_fd: int, name: str, src: Path) -> None:

@@ -20,9 +20,9 @@ the Python install): an empty tmpfs for a folder, /dev/null for a file.
 
 The scratch: with `spec.quota_mb` it is a private tmpfs of that size at SCRATCH_INSIDE (the
 disk quota: an 8 GiB fallocate fails with ENOSPC), never a host folder; the runner reaches it
-from outside through the harness's root (open_scratch): it writes train.py in before the run
-and reads model.pt2 out after the sandbox is dead, through a directory fd that keeps the tmpfs
-alive. `spec.scratch` is then only the supervisor's working directory on the host (how a
+from outside through the harness's root (open_scratch): it writes train.py and the tokenizer in before
+the run, through a directory fd; nothing is ever read out of it (the graph and the weights come
+over the submit pipe). `spec.scratch` is then only the supervisor's working directory on the host (how a
 restarted agent recognises the group as its run's). Without quota_mb, `spec.scratch` is bound
 read-write at its own path (the evaluator's scratch).
 

@@ -1,6 +1,6 @@
 """Standby training sandboxes (locked): when a run ends, the runner can start the next run's
-sandbox at once, so that it imports torch and warms the optimizer/export machinery (~8 s of a
-CPU run's overhead) while the agent prepares its next experiment.
+sandbox at once, so that it imports torch and warms the optimizers and the forward recording (~8 s
+of a CPU run's overhead) while the agent prepares its next experiment.
 
 A standby is a fresh sandbox like any other (its own private scratch, nothing of the last run
 in it) that waits for its spec on the data pipe. Its host folder (the supervisor's working

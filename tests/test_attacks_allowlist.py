@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 from test_attacks_isolation import (PLANTED_KEY, World, assert_honest_ok, assert_nothing_persisted,
                                     attack_data_dir, guarded_digests)
-from test_runner import TINY, write
+from test_runner import TINY, small_eval, write
 
 import trainer
 
-__all__ = ["attack_data_dir"]  # a fixture, imported for this module's tests
+__all__ = ["attack_data_dir", "small_eval"]  # fixtures, imported for this module's tests
+pytestmark = [pytest.mark.slow,  # each test runs a train.py through the real runner (5-12 s each)
+              pytest.mark.usefixtures("small_eval")]  # 2 eval batches: see test_runner.small_eval
 
 ROOT = Path(trainer.__file__).resolve().parent.parent
 DOTENV_KEY = "sk-planted-in-dot-env-51c0"

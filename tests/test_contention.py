@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from test_runner import small_eval
+
 from trainer.contention import CONTENDED_ABOVE
+
+__all__ = ["small_eval"]  # a fixture, imported for this module's tests
+pytestmark = pytest.mark.usefixtures("small_eval")  # 2 eval batches: the claim is the meter's, not the score's
 
 
 @pytest.fixture
@@ -65,7 +70,7 @@ def test_a_faster_train_py_is_not_flagged_where_the_slower_one_is_not(tmp_path, 
 
     runs = {}
     for depth in (4, 1, 4):  # slow, fast, slow: the machine's load drifts
-        r = run_experiment(baseline_with(tmp_path, depth), tmp_path / f"run{len(runs)}", budget=10, threads=1,
+        r = run_experiment(baseline_with(tmp_path, depth), tmp_path / f"run{len(runs)}", budget=6, threads=1,
                            data_dir=prepared_data_dir)
         assert r.status in ("ok", "timeout") and r.contention is not None, r.error
         runs[len(runs)] = r

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_runner import TINY, write
+import pytest
+from test_runner import TINY, small_eval, write
 
 from trainer.runner import run_experiment
+
+__all__ = ["small_eval"]  # a fixture, imported for this module's tests
+pytestmark = pytest.mark.usefixtures("small_eval")  # 2 eval batches: see test_runner.small_eval
 
 
 def run(tmp_path, text, prepared_data_dir, **kw):

@@ -55,6 +55,8 @@ def test_baseline_60s_on_cpu_beats_unigram(tmp_path, prepared_data_dir):
     r = run_experiment(baseline_path(), tmp_path / "run", budget=60, data_dir=prepared_data_dir, profile="cpu",
                        device="cpu")
     assert r.status == "ok", r.error
+    if r.contended:  # the swarm re-measures such a run; it says nothing about the trainer
+        pytest.skip(f"the machine took {r.contention:.0%} of the run's CPU (contended): {r.steps} steps")
     print(f"baseline 60s: val_bpb={r.val_bpb:.4f} unigram={r.unigram_bpb:.4f} "
           f"ratio={r.val_bpb / r.unigram_bpb:.3f} training_seconds={r.training_seconds:.2f} steps={r.steps}")
     assert abs(r.training_seconds - 60) <= 0.02 * 60

@@ -46,6 +46,10 @@ from trainer.serve import DataServer, tolerance
 from trainer.specs import HarnessSpec, RunRequest
 
 log = logging.getLogger(__name__)
+EXIT_AFTER_SUBMIT = 3.0     # seconds train.py has to exit once its submit frame arrived: api.submit ends
+                            # the process itself (graph and tensors are in the frame, nothing is left to do);
+                            # past it, a train.py still running only takes CPU from the evaluation (it was
+                            # max(60 s, 0.2 x budget) for torch.export)
 SUBMIT_GRACE = 30.0         # seconds after budget + tolerance before a run that never submits is killed
                             # (its last step and its exit may be slow on a busy machine)
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -54,12 +58,6 @@ _REDIS_PW = re.compile(r"rediss?://[^@\s]*:[^@\s]+@")
 
 __all__ = ["run_experiment", "run_request", "score_kept", "tolerance", "scrubbed_env", "log_tail", "LOG_CAP",
            "TAIL_LINES", "hidden_paths", "swarm_home"]
-
-
-def export_limit(budget: float) -> float:
-    """Seconds train.py has after submit to finish its export and exit. Generous on purpose:
-    the weights were fixed at submit, so this time buys nothing but the export."""
-    return max(60.0, 0.2 * budget)
 
 
 def scrubbed_env(cuda_visible_devices: str | None = None, threads: int | None = None) -> dict[str, str]:
@@ -323,8 +321,8 @@ class _Run:
         s = self.server
         hard = (self.t_spawn + self.hard, f"killed at the hard limit ({self.hard:.0f}s)")
         if s.t_submit is not None:
-            return min(hard, (s.t_submit + export_limit(self.budget),
-                              f"killed {export_limit(self.budget):.0f}s after submit"))
+            return min(hard, (s.t_submit + EXIT_AFTER_SUBMIT,
+                              f"killed {EXIT_AFTER_SUBMIT:.0f}s after submit"))
         t0 = s.clock_start(now)
         if t0 is None or self.req.max_steps:
             return hard
@@ -342,8 +340,8 @@ class _Run:
         self.meter = ContentionMeter(proc.pid, share=self.req.threads or len(os.sched_getaffinity(0)))
         while True:
             if not evaluator_started and s.t_submit is not None:
-                # Started (if it is not already running) while train.py exports: not earlier,
-                # where its imports would take CPU from training.
+                # Started (if it is not already running) at submit: not earlier, where its
+                # imports would take CPU from training.
                 self.evaluator()
                 evaluator_started = True
             if not allowance_set and s.t_ready is not None:

@@ -116,6 +116,7 @@ class Allocation:
         self.program_of: dict[str, str] = {}     # agent -> program it runs now
         self.runs: dict[str, int] = {}           # agent -> runs recorded
         self.moved_at: dict[str, int] = {}       # agent -> its runs when last moved
+        self.allocated: dict[str, str] = {}      # agent -> the program it was last moved to
         self.hours: dict[str, float] = {n: 0.0 for n in names}
         self.credit: dict[str, float] = {n: 0.0 for n in names}
         self.moves: dict[str, float] = {n: 0.0 for n in names}  # moves credited (shares of pools)
@@ -178,6 +179,7 @@ class Allocation:
         elif typ == "allocation":
             a = Assignment.model_validate_json(js)
             self.program_of[a.agent] = a.program
+            self.allocated[a.agent] = a.program
             self.moved_at[a.agent] = a.runs_at
             self.history.append(a)
 
@@ -210,6 +212,12 @@ class Allocation:
             self._follow()
             if self.cfg.mode != "adaptive":
                 return None
+            held = self.allocated.get(agent)
+            if held is not None and held != program and held in self.programs:
+                # an agent restarted by `swarm run` on its static program resumes its allocation
+                self.program_of[agent] = held
+                log.info("allocation: %s resumes program %s", agent, held)
+                return self.programs[held]
             self.program_of[agent] = program
             cur = self.programs.get(program)
             if cur is None or cur.pinned:
@@ -238,6 +246,7 @@ class Allocation:
             a = Assignment(agent=agent, program=to, previous=program, reason=reason, runs_at=runs)
             self.ledger.put_allocation(agent, a.model_dump_json())
             self.program_of[agent] = to
+            self.allocated[agent] = to
             self.moved_at[agent] = runs
             self.history.append(a)
             log.info("allocation: %s moves %s -> %s: %s", agent, program, to, reason)

@@ -147,3 +147,28 @@ def test_nothing_configured_restores_nothing_and_bad_specs_say_why(ledger):
     assert Allocation.restore(ledger) is None
     with pytest.raises(AllocationError, match="'x' is named twice"):
         Allocation(ledger, AllocationSpec(programs=[ProgramSpec(name="x", text=""), ProgramSpec(name="x", text="")]))
+
+
+def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
+    from rich.console import Console
+
+    from coordinator.run import live
+
+    assert live.gather(ledger.r, ledger.swarm_id)["programs"] == []  # nothing configured: no table
+    Allocation.configure(ledger, spec())
+    run(ledger, "a0", "good", moved=0.02)
+    run(ledger, "a1", "barren")
+    run(ledger, "a2", "barren")
+    data = live.gather(ledger.r, ledger.swarm_id)
+    progs = {p["program"]: p for p in data["programs"]}
+    assert progs["good"]["agents"] == 1 and progs["barren"]["agents"] == 2
+    assert progs["good"]["yield_"] == pytest.approx(0.02 / (300 / 3600))
+    assert progs["barren"]["share"] == pytest.approx(2 / 3, abs=1e-3)
+    console = Console(width=160, record=True)
+    console.print(live.render(data))
+    text = console.export_text()
+    assert "programs (adaptive allocation" in text
+    assert "good: 1 agent, yield 0.2400" in text and "barren: 2 agents, yield 0.0000" in text
+    run(ledger, "a1", "good", moved=0.01)   # followed between redraws
+    progs = {p["program"]: p for p in live.gather(ledger.r, ledger.swarm_id)["programs"]}
+    assert progs["good"]["agents"] == 2 and progs["good"]["credit"] == pytest.approx(0.03)

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.messages import Decision, ExperimentRecord
 from agents.program import ProgramSpec
 from coordinator.state import keys
+from coordinator.state.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,9 @@ class Allocation:
         if len(set(names)) != len(names):
             raise AllocationError(f"allocation: program {sorted(n for n in names if names.count(n) > 1)[0]!r} "
                                   "is named twice")
-        self.ledger = ledger
+        # Its own Ledger on the same connection: the coordinator's has a batch (a pipeline) open
+        # in its decision thread, which a reassignment must not write into.
+        self.ledger = Ledger(ledger.r, ledger.swarm_id)
         self.spec = spec
         self.cfg = spec.config
         self.programs = {p.name: p for p in spec.programs}

@@ -81,7 +81,7 @@ def programs(client, swarm_id: str) -> list[dict]:
             cached = (raw, Allocation(Ledger(client, swarm_id), AllocationSpec.model_validate_json(raw)))
             _allocs[swarm_id] = cached
         alloc = cached[1]
-        alloc.ledger = Ledger(client, swarm_id)  # the caller's connection
+        alloc.ledger = Ledger(client, swarm_id)  # the caller's connection (a new one each time)
         return [{**y.model_dump(), "mode": alloc.cfg.mode} for y in alloc.yields()]
     except Exception as e:  # the live view must never stop on it
         log.debug("program yields unavailable: %s", e)

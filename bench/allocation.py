@@ -45,6 +45,7 @@ from agents.program import ProgramSpec  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.swarmsim import Swarm, history_file  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
+from coordinator.state.ledger import connect_redis  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
 AGENTS = 8
@@ -110,9 +111,12 @@ class Arm:
 def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
             alloc: dict) -> Arm:
     land = ScenarioLand(SCENARIOS[scenario], late_width=scenario == "late_bloomer")
-    sid = f"{scenario}-{mode}-{seed}"
-    hist = history_file(work / f"{sid}-history.json", land, 24, random.Random(seed))
-    s = Swarm(work / sid, redis_url, sid, land, land.programs_for(AGENTS), seed, PromotionConfig(),
+    # The same swarm id in both arms: the runs' noise and the proposals draw from the same
+    # streams (common random numbers), so the arms differ by the allocation only; redis is
+    # emptied between arms (main).
+    sid = f"{scenario}-{seed}"
+    hist = history_file(work / f"{sid}-{mode}-history.json", land, 24, random.Random(seed))
+    s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, land.programs_for(AGENTS), seed, PromotionConfig(),
               {"*": "mutate"}, history=hist)
     s.coord.configure_allocation(AllocationSpec(
         config=AllocationConfig(mode=mode, seed=seed, **alloc),
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(a.first_seed, a.first_seed + a.seeds):
                 for mode in ("static", "adaptive"):
                     arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc)
+                    connect_redis(redis.url).flushall()
                     res.setdefault((scenario, mode), []).append(arm)
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"
                     print(f"  {scenario:12s} {mode:8s} seed {seed:2d}: rounds_to_target="

@@ -172,3 +172,25 @@ def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
     run(ledger, "a1", "good", moved=0.01)   # followed between redraws
     progs = {p["program"]: p for p in live.gather(ledger.r, ledger.swarm_id)["programs"]}
     assert progs["good"]["agents"] == 2 and progs["good"]["credit"] == pytest.approx(0.03)
+
+
+def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
+    """`allocation:` and `pin:` in swarm.yaml reach the spec swarm run configures: every
+    program with its text, backend as its agents got it (resolved for one without agents in
+    adaptive mode), adopt rule, weight and pin; a typo in `allocation:` is a one-line error."""
+    from coordinator.run.config import ConfigError, parse_config, resolve_program
+    from coordinator.run.swarm import _allocation_spec
+
+    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0},
+            "programs": [{"name": "optimizer", "weight": 2}, {"name": "architecture", "pin": True},
+                         {"name": "explore", "adopt": "always"}]}
+    cfg = parse_config(data, "swarm.yaml", env={})
+    paths = [resolve_program(e, tmp_path) for e in cfg.programs]
+    specs = [{"program_name": "optimizer", "backend": {"type": "mutate"}}]
+    got = AllocationSpec.model_validate(_allocation_spec(cfg, paths, specs, None))
+    assert got.config.mode == "adaptive" and got.config.min_agents == 0
+    by = {p.name: p for p in got.programs}
+    assert by["optimizer"].weight == 2 and by["architecture"].pinned and by["explore"].adopt == "always"
+    assert by["explore"].backend["type"] == "mutate" and by["optimizer"].text == paths[0].read_text()
+    with pytest.raises(ConfigError, match="allocation.mode"):
+        parse_config({**data, "allocation": {"mode": "greedy"}}, "swarm.yaml", env={})

@@ -85,6 +85,14 @@ def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path
     ys = {y["program"]: y for y in coord.allocation_status()}
     assert ys["architecture"]["agents"] == 1 and ys["optimizer"]["agents"] == 1
     assert ys["architecture"]["hours"] > 0
+    # the report's section: each program's contribution, the allocation over time, the moves
+    from coordinator.review.report.allocation import allocation_html, load_allocation
+    data = load_allocation(coord.r, "alloc")
+    assert [(a, p) for _t, a, p in data["timeline"]] == [("a0", "optimizer"), ("a1", "optimizer"),
+                                                         ("a0", "architecture")]
+    page = allocation_html(data, {})
+    assert "<h2>Allocation (adaptive)</h2>" in page and "<img" in page
+    assert "1 reassignment(s)" in page and "a0: optimizer → architecture" in page
 
 
 def test_pinned_programs_keep_their_agents(tmp_path, redis_url):

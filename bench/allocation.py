@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
     ap.add_argument("--min-agents", type=int, default=1)
     ap.add_argument("--dwell-runs", type=int, default=3)
-    ap.add_argument("--prior-moves", type=float, default=1.0)
+    ap.add_argument("--prior-moves", type=float, default=0.5)
+    ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
+                    "on the allocation's settings: its figures can be reused)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               f"at most {a.rounds} rounds, allocation {alloc}", flush=True)
         for scenario in a.scenarios.split(","):
             for seed in range(a.first_seed, a.first_seed + a.seeds):
-                for mode in ("static", "adaptive"):
+                for mode in a.modes.split(","):
                     arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc)
                     connect_redis(redis.url).flushall()
                     res.setdefault((scenario, mode), []).append(arm)
@@ -183,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                           f"{arm.rounds_to_target} moves={arm.moves} final={arm.final}{share}", flush=True)
         line = {}
         for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
-            if (scenario, "static") in res:
+            if (scenario, "static") in res and (scenario, "adaptive") in res:
                 (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
                 print(f"{scenario}: mean rounds to target static {st:.2f} ({cs} censored), "
                       f"adaptive {ad:.2f} ({ca} censored)")
                 line[key] = f"{st / ad:.2f}"
-        if ("late_bloomer", "static") in res:
-            for mode in ("static", "adaptive"):
+        if any(k[0] == "late_bloomer" for k in res):
+            for mode in [m for m in ("static", "adaptive") if ("late_bloomer", m) in res]:
                 shares = [x.late_share for x in res[("late_bloomer", mode)] if x.late_share is not None]
                 n = len(res[("late_bloomer", mode)])
                 m = statistics.mean(shares) if shares else float("nan")

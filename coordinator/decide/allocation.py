@@ -16,14 +16,16 @@ the prior Gamma(a0 * weight share, a0 / pooled rate): the swarm's own pooled rat
 strength of `prior_moves` moves, scaled by the program's `weight`. Joint draws from the
 posteriors give each program's probability of having the highest rate; the agents above the
 floors are shared in proportion to it (probability matching, which is what Thompson sampling
-does one pull at a time), and an agent at its boundary moves from a program more than half an
-agent over its share to the one furthest under. Why Thompson rather than an upper confidence
-bound: a UCB rule points every free agent at the same program (the swarm herds onto one program
-until the next move), while probability matching keeps a spread that shrinks only as the
-evidence does; the weight is a prior, naturally. Why shares rather than one draw per question:
-measured on bench/allocation.py (barren, seed 0), one draw per question moved agents 70 times in
-18 rounds (the draws' noise, with few moves behind each program), each move costing the agent
-its line.
+does one pull at a time), and an agent at its boundary moves from a program over its share to the
+one furthest under, when that brings both closer to their shares (over and under by more than one
+agent together). Why Thompson rather than an upper confidence bound: a UCB rule points every free
+agent at the same program (the swarm herds onto one program until the next move), while
+probability matching keeps a spread that shrinks only as the evidence does; the weight is a
+prior, naturally. Why shares rather than one draw per question: measured on bench/allocation.py
+(barren, seed 0), one draw per question moved agents 70 times in 18 rounds (the draws' noise,
+with few moves behind each program), each move costing the agent its line. Why "more than one
+agent together" rather than "half an agent on each side": with the latter a barren program held
+at 1.5 agents of share kept 2 agents in most seeds.
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
     ap.add_argument("--min-agents", type=int, default=1)
-    ap.add_argument("--dwell-runs", type=int, default=3)
+    ap.add_argument("--dwell-runs", type=int, default=6)
     ap.add_argument("--prior-moves", type=float, default=0.5)
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
                     "on the allocation's settings: its figures can be reused)")

@@ -109,7 +109,7 @@ class Arm:
 
 
 def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
-            alloc: dict) -> Arm:
+            alloc: dict, target_fraction: float = TARGET_FRACTION) -> Arm:
     land = ScenarioLand(SCENARIOS[scenario], late_width=scenario == "late_bloomer")
     # The same swarm id in both arms: the runs' noise and the proposals draw from the same
     # streams (common random numbers), so the arms differ by the allocation only; redis is
@@ -122,7 +122,7 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
         config=AllocationConfig(mode=mode, seed=seed, **alloc),
         programs=[ProgramSpec(name=n, text=land.program_text(n)) for n in land.programs]))
     arm = Arm(scenario, mode, seed)
-    target = TARGET_FRACTION * land.max_gain
+    target = target_fraction * land.max_gain
     paid_at: tuple[float, float] | None = None  # (late's hours, all hours) when late first paid
     for r in range(1, max_rounds + 1):
         s.rounds.play(s.agents)
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-moves", type=float, default=0.5)
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
                     "on the allocation's settings: its figures can be reused)")
+    ap.add_argument("--target", type=float, default=TARGET_FRACTION,
+                    help="the share of the reachable gain the rounds are counted to (the issue's: 0.5)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
@@ -173,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[tuple[str, str], list[Arm]] = {}
     try:
         print(f"allocation bench: {AGENTS} agents, seeds {a.first_seed}..{a.first_seed + a.seeds - 1}, "
-              f"at most {a.rounds} rounds, allocation {alloc}", flush=True)
+              f"at most {a.rounds} rounds, target {a.target} of the reachable gain, allocation {alloc}",
+              flush=True)
         for scenario in a.scenarios.split(","):
             for seed in range(a.first_seed, a.first_seed + a.seeds):
                 for mode in a.modes.split(","):
-                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc)
+                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target)
                     connect_redis(redis.url).flushall()
                     res.setdefault((scenario, mode), []).append(arm)
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"

@@ -276,6 +276,12 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
             f"(target {0.85 * conf.agents:.2f}); per seed {' '.join(f'{x:.1f}' for x in per_seed)}, median "
             f"{statistics.median(per_seed):.2f}; runs to target swarm {_mean(rs_w):.1f} / single "
             f"{_mean(rs_i):.1f} = {runs_ratio:.2f} (target <= 1.1)")
+        # Where the runs to the target went, per arm (mean over the seeds that reached it).
+        for arm, rs in (("swarm", sw_rs), ("single", si_rs)):
+            hit = [r for r in rs if r.rounds_to_target is not None]
+            kinds = sorted({k for r in hit for k in r.kinds_to_target})
+            out(f"  {arm} runs to target by kind: " + ", ".join(
+                f"{k} {_mean([r.kinds_to_target.get(k, 0) for r in hit]):.1f}" for k in kinds))
     fp = line.get("null", {}).get("moves", float("nan"))
     sw = line.get("swarm", {})
     final = (f"agents={conf.agents} swarm_gain={sw.get('gain', float('nan')):.4f} "

@@ -109,6 +109,7 @@ class ArmResult:
     baseline_root: int = 0                 # runs of the unchanged root (the start-up tax)
     remeasures: int = 0                    # runs of a later best, unchanged (its mean, sigma)
     kinds: dict = field(default_factory=dict)  # records by kind (experiment, baseline, confirm, verify)
+    kinds_to_target: dict = field(default_factory=dict)  # the same, when the target was first reached
     decisions: dict = field(default_factory=dict)
     lost: list = field(default_factory=list)
 
@@ -191,6 +192,8 @@ class Swarm:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
                 res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
+                for rec in list(self.coord.records.values()):
+                    res.kinds_to_target[rec.kind] = res.kinds_to_target.get(rec.kind, 0) + 1
         res.runs = len(self.log)
 
     def finish(self, res: ArmResult) -> ArmResult:

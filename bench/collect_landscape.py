@@ -213,20 +213,21 @@ def drop_slow(out: Path, fraction: float, shape_knobs: list[str]) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--budget", type=float, default=30.0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--program", default=str(_HERE.parent / "programs" / "baseline.md"))
+    ap.add_argument("--profile", default="cpu", help="the trainer profile (cpu, gpu): model size and batch")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--budget", type=float, default=30.0, help="training seconds per run (the swarm's --budget)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (CPU)")
+    ap.add_argument("--program", default=str(_HERE.parent / "programs" / "baseline.md"),
+                    help="the program whose search space is measured")
     ap.add_argument("--out", default=None, help="default: bench/data/real-<profile>-b<budget>-t<threads>.jsonl")
     ap.add_argument("--repeats", type=int, default=24, help="runs of the unchanged baseline (>= 20)")
-    ap.add_argument("--local", type=int, default=28)
-    ap.add_argument("--global", dest="global_", type=int, default=24)
-    ap.add_argument("--replicates", type=int, default=12)
-    ap.add_argument("--design-seed", type=int, default=0)
+    ap.add_argument("--local", type=int, default=28, help="points a few steps from the baseline (space-filling)")
+    ap.add_argument("--global", dest="global_", type=int, default=24, help="points over the whole space")
+    ap.add_argument("--replicates", type=int, default=12, help="second runs of design points (noise elsewhere)")
+    ap.add_argument("--design-seed", type=int, default=0, help="seed of the space-filling samples")
     ap.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
     ap.add_argument("--cpu", default=None, help="pin the runs to these cores (taskset list, e.g. 0)")
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", default=None, help="prepared data (default: the cache swarm uses)")
     ap.add_argument("--dry-run", action="store_true", help="print the design and exit")
     ap.add_argument("--drop-slow", type=float, default=None, metavar="FRACTION",
                     help="move runs whose tokens/s is more than FRACTION below the median of the runs of "

@@ -158,7 +158,8 @@ def test_the_end_of_a_run_lists_each_move_and_agrees_with_the_last_frame(synthet
     text = live.summary(rows, data, home_arg=" --swarm-home /x")
     fig = figures.compute(rows)
     for hw, b in fig.best.items():
-        assert f"best [{hw}] moved {b.moves} times: {b.baseline_val_bpb:.4f} -> {b.val_bpb:.4f}" in text
+        times = "time" if b.moves == 1 else "times"
+        assert f"best [{hw}] moved {b.moves} {times}: {b.baseline_val_bpb:.4f} -> {b.val_bpb:.4f}" in text
         for s in b.steps:
             line = next(ln for ln in text.splitlines() if ln.startswith(f"  {s.n}. {s.commit[:7]} "))
             assert f"{s.delta:+.4f} {s.decision}" in line and s.verified in line

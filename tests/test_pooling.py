@@ -81,7 +81,7 @@ def test_results_inside_the_margin_are_pooled_and_the_verified_pool_moves_best_o
     assert lost_winners_from_rows(rows, lambda c: coord.repo.is_ancestor(c, M)) == []
     buf = io.StringIO()
     Console(file=buf, width=80, force_terminal=False, color_system=None).print(live.render(data))
-    assert "best moved 1 times" in " ".join(buf.getvalue().split())
+    assert "best moved 1 time," in " ".join(buf.getvalue().split())
 
 
 def test_a_pool_that_does_not_beat_best_leaves_each_result_to_itself_and_is_never_tried_again(

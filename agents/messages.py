@@ -195,6 +195,10 @@ class PromotionConfig(_Model):
                                         "standard errors (or min_delta)")
     confirm_runs: int = Field(15, ge=0, description="at most this many confirmation runs (new seeds) of one "
                               "candidate: where the sequential test is truncated (undecided: discard)")
+    confirm_parallel: int = Field(2, ge=1, description="a candidate measured better than half its margin "
+                                  "gets this many confirmation runs at a time (a swarm's agents run them "
+                                  "at once: its test decides in fewer rounds; one agent runs them one "
+                                  "after the other and a run its test no longer needs is cancelled)")
     min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
                          "(the coordinator schedules repeats of the baseline until then; noise history "
                          "counts): with fewer, even the Student-t margin rests on a sigma that is often "

@@ -263,7 +263,7 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
     # whole run (for the single agent a lower bound on the speedup, for the swarm an upper one:
     # both said). Per seed the ratio swings with the single agent's luck (21 to 125 budgets).
     sw_rs, si_rs = results.get("swarm", []), results.get("single", [])
-    speedup = runs_ratio = float("nan")
+    speedup = runs_ratio = report_ratio = float("nan")
     if sw_rs and si_rs:
         ts = [si.rounds_to_target if si.rounds_to_target is not None else si.rounds for si in si_rs]
         tw = [s.rounds_to_target if s.rounds_to_target is not None else s.rounds for s in sw_rs]
@@ -272,10 +272,22 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
         rs_w = [s.runs_to_target if s.runs_to_target is not None else s.runs for s in sw_rs]
         rs_i = [si.runs_to_target if si.runs_to_target is not None else si.runs for si in si_rs]
         runs_ratio = _mean(rs_w) / _mean(rs_i)
+        # The same, counting the runs of the round that reached the target only up to the report
+        # that reached it (the rest of the round ended at the same simulated time, after it).
+        rp_w = [s.runs_to_report if s.runs_to_report is not None else s.runs for s in sw_rs]
+        rp_i = [si.runs_to_report if si.runs_to_report is not None else si.runs for si in si_rs]
+        report_ratio = _mean(rp_w) / _mean(rp_i)
         out(f"speed-to-target (single / swarm wall clock): ratio of mean times {speedup:.2f} "
             f"(target {0.85 * conf.agents:.2f}); per seed {' '.join(f'{x:.1f}' for x in per_seed)}, median "
             f"{statistics.median(per_seed):.2f}; runs to target swarm {_mean(rs_w):.1f} / single "
-            f"{_mean(rs_i):.1f} = {runs_ratio:.2f} (target <= 1.1)")
+            f"{_mean(rs_i):.1f} = {runs_ratio:.2f} (target <= 1.1); to the report that reached it "
+            f"{_mean(rp_w):.1f} / {_mean(rp_i):.1f} = {report_ratio:.2f}")
+        # Where the runs to the target went, per arm (mean over the seeds that reached it).
+        for arm, rs in (("swarm", sw_rs), ("single", si_rs)):
+            hit = [r for r in rs if r.rounds_to_target is not None]
+            kinds = sorted({k for r in hit for k in r.kinds_to_target})
+            out(f"  {arm} runs to target by kind: " + ", ".join(
+                f"{k} {_mean([r.kinds_to_target.get(k, 0) for r in hit]):.1f}" for k in kinds))
     fp = line.get("null", {}).get("moves", float("nan"))
     sw = line.get("swarm", {})
     final = (f"agents={conf.agents} swarm_gain={sw.get('gain', float('nan')):.4f} "
@@ -285,7 +297,8 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
              f"capture={sw.get('capture', float('nan')):.3f} recall={sw.get('recall', float('nan')):.3f} "
              f"false_promotions={fp:.4f}")
     out(final)
-    return {"line": final, "speedup": speedup, "runs_ratio": runs_ratio, "false_promotions": fp, "arms": line}
+    return {"line": final, "speedup": speedup, "runs_ratio": runs_ratio, "report_ratio": report_ratio,
+            "false_promotions": fp, "arms": line}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from agents.agent import ResearchAgent
 from agents.backends.base import make_backend
@@ -44,6 +45,7 @@ class Rounds:
         self.start_pos = self.end_pos = 0
         self.ran: set[int] = set()
         self.errors: list[BaseException] = []
+        self.after_end: Callable[[], None] | None = None  # after each agent's report, in end order
 
     def gate(self, i: int):
         def wait() -> None:
@@ -77,6 +79,8 @@ class Rounds:
                         self.start_pos += 1
                         self.cv.notify_all()
                         self.cv.wait_for(self._my_end(i))
+                    if self.after_end is not None:
+                        self.after_end()
                     self.end_pos += 1
                     self.cv.notify_all()
 
@@ -98,7 +102,8 @@ class ArmResult:
     gain: float = float("nan")             # true gain of the final best over the baseline
     measured_best: float = float("nan")    # the coordinator's mean for its final best
     best_trained_gain: float = float("nan")
-    runs_to_target: int | None = None
+    runs_to_target: int | None = None      # runs when a round ends with the target reached
+    runs_to_report: int | None = None      # runs up to the report that reached it (end order)
     rounds_to_target: int | None = None
     experiments: int = 0
     moves: int = 0                         # experiments whose final decision moved best
@@ -109,6 +114,7 @@ class ArmResult:
     baseline_root: int = 0                 # runs of the unchanged root (the start-up tax)
     remeasures: int = 0                    # runs of a later best, unchanged (its mean, sigma)
     kinds: dict = field(default_factory=dict)  # records by kind (experiment, baseline, confirm, verify)
+    kinds_to_target: dict = field(default_factory=dict)  # the same, when the target was first reached
     decisions: dict = field(default_factory=dict)
     lost: list = field(default_factory=list)
 
@@ -181,6 +187,12 @@ class Swarm:
 
     def play(self, max_runs: int, target: float | None, res: ArmResult) -> None:
         root = self.coord.root
+
+        def reached() -> None:
+            if res.runs_to_report is None and self.gain_now() >= target - 1e-12:
+                res.runs_to_report = len(self.log)
+
+        self.rounds.after_end = reached if target is not None else None
         while len(self.log) < max_runs:
             before = len(self.log)
             self.rounds.play(self.agents)
@@ -191,6 +203,8 @@ class Swarm:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
                 res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
+                for rec in list(self.coord.records.values()):
+                    res.kinds_to_target[rec.kind] = res.kinds_to_target.get(rec.kind, 0) + 1
         res.runs = len(self.log)
 
     def finish(self, res: ArmResult) -> ArmResult:

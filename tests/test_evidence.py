@@ -144,3 +144,25 @@ def test_one_agent_with_a_real_gain_of_two_to_two_and_a_half_sigma_reaches_best(
     print(f"\n{effect_sigmas} sigma, history {history}: reached best in {reached}/{seeds} seeds, "
           f"{runs / seeds:.1f} runs each")
     assert reached >= 0.95 * seeds
+
+
+def test_a_likely_winner_gets_its_confirmations_in_parallel(coord, tmp_path):
+    """A candidate measured better than half its margin gets confirm_parallel confirmation runs
+    at a time (a swarm's agents run them at once), one measured barely better one at a time."""
+    a = agents_for(coord, tmp_path, n=8)  # two at a time from 8 agents (a quarter of them)
+    warm_up(coord, a)
+    m0, m = coord.book.ref(HW, coord.root).mean, coord._class_margin(HW)
+    rL, dL = experiment(coord, a[0], coord.root, "Z on", Z=1, val=m0 - 0.8 * m)
+    rB, dB = experiment(coord, a[0], coord.root, "Y on", Y=1, val=m0 - 0.15 * m)  # not pooled
+    assert (dL.decision, dL.waits, dB.decision, dB.waits) == ("pending", "candidate", "pending", "candidate")
+    jobs = [job_of(coord, x.name) for x in a[1:]]
+    got = {r.commit: sum(1 for j in jobs if j is not None and j.kind == "confirm" and j.commit == r.commit)
+           for r in (rL, rB)}
+    assert got == {rL.commit: coord.cfg.confirm_parallel, rB.commit: 1}, jobs
+    # The first of the likely winner's runs reports: its test goes on with two runs out again.
+    jL = next(j for j in jobs if j is not None and j.commit == rL.commit)
+    holder = a[1 + jobs.index(jL)]
+    coord.report(holder.record(jL.commit, jL.parent, kind="confirm", job=jL, val=m0 - 0.8 * m))
+    if coord.decisions[rL.experiment_id].decision == "pending":
+        again = job_of(coord, holder.name)
+        assert again is not None and again.commit == rL.commit and again.job_id != jL.job_id

@@ -12,6 +12,7 @@ import pytest
 from agents.messages import NoiseHistorySpec, PromotionConfig
 from coordinator.decide.core import Coordinator
 from coordinator.decide.history import NoiseHistory, apparatus_fingerprint, describe
+from coordinator.run import live
 from fake_runner import FakeAgent, baseline_text, drain_jobs
 
 HW = "cpu-fake"
@@ -49,7 +50,7 @@ def test_a_second_swarm_starts_from_the_first_ones_noise(tmp_path, redis_url):
     n2 = baselines(drain_jobs(c2, a2, HW))
     assert n2 == len(a2) <= 2
     st = c2.status()["classes"][HW]
-    assert st["history_dof"] == c1.cfg.min_dof and st["noise_dof"] >= c2.cfg.min_dof
+    assert st["noise_prior"]["dof"] == c1.cfg.min_dof and st["noise_dof"] >= c2.cfg.min_dof
     # ... and it can promote from its first experiment (A is worth 0.05: far past the margin).
     rec, d = a2[0].experiment(c2, c2.root, "A up", A=1)
     assert d.decision == "promote", d
@@ -70,6 +71,30 @@ def test_a_swarm_never_counts_itself_and_resuming_rewrites_its_own_line(tmp_path
     assert list(next(iter(data["entries"].values()))["swarms"]) == ["s1"]
 
 
+def test_the_start_line_and_the_end_of_run_summary_say_where_sigma_came_from(tmp_path, redis_url):
+    """`swarm run` says at start whether noise history was found (its dof, from how many swarms);
+    the end-of-run summary reads it from the coordinator's status()["classes"][hw]["noise_prior"]."""
+    h = spec(tmp_path)
+    assert "noise history: none for cpu-fake" in describe(h, HW, "s1")
+    assert "noise history: none for profile cpu" in describe(h, None, "s1")
+    c1, a1 = swarm(tmp_path, redis_url, "s1", h)
+    drain_jobs(c1, a1, HW)
+    assert c1.status()["classes"][HW]["noise_prior"] is None
+    assert live.noise_history(c1.status()) == {}
+    c1.flush_refs()
+    line = describe(h, HW, "s2", min_dof=8)
+    assert line.startswith("noise history: sigma ") and "from 1 earlier swarm (8 degrees of freedom" in line
+    assert "one baseline run per agent first" in line
+    assert describe(h, None, "s2", min_dof=8) == line  # GPUs elsewhere: every class the file holds
+    c2, a2 = swarm(tmp_path, redis_url, "s2", h)
+    drain_jobs(c2, a2, HW)
+    p = c2.status()["classes"][HW]["noise_prior"]
+    assert (p["dof"], p["measured_dof"], p["swarms"], p["dropped"]) == (8, 8, 1, False)
+    assert p["sigma"] == pytest.approx(c1.book.sigma(HW))
+    said = live.noise_history(c2.status())[HW]
+    assert said == f"sigma {p['sigma']:.4f} over 8 dof from 1 earlier swarm(s)"
+
+
 @pytest.mark.parametrize("other", [dict(budget=60.0), dict(profile="gpu"), dict(apparatus="zzz999")])
 def test_another_budget_profile_or_apparatus_matches_nothing(tmp_path, redis_url, other):
     c1, a1 = swarm(tmp_path, redis_url, "s1", spec(tmp_path))
@@ -79,7 +104,7 @@ def test_another_budget_profile_or_apparatus_matches_nothing(tmp_path, redis_url
     assert "from 1 earlier swarm" in describe(spec(tmp_path), HW, "s2")
     c2, a2 = swarm(tmp_path, redis_url, "s2", spec(tmp_path, **other))
     assert baselines(drain_jobs(c2, a2, HW)) == c2.cfg.min_dof + 1
-    assert c2.status()["classes"][HW]["history_dof"] == 0
+    assert c2.status()["classes"][HW]["noise_prior"] is None
 
 
 def test_the_weight_of_history_is_capped(tmp_path):
@@ -103,13 +128,14 @@ def test_a_history_the_swarms_own_runs_disagree_with_is_dropped(tmp_path, redis_
         "old": {"m2": 0.0002 ** 2 * 24, "dof": 24}}}}}))
     c, agents = swarm(tmp_path, redis_url, "s", h, n=3, sigma=0.004)
     drain_jobs(c, agents, HW)  # the first round: one baseline each
-    assert c.book.prior(HW) is not None and c.status()["classes"][HW]["history_dof"] == 24
+    assert c.book.prior(HW) is not None and c.status()["classes"][HW]["noise_prior"]["dof"] == 24
     for _ in range(6):
         for ag in agents:  # repeats of best, as a coordinator asks for (more than it needs now)
             rec = ag.record(c.root, c.root, kind="baseline")
             c.report(rec)
     st = c.status()["classes"][HW]
-    assert st["history_dof"] == 0 and "dropped" in st["history"]
+    assert st["noise_prior"]["dropped"] is True
+    assert live.noise_history(c.status()) == {}  # the summary: sigma measured by this swarm's runs
     assert 0.002 < st["sigma"] < 0.008
 
 
@@ -122,3 +148,26 @@ def test_the_apparatus_fingerprint_follows_the_data(tmp_path, prepared_data_dir)
     (tok,) = list(other.glob("*/tok*/val.tokens.npy"))
     tok.write_bytes(tok.read_bytes()[:-2] + b"\x00\x01")
     assert apparatus_fingerprint(other, "cpu") != fp
+
+
+def test_swarm_run_names_the_history_of_its_own_hardware_class(tmp_path):
+    """The start line of `swarm run` (Supervisor._history_line) looks up the class its CPU agents
+    will report (profile, cpu model, threads per agent): found, with its dof and swarms."""
+    from coordinator.run.config import SwarmConfig
+    from coordinator.run.plan import Plan
+    from coordinator.run.supervise import Supervisor
+    from trainer.profiles import hardware_class
+
+    cfg = SwarmConfig()
+    plan = Plan(cfg=cfg, home=tmp_path / "home", profile="cpu", n_agents=2, gpus_per_agent=0, agent_specs=[],
+                redis_url=None, address=None, max_experiments=1, deadline=None, plain=True, verbose=False)
+    sup = Supervisor(plan)
+    sup.info, sup.history = {"swarm_id": "new"}, spec(tmp_path)
+    hw = hardware_class("cpu", "cpu", cfg.agents.cpus_per_agent)
+    assert sup._history_line().startswith(f"noise history: none for {hw},")
+    path = tmp_path / "data" / "noise-history.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "entries": {f"{hw}|cpu|30|abc123": {"swarms": {
+        "a": {"m2": 0.01 ** 2 * 10, "dof": 10}, "b": {"m2": 0.01 ** 2 * 6, "dof": 6}}}}}))
+    line = sup._history_line()
+    assert line.startswith(f"noise history: sigma 0.0100 for {hw},") and "from 2 earlier swarms (16 " in line

@@ -92,6 +92,8 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     assert r1.returncode == 0, r1.stderr[-2000:]
     # Ray's own start-up lines stay off the terminal without --verbose (its token-auth notice too)
     assert "Token authentication" not in r1.stderr and " INFO " not in r1.stderr, r1.stderr[-2000:]
+    # one line at start says whether earlier swarms left noise history (a fresh data dir: none)
+    assert "noise history: none for cpu-" in r1.stdout, r1.stdout[-2000:]
     info = json.loads((home / "swarm.json").read_text())
     counts, rows = _ledger_counts(home)
     assert len(rows) >= 4 and counts["started"] == counts["records"]

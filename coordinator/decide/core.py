@@ -216,7 +216,7 @@ class Coordinator(Judging, Pooling):
             return
         m2, dof, measured, swarms = self.history.prior(hw)
         if dof > 0:
-            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof")
+            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof", measured, swarms)
             log.info("class %s: noise history sigma %.4f from %d earlier swarm(s) (%d dof, weighed as %d)",
                      hw, (m2 / dof) ** 0.5, swarms, measured, dof)
 
@@ -497,8 +497,10 @@ class Coordinator(Judging, Pooling):
 
     def status(self) -> dict:
         """Best, its reference mean val_bpb and samples, sigma, its degrees of freedom and the
-        margin one new result must clear, per class; counts of decisions and jobs; the
-        lost-winner audit (results that beat best by the margin and are not on best, with why)."""
+        margin one new result must clear, per class; `noise_prior` per class: None without noise
+        history, else {sigma, dof (its weight, capped at history_dof_max), measured_dof, swarms,
+        dropped (this swarm's runs disagreed: it no longer counts)}; counts of decisions and jobs;
+        the lost-winner audit (results that beat best by the margin and are not on best, with why)."""
         from coordinator.decide.audit import lost_winners
 
         with self._lock:
@@ -510,10 +512,9 @@ class Coordinator(Judging, Pooling):
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
                                "sigma": self.book.sigma(hw), "noise_dof": self.book.dof(hw),
                                "min_dof": self.cfg.min_dof, "margin": self._class_margin(hw),
-                               # noise from earlier swarms: its weight in dof, 0 without (or dropped)
-                               "history_dof": 0 if prior is None or prior.dropped else prior.dof,
-                               "history": None if prior is None else prior.source + (
-                                   " (dropped: this swarm's runs disagree)" if prior.dropped else "")}
+                               # noise from earlier swarms (history.py): None without; else its
+                               # sigma, weight in dof (capped), measured dof, swarms, dropped
+                               "noise_prior": None if prior is None else prior.status()}
             counts: dict[str, int] = {}
             for d in self.decisions.values():
                 counts[d.decision] = counts.get(d.decision, 0) + 1

@@ -111,6 +111,18 @@ class NoiseHistory:
         used = min(dof, self.dof_max)
         return m2 * used / dof, used, dof, len(lines)
 
+    def classes(self) -> list[str]:
+        """The hardware classes the file holds noise of, for this profile, budget and apparatus
+        (measured by a swarm other than this one)."""
+        try:
+            with self._lock:
+                entries = self._read().get("entries", {})
+        except OSError:
+            return []
+        tail = _key(self.spec, "")
+        return [k[: -len(tail)] for k, e in entries.items() if k.endswith(tail) and any(
+            sid != self.swarm_id and v.get("dof", 0) > 0 for sid, v in e.get("swarms", {}).items())]
+
     def note(self, hw: str, m2: float, dof: int) -> None:
         """This swarm's own noise of a class now: written at most every WRITE_EVERY_S."""
         if dof <= 0 or self._written.get(hw) == (m2, dof):
@@ -144,16 +156,30 @@ class NoiseHistory:
             log.warning("noise history %s not written: %s", self.path, e)
 
 
-def describe(spec: NoiseHistorySpec | None, hardware_class: str, swarm_id: str = "", dof_max: int = 24,
-             min_dof: int = 8) -> str:
-    """One line for `swarm run`: whether this hardware class has noise history, and what it buys."""
+def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id: str = "",
+             dof_max: int = 24, min_dof: int = 8) -> str:
+    """One line for `swarm run` at start: whether noise history was found for this hardware class
+    (None: not known here, e.g. GPUs on other nodes: every class the file holds for this profile,
+    budget and apparatus), its sigma, degrees of freedom, from how many swarms, and what it buys."""
     if spec is None or dof_max <= 0:
         return f"noise history: off (sigma is measured from scratch: {min_dof + 1} baseline runs first)"
-    m2, dof, measured, swarms = NoiseHistory(spec, swarm_id, dof_max).prior(hardware_class)
-    where = f"{hardware_class}, budget {spec.budget:g} s, apparatus {spec.apparatus}"
+    where = f"budget {spec.budget:g} s, apparatus {spec.apparatus}"
+    hist = NoiseHistory(spec, swarm_id, dof_max)
+    if hardware_class is None:
+        classes = sorted(hist.classes())
+        if not classes:
+            return (f"noise history: none for profile {spec.profile}, {where} (each class measures sigma: "
+                    f"{min_dof + 1} baseline runs first, and leaves it for the next swarm)")
+        return "; ".join(_found(hw, *hist.prior(hw), where, min_dof) for hw in classes)
+    m2, dof, measured, swarms = hist.prior(hardware_class)
     if dof <= 0:
-        return (f"noise history: none for {where} (this swarm measures sigma: {min_dof + 1} baseline "
-                f"runs first, and leaves it for the next)")
-    more = "" if dof >= min_dof else f"; {min_dof - dof} more baseline runs first"
-    return (f"noise history: sigma {math.sqrt(m2 / dof):.4f} from {swarms} earlier swarm"
-            f"{'s' if swarms != 1 else ''} ({measured} degrees of freedom, weighed as {dof}) for {where}{more}")
+        return (f"noise history: none for {hardware_class}, {where} (this swarm measures sigma: "
+                f"{min_dof + 1} baseline runs first, and leaves it for the next)")
+    return _found(hardware_class, m2, dof, measured, swarms, where, min_dof)
+
+
+def _found(hw: str, m2: float, dof: int, measured: int, swarms: int, where: str, min_dof: int) -> str:
+    more = ("one baseline run per agent first" if dof >= min_dof
+            else f"{min_dof - dof} more baseline runs first")
+    return (f"noise history: sigma {math.sqrt(m2 / dof):.4f} for {hw}, {where}, from {swarms} earlier swarm"
+            f"{'s' if swarms != 1 else ''} ({measured} degrees of freedom, weighed as {dof}): {more}")

@@ -67,6 +67,10 @@ class JobBoard:
     def open_count(self) -> int:
         return sum(len(v) for v in self._open.values())
 
+    def agents_in(self, hw: str) -> int:
+        """How many agents ran (or were handed) their baseline in this class."""
+        return sum(1 for _, h in self._baselined if h == hw)
+
     def needs_baseline(self, agent: str, hw: str) -> bool:
         return (agent, hw) not in self._baselined
 
@@ -78,14 +82,20 @@ class JobBoard:
                 or agent in holders)
 
     def issue(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
-              description: str, for_agent: str | None = None) -> Job:
-        """A new job (leased at once to `for_agent` if given); an open confirm/verify job for the
-        same candidate is returned instead of a second one."""
-        for job_id in self._open.get(hw, {}):
-            j = self.jobs[job_id].job
-            if (kind != "baseline" and j.kind == kind and j.commit == commit
-                    and j.for_experiment == for_experiment):
-                return j.model_copy()
+              description: str, for_agent: str | None = None, copies: int = 1) -> Job:
+        """A new job (leased at once to `for_agent` if given); when `copies` open confirm/verify
+        jobs for the same candidate are there already, the first of them instead of one more."""
+        same = [self.jobs[job_id].job for job_id in self._open.get(hw, {})]
+        same = [j for j in same if kind != "baseline" and j.kind == kind and j.commit == commit
+                and j.for_experiment == for_experiment]
+        if same and len(same) >= copies:
+            return same[0].model_copy()
+        for _ in range(copies - len(same) - 1):  # the copies a likely winner's test asks for at once
+            self._new(kind, commit, parent, hw, for_experiment, description, None)
+        return self._new(kind, commit, parent, hw, for_experiment, description, for_agent)
+
+    def _new(self, kind: str, commit: str, parent: str, hw: str, for_experiment: str | None,
+             description: str, for_agent: str | None) -> Job:
         job = Job(job_id=f"{kind}-{uuid.uuid4().hex[:10]}", kind=kind, commit=commit, parent=parent,
                   hardware_class=hw, seed=self._rng.randrange(1, 2**31 - 1),
                   for_experiment=for_experiment, description=description)

@@ -54,6 +54,13 @@ class Prior:
     dof: int = 0
     source: str = ""          # what it came from, for the one line `swarm run` prints
     dropped: bool = False     # the swarm's own runs disagreed with it
+    measured: int = 0         # the degrees of freedom those swarms measured (dof: their capped weight)
+    swarms: int = 0           # how many earlier swarms it comes from
+
+    def status(self) -> dict:
+        """status()["classes"][hw]["noise_prior"]: what the end-of-run summary and the views read."""
+        return {"sigma": math.sqrt(self.m2 / self.dof) if self.dof else None, "dof": self.dof,
+                "measured_dof": self.measured, "swarms": self.swarms, "dropped": self.dropped}
 
 
 def f_cdf(f: float, d1: float, d2: float) -> float:
@@ -103,9 +110,10 @@ class SampleBook:
         self.groups[(hw, self.commits.blob(commit))] = Samples()
 
     # -- noise ------------------------------------------------------------------------------
-    def set_prior(self, hw: str, m2: float, dof: int, source: str) -> None:
+    def set_prior(self, hw: str, m2: float, dof: int, source: str, measured: int = 0, swarms: int = 0) -> None:
         """Noise from earlier swarms (history.py), already capped in weight."""
-        self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0), source=source)
+        self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0), source=source,
+                                measured=measured or max(int(dof), 0), swarms=swarms)
 
     def prior(self, hw: str) -> Prior | None:
         p = self.priors.get(hw)

@@ -330,11 +330,12 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
 def noise_history(coord_status: dict | None) -> dict[str, str]:
     """hardware class -> where its noise prior came from, when the coordinator's status() says
     (`classes[hw]["noise_prior"]`: a sentence, or a dict with `sigma`, `dof`, `swarms`); {}
-    when it does not (then the summary says sigma was measured by this swarm's runs)."""
+    when it does not, or when the prior was dropped (this swarm's runs disagreed with it: then
+    the summary says sigma was measured by this swarm's runs, which is what counted)."""
     out: dict[str, str] = {}
     for hw, c in ((coord_status or {}).get("classes") or {}).items():
         p = c.get("noise_prior") if isinstance(c, dict) else None
-        if isinstance(p, dict) and p.get("sigma") is not None:
+        if isinstance(p, dict) and p.get("sigma") is not None and not p.get("dropped"):
             out[hw] = (f"sigma {p['sigma']:.4f} over {p.get('dof', '?')} dof from "
                        f"{p.get('swarms', '?')} earlier swarm(s)")
         elif isinstance(p, str) and p:

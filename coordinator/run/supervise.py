@@ -91,6 +91,26 @@ class Supervisor:
             self.history = None
         return self.history
 
+    def _history_line(self) -> str:
+        """One line at start: noise history found for this swarm's hardware class (its sigma,
+        dof, from how many swarms) or not (coordinator/decide/history.py: describe)."""
+        from coordinator.decide.history import describe
+        promo = self.p.cfg.promotion
+        return describe(self.history, self._local_class(), self.info["swarm_id"], promo.history_dof_max,
+                        promo.min_dof)
+
+    def _local_class(self) -> str | None:
+        """The agents' hardware class when this machine can tell it (CPU agents, or a GPU here),
+        else None (GPUs on other nodes: the line lists every class the history holds)."""
+        from trainer.profiles import hardware_class
+        try:
+            if not self.p.gpus_per_agent:
+                return hardware_class(self.p.profile, "cpu", self.p.cfg.agents.cpus_per_agent)
+            import torch
+            return hardware_class(self.p.profile, "cuda") if torch.cuda.is_available() else None
+        except Exception:
+            return None
+
     def _ray(self) -> None:
         from agents.raylocal import start_local_ray
 
@@ -162,6 +182,7 @@ class Supervisor:
             if self.p.allocation is not None:  # kept in redis: a restarted coordinator finds it
                 import ray
                 ray.get(self.coord.configure_allocation.remote(self.p.allocation))
+            print(self._history_line(), flush=True)
             if self.p.cfg.tracking.enabled():
                 # a thread that follows the ledger: a tracker never holds up a decision
                 from coordinator.track.follower import start_trackers

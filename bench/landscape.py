@@ -215,7 +215,7 @@ def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: 
     def run(train_py, run_dir, *, budget=None, seed=0, profile=None, device="cpu",
             cuda_visible_devices=None, data_dir=None, max_steps=None, hard_limit=None,
             confirm_below=None, threads=None, cancel=None, on_event=None,
-            standby=False) -> ExperimentResult:
+            standby=False, swarm_home=None) -> ExperimentResult:
         text = Path(train_py).read_text(encoding="utf-8")
         if gate is not None:
             gate()

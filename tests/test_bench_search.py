@@ -21,7 +21,8 @@ def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys):
     out = tmp_path / "search.json"
     assert main(["--seeds", "1", "--runs", "14", "--agents", "3", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert [r["method"] for r in d["rows"]] == ["mutate", "optuna-tpe", "optuna-cmaes"]
+    assert [r["method"] for r in d["rows"]] == ["mutate", "optuna-tpe", "optuna-cmaes",
+                                                "optuna-tpe-anywhere", "optuna-cmaes-anywhere"]
     for (trace,) in d["traces"].values():
         assert len(trace) == 14 and trace[0] <= d["baseline"] + 1e-4   # traces keep 4 decimals
     assert "| optuna-tpe |" in capsys.readouterr().out

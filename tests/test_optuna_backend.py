@@ -96,6 +96,7 @@ def test_shipped_programs_that_optuna_can_and_cannot_express():
 
 @pytest.mark.parametrize("backend_yaml,msg", [
     ({"type": "optuna", "sampler": "gp"}, r"backend.sampler: Input should be 'tpe' or 'cmaes'"),
+    ({"type": "optuna", "start": "centre"}, r"backend.start: Input should be 'best' or 'anywhere'"),
     ({"type": "optuna", "llm_share": 1.5, "llm": {"type": "litellm", "model": "m", "api_key_env": "K"}},
      r"backend.llm_share: Input should be less than or equal to 1"),
     ({"type": "optuna", "llm_share": -0.1}, r"backend.llm_share: Input should be greater than or equal to 0"),

@@ -148,3 +148,21 @@ def test_a_resumed_study_proposes_no_point_it_already_holds(redis_url, start, sa
     assert len(set(new)) == len(new)
     numbers = [t.number for t in again.study.get_trials(deepcopy=False)]
     assert numbers == sorted(numbers) and len(numbers) == 2 + 5 + 1 + 8
+
+
+def test_a_trial_prepared_around_the_old_best_is_given_up_when_best_moves(redis_url):
+    a = backend(redis_url, "a0", seed=4)
+    baseline_samples(a, "a0")
+    p1 = a.propose(ctx())                                        # trains now
+    p2 = a.propose(ProposalContext(program=PROGRAM, source=BASE, base_commit="b" * 40, agent="a",
+                                   in_flight=p1.description))   # prepared meanwhile
+    new1, _ = p1.resolve(BASE, **LIMITS)
+    a.observe(record("a0", p1.description, tuned(new1)), new1)
+    best = BASE.replace("WARMDOWN_FRAC = 0.5 ", "WARMDOWN_FRAC = 0.6 ")
+    p3 = a.propose(ctx(best, base="e" * 40))                     # best moved before p2 ran
+    trials = {t.number: t for t in a.study.get_trials(deepcopy=False)}
+    n2, n3 = (int(p.description.split("#")[1].split(":")[0]) for p in (p2, p3))
+    assert n3 != n2 and trials[n2].state.name == "FAIL" and trials[n2].user_attrs["not_run"]
+    new3, _ = p3.resolve(best, **LIMITS)
+    m = moves(new3, best)
+    assert 1 <= len(m) <= 3 and max(m.values()) <= 4.01, m

@@ -3,6 +3,11 @@ study per swarm, program and hardware class that every agent using it shares (jo
 on the swarm's redis). Mixed mode: a share of proposals comes from an LLM backend whose prompt
 carries what the study has learned; its edits to search-space constants become trials too.
 
+The search starts where best is (`start: best`): trials are neighbours of the agent's
+train.py in a trust region that widens as best moves (optuna_region.py); `start: anywhere` is
+the sampler's own search over the whole space. Samplers are seeded from the study's size, and
+no point the study holds is proposed again, so a resumed swarm goes on where it stopped.
+
 How a trial meets the swarm (see README, "The optuna backend"):
 - propose: the sampler asks a trial for every search-space constant in train.py; its values
   are written into the agent's current train.py (its copy of best, or its own kept commit).

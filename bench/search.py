@@ -9,8 +9,9 @@ from its optimum and most of the space much worse, as the real trainer's; noise 
 The backends are the real ones (optuna's study in a real redis-server, as in a swarm) and see
 what a ResearchAgent gives them: a ProposalContext on the current best, then `observe` of every
 record the agent ran. The coordinator's rule is the real one (coordinator.decide.rules.judge):
-a first round of baselines, confirmation runs for results inside the margin, and results whose
-parent is no longer best merged onto best and verified. Every run counts against the budget.
+a first round of baselines, re-measures of each new best, confirmation runs for results inside
+the margin, and results whose parent is no longer best merged onto best and verified. Every
+run counts against the budget.
 
 Prints, per method: the true val_bpb of the final best (mean over seeds), the runs it took
 to reach mutate's final best (the target), and how much worse than its parent an experiment
@@ -212,6 +213,8 @@ class Sim:
             self.history.add(self.best)
             self.best = src
             self.counts["promote"] += 1
+            # the coordinator re-measures each new best first (best_remeasures, top priority)
+            self.jobs[:0] = [("baseline", src, src, None)] * self.cfg.best_remeasures
         else:
             merged = merge(parent, src, self.best)
             if merged != self.best:

@@ -36,13 +36,20 @@ def _trials(home):
                 for t in storage.get_all_trials(study._study_id)]
 
 
-def _experiments(home):
-    from coordinator.state.home import SwarmHome, ledger_redis
+def _ok_experiments_now(home) -> int:
+    """Experiments trained so far (discarded, kept...), read from the running swarm's redis."""
+    import redis
+
     from coordinator.state.ledger import Ledger
 
-    h = SwarmHome(home)
-    with ledger_redis(h) as client:
-        return [r for r in Ledger(client, h.info()["swarm_id"]).rows() if r["kind"] == "experiment"]
+    try:
+        pw, port = (home / "redis" / "redis.secret").read_text().split()
+        info = json.loads((home / "swarm.json").read_text())
+        c = redis.Redis(host="127.0.0.1", port=int(port), password=pw, socket_timeout=2)
+        return sum(r["kind"] == "experiment" and r.get("run_status", r.get("status")) != "invalid"
+                   for r in Ledger(c, info["swarm_id"]).rows())
+    except (OSError, ValueError, KeyError, redis.RedisError):
+        return 0
 
 
 def _key(params):
@@ -59,15 +66,12 @@ def test_swarm_stop_then_run_again_goes_on_with_the_study(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900  # a loaded 2-core machine: minutes per round
     while time.monotonic() < deadline and p.poll() is None:
-        time.sleep(3)
-        try:
-            if sum(r.get("status") == "ok" for r in _experiments(home)) >= 2:
-                break
-        except Exception:      # the swarm's home or redis not up yet
-            continue
+        time.sleep(2)
+        if _ok_experiments_now(home) >= 2:
+            break
     assert p.poll() is None, "the first run ended before it was stopped"
-    stop = _swarm(tmp_path, "stop")
-    out1, err1 = p.communicate(timeout=600)
+    stop = _swarm(tmp_path, "stop", "--timeout", "900")   # in-flight runs record themselves first
+    out1, err1 = p.communicate(timeout=900)
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr[-2000:]
     first = _trials(home)
     held = {_key(params) for _, state, params, attrs in first if params and not attrs.get("not_run")}

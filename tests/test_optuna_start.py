@@ -117,7 +117,7 @@ def test_the_region_follows_a_new_best(redis_url, sampler):
     best = BASE.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0338 ").replace("WARMDOWN_FRAC = 0.5 ",
                                                                             "WARMDOWN_FRAC = 0.7 ")
     assert moves(best, BASE) == pytest.approx({"MATRIX_LR": 2.0, "WARMDOWN_FRAC": 2.0}, abs=0.01)
-    baseline_samples(a, "a0", source=best)         # its confirmation runs: samples of the new best
+    baseline_samples(a, "a0", source=best)         # the coordinator's re-measures of the new best
     nearer = lambda src: tuned(src) - 0.05         # noqa: E731  (around best, moves cost less)
     after = [propose_and_tell(a, "a0", source=best, score=nearer) for _ in range(6)]
     for new in after:
@@ -166,3 +166,19 @@ def test_a_trial_prepared_around_the_old_best_is_given_up_when_best_moves(redis_
     new3, _ = p3.resolve(best, **LIMITS)
     m = moves(new3, best)
     assert 1 <= len(m) <= 3 and max(m.values()) <= 4.01, m
+
+
+def test_an_agents_own_kept_commit_moves_the_centre_but_does_not_widen_the_region(redis_url):
+    """A commit that beat its parent by one noisy sample is the agent's new base, not a new
+    best: trials go around it, still 1-2 constants by 1-2 steps (a real swarm widened to 3
+    constants and 4 steps after one such keep)."""
+    a = backend(redis_url, "a0", seed=5)
+    baseline_samples(a, "a0")
+    won = lambda src: tuned(src) - 0.2             # noqa: E731  (no failure: the region stays)
+    kept = None
+    while kept is None or len(moves(kept, BASE)) != 1:   # a one-constant trial around best...
+        kept = propose_and_tell(a, "a0", score=won)        # ...that beat it, kept by the agent
+    after = [propose_and_tell(a, "a0", source=kept) for _ in range(3)]
+    for new in after:
+        m = moves(new, kept)
+        assert 1 <= len(m) <= 2 and max(m.values()) <= 2.01, m

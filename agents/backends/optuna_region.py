@@ -152,31 +152,42 @@ class Region:
         return f"<= {self.changes} constants, <= {self.steps:g} steps"
 
 
+# Samples the coordinator asks of best itself: its re-measures (baseline jobs, "repeat of best")
+# and the verification of a merge onto it. A centre with one of them is a best.
+BEST_ORIGINS = ("baseline", "verify")
+
+
 def replay(trials, n_params: int) -> Region:
-    """The region a study's trials have earned. Every new centre (a trial proposed around a
-    point no earlier trial was centred on) is a success: best, or the agent's kept commit, moved
-    there. A failure: a trial no better than the mean of its centre's samples (same code), or a
-    crash. A trial better than that mean resets the failure count."""
+    """The region a study's trials have earned. A success: best moved, i.e. a new centre (one no
+    earlier trial was centred on) that the study knows as a best (a sample of BEST_ORIGINS
+    there). An agent's own kept commit is a centre too, but not a success: in a real swarm on
+    the tuned baseline, one noisy keep widened the region to 3 constants and 4 steps. A
+    failure: a trial no better than the mean of its centre's samples (same code), or a crash.
+    A trial better than that mean resets the failure count."""
     from optuna.trial import TrialState
 
     samples: dict[tuple, list[float]] = {}
+    bests: set[tuple] = set()
     for t in trials:
         if t.state == TrialState.COMPLETE and t.value is not None:
-            samples.setdefault((point_key(t.params), t.user_attrs.get("code")), []).append(t.value)
+            key = (point_key(t.params), t.user_attrs.get("code"))
+            samples.setdefault(key, []).append(t.value)
+            if t.user_attrs.get("origin") in BEST_ORIGINS:
+                bests.add(key)
     region, seen = Region(), set()
     for t in sorted(trials, key=lambda t: t.number):
         c = t.user_attrs.get("centre")
         if c is None or t.user_attrs.get("not_run"):
             continue
-        ck = point_key(json.loads(c))
-        if ck not in seen:
+        ck, code = point_key(json.loads(c)), t.user_attrs.get("code")
+        if (ck, code) in bests and ck not in seen:
             if seen:
                 region.grow(n_params)
             seen.add(ck)
         if t.state == TrialState.FAIL:
             region.fail()
         elif t.state == TrialState.COMPLETE:
-            ref = samples.get((ck, t.user_attrs.get("code")))
+            ref = samples.get((ck, code))
             if not ref:
                 continue
             if t.value < sum(ref) / len(ref):

@@ -76,6 +76,10 @@ class ResearchAgent:
         self.wt = Worktree(cfg.worktree, cfg.repo, cfg.name)
         self._stop = threading.Event()
         self._cancel = threading.Event()
+        # The run in flight's own cancel: set by a hard stop, or when the verification it runs
+        # is moot (best moved off the commit it must beat: the coordinator cancelled the job).
+        self._run_cancel = threading.Event()
+        self._job_gone: str | None = None
         self._lock = threading.Lock()
         self.parent_val: float | None = None   # the coordinator's mean for the head (else one run)
         self.line_margin: float | None = None  # the margin the coordinator judged the head with
@@ -189,6 +193,7 @@ class ResearchAgent:
             cancel()
         if not (self.cfg.graceful_stop if graceful is None else graceful):
             self._cancel.set()
+            self._run_cancel.set()
 
     def status(self) -> dict:
         """A snapshot: name, program, phase, description, progress, counts, parent val_bpb,
@@ -409,9 +414,22 @@ class ResearchAgent:
             self._start_prep(parent, base_source, description)
         confirm = float("inf") if kind != "experiment" else (
             self.parent_val * 1.02 if self.parent_val is not None else None)
-        run = _Attempt(result=self._run(run_dir, source, seed, confirm), source=source,
-                       commit=commit, proposal=proposal)
+        self._job_gone = None
+        self._run_cancel = threading.Event()  # this run's (and its fixes'): a stop sets it too
+        if self._cancel.is_set():
+            self._run_cancel.set()
+        done = threading.Event()
+        if kind == "verify":  # watched from its own thread: never from the runner's serve loop
+            threading.Thread(target=self._watch_verification, args=(parent, done), daemon=True,
+                             name=f"{self.cfg.name}-verify-watch").start()
+        try:
+            run = _Attempt(result=self._run(run_dir, source, seed, confirm), source=source,
+                           commit=commit, proposal=proposal)
+        finally:
+            done.set()
         run.reason = run.result.error
+        if run.result.status == "crash" and self._job_gone and not self._cancel.is_set():
+            run.reason = f"cancelled: {self._job_gone}"
         if kind == "experiment":
             self._fix_crashes(run, eid=eid, parent=parent, description=description,
                               run_dir=run_dir, seed=seed, confirm=confirm)
@@ -492,7 +510,7 @@ class ResearchAgent:
                                cuda_visible_devices=self.cuda_visible_devices,
                                data_dir=cfg.data_dir, max_steps=cfg.max_steps,
                                hard_limit=cfg.hard_limit, confirm_below=confirm,
-                               threads=cfg.threads, cancel=self._cancel, on_event=self._on_event,
+                               threads=cfg.threads, cancel=self._run_cancel, on_event=self._on_event,
                                standby=True)  # the next run's sandbox warms up while we propose
         except Exception as e:  # the runner should not raise; if it does, it is still a record
             log.exception("%s: runner raised", cfg.name)
@@ -515,6 +533,25 @@ class ResearchAgent:
         elif isinstance(ev, Progress):
             self.progress = ev.progress
         self._beat()
+
+    def _watch_verification(self, parent: str, done: threading.Event) -> None:
+        """A verification job whose best moved is moot (the coordinator cancelled it and will
+        merge the candidate onto the new best): stop its run. Asked as the run starts, then
+        every heartbeat_s until it ends."""
+        while not done.is_set():
+            try:
+                best = self.port.best(self.hw)
+            except Exception as e:  # the coordinator unreachable: the run goes on
+                log.debug("%s: best not known during a verification: %s", self.cfg.name, e)
+                best = None
+            if done.is_set():
+                return
+            if best is not None and best.commit != parent:
+                self._job_gone = f"best moved to {best.commit[:10]} during the verification"
+                log.info("%s: stopping the verification run: %s", self.cfg.name, self._job_gone)
+                self._run_cancel.set()
+                return
+            done.wait(self.cfg.heartbeat_s)
 
     def _record(self, eid: str, *, kind: str, parent: str, commit: str | None, description: str,
                 status: str, reason: str | None, proposal: Proposal | None, started_at: float,
@@ -564,7 +601,9 @@ class ResearchAgent:
             self.parent_val = rec.val_bpb
         self.phase = "idle"
         self._beat(force=True)
-        wait = self.runs.ran(rec.kind, rec.status, rec.reason)
+        # A verification stopped because best moved is not code that crashed.
+        wait = 0.0 if self._job_gone else self.runs.ran(rec.kind, rec.status, rec.reason)
+        self._job_gone = None
         if wait:  # unchanged code crashed again: the machine, not an idea; do not loop hot
             self.phase = f"waiting {wait:.0f}s: {self.runs.streak} runs of code that trained before crashed"
             log.warning("%s: %s (last: %s)", self.cfg.name, self.phase, self.runs.last_error)

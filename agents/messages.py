@@ -118,7 +118,13 @@ class Decision(_Model):
     samples_best: int = 0                  # samples of best behind the decision
     beat_best: bool = False                # the candidate itself beat best by the margin
     beat_parent: bool = False              # the candidate beat its own parent by the margin
-    stage: str | None = None               # pending on: sigma | confirm | verify | verify-alone | verify-pool
+    stage: str | None = None               # pending on: sigma | confirm | contended | verify |
+                                           # verify-alone | verify-pool
+    waits: str | None = None               # pending in the sequential test: whose sample it waits
+                                           # for, "candidate" (or the merge) or "best"
+    looks: list[float] = Field(default_factory=list)        # the sequential test against best_before:
+                                           # the information (samples' worth) of each look so far
+    merge_looks: list[float] = Field(default_factory=list)  # the same for merge_commit's verification
     merge_samples: int = 0                 # samples of merge_commit when its verification was asked
     pooled: list[str] = Field(default_factory=list)  # experiments whose changes went into merge_commit
                                            # with this one's (a pool: decide/pooling.py)
@@ -145,6 +151,7 @@ class Broadcast(_Model):
     commit: str
     val_bpb: float
     seq: int                               # strictly increasing per hardware class
+    samples: int = 0                       # how many samples val_bpb (best's reference mean) rests on
     experiment_id: str | None = None
     decision: DecisionKind | None = None
     published_at: float = Field(default_factory=time.time)
@@ -160,14 +167,25 @@ class ReportReply(_Model):
 
 
 class PromotionConfig(_Model):
-    """How the coordinator decides that a result is a real improvement, not noise."""
+    """How the coordinator decides that a result is a real improvement, not noise: a truncated
+    sequential probability ratio test per candidate (coordinator/decide/sequential.py)."""
 
     min_delta: float = Field(0.001, ge=0, description="smallest val_bpb improvement that ever counts (bpb)")
-    k: float = Field(2.5, ge=0, description="margin in standard errors of the difference of means, "
-                     "as a one-sided normal tail (2.5: 0.6%); with sigma estimated from few samples "
-                     "the Student-t quantile of the same tail is used. With confirmations and pools "
-                     "(more looks), 0.45% of a null landscape's experiments moved best in the research "
-                     "bench (12 seeds), 1.3% at k=2.0")
+    alpha: float = Field(0.005, gt=0, lt=0.5, description="a candidate with no real effect is promoted with "
+                         "probability alpha over all the looks of its sequential test (error spending, "
+                         "sigma known; measured with sigma estimated, pools and verifications included: "
+                         "bench/sequential.py, bench/research.py's null arm)")
+    beta: float = Field(0.05, gt=0, lt=0.5, description="a candidate better by `effect` sigma is stopped for "
+                        "futility (discarded) with probability beta: lower keeps more candidates for "
+                        "another look (more power, more runs)")
+    effect: float = Field(2.0, gt=0, description="the improvement, in sigmas of one run, the test is "
+                          "designed to detect with power 1 - beta; smaller ones reach best too, less often")
+    rho_alpha: float = Field(0.5, gt=0, description="alpha is spent along the information fraction t as "
+                             "alpha * t^rho_alpha: below 1, early (most big wins promote on their first run)")
+    rho_beta: float = Field(0.5, gt=0, description="beta is spent as beta * t^rho_beta: below 1, early "
+                            "(a candidate that will not make it stops sooner)")
+    inflation: float = Field(1.2, ge=1, description="the test ends at this many times the information a "
+                             "single test of alpha and power 1 - beta at `effect` would need")
     sigma_prior: float = Field(0.005, gt=0, description="val_bpb std of one commit, used until a hardware "
                                "class has a commit with >= 2 samples (bpb)")
     cost_per_line: float = Field(2e-5, ge=0, description="extra improvement each net added line of "
@@ -175,17 +193,18 @@ class PromotionConfig(_Model):
     simplify_tolerance_k: float = Field(1.0, ge=0, description="a change that removes more lines than it "
                                         "adds is a win when it is worse than best by at most this many "
                                         "standard errors (or min_delta)")
-    confirm_runs: int = Field(2, ge=0, description="at most this many confirmation runs (new seed) for a "
-                              "result inside the margin: a short sequential test, judged again after each")
-    confirm_fraction: float = Field(0.5, ge=0, le=1, description="a result gets a confirmation run only "
-                                    "when it beats best by at least this share of the margin (below, "
-                                    "one more sample almost never reaches the margin)")
+    confirm_runs: int = Field(15, ge=0, description="at most this many confirmation runs (new seeds) of one "
+                              "candidate: where the sequential test is truncated (undecided: discard)")
     min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
-                         "(the coordinator schedules repeats of the baseline until then): with fewer, "
-                         "even the Student-t margin rests on a sigma that is often half the true one")
-    best_remeasures: int = Field(4, ge=0, description="top-priority runs (new seeds) of each new best; "
-                                 "from the first on, those alone are its reference: the samples that "
-                                 "made it best were selected for being low")
+                         "(the coordinator schedules repeats of the baseline until then; noise history "
+                         "counts): with fewer, even the Student-t margin rests on a sigma that is often "
+                         "half the true one")
+    best_remeasures: int = Field(4, ge=0, description="top-priority runs (new seeds) of each new best until "
+                                 "it has this many samples besides the experiment run that made it a "
+                                 "winner (that one is left out of best's mean: it was selected for being low)")
+    history_dof_max: int = Field(24, ge=0, description="noise measured by earlier swarms of the same "
+                                 "hardware class, profile, budget and apparatus counts as a prior of at "
+                                 "most this many degrees of freedom (0: no history)")
     pool_max: int = Field(4, ge=1, description="results inside the margin (judged against the current or the "
                           "previous best) are merged together onto best, up to this many, and the "
                           "combination verified like a merge: gains too small to confirm one by one add "
@@ -199,3 +218,16 @@ class PromotionConfig(_Model):
                                       "this many seconds is handed out again; null: derived from the "
                                       "runs (1.5 x the longest run, start-up and evaluation included, "
                                       "+ 60 s; 900 s before the first run)")
+
+
+class NoiseHistorySpec(_Model):
+    """Where the coordinator reads and writes the noise measured by swarms on the same hardware
+    class, and what must match for a measurement to count: profile, budget and the apparatus
+    (a fingerprint of the locked trainer code and of the prepared data). Built by `swarm run`
+    (coordinator/decide/history.py: history_spec)."""
+
+    path: str                              # the JSON file, beside the prepared data
+    profile: str
+    budget: float
+    apparatus: str
+

@@ -178,23 +178,62 @@ def machine() -> dict:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
+def drop_slow(out: Path, fraction: float, shape_knobs: list[str]) -> int:
+    """Runs trained on a loaded machine: the budget is wall clock, so another job on the same
+    core cuts a run's steps (seen here: the baseline's 114 steps fell to 57-77 while other work
+    shared the core). Among runs of one compute shape (the knobs that change the work per token;
+    the learning rates and the schedule do not), tokens/s is the machine's speed: runs more
+    than `fraction` below their shape's median are moved aside, to be trained again."""
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    speed: dict[str, list[float]] = {}
+
+    def shape(r):
+        return json.dumps({k: r["point"].get(k) for k in shape_knobs}, sort_keys=True)
+
+    def tps(r):
+        return (r.get("tokens") or 0) / (r.get("training_seconds") or 1.0)
+
+    for r in rows:
+        if r["status"] == "ok":
+            speed.setdefault(shape(r), []).append(tps(r))
+    med = {k: sorted(v)[len(v) // 2] for k, v in speed.items()}
+    keep, slow = [], []
+    for r in rows:
+        m = med.get(shape(r))
+        (slow if r["status"] == "ok" and m and tps(r) < (1 - fraction) * m else keep).append(r)
+    if slow:
+        with out.with_suffix(".slow.jsonl").open("a") as f:
+            for r in slow:
+                f.write(json.dumps(r) + "\n")
+        out.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    print(f"drop-slow: {len(slow)} of {len(rows)} runs more than {fraction:.0%} below their shape's "
+          f"median tokens/s moved to {out.with_suffix('.slow.jsonl').name}", flush=True)
+    return len(slow)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--budget", type=float, default=30.0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--program", default=str(_HERE.parent / "programs" / "baseline.md"))
+    ap.add_argument("--profile", default="cpu", help="the trainer profile (cpu, gpu): model size and batch")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--budget", type=float, default=30.0, help="training seconds per run (the swarm's --budget)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (CPU)")
+    ap.add_argument("--program", default=str(_HERE.parent / "programs" / "baseline.md"),
+                    help="the program whose search space is measured")
     ap.add_argument("--out", default=None, help="default: bench/data/real-<profile>-b<budget>-t<threads>.jsonl")
     ap.add_argument("--repeats", type=int, default=24, help="runs of the unchanged baseline (>= 20)")
-    ap.add_argument("--local", type=int, default=28)
-    ap.add_argument("--global", dest="global_", type=int, default=24)
-    ap.add_argument("--replicates", type=int, default=12)
-    ap.add_argument("--design-seed", type=int, default=0)
+    ap.add_argument("--local", type=int, default=28, help="points a few steps from the baseline (space-filling)")
+    ap.add_argument("--global", dest="global_", type=int, default=24, help="points over the whole space")
+    ap.add_argument("--replicates", type=int, default=12, help="second runs of design points (noise elsewhere)")
+    ap.add_argument("--design-seed", type=int, default=0, help="seed of the space-filling samples")
     ap.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
     ap.add_argument("--cpu", default=None, help="pin the runs to these cores (taskset list, e.g. 0)")
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", default=None, help="prepared data (default: the cache swarm uses)")
     ap.add_argument("--dry-run", action="store_true", help="print the design and exit")
+    ap.add_argument("--drop-slow", type=float, default=None, metavar="FRACTION",
+                    help="move runs whose tokens/s is more than FRACTION below the median of the runs of "
+                         "the same compute shape (--shape-knobs) to <out>.slow.jsonl, then re-run them")
+    ap.add_argument("--shape-knobs", default="DEPTH",
+                    help="the knobs that change the model's compute per token (comma list)")
     a = ap.parse_args(argv)
 
     from trainer import baseline_path
@@ -215,6 +254,8 @@ def main(argv=None) -> int:
 
     out = Path(a.out or _HERE / "data" / f"real-{a.profile}-b{a.budget:g}-t{a.threads}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if a.drop_slow is not None and out.exists():
+        drop_slow(out, a.drop_slow, a.shape_knobs.split(","))
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():

@@ -1,5 +1,17 @@
-"""A synthetic research landscape: a train.py of ten UPPER_CASE knobs whose true val_bpb is
-known, research programs over them, and a fake runner that returns what the real one returns.
+"""The research bench's landscapes and its fake runner.
+
+A landscape is any object with this interface (bench/research.py takes one; the synthetic bowls
+below implement it, bench/real_landscape.py's RealLandscape fits the real trainer's measurements):
+    sigma, baseline, optimum, max_gain: float; null: bool; hardware_class: str
+    baseline_text() -> str                          the train.py every repo starts from
+    true_bpb(text) -> float; gain(text) -> float    true val_bpb, and baseline - true_bpb
+    sample(text, rng) -> ("ok", val) | ("crash", None)   one run
+    program_text(name, adopt=None) -> str           a program with a mutate/optuna search space
+    programs_for(n) -> list[str]                    program names for n agents (the swarm's mix)
+    single_program: str                             the program covering every knob (single arm)
+    seconds_per_run: float                          simulated wall clock of one run
+
+The synthetic bowls: a train.py of ten UPPER_CASE knobs whose true val_bpb is known.
 
 The true val_bpb is BASE plus a sum of penalties, each zero at the knob's optimum:
   LR            log-scale bowl (a learning rate: steps multiply)          up to 0.030
@@ -20,7 +32,7 @@ import random
 import re
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from trainer.schema import ExperimentResult
 
@@ -76,16 +88,43 @@ def constants(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in _CONST.finditer(text)}
 
 
-class Landscape:
-    """True val_bpb of a train.py text (cached by text), and the best value reachable."""
+class Landscape(Protocol):
+    """What bench/research.py needs of a landscape (see the module docstring)."""
 
-    def __init__(self, null: bool = False, sigma: float = SIGMA):
-        self.null, self.sigma = null, sigma
+    sigma: float
+    baseline: float
+    optimum: float
+    max_gain: float
+    null: bool
+    hardware_class: str
+    single_program: str
+    seconds_per_run: float
+
+    def baseline_text(self) -> str: ...
+    def true_bpb(self, text: str) -> float: ...
+    def gain(self, text: str) -> float: ...
+    def sample(self, text: str, rng: random.Random) -> tuple[str, float | None]: ...
+    def program_text(self, name: str, adopt: str | None = None) -> str: ...
+    def programs_for(self, n: int) -> list[str]: ...
+
+
+class Bowls:
+    """The synthetic bowls: true val_bpb of a train.py text (cached by text), Gaussian run noise,
+    never a crash. The landscape the defaults were first tuned on (the real one is held out)."""
+
+    hardware_class = "bench-sim"
+    single_program = "explore"
+
+    def __init__(self, null: bool = False, sigma: float = SIGMA, seconds_per_run: float = 300.0):
+        self.null, self.sigma, self.seconds_per_run = null, sigma, seconds_per_run
         self._cache: dict[str, float] = {}
         self._lock = threading.Lock()
         self.baseline = self.true_bpb(baseline_text())
         self.optimum = BASE  # every penalty is zero at the optimum
         self.max_gain = self.baseline - self.optimum
+
+    def baseline_text(self) -> str:
+        return baseline_text()
 
     def true_bpb(self, text: str) -> float:
         with self._lock:
@@ -101,6 +140,15 @@ class Landscape:
     def gain(self, text: str) -> float:
         """True improvement over the baseline (bpb, + = better)."""
         return self.baseline - self.true_bpb(text)
+
+    def sample(self, text: str, rng: random.Random) -> tuple[str, float | None]:
+        return "ok", self.true_bpb(text) + rng.gauss(0.0, self.sigma)
+
+    def program_text(self, name: str, adopt: str | None = None) -> str:
+        return program_text(name, adopt)
+
+    def programs_for(self, n: int) -> list[str]:
+        return programs_for(n)
 
 
 # --- research programs (the `mutate` backend's search spaces) --------------------------------
@@ -139,13 +187,14 @@ def programs_for(n: int) -> list[str]:
 
 # --- the fake runner ---------------------------------------------------------------------------
 class RunLog:
-    """Every run any fake runner of one arm made: (agent, text, true, measured)."""
+    """Every run any fake runner of one arm made: (agent, text, true, measured); measured is
+    None for a run that crashed or was stopped (it took its slot all the same)."""
 
     def __init__(self) -> None:
-        self.runs: list[tuple[str, str, float, float]] = []
+        self.runs: list[tuple[str, str, float, float | None]] = []
         self.lock = threading.Lock()
 
-    def add(self, agent: str, text: str, true: float, val: float) -> None:
+    def add(self, agent: str, text: str, true: float, val: float | None) -> None:
         with self.lock:
             self.runs.append((agent, text, true, val))
 
@@ -155,11 +204,13 @@ class RunLog:
 
 def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: RunLog | None = None,
                 gate: Callable[[], None] | None = None):
-    """A runner with the real runner's signature and result: val_bpb = true + N(0, sigma).
+    """A runner with the real runner's signature and result: one landscape.sample() per run.
 
     `gate()` is called after the run "started" and before it returns (the bench holds every
-    agent of a round there, so that all of them start from the same state). The noise comes
-    from `rng` (one per agent), so a bench run is reproducible for a given seed."""
+    agent of a round there, so that all of them start from the same state). After the gate the
+    run reports progress (as the real runner does while it trains) and honours `cancel` (an
+    agent stops a verification whose best moved). The noise comes from `rng` (one per agent),
+    so a bench run is reproducible for a given seed."""
 
     def run(train_py, run_dir, *, budget=None, seed=0, profile=None, device="cpu",
             cuda_visible_devices=None, data_dir=None, max_steps=None, hard_limit=None,
@@ -168,20 +219,33 @@ def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: 
         text = Path(train_py).read_text(encoding="utf-8")
         if gate is not None:
             gate()
+        if on_event is not None:
+            on_event({"event": "progress", "progress": 0.5, "steps": 1, "tokens": 1})
         true = landscape.true_bpb(text)
-        val = true + rng.gauss(0.0, landscape.sigma)
+        b = float(budget or landscape.seconds_per_run)
+        hw = landscape.hardware_class
+        log_path = Path(run_dir) / "run.log"
+        if cancel is not None and cancel.is_set():
+            if log is not None:
+                log.add(agent, text, true, None)
+            return ExperimentResult(status="crash", error="cancelled", seed=seed, budget=b,
+                                    profile="bench", hardware_class=hw)
+        status, val = landscape.sample(text, rng)
+        if log is not None:
+            log.add(agent, text, true, val if status == "ok" else None)
+        if status != "ok" or val is None:
+            log_path.write_text("crash\n")
+            return ExperimentResult(status="crash", error="RuntimeError: the landscape's crash",
+                                    log_tail="RuntimeError", log_path=str(log_path), seed=seed,
+                                    budget=b, profile="bench", hardware_class=hw)
         confirm = None
         if confirm_below is not None and val < confirm_below:
             confirm = true + rng.gauss(0.0, landscape.sigma)
-        if log is not None:
-            log.add(agent, text, true, val)
-        log_path = Path(run_dir) / "run.log"
         log_path.write_text(f"val_bpb: {val:.6f}\n")
-        b = float(budget or 300.0)
         return ExperimentResult(
             status="ok", val_bpb=val, confirm_bpb=confirm, log_path=str(log_path),
             log_tail=f"val_bpb: {val:.6f}", training_seconds=b, startup_seconds=5.0,
             eval_seconds=10.0, total_seconds=b + 15.0, tokens=int(b * 1000), steps=int(b),
-            seed=seed, budget=b, profile="bench", hardware_class="bench-sim")
+            seed=seed, budget=b, profile="bench", hardware_class=hw)
 
     return run

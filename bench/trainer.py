@@ -26,8 +26,8 @@ from pathlib import Path
 # This file is named like the package it benches: keep its own folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-PHASES = ("spawn_to_ready", "ready_to_clock", "export", "collect", "eval_wait_ready", "eval_load",
-          "eval_probe", "eval_val", "eval_confirm")
+PHASES = ("spawn_to_ready", "ready_to_clock", "eval_wait_ready", "eval_load", "eval_val", "eval_val_probe",
+          "eval_confirm", "eval_confirm_probe")
 
 
 def overhead(r) -> float:

@@ -91,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(subs, "status", "show the agents, best val_bpb per hardware class and experiments/hour",
              "swarm status")
-    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.add_argument("--json", action="store_true", help="print the status as JSON (the README's "
+                   "'Reviewing results' lists its keys)")
     _home_arg(s)
 
     ln = _sub(subs, "lineage", "print the lineage tree of experiments (or write it as json/dot/graphml)",
               "swarm lineage --format dot --output lineage.dot")
-    ln.add_argument("--all", action="store_true", help="include discarded and crashed experiments")
-    ln.add_argument("--format", choices=["tree", "json", "dot", "graphml"], default="tree")
+    ln.add_argument("--all", action="store_true", help="every trained commit: add the discarded, "
+                    "crashed, pending and carried results (default: best's commits only, in every format)")
+    ln.add_argument("--format", choices=["tree", "json", "dot", "graphml"], default="tree",
+                    help="tree (default): best per hardware class in the terminal; json: networkx "
+                    "node-link data; dot, graphml: for graph tools")
     ln.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     _home_arg(ln)
 
@@ -106,16 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", metavar="DIR", help="default: SWARM_HOME/reports")
     _home_arg(rp)
 
-    ex = _sub(subs, "export", "write the ledger (every experiment record) as parquet, tsv or json",
+    ex = _sub(subs, "export", "write the ledger (every experiment record) as parquet, tsv or json, or log it to MLflow",
               "swarm export --format tsv --output ledger.tsv")
-    ex.add_argument("--format", choices=["parquet", "tsv", "json"], default="parquet")
-    ex.add_argument("--output", metavar="FILE", help="default: SWARM_HOME/snapshots/ledger.<format>")
+    ex.add_argument("--format", choices=["parquet", "tsv", "json", "mlflow"], default="parquet",
+                    help="parquet (the default), tsv (the original's five columns first), json, or "
+                         "mlflow: every record as a run in an MLflow experiment (needs the [mlflow] extra)")
+    ex.add_argument("--output", metavar="FILE", help="the file to write, or - for stdout (tsv and json "
+                    "only); default: SWARM_HOME/snapshots/ledger.<format>. With --format mlflow: the "
+                    "tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default store)")
+    ex.add_argument("--experiment", metavar="NAME", help="with --format mlflow: the MLflow experiment "
+                    "(default: autoresearch-swarm)")
     _home_arg(ex)
 
     st = _sub(subs, "stop", "ask the running `swarm run` to stop cleanly and wait until it has",
               "swarm stop")
-    st.add_argument("--timeout", type=_positive(float), default=300.0, metavar="S")
-    st.add_argument("--swarm-home", metavar="DIR")
+    st.add_argument("--timeout", type=_positive(float), default=300.0, metavar="S",
+                    help="seconds to wait for the swarm to record its in-flight runs and exit "
+                         "(default 300)")
+    st.add_argument("--swarm-home", metavar="DIR",
+                    help="the swarm's state directory (default: $SWARM_HOME or ./.swarm)")
     return p
 
 
@@ -161,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
+        return EXIT_USAGE
+    if args.command == "export" and args.output == "-" and args.format == "parquet":
+        # parquet is binary: it never goes to a terminal (it used to come out as JSON)
+        print("swarm export: error: --output - needs --format tsv or json (parquet needs a file)",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         return _dispatch(args)

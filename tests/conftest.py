@@ -15,6 +15,51 @@ os.environ.setdefault("GIT_COMMITTER_NAME", "swarm-test")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "swarm-test@localhost")
 
 
+# The slow tier (`-m slow`; the fast tier is `-m "not slow"`, the README's test command). A test
+# is slow when it carries @pytest.mark.slow, or uses a fixture that makes it slow, or sits in a
+# module whose every test is slow. Measured 2026-12-03 (CPU seconds of the whole process tree
+# per test, on a loaded machine): one run of the real trainer in its sandbox costs 4-7 CPU s
+# (import torch twice, export, score), starting the session's Ray 6-8 s.
+SLOW_FIXTURES = {
+    "ray_local": "starts a local Ray",
+    "prepared_data_dir": "runs the real trainer on the prepared corpus",
+}
+SLOW_MODULES = {
+    "test_attacks_isolation": "each attack runs a train.py in the real sandbox",
+    "test_attacks_scoring": "each attack trains and scores a train.py for real",
+    "test_runner": "the real runner, trainer and evaluation",
+    "test_runner_adversarial": "hostile train.py files through the real runner",
+    "test_runner_contract": "the real runner against its fake",
+    "test_chaos": "kills processes of a loaded swarm at random",
+    "test_multinode": "head and worker Ray nodes",
+    "test_bench_coordinator": "runs the coordinator bench (one arm on Ray)",
+    "test_bench_research": "runs the research bench (162 s here)",
+    "test_bench_search": "runs the search bench",
+    "test_swarm_run": "real swarms",
+    "test_swarm_run_llm": "a real swarm with an LLM backend",
+    "test_trainer_manual": "`swarm train` runs the real trainer",
+}
+
+SLOW_TESTS = {   # the heaviest of the rest (CPU seconds of the process tree, measured here)
+    "test_report.py::test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click":
+        "starts Chromium (8.7 s)",
+    "test_rules_null.py::test_null_effects_rarely_promote": "a statistical simulation (7.9 s)",
+    "test_sandbox.py::test_torch_trains_under_the_limits": "trains with torch in the sandbox (5.8 s)",
+    "test_prepare.py::test_two_processes_at_once": "prepares the corpus twice at once (5.5 s)",
+}
+
+
+def _slow_reason(item) -> str | None:
+    for name, why in SLOW_FIXTURES.items():
+        if name in getattr(item, "fixturenames", ()):
+            return why
+    if item.module is None:
+        return None
+    name = item.module.__name__.rsplit(".", 1)[-1]
+    return SLOW_MODULES.get(name) or SLOW_TESTS.get(f"{name}.py::{item.name}")
+
+
+@pytest.hookimpl(tryfirst=True)   # before `-m` selects on the markers
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -24,6 +69,8 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
     skip_cluster = pytest.mark.skip(reason="needs a multi-node Ray cluster")
     for item in items:
+        if "slow" not in item.keywords and _slow_reason(item):
+            item.add_marker(pytest.mark.slow)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "cluster" in item.keywords:

@@ -2,6 +2,7 @@
 
 Each request takes the next step of the script: ("ok", content[, prompt_tokens,
 completion_tokens]), ("status", code), ("hang", seconds), ("garbage",), ("nochoices",),
+("raw", code, content_type, body) (a proxy's HTML page, a huge error body),
 ("follow",): a model that follows the user turn (it answers with the first search/replace
 example it reads there, else in prose, as a model that never saw the format does).
 When the script runs out the last step repeats. Requests are remembered for assertions.
@@ -109,6 +110,15 @@ class FakeLLMServer:
             payload = json.dumps({"error": {"message": f"scripted {step[1]}", "type": "x"}}).encode()
             h.send_response(step[1])
             h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            return
+        if kind == "raw":
+            # ("raw", status, content_type, body): a proxy's or a server's own page, as sent
+            payload = step[3].encode()
+            h.send_response(step[1])
+            h.send_header("Content-Type", step[2])
             h.send_header("Content-Length", str(len(payload)))
             h.end_headers()
             h.wfile.write(payload)

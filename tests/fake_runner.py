@@ -189,10 +189,11 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
     from agents.messages import Decision
     decisions = {k: Decision.model_validate_json(v) for k, v in decisions.items()}
     blob = lambda c: repo.commit_files([c])[0][1]
+    # Per (class, train.py blob): every sample, and the ones that are not experiment runs (best
+    # is compared by those once it has any, and a merge is verified by them only: an experiment
+    # run was selected for looking good). Contended runs count nowhere.
     samples: dict[tuple[str, str], list[float]] = {}
-    # A best is compared by the samples taken since it became best, once it has any (the
-    # ones that made it best were selected for being low).
-    fresh: dict[tuple[str, str], list[float]] = {}
+    unselected: dict[tuple[str, str], list[float]] = {}
     record_ids: list[str] = []
     moves = []
     for typ, id, js in led.events():
@@ -200,19 +201,19 @@ def check_invariants(coord, best_seen: dict[str, list[str]]) -> None:
             record_ids.append(id)
             rec = ExperimentRecord.model_validate_json(js)
             d = decisions.get(id)
-            if rec.status == "ok" and d is not None and d.decision != "rejected":
+            contended = rec.result is not None and rec.result.contended
+            if rec.status == "ok" and d is not None and d.decision != "rejected" and not contended:
                 key = (rec.hardware_class, blob(rec.commit))
                 samples.setdefault(key, []).append(rec.val_bpb)
-                if key in fresh:
-                    fresh[key].append(rec.val_bpb)
+                if rec.kind != "experiment":
+                    unselected.setdefault(key, []).append(rec.val_bpb)
         elif typ == "decision":
             d = Decision.model_validate_json(js)
             if d.best_after:
                 hw = d.hardware_class
-                new = samples.get((hw, blob(d.best_after)), [])
-                old = (fresh.get((hw, blob(d.best_before))) or
-                       samples.get((hw, blob(d.best_before)), []))
-                fresh[(hw, blob(d.best_after))] = []
+                kb, ka = (hw, blob(d.best_before)), (hw, blob(d.best_after))
+                new = unselected.get(ka, []) if d.decision == "merge" else samples.get(ka, [])
+                old = unselected.get(kb) or samples.get(kb, [])
                 moves.append(d)
                 # 1: the move beat its first parent by the margin, with samples of that class only (5).
                 assert d.decision in KEPT, d

@@ -116,9 +116,45 @@ def test_token_cap_binds_where_no_price_is_known(tmp_path):
     assert summary["spent_tokens"] == 450 and summary["spent_usd"] == 0.0
 
 
-def test_preflight_says_when_no_price_is_known():
+def test_preflight_says_when_no_price_is_known_and_a_dollar_cap_depends_on_it():
+    free = {"input_cost_per_mtok": None, "output_cost_per_mtok": None}
     with FakeLLMServer([("ok", "OK")]) as srv:
-        free = make_backend(spec(srv.url, input_cost_per_mtok=None, output_cost_per_mtok=None))
-        assert len(free.preflight()) == 1 and "knows no price for 'openai/fake-model'" in free.preflight()[0]
-        assert make_backend(spec(srv.url)).preflight() == []      # a price is configured
+        capped = make_backend(spec(srv.url, max_cost_usd=5, **free)).preflight()
+        assert len(capped) == 1 and "knows no price for 'openai/fake-model'" in capped[0]
+        assert "max_cost_usd=5 cannot stop it" in capped[0]
+        assert make_backend(spec(srv.url, **free)).preflight() == []   # no cap in dollars: nothing to say
+        assert make_backend(spec(srv.url, max_total_tokens=10, **free)).preflight() == []
+        assert make_backend(spec(srv.url, max_cost_usd=5)).preflight() == []   # a price is configured
         assert srv.requests[0]["max_tokens"] == 1
+
+
+PAGE = ("<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>502 Bad Gateway</title>"
+        "<style>body{font-family:sans-serif}</style></head><body><h1>Bad Gateway</h1><p>"
+        + "The proxy server received an invalid response from an upstream server. " * 30
+        + "</p></body></html>")
+
+
+@pytest.mark.parametrize("status", [502, 404])
+def test_an_html_error_page_is_summarised_by_status_and_title(status):
+    from agents.errors import BackendUnavailable
+
+    with FakeLLMServer([("raw", status, "text/html", PAGE)]) as srv:
+        b = make_backend(spec(srv.url, max_retries=0))
+        with pytest.raises((BackendUnavailable, BackendRefused)) as e:
+            b.propose(ctx())
+    line = str(e.value)
+    assert "\n" not in line and "<" not in line and "Bad Gateway</title>" not in line
+    assert f"(HTTP {status}): an HTML page titled '502 Bad Gateway'" in line
+    assert srv.url in line and len(line) < 300
+
+
+def test_an_oversized_error_body_is_cut_between_words():
+    body = '{"error": {"message": "' + " ".join(f"word{i}" for i in range(400)) + '"}}'
+    with FakeLLMServer([("raw", 400, "application/json", body)]) as srv:
+        with pytest.raises(BackendRefused) as e:
+            make_backend(spec(srv.url)).propose(ctx())
+    line = str(e.value)
+    assert "BadRequestError (HTTP 400): word0 word1" in line
+    kept = line.split("(HTTP 400): ")[1].split(" ... (")[0].split()
+    assert kept == [f"word{i}" for i in range(len(kept))]   # whole words only, none cut
+    assert line.endswith("more characters)") and len(line) < 400

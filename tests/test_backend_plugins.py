@@ -106,7 +106,7 @@ def test_entry_point_backend_validates_in_swarm_yaml_and_builds(tmp_path):
     assert (res["class"], res["module"], res["seed"]) == ("EchoBackend", "swarm_echo_backend", 3)
     assert res["source"] == "X = 1\n# hihi\n"
     # the plugin's own model forbids unknown keys, like a built-in's
-    assert res["bad"] == "bad.yaml: backend.colour: unknown key (valid keys: type, text, repeat)"
+    assert res["bad"] == f"{bad}: backend.colour: unknown key (valid keys: type, text, repeat)"
     # a plugin that fails to import is skipped with a warning; the others still load
     assert res["known"] == ["auto", "command", "echo", "litellm", "mutate", "optuna"]
     assert "backend plugin broken (swarm_broken_backend) failed to load: ImportError" in out.stderr

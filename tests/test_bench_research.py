@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bench.research import Config, run_bench
 
 LINE = re.compile(r"^agents=8 swarm_gain=[-\d.]+ independent_gain=[-\d.na]+ single_gain=[-\d.na]+ "
@@ -23,3 +25,31 @@ def test_reduced_bench_loses_no_winner_and_rarely_promotes_noise(tmp_path, redis
     null = res["arms"]["null"]
     assert sum(r.experiments for r in null["results"]) >= 150  # enough decisions to mean something
     assert res["false_promotions"] <= 0.01
+
+
+def test_the_independent_arm_pays_the_baseline_once_and_shares_only_the_noise(tmp_path, redis_url):
+    """Fair arms: the first independent agent measures sigma as the swarm does and leaves it in
+    a noise history; the others start from it (one baseline run each, no repeats for sigma)."""
+    from agents.messages import PromotionConfig
+    from bench.landscape import Bowls
+    from bench.research import _independent
+
+    conf = Config(agents=3, runs=36, seeds=1, null_runs=0, null_seeds=0)
+    cfg = PromotionConfig()
+    res = _independent(conf, 0, 36, tmp_path, redis_url, Bowls(), cfg, {})
+    assert res.runs >= 36
+    # agent 0: min_dof + 1 runs of the root; agents 1 and 2: their first baseline, and the runs
+    # of the root their own sequential tests ask for (at most a handful), never min_dof + 1.
+    assert res.baseline_root < 3 * (cfg.min_dof + 1) - cfg.min_dof, res
+
+
+def test_the_real_landscape_is_asked_for_by_name_and_missing_is_one_clear_line(capsys):
+    import importlib.util
+
+    from bench.research import main
+
+    if importlib.util.find_spec("bench.real_landscape") is not None:
+        pytest.skip("bench/real_landscape.py exists: the bench takes it")
+    assert main(["--landscape", "real", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "real_landscape" in err[0] and err[0].startswith("error: --landscape real")

@@ -1,5 +1,6 @@
 """The `swarm` command: help texts, and bad inputs that end in one line, exit 2, nothing created."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -156,3 +157,91 @@ def test_unknown_key_lists_the_closest_and_the_valid_keys(tmp_path):
     _llm_yaml(tmp_path, '{type: litellm, model: "openai/x", timeout: 30}')
     line = _bad(tmp_path, "run", expect="swarm.yaml: backend.timeout: unknown key (did you mean 'timeout_s'?")
     assert "valid keys: type, model" in line
+
+
+def test_errors_name_the_config_file_given(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "other.yaml").write_text("programs: []\n")
+    _bad(tmp_path, "run", "--config", "conf/other.yaml",
+         expect="conf/other.yaml: programs: at least one program is needed")
+    (tmp_path / "conf" / "other.yaml").write_text("programs:\n  - path: nowhere.md\n")
+    _bad(tmp_path, "run", "--config", "conf/other.yaml", expect="conf/other.yaml: programs.0.path: program file")
+
+
+def test_a_swarm_yaml_with_only_a_backend_is_planned_over_the_defaults(tmp_path, monkeypatch):
+    # The checks of `swarm run` (nothing started): a one-line file keeps the shipped programs.
+    from coordinator.cli import build_parser
+    from coordinator.run.swarm import plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWARM_HOME", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\n")
+    p = plan(build_parser().parse_args(["run", "--agents", "6", "--profile", "cpu", "--budget", "5"]))
+    assert sorted(a["program_name"] for a in p.agent_specs) == sorted(
+        ["baseline", "optimizer", "architecture", "schedule", "simplify", "explore"])
+    assert {a["backend"]["type"] for a in p.agent_specs} == {"mutate"}
+    assert not (tmp_path / ".swarm").exists()
+
+
+def _option_helps(text: str) -> dict[str, str]:
+    """--flag -> its help text, read from argparse's --help output."""
+    out: dict[str, str] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if m:
+            cur = max(re.findall(r"--?[A-Za-z][\w-]*", m.group(1)), key=len)
+            out[cur] = (m.group(2) or "").strip()
+        elif cur and line.startswith("      ") and line.strip():
+            out[cur] = f"{out[cur]} {line.strip()}".strip()
+        else:
+            cur = None
+    return out
+
+
+ALL_SUBCOMMANDS = SUBCOMMANDS + ["prepare", "train"]
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory) -> dict[str, tuple[dict[str, str], str]]:
+    """command -> (its flags and their help, the whole --help text)."""
+    cwd = tmp_path_factory.mktemp("help")
+    out = {}
+    for sub in ["", *ALL_SUBCOMMANDS]:
+        r = swarm(*([sub] if sub else []), "--help", cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        out[sub] = (_option_helps(r.stdout), r.stdout)
+        assert "--help" in out[sub][0], r.stdout
+    return out
+
+
+@pytest.mark.parametrize("sub", ["", *ALL_SUBCOMMANDS])
+def test_every_flag_has_help(helps, sub):
+    missing = [flag for flag, text in helps[sub][0].items() if not text]
+    assert not missing, f"swarm {sub}: no help for {missing}"
+
+
+def test_the_readme_lists_every_flag_of_every_command(helps):
+    text = README.read_text()
+    table = text[text.index("### Every command and flag"):]
+    rows = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\| `swarm ?([a-z]*)` \| (.*) \|$", table, re.M)}
+    assert set(rows) == set(helps), "one README row per command"
+    for sub, (flags, whole) in helps.items():
+        in_readme = set(re.findall(r"--[a-z][a-z-]*", rows[sub]))
+        in_help = {f for f in flags if f.startswith("--")} - {"--help"}
+        assert in_help <= in_readme, f"swarm {sub}: the README misses {sorted(in_help - in_readme)}"
+        extra = {f for f in in_readme - in_help if f not in whole}
+        assert not extra, f"swarm {sub}: the README lists {sorted(extra)}, --help does not"
+
+
+def test_true_defaults_in_help(helps):
+    assert "$SWARM_HOME/runs/manual-<time>" in helps["train"][0]["--run-dir"]
+    assert "parquet (the default)" in helps["export"][0]["--format"]
+    assert "- for stdout" in helps["export"][0]["--output"]
+    assert "default 300" in helps["stop"][0]["--timeout"]
+
+
+def test_export_parquet_to_stdout_is_refused(tmp_path):
+    _bad(tmp_path, "export", "--output", "-", expect="--output - needs --format tsv or json")

@@ -32,9 +32,10 @@ def test_export_and_lineage_from_the_snapshot(stopped_swarm, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", "--swarm-home", str(home.root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    # experiments are the agents' own ideas; every record (jobs too) is a run
+    # experiments are the agents' own ideas; a run is a record that trained (jobs too)
     assert data["experiments"] == sum(1 for r in sw.rows if r["kind"] == "experiment")
-    assert data["runs"] == len(sw.rows) and data["running"] is False
+    assert data["runs"] == sum(1 for r in sw.rows if r["run_status"] != "invalid")
+    assert data["records"] == len(sw.rows) and data["running"] is False
     assert data["lost_winners"] == []
 
 
@@ -62,7 +63,7 @@ def test_swarm_lineage_json_is_one_json_object(stopped_swarm):
     exe = shutil.which("swarm")
     cmd = [exe] if exe else [sys.executable, "-m", "coordinator.cli"]
     env = {**os.environ, "PYTHONPATH": str(root)}  # this tree's code, whatever is installed
-    r = subprocess.run([*cmd, "lineage", "--swarm-home", str(home.root), "--format", "json"],
+    r = subprocess.run([*cmd, "lineage", "--swarm-home", str(home.root), "--format", "json", "--all"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
@@ -70,3 +71,19 @@ def test_swarm_lineage_json_is_one_json_object(stopped_swarm):
     commits = {row["commit"] for row in sw.rows if row.get("commit")}
     assert commits <= {n["id"] for n in data["nodes"]}
     assert len(data["links"]) >= 1
+
+
+def test_lineage_exports_hold_best_only_unless_all(stopped_swarm, tmp_path, capsys):
+    """Issue 23: `--format json|dot` held discarded commits without --all, unlike the tree."""
+    home, sw = stopped_swarm
+    discarded = {r["commit"] for r in sw.rows if r["decision"] == "discard"}
+    assert discarded
+    for fmt in ("json", "dot"):
+        for extra, want in (([], False), (["--all"], True)):
+            out = tmp_path / f"g{len(extra)}.{fmt}"
+            assert main(["lineage", "--swarm-home", str(home.root), "--format", fmt,
+                         "--output", str(out), *extra]) == 0
+            text = out.read_text()
+            assert all((c in text) is want for c in discarded), (fmt, extra)
+            assert sw.best["cpu-small"] in text
+    capsys.readouterr()

@@ -28,13 +28,13 @@ def test_default_config_loads_and_every_key_is_commented():
 def test_unknown_keys_are_named_with_their_dotted_path():
     assert _err({"bugdet": 3}) == ("swarm.yaml: bugdet: unknown key (did you mean 'budget'? valid "
                                    "keys: swarm_home, budget, profile, seed, data, agents, backend, "
-                                   "programs, promotion, redis, ray)")
+                                   "programs, promotion, redis, ray, tracking)")
     msg = _err({"programs": [{"name": "baseline", "backend": {"type": "litellm", "model": "m",
                                                               "modle": "x"}}]})
     assert msg.startswith("swarm.yaml: programs.0.backend.modle: unknown key (did you mean 'model'? "
                           "valid keys: type, model, api_base")
-    assert _err({"promotion": {"kk": 1}}).startswith("swarm.yaml: promotion.kk: unknown key (did "
-                                                     "you mean 'k'? valid keys: min_delta, k,")
+    assert _err({"promotion": {"alpah": 1}}).startswith("swarm.yaml: promotion.alpah: unknown key (did "
+                                                        "you mean 'alpha'? valid keys: min_delta, alpha,")
     # nothing close: only the valid keys
     assert _err({"agents": {"zzz": 1}}) == ("swarm.yaml: agents.zzz: unknown key (valid keys: "
                                             "count, gpus, cpus_per_agent, resource)")
@@ -64,7 +64,7 @@ def test_env_expansion_with_default():
 def test_file_errors_name_the_file(tmp_path):
     p = tmp_path / "my.yaml"
     p.write_text("agents:\n  count: 2\n  cpus: 3\n")
-    with pytest.raises(ConfigError, match=r"^my.yaml: agents.cpus: unknown key \(did you mean "
+    with pytest.raises(ConfigError, match=r"^\S*/my.yaml: agents.cpus: unknown key \(did you mean "
                                           r"'cpus_per_agent'\? valid keys: count, gpus, cpus_per_agent, resource\)$"):
         load_config(p)
     p.write_text("agents: [unclosed\n")
@@ -98,3 +98,46 @@ def test_assignment_is_weighted_and_deterministic():
     assert assign_programs(cfg.programs, 4) == [0, 1, 2, 0]
     assert assign_programs(cfg.programs, 8).count(0) == 4
     assert assign_programs(cfg.programs, 2) == [0, 1]
+
+
+# --- a user's file is merged over the shipped defaults ---------------------------------------
+
+def test_a_file_with_only_a_backend_keeps_every_other_default(tmp_path):
+    p = tmp_path / "swarm.yaml"
+    p.write_text("backend: {type: mutate}\n")
+    cfg, base = load_config(p, env={})
+    default, _ = load_config(None, env={})
+    assert cfg.backend.type == "mutate" and base == tmp_path.resolve()
+    assert [e.name for e in cfg.programs] == [e.name for e in default.programs] and len(cfg.programs) == 6
+    assert cfg.model_dump(exclude={"backend"}) == default.model_dump(exclude={"backend"})
+
+
+def test_mappings_merge_key_by_key_and_lists_replace_whole(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("agents: {count: 2}\nprograms:\n  - {name: optimizer, weight: 2}\n")
+    cfg, _ = load_config(p, env={})
+    assert cfg.agents.count == 2 and cfg.agents.cpus_per_agent == 1   # the rest of agents: kept
+    assert [(e.name, e.weight) for e in cfg.programs] == [("optimizer", 2.0)]   # not appended
+
+
+def test_a_backend_of_another_type_replaces_the_default_backend_whole():
+    from coordinator.run.config import merge_over
+
+    base = {"backend": {"type": "litellm", "model": "m", "max_cost_usd": 5}, "budget": 3}
+    assert merge_over(base, {"backend": {"type": "mutate"}}) == {"backend": {"type": "mutate"}, "budget": 3}
+    assert merge_over(base, {"backend": {"type": "litellm", "model": "n"}})["backend"] == {
+        "type": "litellm", "model": "n", "max_cost_usd": 5}
+    assert merge_over(base, {"budget": None}) == {"backend": base["backend"], "budget": None}
+
+
+def test_errors_name_the_file_actually_read(tmp_path):
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    p = sub / "other.yaml"
+    p.write_text("programs: []\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    assert str(e.value) == f"{p}: programs: at least one program is needed"
+    p.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: the top level must be a mapping"):
+        load_config(p, env={})

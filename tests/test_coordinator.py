@@ -139,15 +139,20 @@ def test_inside_margin_gets_confirmation_then_mean_decides(coord, tmp_path):
     assert final.decision == "promote" and final.samples == 2 and best(coord) == c
 
 
-def test_positive_inside_margin_twice_is_discarded(coord, tmp_path):
+def test_positive_inside_margin_whose_confirmations_say_no_is_discarded(coord, tmp_path):
     agents = make_agents(coord, tmp_path)
     run_baselines(coord, agents, vals=[2.000, 2.002, 1.998])
     c = agents[0].commit(coord.root, set_constants(agents[0].text_at(coord.root), Z=1), "Z on")
     rec = agents[0].record(c, coord.root, val=1.996)
     assert coord.report(rec).decision.decision == "pending"
-    job = coord.next_job("a1", HW)
-    coord.report(agents[1].record(job.commit, job.parent, kind="confirm", job=job, val=2.001))
+    runs = 0
+    while coord.decisions[rec.experiment_id].decision == "pending":
+        job = coord.next_job("a1", HW)
+        assert job is not None and job.kind in ("confirm", "baseline"), job
+        coord.report(agents[1].record(job.commit, job.parent, kind=job.kind, job=job, val=2.001))
+        runs += 1
     assert coord.decisions[rec.experiment_id].decision == "discard"
+    assert runs <= 1 + coord.cfg.confirm_runs + 8
     assert best(coord) == coord.root and coord.next_job("a2", HW) is None
 
 

@@ -210,17 +210,22 @@ def test_sigma_leaves_out_the_run_that_earned_a_confirmation(coord, tmp_path):
     # from the lucky run's distance to them (0.95 margin: counted, sigma grew by a quarter).
     assert st["noise_dof"] == dof0 + 1
     assert st["sigma"] <= sigma0
-    assert coord.decisions[r.experiment_id].decision == "discard"
+    assert coord.decisions[r.experiment_id].decision in ("pending", "discard")
+    assert best(coord) == coord.root
 
 
-def test_margin_multiplier_is_a_student_t_quantile(coord, tmp_path, cfg):
+def test_margin_is_the_sequential_tests_first_boundary_on_the_t_scale(coord, tmp_path, cfg):
     a = agents_for(coord, tmp_path)
     warm_up(coord, a)
     r, d = experiment(coord, a[0], coord.root, "A up", A=1)
-    from coordinator.decide.stats import t_multiplier
-    se = d.sigma * (1 + 1 / d.samples_best) ** 0.5
-    assert d.margin == pytest.approx(max(cfg.min_delta, t_multiplier(cfg.k, d.dof) * se))
-    assert t_multiplier(cfg.k, d.dof) > cfg.k
+    from coordinator.decide.rules import design
+    from coordinator.decide.sequential import boundaries, z_to_t
+    n_eff = 1 / (1 + 1 / d.samples_best)
+    assert d.looks == [pytest.approx(n_eff, abs=1e-3)]
+    upper = boundaries((round(n_eff, 3),), design(cfg))[0][0]
+    se = d.sigma / n_eff ** 0.5
+    assert d.margin == pytest.approx(max(cfg.min_delta, z_to_t(upper, d.dof) * se))
+    assert z_to_t(upper, d.dof) > upper > 2.5
 
 
 def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
@@ -240,15 +245,16 @@ def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
     assert kinds[cfg.best_remeasures] == ("confirm", rZ.commit)
 
 
-def test_confirmation_only_when_it_can_change_the_outcome(coord, tmp_path):
+def test_another_look_only_when_the_test_goes_on(coord, tmp_path):
+    """Under the sequential test's floor: discarded at once, no job. Between the floor and the
+    margin: pending, and a confirmation of it is the next job."""
     a = agents_for(coord, tmp_path)
     warm_up(coord, a)
-    r1, d1 = experiment(coord, a[0], coord.root, "Z tiny", Z=1, val=1.9985)
-    assert 0 < d1.delta < 0.5 * d1.margin
-    assert d1.decision == "discard" and job_of(coord, "a1") is None
+    r1, d1 = experiment(coord, a[0], coord.root, "Z worse", Z=1, val=2.004)
+    assert d1.decision == "discard" and d1.delta < 0 and job_of(coord, "a1") is None
     r2, d2 = experiment(coord, a[0], coord.root, "Z near", Z=2, val=1.9955)
-    assert 0.5 * d2.margin <= d2.delta < d2.margin
-    assert d2.decision == "pending"
+    assert 0 < d2.delta < d2.margin
+    assert d2.decision == "pending" and d2.stage == "confirm" and d2.waits == "candidate"
     job = job_of(coord, "a1")
     assert job.kind == "confirm" and job.commit == r2.commit
 

@@ -81,11 +81,27 @@ def test_program_table_counts(built):
     t = {row["program"]: row for row in program_table(sw.rows)}
     exps = [r for r in sw.rows if r["kind"] == "experiment"]
     assert t["all"]["experiments"] == len(exps)
-    acc = [r for r in sw.rows if r["decision"] in ("promote", "merge", "simplification")]
-    assert t["all"]["promotions"] == len(acc)
+    assert t["all"]["runs"] == sum(1 for r in sw.rows if r["run_status"] != "invalid")
+    # a keep is an experiment whose decision moved best: the TSV's `keep`, one per move
+    keeps = [r for r in sw.rows if r["status"] == "keep"]
+    assert t["all"]["keeps"] == len(keeps) == len({r["best_after"] for r in keeps})
+    assert t["all"]["merged"] == sum(1 for r in keeps if r["decision"] == "merge")
     assert sum(v["experiments"] for k, v in t.items() if k != "all") == len(exps)
     assert t["all"]["llm_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in sw.rows))
-    assert t["all"]["cost_per_accept"] == pytest.approx(t["all"]["llm_cost_usd"] / len(acc))
+    assert t["all"]["cost_per_keep"] == pytest.approx(t["all"]["llm_cost_usd"] / len(keeps))
+    assert t["all"]["largest_step"] == pytest.approx(max(r["decision_delta"] for r in keeps))
+
+
+def test_keeps_never_count_a_discard():
+    """Issue 23: the table said 2 keeps where the TSV said 1: it counted a discard that beat
+    its own parent. A keep is an experiment whose decision moved best."""
+    base = dict(hardware_class="hw", kind="experiment", run_status="ok", program="p", agent="a0")
+    rows = [dict(base, experiment_id="e1", commit="c1", decision="promote", best_after="c1",
+                 best_before="c0", delta_best=0.02, delta_parent=0.02, status="keep"),
+            dict(base, experiment_id="e2", commit="c2", decision="discard", delta_best=-0.01,
+                 delta_parent=0.004, status="discard")]
+    t = {row["program"]: row for row in program_table(rows)}
+    assert t["all"]["keeps"] == 1 and t["all"]["discarded"] == 1
 
 
 def test_report_rejects_empty_ledger_and_missing_repo(tmp_path, built):
@@ -129,15 +145,22 @@ def test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click(built,
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_best_is_drawn_at_the_mean_of_its_samples():
-    from coordinator.review.report.plot import best_steps
+def test_best_is_drawn_at_the_value_decisions_used_with_its_samples():
+    from coordinator.review.report.plot import best_track
     rows = [dict(hardware_class="hw", kind="baseline", commit="c0", run_status="ok", val_bpb=v,
-                 finished_at=t) for t, v in ((1, 2.50), (2, 2.40), (3, 2.45))]
-    rows += [dict(hardware_class="hw", kind="experiment", commit="c1", run_status="ok",
-                  val_bpb=2.30, finished_at=4, decision="promote"),
-             dict(hardware_class="hw", kind="confirm", commit="c1", run_status="ok",
-                  val_bpb=2.34, finished_at=5, decision="sample")]
-    assert best_steps(rows, "hw") == [(1, pytest.approx(2.45)), (4, pytest.approx(2.32))]
+                 finished_at=t, decided_at=t, decision="sample", sigma=0.02)
+            for t, v in ((1, 2.50), (2, 2.40), (3, 2.45))]
+    rows += [dict(hardware_class="hw", kind="experiment", commit="c1", run_status="ok", val_bpb=2.30,
+                  finished_at=4, decided_at=4, decision="promote", best_before="c0", best_after="c1",
+                  mean=2.30, samples=1, samples_best=3, delta_best=0.15, sigma=0.02),
+             # best's re-measure, then a result judged against best's fresh samples
+             dict(hardware_class="hw", kind="baseline", commit="c1", run_status="ok", val_bpb=2.34,
+                  finished_at=5, decided_at=5, decision="sample", sigma=0.02),
+             dict(hardware_class="hw", kind="experiment", commit="c2", run_status="ok", val_bpb=2.40,
+                  finished_at=6, decided_at=6, decision="discard", best_before="c1", mean=2.40,
+                  samples_best=1, delta_best=-0.06, sigma=0.02)]
+    track = best_track(rows, "hw")
+    assert [(t, round(v, 6), n) for t, v, n, _ in track] == [(1, 2.45, 3), (4, 2.30, 1), (6, 2.34, 1), (6, 2.34, 1)]
 
 
 def test_invalid_edits_link_their_transcript_and_backend_trouble_is_listed(tmp_path):

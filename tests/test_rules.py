@@ -46,31 +46,55 @@ def test_pooled_sigma_matches_incremental_pool():
 
 
 def test_margin_grows_with_noise_lines_and_has_a_floor():
-    cfg = PromotionConfig(min_delta=0.001, k=2.5, cost_per_line=1e-4)
+    cfg = PromotionConfig(min_delta=0.001, cost_per_line=1e-4)
     se = standard_error(0.004, 1, 3)
     assert se == pytest.approx(0.004 * math.sqrt(1 + 1 / 3))
-    assert margin_for(cfg, se, 0) == pytest.approx(2.5 * se)
+    m = margin_for(cfg, se, 0, n_eff=0.75)
+    assert 2.5 * se < m < 4 * se  # the first look's boundary: alpha is spent over every look
+    assert margin_for(cfg, 2 * se, 0, n_eff=0.75) == pytest.approx(2 * m)
     assert margin_for(cfg, 1e-6, 0) == 0.001
-    assert margin_for(cfg, se, 10) == pytest.approx(2.5 * se + 10 * 1e-4)
-    assert margin_for(cfg, se, -5) == margin_for(cfg, se, 0)  # removals never lower the bar
+    assert margin_for(cfg, se, 10, n_eff=0.75) == pytest.approx(m + 10 * 1e-4)
+    assert margin_for(cfg, se, -5, n_eff=0.75) == m  # removals never lower the bar
+    assert margin_for(cfg, se, 0, dof=8, n_eff=0.75) > m  # sigma from 8 dof: the t quantile
 
 
-@pytest.mark.parametrize("cand,net,expect", [
-    ((1.95,), 0, "promote"),
-    ((1.997,), 0, "pending"),           # positive but inside k*se, one sample
-    ((1.997, 1.998), 0, "discard"),     # still inside after the confirmation run
-    ((2.003,), 0, "discard"),           # worse
-    ((2.001,), -3, "pending"),          # removes lines, within the noise of best: confirm it
-    ((2.001, 2.0005), -3, "simplification"),  # ... and confirmed
-    ((2.02,), -3, "discard"),           # removes lines but clearly worse
-    ((1.9935,), 200, "pending"),        # would promote with no added lines; 200 lines cost 0.004
+BEST = (2.0, 2.002, 1.998)
+
+
+@pytest.mark.parametrize("cand,net,expect,nxt", [
+    ((1.95,), 0, "promote", None),
+    ((1.997,), 0, "pending", "candidate"),   # positive but inside the margin: another seed
+    ((2.003,), 0, "discard", None),          # worse: stopped for futility at once
+    ((2.001,), -3, "pending", "candidate"),  # removes lines, within the noise of best: confirm it
+    ((2.001, 2.0005), -3, "simplification", None),  # ... and confirmed
+    ((2.02,), -3, "discard", None),          # removes lines but clearly worse
+    ((1.9935,), 200, "pending", "candidate"),  # would promote with no added lines; 200 lines cost 0.004
+    ((1.997, 1.996, 1.997, 1.997), 0, "pending", "best"),  # more samples than best: best's turn
 ])
-def test_judge(cand, net, expect):
-    cfg = PromotionConfig(min_delta=0.001, k=2.5, cost_per_line=2e-5, confirm_runs=1)
-    best = samples(2.0, 2.002, 1.998)
-    v = judge(cfg, samples(*cand), best, sigma=0.002, net_added=net)
+def test_judge(cand, net, expect, nxt):
+    cfg = PromotionConfig(min_delta=0.001, cost_per_line=2e-5)
+    v = judge(cfg, samples(*cand), samples(*BEST), sigma=0.002, net_added=net)
     assert v.decision == expect, v
-    assert v.samples == len(cand)
+    assert v.samples == len(cand) and v.next == nxt
+    assert v.looks and v.looks[-1] == pytest.approx(1 / (1 / len(cand) + 1 / 3), abs=1e-3)
+
+
+def test_a_test_carried_across_looks_ends_undecided_when_the_runs_say_nothing():
+    """Looks carried from one call to the next, as the coordinator does: a candidate whose
+    first run looked good and whose confirmations match best is discarded within the test's
+    length, and a reference that cannot be sampled (a parent) is never asked for."""
+    cfg = PromotionConfig(confirm_runs=15)
+    best, cand = samples(*BEST * 3), samples(1.997)
+    looks: tuple = ()
+    for i in range(40):
+        v = judge(cfg, cand, best, sigma=0.002, net_added=0, looks=looks, sample_ref=False)
+        looks = v.looks
+        if v.decision != "pending":
+            break
+        assert v.next == "candidate"
+        cand.add(2.0 + (0.001 if i % 2 else -0.001))
+    assert v.decision == "discard" and cand.n <= 1 + cfg.confirm_runs
+    assert list(looks) == sorted(looks) and len(looks) == cand.n
 
 
 def test_confirm_runs_zero_means_no_pending():

@@ -53,7 +53,7 @@ def test_null_effects_rarely_promote(tmp_path, redis_url):
     st = coord.status()["classes"][HW]
     print(f"\nnull test: {N_EXPERIMENTS} zero-effect experiments, true sigma {SIGMA}, "
           f"estimated sigma {st['sigma']:.4f} ({st['noise_dof']} dof)")
-    print(f"false promotions  ours (k={cfg.k}, confirm_runs={cfg.confirm_runs}): "
+    print(f"false promotions  ours (alpha={cfg.alpha}, confirm_runs={cfg.confirm_runs}): "
           f"{ours / N_EXPERIMENTS:.1%}   original rule vs parent's one run: "
           f"{original / N_EXPERIMENTS:.1%}   original single-agent ratchet: {ratchet / N_EXPERIMENTS:.1%}")
     assert ours / N_EXPERIMENTS <= 0.05

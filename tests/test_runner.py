@@ -55,11 +55,11 @@ def test_ok_path_reports_locked_measurements(tmp_path, prepared_data_dir):
     assert r.confirm_bpb is not None and abs(r.confirm_bpb - r.val_bpb) < 0.5
     assert 3 <= r.training_seconds <= 3 + 1.0 + 0.5  # budget + tolerance (+ step)
     assert r.steps > 10 and r.steps * 8 * 64 <= r.tokens <= (r.steps + 1) * 8 * 64
-    assert r.num_params == 1024 * 32 + 32 * 1024 + 1024
+    assert 0 < r.num_params - (1024 * 32 + 32 * 1024 + 1024) < 64  # + the graph's literals
     assert r.hardware_class.startswith("cpu-") and r.hardware_class.endswith("-1t")
     assert r.startup_seconds > 0 and r.eval_seconds > 0 and r.peak_memory_mb > 50
     assert r.mfu_percent is None and r.profile == "cpu" and r.budget == 3
-    assert Path(r.log_path).exists() and (tmp_path / "run" / "model.pt2").exists()
+    assert Path(r.log_path).exists() and (tmp_path / "run" / "graph.json").exists()
     assert any(e["event"] == "progress" and 0 <= e["progress"] <= 1 for e in events)
 
 

@@ -31,11 +31,15 @@ def rows():
 
 def test_figures_count_experiments_only_and_each_move_once():
     data = live.gather(None, "s", rows())
-    assert data["experiments"] == 3 and data["runs"] == 5
-    assert data["best_moves"] == 1 and data["kept"] == 1
-    # 2 trained experiments between t=100 and t=3700: 2 per hour
-    assert abs(data["experiments_per_hour"] - 2.0) < 1e-9
-    assert data["noise"]["cpu"] == {"sigma": 0.01, "dof": 9, "margin": 0.03}
+    # experiments: the agents' ideas (the invalid edit too); runs: what trained (not it)
+    assert data["experiments"] == 3 and data["runs"] == 4 and data["jobs"] == 2
+    assert data["records"] == 5
+    assert data["best_moves"] == 1 and data["keeps"] == 1
+    # 3 experiments over the whole run, t=0 to t=3701
+    assert abs(data["experiments_per_hour"] - 3 / (3701 / 3600)) < 1e-9
+    b = data["best"]["cpu"]
+    assert (b["sigma"], b["dof"], b["margin"]) == (0.01, 9, 0.03)
+    assert [s["delta"] for s in b["steps"]] == [0.05]
 
 
 def test_status_is_readable_in_80_columns():
@@ -43,6 +47,7 @@ def test_status_is_readable_in_80_columns():
     data["agents"] = [{"agent": f"agent-with-a-long-name-{i}", "program": "optimizer", "phase": "train",
                        "progress": 0.5, "last_delta": -0.0123, "experiments": 12, "description": IDEA}
                       for i in range(3)]
+    data["current_ideas"] = live.current_ideas(data["agents"], rows(), running=True)
     data["lost_winners"] = [{"experiment_id": "e9", "delta": 0.04, "margin": 0.03, "why": "pending"}]
     buf = io.StringIO()
     Console(file=buf, width=80, force_terminal=False, color_system=None).print(live.render(data))
@@ -53,7 +58,7 @@ def test_status_is_readable_in_80_columns():
     for i in range(3):
         assert f"agent-with-a-long-name-{i}" in text
         assert f"agent-with-a-long-name-{i}: {IDEA}" in flat
-    assert "sigma 0.01000 (9 dof), margin 0.03000" in flat
+    assert "sigma 0.01000 (9 dof), margin 0.03000 (last decision)" in flat
     assert "winners not on best: 1" in flat and "e9 +0.0400 > margin 0.0300: pending" in flat
 
 

@@ -78,7 +78,7 @@ def test_uniform_model_scores_log2_vocab_per_token_over_bytes(tmp_path):
 def test_metric_rejects_bad_outputs_and_lookahead(tmp_path):
     docs = make_docs(tmp_path, [20] * 50)
     tb = np.ones(50, dtype=np.int32)
-    with pytest.raises(MetricError, match="must return logits"):
+    with pytest.raises(MetricError, match=r"not \(batch, seq, vocab\) logits"):
         evaluate_bpb(lambda x: torch.zeros(x.shape[0], 50), docs, tb, batch=2, seq_len=8, eval_tokens=64)
     emb = torch.randn(50, 50)
     x = torch.randint(0, 50, (2, 16))

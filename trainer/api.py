@@ -3,7 +3,8 @@
 The harness fills this module in before train.py runs, inside the training sandbox. Nothing
 here can change the score or the time: batches come from the runner (the trusted parent) over
 a pipe, the runner's clock starts when it serves the first real batch and it stops serving at
-the budget; the weights are fixed when submit sends them; a separate locked evaluator scores.
+the budget; the model (its graph and its tensors) is fixed when submit sends it; a separate
+locked evaluator scores.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 from trainer import wire
+from trainer.artifact import trace_batch
 
 # Filled in by trainer.harness before train.py runs (read them; writing changes nothing).
 PROFILE: str = ""
@@ -175,17 +177,106 @@ def train_loader(batch_size: int, seq_len: int | None = None) -> Iterator:
 
 
 def _tensors(model) -> list[tuple[str, object]]:
-    seen: dict[str, object] = {}
+    """The model's parameters and buffers, each distinct tensor once (tied weights are one)."""
+    seen: dict[int, tuple[str, object]] = {}
     for name, t in list(model.named_parameters(remove_duplicate=False)) + \
             list(model.named_buffers(remove_duplicate=False)):
-        seen.setdefault(name, t)
-    return list(seen.items())
+        seen.setdefault(id(t), (name, t))
+    return list(seen.values())
+
+
+class _TraceError(Exception):
+    pass
+
+
+def _trace(model, example, weights: list) -> tuple[dict, list]:
+    """Run model(example) once and record every aten op it calls (trainer/artifact.py's format).
+    Returns (graph without its tensor table, constants): constants are the tensors the forward
+    used that are neither in `weights` nor computed by a recorded op (torch.tensor(0.5), a plain
+    tensor attribute); they follow the weights in the table and count like them."""
+    import math
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    table = list(weights)
+    index = {id(t): k for k, t in enumerate(table)}
+    consts: list = []
+    live: dict[int, tuple] = {}     # id(tensor) -> (weakref, node, output index); no strong refs:
+    nodes: list = []                # intermediates are freed as in a plain forward
+
+    def ref(t):
+        k = index.get(id(t))
+        if k is not None and table[k] is t:
+            return {"t": k}
+        if t is example:
+            return {"x": 0}
+        hit = live.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return {"v": [hit[1], hit[2]]}
+        index[id(t)] = len(table)
+        table.append(t)  # kept alive, so its id is never reused during the trace
+        consts.append(t.detach().to("cpu").clone())
+        return {"t": len(table) - 1}
+
+    def enc(a):
+        if isinstance(a, torch.Tensor):
+            return ref(a)
+        if a is None or isinstance(a, (bool, int)):
+            return a
+        if isinstance(a, float):
+            if math.isfinite(a):
+                return a
+            return {"f": "nan" if math.isnan(a) else ("inf" if a > 0 else "-inf")}
+        if isinstance(a, (list, tuple)):
+            return [enc(b) for b in a]
+        if isinstance(a, torch.dtype):
+            return {"dtype": str(a).removeprefix("torch.")}
+        if isinstance(a, torch.device):
+            return {"device": a.type}
+        if isinstance(a, torch.layout):
+            return {"layout": str(a).removeprefix("torch.")}
+        if isinstance(a, torch.memory_format):
+            return {"memory_format": str(a).removeprefix("torch.")}
+        if isinstance(a, str):
+            return {"s": a}
+        raise _TraceError(f"an argument of type {type(a).__name__}")
+
+    class Recorder(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return False  # else its first op imports torch._dynamo: 8-14 s of a busy CPU, in the budget
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            node = [str(func), [enc(a) for a in args], {k: enc(v) for k, v in kwargs.items()}]
+            out = func(*args, **kwargs)
+            n = len(nodes)
+            nodes.append(node)
+            for i, t in enumerate(out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    live[id(t)] = (weakref.ref(t), n, i)
+            return out
+
+    with torch.no_grad(), Recorder():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        raise _TraceError(f"model(idx) returned {type(out).__name__}, not a logits tensor")
+    hit = live.get(id(out))
+    if hit is None or hit[0]() is not out:
+        raise _TraceError("model(idx) returned a tensor that no op computed")
+    graph = {"format": "swarm-graph/1", "input": list(example.shape), "nodes": nodes,
+             "output": {"v": [hit[1], hit[2]]}}
+    return graph, consts
 
 
 def submit(model, **metadata) -> None:
-    """End of training: sends the model's tensors to the runner (this fixes the weights that
-    will be scored and stops the clock), then exports model(idx) -> logits with torch.export
-    for the locked evaluator, and ends this process. Does not return."""
+    """End of training: records model(idx) -> logits as a graph of aten ops (one forward, on one
+    row on CPU and on an eval batch on GPU; it counts as training time, like a last step) and
+    sends it with the model's tensors to the runner, which stops the clock when both have
+    arrived: what is scored is exactly what was sent here, nothing computed later. Then ends
+    this process. Does not return."""
     import torch
 
     spec = _spec()
@@ -193,39 +284,41 @@ def submit(model, **metadata) -> None:
         return
     _S.submitted = True
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    named = _tensors(model)
+    weights = [t for _, t in named]
+    # the tensors as they are now: the forward recorded below must not change what is sent
+    sent = [w.detach().to("cpu", copy=True).contiguous() for w in weights]
+    rows = trace_batch(spec["device"], spec["eval_batch"])
+    example = torch.zeros((rows, spec["max_seq_len"]), dtype=torch.long, device=spec["device"])
+    try:
+        model.eval()
+        graph, consts = _trace(model, example, weights)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        print(f"api.submit: model(idx) -> logits could not be recorded: {type(e).__name__}: {msg}",
+              file=sys.stderr, flush=True)
+        os._exit(4)
+    names = [n for n, _ in named] + [f"constant.{i}" for i in range(len(consts))]
     index, blobs, off = [], [], 0
-    for name, t in _tensors(model):
-        a = t.detach().to("cpu").contiguous()
+    for name, a in zip(names, sent + [c.contiguous() for c in consts]):
         b = a.reshape(-1).view(torch.uint8).numpy() if a.numel() else b""
         index.append({"name": name, "dtype": str(a.dtype).removeprefix("torch."),
                       "shape": list(a.shape), "offset": off, "nbytes": len(b)})
         blobs.append(b)
         off += len(b)
+    graph["tensors"] = index
+    raw = json.dumps(graph, separators=(",", ":"), allow_nan=False).encode()
     meta = {k: v for k, v in metadata.items() if isinstance(v, (int, float, str, bool))}
     if spec["device"].startswith("cuda"):
         meta["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    head = json.dumps({"event": "submit", "nbytes": off, "tensors": index, "meta": meta}).encode()
+    head = json.dumps({"event": "submit", "graph": len(raw), "nbytes": off, "meta": meta}).encode()
     if len(head) >= wire.MAX_LINE:
-        print("api.submit: the model has too many tensors to submit", file=sys.stderr, flush=True)
+        print("api.submit: the submit line is too long", file=sys.stderr, flush=True)
         os._exit(4)
     _write(head + b"\n")
+    _write(raw)
     for b in blobs:
         _write(b)
-    example = torch.zeros((spec["eval_batch"], spec["max_seq_len"]), dtype=torch.long, device=spec["device"])
-    out = os.path.join(spec["scratch"], "model.pt2")
-    try:
-        model.eval()
-        with torch.no_grad():
-            ep = torch.export.export(model, (example,))
-        tmp = out + f".tmp{os.getpid()}.pt2"
-        torch.export.save(ep, tmp)
-        os.replace(tmp, out)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        print(f"api.submit: the model's forward must be exportable with torch.export "
-              f"(model(idx) -> logits): {type(e).__name__}: {msg}", file=sys.stderr, flush=True)
-        os._exit(4)
-    _emit({"event": "exported"})
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

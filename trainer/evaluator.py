@@ -2,12 +2,18 @@
 sandbox, and the runner's client for it.
 
 The server imports torch once, packs the val rows once (confirm's on first request that asks
-for it) and then, per request, forks a worker that loads one artifact and scores it: a worker
-cannot touch the server's memory (and the server is not dumpable, so not ptrace-able), and its
-stdout is not the server's. Requests come as JSON lines on stdin, replies go as JSON lines on
-stdout, matched by a nonce the runner chose: the score travels over a pipe, never a file.
-The sandbox sees, read-only, only val/confirm/token_bytes and an inbox where the runner puts
-copies of one run's artifact and weights.
+for it) and then, per request, forks a fresh worker that loads one artifact and scores it.
+Requests come as JSON lines on stdin, replies go as JSON lines on stdout, matched by a nonce the
+runner chose: the score travels over a pipe, never a file. The sandbox sees, read-only, only
+val/confirm/token_bytes and an inbox where the runner puts copies of one run's graph and weights.
+
+Why a worker's reply can be trusted: no code from the artifact ever runs in it (the graph is
+data: allowed aten ops called by trainer.artifact's interpreter, no names, no code generation),
+so what writes the reply is locked code. And nothing a worker did survives it: it cannot touch
+the server's memory (a forked copy; the server is not dumpable, so not ptrace-able); it never
+holds the nonce (the server stamps it, on a reply that parses as statuses and numbers only);
+when it exits, every other process of the sandbox is killed and the writable folders (the
+scratch, /tmp) are emptied before the next request is read.
 """
 from __future__ import annotations
 
@@ -49,7 +55,9 @@ def serve(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text())
     import numpy as np
     import torch  # noqa: F401  imported once here, not per evaluation
-    from torch._export.serde import serialize  # noqa: F401  ~4 s of imports on a busy CPU
+
+    import trainer.artifact  # noqa: F401
+    import trainer.metric  # noqa: F401
 
     from trainer.dataloader import TokenDocs
     from trainer.evaluate import SplitRows, score
@@ -82,7 +90,7 @@ def serve(config_path: str) -> int:
                 os.close(r)
                 os.dup2(2, 1)
                 os.close(0)
-                reply = score(req, val, confirm, tb)
+                reply = score(req.model_copy(update={"id": ""}), val, confirm, tb)
                 data = reply.model_dump_json().encode()
                 while data:
                     data = data[os.write(w, data):]
@@ -95,15 +103,73 @@ def serve(config_path: str) -> int:
                 chunks.append(c)
                 size += len(c)
         _, status = os.waitpid(pid, 0)
+        if cfg.get("sweep"):
+            sweep()
+            wipe([str(Path.home()), "/tmp"])
         try:
-            reply = EvalReply.model_validate_json(b"".join(chunks))
-            reply.id = req.id
+            data = json.loads(b"".join(chunks))
+            data["id"] = req.id
+            reply = EvalReply.model_validate(data)
         except Exception:
-            code = os.waitstatus_to_exitcode(status)
-            reply = EvalReply(id=req.id, error=f"evaluation crashed (exit {code})")
+            reply = EvalReply(id=req.id, error="evaluation crashed")
         out.write(reply.model_dump_json().encode() + b"\n")
         out.flush()
     return 0
+
+
+def sweep(rounds: int = 50) -> int:
+    """Kill every process of this PID namespace but its init and this server's line of parents
+    (run inside the sandbox only: outside it, /proc is the whole machine). Returns how many."""
+    keep, pid = {1}, os.getpid()
+    while pid > 1 and pid not in keep:
+        keep.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    killed = 0
+    for _ in range(rounds):
+        others = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in keep]
+        if not others:
+            break
+        for p in others:
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        for p in others:  # reap our own children; others are reaped by init
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except OSError:
+                pass
+        time.sleep(0.01)
+    return killed
+
+
+def wipe(folders: list[str]) -> None:
+    """Empty writable folders (what a worker wrote must not meet the next one). Mount points
+    inside them (the scratch and the inbox are bound under /tmp) are left; their writable
+    contents are this list's other entries."""
+    for d in folders:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if os.path.ismount(e.path):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                wipe([e.path])
+                try:
+                    os.rmdir(e.path)
+                except OSError:
+                    pass  # holds a mount point
+            else:
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
 
 
 # --- the client (in the runner) ---------------------------------------------------------------
@@ -154,7 +220,8 @@ class Evaluator:
         self.ready_at = None
         k = self.key
         d = Path(k.prepared_dir)
-        cfg = {"dir": k.prepared_dir, "batch": k.batch, "seq_len": k.seq_len, "eval_tokens": k.eval_tokens}
+        cfg = {"dir": k.prepared_dir, "batch": k.batch, "seq_len": k.seq_len, "eval_tokens": k.eval_tokens,
+               "sweep": not k.unsafe}
         (self.inbox / "config.json").write_text(json.dumps(cfg))
         readable = [self.inbox, d / "token_bytes.npy"] + [d / f"{s}.{w}.npy" for s in ("val", "confirm")
                                                            for w in ("tokens", "offsets")]
@@ -211,22 +278,21 @@ class Evaluator:
                 continue
         return time.monotonic() - t
 
-    def evaluate(self, model: Path, weights: Path, index: list[dict], *, probe_seed: int,
-                 confirm_below: float | None, deadline: float, cancel: threading.Event | None = None
-                 ) -> EvalReply:
-        """Score one artifact. Raises EvaluatorGone (the server is then killed; the next call
-        starts a fresh one)."""
+    def evaluate(self, graph: Path, weights: Path, *, probe_seed: int, confirm_below: float | None,
+                 deadline: float, cancel: threading.Event | None = None) -> EvalReply:
+        """Score one artifact (graph.json and weights.bin as the data server wrote them). Raises
+        EvaluatorGone (the server is then killed; the next call starts a fresh one)."""
         with self.lock:
             nonce = os.urandom(8).hex()
-            m, w = self.inbox / f"{nonce}.pt2", self.inbox / f"{nonce}.bin"
+            g, w = self.inbox / f"{nonce}.json", self.inbox / f"{nonce}.bin"
             try:
                 self.start()
                 self.wait_ready(deadline, cancel)
-                _place(model, m)
+                _place(graph, g)
                 _place(weights, w)
                 if confirm_below is not None:  # JSON has no infinity: "always" is a huge finite bound
                     confirm_below = min(float(confirm_below), 1e300) if confirm_below == confirm_below else None
-                req = EvalRequest(id=nonce, model=str(m), weights=str(w), index=index, probe_seed=probe_seed,
+                req = EvalRequest(id=nonce, graph=str(g), weights=str(w), probe_seed=probe_seed,
                                   confirm_below=confirm_below, threads=self.key.threads, device=self.key.device)
                 self.proc.stdin.write(req.model_dump_json().encode() + b"\n")
                 self.proc.stdin.flush()
@@ -241,7 +307,7 @@ class Evaluator:
                 self.close()
                 raise EvaluatorGone(str(e)) from None
             finally:
-                m.unlink(missing_ok=True)
+                g.unlink(missing_ok=True)
                 w.unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -51,23 +51,40 @@ def summary(r: ExperimentResult) -> str:
     return "---\n" + "\n".join(f"{k + ':':<18}{v}" for k, v in rows)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """`swarm train`'s flags, each with its help and its true default."""
+    ap = argparse.ArgumentParser(prog="swarm train", description="Train one train.py under the locked runner.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  swarm train --budget 60 --seed 1\n\n"
+                                        "--unsafe-no-sandbox (read by `swarm train` before this parser): run\n"
+                                        "train.py without the bubblewrap sandbox; see the README's security model.")
+    ap.add_argument("path", nargs="?", default=None, help="train.py (default: the baseline)")
+    ap.add_argument("--budget", type=float, default=None, metavar="S",
+                    help="training seconds (default: the profile's: 300 on gpu, 60 on cpu)")
+    ap.add_argument("--seed", type=int, default=0, metavar="N",
+                    help="the run's seed: torch's and the order of the training batches (default 0)")
+    ap.add_argument("--max-steps", type=int, default=None, metavar="N",
+                    help="deterministic mode: stop after N steps")
+    ap.add_argument("--profile", default=None, help="cpu or gpu (default: detected)")
+    ap.add_argument("--device", default="auto",
+                    help="torch device, e.g. cpu or cuda:1 (default auto: cuda:0 when CUDA is "
+                         "available, else cpu)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch threads of the run (default: torch's own choice)")
+    ap.add_argument("--data-dir", default=None, metavar="DIR",
+                    help="prepared data (default: $SWARM_DATA_DIR, else ~/.cache/autoresearch-swarm)")
+    ap.add_argument("--run-dir", default=None, metavar="DIR",
+                    help="where run.log and the scratch go (default: $SWARM_HOME/runs/manual-<time>, "
+                         "with SWARM_HOME unset: ./.swarm/runs/manual-<time>)")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # after parsing: --help must not wait for torch (the runner imports it)
     from trainer import baseline_path
     from trainer.runner import run_experiment
 
-    ap = argparse.ArgumentParser(prog="swarm train", description="Train one train.py under the locked runner.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="example:\n  swarm train --budget 60 --seed 1")
-    ap.add_argument("path", nargs="?", default=None, help="train.py (default: the baseline)")
-    ap.add_argument("--budget", type=float, default=None, help="training seconds (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-steps", type=int, default=None, help="deterministic mode: stop after N steps")
-    ap.add_argument("--profile", default=None, help="cpu or gpu (default: detected)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--run-dir", default=None, help="default: ./.swarm/runs/manual-<time>")
-    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         if args.budget is not None and not args.budget > 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import logging
 import os
 import re
@@ -279,7 +278,7 @@ class _Run:
             if self.scratch.exists():
                 shutil.rmtree(self.scratch)
             self.scratch.mkdir()
-        for stale in ("model.pt2", "weights.bin", "weights.json"):
+        for stale in ("graph.json", "weights.bin"):
             (self.run_dir / stale).unlink(missing_ok=True)
         shutil.copyfile(self.train_py, self.scratch / "train.py")
         shutil.copyfile(self.prep.tokenizer_path, self.scratch / "tokenizer.pkl")
@@ -346,7 +345,8 @@ class _Run:
             budget=self.budget, max_steps=self.req.max_steps, warmup_cap=2 * p.warmup_batches,
             startup_limit=p.startup_limit, max_batch_tokens=p.max_batch_tokens, max_seq_len=p.max_seq_len,
             weights_path=self.run_dir / "weights.bin", max_weights_bytes=p.max_artifact_mb << 20,
-            t_spawn=self.t_spawn, on_progress=lambda pr, st, tk: self.emit(Progress(progress=pr, steps=st, tokens=tk)))
+            t_spawn=self.t_spawn, on_progress=lambda pr, st, tk: self.emit(Progress(progress=pr, steps=st, tokens=tk)),
+            eval_shape=(p.eval_batch, p.max_seq_len))
         if sb is not None:
             sb.send_spec(spec)
         self.server.start()
@@ -427,30 +427,16 @@ class _Run:
 
     # --- scoring -------------------------------------------------------------------------------
     def _score(self, why: str | None, rc: int | None, measured: dict) -> ExperimentResult:
-        from trainer.artifact import ArtifactError, check_archive
         from trainer.evaluator import EvaluatorGone
 
-        t = time.monotonic()
-        model = self.run_dir / "model.pt2"
-        problem = copy_out(self.scratch / "model.pt2", model, self.prof.max_artifact_mb << 20)
-        if problem:
-            err = _last_error(log_tail(self.log_path))
-            if why:
-                return self.done("crash", f"{why}: model.pt2 not written ({err})", **measured)
-            return self.done("crash", f"model.pt2 {problem} after submit: {err}", **measured)
-        index = self.server.submit_index
-        (self.run_dir / "weights.json").write_text(json.dumps(index))
-        try:
-            check_archive(model, self.prof.max_artifact_mb << 20)
-        except ArtifactError as e:
-            return self.done("crash", f"artifact refused: {e}", **measured)
-        self.timings["collect"] = time.monotonic() - t
+        # the graph and the tensors came in the submit frame and were checked by the data server
+        graph = self.server.graph_path
         self.emit(Evaluating())
         t = time.monotonic()
         ev = self.evaluator()
         try:
             self.timings["eval_wait_ready"] = ev.wait_ready(t + self.prof.eval_limit, self.cancel)
-            reply = ev.evaluate(model, self.run_dir / "weights.bin", index, probe_seed=secrets.randbits(62),
+            reply = ev.evaluate(graph, self.run_dir / "weights.bin", probe_seed=secrets.randbits(62),
                                 confirm_below=self.req.confirm_below, deadline=t + self.prof.eval_limit,
                                 cancel=self.cancel)
         except EvaluatorGone as e:
@@ -458,13 +444,13 @@ class _Run:
                 return self.done("crash", "cancelled", **measured)
             if str(e) == "timeout":
                 return self.done("crash", f"evaluation took longer than {self.prof.eval_limit:.0f}s", **measured)
-            last = log_tail(ev.root / "evaluator.log", 1).strip()[:200]
-            return self.done("crash", f"the evaluator died ({e}){': ' + last if last else ''}", **measured)
+            # not its log: what the evaluator printed may be built from val
+            return self.done("crash", f"the evaluator died ({e})", **measured)
         for k, v in reply.seconds.items():
             self.timings[f"eval_{k}"] = v
         self.timings["eval"] = time.monotonic() - t
         if reply.error:
-            return self.done("crash", reply.error, num_params=reply.num_params, **measured)
+            return self.done("crash", reply.error_text(), num_params=reply.num_params, **measured)
         mfu = None
         training = measured["training_seconds"]
         if self.device.startswith("cuda") and reply.num_params and training > 0:
@@ -539,7 +525,7 @@ def run_request(req: RunRequest, *, cancel: threading.Event | None = None,
 def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None = None,
                data_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None,
                timeout: float | None = None) -> tuple[float | None, float | None, str | None]:
-    """Score a finished run's kept artifact again (model.pt2 with the weights it submitted), for
+    """Score a finished run's kept artifact again (graph.json with the weights it submitted), for
     example on confirm when the coordinator needs it: (val_bpb, confirm_bpb, error). The files
     were written by the runner, not by train.py; they are checked again all the same."""
     from trainer.evaluator import EvaluatorGone, EvaluatorKey, get_evaluator
@@ -548,9 +534,7 @@ def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None
     run_dir = Path(run_dir).resolve()
     prof = get_profile(profile)
     prep = locate(prof, data_dir)
-    try:
-        index = json.loads((run_dir / "weights.json").read_text())
-    except (OSError, ValueError):
+    if not (run_dir / "graph.json").is_file() or not (run_dir / "weights.bin").is_file():
         return None, None, "no kept artifact in this run dir"
     ev = get_evaluator(EvaluatorKey(
         prepared_dir=str(prep.dir), batch=prof.eval_batch, seq_len=prof.max_seq_len,
@@ -558,9 +542,9 @@ def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None
         gpu_devices=tuple(gpu_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))),
         memory_mb=prof.memory_mb, max_procs=prof.max_procs, hidden=tuple(map(str, hidden_paths(prep, data_dir)))))
     try:
-        reply = ev.evaluate(run_dir / "model.pt2", run_dir / "weights.bin", index, probe_seed=secrets.randbits(62),
+        reply = ev.evaluate(run_dir / "graph.json", run_dir / "weights.bin", probe_seed=secrets.randbits(62),
                             confirm_below=float("inf") if confirm else None,
                             deadline=time.monotonic() + (timeout or prof.eval_limit))
     except EvaluatorGone as e:
         return None, None, f"the evaluator died ({e})"
-    return reply.val_bpb, reply.confirm_bpb, reply.error
+    return reply.val_bpb, reply.confirm_bpb, reply.error_text() if reply.error else None

@@ -3,16 +3,18 @@ over a pipe, owns the clock, counts steps and tokens, receives the submitted wei
 
 The clock starts when the first real batch is served (or when the start-up limit runs out,
 whichever is first) and real batches stop at budget + tolerance/2. Before the clock only
-synthetic batches (random tokens) are served, at most `max_synthetic`. After a submit nothing
-more is served, and the weights that will be scored are the bytes that came with it, so work
-done after submit (the export included) cannot change the score. Nothing the child writes is
-trusted: a malformed or unknown message is ignored and counted in `bad_events`.
+synthetic batches (random tokens) are served, at most `max_synthetic`. A submit carries the whole
+model, its graph (trainer/artifact.py) then its tensors, and the clock stops when the last byte
+of it has arrived: nothing computed later can reach the score, and a child that dawdles between
+the two pays for it in training time. The graph is checked here, before anything reads val.
+Nothing the child writes is trusted: a malformed or unknown message is ignored and counted in
+`bad_events`.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -22,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from trainer import wire
+from trainer.artifact import MAX_GRAPH_BYTES, ArtifactError, parse_graph
 from trainer.dataloader import TokenDocs, best_fit_rows
 
 log = logging.getLogger(__name__)
-MAX_TENSORS = 100_000
 MAX_SHAPES = 8          # distinct (rows, cols) a run may ask for; each keeps its own packer
 
 
@@ -38,35 +40,14 @@ def tolerance(budget: float, step_seconds: float | None = None) -> float:
     return max(0.02 * budget, 1.0, step)
 
 
-def check_index(index: object, nbytes: int) -> list[dict] | None:
-    """The submit's tensor index, if it describes exactly `nbytes` bytes of known dtypes."""
-    if not isinstance(index, list) or len(index) > MAX_TENSORS:
-        return None
-    off, names, out = 0, set(), []
-    for t in index:
-        if not isinstance(t, dict) or set(t) != {"name", "dtype", "shape", "offset", "nbytes"}:
-            return None
-        name, dt, shape = t["name"], t["dtype"], t["shape"]
-        if (not isinstance(name, str) or not 0 < len(name) <= 300 or name in names or dt not in wire.DTYPES
-                or not isinstance(shape, list) or len(shape) > 8
-                or not all(type(s) is int and 0 <= s < 2**40 for s in shape)):
-            return None
-        size = math.prod(shape) * wire.DTYPES[dt]
-        if t["offset"] != off or t["nbytes"] != size:
-            return None
-        names.add(name)
-        off += size
-        out.append({"name": name, "dtype": dt, "shape": shape, "offset": t["offset"], "nbytes": size})
-    return out if off == nbytes else None
-
-
 class DataServer(threading.Thread):
     """One run's server. Start it after the child is spawned; read its fields after join()."""
 
     def __init__(self, event_fd: int, data_fd: int, *, train: TokenDocs, vocab: int, seed: int,
                  budget: float, max_steps: int | None, warmup_cap: int, startup_limit: float,
                  max_batch_tokens: int, max_seq_len: int, weights_path: Path, max_weights_bytes: int,
-                 t_spawn: float, on_progress: Callable[[float, int, int], None] | None = None):
+                 t_spawn: float, on_progress: Callable[[float, int, int], None] | None = None,
+                 eval_shape: tuple[int, int] | None = None):
         super().__init__(daemon=True, name="swarm-data-server")
         self.event_fd, self.data_fd = event_fd, data_fd
         self.train, self.vocab, self.seed = train, vocab, seed
@@ -75,17 +56,20 @@ class DataServer(threading.Thread):
         self.max_batch_tokens, self.max_cols = max_batch_tokens, 8 * max_seq_len
         self.weights_path, self.max_weights_bytes = weights_path, max_weights_bytes
         self.t_spawn, self.on_progress = t_spawn, on_progress
+        self.eval_shape = eval_shape          # the (batch, seq) input the graph must be traced on
+        self.graph_path = Path(weights_path).with_name("graph.json")
         self.dtype = np.uint16 if vocab < 2**16 else np.uint32
         self.lock = threading.Lock()
         self.t_ready: float | None = None
         self.t0: float | None = None          # the clock's start
-        self.t_submit: float | None = None    # the submitted weights fully received
-        self.t_exported: float | None = None
+        self.t_submit: float | None = None    # the submitted model (graph and tensors) fully received
+        self.t_exported: float | None = None  # no export any more: always None
         self.real = self.synthetic = self.refused = self.tokens = 0
         self.bad_events = 0
         self.submit_index: list[dict] | None = None
+        self.submit_literals = 0
         self.submit_meta: dict = {}
-        self.submit_error: str | None = None  # the child died halfway through sending its weights
+        self.submit_error: str | None = None  # the submit was cut short or refused: why
         self.real_times: list[float] = []
         self._packers: dict[tuple[int, int], Iterator[np.ndarray]] = {}
         self._next: dict[tuple[int, int], np.ndarray | None] = {}
@@ -219,37 +203,45 @@ class DataServer(threading.Thread):
                 continue
             yield line
 
-    def _receive_weights(self, nbytes: int, keep: bool) -> bool:
+    def _receive(self, nbytes: int, out) -> bool:
         left = nbytes
-        with open(self.weights_path if keep else os.devnull, "wb") as f:
-            while left:
-                if not self._buf and not self._read():
-                    return False
-                take = min(left, len(self._buf))
-                f.write(self._buf[:take])
-                del self._buf[:take]
-                left -= take
+        while left:
+            if not self._buf and not self._read():
+                return False
+            take = min(left, len(self._buf))
+            out.write(self._buf[:take])
+            del self._buf[:take]
+            left -= take
         return True
 
     def _submit(self, msg: dict) -> None:
-        """The first well-formed submit fixes the weights and stops the clock. A submit line
-        without a usable byte count is ignored (nothing follows it); one with a count but a bad
-        index has its bytes skipped, so the stream stays in step, and is ignored too."""
-        nbytes = msg.get("nbytes")
-        if type(nbytes) is not int or not 0 <= nbytes <= self.max_weights_bytes:
+        """The first submit line with usable byte counts is the submit: its graph and tensors are
+        read (a line without them is ignored: nothing follows it). A graph that does not check
+        out is refused with its reason, which names only what train.py wrote."""
+        nbytes, gbytes = msg.get("nbytes"), msg.get("graph")
+        if type(nbytes) is not int or type(gbytes) is not int or not 0 <= nbytes <= self.max_weights_bytes \
+                or not 0 < gbytes <= MAX_GRAPH_BYTES:
             self.bad_events += 1
             return
-        index = check_index(msg.get("tensors"), nbytes)
-        if not self._receive_weights(nbytes, keep=index is not None):
-            self.submit_error = "train.py ended while submitting its weights"
+        raw = io.BytesIO()
+        with open(self.weights_path, "wb") as f:
+            if not (self._receive(gbytes, raw) and self._receive(nbytes, f)):
+                self.submit_error = "train.py ended while submitting its model"
+                return
+        now = time.monotonic()
+        try:
+            graph, literals = parse_graph(raw.getvalue(), nbytes, self.eval_shape)
+        except ArtifactError as e:
+            self.submit_error = f"submit refused: {e}"
             return
-        if index is None:
-            self.bad_events += 1
-            return
+        tmp = self.graph_path.with_suffix(".tmp")
+        tmp.write_bytes(raw.getvalue())
+        os.replace(tmp, self.graph_path)
         meta = msg.get("meta")
         with self.lock:
-            self.t_submit = time.monotonic()
-            self.submit_index = index
+            self.t_submit = now
+            self.submit_index = graph["tensors"]
+            self.submit_literals = literals
             self.submit_meta = meta if isinstance(meta, dict) else {}
 
     def run(self) -> None:
@@ -267,8 +259,6 @@ class DataServer(threading.Thread):
                     self._submit(msg)
                 elif name == "ready" and self.t_ready is None:
                     self.t_ready = now
-                elif name == "exported" and self.t_submit is not None and self.t_exported is None:
-                    self.t_exported = now
                 else:
                     self.bad_events += 1
         except OSError:

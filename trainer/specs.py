@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Spec(BaseModel):
@@ -51,21 +53,50 @@ class HarnessSpec(_Spec):
 
 class EvalRequest(_Spec):
     """One evaluation, sent to the evaluator on its stdin as one JSON line."""
-    id: str                       # a nonce: the reply must carry it
-    model: str                    # model.pt2 (graph), a parent-made copy
+    id: str                       # a nonce: the reply must carry it (the worker never sees it)
+    graph: str                    # graph.json (the graph and its tensor table), a parent-made copy
     weights: str                  # weights.bin (the tensors as submitted), a parent-made copy
-    index: list[dict]             # [{name, dtype, shape, offset, nbytes}] of weights.bin
-    probe_seed: int               # the causality probe positions, drawn by the runner
+    probe_seed: int               # the causality probes' cuts and tokens, drawn by the runner
     confirm_below: float | None = None
     threads: int | None = None
     device: str = "cpu"
 
 
+# Everything an evaluation can say went wrong. Fixed text only: an exception's message may be
+# built from val tokens (an out-of-range index), so it never crosses back; "failed in" and
+# "out of memory in" name the allowed op (EvalReply.op) where it happened.
+EvalError = Literal[
+    "artifact refused", "artifact could not be loaded",
+    "the model output is not (batch, seq, vocab) logits", "the model output is not finite",
+    "the model looks at future tokens", "the model changes its own tensors", "no scorable tokens",
+    "failed in", "out of memory in", "evaluation failed", "evaluation crashed"]
+EvalPhase = Literal["load", "val", "val_probe", "confirm", "confirm_probe"]
+
+
 class EvalReply(_Spec):
-    """The evaluator's answer, one JSON line on its stdout."""
+    """The evaluator's answer, one JSON line on its stdout: statuses and numbers only."""
     id: str
-    val_bpb: float | None = None
-    confirm_bpb: float | None = None
-    num_params: int | None = None
-    error: str | None = None
-    seconds: dict[str, float] = Field(default_factory=dict)  # load, probe, val, confirm
+    val_bpb: float | None = Field(None, gt=0, lt=1e6, allow_inf_nan=False)
+    confirm_bpb: float | None = Field(None, gt=0, lt=1e6, allow_inf_nan=False)
+    num_params: int | None = Field(None, ge=0)
+    error: EvalError | None = None
+    op: str | None = None         # with "failed in" / "out of memory in": one of artifact.ALLOWED_OPS
+    seconds: dict[EvalPhase, float] = Field(default_factory=dict)
+
+    @field_validator("op")
+    @classmethod
+    def _allowed_op(cls, v: str | None) -> str | None:
+        from trainer.artifact import ALLOWED_OPS
+        if v is not None and v not in ALLOWED_OPS:
+            raise ValueError("not an allowed op")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalReply:
+        if (self.error is None) == (self.val_bpb is None) and self.id:
+            raise ValueError("a reply has a score or an error, not both or neither")
+        return self
+
+    def error_text(self) -> str:
+        """The reason, as it goes into a result's error."""
+        return f"evaluation: {self.error}" + (f" {self.op}" if self.op else "")

@@ -8,8 +8,10 @@ again once, with the parser's message.
 """
 from __future__ import annotations
 
+import html
 import logging
 import os
+import re
 import threading
 import time
 from typing import Literal
@@ -102,6 +104,36 @@ def _strip_prefixes(msg: str, name: str) -> str:
         msg = stripped
 
 
+_HTML = re.compile(r"<!doctype html|<html[\s>]|<head[\s>]|<body[\s>]", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+MAX_ERROR_CHARS = 240   # of an error body in the one-line message (a proxy's page is kilobytes)
+
+
+def summarize_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error body as one short line: an HTML page (a proxy's or a web server's, put whole
+    into litellm's message) becomes its <title>, and a long body is cut between words with
+    the count of what was left out."""
+    m = _HTML.search(text)
+    if m:
+        before = text[:m.start()].rstrip(" \t\n:'\"-")
+        title = _TITLE.search(text)
+        t = " ".join(html.unescape(title.group(1)).split()) if title else ""
+        page = f"an HTML page titled {t[:120]!r}" if t else "an HTML page without a title"
+        text = f"{before}: {page}" if before else page
+    return cut_words(" ".join(text.split()), limit)
+
+
+def cut_words(text: str, limit: int) -> str:
+    """`text` up to `limit` characters, cut at a space, never inside a word (a single word
+    longer than half the limit, a token or a URL, is cut where it has to be)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0]
+    if len(cut) < limit // 2:
+        cut = text[:limit]
+    return f"{cut.rstrip()} ... ({len(text) - len(cut)} more characters)"
+
+
 def classify(e: BaseException) -> str:
     """What a failed call means: "refused" (asking again cannot help), "invalid" (this prompt
     only), "answer" (the server answered with something unusable), or "down" (try later)."""
@@ -139,8 +171,8 @@ class LitellmBackend:
 
     def _scrub(self, text: str) -> str:
         key = self._key()
-        line = " ".join(str(text).split())[:300]
-        return line.replace(key, "***") if key else line
+        text = str(text)
+        return text.replace(key, "***") if key else text
 
     def where(self) -> str:
         """The model and the URL, as a user wrote them, for messages."""
@@ -157,10 +189,12 @@ class LitellmBackend:
                     f"(raise the backend's timeout_s for a slow model)")
         if any(isinstance(c, ConnectionRefusedError) for c in _causes(e)):
             return f"cannot connect to {self.where()}: connection refused"
-        msg = _strip_prefixes(self._scrub(e), type(e).__name__)
+        msg = summarize_error(_strip_prefixes(self._scrub(e), type(e).__name__))
         if "Connection error" in msg:
             return f"cannot connect to {self.where()}: {msg}"
-        return f"{type(e).__name__}: {msg}"
+        status = getattr(e, "status_code", None)
+        http = f" (HTTP {status})" if isinstance(status, int) else ""
+        return f"{type(e).__name__}{http}: {msg}"
 
     def _cost(self, litellm, resp, pt: int, ct: int) -> float:
         s = self.spec
@@ -335,7 +369,7 @@ class LitellmBackend:
     def preflight(self) -> list[str]:
         """One tiny completion before the swarm starts. Raises BackendRefused or
         BackendUnavailable with a line naming the model and URL; returns warnings (no price
-        known for the model), each to say once."""
+        known for the model while max_cost_usd caps it), each to say once."""
         s = self.spec
         litellm = _litellm()
         kw = self._kw([{"role": "user", "content": "Answer with: OK"}], 1)
@@ -349,10 +383,13 @@ class LitellmBackend:
             if kind == "down" and getattr(e, "status_code", None) != 429:  # 429: it is there
                 raise BackendUnavailable(why) from None
         warnings = []
-        if s.input_cost_per_mtok is None and s.output_cost_per_mtok is None and not self._priced(litellm):
+        # Only a cap in dollars depends on the price: a local model without max_cost_usd costs
+        # $0 and nothing is wrong with that.
+        if (s.max_cost_usd is not None and s.input_cost_per_mtok is None
+                and s.output_cost_per_mtok is None and not self._priced(litellm)):
             warnings.append(f"litellm knows no price for {s.model!r}: its cost counts as $0, so "
-                            f"max_cost_usd cannot stop it (set input_cost_per_mtok and "
-                            f"output_cost_per_mtok, or cap tokens with max_total_tokens)")
+                            f"max_cost_usd={s.max_cost_usd:g} cannot stop it (set input_cost_per_mtok "
+                            f"and output_cost_per_mtok, or cap tokens with max_total_tokens)")
         return warnings
 
     def _priced(self, litellm) -> bool:

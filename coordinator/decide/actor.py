@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from agents.messages import PromotionConfig
+from agents.messages import NoiseHistorySpec, PromotionConfig
 from agents.ports import PORT_METHODS
 from coordinator.decide.core import Coordinator
 
@@ -34,13 +34,13 @@ class CoordinatorActor:
     few per decision, under the lock."""
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig, swarm_id: str,
-                 baseline_train_py: str | None = None):
+                 baseline_train_py: str | None = None, history: NoiseHistorySpec | None = None):
         import ray
 
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # First start: an unreachable redis is a clear error at once (swarm run reports it).
         self.c = Coordinator(swarm_home, redis_url, promotion, swarm_id, baseline_train_py,
-                             redis_wait_s=RESTART_REDIS_WAIT_S if restarted else 0.0)
+                             redis_wait_s=RESTART_REDIS_WAIT_S if restarted else 0.0, history=history)
 
 
 def _forwarder(name: str):
@@ -60,8 +60,10 @@ def actor_name(swarm_id: str) -> str:
 
 
 def coordinator_actor(swarm_home: Path, redis_url: str, promotion: PromotionConfig, swarm_id: str,
-                      baseline_train_py: str | None = None, max_concurrency: int = 32):
-    """Get or create the swarm's coordinator actor (named, restarted forever). Returns its handle."""
+                      baseline_train_py: str | None = None, max_concurrency: int = 32,
+                      history: NoiseHistorySpec | None = None):
+    """Get or create the swarm's coordinator actor (named, restarted forever). Returns its handle.
+    `history`: where the noise history of earlier swarms lives (decide/history.py), or None."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -74,4 +76,4 @@ def coordinator_actor(swarm_home: Path, redis_url: str, promotion: PromotionConf
         max_restarts=-1, max_task_retries=-1, max_concurrency=max_concurrency,
         # It decides, it does not train: it must never take an agent's CPU or GPU slot.
         num_cpus=0,
-    ).remote(Path(swarm_home), redis_url, promotion, swarm_id, baseline_train_py)
+    ).remote(Path(swarm_home), redis_url, promotion, swarm_id, baseline_train_py, history)

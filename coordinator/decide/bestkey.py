@@ -30,7 +30,7 @@ class BestKeys:
         """`commit` is the new best of `hw`: a Broadcast with the next seq and its reference mean."""
         s = self.book.ref(hw, commit)
         b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
-                      val_bpb=s.mean if s.n else float("nan"),
+                      val_bpb=s.mean if s.n else float("nan"), samples=s.n,
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
                       experiment_id=exp_id, decision=decision)
         broadcast.set_latest(self.r, b)
@@ -52,5 +52,5 @@ class BestKeys:
             self.publish(hw, best, None, None)
         else:
             s = self.book.ref(hw, best)
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean})
+            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean, "samples": s.n})
             self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())

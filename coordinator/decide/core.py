@@ -30,8 +30,9 @@ from coordinator.decide.noise import SampleBook
 from coordinator.decide.perf import PerfStats
 from coordinator.decide.rules import Verdict, is_suspect
 from coordinator.decide.snapshots import Snapshots
-from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, PromotionConfig,
-                             ReportReply, StartedExperiment)
+from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, NoiseHistorySpec,
+                             PromotionConfig, ReportReply, StartedExperiment)
+from coordinator.decide.history import NoiseHistory
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,14 @@ class Coordinator(Judging, Pooling):
 
     def __init__(self, swarm_home: Path, redis_url: str, promotion: PromotionConfig,
                  swarm_id: str | None = None, baseline_train_py: str | None = None,
-                 redis_wait_s: float = 0.0):
+                 redis_wait_s: float = 0.0, history: NoiseHistorySpec | None = None):
         self.home = Path(swarm_home)
         self.cfg = promotion
         self.swarm_id = swarm_id or "swarm"
+        # Noise measured by earlier swarms of the same class, profile, budget and apparatus
+        # (history.py): a prior of bounded weight on sigma; this swarm's own noise written back.
+        self.history = (NoiseHistory(history, self.swarm_id, promotion.history_dof_max)
+                        if history is not None and promotion.history_dof_max > 0 else None)
         self._lock = threading.RLock()  # the decision lock
         self._group = GroupCommit()
         self._stale = False  # a batch failed to reach redis: rebuild the caches before the next
@@ -80,6 +85,7 @@ class Coordinator(Judging, Pooling):
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
+        self._chains: dict[str, set[str]] = {}  # per class: best's first-parent history (judging.py)
         self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
         self._init_pools()
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
@@ -89,7 +95,7 @@ class Coordinator(Judging, Pooling):
     def _rebuild(self) -> None:
         """Throw the caches away and fill them again from redis and git."""
         for cache in (self.records, self.decisions, self.started, self.order, self.classes,
-                      self._bests, self._todo):
+                      self._bests, self._chains, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
@@ -104,7 +110,7 @@ class Coordinator(Judging, Pooling):
         never decided before a restart."""
         self.refwriter.take()  # a failed batch's refs: its decisions never reached redis
         last_move: dict[str, Decision] = {}
-        pools: list[str] = []
+        pools: list[Decision] = []
         events = list(self.ledger.events())
         for typ, id, js in events:
             if typ == "started":
@@ -118,10 +124,12 @@ class Coordinator(Judging, Pooling):
                 self.decisions[id] = d
                 if d.best_after and d.hardware_class:
                     last_move[d.hardware_class] = d
-                if d.stage == "verify-pool" and d.merge_commit:
-                    pools.append(d.merge_commit)
+                if d.stage == "verify-pool" and d.merge_commit and d.decision == "pending":
+                    pools.append(d)
                 self._note_move(d)
         self.classes.update(name.removeprefix("refs/heads/best/") for name in self.repo.refs("refs/heads/best/"))
+        for hw in self.classes:
+            self._load_prior(hw)
         # Samples in stream order: a record's sample counts from its record event (as when it
         # was decided), a best's fresh samples from the decision that moved best to it.
         for typ, id, js in events:
@@ -136,8 +144,7 @@ class Coordinator(Judging, Pooling):
                     self.book.start_fresh(d.hardware_class, d.best_after)
         for d in self.decisions.values():
             self._index_decision(d, moves=False)
-        for M in pools:
-            self._pool_tried(M)
+        self._pools_from_ledger(pools)
         for hw, d in last_move.items():
             self._reconcile_ref(hw, d)
         undecided = [id for id in self.records if id not in self.decisions]
@@ -149,6 +156,9 @@ class Coordinator(Judging, Pooling):
         for hw in sorted(self.classes):
             self._schedule_repeats(hw)
             self.best_keys.sync(hw, self.repo.ref(self._ref(hw)))
+        if self.history is not None:
+            for hw in self.classes:
+                self.history.note(hw, *self.book.own(hw))
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
         self.jobs.update_offers()  # deciding the undecided above may have opened jobs
@@ -190,8 +200,21 @@ class Coordinator(Judging, Pooling):
         return c
 
     def flush_refs(self) -> None:
-        """Wait until every bookkeeping ref decided so far is written."""
+        """Wait until every bookkeeping ref decided so far is written, and the noise history."""
         self.refwriter.flush()
+        if self.history is not None:
+            with self._lock:
+                self.history.flush()
+
+    def _load_prior(self, hw: str) -> None:
+        """This class's noise history (other swarms' measurements), as sigma's prior."""
+        if self.history is None:
+            return
+        m2, dof, measured, swarms = self.history.prior(hw)
+        if dof > 0:
+            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof")
+            log.info("class %s: noise history sigma %.4f from %d earlier swarm(s) (%d dof, weighed as %d)",
+                     hw, (m2 / dof) ** 0.5, swarms, measured, dof)
 
     def _restore_refs(self) -> None:
         """Experiment refs a crash lost between a decision and its ref write."""
@@ -212,13 +235,19 @@ class Coordinator(Judging, Pooling):
             return False
         self.repo.update_ref(self._ref(hw), self.root, None)  # CAS create; no-op if it exists
         self.classes.add(hw)
+        self._load_prior(hw)
         log.info("new hardware class %s: best starts at the baseline %s", hw, self.root[:10])
         return True
 
     def _put(self, d: Decision) -> Decision:
+        prev = self.decisions.get(d.experiment_id)
         self.ledger.put_decision(d)
         self.decisions[d.experiment_id] = d
         self._index_decision(d)
+        if prev is not None and prev.decision == "pending" and d.decision != "pending" and d.hardware_class:
+            # Its test ended (a best sample can end it while its confirmation waits): the
+            # runs it asked for would only be samples now.
+            self.jobs.cancel_for(d.hardware_class, d.experiment_id, f"its test ended: {d.decision}")
         return d
 
     def _dec(self, rec: ExperimentRecord, decision: str, reason: str, **kw) -> Decision:
@@ -256,10 +285,12 @@ class Coordinator(Judging, Pooling):
             self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
-        dof0 = self.book.dof(hw)
+        dof0, own0 = self.book.dof(hw), self.book.own(hw)
         self.book.add(rec)
         self._note_run_length(rec)
-        self._sample_added(hw, dof0)
+        if self.history is not None and self.book.own(hw) != own0:
+            self.history.note(hw, *self.book.own(hw))
+        self._sample_added(hw, dof0, rec)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):
             self.best_keys.refresh(hw, best)
@@ -278,7 +309,7 @@ class Coordinator(Judging, Pooling):
 
     def _move_best(self, rec: ExperimentRecord, hw: str, old: str, new: str, v: Verdict, sigma: float,
                    kind: str, merge_commit: str | None = None, reason_prefix: str = "", **fields) -> Decision:
-        cs, bs = self.book.of(hw, new), self.book.ref(hw, old)
+        cs, bs = self.book.ref(hw, new), self.book.ref(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
         reason = reason_prefix + v.reason + (" [suspect: confirm split got worse]" if suspect else "")
         fields.update(samples_best=bs.n, mean=cs.mean)
@@ -290,6 +321,8 @@ class Coordinator(Judging, Pooling):
         if not self.repo.update_ref(self._ref(hw), new, old):
             raise CoordinatorError(f"best[{hw}] moved under the coordinator (expected {old[:10]})")
         self.book.start_fresh(hw, new)
+        if hw in self._chains:
+            self._chains[hw].add(new)
         self.best_keys.publish(hw, new, rec.experiment_id, kind)
         self._best_moved(hw, old, new, d)
         log.info("%s %s: best[%s] %s -> %s (delta %.4f, margin %.4f, sigma %.4f, n=%d)%s", kind,
@@ -469,9 +502,14 @@ class Coordinator(Judging, Pooling):
             for hw in sorted(self.classes):
                 best = self._best_commit(hw)
                 s = self.book.ref(hw, best)
+                prior = self.book.prior(hw)
                 classes[hw] = {"best": best, "val_bpb": s.mean if s.n else None, "samples": s.n,
                                "sigma": self.book.sigma(hw), "noise_dof": self.book.dof(hw),
-                               "min_dof": self.cfg.min_dof, "margin": self._class_margin(hw)}
+                               "min_dof": self.cfg.min_dof, "margin": self._class_margin(hw),
+                               # noise from earlier swarms: its weight in dof, 0 without (or dropped)
+                               "history_dof": 0 if prior is None or prior.dropped else prior.dof,
+                               "history": None if prior is None else prior.source + (
+                                   " (dropped: this swarm's runs disagree)" if prior.dropped else "")}
             counts: dict[str, int] = {}
             for d in self.decisions.values():
                 counts[d.decision] = counts.get(d.decision, 0) + 1
@@ -508,7 +546,7 @@ class Coordinator(Judging, Pooling):
             return ids
 
     def snapshot(self) -> Path:
-        """Write SWARM_HOME/snapshots/ledger.parquet atomically; returns its path."""
+        """Write SWARM_HOME/snapshots/ledger.parquet atomically (and the noise history); returns its path."""
         self.flush_refs()
         with self._lock:
             return self.snapshots.write()

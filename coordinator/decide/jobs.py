@@ -140,12 +140,24 @@ class JobBoard:
         self._open.get(st.job.hardware_class, {}).pop(job_id, None)
         self._save(st)
 
+    def has_open(self, hw: str, for_experiment: str, commit: str) -> bool:
+        """An open job for this candidate that trains `commit`."""
+        return any(self.jobs[j].job.for_experiment == for_experiment and self.jobs[j].job.commit == commit
+                   for j in self._open.get(hw, {}))
+
+    def cancel_for(self, hw: str, for_experiment: str, why: str) -> None:
+        """Cancel every open job of one candidate (its test ended: nothing more to measure)."""
+        for j in [j for j in self._open.get(hw, {}) if self.jobs[j].job.for_experiment == for_experiment]:
+            self.cancel(j, why)
+
     def finished(self, rec: ExperimentRecord) -> JobState | None:
         """Close the job a record ran (or, when the run died, hand it out again: the run died, not
         the idea). Returns the job's state, None when the record ran no known job."""
         st = self.get(rec.job_id)
         if st is None:
             return None
+        if st.done:  # cancelled (or a retried report): nothing left to hand out
+            return st
         if rec.status == "ok" or st.attempts + 1 >= JOB_MAX_ATTEMPTS:
             st.done = True
             self._open.get(st.job.hardware_class, {}).pop(st.job.job_id, None)

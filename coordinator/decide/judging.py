@@ -1,30 +1,35 @@
 """How the coordinator judges an experiment: against the current best of its hardware class,
 whatever its parent (a part of Coordinator, kept apart from the port and the state it owns).
+Every comparison is one look of the sequential test (sequential.py, rules.judge).
 
 - On best (its train.py, put onto best, is its own: the parent is best, has best's train.py,
   or descends from best): judged by its own samples against best's: promote (or a confirmed
-  simplification), pending with a confirmation run when one can change the outcome, else discard.
+  simplification); pending while the test goes on, with a job for its next sample (of itself, a
+  confirmation, or of best, a repeat); else discard.
 - Off best, a winner (it beat best, or its own parent, by the margin): its whole change since
-  the merge base with best is merged onto best (a two-parent commit, best first) and a
-  verification run decides: merge, or did-not-stack. When that merge conflicts or does not
-  stack and the candidate alone beats best (or it beat best of its time: once a winner, always
-  verified), the candidate's train.py goes onto best the same way, verified like a merge. A
-  verification that shows any gain gets a confirmation.
+  the merge base with best is merged onto best (a two-parent commit, best first) and verified:
+  the merge's own test (its samples less any experiment run of the same code) decides merge or
+  did-not-stack. When that merge conflicts or does not stack and the candidate alone beats best
+  (or it beat best of its time: once a winner, always verified), the candidate's train.py goes
+  onto best the same way, verified like a merge, never with the run that made it a winner.
 - Inside the margin but at least pool_fraction of it: pooled with the other such results
-  (pooling.py), or confirmed / discarded alone.
-- No promotion before sigma has min_dof degrees of freedom: results that look better wait
-  (pending, stage "sigma") while the coordinator schedules repeats of best; each new best is
-  re-measured (best_remeasures top-priority repeats); from the first of them on, the samples
-  taken since it became best alone are its reference (the ones that made it best were
-  selected for being low).
+  (pooling.py), or tested alone.
+- A contended run (the machine much slower than its class's norm) counts nowhere: its code is
+  measured again before anything is decided on it.
+- No promotion before sigma has min_dof degrees of freedom (noise history included): results
+  that look better wait (pending, stage "sigma") while the coordinator schedules repeats of
+  best; each new best is re-measured until it has best_remeasures samples besides the
+  experiment run that made it a winner.
 - When best moves, results it contains are carried, and open verifications of merges onto an
-  older best are cancelled and the candidates merged again onto the new best.
+  older best are cancelled (an agent running one stops it) and the candidates merged again
+  onto the new best.
 """
 from __future__ import annotations
 
 import logging
 
 from agents.messages import Decision, ExperimentRecord
+from coordinator.decide.noise import is_contended
 from coordinator.decide.rules import Samples, Verdict, judge, margin_for, standard_error
 from coordinator.state.repo import merge_texts, object_id
 
@@ -32,10 +37,9 @@ log = logging.getLogger(__name__)
 
 MOVES = ("promote", "simplification")
 DEFAULT_LEASE_S = 900.0  # before any run says how long runs take
-# A merge or a pool is made of results that each looked better: any gain its verification
-# shows earns a confirmation (research bench, 12 seeds: capture 0.90 -> 0.95, final gain
-# 0.099 -> 0.106; the null landscape's false-promotion rate stayed under 1%).
-VERIFY_CONFIRM_FRACTION = 0.0
+CONTENDED_MAX = 8  # contended repeats of one best before the coordinator stops asking for more
+PARENT_CONFIRMS = 2  # confirmations of an off-best result that only its own parent's test asks for
+VERIFY_STAGES = ("verify", "verify-alone", "verify-pool")
 
 
 class Judging:
@@ -47,12 +51,14 @@ class Judging:
         return self.book.dof(hw)
 
     def _class_margin(self, hw: str) -> float | None:
-        """The margin one new sample must clear against best now (no added lines)."""
+        """The margin one new sample must clear against best now (no added lines): the
+        sequential test's first look."""
         bs = self.book.ref(hw, self._best_commit(hw))
         dof = self._dof(hw)
         if bs.n == 0 or dof < 1:
             return None
-        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, bs.n), 0, dof)
+        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, bs.n), 0, dof,
+                          n_eff=1.0 / (1.0 + 1.0 / bs.n))
 
     def _note_run_length(self, rec: ExperimentRecord) -> None:
         """A job's lease must outlast a whole run (budget, start-up, evaluation): never shorter
@@ -60,6 +66,14 @@ class Judging:
         r = rec.result
         if r is not None and r.total_seconds:
             self.jobs.lease_s = max(self.jobs.lease_s, 1.5 * r.total_seconds + 60.0)
+
+    def _best_chain(self, hw: str, best: str) -> set[str]:
+        """The commits on best's first-parent history (every best this class had), kept up to
+        date as best moves (core._move_best)."""
+        chain = self._chains.get(hw)
+        if chain is None or best not in chain:
+            chain = self._chains[hw] = set(self.repo.first_parent_history(best))
+        return chain
 
     def _followups(self) -> list:
         if not hasattr(self, "_todo"):
@@ -79,22 +93,28 @@ class Judging:
         bC, bB = self.commits.blob(C), self.commits.blob(best)
         if bC == bB:
             return self._dec(rec, "discard", "same train.py as best: a sample of best", delta=0.0, **info)
+        if cs.n == 0:  # its only runs were contended: measure it again before judging it
+            return self._remeasure(rec, best, info)
         has_p = self.commits.has(P)
         p_is_best = P == best or (has_p and self.commits.blob(P) == bB)
         if p_is_best:
             text, clean = self.commits.text(C), True
         else:
-            base = self.repo.merge_base(C, best)
+            # A result made on an earlier best (most off-best results): that best is the merge
+            # base, no git call (merge-base forks were 16% of the decision time at 256 agents).
+            base = P if P in self._best_chain(hw, best) else self._merge_base(C, best)
             base_text = self.commits.text(base) if base else ""
             text, clean = merge_texts(base_text, self.commits.text(best), self.commits.text(C))
         direct = clean and text == self.commits.text(C)   # onto best, its change is itself
         added, removed = self.commits.diff_lines(best, C)
-        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof)
+        # Its test against this best goes on (a new best starts a new one).
+        looks = tuple(prev.looks) if prev is not None and prev.best_before == best else ()
+        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof, looks=looks)
         vp = None
         ps = self.book.of(hw, P) if has_p and not p_is_best else Samples()
         if ps.n:
             a, r = self.commits.diff_lines(P, C)
-            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof)
+            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof, sample_ref=False)
         sure = dof >= self.cfg.min_dof
         # Once a winner, always one (against the best of its time): a later best does not
         # turn its merge into a discard, only a verification can say did-not-stack.
@@ -102,7 +122,7 @@ class Judging:
         won_parent = (vp.decision == "promote") if vp is not None else (p_is_best and vb.decision == "promote")
         beat_parent = (sure and won_parent) or bool(prev and prev.beat_parent)
         info.update(delta=vb.delta, margin=vb.margin, beat_best=beat_best, beat_parent=beat_parent,
-                    delta_parent=vp.delta if vp else (vb.delta if p_is_best else None))
+                    delta_parent=vp.delta if vp else (vb.delta if p_is_best else None), looks=list(vb.looks))
         if not sure:
             if vb.delta > 0 or (vp is not None and vp.delta > 0):
                 return self._dec(rec, "pending", f"looks better ({vb.delta:+.4f} vs best); waiting for "
@@ -132,7 +152,9 @@ class Judging:
                                   winner=beat_best)
         if vb.decision == "pending":
             return self._pool_or_confirm(rec, best, text if clean else None, vb, info)
-        if vp is not None and vp.decision == "pending":
+        if vp is not None and vp.decision == "pending" and cs.n < 1 + PARENT_CONFIRMS:
+            # Against its parent (which no job re-measures) more runs of the candidate soon say
+            # little: a few at most (research bench: one result took 15 against a 2-run parent).
             return self._pool_or_confirm(rec, best, text if clean else None, vp, info)
         why = vb.reason if vp is None else f"{vb.reason} against best; {vp.reason} against its parent"
         # Off best, its own effect is what it gained over its parent.
@@ -150,7 +172,7 @@ class Judging:
     def _verify(self, rec: ExperimentRecord, hw: str, best: str, text: str, stage: str, info: dict,
                 reason: str) -> Decision:
         M = self._onto_best(rec, best, text, "onto best" if stage == "verify" else "alone onto best")
-        n = self.book.of(hw, M).n
+        n = self.book.unselected(hw, M).n
         self.jobs.issue("verify", M, best, hw, rec.experiment_id,
                         f"verify {'merge of' if stage == 'verify' else 'alone:'} {rec.description}")
         return self._dec(rec, "pending", reason, stage=stage, merge_commit=M, merge_samples=n, **info)
@@ -169,9 +191,27 @@ class Judging:
         return self._dec(rec, otherwise, reason, **{**info, **kw})
 
     def _confirm(self, rec: ExperimentRecord, commit: str, best: str, v: Verdict, info: dict) -> Decision:
-        self.jobs.issue("confirm", commit, best, rec.hardware_class, rec.experiment_id,
-                        f"confirm {rec.description}")
-        return self._dec(rec, "pending", v.reason, stage="confirm", **info)
+        """Pending in the sequential test: a job for its next sample (a confirmation of itself,
+        or a repeat of best: _schedule_repeats counts the results that wait for one)."""
+        if v.next != "best":
+            if self.book.contended(rec.hardware_class, commit) > self.cfg.confirm_runs:
+                return self._dec(rec, "unjudged", f"never judged: {self.book.contended(rec.hardware_class, commit)} "
+                                 f"of its runs were contended", **info)
+            self.jobs.issue("confirm", commit, best, rec.hardware_class, rec.experiment_id,
+                            f"confirm {rec.description}")
+        return self._dec(rec, "pending", v.reason, stage="confirm",
+                         waits="best" if v.next == "best" else "candidate", **info)
+
+    def _remeasure(self, rec: ExperimentRecord, best: str, info: dict) -> Decision:
+        """Every run of its code was contended: it cannot move best (nor be discarded) on them."""
+        hw = rec.hardware_class
+        n = self.book.contended(hw, rec.commit)
+        if n > self.cfg.confirm_runs:
+            return self._dec(rec, "unjudged", f"never judged: all {n} runs of it were contended", **info)
+        self.jobs.issue("confirm", rec.commit, best, hw, rec.experiment_id,
+                        f"re-measure {rec.description} (contended)")
+        return self._dec(rec, "pending", f"its run was contended ({n} so far): measuring it again",
+                         stage="contended", waits="candidate", **info)
 
     # -- after a confirmation or verification run -------------------------------------------
     def _rejudge(self, exp_id: str) -> Decision:
@@ -181,28 +221,38 @@ class Judging:
         rec = self.records[exp_id]
         hw = rec.hardware_class
         M = d.merge_commit
-        if M is None or d.stage not in ("verify", "verify-alone", "verify-pool"):
+        if M is None or d.stage not in VERIFY_STAGES:
             return self._judge_experiment(rec, prev=d)
         best = self._best_commit(hw)
         if best != d.best_before:  # best moved under the verification: merge onto the new best
             return self._judge_experiment(rec, prev=d)
-        ms = self.book.of(hw, M)
+        # The merge's own samples, never the experiment run of the same code (verify-alone).
+        ms = self.book.unselected(hw, M)
         if ms.n <= d.merge_samples:
+            if not self.jobs.has_open(hw, exp_id, M):  # its verification run was contended
+                if self.book.contended(hw, M) > self.cfg.confirm_runs:
+                    return self._dec(rec, "unjudged", "never judged: every verification run was contended",
+                                     **_keep(d))
+                self.jobs.issue("verify", M, best, hw, exp_id, f"verify again (contended): {rec.description}")
             return d  # its verification run has not reported yet
         bs = self.book.ref(hw, best)
         sigma, dof = self.book.sigma(hw), self._dof(hw)
         added, removed = self.commits.diff_lines(best, M)
-        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, confirm_fraction=VERIFY_CONFIRM_FRACTION)
+        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks))
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
-                    mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent)
+                    mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent, looks=d.looks)
         if v.decision in MOVES:
             return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M, pooled=d.pooled,
-                                   **{**_extra(info), "reason_prefix": "verified: "})
+                                   merge_looks=list(v.looks), **{**_extra(info), "reason_prefix": "verified: "})
         if v.decision == "pending":
-            self.jobs.issue("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
+            if v.next != "best":
+                self.jobs.issue("confirm", M, best, hw, exp_id, f"confirm merge of {rec.description}")
             return self._dec(rec, "pending", f"verification {v.reason}", delta=v.delta, margin=v.margin,
-                             stage=d.stage, merge_commit=M, merge_samples=d.merge_samples, pooled=d.pooled, **info)
+                             stage=d.stage, merge_commit=M, merge_samples=d.merge_samples, pooled=d.pooled,
+                             waits="best" if v.next == "best" else "candidate", merge_looks=list(v.looks),
+                             **info)
         if d.stage == "verify-pool":  # the combination did not beat best: the result alone
+            self._pool_failed(d)
             return self._judge_experiment(rec, prev=d)
         if d.stage == "verify":
             cs = self.book.of(hw, rec.commit)
@@ -213,7 +263,7 @@ class Judging:
                                       "did-not-stack", "")
         return self._dec(rec, "did-not-stack", f"put onto best, the verification did not beat best: "
                          f"{v.reason}", delta=v.delta, margin=v.margin, merge_commit=M,
-                         merge_samples=d.merge_samples, **info)
+                         merge_samples=d.merge_samples, merge_looks=list(v.looks), **info)
 
     def _give_up(self, exp_id: str, job, reason: str) -> None:
         d = self.decisions.get(exp_id)
@@ -239,10 +289,16 @@ class Judging:
                     self.jobs.cancel(j.job_id, "best moved: merged again onto the new best")
                     self._followups().append(("retarget", j.for_experiment))
 
-    def _sample_added(self, hw: str, dof_before: int) -> None:
+    def _sample_added(self, hw: str, dof_before: int, rec: ExperimentRecord | None = None) -> None:
+        """After a sample: results that waited for sigma, or for a sample of best, look again."""
         if dof_before < self.cfg.min_dof <= self._dof(hw):
             for i, d in self.decisions.items():
                 if d.decision == "pending" and d.stage == "sigma" and d.hardware_class == hw:
+                    self._followups().append(("rejudge", i))
+        if rec is not None and rec.val_bpb is not None and not is_contended(rec):
+            best = self._best_commit(hw)
+            if rec.commit == best or self.commits.blob(rec.commit) == self.commits.blob(best):
+                for i in sorted(self._waiting_for_best(hw, best)):
                     self._followups().append(("rejudge", i))
 
     def _run_followups(self) -> None:
@@ -255,21 +311,29 @@ class Judging:
             seen.add((what, i))
             d = self.decisions.get(i)
             if d is not None and d.decision == "pending":
-                self._judge_experiment(self.records[i], prev=d)
+                if what == "rejudge":
+                    self._rejudge(i)
+                else:
+                    self._judge_experiment(self.records[i], prev=d)
 
     def _schedule_repeats(self, hw: str) -> None:
         """Open repeats of best (baseline jobs anyone may take) while sigma has fewer than
-        min_dof degrees of freedom or best fewer than best_remeasures samples, counting the
-        repeats already open."""
+        min_dof degrees of freedom, best fewer than best_remeasures samples besides the
+        experiment run that made it a winner, or results wait for a sample of best (one each),
+        counting the repeats already open. Contended repeats count nowhere: a class whose every
+        run is contended stops asking after CONTENDED_MAX of them."""
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
         if self.book.of(hw, best).n == 0:
             return  # the first round's baselines are on their way
+        if self.book.contended(hw, best) >= CONTENDED_MAX:
+            return
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
-        fresh = self.book.fresh_n(hw, best)  # a new best: only the runs since it became best count
-        # (the root was not selected: it needs no re-measure)
-        want = 0 if fresh is None else self.cfg.best_remeasures - fresh
+        # The root was never selected: its first round is all its re-measure (with noise history
+        # a swarm starts experiments after one baseline run per agent).
+        remeasure = 0 if best == self.root else self.cfg.best_remeasures - self.book.unselected(hw, best).n
+        want = max(remeasure, len(self._waiting_for_best(hw, best)))
         need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
         for _ in range(max(0, need)):
             self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")
@@ -277,7 +341,7 @@ class Judging:
     def _pending_on_old_best(self) -> None:
         """At start-up: verifications of merges onto a best that has moved since."""
         for i, d in list(self.decisions.items()):
-            if (d.decision == "pending" and d.stage in ("verify", "verify-alone", "verify-pool") and d.hardware_class
+            if (d.decision == "pending" and d.stage in VERIFY_STAGES and d.hardware_class
                     and d.best_before != self._best_commit(d.hardware_class)):
                 self._followups().append(("retarget", i))
             elif (d.decision == "pending" and d.stage == "sigma" and d.hardware_class
@@ -285,7 +349,13 @@ class Judging:
                 self._followups().append(("rejudge", i))
 
 
+def _keep(d: Decision) -> dict:
+    """A pending decision's fields that stay when it ends unjudged."""
+    return dict(best_before=d.best_before, merge_commit=d.merge_commit, sigma=d.sigma, dof=d.dof,
+                delta_parent=d.delta_parent, beat_best=d.beat_best, beat_parent=d.beat_parent)
+
+
 def _extra(info: dict) -> dict:
     """The decision fields _move_best does not compute itself."""
-    return {k: info[k] for k in ("dof", "samples_best", "delta_parent", "mean", "beat_best", "beat_parent")
-            if k in info}
+    return {k: info[k] for k in ("dof", "samples_best", "delta_parent", "mean", "beat_best", "beat_parent",
+                                 "looks") if k in info}

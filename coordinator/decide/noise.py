@@ -1,21 +1,66 @@
 """The coordinator's samples: val_bpb samples per (hardware class, train.py content) and the
 pooled noise of each class, fed one decided record at a time.
 
-Sigma is pooled only from samples that no decision selected: baseline and confirmation runs.
-An experiment's own run (or a merge's verification run) is the sample that made the coordinator
-ask for more, chosen for looking good; counted with its confirmations it inflated sigma by about
-a half in the research bench (0.0133-0.015 for a true 0.010), and the margin with it. Likewise a
-new best starts a new group: the runs that made it best are not compared with its re-measures.
+Which samples count where:
+- A candidate is judged by all its samples: its experiment run is the sequential test's first look.
+- Best (and a merge or a candidate put onto best alone, when verified) by its samples less the
+  experiment runs of that code: those were selected for looking good out of many, so they are
+  biased low (a best judged by them traps real gains under it; a candidate verified alone would
+  be judged by the very sample that made it a winner). Confirmation, verification and repeat
+  runs all count: best needs no fresh re-measure after a move, only enough samples.
+- Sigma is pooled only from baseline and confirmation runs (within one train.py): an experiment
+  run or a verification run is a first look, the sample that made the coordinator ask for more;
+  counted with its confirmations it inflated sigma by about a half in the research bench
+  (0.0133-0.015 for a true 0.010). A new best starts a new group of its repeats.
+- A contended run (the machine much slower than its class's norm: ExperimentResult.contended)
+  counts nowhere: it is only remembered, so that its code is measured again.
+- Noise measured by earlier swarms (history.py) is a prior of bounded weight on each class's
+  sigma, dropped when the swarm's own runs disagree with it (an F test at 1%).
 """
 from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
 
 from agents.messages import ExperimentRecord
 from coordinator.decide.commits import CommitCache
 from coordinator.decide.rules import NoisePool, Samples
+from coordinator.decide.stats import betainc
 
+log = logging.getLogger(__name__)
 
-# Runs whose value no decision has looked at yet when the next one is asked for.
+# Runs chosen for looking good: left out of best's mean and of a verification's.
+SELECTING = ("experiment",)
+# Runs whose value no decision has looked at yet when the next one is asked for: sigma's.
 UNSELECTED = ("baseline", "confirm")
+# The swarm's own noise must have this many degrees of freedom before it can overrule history.
+CHECK_DOF = 6
+CHECK_LEVEL = 0.01  # two-sided F test of the swarm's own variance against the history's
+
+
+@dataclass
+class CodeSamples:
+    """The samples of one train.py in one class."""
+
+    all: Samples = field(default_factory=Samples)         # uncontended, every kind
+    unselected: Samples = field(default_factory=Samples)  # uncontended, not SELECTING
+    contended: int = 0
+
+
+@dataclass
+class Prior:
+    m2: float = 0.0
+    dof: int = 0
+    source: str = ""          # what it came from, for the one line `swarm run` prints
+    dropped: bool = False     # the swarm's own runs disagreed with it
+
+
+def f_cdf(f: float, d1: float, d2: float) -> float:
+    """P(F <= f) for Fisher's F with (d1, d2) degrees of freedom."""
+    if f <= 0:
+        return 0.0
+    return betainc(d1 / 2.0, d2 / 2.0, d1 * f / (d1 * f + d2))
 
 
 class SampleBook:
@@ -25,54 +70,99 @@ class SampleBook:
     def __init__(self, commits: CommitCache, sigma_prior: float):
         self.commits = commits
         self.sigma_prior = sigma_prior
-        self.samples: dict[tuple[str, str], Samples] = {}
+        self.samples: dict[tuple[str, str], CodeSamples] = {}
         self.noise: dict[str, NoisePool] = {}
-        # Samples of a best taken after it became best: the ones that made it best were
-        # selected for being low, so once it has fresh ones they alone are its reference.
-        self.fresh: dict[tuple[str, str], Samples] = {}
+        self.priors: dict[str, Prior] = {}
         # Per (class, blob): the unselected samples of the current group (feeds the noise pool).
         self.groups: dict[tuple[str, str], Samples] = {}
 
-    def of(self, hw: str, commit: str | None) -> Samples:
-        """The samples of `commit`'s train.py in class `hw` (empty when none, or no commit)."""
+    def _code(self, hw: str, commit: str | None) -> CodeSamples:
         if commit is None:
-            return Samples()
-        return self.samples.get((hw, self.commits.blob(commit)), Samples())
+            return CodeSamples()
+        return self.samples.get((hw, self.commits.blob(commit)), CodeSamples())
+
+    def of(self, hw: str, commit: str | None) -> Samples:
+        """Every uncontended sample of `commit`'s train.py in class `hw` (a candidate's)."""
+        return self._code(hw, commit).all
+
+    def unselected(self, hw: str, commit: str | None) -> Samples:
+        """The samples of `commit`'s train.py less its experiment runs (a verification's)."""
+        return self._code(hw, commit).unselected
 
     def ref(self, hw: str, commit: str | None) -> Samples:
-        """What a commit is compared by: its fresh samples once it has any (a best), else all."""
-        if commit is None:
-            return Samples()
-        key = (hw, self.commits.blob(commit))
-        f = self.fresh.get(key)
-        return f if f is not None and f.n else self.samples.get(key, Samples())
+        """What best is compared by: its unselected samples once it has any, else all."""
+        c = self._code(hw, commit)
+        return c.unselected if c.unselected.n else c.all
 
-    def fresh_n(self, hw: str, commit: str) -> int | None:
-        """Samples of `commit` since it became best; None when it never did (the root)."""
-        f = self.fresh.get((hw, self.commits.blob(commit)))
-        return None if f is None else f.n
+    def contended(self, hw: str, commit: str | None) -> int:
+        """Runs of `commit`'s train.py that were contended (counted nowhere)."""
+        return self._code(hw, commit).contended
 
     def start_fresh(self, hw: str, commit: str) -> None:
-        """`commit` just became best: count its samples from now on apart."""
-        key = (hw, self.commits.blob(commit))
-        self.fresh[key] = Samples()
-        self.groups[key] = Samples()
+        """`commit` just became best: its repeats start a new noise group."""
+        self.groups[(hw, self.commits.blob(commit))] = Samples()
+
+    # -- noise ------------------------------------------------------------------------------
+    def set_prior(self, hw: str, m2: float, dof: int, source: str) -> None:
+        """Noise from earlier swarms (history.py), already capped in weight."""
+        self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0), source=source)
+
+    def prior(self, hw: str) -> Prior | None:
+        p = self.priors.get(hw)
+        return p if p is not None and p.dof > 0 else None
+
+    def own(self, hw: str) -> tuple[float, int]:
+        """(sum of squared deviations, degrees of freedom) of this swarm's own noise samples."""
+        pool = self.noise.get(hw)
+        return (pool.m2, pool.dof) if pool is not None else (0.0, 0)
+
+    def _prior_used(self, hw: str) -> Prior | None:
+        p = self.prior(hw)
+        if p is None or p.dropped:
+            return None
+        m2, dof = self.own(hw)
+        if dof >= CHECK_DOF and m2 > 0 and p.m2 > 0:
+            q = f_cdf((m2 / dof) / (p.m2 / p.dof), dof, p.dof)
+            if q < CHECK_LEVEL / 2 or q > 1 - CHECK_LEVEL / 2:
+                p.dropped = True
+                log.warning("class %s: the noise history (sigma %.4f, %d dof) disagrees with this "
+                            "swarm's own runs (sigma %.4f, %d dof); it is dropped", hw,
+                            math.sqrt(p.m2 / p.dof), p.dof, math.sqrt(m2 / dof), dof)
+                return None
+        return p
 
     def sigma(self, hw: str) -> float:
-        """The pooled val_bpb std of one commit in class `hw` (the prior until there is data)."""
-        return self.noise.get(hw, NoisePool()).sigma(self.sigma_prior)
+        """The pooled val_bpb std of one commit in class `hw` (history as a prior; the config's
+        prior until there is data)."""
+        m2, dof = self.own(hw)
+        p = self._prior_used(hw)
+        if p is not None:
+            m2, dof = m2 + p.m2, dof + p.dof
+        if dof <= 0:
+            return self.sigma_prior
+        return math.sqrt(max(m2, 0.0) / dof)
 
     def dof(self, hw: str) -> int:
-        return self.noise.get(hw, NoisePool()).dof
+        p = self._prior_used(hw)
+        return self.own(hw)[1] + (p.dof if p is not None else 0)
 
     def add(self, rec: ExperimentRecord) -> None:
         """Count an ok record's val_bpb (and confirm_bpb); a record of an unknown commit counts nothing."""
         if rec.val_bpb is None or not self.commits.has(rec.commit):
             return
         key = (rec.hardware_class, self.commits.blob(rec.commit))
-        self.samples.setdefault(key, Samples()).add(rec.val_bpb, rec.confirm_bpb)
+        code = self.samples.setdefault(key, CodeSamples())
+        if is_contended(rec):
+            code.contended += 1
+            return
+        code.all.add(rec.val_bpb, rec.confirm_bpb)
+        if rec.kind not in SELECTING:
+            code.unselected.add(rec.val_bpb, rec.confirm_bpb)
         if rec.kind in UNSELECTED:
             self.noise.setdefault(rec.hardware_class, NoisePool()).add(
                 self.groups.setdefault(key, Samples()), rec.val_bpb)
-        if key in self.fresh:
-            self.fresh[key].add(rec.val_bpb, rec.confirm_bpb)
+
+
+def is_contended(rec: ExperimentRecord) -> bool:
+    """The runner flagged the run as trained on a machine much slower than its class's norm."""
+    return bool(rec.result is not None and rec.result.contended)

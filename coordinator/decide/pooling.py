@@ -15,7 +15,10 @@ selected ones, so the false-promotion rate is the margin's).
   now ancestors of best, become `carried`, as does any result still pending whose commit a
   new best contains.
 - Not verified: the result that formed the pool is judged alone again (a confirmation when it
-  earned one); the members keep their own decisions.
+  earned one); the members keep their own decisions, and no two results of that pool are pooled
+  together again (one losing partner joined 8 pools with the same result: 15 runs).
+A pool is identified by its best and the set of its results' train.py files (not the merged
+text: the same changes pooled in another order, or with a neutral extra, are the same pool).
 At most `pool_open_max` pools of one best are verified at a time (each costs a run).
 """
 from __future__ import annotations
@@ -44,7 +47,9 @@ class Pooling:
         self._open_pools: dict[tuple[str, str], set[str]] = {}
         self._pending: dict[tuple[str, str], set[str]] = {}
         self._where: dict[str, tuple[str, str]] = {}     # experiment -> its key in the three above
-        self._tried_pools: set[str] = set()
+        self._tried_pools: set[tuple[str, frozenset]] = set()   # (best, results' train.py blobs)
+        self._failed_pairs: set[frozenset] = set()              # two results' blobs: failed together
+        self._waits_best: dict[tuple[str, str], set[str]] = {}  # results waiting for a sample of best
         self._bases: dict[tuple[str, str], str | None] = {}  # (commit, best) -> their merge base
         self._recent_bests: dict[str, list[str]] = {}  # per class, the last POOL_WINDOW bests, oldest first
 
@@ -54,7 +59,7 @@ class Pooling:
         i = d.experiment_id
         old = self._where.pop(i, None)
         if old is not None:
-            for index in (self._cands, self._open_pools, self._pending):
+            for index in (self._cands, self._open_pools, self._pending, self._waits_best):
                 index.get(old, set()).discard(i)
         if not (d.best_before and d.hardware_class):
             return
@@ -66,6 +71,8 @@ class Pooling:
             self._pending.setdefault(key, set()).add(i)
             if d.stage == "verify-pool":
                 self._open_pools.setdefault(key, set()).add(i)
+            if d.waits == "best":
+                self._waits_best.setdefault(key, set()).add(i)
         if moves:
             self._note_move(d)
 
@@ -76,10 +83,31 @@ class Pooling:
             seq[:] = ([b for b in seq if b not in (d.best_before, d.best_after)]
                       + [d.best_before, d.best_after])[-POOL_WINDOW:]
 
-    def _pool_tried(self, merge_commit: str) -> None:
-        """At start-up: a pool the ledger says was verified (or is being verified)."""
-        if self.commits.has(merge_commit):
-            self._tried_pools.add(self.commits.blob(merge_commit))
+    def _waiting_for_best(self, hw: str, best: str) -> set[str]:
+        """Results pending against `best` whose sequential test waits for a sample of it."""
+        return self._waits_best.get((hw, best), set())
+
+    def _pool_key(self, best: str, ids: list[str]) -> tuple[str, frozenset]:
+        return best, frozenset(self.commits.blob(self.records[i].commit) for i in ids)
+
+    def _pool_failed(self, d: Decision) -> None:
+        """A verified pool did not beat best: no two of its results are pooled together again."""
+        blobs = sorted(self._pool_key("", [d.experiment_id, *d.pooled])[1])
+        self._failed_pairs.update(frozenset((a, b)) for k, a in enumerate(blobs) for b in blobs[k + 1:])
+
+    def _pools_from_ledger(self, pools: list[Decision]) -> None:
+        """At start-up, the pool decisions in ledger order: each was tried; one whose merge never
+        became best and is not still being verified failed."""
+        moved_to = {d.best_after for d in self.decisions.values() if d.best_after}
+        for d in pools:
+            ids = [d.experiment_id, *d.pooled]
+            if not all(i in self.records and self.commits.has(self.records[i].commit) for i in ids):
+                continue
+            self._tried_pools.add(self._pool_key(d.best_before or "", ids))
+            now = self.decisions.get(d.experiment_id)
+            open_ = now is not None and now.decision == "pending" and now.merge_commit == d.merge_commit
+            if d.merge_commit not in moved_to and not open_:
+                self._pool_failed(d)
 
     # -- forming a pool ---------------------------------------------------------------------
     def _pool_or_confirm(self, rec: ExperimentRecord, best: str, text: str | None, v: Verdict,
@@ -142,23 +170,28 @@ class Pooling:
                        key=lambda i: (-self._effect(i), i))
         best_text = self.commits.text(best)
         members: list[str] = []
+        blobs = [self.commits.blob(rec.commit)]
         # The strongest few: each candidate costs a merge base (a git call, cached per best)
         for i in cands[:POOL_LOOK * self.cfg.pool_max]:
             if len(members) + 1 >= self.cfg.pool_max:
                 break
             C = self.records[i].commit
+            b = self.commits.blob(C)
+            if b in blobs or any(frozenset((b, x)) in self._failed_pairs for x in blobs):
+                continue  # the same change again, or a partner it already failed with
             base = self._merge_base(C, best)
             merged, clean = merge_texts(self.commits.text(base) if base else best_text, text,
                                         self.commits.text(C))
             if clean and merged != text:
                 text = merged
                 members.append(i)
+                blobs.append(b)
         if not members:
             return None
-        blob = object_id("blob", text.encode())
-        if blob in self._tried_pools:
+        key = self._pool_key(best, [rec.experiment_id, *members])
+        if key in self._tried_pools:
             return None
-        self._tried_pools.add(blob)
+        self._tried_pools.add(key)
         return text, members
 
     def _merge_base(self, commit: str, best: str) -> str | None:
@@ -173,13 +206,17 @@ class Pooling:
     def _carry(self, hw: str, old: str, new: str, by: Decision) -> None:
         """Results judged against the old best that the new best contains (a pool's members, a
         pending line a merge took along): `carried`, their open jobs cancelled."""
-        for i in sorted(self._pending.get((hw, old), set()) | set(by.pooled)):
+        ids = sorted(self._pending.get((hw, old), set()) | set(by.pooled))
+        # What the new best brought that the old did not: one git call, not one per result
+        # (with many results pending a move cost ~10 ms of forks each, under the decision lock).
+        brought = set(self.repo.git("rev-list", new, f"^{old}").split()) if ids else set()
+        for i in ids:
             d, rec = self.decisions.get(i), self.records.get(i)
             if (d is None or rec is None or i == by.experiment_id or rec.commit is None
                     or not (d.decision == "pending" or i in by.pooled)
                     or d.decision in ("carried", "merge", "promote", "simplification")):
                 continue
-            if not self.repo.is_ancestor(rec.commit, new):
+            if rec.commit not in brought:
                 continue
             for st in self.jobs.open_jobs(hw):
                 if st.job.for_experiment == i:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.backends.auto import resolve_auto
 from agents.backends.base import BackendSpec, backend_config, backend_types
 from agents.messages import PromotionConfig
+from coordinator.track.config import TrackingConfig
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -89,10 +90,13 @@ class SwarmConfig(_Cfg):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     redis: RedisConfig = RedisConfig()
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()   # MLflow / W&B (coordinator/track)
 
     @field_validator("programs")
     @classmethod
     def _need_programs(cls, v):
+        if not v:
+            raise ValueError("at least one program is needed")
         for i, p in enumerate(v):
             if (p.name is None) == (p.path is None):
                 raise ValueError(f"entry {i} needs exactly one of name or path")
@@ -116,7 +120,7 @@ def _expand(value: Any, loc: tuple, source: str, env: dict[str, str]) -> Any:
     key = str(loc[-1]) if loc else ""
     if SECRET_KEY_RE.search(key) and not key.endswith("_env") and not ONLY_ENV_RE.match(value):
         raise ConfigError(f"{source}: {_dotted(loc)}: a secret may only be given as ${{ENV_VAR}}")
-    if key == "url":
+    if key == "url" or key.endswith(("_url", "_uri")):
         pw = urlsplit(value).password if "://" in value else None
         if pw and not ONLY_ENV_RE.match(pw):
             raise ConfigError(f"{source}: {_dotted(loc)}: the password in a URL may only be "
@@ -165,7 +169,8 @@ def validation_message(e: ValidationError, data: Any = None) -> str:
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key{_valid_keys(first['loc'], data)}"
     # a union (int | "auto") fails once per member: say all of it in one line
-    msgs = list(dict.fromkeys(err["msg"] for err in errs if loc_of(err) == loc_of(first)))
+    msgs = list(dict.fromkeys(err["msg"].removeprefix("Value error, ")
+                              for err in errs if loc_of(err) == loc_of(first)))
     return f"{where}: {' or '.join(msgs)}"
 
 
@@ -215,11 +220,29 @@ def default_config_text() -> str:
     return (importlib.resources.files("coordinator.run") / DEFAULT_CONFIG_NAME).read_text()
 
 
+def merge_over(base: Any, over: Any) -> Any:
+    """`over` (a user's file) merged over `base` (the shipped defaults): mappings key by key,
+    recursively; anything else replaces what it is written over, lists as a whole (a user's
+    `programs:` is the list of programs, not an addition to the six shipped ones) and `null`
+    too. A mapping whose `type` differs from the default's (a backend) replaces it whole: the
+    keys of one backend type mean nothing to another."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return over
+    if "type" in over and base.get("type") != over.get("type"):
+        return over
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_over(base[k], v) if k in base else v
+    return out
+
+
 def load_config(path: Path | None, env: dict[str, str] | None = None) -> tuple[SwarmConfig, Path]:
-    """Load `path` (or the shipped default when None). Returns the config and the directory
-    relative program paths are resolved against. Raises ConfigError."""
+    """Load `path` merged over the shipped default (see merge_over), or the default alone when
+    None. Returns the config and the directory relative program paths are resolved against.
+    Raises ConfigError naming `path` as given (the file actually read)."""
+    defaults = yaml.safe_load(default_config_text())
     if path is None:
-        return parse_config(yaml.safe_load(default_config_text()), DEFAULT_CONFIG_NAME, env), Path.cwd()
+        return parse_config(defaults, DEFAULT_CONFIG_NAME, env), Path.cwd()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -229,7 +252,9 @@ def load_config(path: Path | None, env: dict[str, str] | None = None) -> tuple[S
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_config(data, path.name, env), path.parent.resolve()
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return parse_config(merge_over(defaults, data or {}), str(path), env), path.parent.resolve()
 
 
 # --- programs and backends -----------------------------------------------------------------
@@ -271,7 +296,7 @@ def assign_programs(programs: list[ProgramEntry], n_agents: int) -> list[int]:
     before any gets a second, as long as there are agents enough.
     """
     if not programs:
-        raise ConfigError("swarm.yaml: programs: at least one program is needed")
+        raise ConfigError("programs: at least one program is needed")
     total = sum(p.weight for p in programs)
     counts = [0] * len(programs)
     out = []

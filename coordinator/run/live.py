@@ -1,7 +1,8 @@
 """What a running swarm looks like: gathered from redis (or a snapshot), drawn with rich.
 
 `swarm run` redraws it about twice a second (or prints plain lines when stdout is not a
-terminal); `swarm status` draws it once from another terminal. No Ray here.
+terminal) and ends with `summary()`, a few sentences on what happened; `swarm status` draws it
+once from another terminal. Every figure comes from coordinator/state/figures.py. No Ray here.
 """
 from __future__ import annotations
 
@@ -15,113 +16,174 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from coordinator.state import keys
+from coordinator.state import figures, keys
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
+# Phases in which an agent's description is an idea in flight (not one that already ran).
+ACTIVE = ("train", "fix", "report")
 
 
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def gather(client, swarm_id: str, rows: list[dict] | None = None) -> dict:
-    """Agents' heartbeats, best per hardware class and throughput, as one JSON-able dict.
+def published(client, swarm_id: str) -> dict[str, dict]:
+    """hardware class -> the latest-best key the coordinator writes ({'commit', 'val_bpb',
+    'samples', 'seq'}); {} without redis."""
+    out: dict[str, dict] = {}
+    if client is None:
+        return out
+    prefix = keys.best_prefix(swarm_id)
+    for key in client.scan_iter(match=prefix + "*"):
+        try:
+            b = json.loads(client.get(key))
+        except (TypeError, ValueError):
+            continue
+        out[_s(key)[len(prefix):]] = {k: b.get(k) for k in ("commit", "val_bpb", "samples", "seq")}
+    return out
 
-    `client` may be None (the morning after without redis): then only `rows` count.
+
+def _agents(client, swarm_id: str) -> list[dict]:
+    agents = []
+    if client is None:
+        return agents
+    for name, raw in sorted(client.hgetall(keys.agents(swarm_id)).items()):
+        try:
+            hb = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        hb.setdefault("agent", _s(name))
+        agents.append(hb)
+    return agents
+
+
+def gather(client, swarm_id: str, rows: list[dict] | None = None, running: bool = True) -> dict:
+    """Agents' heartbeats and the swarm's figures (figures.compute), as one JSON-able dict.
+
+    `client` may be None (the morning after without redis): then only `rows` count. `running`:
+    whether a `swarm run` is live; a stopped swarm has no idea in flight.
     """
-    agents, best = [], {}
-    if client is not None:
-        for name, raw in sorted(client.hgetall(keys.agents(swarm_id)).items()):
-            try:
-                hb = json.loads(raw)
-            except (TypeError, ValueError):
-                continue
-            hb.setdefault("agent", _s(name))
-            agents.append(hb)
-        prefix = keys.best_prefix(swarm_id)
-        for key in client.scan_iter(match=prefix + "*"):
-            try:
-                b = json.loads(client.get(key))
-            except (TypeError, ValueError):
-                continue
-            best[_s(key)[len(prefix):]] = {"val_bpb": b.get("val_bpb"), "commit": b.get("commit"),
-                                           "seq": b.get("seq")}
     rows = rows or []
-    if not best:  # from the records: the latest best each class moved to
-        for r in rows:
-            if r.get("best_after") and r.get("decision") in ("promote", "merge", "simplification"):
-                best[r["hardware_class"]] = {"val_bpb": r.get("val_bpb"), "commit": r["best_after"]}
-    # Experiments are the agents' own ideas: baseline, confirmation and verification runs are
-    # jobs (counted as runs), and an invalid edit never trained.
-    exps = [r for r in rows if (r.get("kind") or "experiment") == "experiment"]
-    trained = [r for r in exps if r.get("run_status", r.get("status")) != "invalid"]
-    finished = [r["finished_at"] for r in trained if r.get("finished_at")]
-    started = [r["started_at"] for r in trained if r.get("started_at")]
-    span = (max(finished) - min(started)) if finished and started else 0.0
-    per_hour = len(finished) / (span / HOUR) if span > 60 else None
-    moves = {r["best_after"] for r in rows if r.get("best_after")}  # each move once
-    noise: dict[str, dict] = {}
-    for r in sorted(rows, key=lambda r: r.get("decided_at") or 0):
-        if r.get("sigma") is not None and r.get("hardware_class"):
-            noise[r["hardware_class"]] = {"sigma": r.get("sigma"), "dof": r.get("dof"),
-                                          "margin": r.get("margin") if r.get("margin") is not None
-                                          else noise.get(r["hardware_class"], {}).get("margin")}
-    return {"swarm_id": swarm_id, "agents": agents, "best": best, "experiments": len(exps),
-            "runs": len(rows), "experiments_per_hour": per_hour, "kept": len(moves),
-            "best_moves": len(moves), "noise": noise, "lost_winners": [], "time": time.time()}
+    fig = _figures(rows, published(client, swarm_id))
+    c = fig.counts
+    agents = _agents(client, swarm_id)
+    return {"swarm_id": swarm_id, "running": running, "time": time.time(), "agents": agents,
+            "experiments": c.experiments, "runs": c.runs, "jobs": c.jobs, "records": c.records,
+            "keeps": c.keeps, "best_moves": fig.best_moves,
+            "experiments_per_hour": fig.rates.experiments_per_hour,
+            "runs_per_hour": fig.rates.runs_per_hour,
+            "best": {hw: b.model_dump() for hw, b in fig.best.items()},
+            "counts": c.model_dump(), "rates": fig.rates.model_dump(),
+            "suspect": fig.suspect, "contended": fig.contended,
+            "current_ideas": current_ideas(agents, rows, running),
+            "lost_winners": []}
+
+
+# The last gather's (rows, published, figures): `swarm run` redraws twice a second from rows it
+# re-reads every 5 s, and figures.compute costs ~75 ms per 1,000 records on this machine.
+_last: list = [None, None, None]
+
+
+def _figures(rows: list[dict], pub: dict) -> figures.Figures:
+    if not (_last[0] is rows and _last[1] == pub):   # the same list object, held here: never reused
+        _last[:] = [rows, pub, figures.compute(rows, pub)]
+    return _last[2]
+
+
+def current_ideas(agents: list[dict], rows: list[dict], running: bool) -> list[dict]:
+    """The ideas in flight: an agent's description while it trains, fixes or reports one,
+    never after a stop, and never one its newest record (finished since) already holds."""
+    if not running:
+        return []
+    last: dict[str, dict] = {}
+    for r in rows:
+        if figures.is_experiment(r) and (r.get("finished_at") or 0) >= (last.get(r.get("agent"), {})
+                                                                        .get("finished_at") or 0):
+            last[r.get("agent")] = r
+    out = []
+    for a in agents:
+        desc, name = a.get("description"), a.get("agent")
+        if not desc or a.get("phase") not in ACTIVE:
+            continue
+        r = last.get(name)
+        if r is not None and r.get("description") == desc and (r.get("finished_at") or 0) >= (a.get("ts") or 0):
+            continue
+        out.append({"agent": name, "description": desc})
+    return out
 
 
 def _fmt(v, spec=".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def best_line(hw: str, b: dict) -> str:
+    """`best [hw]: val_bpb V (n samples) at C, moved k times from the baseline B (+G)`."""
+    line = (f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} ({b.get('samples') or 0} samples) "
+            f"at {str(b.get('commit') or '')[:10]}")
+    moves = b.get("moves") or 0
+    if moves:
+        line += (f", moved {moves} time{'s' if moves != 1 else ''} from the baseline "
+                 f"{_fmt(b.get('baseline_val_bpb'))} ({_fmt(b.get('gain'), '+.4f')})")
+    else:
+        line += ", the baseline (not moved yet)"
+    return line
+
+
 def render(data: dict, title: str = "") -> Group:
     """One row per agent (program, phase, progress over the budget, last delta vs parent,
-    invalid edits), each agent's current idea and last outcome (an invalid edit's reason, a
-    backend down or refused) in full below the table (so 80 columns truncate nothing), then
-    best, sigma, its degrees of freedom and the margin per hardware class, experiments/hour and
-    the lost-winner audit."""
+    invalid edits), the ideas in flight and each agent's last outcome (an invalid edit's
+    reason, a backend down or refused) in full below the table (so 80 columns truncate
+    nothing), then best per hardware class with its samples, sigma, its degrees of freedom
+    and the margin, the counts and rates, contended runs and suspect moves, and the
+    lost-winner audit."""
     # No vertical rules: with seven columns they cost 24 of the 80 columns a terminal may have.
-    t = Table(title=title or f"swarm {data['swarm_id']}", title_justify="left", box=box.SIMPLE_HEAD,
+    t = Table(title=title or f"swarm {data.get('swarm_id', '')}", title_justify="left", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
-    names = [str(a.get("agent", "?")) for a in data["agents"]]
+    agents = data.get("agents") or []
+    running = data.get("running", True)
+    names = [str(a.get("agent", "?")) for a in agents]
     t.add_column("agent", no_wrap=True, min_width=max([5, *map(len, names)]))
     for col, kw in (("program", {"no_wrap": True}), ("phase", {"no_wrap": True}),
                     ("progress", {"width": 10}), ("Δparent", {"justify": "right", "no_wrap": True}),
                     ("exps", {"justify": "right", "no_wrap": True}), ("inv", {"justify": "right", "no_wrap": True})):
         t.add_column(col, **kw)
-    ideas, outcomes = [], []
-    for a in data["agents"]:
+    outcomes = []
+    for a in agents:
         p = a.get("progress")
-        bar = ProgressBar(total=1.0, completed=float(p), width=8) if isinstance(p, (int, float)) else Text("-")
+        bar = (ProgressBar(total=1.0, completed=float(p), width=8) if running and isinstance(p, (int, float))
+               else Text("-"))
         d = a.get("last_delta")
         delta = Text(_fmt(d, "+.4f"), style="green" if d and d > 0 else "red" if d else "")
-        t.add_row(str(a.get("agent", "?")), str(a.get("program", "")), str(a.get("phase", "")),
+        t.add_row(str(a.get("agent", "?")), str(a.get("program", "")),
+                  str(a.get("phase", "")) if running else "stopped",
                   bar, delta, str(a.get("experiments", "")),
                   str((a.get("statuses") or {}).get("invalid", 0)))
-        if a.get("description"):
-            ideas.append(f"{a.get('agent', '?')}: {a['description']}")
         if a.get("last_outcome"):
-            outcomes.append(_outcome_text(a))
+            outcomes.append(f"{a.get('agent', '?')}: {a.get('last_outcome')}")
+    if "current_ideas" in data:
+        ideas = [f"{i['agent']}: {i['description']}" for i in data["current_ideas"]]
+    else:  # a caller that gathered nothing: every agent's description
+        ideas = [f"{a.get('agent', '?')}: {a['description']}" for a in agents if a.get("description")]
     lines = []
     if ideas:
         lines += ["current ideas:"] + [f"  {i}" for i in ideas]
     if outcomes:
         lines += ["last outcomes:"] + [f"  {o}" for o in outcomes]
-    for hw, b in sorted(data["best"].items()):
-        lines.append(f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} at {str(b.get('commit') or '')[:10]}")
-        n = data.get("noise", {}).get(hw)
-        if n:
-            lines.append(f"  sigma {_fmt(n.get('sigma'), '.5f')} ({n.get('dof') or 0} dof), "
-                         f"margin {_fmt(n.get('margin'), '.5f')}")
-    if not data["best"]:
+    best = data.get("best") or {}
+    for hw, b in sorted(best.items()):
+        lines.append(best_line(hw, b))
+        if b.get("sigma") is not None:
+            lines.append(f"  sigma {_fmt(b.get('sigma'), '.5f')} ({b.get('dof') or 0} dof), "
+                         f"margin {_fmt(b.get('margin'), '.5f')} (last decision)")
+    if not best:
         lines.append("best: none yet (the baseline round runs first)")
-    eph = data.get("experiments_per_hour")
-    lines.append(f"{data['experiments']} experiments ({data.get('runs', data['experiments'])} runs "
-                 f"with jobs), best moved {data.get('best_moves', data.get('kept', 0))} times, "
-                 f"{_fmt(eph, '.1f')} experiments/hour")
+    lines.append(counts_line(data))
+    if data.get("contended"):
+        lines.append(f"contended runs (the machine was slower than its norm): {len(data['contended'])}: "
+                     + ", ".join(data["contended"][:5]) + (" ..." if len(data["contended"]) > 5 else ""))
+    if data.get("suspect"):
+        lines.append("SUSPECT moves (the confirm split got worse): " + ", ".join(data["suspect"]))
     lost = data.get("lost_winners") or []
     lines.append(f"winners not on best: {len(lost)}" + (" (Δ vs best, + = better)" if lost else ""))
     for r in lost:
@@ -130,15 +192,22 @@ def render(data: dict, title: str = "") -> Group:
     return Group(t, Text("\n".join(lines)))
 
 
-def _outcome_text(a: dict) -> str:
-    return f"{a.get('agent', '?')}: {a.get('last_outcome')}"
+def counts_line(data: dict) -> str:
+    """`8 experiments, 17 runs (9 jobs), best moved 2 times, 75.8 experiments/hour`."""
+    n = data.get("experiments", 0)
+    runs = data.get("runs", n)
+    eph = data.get("experiments_per_hour")
+    moves = data.get("best_moves", 0)
+    return (f"{n} experiments, {runs} runs ({data.get('jobs', 0)} jobs), best moved {moves} "
+            f"time{'s' if moves != 1 else ''}, {_fmt(eph, '.1f')} experiments/hour over the whole run")
 
 
 def _troubles(data: dict) -> str:
     """Invalid edits and backends in trouble: events, not the clock (no 'down for N s')."""
-    invalid = sum((a.get("statuses") or {}).get("invalid", 0) for a in data["agents"])
+    agents = data.get("agents") or []
+    invalid = sum((a.get("statuses") or {}).get("invalid", 0) for a in agents)
     out = f", {invalid} invalid" if invalid else ""
-    for a in data["agents"]:
+    for a in agents:
         if a.get("backend_state") not in (None, "up"):
             out += f"; {a.get('agent')}: backend {a['backend_state']}: {str(a.get('backend_reason'))[:120]}"
     return out
@@ -148,6 +217,127 @@ def plain_line(data: dict) -> str:
     """The same in one line, for logs and for a stdout that is not a terminal. It changes only
     when something happened (an experiment, a job, a move of best), never with the clock or
     the agents' phases, so a caller prints it only when it differs from the last one."""
-    best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))}" for hw, b in sorted(data["best"].items())) or "none"
-    return (f"[swarm] {data['experiments']} experiments ({data.get('runs', data['experiments'])} runs), "
-            f"best {best}, moved {data.get('best_moves', 0)} times{_troubles(data)}")
+    best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))} ({b.get('samples') or 0} samples)"
+                     for hw, b in sorted((data.get("best") or {}).items())) or "none"
+    n, moves = data.get("experiments", 0), data.get("best_moves", 0)
+    return (f"[swarm] {n} experiments, {data.get('runs', n)} runs, best {best}, "
+            f"moved {moves} time{'s' if moves != 1 else ''}{_troubles(data)}")
+
+
+# --- the end of `swarm run` ---------------------------------------------------------------------
+NEXT = (("swarm lineage", "best's steps (--all: every other result; --format json|dot|graphml)"),
+        ("swarm status", "best, noise and counts (--json for scripts)"),
+        ("swarm report", "one HTML page: the lineage DAG, the progress plot, tables"),
+        ("swarm export --format tsv --output -", "every record as a table"))
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:.1f} min" if hours < 2 else f"{hours:.1f} h"
+
+
+def _quote(r: dict) -> str:
+    desc = (r.get("description") or "").splitlines()[0] if r.get("description") else "?"
+    return f"{r.get('agent', '?')}'s \"{desc[:100]}\""
+
+
+def _breakdown(counts: dict) -> str:
+    outs = ", ".join(f"{n} {k}" for k, n in (counts.get("outcomes") or {}).items() if n)
+    jobs = ", ".join(f"{n} {k}" for k, n in sorted((counts.get("jobs_by_kind") or {}).items()))
+    parts = [f"experiments: {outs}" if outs else "", f"coordinator jobs: {jobs}" if jobs else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
+    """Why best did not move, in words: how the experiments compared, and the bar."""
+    exps = [r for r in rows if figures.is_experiment(r) and (r.get("hardware_class") or "") == hw]
+    judged = [r for r in exps if figures.delta_best(r) is not None]
+    failed = sum(1 for r in exps if figures.outcome(r) == "failed")
+    invalid = sum(1 for r in exps if figures.outcome(r) == "invalid")
+    pending = sum(1 for r in exps if figures.outcome(r) == "pending")
+    out = [f"best [{hw}] did not move: it is still the baseline, {_fmt(b.get('val_bpb'))} "
+           f"({b.get('samples') or 0} samples)."]
+    if not judged:
+        out.append("  No experiment was judged against it yet"
+                   + (f" ({pending} pending: the noise estimate needs more baseline runs first)."
+                      if pending else "."))
+    else:
+        closest = max(judged, key=lambda r: figures.delta_best(r))
+        d = figures.delta_best(closest)
+        better = [r for r in judged if figures.delta_best(r) > 0]
+        if not better:
+            worst = min(figures.delta_best(r) for r in judged)
+            out.append(f"  {len(judged)} experiment{'s' if len(judged) != 1 else ''} judged, all worse "
+                       f"than the baseline by {-d:.4f}-{-worst:.4f}; the closest was {_quote(closest)} "
+                       f"({d:+.4f}).")
+        else:
+            out.append(f"  {len(better)} of {len(judged)} judged experiments looked better but stayed "
+                       f"inside the margin; the closest was {_quote(closest)} ({d:+.4f})"
+                       + (f"; {pending} still pending a confirmation." if pending else "."))
+    if failed or invalid:
+        out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained.")
+    m, s = b.get("margin"), b.get("sigma")
+    if m is not None:
+        ratio = f", {m / s:.1f} x the noise sigma {s:.4f}" if s else ""
+        out.append(f"  A result must beat best by the margin ({m:.4f} at the last decision{ratio}) "
+                   f"to move it.")
+    return out
+
+
+def noise_history(coord_status: dict | None) -> dict[str, str]:
+    """hardware class -> where its noise prior came from, when the coordinator's status() says
+    (`classes[hw]["noise_prior"]`: a sentence, or a dict with `sigma`, `dof`, `swarms`); {}
+    when it does not (then the summary says sigma was measured by this swarm's runs)."""
+    out: dict[str, str] = {}
+    for hw, c in ((coord_status or {}).get("classes") or {}).items():
+        p = c.get("noise_prior") if isinstance(c, dict) else None
+        if isinstance(p, dict) and p.get("sigma") is not None:
+            out[hw] = (f"sigma {p['sigma']:.4f} over {p.get('dof', '?')} dof from "
+                       f"{p.get('swarms', '?')} earlier swarm(s)")
+        elif isinstance(p, str) and p:
+            out[hw] = p
+    return out
+
+
+def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = None,
+            home_arg: str = "") -> str:
+    """What happened in a run, in words a newcomer reads: how many experiments and runs, what
+    moved best (each move: what changed, by how much, verified how) or why nothing did, where
+    the noise estimate came from, and the next commands to run. `data` is gather()'s, from the
+    same rows (so this and the last frame agree); `history`: per hardware class, the noise
+    prior's origin when earlier swarms' sigma was used (noise_history); `home_arg`: appended
+    to the commands (`--swarm-home DIR`)."""
+    hours = (data.get("rates") or {}).get("hours") or 0.0
+    n, runs = data.get("experiments", 0), data.get("runs", 0)
+    lines = [f"swarm {data.get('swarm_id', '')}: {n} experiment{'s' if n != 1 else ''} and {runs} "
+             f"run{'s' if runs != 1 else ''} in {_duration(hours)} (a run is any training: the "
+             f"experiments and the coordinator's jobs)."]
+    br = _breakdown(data.get("counts") or {})
+    if br:
+        lines.append(f"  {br}.")
+    for hw, b in sorted((data.get("best") or {}).items()):
+        steps = b.get("steps") or []
+        if not steps:
+            lines += _not_moved(rows, hw, b)
+            continue
+        lines.append(f"best [{hw}] moved {len(steps)} time{'s' if len(steps) != 1 else ''}: "
+                     f"{_fmt(b.get('baseline_val_bpb'))} -> {_fmt(b.get('val_bpb'))} "
+                     f"({_fmt(b.get('gain'), '+.4f')}, + = better; now {b.get('samples') or 0} samples)")
+        for s in steps:
+            flag = " [SUSPECT: its confirm split got worse]" if s.get("suspect") else ""
+            flag += " [contended run]" if s.get("contended") else ""
+            lines.append(f"  {s['n']}. {str(s['commit'])[:7]} {_fmt(s.get('delta'), '+.4f')} {s['decision']}: "
+                         f"{s.get('agent') or '?'} ({s.get('program') or '?'}) \"{s.get('description') or '?'}\" "
+                         f"(+{s.get('lines_added', 0)}/-{s.get('lines_removed', 0)} lines); "
+                         f"{s.get('verified')}{flag}")
+    for hw, b in sorted((data.get("best") or {}).items()):
+        if b.get("sigma") is not None:
+            h = (history or {}).get(hw)
+            src = f"with a prior from earlier swarms ({h})" if h else "measured by this swarm's runs"
+            lines.append(f"noise [{hw}]: sigma {b['sigma']:.4f} ({b.get('dof') or 0} dof), {src}.")
+    if data.get("contended"):
+        lines.append(f"{len(data['contended'])} run(s) were contended (the machine was slower than its "
+                     "norm): they cannot move best until re-measured.")
+    width = max(len(c) for c, _ in NEXT) + len(home_arg) + 2
+    lines.append("next:")
+    lines += [f"  {(c + home_arg).ljust(width)}{what}" for c, what in NEXT]
+    return "\n".join(lines)

@@ -47,7 +47,10 @@ class Supervisor:
         self._waiting_said = 0.0
         self.results: dict[str, dict] = {}
         self.data_source: str | None = None
+        self.history = None   # NoiseHistorySpec: `describe(self.history, hw)` says what it holds
         self._redis_said = 0.0
+        self._view = None                       # the live view, open until the summary
+        self.trackers = None                    # coordinator/track: MLflow / W&B followers
 
     # --- bring-up -------------------------------------------------------------------------------
 
@@ -76,6 +79,17 @@ class Supervisor:
         self.data_source = source if source in _HUB_SOURCES else None
         log.info("preparing data (%s) for profile %s", source, self.p.profile)
         return prepare(source, [self.p.profile], d.dir)
+
+    def _history(self):
+        """Where the noise measured by earlier swarms lives (beside the prepared data), keyed by
+        profile, budget and apparatus fingerprint (coordinator/decide/history.py)."""
+        from coordinator.decide.history import history_spec
+        try:
+            self.history = history_spec(self.data_dir, self.p.profile, self.p.cfg.budget)
+        except Exception as e:  # no history is today's behaviour, never a failure
+            log.warning("noise history unavailable: %s", e)
+            self.history = None
+        return self.history
 
     def _ray(self) -> None:
         from agents.raylocal import start_local_ray
@@ -145,8 +159,12 @@ class Supervisor:
             self._ray()
             from coordinator.decide.actor import coordinator_actor
             self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
-                                           baseline_train_py=_baseline_text())
+                                           baseline_train_py=_baseline_text(), history=self._history())
             self._check_coordinator()
+            if self.p.cfg.tracking.enabled():
+                # a thread that follows the ledger: a tracker never holds up a decision
+                from coordinator.track.follower import start_trackers
+                self.trackers = start_trackers(self.p.cfg.tracking, url, self.info, self.home.root)
             for spec in self.p.agent_specs:
                 self._agent(spec)
             try:
@@ -159,6 +177,8 @@ class Supervisor:
             self._watch_redis()  # the snapshot and the summary read it
             self._close_studies(url)
             self._snapshot()
+            if self.trackers is not None:
+                self.trackers.stop(drain_s=60)   # what is left then, the next swarm run logs
             verdict = self._final_summary(url)
         finally:
             self._teardown()
@@ -200,7 +220,8 @@ class Supervisor:
         from coordinator.run import live
 
         client = redis.Redis.from_url(url)
-        view = _View(self.p.plain)
+        # Closed by _final_summary after its last frame, drawn from the summary's own data.
+        view = self._view = _View(self.p.plain)
         rows, rows_at = [], 0.0
         try:
             while self.refs:
@@ -225,7 +246,6 @@ class Supervisor:
                 except redis.RedisError as e:  # redis restarting: the view waits, the swarm goes on
                     log.debug("live view: %s", e)
         finally:
-            view.close()
             client.close()
 
     def _watch_redis(self) -> None:
@@ -391,23 +411,45 @@ class Supervisor:
             log.info("ledger snapshot: %s", path)
 
     def _final_summary(self, url: str) -> int:
-        """Print the last line; 1 when no proposal of this run was valid (saying why), else 0."""
+        """The live view's last frame and, from the same figures, what happened in words;
+        1 when no proposal of this run was valid (saying why), else 0."""
         import redis
 
         from coordinator.run import live
+        from coordinator.state.home import resolve_home
         client = redis.Redis.from_url(url)
         try:
             rows = _rows(client, self.info)
-            print(live.plain_line(live.gather(client, self.info["swarm_id"], rows)))
+            data = live.gather(client, self.info["swarm_id"], rows, running=False)
         finally:
             client.close()
+        view, self._view = self._view, None
+        if view is not None:
+            view.update(data)
+            view.close()
+        here = self.home.root.resolve() == resolve_home(None).resolve()
+        print(live.summary(rows, data, history=live.noise_history(self._coord_status()),
+                           home_arg="" if here else f" --swarm-home {self.home.root}"), flush=True)
         why = no_valid_proposal(rows, self.results, self.started_at)
         if why:
             print(f"swarm run: {why}", file=sys.stderr, flush=True)
             return 1
         return 0
 
+    def _coord_status(self) -> dict | None:
+        """The coordinator's own status() (for where its noise prior came from), or None."""
+        import ray
+        try:
+            return ray.get(self.coord.status.remote(), timeout=30)
+        except Exception:
+            return None
+
     def _teardown(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:  # the run ended before its summary: give the terminal back
+            view.close()
+        if self.trackers is not None:
+            self.trackers.stop(drain_s=0)
         with contextlib.suppress(Exception):
             import ray
             if ray.is_initialized():

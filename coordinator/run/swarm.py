@@ -69,7 +69,7 @@ def plan(args) -> Plan:
 
     cfg_path = Path(args.config) if args.config else (Path("swarm.yaml") if Path("swarm.yaml").is_file() else None)
     cfg, base = load_config(cfg_path)
-    src = cfg_path.name if cfg_path else "swarm.default.yaml"
+    src = str(cfg_path) if cfg_path else "swarm.default.yaml"   # the file actually read, as given
     if args.budget is not None:
         cfg.budget = args.budget
     if args.seed is not None:

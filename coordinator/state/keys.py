@@ -31,3 +31,10 @@ def best_prefix(swarm_id: str) -> str:
 def best_seq(swarm_id: str, hw: str) -> str:
     """Counter: the last Broadcast.seq handed out for a hardware class."""
     return prefix(swarm_id) + f"bestseq:{hw}"
+
+
+def tracker(swarm_id: str, destination: str, what: str) -> str:
+    """An experiment tracker's follower state (coordinator/track/follower.py) per destination:
+    `cursor` (string: the last ledger stream id it handled) and `logged` (hash: experiment id ->
+    digest of what the tracker holds for it)."""
+    return prefix(swarm_id) + f"tracker:{destination}:{what}"

@@ -10,10 +10,10 @@ flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps
 `num_params`, then the latest decision: `decision`, `decision_reason`, `best_before`,
 `best_after`, `decision_delta`, `margin`, `sigma`, `samples`, `suspect`, `merge_commit`,
 `decided_at`, `simplification`, and the labelled `delta_best` / `delta_parent` (+ = better), `dof`,
-`beat_best`. TSV columns: commit val_bpb memory_gb status description agent
-program parent, then the rest in ROW_COLUMNS order; `status` uses the original's vocabulary
-(keep/discard/crash) plus ours (pending, conflict, did-not-stack, carried, unjudged, timeout,
-invalid, rejected, sample).
+`beat_best`, `mean`, `samples_best`, and the result's `contention` / `contended`. TSV
+columns: commit val_bpb memory_gb status description agent program parent, then the rest in
+ROW_COLUMNS order; `status` uses the original's vocabulary (keep/discard/crash) plus ours
+(pending, conflict, did-not-stack, carried, unjudged, timeout, invalid, rejected, sample).
 """
 from __future__ import annotations
 
@@ -126,6 +126,11 @@ ROW_SCHEMA = pa.schema([
     # against the record's parent (the coordinator's means; else the agent's own one run).
     ("delta_best", pa.float64()), ("delta_parent", pa.float64()), ("dof", pa.int64()),
     ("beat_best", pa.bool_()),
+    # What the decision compared (views: coordinator/state/figures.py): the candidate's mean
+    # over its samples and how many samples of best it was judged against; and the machine's
+    # own speed during the run (a contended run is flagged by the runner).
+    ("mean", pa.float64()), ("samples_best", pa.int64()),
+    ("contention", pa.float64()), ("contended", pa.bool_()),
 ])
 ROW_COLUMNS = ROW_SCHEMA.names
 
@@ -147,8 +152,9 @@ def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
     row["run_status"] = rec.status
     mem = res.peak_memory_mb if res else None
     row["memory_gb"] = mem / 1024 if mem is not None else None
-    for f in ("training_seconds", "total_seconds", "steps", "tokens", "num_params"):
+    for f in ("training_seconds", "total_seconds", "steps", "tokens", "num_params", "contention"):
         row[f] = getattr(res, f) if res else None
+    row["contended"] = bool(res.contended) if res else False
     if dec is not None:
         row.update(decision=dec.decision, decision_reason=dec.reason, best_before=dec.best_before,
                    best_after=dec.best_after, decision_delta=dec.delta, margin=dec.margin,
@@ -156,7 +162,8 @@ def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
                    merge_commit=dec.merge_commit, decided_at=dec.decided_at,
                    simplification=dec.decision == "simplification", delta_best=dec.delta,
                    delta_parent=dec.delta_parent if dec.delta_parent is not None else rec.delta,
-                   dof=dec.dof, beat_best=dec.beat_best)
+                   dof=dec.dof, beat_best=dec.beat_best, mean=dec.mean,
+                   samples_best=dec.samples_best)
     else:
         row.update(suspect=False, simplification=False, beat_best=False, delta_parent=rec.delta)
     row["status"] = tsv_status(rec.status, dec.decision if dec else None)
@@ -283,9 +290,15 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def write_parquet_rows(rows: list[dict], path: Path) -> Path:
-    """Write rows (ROW_SCHEMA) to parquet atomically (temp file, then os.replace)."""
-    table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=ROW_SCHEMA)
+def _schema(extra: pa.Schema | None) -> pa.Schema:
+    """ROW_SCHEMA, then the derived columns a view appends (`swarm export`), if any."""
+    return pa.schema(list(ROW_SCHEMA) + list(extra)) if extra is not None else ROW_SCHEMA
+
+
+def write_parquet_rows(rows: list[dict], path: Path, extra: pa.Schema | None = None) -> Path:
+    """Write rows (ROW_SCHEMA, then `extra`) to parquet atomically (temp file, then os.replace)."""
+    schema = _schema(extra)
+    table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
     return atomic_write(path, lambda f: pq.write_table(table, f))
 
 
@@ -311,15 +324,18 @@ def _write_text(out, fn) -> None:
         fn(out)
 
 
-def write_tsv_rows(rows: list[dict], out: Path | IO[str] = sys.stdout) -> None:
-    """TSV: the original's five columns, then agent, program, parent, then the rest."""
+def write_tsv_rows(rows: list[dict], out: Path | IO[str] = sys.stdout, extra: pa.Schema | None = None) -> None:
+    """TSV: the original's five columns, then agent, program, parent, then the rest (then `extra`)."""
+    cols = _schema(extra).names
+
     def fn(f):
         w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
-        w.writerow(ROW_COLUMNS)
+        w.writerow(cols)
         for r in rows:
-            w.writerow([_fmt(r.get(c)) for c in ROW_COLUMNS])
+            w.writerow([_fmt(r.get(c)) for c in cols])
     _write_text(out, fn)
 
 
-def write_json_rows(rows: list[dict], out: Path | IO[str] = sys.stdout) -> None:
-    _write_text(out, lambda f: json.dump([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], f, indent=1))
+def write_json_rows(rows: list[dict], out: Path | IO[str] = sys.stdout, extra: pa.Schema | None = None) -> None:
+    cols = _schema(extra).names
+    _write_text(out, lambda f: json.dump([{c: r.get(c) for c in cols} for r in rows], f, indent=1))

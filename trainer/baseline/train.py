@@ -41,8 +41,8 @@ LOGIT_CAP = 15.0                       # soft cap on output logits (tanh)
 # ---------------------------------------------------------------------------
 # Model
 
-# LOCKED CONTRACT: model(idx) with idx (B, T) long -> logits (B, T, >= VOCAB_SIZE), causal.
-# api.submit exports exactly this forward with torch.export; the runner scores it elsewhere.
+# LOCKED CONTRACT: model(idx) with idx (B, T) long -> logits (B, T, VOCAB_SIZE), causal, no state.
+# api.submit records exactly this forward as a graph of aten ops; the runner scores it elsewhere.
 
 
 def norm(x):

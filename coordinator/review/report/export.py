@@ -18,6 +18,23 @@ log = logging.getLogger(__name__)
 FORMATS = ("json", "dot", "graphml")
 
 
+# One colour per outcome, shared with the HTML report's DAG (page.js reads it from the page data).
+OUTCOME_COLORS = {"baseline": "#9e9e9e", "kept": "#2ca02c", "merged": "#1f77b4", "carried": "#17becf",
+                  "pending": "#ff7f0e", "discarded": "#d9d9d9", "failed": "#444444", "sample": "#bcbd22",
+                  "unrecorded": "#ffffff"}
+
+
+def node_label(sha: str, a: dict) -> str:
+    """`abc1234 2.4512 +0.0210`: the commit, its value and its delta (+ = better)."""
+    v, d = a.get("val_bpb"), a.get("delta")
+    parts = [str(sha)[:7]]
+    if isinstance(v, (int, float)) and v == v:
+        parts.append(f"{v:.4f}")
+    if isinstance(d, (int, float)) and d == d and a.get("outcome") != "baseline":
+        parts.append(f"{d:+.4f}")
+    return " ".join(parts)
+
+
 class ExportError(ValueError):
     """The graph cannot be written in the format asked for."""
 
@@ -40,7 +57,10 @@ def _scalar_copy(G: nx.DiGraph, *, dot: bool = False) -> nx.DiGraph:
         if dot:
             # pydot writes raw strings: quote every value so ':' or spaces in descriptions parse
             attrs = {k: json.dumps(str(v)) for k, v in attrs.items()}
-            attrs["label"] = json.dumps(f"{str(n)[:7]} {a.get('agent') or ''}".strip())
+            attrs["label"] = json.dumps(node_label(n, a))
+            attrs["shape"] = json.dumps("diamond" if a.get("is_merge") else "ellipse")
+            attrs["style"] = json.dumps("filled,bold" if a.get("best_path") else "filled")
+            attrs["fillcolor"] = json.dumps(OUTCOME_COLORS.get(a.get("outcome"), "#ffffff"))
         H.add_node(json.dumps(n) if dot else n, **attrs)
     for u, v, a in G.edges(data=True):
         attrs = {k: _scalar(x) for k, x in a.items() if _scalar(x) is not None}

@@ -5,7 +5,6 @@ Plain text with box-drawing characters (no markup), so the CLI prints it and tes
 from __future__ import annotations
 
 import json
-
 import logging
 
 import networkx as nx
@@ -75,7 +74,9 @@ def _step_tag(a: dict) -> str:
 
 
 def _who(a: dict) -> str:
-    return f"{a.get('agent', '?')}  {a.get('program', '?')}"
+    if a.get("outcome") == "baseline":  # the root: every agent ran it, none made it
+        return "(every agent)"
+    return f"{a.get('agent') or '?'}  {a.get('program') or '?'}"
 
 
 def _val(a: dict, hw: str | None):
@@ -123,6 +124,8 @@ def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw:
     for c in kids:
         a = G.nodes[c]
         tag = a.get("decision") or a.get("status") or "?"
+        if tag == "sample":  # a commit only jobs trained (a merge no decision holds any more)
+            tag = a.get("outcome") or tag
         if a.get("status") in ("crash", "timeout"):
             tag = a["status"]
         if not G.edges[n, c].get("first_parent", True):

@@ -1,0 +1,282 @@
+"""The simulated swarm of the research bench: agents in reproducible rounds (Rounds), one
+coordinator with its agents on a landscape (Swarm), what an arm measured (ArmResult) and the
+audit of its ledger (lost winners, true wins reached, baseline share).
+
+The real Coordinator (a real redis-server, a real bare git repo) and the real ResearchAgent loop
+run in this process; only the runner is fake (bench/landscape.py: one landscape.sample per run).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.agent import ResearchAgent
+from agents.backends.base import make_backend
+from agents.config import AgentConfig
+from agents.messages import Decision, ExperimentRecord, NoiseHistorySpec, PromotionConfig
+from bench.landscape import Landscape, RunLog, fake_runner
+from coordinator.decide.core import Coordinator
+from coordinator.decide.rules import margin_for, standard_error
+
+MOVED = ("promote", "merge", "simplification")
+# Decisions that are a recorded reason for a winner not (yet) being on best.
+REASONS = ("pending", "did-not-stack", "carried")
+
+
+# --- rounds: concurrent iterations in a reproducible order ------------------------------------
+class Rounds:
+    """Plays rounds of agent iterations. Each agent's iteration runs in its own thread; the
+    threads enter the loop one at a time (start order) up to the runner, wait there until all
+    of the round have started, then finish (runner result, report, ratchet) one at a time in
+    a second random order."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.cv = threading.Condition()
+        self.n = 0
+        self.start_order: list[int] = []
+        self.end_order: list[int] = []
+        self.start_pos = self.end_pos = 0
+        self.ran: set[int] = set()
+        self.errors: list[BaseException] = []
+
+    def gate(self, i: int):
+        def wait() -> None:
+            with self.cv:
+                self.ran.add(i)
+                self.start_pos += 1
+                self.cv.notify_all()
+                self.cv.wait_for(self._my_end(i))
+        return wait
+
+    def _my_end(self, i: int):
+        return lambda: self.start_pos >= self.n and self.end_pos < self.n and self.end_order[self.end_pos] == i
+
+    def play(self, agents: list[ResearchAgent]) -> None:
+        self.n = len(agents)
+        self.start_order = self.rng.sample(range(self.n), self.n)
+        self.end_order = self.rng.sample(range(self.n), self.n)
+        self.start_pos = self.end_pos = 0
+        self.ran = set()
+
+        def body(i: int) -> None:
+            with self.cv:
+                self.cv.wait_for(lambda: self.start_pos < self.n and self.start_order[self.start_pos] == i)
+            try:
+                agents[i]._iteration()
+            except BaseException as e:  # a bench bug: surface it after the round
+                self.errors.append(e)
+            finally:
+                with self.cv:
+                    if i not in self.ran:  # ended without training: give the start turn on
+                        self.start_pos += 1
+                        self.cv.notify_all()
+                        self.cv.wait_for(self._my_end(i))
+                    self.end_pos += 1
+                    self.cv.notify_all()
+
+        threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.errors:
+            raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
+
+
+# --- one arm ---------------------------------------------------------------------------------
+@dataclass
+class ArmResult:
+    arm: str
+    runs: int = 0
+    rounds: int = 0
+    gain: float = float("nan")             # true gain of the final best over the baseline
+    measured_best: float = float("nan")    # the coordinator's mean for its final best
+    best_trained_gain: float = float("nan")
+    runs_to_target: int | None = None
+    rounds_to_target: int | None = None
+    experiments: int = 0
+    moves: int = 0                         # experiments whose final decision moved best
+    first_move_run: int | None = None      # runs before best first moved (None: never)
+    lost_winners: int = 0
+    true_wins: int = 0
+    true_wins_reached: int = 0
+    baseline_root: int = 0                 # runs of the unchanged root (the start-up tax)
+    remeasures: int = 0                    # runs of a later best, unchanged (its mean, sigma)
+    kinds: dict = field(default_factory=dict)  # records by kind (experiment, baseline, confirm, verify)
+    decisions: dict = field(default_factory=dict)
+    lost: list = field(default_factory=list)
+
+    @property
+    def capture(self) -> float:
+        return self.gain / self.best_trained_gain if self.best_trained_gain > 0 else float("nan")
+
+
+def backend_spec(kind: str) -> dict:
+    """A --backend value: a type name, or a YAML flow mapping for a spec with options
+    (`{type: optuna, sampler: cmaes}`)."""
+    if kind.lstrip().startswith("{"):
+        import yaml
+        return yaml.safe_load(kind)
+    return {"type": kind}
+
+
+def history_file(path: Path, land: Landscape, prior_dof: int = 0, rng: random.Random | None = None,
+                 ) -> NoiseHistorySpec:
+    """A noise-history file for a bench coordinator (decide/history.py). With prior_dof > 0 it
+    holds one earlier swarm that measured the landscape's noise with that many degrees of
+    freedom (its sum of squares drawn from the landscape's own sigma: honest, not the truth)."""
+    spec = NoiseHistorySpec(path=str(path), profile="bench", budget=land.seconds_per_run, apparatus="bench")
+    if prior_dof > 0:
+        rng = rng or random.Random(0)
+        xs = [rng.gauss(0.0, land.sigma) for _ in range(prior_dof + 1)]
+        mu = sum(xs) / len(xs)
+        m2 = sum((x - mu) ** 2 for x in xs)
+        key = f"{land.hardware_class}|bench|{land.seconds_per_run:g}|bench"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": 1, "entries": {key: {"swarms": {
+            "an-earlier-swarm": {"m2": m2, "dof": prior_dof, "sigma": math.sqrt(m2 / prior_dof)}}}}}))
+    return spec
+
+
+class Swarm:
+    """One coordinator and its agents in a fresh SWARM_HOME."""
+
+    def __init__(self, home: Path, redis_url: str, swarm_id: str, land: Landscape, programs: list[str],
+                 seed: int, cfg: PromotionConfig, backends: dict[str, str], adopt: str | None = None,
+                 history: NoiseHistorySpec | None = None):
+        # The optuna backend keeps its studies (one per swarm id and program) on this redis, as
+        # `swarm run` has its agents do.
+        os.environ["SWARM_REDIS_URL"] = redis_url
+        self.home, self.land, self.cfg = home, land, cfg
+        self.hw = land.hardware_class
+        self.coord = Coordinator(home, redis_url, cfg, swarm_id=swarm_id,
+                                 baseline_train_py=land.baseline_text(), history=history)
+        self.log = RunLog()
+        self.rounds = Rounds(random.Random(seed * 7919 + 1))
+        self.agents: list[ResearchAgent] = []
+        for i, prog in enumerate(programs):
+            name = f"a{i}"
+            kind = backends.get(prog, backends.get("*", "mutate"))
+            acfg = AgentConfig(name=name, program_name=prog, program_text=land.program_text(prog, adopt),
+                               backend=backend_spec(kind), seed=seed * 1000 + i, swarm_id=swarm_id,
+                               swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
+                               recent_n=0, heartbeat_s=1e9)
+            rng = random.Random(f"{swarm_id}/{seed}/{name}")
+            runner = fake_runner(land, rng, name, self.log, gate=self.rounds.gate(i))
+            backend = make_backend(acfg.backend, seed=acfg.seed, agent=name)
+            self.agents.append(ResearchAgent(acfg, self.coord, runner=runner, backend=backend,
+                                             hardware_class=self.hw))
+
+    def best(self) -> str:
+        return self.coord.repo.ref(f"refs/heads/best/{self.hw}")
+
+    def gain_now(self) -> float:
+        return self.land.gain(self.coord.repo.show(self.best()))
+
+    def play(self, max_runs: int, target: float | None, res: ArmResult) -> None:
+        root = self.coord.root
+        while len(self.log) < max_runs:
+            before = len(self.log)
+            self.rounds.play(self.agents)
+            res.rounds += 1
+            if len(self.log) == before:
+                break  # nothing trains any more (search spaces exhausted)
+            if res.first_move_run is None and self.best() != root:
+                res.first_move_run = len(self.log)
+            if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
+                res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
+        res.runs = len(self.log)
+
+    def finish(self, res: ArmResult) -> ArmResult:
+        c = self.coord
+        res.gain = self.gain_now()
+        b = c.best(self.hw)
+        res.measured_best = b.val_bpb if b else float("nan")
+        res.best_trained_gain = max((self.land.baseline - t for _, _, t, _ in self.log.runs), default=0.0)
+        for rec in c.records.values():
+            res.kinds[rec.kind] = res.kinds.get(rec.kind, 0) + 1
+            if rec.kind == "baseline":
+                if rec.commit == c.root:
+                    res.baseline_root += 1
+                else:
+                    res.remeasures += 1
+        audit(c, self.land, self.cfg, res)
+        c.flush_refs()
+        return res
+
+
+def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult) -> None:
+    """Replay the ledger: for each ok experiment, best and its mean when it was first decided;
+    then count lost winners (beat that best by the margin, not on the final best, no recorded
+    reason), true wins (truly better than that best by 2 sigma) and how many reached best."""
+    repo = c.repo
+    final = repo.ref(f"refs/heads/best/{land.hardware_class}")
+    on_best = set(repo.git("rev-list", final).split())
+    chain_blobs = {c.commits.blob(x) for x in repo.first_parent_history(final)}
+    blob_of: dict[str, str] = {}
+
+    def blob(commit: str) -> str:
+        if commit not in blob_of:
+            blob_of[commit] = c.commits.blob(commit)
+        return blob_of[commit]
+
+    final_dec = dict(c.decisions)
+    records: dict[str, ExperimentRecord] = {}
+    samples: dict[str, list[float]] = {}
+    seen: set[str] = set()
+    best = c.root
+    sigma = cfg.sigma_prior
+    for typ, id, js in c.ledger.events():
+        if typ == "record":
+            records[id] = ExperimentRecord.model_validate_json(js)
+            continue
+        if typ != "decision":
+            continue
+        d = Decision.model_validate_json(js)
+        rec = records.get(id)
+        if rec is not None and id not in seen and getattr(d, "stage", None) != "sigma":  # a wait: no judgment
+            seen.add(id)
+            if rec.status == "ok" and d.decision != "rejected" and rec.val_bpb is not None:
+                samples.setdefault(blob(rec.commit), []).append(rec.val_bpb)
+            if rec.kind == "experiment":
+                res.experiments += 1
+                fd = final_dec.get(id, d)
+                res.decisions[fd.decision] = res.decisions.get(fd.decision, 0) + 1
+                if fd.decision in MOVED:
+                    res.moves += 1
+                if rec.status == "ok" and rec.val_bpb is not None:
+                    _judge_audit(rec, d, fd, best, samples.get(blob(best), []), sigma, cfg, land,
+                                 on_best, chain_blobs, blob, repo, res)
+        if d.sigma:
+            sigma = d.sigma
+        if d.best_after:
+            best = d.best_after
+
+
+def _judge_audit(rec, d, fd, best, best_samples, sigma, cfg, land, on_best, chain_blobs, blob, repo,
+                 res: ArmResult) -> None:
+    reached = rec.commit in on_best or blob(rec.commit) in chain_blobs
+    # The coordinator's own judgment against best when its decision records one (it does since
+    # every result is judged against best: delta, margin, samples of best); else (the code
+    # before) what its rule gave against the best of that moment, replayed here.
+    if getattr(d, "samples_best", 0) and d.delta is not None and d.margin is not None:
+        delta, margin = d.delta, d.margin
+    elif best_samples:
+        n_b = len(best_samples)
+        delta = sum(best_samples) / n_b - rec.val_bpb
+        margin = margin_for(cfg, standard_error(sigma, 1, n_b), rec.lines_added - rec.lines_removed)
+    else:
+        delta = margin = None
+    if delta is not None and delta > margin and not reached and fd.decision not in REASONS:
+        res.lost_winners += 1
+        res.lost.append((rec.experiment_id, round(delta, 4), round(margin, 4), fd.decision, fd.reason[:60]))
+    true_best = land.true_bpb(repo.show(best))
+    if land.true_bpb(repo.show(rec.commit)) < true_best - 2 * land.sigma:
+        res.true_wins += 1
+        res.true_wins_reached += reached

@@ -1,0 +1,159 @@
+"""Noise knowledge that carries over: the run-to-run sigma of val_bpb measured by earlier swarms
+on the same hardware class, profile, budget and apparatus is a prior for the next swarm.
+
+Stored beside the prepared data (`<data dir>/noise-history.json`, under a file lock), one entry
+per (hardware class, profile, budget, apparatus fingerprint), and in it one line per swarm:
+the sum of squared deviations and the degrees of freedom of its own noise samples (the same
+unselected runs that make its sigma: baseline repeats and confirmations). A swarm rewrites its
+own line as it measures (keyed by its id, so a resumed or restarted swarm never counts twice)
+and reads the others' as its prior.
+
+The weight is honest and bounded:
+- honest: the prior's degrees of freedom are the ones those swarms measured, nothing invented;
+- bounded: at most `history_dof_max` of them (24 by default: the sum of squares scaled down with
+  them, so sigma is kept and only its weight shrinks): a swarm's own runs weigh as much as the
+  whole history after 24 samples' worth and soon outweigh it, so a machine that drifted is
+  followed;
+- checked: once the swarm has a few degrees of freedom of its own, a history that disagrees
+  with them (a two-sided F test at 1%: noise.py) is dropped for the rest of the swarm.
+With a prior of at least min_dof degrees of freedom a swarm needs no repeats of the baseline for
+sigma: each agent's first baseline run gives best its mean, and experiments start after it.
+
+The apparatus fingerprint covers the locked trainer package (every .py file and the baseline
+train.py) and the prepared data of the profile (its meta.json, tokenizer and the val and
+confirm tokens): another trainer version or another corpus matches nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from agents.messages import NoiseHistorySpec
+
+log = logging.getLogger(__name__)
+
+FILE = "noise-history.json"
+VERSION = 1
+WRITE_EVERY_S = 2.0   # a swarm's own line is rewritten at most this often (and when flushed)
+
+
+def apparatus_fingerprint(data_dir: Path | None, profile: str) -> str:
+    """12 hex digits over the locked trainer code and the prepared data of `profile`."""
+    import trainer
+    from trainer.prepare import locate
+
+    h = hashlib.sha256()
+    root = Path(trainer.__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    prep = locate(profile, data_dir)
+    for name in ("meta.json", "tokenizer.pkl", "val.tokens.npy", "confirm.tokens.npy"):
+        f = prep.dir / name
+        if f.exists():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def history_spec(data_root: Path, profile: str, budget: float) -> NoiseHistorySpec:
+    """What `swarm run` hands the coordinator (data_root: the prepared data's root folder)."""
+    return NoiseHistorySpec(path=str(Path(data_root) / FILE), profile=profile, budget=float(budget),
+                            apparatus=apparatus_fingerprint(Path(data_root), profile))
+
+
+def _key(spec: NoiseHistorySpec, hw: str) -> str:
+    return f"{hw}|{spec.profile}|{spec.budget:g}|{spec.apparatus}"
+
+
+class NoiseHistory:
+    """The history file as one swarm uses it: priors for its classes, its own lines written back."""
+
+    def __init__(self, spec: NoiseHistorySpec, swarm_id: str, dof_max: int):
+        self.spec, self.swarm_id, self.dof_max = spec, swarm_id, dof_max
+        self.path = Path(spec.path)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=10)
+        self._due: dict[str, tuple[float, int]] = {}   # class -> own (m2, dof) not written yet
+        self._written: dict[str, tuple[float, int]] = {}
+        self._last = 0.0
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if data.get("version") == VERSION else {"version": VERSION, "entries": {}}
+        except FileNotFoundError:
+            return {"version": VERSION, "entries": {}}
+        except (OSError, ValueError) as e:
+            log.warning("noise history %s unreadable (%s): ignored", self.path, e)
+            return {"version": VERSION, "entries": {}}
+
+    def prior(self, hw: str) -> tuple[float, int, int, int]:
+        """(m2, dof) of the other swarms' noise for this class, capped at dof_max, with the
+        measured dof and how many swarms it comes from: (m2, dof, measured_dof, swarms)."""
+        if self.dof_max <= 0:
+            return 0.0, 0, 0, 0
+        try:
+            with self._lock:
+                entry = self._read().get("entries", {}).get(_key(self.spec, hw), {})
+        except OSError as e:
+            log.warning("noise history %s: %s", self.path, e)
+            return 0.0, 0, 0, 0
+        lines = [v for sid, v in entry.get("swarms", {}).items() if sid != self.swarm_id and v.get("dof", 0) > 0]
+        m2 = sum(float(v["m2"]) for v in lines)
+        dof = sum(int(v["dof"]) for v in lines)
+        if dof <= 0:
+            return 0.0, 0, 0, 0
+        used = min(dof, self.dof_max)
+        return m2 * used / dof, used, dof, len(lines)
+
+    def note(self, hw: str, m2: float, dof: int) -> None:
+        """This swarm's own noise of a class now: written at most every WRITE_EVERY_S."""
+        if dof <= 0 or self._written.get(hw) == (m2, dof):
+            return
+        self._due[hw] = (m2, dof)
+        if time.monotonic() - self._last >= WRITE_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines noted since the last write (never raises: the swarm goes on)."""
+        if not self._due:
+            return
+        due, self._due = self._due, {}
+        self._last = time.monotonic()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                data = self._read()
+                entries = data.setdefault("entries", {})
+                for hw, (m2, dof) in due.items():
+                    e = entries.setdefault(_key(self.spec, hw), {"hardware_class": hw, "profile": self.spec.profile,
+                                                                 "budget": self.spec.budget,
+                                                                 "apparatus": self.spec.apparatus, "swarms": {}})
+                    e["swarms"][self.swarm_id] = {"m2": m2, "dof": dof, "sigma": math.sqrt(m2 / dof),
+                                                  "updated": time.time()}
+                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(data, indent=1))
+                os.replace(tmp, self.path)
+            self._written.update(due)
+        except OSError as e:
+            log.warning("noise history %s not written: %s", self.path, e)
+
+
+def describe(spec: NoiseHistorySpec | None, hardware_class: str, swarm_id: str = "", dof_max: int = 24,
+             min_dof: int = 8) -> str:
+    """One line for `swarm run`: whether this hardware class has noise history, and what it buys."""
+    if spec is None or dof_max <= 0:
+        return f"noise history: off (sigma is measured from scratch: {min_dof + 1} baseline runs first)"
+    m2, dof, measured, swarms = NoiseHistory(spec, swarm_id, dof_max).prior(hardware_class)
+    where = f"{hardware_class}, budget {spec.budget:g} s, apparatus {spec.apparatus}"
+    if dof <= 0:
+        return (f"noise history: none for {where} (this swarm measures sigma: {min_dof + 1} baseline "
+                f"runs first, and leaves it for the next)")
+    more = "" if dof >= min_dof else f"; {min_dof - dof} more baseline runs first"
+    return (f"noise history: sigma {math.sqrt(m2 / dof):.4f} from {swarms} earlier swarm"
+            f"{'s' if swarms != 1 else ''} ({measured} degrees of freedom, weighed as {dof}) for {where}{more}")

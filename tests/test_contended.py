@@ -1,0 +1,76 @@
+"""Contended runs (issue 20): a run the runner flags `contended` (the machine much slower than
+its class's norm) cannot move best until its code is measured again, and feeds neither sigma nor
+best's mean. Records built by hand, through the real Coordinator, redis and git."""
+from __future__ import annotations
+
+import pytest
+
+from agents.messages import PromotionConfig
+from coordinator.decide.core import Coordinator
+from fake_runner import baseline_text
+from test_judge_best import HW, agents_for, best, experiment, job_of, warm_up
+from trainer.schema import ExperimentResult
+
+
+@pytest.fixture
+def coord(tmp_path, redis_url):
+    return Coordinator(tmp_path / "home", redis_url, PromotionConfig(sigma_prior=0.003), swarm_id="t",
+                       baseline_train_py=baseline_text())
+
+
+def contended(rec, contention=0.6):
+    return rec.model_copy(update={"result": ExperimentResult(
+        status="ok", val_bpb=rec.val_bpb, contention=contention, contended=True)})
+
+
+def test_a_contended_win_waits_for_a_clean_run_before_it_moves_best(coord, tmp_path):
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    text = a[0].text_at(coord.root).replace("A = 0", "A = 1")
+    c = a[0].commit(coord.root, text, "A up")
+    rec = contended(a[0].record(c, coord.root, description="A up"))  # 0.05 better: far past the margin
+    d = coord.report(rec).decision
+    assert d.decision == "pending" and d.stage == "contended" and best(coord) == coord.root, d
+    job = job_of(coord, "a1")
+    assert (job.kind, job.commit) == ("confirm", c)
+    again = contended(a[1].record(job.commit, job.parent, kind="confirm", job=job))
+    coord.report(again)  # contended again: measured again
+    assert coord.decisions[rec.experiment_id].decision == "pending"
+    job = job_of(coord, "a2")
+    assert (job.kind, job.commit) == ("confirm", c)
+    coord.report(a[2].record(job.commit, job.parent, kind="confirm", job=job))  # a clean run
+    d = coord.decisions[rec.experiment_id]
+    assert d.decision == "promote" and best(coord) == c and d.samples == 1, d
+
+
+def test_contended_runs_feed_neither_sigma_nor_best(coord, tmp_path):
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    st0 = coord.status()["classes"][HW]
+    for ag in a:  # repeats of best on a loaded machine: far worse, and contended
+        coord.report(contended(ag.record(coord.root, coord.root, kind="baseline", val=2.3)))
+    st = coord.status()["classes"][HW]
+    assert (st["sigma"], st["noise_dof"], st["samples"], st["val_bpb"]) == (
+        st0["sigma"], st0["noise_dof"], st0["samples"], st0["val_bpb"])
+    assert coord.book.contended(HW, coord.root) == len(a)
+
+
+def test_a_contended_verification_is_run_again(coord, tmp_path):
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    rA, _ = experiment(coord, a[0], coord.root, "A up", A=1)
+    for _ in range(10):  # best's re-measures
+        job = job_of(coord, "a1")
+        if job is None:
+            break
+        coord.report(a[1].record(job.commit, job.parent, kind=job.kind, job=job))
+    rB, dB = experiment(coord, a[1], coord.root, "B up", B=1)
+    assert dB.decision == "pending" and dB.merge_commit
+    job = job_of(coord, "a2")
+    assert (job.kind, job.commit) == ("verify", dB.merge_commit)
+    coord.report(contended(a[2].record(job.commit, job.parent, kind="verify", job=job)))
+    assert coord.decisions[rB.experiment_id].decision == "pending"
+    job = job_of(coord, "a2")
+    assert (job.kind, job.commit) == ("verify", dB.merge_commit)
+    coord.report(a[2].record(job.commit, job.parent, kind="verify", job=job))
+    assert coord.decisions[rB.experiment_id].decision == "merge"

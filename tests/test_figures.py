@@ -1,0 +1,171 @@
+"""coordinator/state/figures.py on synthetic ledgers: the words (experiments, jobs, runs,
+keeps, moves), best's value, step deltas, rates over the whole run, contended runs; and the
+texts built on them (the live view's ideas, the end of `swarm run`)."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator.run import live
+from coordinator.state import figures
+from tests.synthetic import lineage_graph, make_swarm
+
+HW = "cpu"
+
+
+def row(eid, kind="experiment", **kw) -> dict:
+    r = dict(experiment_id=eid, kind=kind, hardware_class=HW, run_status="ok", agent="a0",
+             program="p", description=eid, started_at=0.0, finished_at=0.0)
+    r.update(kw)
+    return r
+
+
+def baseline_round(n=3, commit="c0", vals=(2.50, 2.40, 2.45)):
+    return [row(f"b{i}", "baseline", commit=commit, val_bpb=vals[i % len(vals)], decision="sample",
+                started_at=100.0 * i, finished_at=100.0 * i + 90, decided_at=100.0 * i + 90,
+                sigma=0.02, dof=i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    sw = make_swarm(tmp_path_factory.mktemp("sw"), experiments=60, agents=4,
+                    hardware_classes=("h100", "a100"), seed=3)
+    return sw
+
+
+def test_counts_say_what_each_word_means(synthetic):
+    rows = synthetic.rows
+    c = figures.counts(rows)
+    assert c.records == len(rows)
+    assert c.experiments == sum(1 for r in rows if r["kind"] == "experiment")
+    assert c.jobs == c.records - c.experiments == sum(c.jobs_by_kind.values())
+    assert c.runs == sum(1 for r in rows if r["run_status"] != "invalid")
+    assert c.trained_experiments == c.experiments - c.outcomes.get("invalid", 0)
+    assert sum(c.outcomes.values()) == c.experiments
+    assert c.keeps == sum(1 for r in rows if r["status"] == "keep") == c.outcomes["kept"] + c.outcomes["merged"]
+    fig = figures.compute(rows)
+    assert fig.best_moves == len({(r["hardware_class"], r["best_after"]) for r in rows if r["best_after"]})
+    for hw, b in fig.best.items():
+        assert b.commit == synthetic.best[hw] and [s.n for s in b.steps] == list(range(1, b.moves + 1))
+
+
+def test_a_step_shows_its_decisions_delta_in_the_tree_and_json(synthetic):
+    """Issue 23: the table said 'best Δ 0.0695' where the lineage said '+0.1869' for the same
+    step (the tree took the difference of the node means of a merge commit)."""
+    from coordinator.review.report import render_tree
+
+    rows = synthetic.rows
+    G = lineage_graph(synthetic)
+    text = render_tree(G)
+    merge = next(r for r in rows if r["decision"] == "merge")
+    line = next(ln for ln in text.splitlines() if merge["merge_commit"][:7] in ln)
+    assert f"{merge['decision_delta']:+.4f}" in line
+    assert G.nodes[merge["merge_commit"]]["delta"] == pytest.approx(merge["decision_delta"])
+    for r in rows:
+        if r["decision"] == "promote":
+            assert G.nodes[r["commit"]]["delta"] == pytest.approx(r["decision_delta"])
+
+
+def test_best_value_is_what_the_coordinator_publishes_else_the_last_decisions():
+    rows = baseline_round() + [
+        row("e1", commit="c1", val_bpb=2.30, decision="promote", best_before="c0", best_after="c1",
+            mean=2.30, samples=1, samples_best=3, delta_best=0.15, decided_at=400.0, finished_at=400.0),
+        row("r1", "baseline", commit="c1", val_bpb=2.36, decision="sample", decided_at=500.0, finished_at=500.0),
+        row("e2", commit="c2", val_bpb=2.40, decision="discard", best_before="c1", mean=2.40,
+            samples_best=1, delta_best=-0.04, decided_at=600.0, finished_at=600.0)]
+    b = figures.compute(rows).best[HW]
+    # the last decision compared e2 with best's one fresh re-measure: 2.36, 1 sample
+    assert (b.commit, b.val_bpb, b.samples, b.source) == ("c1", pytest.approx(2.36), 1, "last decision")
+    assert (b.baseline, b.baseline_val_bpb, b.baseline_samples) == ("c0", pytest.approx(2.45), 3)
+    assert b.gain == pytest.approx(0.09)
+    pub = {HW: {"commit": "c1", "val_bpb": 2.35, "samples": 2}}
+    b = figures.compute(rows, pub).best[HW]
+    assert (b.val_bpb, b.samples, b.source) == (2.35, 2, "published")
+    # a key that still names the old best (the rows are newer) is not used
+    b = figures.compute(rows, {HW: {"commit": "c0", "val_bpb": 9.0, "samples": 9}}).best[HW]
+    assert b.val_bpb == pytest.approx(2.36)
+
+
+def test_rates_cover_the_whole_run_not_the_experiments_window():
+    """Issue 23: 139.2 experiments/hour over the experiments' own window, 75.8 over the run."""
+    rows = baseline_round() + [row(f"e{i}", commit=f"c{i}", started_at=3000.0 + 60 * i,
+                                   finished_at=3060.0 + 60 * i, decision="discard") for i in range(4)]
+    r = figures.rates(rows)
+    assert (r.start, r.end) == (0.0, 3060.0 + 180)
+    assert r.experiments_per_hour == pytest.approx(4 / ((3240.0) / 3600))
+    assert r.runs_per_hour == pytest.approx(7 / (3240.0 / 3600))
+    assert figures.rates([row("x", finished_at=30.0)]).experiments_per_hour is None  # under a minute
+
+
+def test_contended_runs_are_listed_and_left_out_of_sample_means():
+    rows = baseline_round(vals=(2.50, 2.40, 2.45)) + [
+        row("slow", "baseline", commit="c0", val_bpb=2.90, decision="sample", contended=True)]
+    fig = figures.compute(rows)
+    assert fig.contended == ["slow"] and fig.counts.contended == 1
+    assert fig.best[HW].val_bpb == pytest.approx(2.45) and fig.best[HW].samples == 3
+
+
+def test_current_ideas_hold_only_ideas_in_flight():
+    """Issue 23: after a stop, status listed as current ideas proposals that already ran."""
+    agents = [{"agent": "a0", "phase": "train", "description": "LR up", "ts": 100.0},
+              {"agent": "a1", "phase": "report", "description": "WD down", "ts": 100.0},
+              {"agent": "a2", "phase": "propose", "description": "", "ts": 100.0}]
+    rows = [row("e1", agent="a1", description="WD down", finished_at=101.0)]
+    assert live.current_ideas(agents, rows, running=True) == [{"agent": "a0", "description": "LR up"}]
+    assert live.current_ideas(agents, rows, running=False) == []
+    data = live.gather(None, "s", rows, running=False)
+    data["agents"] = agents
+    assert "current ideas" not in _text(live.render(data))
+
+
+def _text(renderable) -> str:
+    import io
+
+    from rich.console import Console
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(renderable)
+    return " ".join(buf.getvalue().split())
+
+
+def test_the_end_of_a_run_says_why_nothing_moved():
+    rows = baseline_round() + [
+        row(f"e{i}", agent=f"a{i % 2}", commit=f"c{i}", description=d, val_bpb=2.45 + gap,
+            decision="discard", best_before="c0", mean=2.45 + gap, delta_best=-gap, samples_best=3,
+            margin=0.039, sigma=0.011, dof=8, decided_at=400.0 + i, finished_at=400.0 + i)
+        for i, (d, gap) in enumerate((("DEPTH 4 -> 10", 0.42), ("DEPTH 4 -> 5", 0.03), ("LR x3", 0.2)))]
+    rows.append(row("bad", run_status="invalid", decision="invalid", started_at=500.0, finished_at=501.0))
+    data = live.gather(None, "s", rows, running=False)
+    text = " ".join(live.summary(rows, data).split())
+    assert "4 experiments and 6 runs" in text
+    assert "best [cpu] did not move: it is still the baseline, 2.4500 (3 samples)." in text
+    assert ('3 experiments judged, all worse than the baseline by 0.0300-0.4200; the closest was '
+            'a1\'s "DEPTH 4 -> 5" (-0.0300).') in text
+    assert "0 crashed or timed out, 1 invalid edit(s) never trained." in text
+    assert "A result must beat best by the margin (0.0390 at the last decision, 3.5 x the noise sigma 0.0110)" in text
+    for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
+        assert cmd in text
+    # where sigma came from: this swarm's runs, or a prior from earlier swarms when the
+    # coordinator's status() says so
+    assert "noise [cpu]: sigma 0.0110 (8 dof), measured by this swarm's runs." in text
+    hist = live.noise_history({"classes": {HW: {"noise_prior": {"sigma": 0.012, "dof": 24, "swarms": 3}}}})
+    text = " ".join(live.summary(rows, data, history=hist).split())
+    assert ("noise [cpu]: sigma 0.0110 (8 dof), with a prior from earlier swarms (sigma 0.0120 over 24 "
+            "dof from 3 earlier swarm(s)).") in text
+
+
+def test_the_end_of_a_run_lists_each_move_and_agrees_with_the_last_frame(synthetic):
+    rows = synthetic.rows
+    data = live.gather(None, "s", rows, running=False)
+    text = live.summary(rows, data, home_arg=" --swarm-home /x")
+    fig = figures.compute(rows)
+    for hw, b in fig.best.items():
+        times = "time" if b.moves == 1 else "times"
+        assert f"best [{hw}] moved {b.moves} {times}: {b.baseline_val_bpb:.4f} -> {b.val_bpb:.4f}" in text
+        for s in b.steps:
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"  {s.n}. {s.commit[:7]} "))
+            assert f"{s.delta:+.4f} {s.decision}" in line and s.verified in line
+    assert "swarm status --swarm-home /x" in text
+    frame = _text(live.render(data))
+    head = text.splitlines()[0]
+    assert f"{data['experiments']} experiments" in head and f"{data['runs']} runs" in head
+    assert live.counts_line(data) in frame
+    assert live.plain_line(data).startswith(f"[swarm] {data['experiments']} experiments, {data['runs']} runs")

@@ -1,0 +1,124 @@
+"""Noise knowledge that carries over (issue 20, coordinator/decide/history.py): a swarm writes
+the noise it measures beside the prepared data; the next swarm of the same hardware class,
+profile, budget and apparatus starts from it (bounded weight), needs no repeats of the
+baseline and can promote from its first experiments; anything else matches nothing. Through
+the real Coordinator with a real redis-server and a real bare git repo."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.messages import NoiseHistorySpec, PromotionConfig
+from coordinator.decide.core import Coordinator
+from coordinator.decide.history import NoiseHistory, apparatus_fingerprint, describe
+from fake_runner import FakeAgent, baseline_text, drain_jobs
+
+HW = "cpu-fake"
+
+
+def spec(tmp_path, **kw) -> NoiseHistorySpec:
+    base = dict(path=str(tmp_path / "data" / "noise-history.json"), profile="cpu", budget=30.0,
+                apparatus="abc123")
+    return NoiseHistorySpec(**{**base, **kw})
+
+
+def swarm(tmp_path, redis_url, sid, history, cfg=None, n=2, sigma=0.002):
+    coord = Coordinator(tmp_path / sid, redis_url, cfg or PromotionConfig(), swarm_id=sid,
+                        baseline_train_py=baseline_text(), history=history)
+    agents = [FakeAgent(f"a{i}", coord.repo.path, tmp_path / f"wt-{sid}", hw=HW, sigma=sigma, seed=i)
+              for i in range(n)]
+    return coord, agents
+
+
+def baselines(done) -> int:
+    return sum(1 for j, _ in done if j.kind == "baseline")
+
+
+def test_a_second_swarm_starts_from_the_first_ones_noise(tmp_path, redis_url):
+    h = spec(tmp_path)
+    c1, a1 = swarm(tmp_path, redis_url, "first", h)
+    n1 = baselines(drain_jobs(c1, a1, HW))
+    assert n1 == c1.cfg.min_dof + 1  # no history: sigma measured from scratch, as before
+    c1.flush_refs()
+    data = json.loads((tmp_path / "data" / "noise-history.json").read_text())
+    (entry,) = data["entries"].values()
+    assert entry["swarms"]["first"]["dof"] == c1.cfg.min_dof
+    # A second swarm of the same class, profile, budget and apparatus: one baseline per agent.
+    c2, a2 = swarm(tmp_path, redis_url, "second", h)
+    n2 = baselines(drain_jobs(c2, a2, HW))
+    assert n2 == len(a2) <= 2
+    st = c2.status()["classes"][HW]
+    assert st["history_dof"] == c1.cfg.min_dof and st["noise_dof"] >= c2.cfg.min_dof
+    # ... and it can promote from its first experiment (A is worth 0.05: far past the margin).
+    rec, d = a2[0].experiment(c2, c2.root, "A up", A=1)
+    assert d.decision == "promote", d
+    c2.flush_refs()  # the second swarm left its own line too
+    assert "from 2 earlier swarms" in describe(h, HW, "third")
+
+
+def test_a_swarm_never_counts_itself_and_resuming_rewrites_its_own_line(tmp_path, redis_url):
+    h = spec(tmp_path)
+    c1, a1 = swarm(tmp_path, redis_url, "s1", h)
+    drain_jobs(c1, a1, HW)
+    c1.flush_refs()
+    again = Coordinator(tmp_path / "s1", redis_url, PromotionConfig(), swarm_id="s1",
+                        baseline_train_py=baseline_text(), history=h)  # the same swarm, restarted
+    assert again.book.prior(HW) is None and again.book.dof(HW) == c1.cfg.min_dof
+    again.flush_refs()
+    data = json.loads((tmp_path / "data" / "noise-history.json").read_text())
+    assert list(next(iter(data["entries"].values()))["swarms"]) == ["s1"]
+
+
+@pytest.mark.parametrize("other", [dict(budget=60.0), dict(profile="gpu"), dict(apparatus="zzz999")])
+def test_another_budget_profile_or_apparatus_matches_nothing(tmp_path, redis_url, other):
+    c1, a1 = swarm(tmp_path, redis_url, "s1", spec(tmp_path))
+    drain_jobs(c1, a1, HW)
+    c1.flush_refs()
+    assert "none for" in describe(spec(tmp_path, **other), HW, "s2")
+    assert "from 1 earlier swarm" in describe(spec(tmp_path), HW, "s2")
+    c2, a2 = swarm(tmp_path, redis_url, "s2", spec(tmp_path, **other))
+    assert baselines(drain_jobs(c2, a2, HW)) == c2.cfg.min_dof + 1
+    assert c2.status()["classes"][HW]["history_dof"] == 0
+
+
+def test_the_weight_of_history_is_capped(tmp_path):
+    h = spec(tmp_path)
+    path = tmp_path / "data" / "noise-history.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": 1, "entries": {f"{HW}|cpu|30|abc123": {"swarms": {
+        "a": {"m2": 0.01 ** 2 * 100, "dof": 100}, "b": {"m2": 0.01 ** 2 * 60, "dof": 60}}}}}))
+    m2, dof, measured, swarms = NoiseHistory(h, "new", dof_max=24).prior(HW)
+    assert (dof, measured, swarms) == (24, 160, 2)
+    assert (m2 / dof) ** 0.5 == pytest.approx(0.01)  # sigma kept, only its weight capped
+    assert NoiseHistory(h, "new", dof_max=0).prior(HW)[1] == 0
+
+
+def test_a_history_the_swarms_own_runs_disagree_with_is_dropped(tmp_path, redis_url):
+    h = spec(tmp_path)
+    path = tmp_path / "data" / "noise-history.json"
+    path.parent.mkdir(parents=True)
+    # History says sigma 0.0002; this machine's runs have sigma 0.004 (20x): dropped.
+    path.write_text(json.dumps({"version": 1, "entries": {f"{HW}|cpu|30|abc123": {"swarms": {
+        "old": {"m2": 0.0002 ** 2 * 24, "dof": 24}}}}}))
+    c, agents = swarm(tmp_path, redis_url, "s", h, n=3, sigma=0.004)
+    drain_jobs(c, agents, HW)  # the first round: one baseline each
+    assert c.book.prior(HW) is not None and c.status()["classes"][HW]["history_dof"] == 24
+    for _ in range(6):
+        for ag in agents:  # repeats of best, as a coordinator asks for (more than it needs now)
+            rec = ag.record(c.root, c.root, kind="baseline")
+            c.report(rec)
+    st = c.status()["classes"][HW]
+    assert st["history_dof"] == 0 and "dropped" in st["history"]
+    assert 0.002 < st["sigma"] < 0.008
+
+
+def test_the_apparatus_fingerprint_follows_the_data(tmp_path, prepared_data_dir):
+    fp = apparatus_fingerprint(prepared_data_dir, "cpu")
+    assert len(fp) == 12 and fp == apparatus_fingerprint(prepared_data_dir, "cpu")
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(prepared_data_dir, other)
+    (tok,) = list(other.glob("*/tok*/val.tokens.npy"))
+    tok.write_bytes(tok.read_bytes()[:-2] + b"\x00\x01")
+    assert apparatus_fingerprint(other, "cpu") != fp

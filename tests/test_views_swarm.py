@@ -1,0 +1,134 @@
+"""A real short swarm (`swarm run`: the real trainer on CPU, Ray, redis, git; the offline
+`mutate` backend), then every view of it: `swarm status --json` while it runs and after it
+stopped, `swarm lineage --format json`, `swarm export --format tsv --output -` and the report's
+embedded data agree on best's value (the coordinator's own), the experiment and run counts and
+each step's delta; the end of `swarm run` says the same in words (issue 23)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "RAY_"))}
+    # the prepared data of this machine's cache (prepared once, read-only to a swarm)
+    return dict(env, SWARM_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+
+
+def _swarm(tmp_path, *args, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=tmp_path,
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def _published(home):
+    """The latest-best keys the coordinator wrote: the value every agent adopts."""
+    from coordinator.run.live import published
+    from coordinator.state.home import SwarmHome, ledger_redis
+
+    h = SwarmHome(home)
+    with ledger_redis(h) as client:
+        return published(client, h.info()["swarm_id"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)   # about 3 minutes on a quiet 2-core machine; a loaded one trains slower
+def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
+    # mutate explicitly (no LLM key here; `auto` would pick optuna, which is fine but slower
+    # to start); min_dof 2 so that two agents' short baseline round lets best move
+    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
+                                         "  - {name: optimizer}\n  - {name: schedule}\n"
+                                         "promotion: {min_dof: 2, best_remeasures: 1}\n")
+    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
+                          "--max-experiments", "2", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # `swarm status` works while the swarm runs (its redis, no Ray)
+        live_seen = None
+        deadline = time.monotonic() + 1200
+        while p.poll() is None and time.monotonic() < deadline:
+            # not too often: each `swarm status` is a Python start-up on the cores the swarm
+            # (and its Ray, which must start within 30 s) needs
+            time.sleep(20)
+            r = subprocess.run([sys.executable, "-m", "coordinator.cli", "status", "--json"], cwd=tmp_path,
+                               env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+            if r.returncode == 0 and p.poll() is None:
+                d = json.loads(r.stdout)
+                if d["running"] and d["records"] > 0:
+                    live_seen = d
+                    break
+        out, err = p.communicate(timeout=1500)
+    finally:
+        if p.poll() is None:  # the test failed or timed out: stop the swarm it started, cleanly
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert p.returncode == 0, err[-3000:]
+    assert live_seen is not None, "swarm status never answered while the swarm ran"
+
+    status = json.loads(_swarm(tmp_path, "status", "--json"))
+    assert status["running"] is False and status["current_ideas"] == []
+    lineage = json.loads(_swarm(tmp_path, "lineage", "--format", "json", "--all"))
+    tsv = list(csv.DictReader(io.StringIO(_swarm(tmp_path, "export", "--format", "tsv", "--output", "-")),
+                              delimiter="\t"))
+    _swarm(tmp_path, "report")
+    page = (tmp_path / "home" / "reports" / "report.html").read_text()
+    report = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                                  page, re.S).group(1))
+    pub = _published(tmp_path / "home")
+    assert len(pub) == 1
+    (hw, key), = pub.items()
+
+    # best's value: the coordinator's (its latest-best key), and its samples
+    st = status["best"][hw]
+    assert (st["commit"], st["samples"]) == (key["commit"], key["samples"]) and key["samples"] >= 1
+    assert st["val_bpb"] == pytest.approx(key["val_bpb"], abs=1e-12)
+    node = next(n for n in lineage["nodes"] if n["id"] == key["commit"])
+    assert node["val_bpb"] == pytest.approx(key["val_bpb"], abs=1e-12) and node["samples"] == key["samples"]
+    assert report["figures"]["best"][hw]["val_bpb"] == pytest.approx(key["val_bpb"], abs=1e-12)
+    assert all(float(r["commit_val_bpb"]) == pytest.approx(key["val_bpb"], abs=1e-6)
+               for r in tsv if r["commit"] == key["commit"] and r["hardware_class"] == hw)
+
+    # counts
+    exps = sum(1 for r in tsv if r["kind"] == "experiment")
+    runs = sum(1 for r in tsv if r["run_status"] != "invalid")
+    assert exps >= 4
+    for got in (status, lineage["graph"]["summary"], report["figures"]["counts"]):
+        assert (got["experiments"], got["runs"]) == (exps, runs)
+
+    # each step of best: one delta everywhere
+    want = [s["delta"] for s in st["steps"]]
+    steps = sorted((r for r in tsv if r["best_step"]), key=lambda r: int(r["best_step"]))
+    assert [float(r["delta_best"]) for r in steps] == pytest.approx(want, abs=1e-6)
+    assert [n["delta"] for n in sorted((n for n in lineage["nodes"] if n.get("step")),
+                                       key=lambda n: n["step"])] == pytest.approx(want)
+    assert [s["delta"] for s in report["figures"]["best"][hw]["steps"]] == pytest.approx(want)
+
+    # the end of `swarm run`: the last plain line (the live view's last frame) and the words
+    # after it say the same figures as status
+    plain = [ln for ln in out.splitlines() if ln.startswith("[swarm] ")]
+    assert plain and plain[-1].startswith(f"[swarm] {exps} experiments, {runs} runs, best {hw} "
+                                          f"{st['val_bpb']:.4f} ({st['samples']} samples), "
+                                          f"moved {len(want)} time")
+    tail = out[out.index(plain[-1]) + len(plain[-1]):]
+    assert f"{exps} experiments and {runs} runs" in tail
+    if want:
+        assert f"best [{hw}] moved {len(want)} time" in tail
+        for s in st["steps"]:
+            assert f"{s['delta']:+.4f} {s['decision']}" in tail
+    else:
+        assert f"best [{hw}] did not move" in tail and "A result must beat best by the margin" in tail
+    for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
+        assert cmd in tail

@@ -57,6 +57,7 @@ def _key(params):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # its own waits are up to 900 s each; a loaded machine: 900 s ran out in `swarm stop`
 def test_swarm_stop_then_run_again_goes_on_with_the_study(tmp_path):
     home = tmp_path / "home"
     (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n  - {name: baseline}\n")

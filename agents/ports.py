@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
+from agents.program import ProgramSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class CoordinatorPort(Protocol):
     def heartbeat(self, agent: str, status: dict) -> None: ...
 
     def fetch(self, commit: str) -> bytes: ...
+
+    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
+        """At an iteration boundary: the program the agent runs from now on (adaptive
+        allocation, coordinator/decide/allocation.py), or None to stay on `program`."""
 
     def flush(self) -> int:
         """Re-send records spooled while the coordinator was unreachable (called at each
@@ -174,6 +179,13 @@ class RayCoordinator:
             return list(self._call("recent", hardware_class, n))
         except CoordinatorUnavailable:
             return []
+
+    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
+        # An unreachable coordinator moves nobody: the agent stays on its program.
+        try:
+            return self._call("assignment", agent, program, retries=0)
+        except CoordinatorUnavailable:
+            return None
 
     def heartbeat(self, agent: str, status: dict) -> None:
         # Best effort and never retried: a lost heartbeat is replaced by the next one.

@@ -82,6 +82,19 @@ class Program(BaseModel):
     adopt: Literal["always", "if-better", "never"] | None = None
 
 
+class ProgramSpec(BaseModel):
+    """A program as the coordinator hands it to an agent it moves (coordinator/decide/allocation.py):
+    its text, backend spec and adopt rule; its weight (the allocation's prior) and whether the
+    user pinned it (its agents are never moved)."""
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    text: str
+    backend: dict = Field(default_factory=lambda: {"type": "mutate"})
+    adopt: Literal["always", "if-better", "never"] | None = None
+    weight: float = Field(default=1.0, gt=0)
+    pinned: bool = False
+
+
 def parse_program(text: str, name: str, source: str = "<text>") -> Program:
     """Parse a program's text. Raises ProgramError naming `source` and the offending key."""
     space: dict = {}

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 
+# Hermetic: the user's own settings never reach a test (or the swarms, Ray jobs and servers the
+# tests start, which inherit this environment). A SWARM_HOME exported as the README suggests made
+# the `ray job submit` test run in the user's swarm; an LLM key would turn `auto` into litellm.
+_USER_PREFIXES = ("SWARM_", "RAY_", "MLFLOW_", "WANDB_")
+_USER_KEYS = {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY",
+              "GROQ_API_KEY", "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY", "TOGETHERAI_API_KEY"}
+for _k in [k for k in os.environ if k.startswith(_USER_PREFIXES) or k in _USER_KEYS]:
+    del os.environ[_k]
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("GIT_AUTHOR_NAME", "swarm-test")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "swarm-test@localhost")

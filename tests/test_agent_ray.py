@@ -84,22 +84,24 @@ def test_two_agents_two_programs_real_trainer(ray_local, coord_cls, tmp_path, pr
     coord = coord_cls.remote(tmp_path / "home" / "repo.git")
     actors, refs = {}, {}
     for name, program in [("opt", "optimizer"), ("sched", "schedule")]:
-        cfg = config(tmp_path, name, program, prepared_data_dir, budget=20)
+        # 8 s runs and 2 experiments each: what this shows (two programs' records, worktrees and
+        # kept chains through the real trainer on Ray) does not need more; 20 s x 3 took 369 s.
+        cfg = config(tmp_path, name, program, prepared_data_dir, budget=8)
         actors[name] = agent_actor(cfg, cpus=1).remote(cfg, coord)
-        refs[name] = actors[name].run.remote(max_experiments=3)
+        refs[name] = actors[name].run.remote(max_experiments=2)
     summaries = {n: ray.get(r, timeout=1500) for n, r in refs.items()}
     recs = ray.get(coord.all_records.remote())
     for name, program in [("opt", "optimizer"), ("sched", "schedule")]:
         assert summaries[name]["stop_reason"] == "max_experiments"
         mine = [r for r in recs if r.agent == name and r.kind == "experiment"]
-        assert len(mine) >= 3
+        assert len(mine) >= 2
         wt = tmp_path / "home" / "worktrees" / name
         for r in mine:
             assert (r.program, r.seed, r.backend) == (program, hash(name) % 1000, "mutate")
             assert r.hardware_class.startswith("cpu-")
             if r.status == "ok":
                 assert r.result.training_seconds and r.result.total_seconds and r.result.eval_seconds
-                assert r.result.budget == 20
+                assert r.result.budget == 8
         # A commit measured more than once (the baseline: both agents ran it) has one score per
         # run. A commit this agent kept itself must beat its own run of the parent; one it
         # adopted through best was promoted by the coordinator, which compares with best's

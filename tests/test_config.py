@@ -28,7 +28,7 @@ def test_default_config_loads_and_every_key_is_commented():
 def test_unknown_keys_are_named_with_their_dotted_path():
     assert _err({"bugdet": 3}) == ("swarm.yaml: bugdet: unknown key (did you mean 'budget'? valid "
                                    "keys: swarm_home, budget, profile, seed, data, agents, backend, "
-                                   "programs, promotion, redis, ray, tracking)")
+                                   "programs, promotion, redis, ray, tracking, allocation)")
     msg = _err({"programs": [{"name": "baseline", "backend": {"type": "litellm", "model": "m",
                                                               "modle": "x"}}]})
     assert msg.startswith("swarm.yaml: programs.0.backend.modle: unknown key (did you mean 'model'? "

@@ -21,7 +21,8 @@ NAMESPACE = "autoresearch-swarm"
 RESTART_REDIS_WAIT_S = 600.0
 
 
-ADMIN_METHODS = ("status", "perf", "reconcile_dead_agent", "snapshot", "flush_refs")
+ADMIN_METHODS = ("status", "perf", "reconcile_dead_agent", "snapshot", "flush_refs",
+                 "configure_allocation", "allocation_status")
 """What `swarm run` (not an agent) asks of the coordinator, besides the agents' port."""
 
 

@@ -33,6 +33,7 @@ from coordinator.decide.snapshots import Snapshots
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, NoiseHistorySpec,
                              PromotionConfig, ReportReply, StartedExperiment)
 from coordinator.decide.history import NoiseHistory
+from coordinator.decide.allocation import Allocation, AllocationSpec, ProgramSpec
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class Coordinator(Judging, Pooling):
         self._init_pools()
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
         self._load()
+        # Which program each agent runs (decide/allocation.py): configured by swarm run, kept in
+        # redis, so a restarted coordinator allocates as before; None: static.
+        self.allocation: Allocation | None = Allocation.restore(self.ledger)
 
     # -- rebuilding from redis and git ----------------------------------------------------------
     def _rebuild(self) -> None:
@@ -517,6 +521,20 @@ class Coordinator(Judging, Pooling):
             return {"swarm_id": self.swarm_id, "classes": classes, "decisions": counts,
                     "records": len(self.records), "started": len(self.started),
                     "open_jobs": self.jobs.open_count(), "lost_winners": lost}
+
+    # -- allocation of agents to programs (decide/allocation.py) ------------------------------
+    def configure_allocation(self, spec: AllocationSpec | dict) -> None:
+        """Set the allocation's settings and programs (kept in redis for a restart)."""
+        spec = spec if isinstance(spec, AllocationSpec) else AllocationSpec.model_validate(spec)
+        self.allocation = Allocation.configure(self.ledger, spec)
+
+    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
+        """At an agent's iteration boundary: the program it runs from now on, or None to stay."""
+        return self.allocation.assign(agent, program) if self.allocation is not None else None
+
+    def allocation_status(self) -> list[dict]:
+        """Each program's agents, yield and share ([] without an allocation)."""
+        return [y.model_dump() for y in self.allocation.yields()] if self.allocation is not None else []
 
     def perf(self) -> dict:
         """The coordinator's own view of its speed, over the last few thousand reports:

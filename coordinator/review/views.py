@@ -129,11 +129,24 @@ def report(home: SwarmHome, info: dict, args) -> int:
     try:
         path = build_report(rows, G, repo_path=repo_path(home), swarm_home=home.root, out_dir=out,
                             studies=_studies(home, info, args.redis_url), warning=unsafe_warning(info),
-                            fig=fig, lost=_lost_winners(home, rows))
+                            fig=fig, lost=_lost_winners(home, rows),
+                            allocation=_allocation(home, info, args.redis_url))
     except ReportError as e:
         raise HomeError(str(e)) from None
     print(f"wrote {path}")
     return 0
+
+
+def _allocation(home: SwarmHome, info: dict, redis_url: str | None) -> dict | None:
+    """The report's allocation section's data (report/allocation.py); None without redis."""
+    from coordinator.review.report.allocation import load_allocation
+
+    try:
+        with ledger_redis(home, redis_url) as client:
+            return load_allocation(client, info["swarm_id"])
+    except Exception as e:  # the rest of the report does not need it
+        log.warning("no allocation section: %s", e)
+        return None
 
 
 def _studies(home: SwarmHome, info: dict, redis_url: str | None) -> list:

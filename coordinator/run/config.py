@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.backends.auto import resolve_auto
 from agents.backends.base import BackendSpec, backend_config, backend_types
 from agents.messages import PromotionConfig
+from coordinator.decide.allocation import AllocationConfig
 from coordinator.track.config import TrackingConfig
 
 DEFAULT_CONFIG_NAME = "swarm.default.yaml"
@@ -43,6 +44,7 @@ class ProgramEntry(_Cfg):
     weight: float = Field(default=1.0, gt=0)
     backend: BackendSpec | None = None      # None: the top-level `backend`
     adopt: str | None = None                # None: the program's own suggestion
+    pin: bool = False                       # adaptive allocation never moves its agents
 
     def label(self) -> str:
         return self.name or Path(self.path or "").stem
@@ -91,6 +93,8 @@ class SwarmConfig(_Cfg):
     redis: RedisConfig = RedisConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()   # MLflow / W&B (coordinator/track)
+    # static: agents keep the program they started on; adaptive: coordinator/decide/allocation.py
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
 
     @field_validator("programs")
     @classmethod

@@ -28,3 +28,4 @@ class Plan:
     verbose: bool
     unsafe: bool = False             # --unsafe-no-sandbox: train.py runs unconfined
     extra: dict = field(default_factory=dict)
+    allocation: dict | None = None   # AllocationSpec (decide/allocation.py) when adaptive

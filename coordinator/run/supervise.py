@@ -161,6 +161,9 @@ class Supervisor:
             self.coord = coordinator_actor(self.home.root, url, self.p.cfg.promotion, self.info["swarm_id"],
                                            baseline_train_py=_baseline_text(), history=self._history())
             self._check_coordinator()
+            if self.p.allocation is not None:  # kept in redis: a restarted coordinator finds it
+                import ray
+                ray.get(self.coord.configure_allocation.remote(self.p.allocation))
             if self.p.cfg.tracking.enabled():
                 # a thread that follows the ledger: a tracker never holds up a decision
                 from coordinator.track.follower import start_trackers

@@ -125,6 +125,8 @@ def plan(args) -> Plan:
                       "program_path": str(programs[j]), "backend": backend,
                       "adopt": entry.adopt, "seed": cfg.seed + i})
 
+    allocation = _allocation_spec(cfg, programs, specs, address)
+
     redis_url = args.redis_url or cfg.redis.url
     if redis_url:
         check_redis(redis_url)
@@ -145,7 +147,27 @@ def plan(args) -> Plan:
                 n_agents=n, gpus_per_agent=1 if use_gpus else 0, agent_specs=specs,
                 redis_url=redis_url, address=address, max_experiments=args.max_experiments,
                 deadline=deadline, plain=args.plain or not sys.stdout.isatty(), verbose=args.verbose,
-                unsafe=unsafe)
+                unsafe=unsafe, allocation=allocation)
+
+
+def _allocation_spec(cfg, programs: list[Path], specs: list[dict], address: str | None) -> dict:
+    """The programs adaptive allocation may move agents between (decide/allocation.py): each
+    one's text, backend (as its agents got it, else resolved as theirs would be), adopt rule,
+    weight and pin. Static mode has it too (swarm status shows each program's yield); there a
+    program without agents keeps its backend unresolved (nobody is ever moved to it)."""
+    adaptive = cfg.allocation.mode == "adaptive"
+    from agents.program import ProgramSpec, load_program
+    from coordinator.decide.allocation import AllocationSpec
+
+    resolved = {s["program_name"]: s["backend"] for s in specs}
+    out = []
+    for j, entry in enumerate(cfg.programs):
+        backend = resolved.get(entry.label()) or (resolve_backend(
+            entry.backend or cfg.backend, program=load_program(programs[j], entry.label()),
+            local=address is None) if adaptive else {})
+        out.append(ProgramSpec(name=entry.label(), text=Path(programs[j]).read_text(encoding="utf-8"),
+                               backend=backend, adopt=entry.adopt, weight=entry.weight, pinned=entry.pin))
+    return AllocationSpec(config=cfg.allocation, programs=out).model_dump(mode="json")
 
 
 def job_lease(budget: float, prof) -> float:

@@ -38,3 +38,15 @@ def tracker(swarm_id: str, destination: str, what: str) -> str:
     `cursor` (string: the last ledger stream id it handled) and `logged` (hash: experiment id ->
     digest of what the tracker holds for it)."""
     return prefix(swarm_id) + f"tracker:{destination}:{what}"
+
+
+def allocation(swarm_id: str) -> str:
+    """Hash: agent name -> its latest reassignment (JSON, decide/allocation.py's Assignment); each
+    one is also an `allocation` event of the ledger stream, which the hash is rebuilt from."""
+    return ledger_key(swarm_id, "allocation")
+
+
+def allocation_spec(swarm_id: str) -> str:
+    """String: the allocation's settings and programs (JSON, decide/allocation.py's
+    AllocationSpec), so a restarted coordinator allocates as before."""
+    return prefix(swarm_id) + "allocation-spec"

@@ -225,6 +225,10 @@ class Ledger:
         """Append a decision; a later one for the same experiment supersedes it (pending -> promote)."""
         self._add("decision", "decisions", d.experiment_id, d.model_dump_json(), True)
 
+    def put_allocation(self, agent: str, payload: str) -> None:
+        """Append an agent's reassignment (decide/allocation.py); the hash keeps its latest."""
+        self._add("allocation", "allocation", agent, payload, True)
+
     def add_job(self, job: Job) -> bool:
         return self._add("job", "jobs", job.job_id, json.dumps({"job": job.model_dump(),
                          "agent": None, "leased_at": None, "done": False}), False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from coordinator.review.report.allocation import allocation_html
 from coordinator.review.report.gitdata import log_tail, train_py_diffs
 from coordinator.review.report.export import OUTCOME_COLORS
 from coordinator.review.report.layout import layered_positions
@@ -268,12 +269,14 @@ def _backend_html(swarm_home: Path) -> str:
 def build_report(rows: list[dict], G: nx.DiGraph, *, repo_path: Path, swarm_home: Path,
                  out_dir: Path, sigma: float | None = None, margin: float | None = None,
                  studies: list | None = None, warning: str | None = None,
-                 fig: figures.Figures | None = None, lost: list[dict] | None = None) -> Path:
+                 fig: figures.Figures | None = None, lost: list[dict] | None = None,
+                 allocation: dict | None = None) -> Path:
     """Write out_dir/report.html (self-contained) and out_dir/progress.png; return the HTML path.
 
     DAG nodes are the nodes of G (one per trained commit); invalid edits, which have no
     commit, are listed in their own table. sigma/margin, when given, override the ledger's.
     `studies` (optuna_study.StudyView, from search.load_studies) add the search section.
+    `allocation`: report/allocation.py's load_allocation (its section), None for none.
     `fig`: figures.compute over rows (with the published best), computed when None; `lost`:
     the lost-winner audit (from the ledger and git), computed from G when None.
     """
@@ -315,6 +318,7 @@ diff against each parent and its log tail.</p>
 <div id="dagwrap"><div id="dag"></div><div id="panel">Click a node.</div></div>
 <h2>Programs</h2>
 {_stats_html(rows, fig)}
+{allocation_html(allocation, colors)}
 <h2>Noise and promotion margin</h2>
 {_noise_html(fig, sigma, margin)}
 <h2>Contended runs</h2>

@@ -1,0 +1,215 @@
+"""Allocation bench: does adaptive allocation (coordinator/decide/allocation.py) reach a better
+train.py sooner than agents kept on their programs all night (static)?
+
+The research bench's simulated swarm (bench/swarmsim.py: the real Coordinator on a real
+redis-server and bare git repo, the real ResearchAgent loop with the `mutate` backend over each
+program's search space, a fake runner on the synthetic bowls of bench/landscape.py), 8 agents,
+4 programs (2 agents each at the start, by equal weights), in rounds (one run per agent per round:
+a round is the wall clock of one budget). Both arms start from a noise history (24 dof), so no
+arm pays the baseline tax before its first move. Scenarios:
+  barren        two programs whose knobs do nothing (LOG_EVERY; EVAL_EVERY) and two that can
+                move best (the optimizer knobs; the architecture knobs)
+  equal         four programs over the same knobs (equally good)
+  late_bloomer  depth (DEPTH), late (WIDTH: pays only once DEPTH >= 6 is on best), optimizer
+                knobs, and a barren one
+Measured: rounds until the true gain of best reaches half of what the scenario's programs can
+reach (censored at --rounds: counted as --rounds when not reached, and said); in late_bloomer,
+the share of device-hours the `late` program gets from the round its first result moves best.
+
+Ends with one line:
+  agents=8 programs=4 barren_speedup=X equal_ratio=X late_bloomer_share=X
+barren_speedup and equal_ratio are static's mean rounds to the target over adaptive's;
+late_bloomer_share is adaptive's (static's is printed above it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
+
+from agents.messages import PromotionConfig  # noqa: E402
+from agents.program import ProgramSpec  # noqa: E402
+from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
+from bench.swarmsim import Swarm, history_file  # noqa: E402
+from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
+from coordinator.state.ledger import connect_redis  # noqa: E402
+from coordinator.state.redisd import RedisDaemon  # noqa: E402
+
+AGENTS = 8
+TARGET_FRACTION = 0.5
+OPTIMUM = {"LR": 0.04, "DEPTH": 8, "WIDTH": 512, "WEIGHT_DECAY": 0.1, "WARMUP": 200,
+           "GRAD_CLIP": 1.0, "QK_NORM": 1, "SOFTCAP": 1}
+SCENARIOS: dict[str, dict[str, list[str]]] = {
+    "barren": {"optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"],
+               "architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"],
+               "logging": ["LOG_EVERY"], "evals": ["EVAL_EVERY"]},
+    "equal": {f"explore{i}": ["LR", "DEPTH", "WIDTH", "WEIGHT_DECAY", "WARMUP", "QK_NORM"] for i in range(1, 5)},
+    "late_bloomer": {"depth": ["DEPTH"], "late": ["WIDTH"],
+                     "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"], "logging": ["LOG_EVERY"]},
+}
+LATE = "late"
+
+
+class ScenarioLand(Bowls):
+    """The bowls with a scenario's programs; `late_width`: WIDTH pays only once DEPTH >= 6."""
+
+    def __init__(self, programs: dict[str, list[str]], late_width: bool = False):
+        self.programs, self.late_width = programs, late_width
+        super().__init__()
+        covered = {k for knobs in programs.values() for k in knobs}
+        text = self.baseline_text()
+        for k, v in OPTIMUM.items():
+            if k in covered:
+                text = re.sub(rf"^{k} = \S+", f"{k} = {v!r}", text, flags=re.M)
+        self.max_gain = self.gain(text)   # what these programs can reach
+
+    def true_bpb(self, text: str) -> float:
+        if not self.late_width:
+            return super().true_bpb(text)
+        c = {n: v0 for n, (v0, _) in KNOBS.items()}
+        c.update({k: v for k, v in constants(text).items() if k in KNOBS})
+        p = penalties(c)
+        if c["DEPTH"] < 6:  # the width is not the bottleneck of a shallow model
+            p["WIDTH"] = penalties({**c, "WIDTH": KNOBS["WIDTH"][0]})["WIDTH"]
+        return 1.5 + sum(p.values())
+
+    def program_text(self, name: str, adopt: str | None = None) -> str:
+        space = "\n".join(f"  {k}: {_SPACE_COARSE[k]}" for k in self.programs[name])
+        head = f"adopt: {adopt}\n" if adopt else ""
+        return f"# {name}\nTune these knobs.\n\n```yaml\n{head}search_space:\n{space}\n```\n"
+
+    def programs_for(self, n: int) -> list[str]:
+        names = list(self.programs)
+        return [names[i % len(names)] for i in range(n)]
+
+
+@dataclass
+class Arm:
+    scenario: str
+    mode: str
+    seed: int
+    rounds_to_target: int | None = None
+    rounds: int = 0
+    late_share: float | None = None     # late_bloomer: late's share of device-hours after it paid
+    moves: int = 0                      # reassignments
+    final: dict = field(default_factory=dict)  # program -> agents at the end
+
+
+def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
+            alloc: dict, target_fraction: float = TARGET_FRACTION) -> Arm:
+    land = ScenarioLand(SCENARIOS[scenario], late_width=scenario == "late_bloomer")
+    # The same swarm id in both arms: the runs' noise and the proposals draw from the same
+    # streams (common random numbers), so the arms differ by the allocation only; redis is
+    # emptied between arms (main).
+    sid = f"{scenario}-{seed}"
+    hist = history_file(work / f"{sid}-{mode}-history.json", land, 24, random.Random(seed))
+    s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, land.programs_for(AGENTS), seed, PromotionConfig(),
+              {"*": "mutate"}, history=hist)
+    s.coord.configure_allocation(AllocationSpec(
+        config=AllocationConfig(mode=mode, seed=seed, **alloc),
+        programs=[ProgramSpec(name=n, text=land.program_text(n)) for n in land.programs]))
+    arm = Arm(scenario, mode, seed)
+    target = target_fraction * land.max_gain
+    paid_at: tuple[float, float] | None = None  # (late's hours, all hours) when late first paid
+    for r in range(1, max_rounds + 1):
+        s.rounds.play(s.agents)
+        arm.rounds = r
+        if arm.rounds_to_target is None and s.gain_now() >= target - 1e-12:
+            arm.rounds_to_target = r
+            if scenario != "late_bloomer":
+                break
+        if scenario == "late_bloomer":
+            ys = {y["program"]: y for y in s.coord.allocation_status()}
+            if paid_at is None and ys[LATE]["credit"] > 0:
+                paid_at = (ys[LATE]["hours"], sum(y["hours"] for y in ys.values()))
+    ys = {y["program"]: y for y in s.coord.allocation_status()}
+    arm.final = {n: y["agents"] for n, y in ys.items()}
+    arm.moves = len(s.coord.allocation.history)
+    if paid_at is not None:
+        total = sum(y["hours"] for y in ys.values()) - paid_at[1]
+        arm.late_share = (ys[LATE]["hours"] - paid_at[0]) / total if total > 0 else None
+    s.coord.flush_refs()
+    return arm
+
+
+def _rounds(arms: list[Arm], max_rounds: int) -> tuple[float, int]:
+    """Mean rounds to the target (a censored arm counts max_rounds) and how many were censored."""
+    xs = [a.rounds_to_target or max_rounds for a in arms]
+    return statistics.mean(xs), sum(a.rounds_to_target is None for a in arms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=12)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
+    ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
+    ap.add_argument("--min-agents", type=int, default=1)
+    ap.add_argument("--dwell-runs", type=int, default=6)
+    ap.add_argument("--prior-moves", type=float, default=0.5)
+    ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
+                    "on the allocation's settings: its figures can be reused)")
+    ap.add_argument("--target", type=float, default=TARGET_FRACTION,
+                    help="the share of the reachable gain the rounds are counted to (the issue's: 0.5)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    alloc = {"min_agents": a.min_agents, "dwell_runs": a.dwell_runs, "prior_moves": a.prior_moves}
+    work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
+    redis = RedisDaemon(work / "redis", fsync="everysec").start()
+    t0 = time.time()
+    res: dict[tuple[str, str], list[Arm]] = {}
+    try:
+        print(f"allocation bench: {AGENTS} agents, seeds {a.first_seed}..{a.first_seed + a.seeds - 1}, "
+              f"at most {a.rounds} rounds, target {a.target} of the reachable gain, allocation {alloc}",
+              flush=True)
+        for scenario in a.scenarios.split(","):
+            for seed in range(a.first_seed, a.first_seed + a.seeds):
+                for mode in a.modes.split(","):
+                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target)
+                    connect_redis(redis.url).flushall()
+                    res.setdefault((scenario, mode), []).append(arm)
+                    share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"
+                    print(f"  {scenario:12s} {mode:8s} seed {seed:2d}: rounds_to_target="
+                          f"{arm.rounds_to_target} moves={arm.moves} final={arm.final}{share}", flush=True)
+        line = {}
+        for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
+            if (scenario, "static") in res and (scenario, "adaptive") in res:
+                (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
+                print(f"{scenario}: mean rounds to target static {st:.2f} ({cs} censored), "
+                      f"adaptive {ad:.2f} ({ca} censored)")
+                line[key] = f"{st / ad:.2f}"
+        if any(k[0] == "late_bloomer" for k in res):
+            for mode in [m for m in ("static", "adaptive") if ("late_bloomer", m) in res]:
+                shares = [x.late_share for x in res[("late_bloomer", mode)] if x.late_share is not None]
+                n = len(res[("late_bloomer", mode)])
+                m = statistics.mean(shares) if shares else float("nan")
+                print(f"late_bloomer {mode}: late's share of device-hours after it paid {m:.3f} "
+                      f"({len(shares)}/{n} seeds where it paid; floor {a.min_agents}/{AGENTS} = "
+                      f"{a.min_agents / AGENTS:.3f})")
+                if mode == "adaptive":
+                    line["late_bloomer_share"] = f"{m:.3f}"
+        print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
+        print(f"agents={AGENTS} programs=4 " + " ".join(f"{k}={v}" for k, v in line.items()))
+    finally:
+        redis.stop(kill=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Adaptive allocation: the coordinator moves agents toward the research programs that move best.
+
+An explicit collaborator of the Coordinator with a narrow interface: `assign(agent, program)`
+(asked by an agent at an iteration boundary: the program it should run next, or None to stay)
+and `yields()` (each program's agents, yield and share, for `swarm status` and the report).
+
+Yield. A program's yield is its verified contribution to best per device-hour: every decision
+that moved best (promote, merge, simplification) credits its gain over the best before it
+(Decision.delta, bpb) to the program the result ran under; a pool's gain is split evenly
+between the result that formed it and its members (Decision.pooled). Device-hours are the
+seconds of every run recorded under the program (experiments and the jobs its agents did).
+
+The bandit: Thompson sampling over a Gamma-Poisson model of each program's rate of gain, for a
+population. Gains are counted in units of the swarm's mean gain per move; a program's rate has
+the prior Gamma(a0 * weight share, a0 / pooled rate): the swarm's own pooled rate, held with the
+strength of `prior_moves` moves, scaled by the program's `weight`. Joint draws from the
+posteriors give each program's probability of having the highest rate; the agents above the
+floors are shared in proportion to it (probability matching, which is what Thompson sampling
+does one pull at a time), and an agent at its boundary moves from a program over its share to the
+one furthest under, when that brings both closer to their shares (over and under by more than one
+agent together). Why Thompson rather than an upper confidence bound: a UCB rule points every free
+agent at the same program (the swarm herds onto one program until the next move), while
+probability matching keeps a spread that shrinks only as the evidence does; the weight is a
+prior, naturally. Why shares rather than one draw per question: measured on bench/allocation.py
+(barren, seed 0), one draw per question moved agents 70 times in 18 rounds (the draws' noise,
+with few moves behind each program), each move costing the agent its line. Why "more than one
+agent together" rather than "half an agent on each side": with the latter a barren program held
+at 1.5 agents of share kept 2 agents in most seeds.
+
+Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
+would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
+moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
+moved, and none are moved into it).
+
+State: every reassignment is an `allocation` event of the ledger with its reason (the hash
+keys.allocation holds each agent's latest); the settings and programs are in redis
+(keys.allocation_spec), so a restarted coordinator rebuilds the allocation from the ledger.
+The ledger is followed incrementally (XRANGE from the last entry seen), never on the decision
+path: one small read per question.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.messages import Decision, ExperimentRecord
+from agents.program import ProgramSpec
+from coordinator.state import keys
+from coordinator.state.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+MOVED = ("promote", "merge", "simplification")
+# Joint draws per question: P(best) to about +-0.015, a few ms for four programs.
+DRAWS = 1024
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AllocationConfig(_M):
+    """swarm.yaml's `allocation:` (coordinator/run/swarm.default.yaml documents each key)."""
+    mode: Literal["static", "adaptive"] = "static"
+    min_agents: int = Field(default=1, ge=0)    # floor per program
+    # Runs on a program before an agent may move: 6 rather than 3 cut the moves on the allocation
+    # bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the target unchanged
+    # within the noise (bench/results/allocation-2026-12-03.txt).
+    dwell_runs: int = Field(default=6, ge=1)
+    prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
+    seed: int | None = None                     # the draws' seed (the bench: reproducible)
+
+
+class AllocationSpec(_M):
+    """The settings and the programs an agent may be given (kept in redis)."""
+    config: AllocationConfig = Field(default_factory=AllocationConfig)
+    programs: list[ProgramSpec]
+
+
+class Assignment(_M):
+    """One reassignment, as the ledger keeps it."""
+    agent: str
+    program: str
+    previous: str
+    reason: str
+    runs_at: int                                # the agent's runs when it was moved
+    at: float = Field(default_factory=time.time)
+
+
+class ProgramYield(_M):
+    """One program as `swarm status` shows it."""
+    program: str
+    agents: int
+    credit: float          # bpb of best's gain credited to it
+    hours: float           # device-hours of its runs
+    yield_: float          # credit per device-hour
+    sd: float              # the posterior's standard deviation of that yield
+    share: float           # its share of the swarm's device-hours
+    pinned: bool = False
+
+
+class AllocationError(ValueError):
+    """An allocation spec that cannot work (a program named twice, none at all)."""
+
+
+class Allocation:
+    """The allocation decision over one swarm's ledger (see the module docstring)."""
+
+    def __init__(self, ledger, spec: AllocationSpec):
+        names = [p.name for p in spec.programs]
+        if not names:
+            raise AllocationError("allocation: no programs to allocate agents to")
+        if len(set(names)) != len(names):
+            raise AllocationError(f"allocation: program {sorted(n for n in names if names.count(n) > 1)[0]!r} "
+                                  "is named twice")
+        # Its own Ledger on the same connection: the coordinator's has a batch (a pipeline) open
+        # in its decision thread, which a reassignment must not write into.
+        self.ledger = Ledger(ledger.r, ledger.swarm_id)
+        self.spec = spec
+        self.cfg = spec.config
+        self.programs = {p.name: p for p in spec.programs}
+        self.rng = random.Random(self.cfg.seed)
+        self._lock = threading.Lock()
+        self._cursor = "-"
+        self.program_of: dict[str, str] = {}     # agent -> program it runs now
+        self.runs: dict[str, int] = {}           # agent -> runs recorded
+        self.moved_at: dict[str, int] = {}       # agent -> its runs when last moved
+        self.allocated: dict[str, str] = {}      # agent -> the program it was last moved to
+        self.hours: dict[str, float] = {n: 0.0 for n in names}
+        self.credit: dict[str, float] = {n: 0.0 for n in names}
+        self.moves: dict[str, float] = {n: 0.0 for n in names}  # moves credited (shares of pools)
+        self._rec_program: dict[str, str] = {}   # experiment id -> program
+        self._credited: set[str] = set()
+        self.history: list[Assignment] = []
+        self._follow()
+
+    # -- persistence -------------------------------------------------------------------------
+    @classmethod
+    def configure(cls, ledger, spec: AllocationSpec) -> "Allocation":
+        """Keep `spec` in redis (a restarted coordinator finds it) and build the allocation."""
+        alloc = cls(ledger, spec)
+        ledger.r.set(keys.allocation_spec(ledger.swarm_id), spec.model_dump_json())
+        return alloc
+
+    @classmethod
+    def restore(cls, ledger) -> "Allocation | None":
+        """The allocation a previous coordinator configured, rebuilt from the ledger; None when
+        none was configured."""
+        raw = ledger.r.get(keys.allocation_spec(ledger.swarm_id))
+        if not raw:
+            return None
+        return cls(ledger, AllocationSpec.model_validate_json(raw))
+
+    # -- following the ledger ------------------------------------------------------------------
+    def _follow(self) -> None:
+        """Read the ledger entries appended since the last call."""
+        key = self.ledger.key("ledger")
+        while True:
+            chunk = self.ledger.r.xrange(key, min=self._cursor, count=2000)
+            if not chunk:
+                return
+            for _eid, fields in chunk:
+                f = {_s(k): _s(v) for k, v in fields.items()}
+                self._event(f["type"], f["id"], f["json"])
+            self._cursor = "(" + _s(chunk[-1][0])
+            if len(chunk) < 2000:
+                return
+
+    def _event(self, typ: str, id: str, js: str) -> None:
+        if typ == "record":
+            rec = ExperimentRecord.model_validate_json(js)
+            self._rec_program[id] = rec.program
+            self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
+            self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
+            if rec.program in self.hours:
+                self.hours[rec.program] += _seconds(rec) / 3600.0
+        elif typ == "decision" and id not in self._credited:
+            d = Decision.model_validate_json(js)
+            if d.decision in MOVED and d.best_after:
+                self._credited.add(id)
+                gain = max(d.delta if d.delta is not None else (d.margin or 0.0), 0.0)
+                members = [id] + [m for m in d.pooled if m != id]
+                for m in members:
+                    prog = self._rec_program.get(m)
+                    if prog in self.credit:
+                        self.credit[prog] += gain / len(members)
+                        self.moves[prog] += 1.0 / len(members)
+        elif typ == "allocation":
+            a = Assignment.model_validate_json(js)
+            self.program_of[a.agent] = a.program
+            self.allocated[a.agent] = a.program
+            self.moved_at[a.agent] = a.runs_at
+            self.history.append(a)
+
+    # -- the bandit -------------------------------------------------------------------------
+    def _posterior(self) -> dict[str, tuple[float, float, float]]:
+        """program -> (shape, rate, unit): Gamma posterior of its rate of gain in units of
+        `unit` bpb per device-hour (see the module docstring)."""
+        moves = sum(self.moves.values())
+        total = sum(self.credit.values())
+        unit = total / moves if moves > 0 and total > 0 else 1.0
+        hours = sum(self.hours.values())
+        a0 = self.cfg.prior_moves
+        # the pooled rate, itself shrunk by a0 pseudo-moves over one pseudo device-hour per program
+        pooled = (total / unit + a0) / (hours + len(self.programs))
+        mean_w = sum(p.weight for p in self.programs.values()) / len(self.programs)
+        return {n: (a0 * p.weight / mean_w + self.credit[n] / unit,
+                    a0 / pooled + self.hours[n], unit) for n, p in self.programs.items()}
+
+    def _targets(self, free: list[str], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
+        """Thompson sampling for a population: each program's probability of having the highest
+        rate (DRAWS joint draws from the posteriors), and the agents that share gives it on top
+        of its floor (the free programs' agents, less the floors, shared by that probability)."""
+        post = self._posterior()
+        wins = {n: 0 for n in free}
+        for _ in range(DRAWS):
+            best = max(free, key=lambda n: self.rng.gammavariate(post[n][0], 1.0 / post[n][1]))
+            wins[best] += 1
+        p_best = {n: wins[n] / DRAWS for n in free}
+        extra = max(sum(counts[n] for n in free) - self.cfg.min_agents * len(free), 0)
+        return {n: self.cfg.min_agents + extra * p_best[n] for n in free}, p_best
+
+    def _counts(self) -> dict[str, int]:
+        counts = {n: 0 for n in self.programs}
+        for prog in self.program_of.values():
+            if prog in counts:
+                counts[prog] += 1
+        return counts
+
+    def assign(self, agent: str, program: str) -> ProgramSpec | None:
+        """At an agent's iteration boundary: the program it should run from now on, or None to
+        stay on `program` (static mode, a pinned or unknown program, dwell not over, floors)."""
+        with self._lock:
+            self._follow()
+            if self.cfg.mode != "adaptive":
+                return None
+            held = self.allocated.get(agent)
+            if held is not None and held != program and held in self.programs:
+                # an agent restarted by `swarm run` on its static program resumes its allocation
+                self.program_of[agent] = held
+                log.info("allocation: %s resumes program %s", agent, held)
+                return self.programs[held]
+            self.program_of[agent] = program
+            cur = self.programs.get(program)
+            if cur is None or cur.pinned:
+                return None
+            runs = self.runs.get(agent, 0)
+            if runs - self.moved_at.get(agent, 0) < self.cfg.dwell_runs:
+                return None
+            counts = self._counts()
+            if counts[program] - 1 < self.cfg.min_agents:
+                return None
+            free = [n for n, p in self.programs.items() if not p.pinned]
+            starved = [n for n in free if counts[n] < self.cfg.min_agents]
+            if starved:
+                to = min(starved, key=lambda n: (counts[n], n))
+                reason = f"{to} has {counts[to]} agent(s), below the floor of {self.cfg.min_agents}"
+            else:
+                target, p_best = self._targets(free, counts)
+                surplus = counts[program] - target[program]
+                deficits = {n: target[n] - counts[n] for n in free if n != program}
+                to = max(deficits, key=lambda n: (deficits[n], n)) if deficits else program
+                # a move only when it brings both programs closer to their shares (over and
+                # under by more than one agent together): no churn from the draws' own noise
+                if to == program or surplus <= 0 or deficits[to] <= 0 or surplus + deficits[to] <= 1:
+                    return None
+                reason = (f"thompson: P(best) {to} {p_best[to]:.2f} -> {target[to]:.1f} agents "
+                          f"(has {counts[to]}), {program} {p_best[program]:.2f} -> "
+                          f"{target[program]:.1f} (has {counts[program]}); credit {self.credit[to]:.4f} "
+                          f"bpb in {self.hours[to]:.2f}h vs {self.credit[program]:.4f} in "
+                          f"{self.hours[program]:.2f}h")
+            a = Assignment(agent=agent, program=to, previous=program, reason=reason, runs_at=runs)
+            self.ledger.put_allocation(agent, a.model_dump_json())
+            self.program_of[agent] = to
+            self.allocated[agent] = to
+            self.moved_at[agent] = runs
+            self.history.append(a)
+            log.info("allocation: %s moves %s -> %s: %s", agent, program, to, reason)
+            return self.programs[to]
+
+    def yields(self) -> list[ProgramYield]:
+        """Each program's agents, yield (bpb of best's gain per device-hour, with the
+        posterior's sd) and share of device-hours."""
+        with self._lock:
+            self._follow()
+            post = self._posterior()
+            counts = self._counts()
+            total_h = sum(self.hours.values())
+            out = []
+            for n, p in self.programs.items():
+                shape, rate, unit = post[n]
+                h = self.hours[n]
+                out.append(ProgramYield(
+                    program=n, agents=counts[n], credit=round(self.credit[n], 6), hours=round(h, 4),
+                    yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
+                    sd=round(math.sqrt(shape) / rate * unit, 6),
+                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned))
+            return out
+
+
+def _seconds(rec: ExperimentRecord) -> float:
+    """Device seconds of a run: its total time, else its training time, else nothing (an edit
+    that never trained)."""
+    r = rec.result
+    if r is None:
+        return 0.0
+    return float(getattr(r, "total_seconds", None) or getattr(r, "training_seconds", None) or 0.0)
+
+
+def _fmt(draw: float, unit: float) -> str:
+    return f"{draw * unit:.3g}"
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def dumps_yields(ys: list[ProgramYield]) -> str:
+    return json.dumps([y.model_dump() for y in ys])

@@ -1,0 +1,196 @@
+"""The allocation decision (coordinator/decide/allocation.py) over a real redis ledger: records
+and decisions written as the coordinator writes them, reassignments read back from the ledger."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agents.messages import Decision, ExperimentRecord
+from agents.program import ProgramSpec
+from coordinator.decide.allocation import Allocation, AllocationConfig, AllocationError, AllocationSpec
+from coordinator.state import keys
+from coordinator.state.ledger import Ledger, connect_redis
+from trainer.schema import ExperimentResult
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def ledger(redis_url):
+    return Ledger(connect_redis(redis_url), "alloc-test")
+
+
+def spec(mode="adaptive", pinned=(), weights=None, **cfg) -> AllocationSpec:
+    names = ["good", "barren", "third"]
+    return AllocationSpec(config=AllocationConfig(mode=mode, seed=1, **cfg), programs=[
+        ProgramSpec(name=n, text=f"# {n}\n", pinned=n in pinned, weight=(weights or {}).get(n, 1.0))
+        for n in names])
+
+
+def run(ledger: Ledger, agent: str, program: str, moved: float | None = None, pooled=()) -> str:
+    """One run of 300 s under `program`; with `moved`, a decision that moved best by that much."""
+    eid = f"e{next(_ids)}"
+    ledger.add_record(ExperimentRecord(
+        experiment_id=eid, agent=agent, program=program, hardware_class="hw", parent="p", commit="c",
+        status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0, total_seconds=300.0)))
+    if moved is not None:
+        ledger.put_decision(Decision(experiment_id=eid, decision="promote", best_after="c2",
+                                     delta=moved, pooled=list(pooled)))
+    else:
+        ledger.put_decision(Decision(experiment_id=eid, decision="discard"))
+    return eid
+
+
+def history(ledger: Ledger) -> list[dict]:
+    import json
+    return [json.loads(js) for typ, _id, js in ledger.events() if typ == "allocation"]
+
+
+def test_static_never_moves(ledger):
+    a = Allocation.configure(ledger, spec(mode="static"))
+    for _ in range(6):
+        run(ledger, "a0", "barren")
+        run(ledger, "a1", "good", moved=0.01)
+        run(ledger, "a2", "barren")
+    assert a.assign("a0", "barren") is None
+    assert history(ledger) == []
+
+
+def test_agents_move_to_the_program_that_moves_best_down_to_the_floor(ledger):
+    a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=2))
+    agents = {"a0": "barren", "a1": "barren", "a2": "barren", "a3": "good", "a4": "third"}
+    for _ in range(8):
+        for ag, prog in agents.items():
+            run(ledger, ag, prog, moved=0.01 if prog == "good" else None)
+    for _ in range(20):  # every agent asks at its boundaries
+        for ag in list(agents):
+            got = a.assign(ag, agents[ag])
+            if got is not None:
+                agents[ag] = got.name
+                run(ledger, ag, got.name, moved=0.01 if got.name == "good" else None)
+                run(ledger, ag, got.name, moved=0.01 if got.name == "good" else None)
+    assert list(agents.values()).count("barren") == 1  # the floor: one stays, exploring
+    assert list(agents.values()).count("third") == 1
+    assert list(agents.values()).count("good") == 3
+    moves = history(ledger)
+    assert moves and all(m["program"] == "good" and "thompson" in m["reason"] for m in moves)
+    ys = {y.program: y for y in a.yields()}
+    assert ys["good"].yield_ > ys["barren"].yield_ == 0.0
+    assert ys["good"].agents == 3 and ys["barren"].agents == 1
+    assert ys["good"].sd > 0
+
+
+def test_dwell_holds_an_agent_until_its_runs_are_done(ledger):
+    a = Allocation.configure(ledger, spec(dwell_runs=5, min_agents=0))
+    for _ in range(10):
+        run(ledger, "g", "good", moved=0.02)
+    for _ in range(4):
+        run(ledger, "b0", "barren")
+        run(ledger, "b1", "barren")
+    assert a.assign("b0", "barren") is None  # 4 runs < 5
+    run(ledger, "b0", "barren")
+    got = a.assign("b0", "barren")
+    assert got is not None and got.name == "good"
+    assert a.assign("b0", "good") is None      # just moved: dwell again
+
+
+def test_pinned_programs_are_left_alone(ledger):
+    a = Allocation.configure(ledger, spec(pinned=("barren", "good"), dwell_runs=1))
+    for _ in range(10):
+        run(ledger, "g", "good", moved=0.02)
+        run(ledger, "b0", "barren")
+        run(ledger, "b1", "barren")
+        run(ledger, "t0", "third")
+        run(ledger, "t1", "third")
+    assert a.assign("b0", "barren") is None    # pinned: never moved out
+    for _ in range(20):
+        got = a.assign("t1", "third")          # never moved into a pinned program
+        assert got is None or not got.pinned
+
+
+def test_a_starved_program_takes_the_next_free_agent(ledger):
+    a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=1))
+    for _ in range(3):
+        run(ledger, "a0", "good", moved=0.01)
+        run(ledger, "a1", "good")
+        run(ledger, "a2", "barren")
+    got = a.assign("a1", "good")
+    assert got is not None and got.name == "third"
+    assert "below the floor" in history(ledger)[-1]["reason"]
+
+
+def test_a_pool_shares_its_gain_between_programs(ledger):
+    a = Allocation.configure(ledger, spec())
+    member = run(ledger, "a1", "third")
+    run(ledger, "a0", "good", moved=0.02, pooled=[member])
+    ys = {y.program: y for y in a.yields()}
+    assert ys["good"].credit == pytest.approx(0.01) and ys["third"].credit == pytest.approx(0.01)
+
+
+def test_the_allocation_is_rebuilt_from_redis_after_a_restart(ledger):
+    a = Allocation.configure(ledger, spec(dwell_runs=1, min_agents=0))
+    for _ in range(6):
+        run(ledger, "g", "good", moved=0.02)
+        run(ledger, "b0", "barren")
+        run(ledger, "b1", "barren")
+    got = a.assign("b0", "barren")
+    assert got is not None and got.name == "good"
+    b = Allocation.restore(ledger)                 # a new coordinator: spec and state from redis
+    assert b is not None and b.cfg.mode == "adaptive"
+    assert b.program_of["b0"] == "good" and b.moved_at["b0"] == a.moved_at["b0"]
+    assert [y.model_dump() for y in b.yields()] == [y.model_dump() for y in a.yields()]
+    assert ledger.r.hget(keys.allocation(ledger.swarm_id), "b0")
+
+
+def test_nothing_configured_restores_nothing_and_bad_specs_say_why(ledger):
+    assert Allocation.restore(ledger) is None
+    with pytest.raises(AllocationError, match="'x' is named twice"):
+        Allocation(ledger, AllocationSpec(programs=[ProgramSpec(name="x", text=""), ProgramSpec(name="x", text="")]))
+
+
+def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
+    from rich.console import Console
+
+    from coordinator.run import live
+
+    assert live.gather(ledger.r, ledger.swarm_id)["programs"] == []  # nothing configured: no table
+    Allocation.configure(ledger, spec())
+    run(ledger, "a0", "good", moved=0.02)
+    run(ledger, "a1", "barren")
+    run(ledger, "a2", "barren")
+    data = live.gather(ledger.r, ledger.swarm_id)
+    progs = {p["program"]: p for p in data["programs"]}
+    assert progs["good"]["agents"] == 1 and progs["barren"]["agents"] == 2
+    assert progs["good"]["yield_"] == pytest.approx(0.02 / (300 / 3600))
+    assert progs["barren"]["share"] == pytest.approx(2 / 3, abs=1e-3)
+    console = Console(width=160, record=True)
+    console.print(live.render(data))
+    text = console.export_text()
+    assert "programs (adaptive allocation" in text
+    assert "good: 1 agent, yield 0.2400" in text and "barren: 2 agents, yield 0.0000" in text
+    run(ledger, "a1", "good", moved=0.01)   # followed between redraws
+    progs = {p["program"]: p for p in live.gather(ledger.r, ledger.swarm_id)["programs"]}
+    assert progs["good"]["agents"] == 2 and progs["good"]["credit"] == pytest.approx(0.03)
+
+
+def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
+    """`allocation:` and `pin:` in swarm.yaml reach the spec swarm run configures: every
+    program with its text, backend as its agents got it (resolved for one without agents in
+    adaptive mode), adopt rule, weight and pin; a typo in `allocation:` is a one-line error."""
+    from coordinator.run.config import ConfigError, parse_config, resolve_program
+    from coordinator.run.swarm import _allocation_spec
+
+    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0},
+            "programs": [{"name": "optimizer", "weight": 2}, {"name": "architecture", "pin": True},
+                         {"name": "explore", "adopt": "always"}]}
+    cfg = parse_config(data, "swarm.yaml", env={})
+    paths = [resolve_program(e, tmp_path) for e in cfg.programs]
+    specs = [{"program_name": "optimizer", "backend": {"type": "mutate"}}]
+    got = AllocationSpec.model_validate(_allocation_spec(cfg, paths, specs, None))
+    assert got.config.mode == "adaptive" and got.config.min_agents == 0
+    by = {p.name: p for p in got.programs}
+    assert by["optimizer"].weight == 2 and by["architecture"].pinned and by["explore"].adopt == "always"
+    assert by["explore"].backend["type"] == "mutate" and by["optimizer"].text == paths[0].read_text()
+    with pytest.raises(ConfigError, match="allocation.mode"):
+        parse_config({**data, "allocation": {"mode": "greedy"}}, "swarm.yaml", env={})

@@ -1,0 +1,178 @@
+"""Adaptive allocation through the real Coordinator (real redis, real bare repo) and the real
+ResearchAgent loop (mutate backend over each program's search space); only the runner is the
+research bench's fake one (bench/landscape.py: a landscape sample per run, no training)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from agents.agent import ResearchAgent
+from agents.config import AgentConfig
+from agents.messages import ExperimentRecord, PromotionConfig
+from agents.program import ProgramSpec
+from bench.landscape import PROGRAM_KNOBS, Bowls, constants, fake_runner, program_text
+from coordinator.decide.allocation import AllocationConfig, AllocationSpec
+from coordinator.decide.core import Coordinator
+
+LAND = Bowls()
+
+
+def _spec(pinned=(), dwell_runs=2) -> AllocationSpec:
+    return AllocationSpec(config=AllocationConfig(mode="adaptive", min_agents=1, dwell_runs=dwell_runs, seed=3),
+                          programs=[ProgramSpec(name=n, text=program_text(n), pinned=n in pinned)
+                                    for n in ("optimizer", "architecture")])
+
+
+def _coord(home, redis_url) -> Coordinator:
+    return Coordinator(home, redis_url, PromotionConfig(min_dof=2), swarm_id="alloc",
+                       baseline_train_py=LAND.baseline_text())
+
+
+def _agent(home, coord, i: int, program: str = "optimizer") -> ResearchAgent:
+    cfg = AgentConfig(name=f"a{i}", program_name=program, program_text=program_text(program),
+                      seed=i, swarm_id="alloc", swarm_home=home, hardware_class=LAND.hardware_class,
+                      budget=LAND.seconds_per_run, recent_n=0, heartbeat_s=1e9, prepare_ahead=False)
+    return ResearchAgent(cfg, coord, runner=fake_runner(LAND, random.Random(i)),
+                         hardware_class=LAND.hardware_class)
+
+
+def _events(coord) -> list[tuple[str, str, dict]]:
+    return [(t, id, json.loads(js)) for t, id, js in coord.ledger.events()]
+
+
+def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path, redis_url):
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    coord.configure_allocation(_spec(dwell_runs=1))
+    agents = [_agent(home, coord, i) for i in range(2)]
+    for a in agents:
+        a._iteration()
+    a0 = agents[0]
+    assert a0.program.name == "optimizer"
+    a0._maybe_move()  # dwell over; architecture is below its floor of one agent
+    assert a0.program.name == "architecture" and a0.moves == 1
+    best = coord.best(LAND.hardware_class)
+    assert best is not None and a0.wt.head() == best.commit   # it adopted best
+    a1 = agents[1]
+    a1._maybe_move()  # optimizer would fall below its floor: a1 stays
+    assert a1.program.name == "optimizer"
+    for _ in range(8):  # a0 alone: with two agents the one asking first takes every job
+        a0._iteration()
+
+    evs = _events(coord)
+    moves = [(k, e) for k, (t, _id, e) in enumerate(evs) if t == "allocation"]
+    assert [(e["agent"], e["previous"], e["program"]) for _, e in moves] == [("a0", "optimizer", "architecture")]
+    assert "below the floor" in moves[0][1]["reason"]
+    at = moves[0][0]
+    # at a boundary: every run a0 began before the move was recorded before it
+    began = {id for t, id, e in evs[:at] if t == "started" and e["agent"] == "a0"}
+    recorded = {id for t, id, e in evs[:at] if t == "record" and e["agent"] == "a0"}
+    assert began and began <= recorded
+    recs = [ExperimentRecord.model_validate(e) for t, _id, e in evs if t == "record" and e["agent"] == "a0"]
+    before = [r for r in recs if r.experiment_id in recorded]
+    after = [r for r in recs if r.experiment_id not in recorded]
+    assert {r.program for r in before} == {"optimizer"} and after
+    assert {r.program for r in after} == {"architecture"}   # its records name the new program
+    # its experiments change only the new program's knobs (its backend took the new search space)
+    tried = [r for r in after if r.kind == "experiment" and r.commit]
+    assert tried
+    for r in tried:
+        old, new = constants(coord.repo.show(r.parent)), constants(coord.repo.show(r.commit))
+        changed = {k for k in new if new[k] != old.get(k)}
+        assert changed and changed <= set(PROGRAM_KNOBS["architecture"]), changed
+    ys = {y["program"]: y for y in coord.allocation_status()}
+    assert ys["architecture"]["agents"] == 1 and ys["optimizer"]["agents"] == 1
+    assert ys["architecture"]["hours"] > 0
+    # the report's section: each program's contribution, the allocation over time, the moves
+    from coordinator.review.report.allocation import allocation_html, load_allocation
+    data = load_allocation(coord.r, "alloc")
+    assert [(a, p) for _t, a, p in data["timeline"]] == [("a0", "optimizer"), ("a1", "optimizer"),
+                                                         ("a0", "architecture")]
+    page = allocation_html(data, {})
+    assert "<h2>Allocation (adaptive)</h2>" in page and "<img" in page
+    assert "1 reassignment(s)" in page and "a0: optimizer → architecture" in page
+
+
+def test_pinned_programs_keep_their_agents(tmp_path, redis_url):
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    coord.configure_allocation(_spec(pinned=("optimizer",)))
+    agents = [_agent(home, coord, i) for i in range(2)]
+    for _ in range(5):
+        for a in agents:
+            a._iteration()
+    assert [a.program.name for a in agents] == ["optimizer", "optimizer"]
+    assert not [e for e in _events(coord) if e[0] == "allocation"]
+
+
+def test_static_allocation_moves_nobody(tmp_path, redis_url):
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    spec = _spec()
+    spec.config.mode = "static"
+    coord.configure_allocation(spec)
+    agents = [_agent(home, coord, i) for i in range(2)]
+    for _ in range(4):
+        for a in agents:
+            a._iteration()
+    assert [a.program.name for a in agents] == ["optimizer", "optimizer"]
+
+
+def test_the_allocation_survives_a_coordinator_kill_and_a_swarm_run_restart(tmp_path, redis_url):
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    coord.configure_allocation(_spec())
+    agents = [_agent(home, coord, i) for i in range(2)]
+    for _ in range(3):
+        for a in agents:
+            a._iteration()
+    assert agents[0].program.name == "architecture"
+    n_moves = sum(1 for e in _events(coord) if e[0] == "allocation")
+    # the coordinator dies: a new one finds the allocation in redis (nobody configures it again)
+    coord2 = _coord(home, redis_url)
+    assert coord2.allocation is not None and coord2.allocation.cfg.mode == "adaptive"
+    for a in agents:
+        a.port = coord2
+    for _ in range(2):
+        for a in agents:
+            a._iteration()
+    assert [a.program.name for a in agents] == ["architecture", "optimizer"]
+    # `swarm run` restarts: configures the same spec, and builds each agent on its static program
+    coord3 = _coord(home, redis_url)
+    coord3.configure_allocation(_spec())
+    again = _agent(home, coord3, 0, "optimizer")
+    again._iteration()
+    assert again.program.name == "architecture"   # it resumes the program it was moved to
+    assert sum(1 for e in _events(coord3) if e[0] == "allocation") == n_moves  # no new move
+    ys = {y["program"]: y["agents"] for y in coord3.allocation_status()}
+    assert ys == {"optimizer": 1, "architecture": 1}
+
+
+@pytest.mark.parametrize("kind", ["optuna"])
+def test_a_moved_agent_gets_the_new_programs_own_backend(tmp_path, redis_url, monkeypatch, kind):
+    """optuna studies are per program: a moved agent's backend is a new one, bound to the new
+    program's study, and a move back takes the first one up again."""
+    monkeypatch.setenv("SWARM_REDIS_URL", redis_url)
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    spec = _spec()
+    for p in spec.programs:
+        p.backend = {"type": kind}
+    coord.configure_allocation(spec)
+    cfg = dict(name="a0", program_name="optimizer", program_text=program_text("optimizer"),
+               backend={"type": kind}, swarm_id="alloc", swarm_home=home,
+               hardware_class=LAND.hardware_class, budget=LAND.seconds_per_run, recent_n=0,
+               heartbeat_s=1e9, prepare_ahead=False)
+    agents = [ResearchAgent(AgentConfig(**{**cfg, "name": f"a{i}", "seed": i}), coord,
+                            runner=fake_runner(LAND, random.Random(i)), hardware_class=LAND.hardware_class)
+              for i in range(2)]
+    first = agents[0].backend
+    for _ in range(3):
+        for a in agents:
+            a._iteration()
+    a0 = agents[0]
+    assert a0.program.name == "architecture"
+    assert a0.backend is not first and a0.backend.name == kind
+    assert a0._backends["optimizer"] is first

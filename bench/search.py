@@ -1,18 +1,25 @@
-"""Search bench: `optuna` (TPE), `optuna` (CMA-ES) and `mutate` side by side at equal runs.
+"""Search bench: `mutate` and the `optuna` backend (TPE, CMA-ES; from best, and the old
+`start: anywhere`) side by side at equal runs.
 
 8 simulated agents work concurrently (runs overlap in time, so a trial is proposed while
 others are in flight) on the real baseline train.py and the real `baseline` program's search
-space; a synthetic landscape gives each train.py a true val_bpb, measured with Gaussian noise.
+space; a synthetic landscape gives each train.py a true val_bpb, measured with Gaussian noise:
+`bowls` (the optimum far from the baseline, noise 0.003), `tuned` (the baseline two steps
+from its optimum and most of the space much worse; noise 0.011) or `real` (bench/real_landscape.py,
+a GP fitted to 132 runs of the real trainer, the `baseline` program cut to its six measured
+knobs; noise 0.0164).
 The backends are the real ones (optuna's study in a real redis-server, as in a swarm) and see
 what a ResearchAgent gives them: a ProposalContext on the current best, then `observe` of every
 record the agent ran. The coordinator's rule is the real one (coordinator.decide.rules.judge):
-a first round of baselines, confirmation runs for results inside the margin, and results whose
-parent is no longer best merged onto best and verified. Every run counts against the budget.
+a first round of baselines, re-measures of each new best, confirmation runs for results inside
+the margin, and results whose parent is no longer best merged onto best and verified. Every
+run counts against the budget.
 
-Prints, per method: the true val_bpb of the final best (mean over seeds) and the runs it took
-to reach mutate's final best (the target); writes bench/results/search.json.
+Prints, per method: the true val_bpb of the final best (mean over seeds), the runs it took
+to reach mutate's final best (the target), and how much worse than its parent an experiment
+truly was; writes bench/results/search.json.
 
-    PYTHONPATH=. python bench/search.py --seeds 5 --runs 120
+    PYTHONPATH=. python bench/search.py --seeds 10 --runs 96 [--landscape tuned|real] [--at 48]
 """
 from __future__ import annotations
 
@@ -48,6 +55,9 @@ METHODS = {
     "mutate": {"type": "mutate"},
     "optuna-tpe": {"type": "optuna", "sampler": "tpe"},
     "optuna-cmaes": {"type": "optuna", "sampler": "cmaes"},
+    # the old optuna: the sampler's own points over the whole space
+    "optuna-tpe-anywhere": {"type": "optuna", "sampler": "tpe", "start": "anywhere"},
+    "optuna-cmaes-anywhere": {"type": "optuna", "sampler": "cmaes", "start": "anywhere"},
 }
 
 
@@ -76,6 +86,51 @@ def true_bpb(source: str) -> float | None:
             + 0.050 * (v["WARMDOWN_FRAC"] - 0.7) ** 2)
 
 
+# The tuned landscape: the baseline sits near its optimum, as the real trainer's does (tried as a
+# new user would, 8 wide optuna trials were all 0.03-0.42 bpb worse than it, with sigma about
+# 0.011). Bowls in the program's own steps: the optimum is two MATRIX_LR steps and one
+# WARMDOWN_FRAC step from the baseline (0.027 better, about 2.5 sigma); 3-8 steps away in
+# several constants costs 0.03-0.4.
+TUNED_OPT = {"MATRIX_LR": 0.02 * 1.3 ** 2, "EMBED_LR": 0.3, "UNEMBED_LR": 0.008, "WEIGHT_DECAY": 0.0,
+             "DEPTH": 4, "WARMDOWN_FRAC": 0.6}
+TUNED_COST = {"MATRIX_LR": 0.006, "EMBED_LR": 0.003, "UNEMBED_LR": 0.004, "WEIGHT_DECAY": 0.002,
+              "DEPTH": 0.008, "WARMDOWN_FRAC": 0.003}   # bpb for one step away, squared in steps
+TUNED_STEP = {"MATRIX_LR": ("log", 1.3), "EMBED_LR": ("log", 1.4), "UNEMBED_LR": ("log", 1.4),
+              "WEIGHT_DECAY": ("add", 0.05), "DEPTH": ("add", 1), "WARMDOWN_FRAC": ("add", 0.1)}
+
+
+def tuned_bpb(source: str) -> float | None:
+    v = values(source)
+    if v["MATRIX_LR"] > 0.12 and v["DEPTH"] >= 9:
+        return None                                      # diverges: a crash
+    total = 2.40
+    for n, (kind, step) in TUNED_STEP.items():
+        s = (math.log(v[n] / TUNED_OPT[n]) / math.log(step)) if kind == "log" else (v[n] - TUNED_OPT[n]) / step
+        total += TUNED_COST[n] * s * s
+    return total
+
+
+LANDSCAPES = {"bowls": (true_bpb, SIGMA, 1.5), "tuned": (tuned_bpb, 0.011, 2.40), "real": None}
+
+
+def landscape(name: str) -> tuple:
+    """(true val_bpb of a train.py or None for a crash, sigma, optimum, program) of a landscape.
+    `real`: bench/real_landscape.py, the GP fitted to the real trainer's runs (the `baseline`
+    program cut to its six measured knobs; ~9 s to fit, so built only when asked for)."""
+    program = load_program(shipped_programs_dir() / "baseline.md")
+    if LANDSCAPES[name] is not None:
+        return (*LANDSCAPES[name], program)
+    from agents.program import parse_program
+    from bench.real_landscape import RealLandscape
+
+    land = RealLandscape()
+
+    def real_bpb(source: str) -> float | None:
+        return None if land.crashes(source) else land.true_bpb(source)
+
+    return real_bpb, land.sigma, land.optimum, parse_program(land.program_text("baseline"), "baseline")
+
+
 def merge(parent: str, cand: str, best: str) -> str:
     """The candidate's constant changes (against its parent) applied onto best."""
     pv, cv = find_constants(parent), find_constants(cand)
@@ -92,8 +147,11 @@ class Sim:
     """One swarm: n agents, one backend type, a run budget; returns the best's true value
     after each finished run."""
 
-    def __init__(self, method: str, seed: int, n_agents: int, runs: int, client, program):
+    def __init__(self, method: str, seed: int, n_agents: int, runs: int, client, program,
+                 land: tuple = LANDSCAPES["bowls"]):
         self.rng = random.Random(seed)
+        self.true_bpb, self.sigma = land[0], land[1]
+        self.excess: list[float] = []        # each experiment's true val_bpb minus its parent's
         self.program, self.runs, self.n = program, runs, n_agents
         self.cfg = PromotionConfig()
         self.root = baseline_source()
@@ -144,12 +202,14 @@ class Sim:
     def _finish(self, i: int, run: tuple) -> None:
         kind, src, parent, cand, desc = run
         self.counts[kind] += 1
-        t = true_bpb(src)
+        t = self.true_bpb(src)
         if t is None:
             self.counts["crash"] += 1
             self._observe(i, kind, src, parent, desc, "crash", None, "diverged")
             return
-        val = t + self.rng.gauss(0, SIGMA)
+        if kind == "experiment":
+            self.excess.append(t - self.true_bpb(parent))
+        val = t + self.rng.gauss(0, self.sigma)
         self._observe(i, kind, src, parent, desc, "ok", val)
         self.pool.add(self._s(src), val)
         if kind == "baseline":
@@ -173,6 +233,8 @@ class Sim:
             self.history.add(self.best)
             self.best = src
             self.counts["promote"] += 1
+            # the coordinator re-measures each new best first (best_remeasures, top priority)
+            self.jobs[:0] = [("baseline", src, src, None)] * self.cfg.best_remeasures
         else:
             merged = merge(parent, src, self.best)
             if merged != self.best:
@@ -188,7 +250,7 @@ class Sim:
             if run is not None:
                 self._finish(i, run)
                 done += 1
-                self.trace.append(true_bpb(self.best))
+                self.trace.append(self.true_bpb(self.best))
             nxt = None
             while nxt is None:
                 nxt = self._start(i)
@@ -200,70 +262,109 @@ def runs_to(trace: list[float], target: float) -> int | None:
     return next((k + 1 for k, v in enumerate(trace) if v <= target + 1e-12), None)
 
 
+def _quantile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4f}"
+
+
+def summarize(traces: dict, excess: dict, extra: dict, runs: int, base: float) -> list[dict]:
+    """Per method, the swarms' state after `runs` runs (a prefix of each trace: a swarm's first
+    R runs do not depend on how many it goes on to do). The target: mutate's mean final best."""
+    cut = {m: [tr[:runs] for tr in trs] for m, trs in traces.items()}
+    target = statistics.mean(tr[-1] for tr in cut["mutate"]) if "mutate" in cut else None
+    rows = []
+    for method, trs in cut.items():
+        finals = [tr[-1] for tr in trs]
+        rtt = [runs_to(tr, target) for tr in trs] if target is not None else []
+        reached = [r for r in rtt if r is not None]
+        med = statistics.median([r if r is not None else math.inf for r in rtt]) if rtt else None
+        mean_trace = [statistics.mean(tr[k] for tr in trs) for k in range(runs)]
+        rows.append({"method": method, "runs": runs, "target": target, "final_mean": statistics.mean(finals),
+                     "moved": sum(f < base - 1e-12 for f in finals),
+                     "mean_curve_runs_to_target": runs_to(mean_trace, target) if target else None,
+                     "mean_curve": [round(mean_trace[k - 1], 4) for k in
+                                    (runs // 4, runs // 2, 3 * runs // 4, runs)],
+                     "final_sd": statistics.pstdev(finals), "finals": finals, "runs_to_target": rtt,
+                     "median_runs_to_target": med, "reached": f"{len(reached)}/{len(rtt)}",
+                     "share_of_runs": (med / runs) if med is not None else None,
+                     "excess_median": statistics.median(excess[method]) if excess[method] else None,
+                     "excess_p90": _quantile(excess[method], 0.9),
+                     "counts": extra[method]})
+    return rows
+
+
+def print_table(rows: list[dict], base: float, sigma: float) -> None:
+    q = rows[0]["runs"]
+    print(f"\nafter {q} runs; target = mutate's mean final best "
+          f"{'-' if rows[0]['target'] is None else round(rows[0]['target'], 4)}")
+    print("| method | final best, true val_bpb (mean ± sd) | gain in sigma | seeds that moved best | "
+          "runs to target (median over seeds) | reached | mean best after "
+          + "/".join(str(q * k // 4) for k in (1, 2, 3, 4)) + " runs | experiment over its parent, "
+          "true (median / p90) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        med = r["median_runs_to_target"]
+        med_s = "never" if med in (None, math.inf) else f"{med:g}"
+        print(f"| {r['method']} | {r['final_mean']:.4f} ± {r['final_sd']:.4f} | "
+              f"{(base - r['final_mean']) / sigma:.1f} | {r['moved']}/{len(r['finals'])} | {med_s} | "
+              f"{r['reached']} | {' / '.join(f'{x:.4f}' for x in r['mean_curve'])} | "
+              f"{_signed(r['excess_median'])} / {_signed(r['excess_p90'])} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=120, help="runs per swarm, every kind counted")
+    ap.add_argument("--at", default="", help="also the table after these runs (e.g. 96: one swarm "
+                    "of --runs runs gives its state at every earlier run count)")
     ap.add_argument("--agents", type=int, default=8)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--landscape", choices=sorted(LANDSCAPES), default="bowls",
+                    help="bowls: the optimum far from the baseline; tuned: the baseline near it; "
+                    "real: fitted to the real trainer's runs (bench/real_landscape.py)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search.json"))
     args = ap.parse_args(argv)
-    program = load_program(shipped_programs_dir() / "baseline.md")
+    land = landscape(args.landscape)
+    true_bpb_of, sigma, optimum, program = land
     tmp = Path(tempfile.mkdtemp(prefix="search-bench-"))
     daemon = RedisDaemon(tmp / "redis", fsync="no").start()
     client = redis.Redis.from_url(daemon.url)
     traces: dict[str, list[list[float]]] = {}
     extra: dict[str, list[dict]] = {}
+    excess: dict[str, list[float]] = {}
     try:
         for method in args.methods.split(","):
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
-                sim = Sim(method, seed, args.agents, args.runs, client, program)
+                sim = Sim(method, seed, args.agents, args.runs, client, program, land)
                 traces.setdefault(method, []).append(sim.run())
                 extra.setdefault(method, []).append({**sim.counts, "seconds": time.perf_counter() - t0})
+                excess.setdefault(method, []).extend(sim.excess)
                 print(f"{method:13s} seed {seed}: final {sim.trace[-1]:.4f} {sim.counts}", flush=True)
     finally:
         client.close()
         daemon.stop()
-    base = true_bpb(baseline_source())
-    target = statistics.mean(tr[-1] for tr in traces["mutate"]) if "mutate" in traces else None
-    rows = []
-    for method, trs in traces.items():
-        finals = [tr[-1] for tr in trs]
-        rtt = [runs_to(tr, target) for tr in trs] if target is not None else []
-        reached = [r for r in rtt if r is not None]
-        med = statistics.median([r if r is not None else math.inf for r in rtt]) if rtt else None
-        mean_trace = [statistics.mean(tr[k] for tr in trs) for k in range(args.runs)]
-        rows.append({"method": method, "final_mean": statistics.mean(finals),
-                     "mean_curve_runs_to_target": runs_to(mean_trace, target) if target else None,
-                     "mean_curve": [round(mean_trace[k - 1], 4) for k in
-                                    (args.runs // 4, args.runs // 2, 3 * args.runs // 4, args.runs)],
-                     "final_sd": statistics.pstdev(finals), "finals": finals, "runs_to_target": rtt,
-                     "median_runs_to_target": med, "reached": f"{len(reached)}/{len(rtt)}",
-                     "share_of_runs": (med / args.runs) if med is not None else None,
-                     "counts": extra[method]})
-    print(f"\n{args.agents} agents, {args.runs} runs each swarm, {args.seeds} seeds; noise sigma "
-          f"{SIGMA}; baseline true val_bpb {base:.4f}, optimum 1.5000; target = mutate's mean "
-          f"final best {target if target is None else round(target, 4)}\n")
-    q = [args.runs // 4, args.runs // 2, 3 * args.runs // 4, args.runs]
-    print("| method | final best, true val_bpb (mean ± sd) | runs to target (median over seeds) | "
-          "reached | median / runs | mean best reaches target at | mean best after "
-          + "/".join(map(str, q)) + " runs |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        med, share = r["median_runs_to_target"], r["share_of_runs"]
-        med_s = "never" if med in (None, math.inf) else f"{med:g}"
-        share_s = "-" if share in (None, math.inf) else f"{share:.0%}"
-        mc = r["mean_curve_runs_to_target"]
-        print(f"| {r['method']} | {r['final_mean']:.4f} ± {r['final_sd']:.4f} | {med_s} | "
-              f"{r['reached']} | {share_s} | {mc if mc else 'never'}"
-              f"{f' ({mc / args.runs:.0%})' if mc else ''} | "
-              f"{' / '.join(f'{x:.4f}' for x in r['mean_curve'])} |")
+    base = true_bpb_of(baseline_source())
+    print(f"\n{args.landscape} landscape, {args.agents} agents, {args.seeds} seeds; noise sigma "
+          f"{sigma:.4f}; baseline true val_bpb {base:.4f}, optimum {optimum:.4f}")
+    checkpoints = sorted({int(x) for x in args.at.split(",") if x.strip() and int(x) < args.runs} | {args.runs})
+    tables = {k: summarize(traces, excess, extra, k, base) for k in checkpoints}
+    for k in checkpoints:
+        print_table(tables[k], base, sigma)
+    rows = tables[args.runs]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     traces = {m: [[round(x, 4) for x in tr] for tr in trs] for m, trs in traces.items()}
-    out.write_text(json.dumps({"agents": args.agents, "runs": args.runs, "seeds": args.seeds,
-                               "sigma": SIGMA, "baseline": base, "target": target, "rows": rows,
+    out.write_text(json.dumps({"landscape": args.landscape, "agents": args.agents, "runs": args.runs,
+                               "seeds": args.seeds, "sigma": sigma, "baseline": base,
+                               "target": rows[0]["target"], "rows": rows,
+                               "at": {k: tables[k] for k in checkpoints if k != args.runs},
                                "traces": traces}, separators=(",", ":"), default=str) + "\n")
     print(f"\nwrote {out}")
     return 0

@@ -3,6 +3,8 @@ research bench with the optuna backend."""
 import json
 import math
 
+import pytest
+
 from bench.search import baseline_source, main, merge, true_bpb
 
 
@@ -19,9 +21,14 @@ def test_landscape_and_merge():
 
 def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys):
     out = tmp_path / "search.json"
-    assert main(["--seeds", "1", "--runs", "14", "--agents", "3", "--out", str(out)]) == 0
+    assert main(["--seeds", "1", "--runs", "14", "--at", "7", "--agents", "3", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert [r["method"] for r in d["rows"]] == ["mutate", "optuna-tpe", "optuna-cmaes"]
+    # --at 7: the same swarms' state after their first 7 runs, each trace's prefix
+    for r7 in d["at"]["7"]:
+        (trace,) = d["traces"][r7["method"]]
+        assert r7["runs"] == 7 and r7["finals"] == [pytest.approx(trace[6], abs=1e-4)]
+    assert [r["method"] for r in d["rows"]] == ["mutate", "optuna-tpe", "optuna-cmaes",
+                                                "optuna-tpe-anywhere", "optuna-cmaes-anywhere"]
     for (trace,) in d["traces"].values():
         assert len(trace) == 14 and trace[0] <= d["baseline"] + 1e-4   # traces keep 4 decimals
     assert "| optuna-tpe |" in capsys.readouterr().out

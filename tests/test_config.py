@@ -16,7 +16,7 @@ def _err(data, env=None) -> str:
 
 def test_default_config_loads_and_every_key_is_commented():
     cfg, _ = load_config(None, env={})
-    assert [p.name for p in cfg.programs] == ["baseline", "optimizer", "architecture", "schedule",
+    assert [p.name for p in cfg.programs] == ["baseline", "architecture", "optimizer", "schedule",
                                               "simplify", "explore"]
     assert cfg.redis.url is None and cfg.ray.address is None and cfg.backend.type == "auto"
     lines = default_config_text().splitlines()

@@ -96,6 +96,7 @@ def test_shipped_programs_that_optuna_can_and_cannot_express():
 
 @pytest.mark.parametrize("backend_yaml,msg", [
     ({"type": "optuna", "sampler": "gp"}, r"backend.sampler: Input should be 'tpe' or 'cmaes'"),
+    ({"type": "optuna", "start": "centre"}, r"backend.start: Input should be 'best' or 'anywhere'"),
     ({"type": "optuna", "llm_share": 1.5, "llm": {"type": "litellm", "model": "m", "api_key_env": "K"}},
      r"backend.llm_share: Input should be less than or equal to 1"),
     ({"type": "optuna", "llm_share": -0.1}, r"backend.llm_share: Input should be greater than or equal to 0"),
@@ -168,30 +169,36 @@ def S_COMPLETE():
 
 def test_constant_liar_keeps_a_second_agent_off_a_pending_point(redis_url, redis_daemon):
     """Same seed, same finished trials: without the pending trial b would pick a's point
-    exactly (c shows it); with it, b goes elsewhere."""
+    exactly (c shows it); with it, b goes elsewhere (TPE's constant liar; the study also never
+    proposes a point it holds). `start: anywhere`: the sampler's own points, unprojected."""
     import optuna
 
-    seed_study = backend(redis_url, "s", seed=5, n_startup_trials=4)
+    seed_study = backend(redis_url, "s", seed=5, n_startup_trials=4, start="anywhere")
     for _ in range(12):
         run_one(seed_study, agent="s")
     finished = seed_study.study.get_trials(deepcopy=False)
-    a = backend(redis_url, "a", seed=9, n_startup_trials=4)
-    b = backend(redis_url, "b", seed=9, n_startup_trials=4)
+    a = backend(redis_url, "a", seed=9, n_startup_trials=4, start="anywhere")
+    b = backend(redis_url, "b", seed=9, n_startup_trials=4, start="anywhere")
+    # both bound to the study as it is now: samplers seeded alike (seed 9, 12 trials held)
+    for x in (a, b):
+        x._program = PROGRAM
+        x._bind(TINY_TRAIN)
     pa = a.propose(ctx())
     pb = b.propose(ctx())
     # c: a copy of the finished trials in another study, nothing pending
     client = redis.Redis.from_url(redis_url)
-    c = OptunaBackend(OptunaSpec(n_startup_trials=4), seed=9, agent="c", client=client,
-                      swarm_id="other", hardware_class=HW)
-    c._program = PROGRAM
-    c._bind(TINY_TRAIN)
+    other = optuna.create_study(study_name=S.study_name("tiny", HW), direction="minimize",
+                                storage=S.journal_storage(client, "other"))
     for t in finished:
-        c.study.add_trial(t)
+        other.add_trial(t)
+    c = OptunaBackend(OptunaSpec(n_startup_trials=4, start="anywhere"), seed=9, agent="c",
+                      client=client, swarm_id="other", hardware_class=HW)
     pc = c.propose(ctx())
     strip = lambda p: re.sub(r"^optuna #\d+: ", "", p.description)  # noqa: E731
     assert strip(pc) == strip(pa)
     assert strip(pb) != strip(pa)
-    assert isinstance(a.study.sampler, optuna.samplers.TPESampler) and a.study.sampler._constant_liar
+    inner = a.study.sampler.inner
+    assert isinstance(inner, optuna.samplers.TPESampler) and inner._constant_liar
 
 
 def test_crash_timeout_and_invalid_are_fail_and_ok_is_its_value(redis_url):
@@ -263,7 +270,7 @@ def test_cmaes_sampler_proposes_inside_the_space(redis_url):
         p = run_one(b)
         c = find_constants(p.new_source)
         assert 0.001 <= c["LEARNING_RATE"].value <= 0.5 and 1 <= c["DEPTH"].value <= 12
-    assert isinstance(b.study.sampler, optuna.samplers.CmaEsSampler)
+    assert isinstance(b.study.sampler.inner, optuna.samplers.CmaEsSampler)
     assert states(b).count("COMPLETE") == 8
 
 

@@ -3,6 +3,11 @@ study per swarm, program and hardware class that every agent using it shares (jo
 on the swarm's redis). Mixed mode: a share of proposals comes from an LLM backend whose prompt
 carries what the study has learned; its edits to search-space constants become trials too.
 
+The search starts where best is (`start: best`): trials are neighbours of the agent's
+train.py in a trust region that widens as best moves (optuna_region.py); `start: anywhere` is
+the sampler's own search over the whole space. Samplers are seeded from the study's size, and
+no point the study holds is proposed again, so a resumed swarm goes on where it stopped.
+
 How a trial meets the swarm (see README, "The optuna backend"):
 - propose: the sampler asks a trial for every search-space constant in train.py; its values
   are written into the agent's current train.py (its copy of best, or its own kept commit).
@@ -27,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from agents.backends import optuna_region as R
 from agents.backends import optuna_study as S
 from agents.backends.base import Proposal, ProposalContext, make_backend, register_backend
 from agents.errors import AgentError, InvalidEdit, ProgramError, SpendingCapReached
@@ -50,6 +56,10 @@ class OptunaSpec(BaseModel):
 
     type: Literal["optuna"] = "optuna"
     sampler: Literal["tpe", "cmaes"] = "tpe"
+    # best: trials start around the agent's train.py (its copy of best) and move 1-2 constants
+    # by the program's steps; the region grows as best moves (agents/backends/optuna_region.py).
+    # anywhere: the sampler's own points over the whole search space (the old behaviour).
+    start: Literal["best", "anywhere"] = "best"
     # Random trials before the model is used; the swarm's baseline runs count among them.
     n_startup_trials: int = Field(default=10, ge=0)
     llm: Any = None                    # an LLM backend spec (litellm or command): mixed mode
@@ -169,16 +179,16 @@ class OptunaBackend:
         from optuna.trial import TrialState
 
         swarm_id, hw = self._where
-        x0 = None
-        if source is not None:
-            params, dists = S.params_of(source, self._program, hw)
-            numeric = [n for n, d in dists.items()
-                       if not isinstance(d, optuna.distributions.CategoricalDistribution)]
-            x0 = {n: params[n] for n in numeric} if all(n in params for n in numeric) else None
-        sampler = S.make_sampler(self.spec.sampler, self.seed, self.spec.n_startup_trials, x0)
         study = optuna.create_study(study_name=S.study_name(self._program.name, hw),
                                     storage=S.journal_storage(self._redis(), swarm_id),
-                                    direction="minimize", sampler=sampler, load_if_exists=True)
+                                    direction="minimize", load_if_exists=True)
+        # seeded from the study's state: a resumed swarm goes on, it does not start over
+        held = len(study.get_trials(deepcopy=False))
+        seed = S.resume_seed(self.seed, held)
+        if held:
+            log.info("%s: study %s goes on from its %d trials", self.agent, study.study_name, held)
+        study.sampler = R.LocalSampler(self._inner_sampler(source, hw, seed), self._program, seed,
+                                       local=self.spec.start == "best")
         if not study.user_attrs:
             study.set_user_attr("program", self._program.name)
             study.set_user_attr("hardware_class", hw)
@@ -191,6 +201,25 @@ class OptunaBackend:
                 log.info("%s: trial %d left running by an earlier run: FAIL", self.agent, t.number)
         self.study = study
         return study
+
+    def _inner_sampler(self, source: str | None, hw: str, seed: int):
+        """TPE, or CMA-ES with its mean at the agent's train.py: with `start: best` its spread
+        is one of the program's steps and the region's projection handles the int grid."""
+        import optuna
+
+        x0, sigma0, margin = None, None, True
+        if source is not None:
+            params, dists = S.params_of(source, self._program, hw)
+            numeric = [n for n, d in dists.items()
+                       if not isinstance(d, optuna.distributions.CategoricalDistribution)]
+            x0 = {n: params[n] for n in numeric} if all(n in params for n in numeric) else None
+            if self.spec.start == "best" and numeric:
+                ax = R.axes(self._program.search_space, {n: dists[n] for n in numeric})
+                # CMA-ES works in the unit cube: one step of a constant is 1/span of it
+                sigma0 = sum(1 / a.span for a in ax.values()) / len(ax)
+                margin = False
+        return S.make_sampler(self.spec.sampler, seed, self.spec.n_startup_trials, x0,
+                              sigma0=sigma0, with_margin=margin)
 
     def _retry(self, fn, *args):
         """fn(*args), waiting up to storage_wait_s while redis is down (swarm run restarts the
@@ -242,21 +271,35 @@ class OptunaBackend:
         if not dists:
             return Proposal(error="optuna: none of the search-space constants "
                                   f"({', '.join(sorted(ctx.program.search_space))}) is in train.py")
+        local = self.spec.start == "best"
+        centre = R.clamp_into(S.current_values(ctx.source, ctx.program, hw),
+                              R.axes(ctx.program.search_space, dists))
         running = trial_number(ctx.in_flight)
         unrun = sorted(n for n in self._outstanding if n != running)
         # A trial prepared on a base that moved before it ran: its point is still the sampler's
-        # choice, so it is applied to the new base; older ones are given up.
+        # choice, so it is applied to the new base; older ones are given up. Around best, a
+        # trial whose centre moved is given up too: the region follows the new best.
         for n in unrun[:-1]:
             self._give_up(n, "its base moved before it ran")
+        if unrun and local and self._outstanding[unrun[-1]].user_attrs.get("centre") != R.point_key(centre):
+            self._give_up(unrun.pop(), "best moved before it ran")
         trials = [self._outstanding[unrun[-1]]] if unrun else []
         for _ in range(_MAX_ASKS):
-            trial = trials.pop() if trials else study.ask(fixed_distributions=dists)
+            if trials:
+                trial = trials.pop()
+            else:
+                study.sampler.aim(centre, dists)
+                trial = study.ask(fixed_distributions=dists)
             if trial.number not in self._outstanding:
                 self._outstanding[trial.number] = trial
                 trial.set_user_attr("agent", self.agent)
                 trial.set_user_attr("origin", "optuna")
                 trial.set_user_attr("base", ctx.base_commit)
                 trial.set_user_attr("code", S.code_hash(ctx.source, ctx.program))
+                region = study.sampler.region
+                if local and region is not None:
+                    trial.set_user_attr("centre", R.point_key(centre))
+                    trial.set_user_attr("region", region.describe())
             new, changes = S.write_params(ctx.source, trial.params, ctx.program, hw)
             if changes:
                 self.counts["optuna"] += 1

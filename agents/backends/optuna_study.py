@@ -191,9 +191,11 @@ def journal_storage(client, swarm_id: str):
     return optuna.storages.JournalStorage(_ClientBackend(client, journal_prefix(swarm_id)))
 
 
-def make_sampler(kind: str, seed: int, n_startup_trials: int, x0: dict | None = None):
+def make_sampler(kind: str, seed: int, n_startup_trials: int, x0: dict | None = None, *,
+                 sigma0: float | None = None, with_margin: bool = True):
     """TPE (constant liar: trials running on other agents count as bad, so 8 agents do not
-    pile onto one point) or CMA-ES (its categorical params go to a TPE sampler)."""
+    pile onto one point) or CMA-ES (its categorical params go to a TPE sampler), x0 its
+    starting mean and sigma0 its starting spread (in the unit cube Optuna maps the space to)."""
     import warnings
 
     import optuna
@@ -204,16 +206,24 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int, x0: dict | None = 
         return tpe
     if kind == "cmaes":
         with warnings.catch_warnings():
-            # x0 is deprecated since optuna 4.9 (gone in 6, hence the pin): without it CMA-ES
-            # starts at the centre of the box, far from the swarm's tuned train.py.
-            # with_margin keeps int params from collapsing onto one value (experimental).
+            # x0 and sigma0 are deprecated since optuna 4.9 (gone in 6, hence the pin): without
+            # them CMA-ES starts at the centre of the box, far from the swarm's tuned train.py,
+            # with a sixth of the range as its spread. with_margin keeps int params from
+            # collapsing onto one value (experimental).
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.CmaEsSampler(x0=x0 or None, seed=seed,
+            return optuna.samplers.CmaEsSampler(x0=x0 or None, sigma0=sigma0, seed=seed,
                                                 n_startup_trials=n_startup_trials,
-                                                independent_sampler=tpe, with_margin=True,
+                                                independent_sampler=tpe, with_margin=with_margin,
                                                 warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {kind!r} (known: {', '.join(SAMPLERS)})")
+
+
+def resume_seed(seed: int, n_trials: int) -> int:
+    """The sampler's seed: the agent's, mixed with how many trials the study already holds, so
+    a resumed swarm does not replay the random draws of its first life (it did: a resumed
+    agent proposed its first points again, in the same order)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{n_trials}".encode()).digest()[:4], "big") >> 1
 
 
 def fail_running(client, swarm_id: str, why: str) -> int:
@@ -230,6 +240,18 @@ def fail_running(client, swarm_id: str, why: str) -> int:
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
+
+
+def study_sizes(client, swarm_id: str) -> dict[str, tuple[int, int]]:
+    """study name -> (trials, of which trained to a value), for each study of a swarm."""
+    from optuna.trial import TrialState
+
+    storage = journal_storage(client, swarm_id)
+    out = {}
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        out[s.study_name] = (len(trials), sum(t.state == TrialState.COMPLETE for t in trials))
+    return out
 
 
 @dataclass

@@ -168,6 +168,8 @@ class Supervisor:
         verdict = 0
         try:
             url = self._redis()
+            if resumed:
+                print(self._resume_line(url), flush=True)
             if any(s["backend"].get("type") == "optuna" for s in self.p.agent_specs):
                 # The optuna backend keeps its study on this redis; Ray's workers inherit the
                 # variable (the runner scrubs SWARM_REDIS* from train.py's environment).
@@ -205,6 +207,35 @@ class Supervisor:
         finally:
             self._teardown()
         return 130 if interrupted else verdict
+
+    def _resume_line(self, url: str) -> str:
+        """What a resumed swarm goes on from: experiments, best, and each optuna study's trials
+        (its samplers go on from them, they do not start over)."""
+        import redis
+
+        from coordinator.run import live
+
+        client = redis.Redis.from_url(url)
+        try:
+            data = live.gather(client, self.info["swarm_id"], _rows(client, self.info))
+            studies = {}
+            if any(s["backend"].get("type") == "optuna" for s in self.p.agent_specs):
+                from agents.backends.optuna_study import study_sizes
+                studies = study_sizes(client, self.info["swarm_id"])
+        except Exception as e:  # a view must never stop the swarm
+            log.debug("resume summary unavailable: %s", e)
+            return f"swarm run: resuming swarm {self.info['swarm_id']} (run {self.info.get('runs')})"
+        finally:
+            client.close()
+        best = ", ".join(f"{hw} {b.get('val_bpb'):.4f}" for hw, b in sorted(data["best"].items())
+                         if b.get("val_bpb") is not None) or "none yet"
+        line = (f"swarm run: resuming swarm {self.info['swarm_id']} (run {self.info.get('runs')}): "
+                f"{data['experiments']} experiments ({data['runs']} runs) so far, best {best}, "
+                f"moved {data['best_moves']} times")
+        if studies:
+            line += "; optuna studies go on from " + ", ".join(
+                f"{name} ({n} trials, {done} trained)" for name, (n, done) in sorted(studies.items()))
+        return line
 
     def _supervise(self, url: str) -> None:
         import ray

@@ -1,0 +1,169 @@
+"""Quick-start bench: the README's first command replayed many times on the real trainer's landscape.
+
+`swarm run --agents A --budget 30 --max-experiments N` on a fresh machine: the shipped default
+config (its programs as `swarm run` assigns them to A agents, its promotion rules), the backend
+`auto` resolves to without an LLM key, no noise history. Each replay is a research-bench swarm
+(bench/swarmsim.py: the real Coordinator and ResearchAgent loop, a real redis-server and bare git
+repo, simulated runs) on bench/real_landscape.py (a GP fitted to 132 runs of the real trainer,
+30 s budget, 1 thread). An agent stops, as in `swarm run`, once it has run N experiments of its
+own (the baseline and the coordinator's jobs are not counted); jobs still queued then are not run.
+
+Prints one line:
+  quickstarts=N moved_fraction=X false_moves=N median_minutes=X
+moved_fraction: replays whose best moved; false_moves: moves of best to a train.py that is not
+truly better than the best it replaced (the landscape's noise-free value); median_minutes: the
+busiest agent's runs times the landscape's seconds per run (the runs only: the swarm's start-up,
+about a minute on 2 cores, is not in it).
+
+    PYTHONPATH=. python bench/quickstart.py [--replays 40] [--max-experiments 4]
+        [--backend TYPE|'{type: optuna, sampler: cmaes}'] [--programs baseline,architecture]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
+
+from agents.messages import Decision, PromotionConfig  # noqa: E402
+from agents.program import load_program  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
+from coordinator.run.config import assign_programs, load_config, resolve_backend, resolve_program  # noqa: E402
+from coordinator.state.redisd import RedisDaemon  # noqa: E402
+
+AGENTS = 2             # the quick start's --agents: this machine has 2 cores
+MAX_EXPERIMENTS = 4    # the quick start's --max-experiments (chosen by this bench: README)
+
+
+def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str | None = None,
+                    ) -> tuple[list[str], dict[str, str], PromotionConfig]:
+    """What `swarm run --agents A` does with the shipped default config and no LLM key: each
+    agent's program, each program's backend (as `auto` resolves it), the promotion rules.
+    `programs` / `backend` replace the default's (to compare quick starts)."""
+    cfg, base = load_config(None)
+    if programs is None:
+        programs = [cfg.programs[j].label() for j in assign_programs(cfg.programs, agents)]
+    entries = {e.label(): (i, e) for i, e in enumerate(cfg.programs)}
+    backends = {}
+    for name in dict.fromkeys(programs):
+        if backend is not None:
+            backends[name] = backend
+            continue
+        i, entry = entries[name]
+        prog = load_program(resolve_program(entry, base, "swarm.default.yaml", i), name)
+        spec = resolve_backend(entry.backend or cfg.backend, env={}, program=prog, local=True)
+        backends[name] = json.dumps(spec)   # a YAML flow mapping: swarmsim.backend_spec reads it
+    return programs, backends, cfg.promotion
+
+
+def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], backends: dict[str, str],
+           cfg: PromotionConfig, max_experiments: int) -> dict:
+    """One quick start: returns moved, false moves, the moves, runs per agent, minutes."""
+    home = workdir / f"q{seed}"
+    hist = history_file(home.with_suffix(".history.json"), land, 0)   # a fresh machine: none
+    sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist)
+    res = ArmResult("quickstart")
+    while True:
+        active = 0
+        for a in sw.agents:
+            # swarm run's loop (ResearchAgent.run) stops an agent at N experiments of its own;
+            # the round then plays it as one that ended without training
+            if a.experiments >= max_experiments:
+                a._iteration = lambda: None
+            else:
+                active += 1
+        if not active:
+            break
+        before = len(sw.log)
+        sw.rounds.play(sw.agents)
+        res.rounds += 1
+        if len(sw.log) == before:
+            break   # nothing trains any more
+    res.runs = len(sw.log)
+    sw.finish(res)
+    c = sw.coord
+    prev, moves, false = c.root, [], 0
+    for typ, _id, js in c.ledger.events():
+        if typ != "decision":
+            continue
+        d = Decision.model_validate_json(js)
+        if d.best_after and d.best_after != prev:
+            old, new = land.true_bpb(c.repo.show(prev)), land.true_bpb(c.repo.show(d.best_after))
+            false += new >= old
+            moves.append((d.decision, round(old - new, 4)))
+            prev = d.best_after
+    per_agent = Counter(agent for agent, *_ in sw.log.runs)
+    runs_max = max(per_agent.values(), default=0)
+    return {"seed": seed, "moved": bool(moves), "false_moves": false, "moves": moves,
+            "gain": res.gain, "runs": dict(per_agent), "kinds": res.kinds,
+            "minutes": runs_max * land.seconds_per_run / 60.0}
+
+
+def run(replays: int, max_experiments: int = MAX_EXPERIMENTS, agents: int = AGENTS,
+        programs: list[str] | None = None, backend: str | None = None, land=None, out=print,
+        verbose: bool = False) -> dict:
+    if land is None:
+        from bench.real_landscape import RealLandscape
+        land = RealLandscape()
+    programs, backends, cfg = quickstart_plan(agents, programs, backend)
+    missing = [p for p in programs if p not in land.program_names]
+    if missing:
+        raise SystemExit(f"error: program(s) {', '.join(missing)} move no knob of the landscape")
+    work = Path(tempfile.mkdtemp(prefix="bench-quickstart-"))
+    redis = RedisDaemon(work / "redis", fsync="no").start()
+    rows = []
+    try:
+        for seed in range(replays):
+            r = replay(land, work, redis.url, seed, programs, backends, cfg, max_experiments)
+            rows.append(r)
+            if verbose:
+                out(f"  replay {seed}: moves {r['moves']} gain {r['gain']:+.4f} runs {r['runs']} "
+                    f"{r['minutes']:.1f} min {r['kinds']}")
+    finally:
+        redis.stop(kill=True)
+        shutil.rmtree(work, ignore_errors=True)
+    n = len(rows)
+    summary = {"quickstarts": n, "moved_fraction": sum(r["moved"] for r in rows) / n,
+               "false_moves": sum(r["false_moves"] for r in rows),
+               "median_minutes": statistics.median(r["minutes"] for r in rows),
+               "mean_gain_sigma": statistics.mean(r["gain"] for r in rows) / land.sigma,
+               "programs": programs, "backends": backends, "max_experiments": max_experiments,
+               "rows": rows}
+    out(f"# {agents} agents {programs}, backends {backends}, --max-experiments {max_experiments}; "
+        f"mean true gain {summary['mean_gain_sigma']:.1f} sigma; runs per agent "
+        f"{statistics.mean(max(r['runs'].values()) for r in rows):.1f} (busiest, mean)")
+    out(f"quickstarts={n} moved_fraction={summary['moved_fraction']:.2f} "
+        f"false_moves={summary['false_moves']} median_minutes={summary['median_minutes']:.1f}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--replays", type=int, default=40)
+    ap.add_argument("--max-experiments", type=int, default=MAX_EXPERIMENTS)
+    ap.add_argument("--agents", type=int, default=AGENTS)
+    ap.add_argument("--programs", help="comma-separated, one per agent (default: as swarm run assigns them)")
+    ap.add_argument("--backend", help="every program's backend (default: what auto picks without an LLM key)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per replay")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    t0 = time.time()
+    run(a.replays, a.max_experiments, a.agents, a.programs.split(",") if a.programs else None, a.backend,
+        verbose=a.verbose)
+    print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,3 +182,34 @@ def test_an_agents_own_kept_commit_moves_the_centre_but_does_not_widen_the_regio
     for new in after:
         m = moves(new, kept)
         assert 1 <= len(m) <= 2 and max(m.values()) <= 2.01, m
+
+
+@pytest.mark.parametrize("program", ["baseline", "architecture"])
+def test_while_the_sampler_draws_at_random_a_move_goes_down_as_often_as_up(program):
+    """The sampler's first trials are uniform draws over the whole range; projected into the
+    region they went the way the range is wider: on the real baseline (DEPTH 4 in 2..12,
+    MODEL_DIM 128 in 64..1024) the quick start tried DEPTH 4 -> 6 and MODEL_DIM 128 -> 256 four
+    times each and never a smaller model, which is the move that pays on a CPU. Until the
+    sampler has learnt something, a move is one of mutate's: each direction alike."""
+    import optuna
+
+    from agents.backends.optuna_region import LocalSampler, axes
+
+    prog = load_program(shipped_programs_dir() / f"{program}.md")
+    params, dists = S.params_of(BASE, prog, HW)
+    ax = axes(prog.search_space, dists)
+    up = down = 0
+    for seed in range(30):   # a fresh study each: its first trials, as a quick start's
+        sampler = LocalSampler(S.make_sampler("tpe", seed, n_startup_trials=10), prog, seed=seed,
+                               startup_trials=10)
+        study = optuna.create_study(sampler=sampler, direction="minimize")
+        for _ in range(6):
+            sampler.aim(params, dists)
+            t = study.ask(dists)
+            study.tell(t, 2.5)
+            for n in ("DEPTH", "MODEL_DIM"):
+                if n in t.params and t.params[n] != params[n]:
+                    up += ax[n].pos(t.params[n]) > ax[n].pos(params[n])
+                    down += ax[n].pos(t.params[n]) < ax[n].pos(params[n])
+    assert up + down >= 30, (up, down)
+    assert 0.3 <= down / (up + down) <= 0.7, (up, down)

@@ -188,7 +188,8 @@ class OptunaBackend:
         if held:
             log.info("%s: study %s goes on from its %d trials", self.agent, study.study_name, held)
         study.sampler = R.LocalSampler(self._inner_sampler(source, hw, seed), self._program, seed,
-                                       local=self.spec.start == "best")
+                                       local=self.spec.start == "best",
+                                       startup_trials=self.spec.n_startup_trials)
         if not study.user_attrs:
             study.set_user_attr("program", self._program.name)
             study.set_user_attr("hardware_class", hw)

@@ -234,8 +234,13 @@ class LocalSampler:
     sampled here at once, projected into the region (None: the whole space, `start: anywhere`)
     and checked against every point the study holds."""
 
-    def __init__(self, inner, program: Program, seed: int, local: bool = True):
+    def __init__(self, inner, program: Program, seed: int, local: bool = True, startup_trials: int = 0):
         self.inner, self.program, self.local = inner, program, local
+        # While the study has fewer complete trials than this, the inner sampler draws uniformly
+        # over the whole range (its start-up): projected into the region, such a draw goes the
+        # way the range is wider (DEPTH 4 in 2..12 went up 47 times in 49), so a move is then
+        # one of mutate's, each direction alike. Past it, the sampler's point shows the way.
+        self.startup_trials = startup_trials
         self.rng = random.Random(seed)
         self._centre: dict | None = None
         self._dists: dict = {}
@@ -261,6 +266,8 @@ class LocalSampler:
         return self.inner.sample_independent(study, trial, name, dist)
 
     def sample_relative(self, study, trial, search_space: dict) -> dict[str, Any]:
+        from optuna.trial import TrialState
+
         if not search_space:
             return {}
         inner_space = self.inner.infer_relative_search_space(study, trial)
@@ -278,10 +285,12 @@ class LocalSampler:
             if point_key(point) in taken:
                 point = self._anywhere(search_space, ax, taken) or point
             return point
-        self.region = region = replay(study.get_trials(deepcopy=False), len(ax))
+        trials = study.get_trials(deepcopy=False)
+        self.region = region = replay(trials, len(ax))
+        informed = sum(t.state == TrialState.COMPLETE for t in trials) >= self.startup_trials
         full = {**point, **centre}
         for _ in range(8):
-            cand = project(centre, point, region, ax)
+            cand = project(centre, point, region, ax) if informed else None
             if cand is not None and point_key({**full, **cand}) not in taken:
                 return {**full, **cand}
             for _ in range(_TRIES):

@@ -50,9 +50,19 @@ from pydantic import TypeAdapter  # noqa: E402
 
 DATA = _HERE / "data" / "real-cpu-b30-t1.jsonl"
 PROGRAMS_DIR = _HERE.parent / "programs"
-# The programs of the swarm's mix, as the shipped default config lists them, cut to the measured
-# knobs; a program with none of them is left out.
-PROGRAM_ORDER = ("baseline", "optimizer", "architecture", "schedule", "simplify", "explore")
+
+
+def _shipped_program_order() -> tuple[str, ...]:
+    """The programs of the swarm's mix in the order the shipped default config lists them (the
+    order decides which programs get an agent first, and a second one)."""
+    import yaml
+
+    cfg = yaml.safe_load((_HERE.parent / "coordinator" / "run" / "swarm.default.yaml").read_text())
+    return tuple(p["name"] for p in cfg["programs"])
+
+
+# ... cut to the measured knobs; a program with none of them is left out.
+PROGRAM_ORDER = _shipped_program_order()
 _SPACE = TypeAdapter(dict[str, Param])
 
 

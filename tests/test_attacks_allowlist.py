@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from busy_children import BUSY_CHILDREN, cpu_share
 from test_attacks_isolation import (PLANTED_KEY, World, assert_honest_ok, assert_nothing_persisted,
                                     attack_data_dir, guarded_digests)
 from test_runner import TINY, small_eval, write
@@ -188,25 +189,9 @@ for d in (api.RUN_DIR, os.environ.get("HOME", "/"), "/tmp", "/dev/shm", "/"):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: more threads could not take more anyway")
 def test_more_threads_than_the_class_take_no_more_cpu(world):
     """A 1-thread run that keeps two processes busy gets one CPU between them, not two."""
-    code = """
-import os, time
-kids = []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            pass
-        os._exit(0)
-    kids.append(pid)
-t = time.monotonic()
-for k in kids:
-    os.waitpid(k, 0)
-print("CPU_SHARE %.3f" % (os.times().children_user / (time.monotonic() - t)), flush=True)
-"""
-    r, log = run_attack(world, code, threads=1)
+    r, log = run_attack(world, BUSY_CHILDREN, threads=1)
     assert_honest_ok(r)
-    share = float(next(ln for ln in log.splitlines() if ln.startswith("CPU_SHARE")).split()[1])
+    share = cpu_share(log)
     assert share <= 1.15, share
     assert_nothing_persisted(world)
 

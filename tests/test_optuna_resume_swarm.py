@@ -60,7 +60,9 @@ def _key(params):
 @pytest.mark.timeout(1800)   # its own waits are up to 900 s each; a loaded machine: 900 s ran out in `swarm stop`
 def test_swarm_stop_then_run_again_goes_on_with_the_study(tmp_path):
     home = tmp_path / "home"
-    (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n  - {name: baseline}\n")
+    # few baseline repeats (min_dof 2): the study's trials, not the noise estimate, are the point
+    (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n  - {name: baseline}\n"
+                                         "promotion: {min_dof: 2, best_remeasures: 1}\n")
     run = [sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "6", "--plain"]
     # 1. a swarm that would go on for a while, stopped with `swarm stop` once it has trials
     p = subprocess.Popen(run + ["--max-experiments", "6"], cwd=tmp_path, env=_env(tmp_path),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.busy_children import BUSY_CHILDREN, cpu_share
 from trainer import sandbox
 from trainer.sandbox import SandboxSpec, SandboxUnavailable, check_sandbox, wrap
 
@@ -461,24 +462,9 @@ def test_cpu_share_caps_what_threads_can_take(spec):
     if not sandbox.cgroup_kinds_available(SandboxSpec(spec.scratch, cpus=0.5)):  # a plan of the cpu cgroup only
         pytest.skip("no writable cpu cgroup here")
     spec.cpus = 0.5
-    p = run_in(spec, """
-        import json, os, time
-        kids = []
-        for _ in range(2):
-            pid = os.fork()
-            if pid == 0:
-                end = time.monotonic() + 3
-                while time.monotonic() < end:
-                    pass
-                os._exit(0)
-            kids.append(pid)
-        t = time.monotonic()
-        for k in kids:
-            os.waitpid(k, 0)
-        wall = time.monotonic() - t
-        print(json.dumps(os.times().children_user / wall))
-    """, timeout=120)
-    share = out_json(p)
+    p = run_in(spec, BUSY_CHILDREN, timeout=120)
+    assert p.returncode == 0, p.stderr
+    share = cpu_share(p.stdout)
     assert share < 0.65, share  # unlimited: up to 2.0 where two cores are free
 
 

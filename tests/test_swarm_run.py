@@ -82,8 +82,11 @@ def _started_now(home: Path):
 def test_swarm_run_resume_and_secrets(tmp_path):
     home = tmp_path / "home"
     # mutate explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
+    # few baseline repeats (min_dof 2) and one re-measure of a new best: this test is about
+    # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that)
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
-                                         "  - {name: baseline}\n  - {name: optimizer}\n")
+                                         "  - {name: baseline}\n  - {name: optimizer}\n"
+                                         "promotion: {min_dof: 2, best_remeasures: 1}\n")
     spy = ChildEnvSpy(home)
     spy.start()
 

@@ -1,11 +1,19 @@
 """A real short swarm (`swarm run`: the real trainer on CPU, Ray, redis, git; the offline
-`mutate` backend), then every view of it: `swarm status --json` while it runs and after it
-stopped, `swarm lineage --format json`, `swarm export --format tsv --output -` and the report's
-embedded data agree on best's value (the coordinator's own), the experiment and run counts and
-each step's delta; the end of `swarm run` says the same in words (issue 23)."""
+`mutate` backend; both trackers configured in its swarm.yaml), run once for this module, then:
+
+- every view of it: `swarm status --json` while it runs and after it stopped, `swarm lineage
+  --format json`, `swarm export --format tsv --output -` and the report's embedded data agree on
+  best's value (the coordinator's own), the experiment and run counts and each step's delta; the
+  end of `swarm run` says the same in words (issue 23);
+- the trackers: MLflow (a local sqlite store, read back with mlflow.search_runs) and the W&B
+  offline run directories (read back with wandb's protobuf records) hold one run per ledger
+  record, with the record's decision, and the swarm's own run.
+
+One swarm serves both (a swarm each cost the slow tier ~100 s more)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -14,12 +22,16 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
+pytestmark = pytest.mark.slow
+TRACKERS = all(importlib.util.find_spec(m) for m in ("mlflow", "wandb"))
+
 
 def _env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "RAY_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "RAY_", "MLFLOW_", "WANDB_"))}
     # the prepared data of this machine's cache (prepared once, read-only to a swarm)
     return dict(env, SWARM_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
 
@@ -41,14 +53,18 @@ def _published(home):
         return published(client, h.info()["swarm_id"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)   # about 3 minutes on a quiet 2-core machine; a loaded one trains slower
-def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
+@pytest.fixture(scope="module")
+def real_swarm(tmp_path_factory):
+    """One real swarm: 2 agents, 2 experiments each, `swarm status` polled while it runs."""
+    tmp_path = tmp_path_factory.mktemp("views-swarm")
+    db, wb = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "wb"
     # mutate explicitly (no LLM key here; `auto` would pick optuna, which is fine but slower
     # to start); min_dof 2 so that two agents' short baseline round lets best move
+    tracking = (f"tracking:\n  mlflow: {{tracking_uri: '{db}', experiment: e2e}}\n"
+                f"  wandb: {{mode: offline, dir: '{wb}', project: e2e}}\n") if TRACKERS else ""
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
                                          "  - {name: optimizer}\n  - {name: schedule}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1}\n")
+                                         "promotion: {min_dof: 2, best_remeasures: 1}\n" + tracking)
     p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
                           "--max-experiments", "2", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,8 +91,15 @@ def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
                 p.wait(timeout=180)
             except subprocess.TimeoutExpired:
                 p.kill()
-    assert p.returncode == 0, err[-3000:]
-    assert live_seen is not None, "swarm status never answered while the swarm ran"
+    return SimpleNamespace(tmp_path=tmp_path, rc=p.returncode, out=out, err=err, live_seen=live_seen,
+                           db=db, wb=wb)
+
+
+@pytest.mark.timeout(1800)   # about 3 minutes on a quiet 2-core machine; a loaded one trains slower
+def test_a_real_swarm_shows_one_truth_in_every_view(real_swarm):
+    tmp_path, out, err = real_swarm.tmp_path, real_swarm.out, real_swarm.err
+    assert real_swarm.rc == 0, err[-3000:]
+    assert real_swarm.live_seen is not None, "swarm status never answered while the swarm ran"
 
     status = json.loads(_swarm(tmp_path, "status", "--json"))
     assert status["running"] is False and status["current_ideas"] == []
@@ -134,3 +157,37 @@ def test_a_real_swarm_shows_one_truth_in_every_view(tmp_path):
         assert f"best [{hw}] did not move" in tail and "A result must beat best by the margin" in tail
     for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
         assert cmd in tail
+
+
+@pytest.mark.timeout(1800)   # the swarm it reads may be started by this test (run alone)
+@pytest.mark.skipif(not TRACKERS, reason="the [mlflow] and [wandb] extras are not installed")
+def test_a_real_swarm_is_logged_to_mlflow_and_wandb(real_swarm):
+    from coordinator.state.home import SwarmHome, ledger_redis
+    from coordinator.state.ledger import Ledger
+    from tests.test_track_mlflow import children, runs_of
+    from tests.wandb_offline import latest_runs
+
+    assert real_swarm.rc == 0, real_swarm.err[-3000:]
+    assert "not logged yet" not in real_swarm.err, real_swarm.err[-3000:]
+    home = SwarmHome(real_swarm.tmp_path / "home")
+    swarm_id = home.info()["swarm_id"]
+    with ledger_redis(home) as client:
+        rows = Ledger(client, swarm_id).rows()
+    decisions = {row["experiment_id"]: row["decision"] for row in rows}
+    assert len(rows) >= 3 and {row["kind"] for row in rows} >= {"baseline", "experiment"}
+
+    df = runs_of(real_swarm.db, "e2e")
+    kids = children(df)
+    assert len(df) == len(rows) + 1 and sorted(kids.index) == sorted(decisions)
+    assert kids["tags.decision"].to_dict() == decisions
+    for row in rows:
+        k = kids.loc[row["experiment_id"]]
+        assert k["tags.agent"] == row["agent"] and k["tags.hardware_class"] == row["hardware_class"]
+        assert k["tags.commit"] == row["commit"] and k["params.program"] == (row["program"] or "")
+        if row["val_bpb"] is not None:
+            assert k["metrics.val_bpb"] == pytest.approx(row["val_bpb"])
+            assert k["metrics.steps"] == row["steps"] and "params.DEPTH" in k
+
+    runs = latest_runs(real_swarm.wb / "wandb")
+    assert runs.pop(swarm_id)["job_type"] == "swarm"
+    assert {k: v["summary"]["tag.decision"] for k, v in runs.items()} == decisions

@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=_positive(float), metavar="S", help="training seconds per experiment")
     r.add_argument("--max-experiments", type=_positive(int), metavar="N",
                    help="stop after N experiments per agent (the baseline run not counted)")
-    r.add_argument("--hours", type=_positive(float), metavar="H", help="stop after H hours")
+    stop_after = r.add_mutually_exclusive_group()
+    stop_after.add_argument("--hours", type=_positive(float), metavar="H",
+                            help="stop after H hours (no run is started that would end later)")
+    stop_after.add_argument("--minutes", type=_positive(float), metavar="M",
+                            help="stop after M minutes (no run is started that would end later)")
     r.add_argument("--profile", choices=["auto", "cpu", "gpu"], help="hardware profile")
     r.add_argument("--seed", type=int, help="base seed (agent i gets seed + i)")
     r.add_argument("--address", metavar="ADDR", help="join this Ray cluster (or 'auto'; default: "

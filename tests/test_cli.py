@@ -184,6 +184,26 @@ def test_a_swarm_yaml_with_only_a_backend_is_planned_over_the_defaults(tmp_path,
     assert not (tmp_path / ".swarm").exists()
 
 
+def test_minutes_is_a_deadline_like_hours_and_not_both(tmp_path, monkeypatch, capsys):
+    # The README's first command is time-boxed (`--minutes 8`): the agents start no run that
+    # would end past it.
+    import time
+
+    from coordinator.cli import build_parser
+    from coordinator.run.swarm import plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\n")
+    base = ["run", "--agents", "2", "--profile", "cpu", "--budget", "5"]
+    t = time.time()
+    assert plan(build_parser().parse_args(base + ["--minutes", "8"])).deadline == pytest.approx(t + 480, abs=30)
+    assert plan(build_parser().parse_args(base + ["--hours", "0.5"])).deadline == pytest.approx(t + 1800, abs=30)
+    assert plan(build_parser().parse_args(base)).deadline is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--hours", "1", "--minutes", "8"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def _option_helps(text: str) -> dict[str, str]:
     """--flag -> its help text, read from argparse's --help output."""
     out: dict[str, str] = {}

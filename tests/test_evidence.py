@@ -29,8 +29,9 @@ def coord(tmp_path, redis_url, cfg):
 def test_a_candidate_better_measured_than_best_asks_for_a_sample_of_best(coord, tmp_path):
     """Best has best_remeasures samples since it moved; a candidate still inside the margin gets
     confirmations until it has more samples than best, then waits for a run of best (a repeat
-    any agent may take), and is judged again when it comes."""
-    a = agents_for(coord, tmp_path)
+    any agent may take), and is judged again when it comes. (8 agents: a class with
+    2 x best_remeasures agents re-measures a new best fully up front.)"""
+    a = agents_for(coord, tmp_path, n=2 * coord.cfg.best_remeasures)
     warm_up(coord, a)
     rA, dA = experiment(coord, a[0], coord.root, "A up", A=1)
     assert dA.decision == "promote"

@@ -229,7 +229,8 @@ def test_margin_is_the_sequential_tests_first_boundary_on_the_t_scale(coord, tmp
 
 
 def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
-    a = agents_for(coord, tmp_path, n=max(3, cfg.best_remeasures + 1))
+    # a class of 2 x best_remeasures agents: all of its re-measures up front (half the agents)
+    a = agents_for(coord, tmp_path, n=max(3, 2 * cfg.best_remeasures))
     warm_up(coord, a)
     rZ, dZ = experiment(coord, a[2], coord.root, "Z on", Z=1, val=1.9955)  # near the margin: confirm
     assert dZ.decision == "pending" and not dZ.merge_commit
@@ -238,11 +239,51 @@ def test_new_best_is_remeasured_first(coord, tmp_path, cfg):
     kinds = []
     for ag in a:
         job = job_of(coord, ag.name)
-        kinds.append((job.kind, job.commit))
+        if job is not None:
+            kinds.append((job.kind, job.commit))
     # Top priority: best_remeasures repeats of the new best, then the rest.
     assert cfg.best_remeasures >= 1
     assert kinds[: cfg.best_remeasures] == [("baseline", rA.commit)] * cfg.best_remeasures
     assert kinds[cfg.best_remeasures] == ("confirm", rZ.commit)
+
+
+def test_a_small_class_remeasures_a_new_best_with_half_its_agents_and_the_rest_on_demand(coord, tmp_path, cfg):
+    """Re-measures up front take at most half the class's agents: with 2 agents, 4 of them held
+    both agents for two rounds after every move (the real quick start: 12 of its 33 runs). The
+    rest of best's samples come when a candidate needs them: each further look of a candidate
+    is a sample of best while best has fewer samples than the candidate."""
+    assert cfg.best_remeasures >= 2
+    a = agents_for(coord, tmp_path, n=2)
+    warm_up(coord, a)
+    rA, dA = experiment(coord, a[0], coord.root, "A up", A=1)
+    assert dA.decision == "promote"
+    jobs = [job_of(coord, ag.name) for ag in a]
+    assert [(j.kind, j.commit) for j in jobs if j] == [("baseline", rA.commit)]   # one, not 4
+    rec = a[0].record(jobs[0].commit, jobs[0].parent, kind="baseline", job=jobs[0])
+    coord.begin(a[0].started(rec))
+    decide(coord, rec)
+    assert job_of(coord, "a1") is None            # nothing up front any more: a1 does research
+    # a candidate near best's value: the test goes on with more looks, each of best while best
+    # has fewer samples than the candidate, else of the candidate
+    rB, dB = experiment(coord, a[1], rA.commit, "B on", B=1, val=dA.mean - 0.6 * dB_margin(coord))
+    assert dB.decision == "pending"
+    looks = []
+    for _ in range(6):
+        job = job_of(coord, "a0")
+        if job is None:
+            break
+        n_best, n_cand = coord.book.unselected(HW, rA.commit).n, coord.book.of(HW, rB.commit).n
+        looks.append(job.kind)
+        assert (job.kind, job.commit) == (("baseline", rA.commit) if n_best < n_cand else ("confirm", rB.commit))
+        rec = a[0].record(job.commit, job.parent, kind=job.kind, job=job)
+        coord.begin(a[0].started(rec))
+        decide(coord, rec)
+    assert looks and coord.decisions[rB.experiment_id].decision != "pending", looks
+
+
+def dB_margin(coord):
+    """The margin of the class's latest decision (what a candidate must beat best by)."""
+    return max(d.margin or 0.0 for d in coord.decisions.values())
 
 
 def test_another_look_only_when_the_test_goes_on(coord, tmp_path):

@@ -335,9 +335,10 @@ class Judging:
     def _schedule_repeats(self, hw: str) -> None:
         """Open repeats of best (baseline jobs anyone may take) while sigma has fewer than
         min_dof degrees of freedom, best fewer than best_remeasures samples besides the
-        experiment run that made it a winner, or results wait for a sample of best (one each),
-        counting the repeats already open. Contended repeats count nowhere: a class whose every
-        run is contended stops asking after CONTENDED_MAX of them."""
+        experiment run that made it a winner (at most half the class's agents' worth), or
+        results wait for a sample of best (one each), counting the repeats already open.
+        Contended repeats count nowhere: a class whose every run is contended stops asking
+        after CONTENDED_MAX of them."""
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
@@ -348,7 +349,11 @@ class Judging:
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
         # The root was never selected: its first round is all its re-measure (with noise history
         # a swarm starts experiments after one baseline run per agent).
-        remeasure = 0 if best == self.root else self.cfg.best_remeasures - self.book.unselected(hw, best).n
+        # Up front, at most half the class's agents re-measure a new best (with 2 agents, 4
+        # re-measures held both for two rounds after every move); a candidate judged against a
+        # best with fewer samples than it gets a sample of best first, so the rest come on demand.
+        up_front = min(self.cfg.best_remeasures, max(1, self.jobs.agents_in(hw) // 2))
+        remeasure = 0 if best == self.root else up_front - self.book.unselected(hw, best).n
         want = max(remeasure, len(self._waiting_for_best(hw, best)))
         need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
         for _ in range(max(0, need)):

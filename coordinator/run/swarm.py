@@ -132,7 +132,8 @@ def plan(args) -> Plan:
         check_redis(redis_url)
     if address:
         check_ray_address(address)
-    deadline = time.time() + args.hours * 3600 if args.hours else None
+    minutes = args.hours * 60 if args.hours else getattr(args, "minutes", None)
+    deadline = time.time() + minutes * 60 if minutes else None
     home = resolve_home(args.swarm_home, cfg.swarm_home)
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not (
             args.swarm_home or os.environ.get("SWARM_HOME") or cfg.swarm_home):

@@ -1,22 +1,29 @@
 """Quick-start bench: the README's first command replayed many times on the real trainer's landscape.
 
-`swarm run --agents A --budget 30 --max-experiments N` on a fresh machine: the shipped default
-config (its programs as `swarm run` assigns them to A agents, its promotion rules), the backend
-`auto` resolves to without an LLM key, no noise history. Each replay is a research-bench swarm
+`swarm run --agents A --budget 30 --minutes M` on a fresh machine: the shipped default config
+(its programs as `swarm run` assigns them to A agents, its promotion rules), the backend `auto`
+resolves to without an LLM key, no noise history. Each replay is a research-bench swarm
 (bench/swarmsim.py: the real Coordinator and ResearchAgent loop, a real redis-server and bare git
 repo, simulated runs) on bench/real_landscape.py (a GP fitted to 132 runs of the real trainer,
-30 s budget, 1 thread). An agent stops, as in `swarm run`, once it has run N experiments of its
-own (the baseline and the coordinator's jobs are not counted); jobs still queued then are not run.
+30 s budget, 1 thread). Time: a round of runs takes --seconds-per-run (default: a run's median
+wall time in the real quick start, 2 agents on 2 cores, measured 2026-12-03), after the swarm's
+start-up; as in `swarm run --minutes`, no round starts that would end past M minutes. With
+--max-experiments N instead, an agent stops once it has run N experiments of its own (the
+baseline and the coordinator's jobs are not counted; jobs still queued then are not run).
 
 Prints one line:
   quickstarts=N moved_fraction=X false_moves=N median_minutes=X
 moved_fraction: replays whose best moved; false_moves: moves of best to a train.py that is not
 truly better than the best it replaced (the landscape's noise-free value); median_minutes: the
-busiest agent's runs times the landscape's seconds per run (the runs only: the swarm's start-up,
-about a minute on 2 cores, is not in it).
+swarm's start-up plus the busiest agent's runs times the seconds per run.
 
-    PYTHONPATH=. python bench/quickstart.py [--replays 40] [--max-experiments 4]
-        [--backend TYPE|'{type: optuna, sampler: cmaes}'] [--programs baseline,architecture]
+The landscape's programs are the shipped ones cut to the six knobs the data measured: the real
+`architecture` program also moves MODEL_DIM, HEAD_DIM, LOGIT_CAP and WINDOW_PATTERN, which the
+replay cannot (in the real quick start its study spent trials on MODEL_DIM 128 -> 256): the
+five real quick starts in the README are the check of this bench.
+
+    PYTHONPATH=. python bench/quickstart.py [--replays 40] [--minutes 8 | --max-experiments 4]
+        [--seconds-per-run 48] [--backend TYPE|'{type: optuna, sampler: cmaes}'] [--programs baseline,architecture]
 """
 from __future__ import annotations
 
@@ -43,7 +50,12 @@ from coordinator.run.config import assign_programs, load_config, resolve_backend
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
 AGENTS = 2             # the quick start's --agents: this machine has 2 cores
-MAX_EXPERIMENTS = 4    # the quick start's --max-experiments (chosen by this bench: README)
+MINUTES = 8.0          # the quick start's --minutes (README)
+# A run's wall time in the real quick start (2 agents on 2 cores, 30 s budget: start-up, training,
+# the locked evaluation; median 48 s over the first 8 minutes of `swarm run --agents 2 --budget
+# 30`, 2026-12-03), and the swarm's start-up before its first run (Ray, redis, the worktrees).
+SECONDS_PER_RUN = 48.0
+STARTUP_S = 20.0
 
 
 def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str | None = None,
@@ -68,18 +80,21 @@ def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str
 
 
 def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], backends: dict[str, str],
-           cfg: PromotionConfig, max_experiments: int) -> dict:
+           cfg: PromotionConfig, max_experiments: int | None, minutes: float | None = None,
+           seconds_per_run: float = SECONDS_PER_RUN) -> dict:
     """One quick start: returns moved, false moves, the moves, runs per agent, minutes."""
     home = workdir / f"q{seed}"
     hist = history_file(home.with_suffix(".history.json"), land, 0)   # a fresh machine: none
     sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist)
     res = ArmResult("quickstart")
     while True:
+        if minutes is not None and STARTUP_S + (res.rounds + 1) * seconds_per_run > minutes * 60:
+            break   # swarm run --minutes: no run is started that would end past the deadline
         active = 0
         for a in sw.agents:
             # swarm run's loop (ResearchAgent.run) stops an agent at N experiments of its own;
             # the round then plays it as one that ended without training
-            if a.experiments >= max_experiments:
+            if max_experiments is not None and a.experiments >= max_experiments:
                 a._iteration = lambda: None
             else:
                 active += 1
@@ -107,12 +122,13 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
     runs_max = max(per_agent.values(), default=0)
     return {"seed": seed, "moved": bool(moves), "false_moves": false, "moves": moves,
             "gain": res.gain, "runs": dict(per_agent), "kinds": res.kinds,
-            "minutes": runs_max * land.seconds_per_run / 60.0}
+            "minutes": (STARTUP_S + runs_max * seconds_per_run) / 60.0}
 
 
-def run(replays: int, max_experiments: int = MAX_EXPERIMENTS, agents: int = AGENTS,
+def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
         programs: list[str] | None = None, backend: str | None = None, land=None, out=print,
-        verbose: bool = False) -> dict:
+        verbose: bool = False, minutes: float | None = MINUTES,
+        seconds_per_run: float = SECONDS_PER_RUN) -> dict:
     if land is None:
         from bench.real_landscape import RealLandscape
         land = RealLandscape()
@@ -125,7 +141,8 @@ def run(replays: int, max_experiments: int = MAX_EXPERIMENTS, agents: int = AGEN
     rows = []
     try:
         for seed in range(replays):
-            r = replay(land, work, redis.url, seed, programs, backends, cfg, max_experiments)
+            r = replay(land, work, redis.url, seed, programs, backends, cfg, max_experiments, minutes,
+                       seconds_per_run)
             rows.append(r)
             if verbose:
                 out(f"  replay {seed}: moves {r['moves']} gain {r['gain']:+.4f} runs {r['runs']} "
@@ -139,8 +156,10 @@ def run(replays: int, max_experiments: int = MAX_EXPERIMENTS, agents: int = AGEN
                "median_minutes": statistics.median(r["minutes"] for r in rows),
                "mean_gain_sigma": statistics.mean(r["gain"] for r in rows) / land.sigma,
                "programs": programs, "backends": backends, "max_experiments": max_experiments,
+               "minutes": minutes,
                "rows": rows}
-    out(f"# {agents} agents {programs}, backends {backends}, --max-experiments {max_experiments}; "
+    stop = f"--minutes {minutes:g}" if minutes is not None else f"--max-experiments {max_experiments}"
+    out(f"# {agents} agents {programs}, backends {backends}, {stop} ({seconds_per_run:g} s a run); "
         f"mean true gain {summary['mean_gain_sigma']:.1f} sigma; runs per agent "
         f"{statistics.mean(max(r['runs'].values()) for r in rows):.1f} (busiest, mean)")
     out(f"quickstarts={n} moved_fraction={summary['moved_fraction']:.2f} "
@@ -150,8 +169,13 @@ def run(replays: int, max_experiments: int = MAX_EXPERIMENTS, agents: int = AGEN
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--replays", type=int, default=40)
-    ap.add_argument("--max-experiments", type=int, default=MAX_EXPERIMENTS)
+    ap.add_argument("--replays", type=int, default=40, help="quick starts replayed (seeds 0..N-1)")
+    stop = ap.add_mutually_exclusive_group()
+    stop.add_argument("--minutes", type=float, default=MINUTES,
+                      help=f"the time box of swarm run --minutes (default {MINUTES:g}, the README's)")
+    stop.add_argument("--max-experiments", type=int, help="instead: stop each agent after N experiments")
+    ap.add_argument("--seconds-per-run", type=float, default=SECONDS_PER_RUN,
+                    help=f"a run's wall time (default {SECONDS_PER_RUN:g}: the real quick start's)")
     ap.add_argument("--agents", type=int, default=AGENTS)
     ap.add_argument("--programs", help="comma-separated, one per agent (default: as swarm run assigns them)")
     ap.add_argument("--backend", help="every program's backend (default: what auto picks without an LLM key)")
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     run(a.replays, a.max_experiments, a.agents, a.programs.split(",") if a.programs else None, a.backend,
-        verbose=a.verbose)
+        verbose=a.verbose, minutes=None if a.max_experiments else a.minutes, seconds_per_run=a.seconds_per_run)
     print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     return 0
 

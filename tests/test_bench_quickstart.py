@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from bench.quickstart import quickstart_plan, run  # noqa: E402
+from bench.quickstart import STARTUP_S, quickstart_plan, run  # noqa: E402
 from bench.real_landscape import DATA, RealLandscape  # noqa: E402
 from coordinator.run.config import assign_programs, load_config  # noqa: E402
 
@@ -51,12 +51,22 @@ def test_the_plan_is_what_swarm_run_does_without_an_llm_key(monkeypatch):
 def test_a_tiny_replay_count_prints_the_line(tmp_path):
     land = _toy_landscape(tmp_path)
     lines: list[str] = []
-    s = run(1, max_experiments=1, land=land, out=lines.append)
+    s = run(1, max_experiments=1, land=land, out=lines.append, minutes=None, seconds_per_run=40.0)
     m = re.fullmatch(r"quickstarts=1 moved_fraction=(\S+) false_moves=(\d+) median_minutes=(\S+)", lines[-1])
     assert m, lines
     assert float(m[1]) == s["rows"][0]["moved"] and int(m[2]) == s["rows"][0]["false_moves"]
     for r in s["rows"]:
         # each agent ran its baseline share and one experiment; minutes are the busiest agent's runs
         assert r["kinds"].get("experiment") == 2
-        assert r["minutes"] == pytest.approx(max(r["runs"].values()) * 40.0 / 60)
+        assert r["minutes"] == pytest.approx((STARTUP_S + max(r["runs"].values()) * 40.0) / 60)
         assert r["false_moves"] <= len(r["moves"])
+
+
+def test_a_time_boxed_replay_starts_no_run_past_its_minutes(tmp_path):
+    """`swarm run --minutes M`: no run is started that would end past M minutes."""
+    land = _toy_landscape(tmp_path)
+    s = run(2, land=land, out=lambda _: None, minutes=4.0, seconds_per_run=40.0)
+    for r in s["rows"]:
+        busiest = max(r["runs"].values())
+        assert STARTUP_S + busiest * 40.0 <= 4.0 * 60 < STARTUP_S + (busiest + 1) * 40.0
+        assert r["minutes"] <= 4.0

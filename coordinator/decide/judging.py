@@ -342,8 +342,8 @@ class Judging:
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
-        if self.book.of(hw, best).n == 0:
-            return  # the first round's baselines are on their way
+        if self.book.of(hw, best).n == 0 and not self.book.contended(hw, best):
+            return  # the first round's baselines are on their way (a contended one counts nowhere)
         if self.book.contended(hw, best) >= CONTENDED_MAX:
             return
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="swarm",
         description="Run many autonomous ML research agents at once, sharing one verified best train.py.",
-        epilog="example:\n  swarm run --agents 2 --budget 30 --max-experiments 4\n\n"
+        epilog="example:\n  swarm run --agents 2 --budget 30 --minutes 8\n\n"
                "Each command has its own --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO to stderr too")
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         _sub(subs, name, line, example, add_help=False)
 
     r = _sub(subs, "run", "start (or resume) a swarm of research agents and show it live until it ends",
-             "swarm run --agents 2 --budget 30 --max-experiments 4")
+             "swarm run --agents 2 --budget 30 --minutes 8")
     r.add_argument("--config", metavar="FILE", help="swarm.yaml (default: ./swarm.yaml if present, "
                    "else the shipped default)")
     r.add_argument("--agents", type=_positive(int), metavar="N", help="number of agents (CPU), overrides agents.count")

@@ -169,3 +169,22 @@ def test_the_end_of_a_run_lists_each_move_and_agrees_with_the_last_frame(synthet
     assert f"{data['experiments']} experiments" in head and f"{data['runs']} runs" in head
     assert live.counts_line(data) in frame
     assert live.plain_line(data).startswith(f"[swarm] {data['experiments']} experiments, {data['runs']} runs")
+
+
+def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on():
+    """`swarm run --minutes 8` can stop while a result's sequential test wants more runs: the
+    last lines say so, and that running again in the same place decides it."""
+    rows = baseline_round(9) + [
+        row("e1", commit="c1", parent="c0", val_bpb=2.30, decision="promote", best_before="c0",
+            best_after="c1", decision_delta=0.15, delta_best=0.15, margin=0.06, sigma=0.02, dof=8,
+            started_at=1000.0, finished_at=1090.0, decided_at=1090.0),
+        row("e2", commit="c2", parent="c1", val_bpb=2.28, decision="pending", delta_best=0.02,
+            margin=0.06, sigma=0.02, dof=8, started_at=1100.0, finished_at=1190.0, decided_at=1190.0),
+        row("b9", "baseline", commit="c1", val_bpb=2.31, decision="sample", started_at=1100.0,
+            finished_at=1190.0, decided_at=1190.0)]
+    data = live.gather(None, "s", rows, running=False)
+    text = " ".join(live.summary(rows, data).split())
+    assert "1 experiment still pending when the swarm stopped" in text, text
+    assert "`swarm run` again here resumes the swarm and decides it" in text, text
+    n = int(text.split("; now ")[1].split()[0])
+    assert f"now {n} sample{'s' if n != 1 else ''})" in text, text     # never "1 samples"

@@ -284,6 +284,10 @@ def _quote(r: dict) -> str:
     return f"{r.get('agent', '?')}'s \"{desc[:100]}\""
 
 
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'s' if k != 1 else ''}"
+
+
 def _breakdown(counts: dict) -> str:
     outs = ", ".join(f"{n} {k}" for k, n in (counts.get("outcomes") or {}).items() if n)
     jobs = ", ".join(f"{n} {k}" for k, n in sorted((counts.get("jobs_by_kind") or {}).items()))
@@ -366,7 +370,7 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
             continue
         lines.append(f"best [{hw}] moved {len(steps)} time{'s' if len(steps) != 1 else ''}: "
                      f"{_fmt(b.get('baseline_val_bpb'))} -> {_fmt(b.get('val_bpb'))} "
-                     f"({_fmt(b.get('gain'), '+.4f')}, + = better; now {b.get('samples') or 0} samples)")
+                     f"({_fmt(b.get('gain'), '+.4f')}, + = better; now {_n(b.get('samples') or 0, 'sample')})")
         for s in steps:
             flag = " [SUSPECT: its confirm split got worse]" if s.get("suspect") else ""
             flag += " [contended run]" if s.get("contended") else ""
@@ -374,6 +378,12 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
                          f"{s.get('agent') or '?'} ({s.get('program') or '?'}) \"{s.get('description') or '?'}\" "
                          f"(+{s.get('lines_added', 0)}/-{s.get('lines_removed', 0)} lines); "
                          f"{s.get('verified')}{flag}")
+    pending = sum(1 for r in rows if figures.is_experiment(r) and figures.outcome(r) == "pending")
+    if pending and any(b.get("steps") for b in (data.get("best") or {}).values()):
+        # (when best did not move, _not_moved says it in its own words)
+        lines.append(f"  {_n(pending, 'experiment')} still pending when the swarm stopped (its test "
+                     f"wants more runs): `swarm run` again here resumes the swarm and decides "
+                     f"{'it' if pending == 1 else 'them'}.")
     for hw, b in sorted((data.get("best") or {}).items()):
         if b.get("sigma") is not None:
             h = (history or {}).get(hw)

@@ -321,7 +321,13 @@ before = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 killed = sweep()
 after = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 wipe([os.environ["HOME"], "/tmp"])
-left = [os.path.join(r, f) for d in (os.environ["HOME"], "/tmp") for r, _, fs in os.walk(d) for f in fs]
+left = []
+for d in (os.environ["HOME"], "/tmp"):
+    for r, ds, fs in os.walk(d):
+        # a mount point is not what a worker wrote: the trainer package is bound read-only at its
+        # own path, which lies under /tmp when the checkout does (wipe leaves mounts alone too)
+        ds[:] = [x for x in ds if not os.path.ismount(os.path.join(r, x))]
+        left += [os.path.join(r, f) for f in fs]
 print(json.dumps(dict(before=before, killed=killed, after=after, me=os.getpid(), left=left)))
 '''
 

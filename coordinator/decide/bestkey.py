@@ -52,7 +52,5 @@ class BestKeys:
             self.publish(hw, best, None, None)
         else:
             s = self.book.ref(hw, best)
-            # no sample (every run of best contended so far): no value, as publish() writes it
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean if s.n else float("nan"),
-                                                           "samples": s.n})
+            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean, "samples": s.n})
             self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())

@@ -146,6 +146,9 @@ class Job(_Model):
 class Broadcast(_Model):
     """A new baseline for one hardware class. The latest is also kept in a key for late joiners."""
 
+    # val_bpb is NaN for a best with no sample yet: written as NaN, not null, so it reads back
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
     swarm_id: str
     hardware_class: str
     commit: str

@@ -27,3 +27,15 @@ def test_latest_best_key_holds_the_newest_and_nothing_is_published(redis_url):
         assert sub.get_message(timeout=0.5) is None
     finally:
         sub.close()
+
+
+def test_a_best_published_before_it_has_a_sample_can_be_read_back(redis_url):
+    """publish() writes val_bpb NaN for a best with no sample yet (a contended first round): the
+    key was written as `"val_bpb": null`, which no reader could parse, so a coordinator or agent
+    started then (a resumed swarm) failed with `float_type`."""
+    import math
+
+    r = redis.Redis.from_url(redis_url)
+    set_latest(r, Broadcast(swarm_id="N", hardware_class="hw", commit="c0", val_bpb=float("nan"), seq=1))
+    b = latest(r, "N", "hw")
+    assert b is not None and b.commit == "c0" and math.isnan(b.val_bpb)

@@ -91,7 +91,9 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     spy.start()
 
     # 1. a full run: baseline round + 1 experiment per agent
-    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain")
+    # (a loaded 2-core machine: contended runs are measured again, so allow minutes)
+    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain",
+                timeout=900)
     assert r1.returncode == 0, r1.stderr[-2000:]
     # Ray's own start-up lines stay off the terminal without --verbose (its token-auth notice too)
     assert "Token authentication" not in r1.stderr and " INFO " not in r1.stderr, r1.stderr[-2000:]

@@ -189,9 +189,11 @@ class Supervisor:
                 # a thread that follows the ledger: a tracker never holds up a decision
                 from coordinator.track.follower import start_trackers
                 self.trackers = start_trackers(self.p.cfg.tracking, url, self.info, self.home.root)
-            for spec in self.p.agent_specs:
-                self._agent(spec)
             try:
+                # a Ctrl-C while the agents start stops the ones started (it was lost there: the
+                # agents ran on as if no signal had come)
+                for spec in self.p.agent_specs:
+                    self._agent(spec)
                 self._supervise(url)
             except KeyboardInterrupt:
                 interrupted = True

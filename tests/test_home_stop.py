@@ -35,3 +35,37 @@ def test_stop_interrupts_a_live_run_and_waits_for_it(tmp_path):
         assert home.stop_run(timeout=30) is True   # SIGINT, the process exits, even unreaped
     finally:
         p.wait()
+
+
+def test_a_review_command_while_a_run_starts_leaves_the_redis_it_brought_back(tmp_path):
+    """`swarm status` (ledger_redis) during a `swarm run`'s start-up: the run adopts the server
+    the review brought back from its AOF; stopping it on the way out pulled redis from under the
+    starting swarm (test_swarm_run's Ctrl-C was lost in that race)."""
+    import os
+    import signal
+
+    from coordinator.state.home import ledger_redis
+    from coordinator.state.redisd import RedisDaemon
+
+    home = SwarmHome(tmp_path / "home")
+    home.root.mkdir(parents=True, exist_ok=True)
+    first = RedisDaemon(home.redis_dir).start()   # the swarm's server, then stopped: an AOF left
+    first.stop()
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # the `swarm run`
+    pid = None
+    try:
+        home.pidfile.write_text(f"{run.pid}\n")
+        with ledger_redis(home) as client:
+            assert client is not None and client.ping()
+            pid = int((home.redis_dir / "redis.pid").read_text())
+        password, port = (home.redis_dir / "redis.secret").read_text().split()
+        assert RedisDaemon(home.redis_dir, port=int(port), password=password).running(), "the review stopped the redis a starting run adopts"
+        home.pidfile.unlink()   # no run: a review stops what it started, as before
+        with ledger_redis(home) as client:
+            assert client.ping()
+    finally:
+        run.kill()
+        run.wait()
+        if pid is not None:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

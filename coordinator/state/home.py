@@ -172,7 +172,8 @@ def ledger_redis(home: SwarmHome, redis_url: str | None = None):
     """Yields a redis client on the swarm's ledger, or None when none can be had.
 
     An explicit `redis_url` wins; else the embedded server: used when it runs, brought back
-    from its AOF when it does not (and stopped again on exit, only when started here).
+    from its AOF when it does not (and stopped again on exit, only when started here and no
+    `swarm run` has begun meanwhile: that run adopted it).
     """
     import redis
 
@@ -209,5 +210,7 @@ def ledger_redis(home: SwarmHome, redis_url: str | None = None):
         yield client
     finally:
         client.close()
-        if started_here:
+        # A `swarm run` starting meanwhile adopts the server brought back here (RedisDaemon.start
+        # adopts a live one): it is the run's now, and stopping it pulled redis from under it.
+        if started_here and home.running_pid() is None:
             daemon.stop()

@@ -437,3 +437,45 @@ def test_a_winner_whose_change_is_already_in_best_is_carried(coord, tmp_path):
     rA, dA = experiment(coord, a[1], coord.root, "A up", A=1)  # made on the old best
     assert dA.decision == "carried" and "already in best" in dA.reason and dA.beat_parent
     assert all(row["why"] != "LOST" for row in coord.status()["lost_winners"])
+
+
+@pytest.mark.parametrize("n_agents", [2, 4])
+def test_confirmations_take_at_most_half_the_class_the_rest_explore(tmp_path, redis_url, n_agents):
+    """Confirmations and verifications run on at most half the class's agents at a time (at
+    least one): the real 2-agent quick start had both agents confirming near-null candidates
+    for minutes while the idea that moved best in the other runs waited its turn. A job held
+    counts until its run reports; then the next one is handed out."""
+    cfg = PromotionConfig(sigma_prior=0.003)
+    coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
+    a = agents_for(coord, tmp_path, n=n_agents)
+    warm_up(coord, a)
+    near = []
+    for i in range(n_agents):   # candidates inside the margin: each wants confirmations
+        rec, d = experiment(coord, a[i], coord.root, f"Z near {i}", Z=i + 1, val=1.9985)
+        assert d.decision == "pending" and d.stage == "confirm", d
+        near.append(rec)
+    cap = max(1, n_agents // 2)
+    held = [(ag, job_of(coord, ag.name)) for ag in a]
+    taken = [(ag, j) for ag, j in held if j is not None]
+    assert len(taken) == cap and all(j.kind == "confirm" for _, j in taken), [j for _, j in held]
+    # the same agents, asking again while they run: their own leases, nobody else gets one
+    assert [job_of(coord, ag.name) for ag, j in held if j is None] == [None] * (n_agents - cap)
+    ag, j = taken[0]
+    rec = ag.record(j.commit, j.parent, kind=j.kind, job=j)
+    coord.begin(ag.started(rec))
+    decide(coord, rec)
+    free = [x for x, jj in held if jj is None][0]
+    nxt = job_of(coord, free.name)   # one confirmation reported: another agent may take one now
+    assert nxt is not None and nxt.kind in ("confirm", "verify"), nxt
+
+
+def test_a_share_of_one_lets_every_agent_confirm(tmp_path, redis_url):
+    """checks_share 1.0: every agent takes confirmations (the behaviour before the share)."""
+    cfg = PromotionConfig(sigma_prior=0.003, checks_share=1.0)
+    coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
+    a = agents_for(coord, tmp_path, n=2)
+    warm_up(coord, a)
+    for i in range(2):
+        _, d = experiment(coord, a[i], coord.root, f"Z near {i}", Z=i + 1, val=1.9985)
+        assert d.decision == "pending" and d.stage == "confirm", d
+    assert all(job_of(coord, ag.name) is not None for ag in a)

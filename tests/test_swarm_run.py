@@ -1,5 +1,9 @@
 """End to end: `swarm run` with the real trainer, Ray, redis and git on CPU, then the
-morning-after commands, a Ctrl-C mid-run and a resume, and the secrets search.
+morning-after commands, a `swarm stop` mid-run and a resume (its redis SIGKILLed and brought
+back), and the secrets search. The backend is optuna: the resumed swarm says from which state it
+goes on, and its studies go on, proposing no point they already held (before, a resumed agent
+replayed its first points in the same order). One swarm home for all of it: a swarm each cost
+the slow tier minutes.
 
 The environment of the child that runs train.py is captured while it runs, from
 /proc/<pid>/environ of every `trainer.harness` process whose spec lies under this SWARM_HOME
@@ -65,6 +69,25 @@ def _ledger_counts(home: Path):
         return led.counts(), rows
 
 
+def _trials(home: Path) -> dict[str, list[dict]]:
+    """Every trial of the swarm's optuna studies, per study, in order: number, params (as a
+    comparable key), user attrs; every trial, those never run (a proposal whose edit failed) too."""
+    from agents.backends.optuna_study import journal_storage
+    from coordinator.state.home import SwarmHome, ledger_redis
+
+    h = SwarmHome(home)
+    with ledger_redis(h) as client:
+        storage = journal_storage(client, h.info()["swarm_id"])
+        out = {}
+        for study in storage.get_all_studies():
+            out[study.study_name] = [
+                {"number": t.number, "attrs": dict(t.user_attrs),
+                 "key": json.dumps({n: round(v, 6) if isinstance(v, float) else v
+                                    for n, v in sorted(t.params.items())})}
+                for t in storage.get_all_trials(study._study_id)]
+        return out
+
+
 def _started_now(home: Path):
     """Experiments begun so far, read from the running swarm's redis without starting one."""
     import redis
@@ -81,10 +104,10 @@ def _started_now(home: Path):
 @pytest.mark.slow
 def test_swarm_run_resume_and_secrets(tmp_path):
     home = tmp_path / "home"
-    # mutate explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
+    # optuna explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
     # few baseline repeats (min_dof 2) and one re-measure of a new best: this test is about
     # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that)
-    (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
+    (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
                                          "  - {name: baseline}\n  - {name: optimizer}\n"
                                          "promotion: {min_dof: 2, best_remeasures: 1}\n")
     spy = ChildEnvSpy(home)
@@ -117,7 +140,8 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     assert st.returncode == 0 and st_data["runs"] == len(rows)
     assert st_data["experiments"] == sum(1 for r in rows if r["kind"] == "experiment")
 
-    # 2. Ctrl-C in the middle of a run: in-flight runs are recorded, nothing lost or doubled
+    # 2. `swarm stop` (a Ctrl-C) in the middle of a run: in-flight runs are recorded, nothing
+    # lost or doubled
     p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
                           "--max-experiments", "3", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,9 +154,12 @@ def test_swarm_run_resume_and_secrets(tmp_path):
         if (_started_now(home) or 0) > n_before + 1:  # this run's agents are mid-training
             break
     assert p.poll() is None, "the second swarm ended before it could be interrupted"
-    p.send_signal(signal.SIGINT)
+    stop = _swarm(tmp_path, "stop", "--timeout", "600")   # SIGINT, then waits for the run to end
     out2, err2 = p.communicate(timeout=240)
     assert p.returncode == 130, err2[-2000:]
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr[-2000:]
+    held = _trials(home)
+    assert sum(len(t) for t in held.values()) >= 3, held   # the baseline and the first trials
     counts2, rows2 = _ledger_counts(home)
     assert counts2["started"] == counts2["records"], counts2
     ids2 = [r["experiment_id"] for r in rows2]
@@ -151,10 +178,28 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     assert p3.poll() is None, "the resumed run ended before its agents trained"
     pid = int((home / "redis" / "redis.pid").read_text())
     os.kill(pid, signal.SIGKILL)  # the redis-server this swarm started, by its PID
-    out3, err3 = p3.communicate(timeout=300)
+    try:
+        out3, err3 = p3.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        p3.send_signal(signal.SIGINT)   # what it said before it hung is the failure's message
+        out3, err3 = p3.communicate(timeout=240)
+        pytest.fail(f"the resumed swarm did not end after its redis was killed:\n{out3[-1500:]}\n{err3[-4000:]}")
     r3 = subprocess.CompletedProcess(p3.args, p3.returncode, out3, err3)
     assert r3.returncode == 0, r3.stderr[-2000:]
     assert "restarted from its AOF" in r3.stderr, r3.stderr[-2000:]
+    # it said where it goes on from, and its studies went on
+    line = next(ln for ln in out3.splitlines() if ln.startswith("swarm run: resuming swarm"))
+    assert "experiments" in line and "best " in line, line
+    for study, trials in held.items():
+        assert f"{study} ({len(trials)} trials" in line, line
+    later = [(study, t) for study, trials in _trials(home).items() for t in trials[len(held.get(study, [])):]]
+    later = [(study, t) for study, t in later
+             if t["attrs"].get("origin") == "optuna" and not t["attrs"].get("not_run") and t["key"] != "{}"]
+    assert len(later) >= 2, later
+    for study, t in later:
+        ran = {h["key"] for h in held[study] if h["key"] != "{}" and not h["attrs"].get("not_run")}
+        assert t["key"] not in ran, f"{study} trial {t['number']} proposes a point the study already held"
+        assert t["attrs"].get("centre"), "a trial proposed around best records its centre"
     assert json.loads((home / "swarm.json").read_text())["swarm_id"] == info["swarm_id"]
     counts3, rows3 = _ledger_counts(home)
     ids3 = [r["experiment_id"] for r in rows3]

@@ -83,7 +83,7 @@ class Coordinator(Judging, Pooling):
         self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
         self._chains: dict[str, set[str]] = {}  # per class: best's first-parent history (judging.py)
@@ -104,7 +104,7 @@ class Coordinator(Judging, Pooling):
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
-        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S)
+        self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.snapshots.reset()
         self._init_pools()
         self._load()

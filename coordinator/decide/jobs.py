@@ -21,6 +21,7 @@ JOB_MAX_ATTEMPTS = 3  # a job whose run crashes is handed out again this many ti
 # sigma needs) come before verifications, which come before confirmations: every later
 # decision leans on best's mean and on sigma.
 PRIORITY = {"baseline": 0, "verify": 1, "confirm": 2}
+CHECKS = ("verify", "confirm")   # the jobs only `checks_share` of a class's agents hold at once
 
 
 class JobState(BaseModel):
@@ -42,8 +43,8 @@ class JobBoard:
     """Every job's JobState by id, with indexes of the open ones; reads and writes the ledger's
     `jobs` hash."""
 
-    def __init__(self, ledger: Ledger, lease_s: float):
-        self.ledger, self.lease_s = ledger, lease_s
+    def __init__(self, ledger: Ledger, lease_s: float, checks_share: float = 1.0):
+        self.ledger, self.lease_s, self.checks_share = ledger, lease_s, checks_share
         self._rng = random.Random()
         self.jobs: dict[str, JobState] = {job_id: JobState.model_validate(st)
                                           for job_id, st in ledger.jobs().items()}
@@ -111,17 +112,29 @@ class JobBoard:
 
     def lease(self, agent: str, hw: str) -> Job | None:
         """The open job of the class this agent may take (the one it holds, else a free one or
-        one whose lease ran out, by PRIORITY of its kind, then oldest first)."""
+        one whose lease ran out, by PRIORITY of its kind, then oldest first; a confirmation or
+        verification only while fewer than checks_cap agents of the class hold one)."""
         now = time.time()
         open_ = [self.jobs[j] for j in self._open.get(hw, {})]
         mine = [st for st in open_ if st.agent == agent]
         free = [st for st in open_ if st.agent is None or now - (st.leased_at or 0) > self.lease_s]
+        if not mine and free and self._checking(open_, now) >= self.checks_cap(hw):
+            free = [st for st in free if st.job.kind not in CHECKS]   # this agent explores instead
         if not mine and not free:
             return None
         st = mine[0] if mine else min(free, key=lambda st: (PRIORITY.get(st.job.kind, 9), st.created))
         st.agent, st.leased_at = agent, now
         self._save(st)
         return st.job.model_copy()
+
+    def checks_cap(self, hw: str) -> int:
+        """How many of the class's agents may hold confirmations and verifications at once."""
+        return max(1, int(self.agents_in(hw) * self.checks_share + 1e-9))
+
+    def _checking(self, open_: list[JobState], now: float) -> int:
+        """Agents holding a live lease on a confirmation or verification."""
+        return len({st.agent for st in open_ if st.job.kind in CHECKS and st.agent is not None
+                    and now - (st.leased_at or 0) <= self.lease_s})
 
     def take_repeat(self, agent: str, hw: str, commit: str) -> Job | None:
         """An agent new to the class runs a free repeat of best as its first baseline (rather

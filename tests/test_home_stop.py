@@ -59,7 +59,8 @@ def test_a_review_command_while_a_run_starts_leaves_the_redis_it_brought_back(tm
             assert client is not None and client.ping()
             pid = int((home.redis_dir / "redis.pid").read_text())
         password, port = (home.redis_dir / "redis.secret").read_text().split()
-        assert RedisDaemon(home.redis_dir, port=int(port), password=password).running(), "the review stopped the redis a starting run adopts"
+        still = RedisDaemon(home.redis_dir, port=int(port), password=password).running()
+        assert still, "the review stopped the redis a starting run adopts"
         home.pidfile.unlink()   # no run: a review stops what it started, as before
         with ledger_redis(home) as client:
             assert client.ping()

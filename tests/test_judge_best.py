@@ -440,12 +440,12 @@ def test_a_winner_whose_change_is_already_in_best_is_carried(coord, tmp_path):
 
 
 @pytest.mark.parametrize("n_agents", [2, 4])
-def test_confirmations_take_at_most_half_the_class_the_rest_explore(tmp_path, redis_url, n_agents):
-    """Confirmations and verifications run on at most half the class's agents at a time (at
-    least one): the real 2-agent quick start had both agents confirming near-null candidates
-    for minutes while the idea that moved best in the other runs waited its turn. A job held
-    counts until its run reports; then the next one is handed out."""
-    cfg = PromotionConfig(sigma_prior=0.003)
+def test_a_checks_share_of_half_keeps_the_other_half_exploring(tmp_path, redis_url, n_agents):
+    """checks_share 0.5: confirmations and verifications run on at most half the class's agents
+    at a time (at least one), the others do their own research (2 of 5 real quick starts had
+    both agents confirming near-null candidates for minutes). A job held counts until its run
+    reports; then the next one is handed out."""
+    cfg = PromotionConfig(sigma_prior=0.003, checks_share=0.5)
     coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
     a = agents_for(coord, tmp_path, n=n_agents)
     warm_up(coord, a)
@@ -469,9 +469,10 @@ def test_confirmations_take_at_most_half_the_class_the_rest_explore(tmp_path, re
     assert nxt is not None and nxt.kind in ("confirm", "verify"), nxt
 
 
-def test_a_share_of_one_lets_every_agent_confirm(tmp_path, redis_url):
-    """checks_share 1.0: every agent takes confirmations (the behaviour before the share)."""
-    cfg = PromotionConfig(sigma_prior=0.003, checks_share=1.0)
+def test_by_default_every_agent_takes_confirmations(tmp_path, redis_url):
+    """checks_share 1.0, the default: every agent takes confirmations (0.5 cost the 8-agent
+    research bench its speed-up: bench/results/checks-share-2026-12-03.txt)."""
+    cfg = PromotionConfig(sigma_prior=0.003)
     coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())
     a = agents_for(coord, tmp_path, n=2)
     warm_up(coord, a)

@@ -185,18 +185,21 @@ def test_constant_liar_keeps_a_second_agent_off_a_pending_point(redis_url, redis
         x._bind(TINY_TRAIN)
     pa = a.propose(ctx())
     pb = b.propose(ctx())
-    # c: a copy of the finished trials in another study, nothing pending
-    client = redis.Redis.from_url(redis_url)
+    # c: a copy of the finished trials in the same swarm's study on another redis database
+    # (the swarm's id is part of the sampler's seed), nothing pending
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1")
+    client.delete(*client.keys("*sw1*") or ["-"])
     other = optuna.create_study(study_name=S.study_name("tiny", HW), direction="minimize",
-                                storage=S.journal_storage(client, "other"))
+                                storage=S.journal_storage(client, "sw1"))
     for t in finished:
         other.add_trial(t)
     c = OptunaBackend(OptunaSpec(n_startup_trials=4, start="anywhere"), seed=9, agent="c",
-                      client=client, swarm_id="other", hardware_class=HW)
+                      client=client, swarm_id="sw1", hardware_class=HW)
     pc = c.propose(ctx())
     strip = lambda p: re.sub(r"^optuna #\d+: ", "", p.description)  # noqa: E731
     assert strip(pc) == strip(pa)
     assert strip(pb) != strip(pa)
+    client.delete(*client.keys("*sw1*") or ["-"])
     inner = a.study.sampler.inner
     assert isinstance(inner, optuna.samplers.TPESampler) and inner._constant_liar
 

@@ -213,3 +213,22 @@ def test_while_the_sampler_draws_at_random_a_move_goes_down_as_often_as_up(progr
                     down += ax[n].pos(t.params[n]) < ax[n].pos(params[n])
     assert up + down >= 30, (up, down)
     assert 0.3 <= down / (up + down) <= 0.7, (up, down)
+
+
+def test_two_fresh_swarms_search_differently_and_one_swarm_again_alike(redis_url):
+    """The sampler's seed mixes in the swarm's id: every fresh swarm with the shipped config
+    (agent seeds 0, 1, ...) proposed the same trials in the same order (five real quick starts:
+    `MODEL_DIM 128 -> 256` first, `DEPTH 4 -> 2` always the architecture agent's fourth), so
+    swarms on two machines searched the same points. One swarm id again gives the same draws."""
+    def first_points(swarm_id, n=4):
+        s = OptunaSpec.model_validate({"type": "optuna", "storage_wait_s": 20})
+        b = OptunaBackend(s, seed=0, agent="a0", client=redis.Redis.from_url(redis_url),
+                          swarm_id=swarm_id, hardware_class=HW)
+        baseline_samples(b, "a0")
+        return [point(propose_and_tell(b, "a0")) for _ in range(n)]
+
+    runs = {sw: first_points(sw) for sw in ("sw-a", "sw-b", "sw-c")}
+    assert len({tuple(v) for v in runs.values()}) > 1, "three fresh swarms proposed the same trials"
+    r = redis.Redis.from_url(redis_url)
+    r.delete(*r.keys("*sw-a*"))   # sw-a's study gone: the same swarm, fresh again
+    assert first_points("sw-a") == runs["sw-a"], "one swarm id, one agent seed: the same draws"

@@ -184,7 +184,7 @@ class OptunaBackend:
                                     direction="minimize", load_if_exists=True)
         # seeded from the study's state: a resumed swarm goes on, it does not start over
         held = len(study.get_trials(deepcopy=False))
-        seed = S.resume_seed(self.seed, held)
+        seed = S.resume_seed(self.seed, held, swarm_id)
         if held:
             log.info("%s: study %s goes on from its %d trials", self.agent, study.study_name, held)
         study.sampler = R.LocalSampler(self._inner_sampler(source, hw, seed), self._program, seed,

@@ -219,11 +219,13 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int, x0: dict | None = 
     raise ValueError(f"unknown sampler {kind!r} (known: {', '.join(SAMPLERS)})")
 
 
-def resume_seed(seed: int, n_trials: int) -> int:
+def resume_seed(seed: int, n_trials: int, swarm_id: str = "") -> int:
     """The sampler's seed: the agent's, mixed with how many trials the study already holds, so
     a resumed swarm does not replay the random draws of its first life (it did: a resumed
-    agent proposed its first points again, in the same order)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{n_trials}".encode()).digest()[:4], "big") >> 1
+    agent proposed its first points again, in the same order), and with the swarm's id, so two
+    fresh swarms do not search the same points in the same order (every fresh quick start did)."""
+    key = f"{seed}/{n_trials}" + (f"/{swarm_id}" if swarm_id else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
 
 
 def fail_running(client, swarm_id: str, why: str) -> int:

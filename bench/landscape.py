@@ -202,15 +202,50 @@ class RunLog:
         return len(self.runs)
 
 
+class Drift:
+    """The machine's speed drift as a share of the run noise (bench/drift.py measures it on real
+    runs): runs of one round (concurrent, as a swarm's agents train side by side) share a part
+    of their noise, and that part persists from round to round (AR(1) over rounds). A run's
+    noise is shared(round) + own, with var(shared) = share * sigma^2 and var(own) =
+    (1 - share) * sigma^2, so sigma is unchanged and only its structure moves. The shared
+    sequence depends on `seed` only: every arm of one bench seed meets the same machine."""
+
+    def __init__(self, share: float, lag1: float, seed: int = 0):
+        if not (0.0 <= share < 1.0 and -1.0 < lag1 < 1.0):
+            raise ValueError(f"drift: share {share} must be in [0, 1) and lag1 {lag1} in (-1, 1)")
+        self.share, self.lag1, self.seed = share, lag1, seed
+        self._z: list[float] = []
+        self._rng = random.Random(f"drift/{seed}")
+        self._lock = threading.Lock()
+
+    def at(self, seed: int) -> "Drift":
+        return Drift(self.share, self.lag1, seed)
+
+    def z(self, period: int) -> float:
+        """The shared part of round `period` in units of its own std (N(0, 1) marginally)."""
+        with self._lock:
+            while len(self._z) <= period:
+                e = self._rng.gauss(0.0, 1.0)
+                self._z.append(e if not self._z else self.lag1 * self._z[-1] + math.sqrt(1 - self.lag1 ** 2) * e)
+            return self._z[period]
+
+    def noise(self, own: float, period: int, sigma: float) -> float:
+        """A run's noise from its own draw `own` (sigma's scale) in round `period`."""
+        return own * math.sqrt(1.0 - self.share) + self.z(period) * math.sqrt(self.share) * sigma
+
+
 def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: RunLog | None = None,
-                gate: Callable[[], None] | None = None):
+                gate: Callable[[], None] | None = None, drift: Drift | None = None,
+                period: Callable[[], int] | None = None):
     """A runner with the real runner's signature and result: one landscape.sample() per run.
 
     `gate()` is called after the run "started" and before it returns (the bench holds every
     agent of a round there, so that all of them start from the same state). After the gate the
     run reports progress (as the real runner does while it trains) and honours `cancel` (an
     agent stops a verification whose best moved). The noise comes from `rng` (one per agent),
-    so a bench run is reproducible for a given seed."""
+    so a bench run is reproducible for a given seed. With `drift`, part of the noise is the
+    machine's, shared by the runs of one round (`period()`: the round's index) and carried over
+    from round to round."""
 
     def run(train_py, run_dir, *, budget=None, seed=0, profile=None, device="cpu",
             cuda_visible_devices=None, data_dir=None, max_steps=None, hard_limit=None,
@@ -231,6 +266,8 @@ def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: 
             return ExperimentResult(status="crash", error="cancelled", seed=seed, budget=b,
                                     profile="bench", hardware_class=hw)
         status, val = landscape.sample(text, rng)
+        if drift is not None and status == "ok" and val is not None:
+            val = true + drift.noise(val - true, period() if period is not None else 0, landscape.sigma)
         if log is not None:
             log.add(agent, text, true, val if status == "ok" else None)
         if status != "ok" or val is None:

@@ -24,6 +24,10 @@ five real quick starts in the README are the check of this bench.
 
     PYTHONPATH=. python bench/quickstart.py [--replays 40] [--minutes 8 | --max-experiments 4]
         [--seconds-per-run 48] [--backend TYPE|'{type: optuna, sampler: cmaes}'] [--programs baseline,architecture]
+        [--drift SHARE,LAG1] [--promotion KEY=VALUE]
+
+--drift: the machine's speed drift as bench/drift.py measured it (research.py's --drift);
+--promotion: a promotion key over the shipped config's (concurrent=shared, say).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ if str(_HERE.parent) not in sys.path:
 
 from agents.messages import Decision, PromotionConfig  # noqa: E402
 from agents.program import load_program  # noqa: E402
+from bench.landscape import Drift  # noqa: E402
 from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
 from coordinator.run.config import assign_programs, load_config, resolve_backend, resolve_program  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -81,11 +86,12 @@ def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str
 
 def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], backends: dict[str, str],
            cfg: PromotionConfig, max_experiments: int | None, minutes: float | None = None,
-           seconds_per_run: float = SECONDS_PER_RUN) -> dict:
+           seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None) -> dict:
     """One quick start: returns moved, false moves, the moves, runs per agent, minutes."""
     home = workdir / f"q{seed}"
     hist = history_file(home.with_suffix(".history.json"), land, 0)   # a fresh machine: none
-    sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist)
+    sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist,
+               drift=drift.at(seed) if drift is not None else None)
     res = ArmResult("quickstart")
     while True:
         if minutes is not None and STARTUP_S + (res.rounds + 1) * seconds_per_run > minutes * 60:
@@ -128,11 +134,13 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
 def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
         programs: list[str] | None = None, backend: str | None = None, land=None, out=print,
         verbose: bool = False, minutes: float | None = MINUTES,
-        seconds_per_run: float = SECONDS_PER_RUN) -> dict:
+        seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None, promotion: dict | None = None) -> dict:
     if land is None:
         from bench.real_landscape import RealLandscape
         land = RealLandscape()
     programs, backends, cfg = quickstart_plan(agents, programs, backend)
+    if promotion:
+        cfg = PromotionConfig(**{**cfg.model_dump(), **promotion})
     missing = [p for p in programs if p not in land.program_names]
     if missing:
         raise SystemExit(f"error: program(s) {', '.join(missing)} move no knob of the landscape")
@@ -142,7 +150,7 @@ def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
     try:
         for seed in range(replays):
             r = replay(land, work, redis.url, seed, programs, backends, cfg, max_experiments, minutes,
-                       seconds_per_run)
+                       seconds_per_run, drift)
             rows.append(r)
             if verbose:
                 out(f"  replay {seed}: moves {r['moves']} gain {r['gain']:+.4f} runs {r['runs']} "
@@ -179,12 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=AGENTS)
     ap.add_argument("--programs", help="comma-separated, one per agent (default: as swarm run assigns them)")
     ap.add_argument("--backend", help="every program's backend (default: what auto picks without an LLM key)")
+    ap.add_argument("--drift", metavar="SHARE,LAG1", help="the machine's speed drift (bench/drift.py measures it)")
+    ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",
+                    help="a promotion key over the shipped config's (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per replay")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    drift = None
+    if a.drift:
+        share, _, lag1 = a.drift.partition(",")
+        drift = Drift(float(share), float(lag1 or 0.0))
     t0 = time.time()
     run(a.replays, a.max_experiments, a.agents, a.programs.split(",") if a.programs else None, a.backend,
-        verbose=a.verbose, minutes=None if a.max_experiments else a.minutes, seconds_per_run=a.seconds_per_run)
+        verbose=a.verbose, minutes=None if a.max_experiments else a.minutes, seconds_per_run=a.seconds_per_run,
+        drift=drift, promotion=dict(kv.split("=", 1) for kv in a.promotion))
     print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     return 0
 

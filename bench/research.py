@@ -22,6 +22,9 @@ Arms, at an equal number of training runs (baseline, confirm and verify runs inc
   null         the swarm on the null landscape (every effect zero), its first rounds only
 With --history every arm (and the null swarm) starts from a noise history of the hardware class.
 --short: the 2-agent, 20-run swarm on a class with history (baseline share, seeds with a move).
+--drift SHARE,LAG1: the machine's speed drift (bench/drift.py measures it): that share of the
+run noise is common to the runs of one round and carried from round to round with that lag-1
+correlation (bench/landscape.py Drift); the same machine for every arm of a seed.
 
 Ends with one line:
   agents=N swarm_gain=X independent_gain=X single_gain=X speedup=X lost_winners=N capture=X
@@ -49,7 +52,7 @@ if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 from agents.messages import PromotionConfig  # noqa: E402
-from bench.landscape import Bowls, Landscape  # noqa: E402
+from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
 from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402,F401
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -85,6 +88,10 @@ class Config:
     null_runs: int = 160     # the null swarm's first runs
     null_seeds: int = 12
     history: int = 0         # every arm starts from a noise history of this many dof (0: none)
+    drift: Drift | None = None  # the machine's speed drift shared by concurrent runs (None: iid noise)
+
+    def drift_at(self, seed: int) -> Drift | None:
+        return self.drift.at(seed) if self.drift is not None else None
 
     @classmethod
     def quick(cls) -> "Config":
@@ -99,7 +106,7 @@ def _independent(conf: Config, seed: int, runs: int, workdir: Path, redis_url: s
     picks = []
     for i, prog in enumerate(land.programs_for(n)):
         s = Swarm(workdir / f"ind-{seed}-{i}", redis_url, f"ind-{seed}-{i}", land, [prog],
-                  seed * 100 + i, cfg, backends, history=hist)
+                  seed * 100 + i, cfg, backends, history=hist, drift=conf.drift_at(seed))
         r = ArmResult("independent")
         s.play(math.ceil(runs / n), None, r)
         picks.append(s.finish(r))
@@ -135,7 +142,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         runs = conf.runs
         if "swarm" in arms:
             s = Swarm(workdir / f"swarm-{seed}", redis_url, f"swarm-{seed}", land, land.programs_for(n),
-                      seed, cfg, backends, adopt, history=hist("swarm", seed))
+                      seed, cfg, backends, adopt, history=hist("swarm", seed), drift=conf.drift_at(seed))
             r = ArmResult("swarm")
             s.play(conf.runs, target, r)
             results["swarm"].append(s.finish(r))
@@ -144,7 +151,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
             results["independent"].append(_independent(conf, seed, runs, workdir, redis_url, land, cfg, backends))
         if "single" in arms:
             s = Swarm(workdir / f"single-{seed}", redis_url, f"single-{seed}", land, [land.single_program],
-                      seed, cfg, backends, history=hist("single", seed))
+                      seed, cfg, backends, history=hist("single", seed), drift=conf.drift_at(seed))
             r = ArmResult("single")
             s.play(runs, target, r)
             results["single"].append(s.finish(r))
@@ -157,7 +164,8 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
     if "null" in arms:
         for seed in range(conf.null_seeds):
             s = Swarm(workdir / f"null-{seed}", redis_url, f"null-{seed}", null, null.programs_for(n),
-                      1000 + seed, cfg, backends, history=hist("null", 1000 + seed))
+                      1000 + seed, cfg, backends, history=hist("null", 1000 + seed),
+                      drift=conf.drift_at(1000 + seed))
             r = ArmResult("null")
             s.play(conf.null_runs, None, r)
             results["null"].append(s.finish(r))
@@ -167,7 +175,8 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
 
 
 def run_short(seeds: int, workdir: Path, redis_url: str, backends: dict[str, str], cfg: PromotionConfig,
-              landscape: str = "bowls", agents: int = 2, runs: int = 20, history: int = 24, out=print) -> dict:
+              landscape: str = "bowls", agents: int = 2, runs: int = 20, history: int = 24, out=print,
+              drift: Drift | None = None) -> dict:
     """The short swarm a user starts on a class with noise history: baseline share and how
     many seeds see best move."""
     land = make_landscape(landscape)
@@ -175,7 +184,7 @@ def run_short(seeds: int, workdir: Path, redis_url: str, backends: dict[str, str
     for seed in range(seeds):
         spec = history_file(workdir / f"short-{seed}-history.json", land, history, random.Random(seed))
         s = Swarm(workdir / f"short-{seed}", redis_url, f"short-{seed}", land, land.programs_for(agents),
-                  seed, cfg, backends, history=spec)
+                  seed, cfg, backends, history=spec, drift=drift.at(seed) if drift else None)
         r = ArmResult("short")
         s.play(runs, None, r)
         rs.append(s.finish(r))
@@ -323,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="every arm starts from a noise history of this many degrees of freedom")
     ap.add_argument("--short", action="store_true",
                     help="only the 2-agent, 20-run swarm on a class with noise history (12 seeds)")
+    ap.add_argument("--drift", metavar="SHARE,LAG1", default=None,
+                    help="the machine's speed drift: the share of the run noise that one round's runs have "
+                         "in common, and its lag-1 correlation from round to round (bench/drift.py measures both)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (repos, ledger)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -334,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(conf, k, getattr(a, k))
     try:
         make_landscape(a.landscape)
+        if a.drift:
+            share, _, lag1 = a.drift.partition(",")
+            conf.drift = Drift(float(share), float(lag1 or 0.0))
+    except ValueError as e:
+        print(f"error: --drift {a.drift!r}: {e} (SHARE,LAG1 such as 0.6,0.5)", file=sys.stderr)
+        return 2
     except LandscapeMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -351,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"promotion: {promo}")
         if a.short:
             run_short(a.seeds or 12, work, redis.url, backends, promo, a.landscape, agents=a.agents or 2,
-                      runs=a.runs or 20, history=conf.history or promo.history_dof_max)
+                      runs=a.runs or 20, history=conf.history or promo.history_dof_max, drift=conf.drift)
         else:
             run_bench(conf, work, redis.url, backends, cfg=promo, arms=tuple(a.arms.split(",")),
                       adopt=a.adopt, landscape=a.landscape)

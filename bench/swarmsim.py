@@ -20,7 +20,7 @@ from agents.agent import ResearchAgent
 from agents.backends.base import make_backend
 from agents.config import AgentConfig
 from agents.messages import Decision, ExperimentRecord, NoiseHistorySpec, PromotionConfig
-from bench.landscape import Landscape, RunLog, fake_runner
+from bench.landscape import Drift, Landscape, RunLog, fake_runner
 from coordinator.decide.core import Coordinator
 from coordinator.decide.rules import margin_for, standard_error
 
@@ -43,6 +43,7 @@ class Rounds:
         self.start_order: list[int] = []
         self.end_order: list[int] = []
         self.start_pos = self.end_pos = 0
+        self.index = -1  # the round being played (0, 1, ...)
         self.ran: set[int] = set()
         self.errors: list[BaseException] = []
         self.after_end: Callable[[], None] | None = None  # after each agent's report, in end order
@@ -61,6 +62,7 @@ class Rounds:
 
     def play(self, agents: list[ResearchAgent]) -> None:
         self.n = len(agents)
+        self.index += 1
         self.start_order = self.rng.sample(range(self.n), self.n)
         self.end_order = self.rng.sample(range(self.n), self.n)
         self.start_pos = self.end_pos = 0
@@ -155,7 +157,7 @@ class Swarm:
 
     def __init__(self, home: Path, redis_url: str, swarm_id: str, land: Landscape, programs: list[str],
                  seed: int, cfg: PromotionConfig, backends: dict[str, str], adopt: str | None = None,
-                 history: NoiseHistorySpec | None = None):
+                 history: NoiseHistorySpec | None = None, drift: Drift | None = None):
         # The optuna backend keeps its studies (one per swarm id and program) on this redis, as
         # `swarm run` has its agents do.
         os.environ["SWARM_REDIS_URL"] = redis_url
@@ -174,7 +176,8 @@ class Swarm:
                                swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
                                recent_n=0, heartbeat_s=1e9)
             rng = random.Random(f"{swarm_id}/{seed}/{name}")
-            runner = fake_runner(land, rng, name, self.log, gate=self.rounds.gate(i))
+            runner = fake_runner(land, rng, name, self.log, gate=self.rounds.gate(i), drift=drift,
+                                 period=lambda: self.rounds.index)
             backend = make_backend(acfg.backend, seed=acfg.seed, agent=name)
             self.agents.append(ResearchAgent(acfg, self.coord, runner=runner, backend=backend,
                                              hardware_class=self.hw))

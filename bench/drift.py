@@ -1,0 +1,149 @@
+"""Measure the machine's speed drift as a swarm meets it: rounds of concurrent real runs of the
+unchanged baseline (the real runner: sandbox, clock, evaluator), one process per run, as the
+agents of a swarm run side by side. Appends one JSON line per run to a data file and prints
+what the coordinator's comparisons depend on:
+
+    python bench/drift.py [--rounds 12] [--width 2] [--budget 30] [--threads 1]
+        [--out bench/data/real-cpu-b30-t1.drift.jsonl]
+    python bench/drift.py --analyse [--out ...]     # the figures only, from the file
+
+  shared     the share of the variance of log(steps) that the runs of one round have in common
+             (one-way ANOVA over rounds): the drift that concurrent runs share
+  lag1       the autocorrelation of the round means of log(steps) from one round to the next
+  slope      val_bpb against log(steps) within the unchanged code (bpb per unit of log steps)
+  sigma      the runs' val_bpb std; `sigma_steps` what is left once val_bpb is corrected by the
+             run's own steps (what the machine's speed explains); `sigma_pair` the std of a run
+             corrected by its concurrent partner's steps instead (what a reference run alongside
+             removes, without trusting the run's own step count)
+
+The budget is wall clock, so val_bpb follows the machine's speed; the question is how much of
+that speed is shared by runs that train at the same time (then a comparison made in time pairs
+cancels it) and how much persists from round to round (then samples taken in different
+periods differ by more than their sigma says).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
+
+
+def _one(args: tuple) -> dict:
+    train_py, run_dir, budget, seed, profile, threads = args
+    from trainer.runner import run_experiment
+    t0 = time.time()
+    res = run_experiment(train_py, run_dir, budget=budget, seed=seed, profile=profile, device="cpu",
+                         threads=threads)
+    return {"status": res.status, "val_bpb": res.val_bpb, "steps": res.steps, "tokens": res.tokens,
+            "training_seconds": res.training_seconds, "total_seconds": res.total_seconds,
+            "contention": getattr(res, "contention", None), "hardware_class": res.hardware_class,
+            "started": t0, "finished": time.time(), "error": (res.error or "")[:200] or None}
+
+
+def collect(out: Path, rounds: int, width: int, budget: float, threads: int, profile: str) -> None:
+    from trainer import baseline_path
+    from trainer.prepare import prepare
+    prepare("bundled", [profile])
+    work = Path(tempfile.mkdtemp(prefix="swarm-drift-"))
+    tp = work / "train.py"
+    tp.write_text(Path(baseline_path()).read_text(encoding="utf-8"))
+    done = sum(1 for _ in out.open()) // width if out.exists() else 0
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(width) as pool:
+        for r in range(done, done + rounds):
+            jobs = [(str(tp), str(work / f"r{r}-{k}"), budget, 1000 * r + k, profile, threads)
+                    for k in range(width)]
+            rows = pool.map(_one, jobs)
+            with out.open("a") as f:
+                for k, row in enumerate(rows):
+                    at = _dt.datetime.fromtimestamp(row["started"], _dt.timezone.utc)
+                    row.update(round=r, slot=k, budget=budget, threads=threads, profile=profile,
+                               at=at.isoformat(timespec="seconds"))
+                    f.write(json.dumps(row) + "\n")
+            print(f"round {r}: " + "  ".join(f"{x['steps']} steps {x['val_bpb'] or float('nan'):.4f}" for x in rows),
+                  flush=True)
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    return b, my - b * mx
+
+
+def analyse(rows: list[dict]) -> dict:
+    """The figures of the module's docstring from rows of complete rounds (every run ok)."""
+    by: dict[int, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["round"], []).append(r)
+    rounds = [sorted(v, key=lambda x: x["slot"]) for _, v in sorted(by.items())
+              if len(v) >= 2 and all(x["status"] == "ok" and x["steps"] for x in v)]
+    ls = [[math.log(x["steps"]) for x in rd] for rd in rounds]
+    vs = [[x["val_bpb"] for x in rd] for rd in rounds]
+    flat_l, flat_v = [x for rd in ls for x in rd], [x for rd in vs for x in rd]
+    k = len(ls[0])
+    # one-way ANOVA over rounds: the variance shared within a round
+    within = sum((x - statistics.mean(rd)) ** 2 for rd in ls for x in rd) / (len(flat_l) - len(ls))
+    between = k * statistics.variance([statistics.mean(rd) for rd in ls])
+    shared_var = max(0.0, (between - within) / k)
+    shared = shared_var / (shared_var + within) if shared_var + within > 0 else 0.0
+    means = [statistics.mean(rd) for rd in ls]
+    mm = statistics.mean(means)
+    lag1 = (sum((a - mm) * (b - mm) for a, b in zip(means, means[1:])) /
+            sum((a - mm) ** 2 for a in means)) if len(means) > 2 else float("nan")
+    b, a = _fit(flat_l, flat_v)
+    res_own = [v - (a + b * x) for v, x in zip(flat_v, flat_l)]
+    # corrected by the partner's steps (slot k's partner: the mean of the round's others)
+    lbar = statistics.mean(flat_l)
+    pair = []
+    for rl, rv in zip(ls, vs):
+        for j, v in enumerate(rv):
+            other = statistics.mean(x for i, x in enumerate(rl) if i != j)
+            pair.append(v - b * (other - lbar))
+    steps = [x["steps"] for rd in rounds for x in rd]
+    return {"runs": len(flat_v), "rounds": len(rounds), "width": k, "steps_min": min(steps),
+            "steps_max": max(steps), "shared": shared, "lag1": lag1, "slope": b, "sigma": statistics.stdev(flat_v),
+            "sigma_steps": math.sqrt(sum(e * e for e in res_own) / (len(res_own) - 2)),
+            "sigma_pair": statistics.stdev(pair),
+            "corr_steps_val": _corr(flat_l, flat_v)}
+
+
+def _corr(xs, ys) -> float:
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
+    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy) if sx and sy else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=12, help="rounds of concurrent runs to add")
+    ap.add_argument("--width", type=int, default=2, help="runs per round (a swarm's agents on this machine)")
+    ap.add_argument("--budget", type=float, default=30.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--out", default=None, help="default: bench/data/real-<profile>-b<budget>-t<threads>.drift.jsonl")
+    ap.add_argument("--analyse", action="store_true", help="print the figures of the data file only")
+    a = ap.parse_args(argv)
+    out = Path(a.out or _HERE / "data" / f"real-{a.profile}-b{a.budget:g}-t{a.threads}.drift.jsonl")
+    if not a.analyse:
+        collect(out, a.rounds, a.width, a.budget, a.threads, a.profile)
+    f = analyse([json.loads(line) for line in out.read_text().splitlines() if line.strip()])
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The bench's model of the machine's speed drift (bench/landscape.py Drift) and the analysis of
+bench/drift.py's concurrent real runs: what they say is what the data and the settings hold."""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from bench.drift import analyse
+from bench.landscape import Drift
+
+
+def test_drift_keeps_sigma_and_shares_its_part_within_a_round():
+    d = Drift(0.6, 0.5, seed=3)
+    rng = random.Random(0)
+    sigma = 0.02
+    pairs = [(d.noise(rng.gauss(0, sigma), r, sigma), d.noise(rng.gauss(0, sigma), r, sigma)) for r in range(4000)]
+    xs = [x for p in pairs for x in p]
+    assert statistics.stdev(xs) == pytest.approx(sigma, rel=0.05)
+    a, b = zip(*pairs)
+    assert statistics.correlation(a, b) == pytest.approx(0.6, abs=0.05)  # the shared share
+    means = [(x + y) / 2 for x, y in pairs]
+    assert statistics.correlation(means[:-1], means[1:]) == pytest.approx(0.5 * 0.6 / 0.8, abs=0.06)
+
+
+def test_the_machine_is_the_same_for_every_arm_of_a_seed_and_another_for_another_seed():
+    d = Drift(0.5, 0.3)
+    assert [d.at(7).z(r) for r in range(5)] == [d.at(7).z(r) for r in range(5)]
+    assert [d.at(7).z(r) for r in range(5)] != [d.at(8).z(r) for r in range(5)]
+    with pytest.raises(ValueError, match="share"):
+        Drift(1.0, 0.0)
+
+
+def _row(rnd, slot, steps, val):
+    return {"round": rnd, "slot": slot, "status": "ok", "steps": steps, "val_bpb": val}
+
+
+def test_the_analysis_finds_a_shared_speed_and_what_a_partner_run_removes():
+    rng = random.Random(1)
+    rows, slope = [], -0.3
+    for r in range(60):
+        m = rng.gauss(0, 0.08)  # the round's machine speed, shared
+        for k in range(2):
+            ls = math.log(100) + m + rng.gauss(0, 0.02)
+            rows.append(_row(r, k, round(math.exp(ls)), 2.4 + slope * (ls - math.log(100)) + rng.gauss(0, 0.005)))
+    f = analyse(rows)
+    assert f["shared"] > 0.8 and f["slope"] == pytest.approx(slope, abs=0.05)
+    assert f["sigma_pair"] < 0.6 * f["sigma"] and f["sigma_steps"] < f["sigma_pair"]
+    # incomplete or crashed rounds are left out
+    rows.append(_row(60, 0, 90, 2.5))
+    rows += [dict(_row(61, 0, 90, 2.5)), dict(_row(61, 1, None, None), status="crash")]
+    assert analyse(rows)["rounds"] == 60

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -198,7 +199,7 @@ class _Run:
     def done(self, status: str, error: str | None = None, **kw) -> ExperimentResult:
         tail = _redact(log_tail(self.log_path))
         s = self.server
-        counts = dict(bad_events=s.bad_events if s else 0)
+        counts = dict(bad_events=s.bad_events if s else 0, node=socket.gethostname())
         if s is not None and s.real:
             counts.update(steps=s.real, tokens=s.tokens)
         c = self.meter.value() if self.meter is not None else None

@@ -51,3 +51,6 @@ class ExperimentResult(_Model):
     # move best until it is re-measured (the budget is wall clock; load buys fewer steps).
     contention: float | None = None
     contended: bool = False
+    # The machine the run trained on (the runner's host name): runs of one node at the same time
+    # share its speed of that moment (coordinator/decide/rules.py Cluster).
+    node: str | None = None

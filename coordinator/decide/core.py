@@ -82,7 +82,7 @@ class Coordinator(Judging, Pooling):
         self.order: dict[str, list[str]] = {}            # record ids per hardware class, arrival order
         self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
-        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent == "shared")
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
@@ -102,7 +102,7 @@ class Coordinator(Judging, Pooling):
                       self._bests, self._chains, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
-        self.book = SampleBook(self.commits, self.cfg.sigma_prior)
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent == "shared")
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.snapshots.reset()

@@ -57,8 +57,9 @@ class Judging:
         dof = self._dof(hw)
         if bs.n == 0 or dof < 1:
             return None
-        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, bs.n), 0, dof,
-                          n_eff=1.0 / (1.0 + 1.0 / bs.n))
+        n_b = bs.info(self.book.rho(hw))
+        return margin_for(self.cfg, standard_error(self.book.sigma(hw), 1, n_b), 0, dof,
+                          n_eff=1.0 / (1.0 + 1.0 / n_b))
 
     def _note_run_length(self, rec: ExperimentRecord) -> None:
         """A job's lease must outlast a whole run (budget, start-up, evaluation): never shorter
@@ -109,12 +110,14 @@ class Judging:
         added, removed = self.commits.diff_lines(best, C)
         # Its test against this best goes on (a new best starts a new one).
         looks = tuple(prev.looks) if prev is not None and prev.best_before == best else ()
-        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof, looks=looks)
+        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof, looks=looks,
+                   rho=self.book.rho(hw))
         vp = None
         ps = self.book.of(hw, P) if has_p and not p_is_best else Samples()
         if ps.n:
             a, r = self.commits.diff_lines(P, C)
-            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof, sample_ref=False)
+            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof, sample_ref=False,
+                       rho=self.book.rho(hw))
         sure = dof >= self.cfg.min_dof
         # Once a winner, always one (against the best of its time): a later best does not
         # turn its merge into a discard, only a verification can say did-not-stack.
@@ -253,7 +256,8 @@ class Judging:
         bs = self.book.ref(hw, best)
         sigma, dof = self.book.sigma(hw), self._dof(hw)
         added, removed = self.commits.diff_lines(best, M)
-        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks))
+        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks),
+                  rho=self.book.rho(hw))
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
                     mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent, looks=d.looks)
         if v.decision in MOVES:
@@ -273,7 +277,7 @@ class Judging:
         if d.stage == "verify":
             cs = self.book.of(hw, rec.commit)
             a, r = self.commits.diff_lines(best, rec.commit)
-            vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof)
+            vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof, rho=self.book.rho(hw))
             if vb.decision == "promote" and self.commits.blob(rec.commit) != self.commits.blob(M):
                 return self._alone_or(rec, hw, best, vb, {**info, "delta": vb.delta, "margin": vb.margin},
                                       "did-not-stack", "")

@@ -74,9 +74,10 @@ class SampleBook:
     """Samples are keyed by the commit's train.py blob, not the commit: the same file trained
     under another commit (a merge that changed nothing, a re-run) is the same candidate."""
 
-    def __init__(self, commits: CommitCache, sigma_prior: float):
+    def __init__(self, commits: CommitCache, sigma_prior: float, shared: bool = False):
         self.commits = commits
         self.sigma_prior = sigma_prior
+        self.shared = shared  # PromotionConfig.concurrent == "shared": concurrent runs are clustered
         self.samples: dict[tuple[str, str], CodeSamples] = {}
         self.noise: dict[str, NoisePool] = {}
         self.priors: dict[str, Prior] = {}
@@ -120,9 +121,23 @@ class SampleBook:
         return p if p is not None and p.dof > 0 else None
 
     def own(self, hw: str) -> tuple[float, int]:
-        """(sum of squared deviations, degrees of freedom) of this swarm's own noise samples."""
+        """(sum of squared deviations, degrees of freedom) of this swarm's own noise samples
+        (concurrent runs counted as what they are worth when they are clustered)."""
         pool = self.noise.get(hw)
-        return (pool.m2, pool.dof) if pool is not None else (0.0, 0)
+        if pool is None:
+            return 0.0, 0
+        if self.shared:
+            m2, dof, _ = pool.clustered()
+            return m2, dof
+        return pool.m2, pool.dof
+
+    def rho(self, hw: str) -> float:
+        """The share of a run's noise that concurrent runs on one node have in common (0 unless
+        concurrent runs are clustered; 1 while it cannot be told from the runs)."""
+        pool = self.noise.get(hw)
+        if not self.shared or pool is None:
+            return 0.0
+        return pool.clustered()[2]
 
     def _prior_used(self, hw: str) -> Prior | None:
         p = self.prior(hw)
@@ -163,12 +178,20 @@ class SampleBook:
         if is_contended(rec):
             code.contended += 1
             return
-        code.all.add(rec.val_bpb, rec.confirm_bpb)
+        at = run_window(rec) if self.shared else None
+        code.all.add(rec.val_bpb, rec.confirm_bpb, at)
         if rec.kind not in SELECTING:
-            code.unselected.add(rec.val_bpb, rec.confirm_bpb)
+            code.unselected.add(rec.val_bpb, rec.confirm_bpb, at)
         if rec.kind in UNSELECTED:
             self.noise.setdefault(rec.hardware_class, NoisePool()).add(
-                self.groups.setdefault(key, Samples()), rec.val_bpb)
+                self.groups.setdefault(key, Samples()), rec.val_bpb, at=at)
+
+
+def run_window(rec: ExperimentRecord) -> tuple[str, float, float]:
+    """(node, start, end) of a record's run, for clustering concurrent runs: the node the
+    trusted runner reported (one machine when it did not say), the record's own times."""
+    node = (rec.result.node if rec.result is not None else None) or ""
+    return node, rec.started_at, rec.finished_at
 
 
 def is_contended(rec: ExperimentRecord) -> bool:

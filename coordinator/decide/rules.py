@@ -16,45 +16,121 @@ from coordinator.decide import sequential
 
 
 @dataclass
+class Cluster:
+    """Runs of one train.py that trained at the same time on the same node: they share the
+    machine's speed of that moment (bench/drift.py: on a 2-core VM 0.89 of a run's variance), so
+    together they are worth less than as many runs at different times."""
+
+    node: str
+    start: float
+    end: float
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def overlaps(self, node: str, start: float, end: float) -> bool:
+        """The same node, and the two windows overlap by more than half of the shorter one."""
+        short = min(self.end - self.start, end - start)
+        return node == self.node and short > 0 and min(self.end, end) - max(self.start, start) > 0.5 * short
+
+
+@dataclass
 class Samples:
-    """Running mean and sum of squared deviations (Welford) of one commit's val_bpb samples."""
+    """Running mean and sum of squared deviations (Welford) of one commit's val_bpb samples;
+    with their run windows (`at`), the clusters of concurrent runs among them."""
 
     n: int = 0
     mean: float = 0.0
     m2: float = 0.0
     confirm: list[float] = field(default_factory=list)
+    clusters: list[Cluster] = field(default_factory=list)
 
-    def add(self, x: float, confirm: float | None = None) -> None:
+    def add(self, x: float, confirm: float | None = None, at: tuple[str, float, float] | None = None) -> None:
         self.n += 1
         d = x - self.mean
         self.mean += d / self.n
         self.m2 += d * (x - self.mean)
         if confirm is not None:
             self.confirm.append(confirm)
+        c = next((c for c in self.clusters if at is not None and c.overlaps(*at)), None)
+        if c is None:
+            c = Cluster(*(at or ("", 0.0, 0.0)))
+            self.clusters.append(c)
+        c.n += 1
+        dc = x - c.mean
+        c.mean += dc / c.n
+        c.m2 += dc * (x - c.mean)
 
     @property
     def confirm_mean(self) -> float | None:
         return sum(self.confirm) / len(self.confirm) if self.confirm else None
 
+    @property
+    def within(self) -> tuple[float, int]:
+        """(sum of squares within clusters, its degrees of freedom n - clusters)."""
+        return sum(c.m2 for c in self.clusters), self.n - len(self.clusters)
+
+    @property
+    def pairs(self) -> float:
+        """sum over clusters of m (m - 1) / n: how much the clusters shrink the expected sum of
+        squares, E[m2] = (n - 1) sigma^2 - pairs * tau^2 (tau^2: the shared variance)."""
+        return sum(c.n * (c.n - 1) for c in self.clusters) / self.n if self.n else 0.0
+
+    def info(self, rho: float = 0.0) -> float:
+        """Independent samples' worth of the mean: n^2 / sum m (1 + (m - 1) rho) over the
+        clusters (n when no two runs were concurrent, or rho is 0)."""
+        if not self.n or rho <= 0.0:
+            return float(self.n)
+        return self.n ** 2 / sum(c.n * (1.0 + (c.n - 1) * rho) for c in self.clusters)
+
 
 class NoisePool:
-    """Pooled within-commit variance of one hardware class, updated one sample at a time."""
+    """Pooled within-commit variance of one hardware class, updated one sample at a time; with
+    the clusters of concurrent runs, the share of it that concurrent runs have in common."""
 
     def __init__(self) -> None:
         self.m2 = 0.0
         self.dof = 0
+        self.pairs = 0.0      # sum over groups of Samples.pairs
+        self.w_m2 = 0.0       # within-cluster sum of squares
+        self.w_dof = 0        # its degrees of freedom
+        self.k_dof = 0        # sum over groups of (clusters - 1)
 
-    def add(self, s: Samples, x: float, confirm: float | None = None) -> None:
-        old_m2, old_dof = s.m2, max(s.n - 1, 0)
-        s.add(x, confirm)
-        self.m2 += s.m2 - old_m2
-        self.dof += max(s.n - 1, 0) - old_dof
+    def add(self, s: Samples, x: float, confirm: float | None = None,
+            at: tuple[str, float, float] | None = None) -> None:
+        old = (s.m2, max(s.n - 1, 0), s.pairs, *s.within, max(len(s.clusters) - 1, 0))
+        s.add(x, confirm, at)
+        new = (s.m2, max(s.n - 1, 0), s.pairs, *s.within, max(len(s.clusters) - 1, 0))
+        self.m2 += new[0] - old[0]
+        self.dof += new[1] - old[1]
+        self.pairs += new[2] - old[2]
+        self.w_m2 += new[3] - old[3]
+        self.w_dof += new[4] - old[4]
+        self.k_dof += new[5] - old[5]
 
     def sigma(self, prior: float) -> float:
         """Pooled std over commits with >= 2 samples; `prior` until there is at least one."""
         if self.dof <= 0:
             return prior
         return math.sqrt(max(self.m2, 0.0) / self.dof)
+
+    def clustered(self) -> tuple[float, int, float]:
+        """(sum of squares, degrees of freedom, rho) with concurrent runs counted as what they
+        are worth: E[m2] = dof_all sigma^2 - pairs tau^2 and E[within] = w_dof (sigma^2 - tau^2)
+        give sigma^2 and tau^2 (method of moments); rho = tau^2 / sigma^2, clipped to [0, 1].
+        The degrees of freedom: the clusters' (sum of clusters - 1) plus the within-cluster
+        ones weighted by 1 - rho (all of them when concurrent runs share nothing, none when they
+        share everything). Without concurrent runs: (m2, dof, 0), as `sigma`. With concurrent
+        runs but no two clusters of one code, sigma is not identified: (0, 0, 1)."""
+        if self.w_dof <= 0:
+            return self.m2, self.dof, 0.0
+        omega2 = self.w_m2 / self.w_dof
+        if self.dof - self.pairs <= 1e-9 or self.k_dof <= 0:
+            return 0.0, 0, 1.0
+        sigma2 = max((self.m2 - self.pairs * omega2) / (self.dof - self.pairs), omega2, 0.0)
+        rho = min(1.0, max(0.0, 1.0 - omega2 / sigma2)) if sigma2 > 0 else 0.0
+        dof = self.k_dof + int(round((1.0 - rho) * self.w_dof))
+        return sigma2 * dof, dof, rho
 
 
 @dataclass
@@ -91,7 +167,7 @@ def margin_for(cfg: PromotionConfig, se: float, net_added: int, dof: int | None 
 
 def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_added: int,
           allow_simplify: bool = True, dof: int | None = None, sample_ref: bool = True,
-          looks: tuple[float, ...] = ()) -> Verdict:
+          looks: tuple[float, ...] = (), rho: float = 0.0) -> Verdict:
     """One look of the sequential test (sequential.py) of a candidate against a reference.
 
     promote: the likelihood ratio reached 1/alpha. simplification: net removes lines, is worse
@@ -100,11 +176,14 @@ def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_a
     1 + confirm_runs samples and the test did not end. Else pending: one more sample, of the
     reference when it has fewer samples than the candidate (and `sample_ref`: best can be
     re-measured, a parent is not), else of the candidate. (Fewer, not "no more": a 2-agent,
-    20-run swarm with noise history moved best in 17 of 24 seeds against 12.)
+    20-run swarm with noise history moved best in 17 of 24 seeds against 12.) `rho`: the share
+    of the noise that concurrent runs have in common (NoisePool.clustered); concurrent samples
+    of one side then count as what they are worth (Samples.info).
     """
     diff = ref.mean - cand.mean
-    looks = sequential.next_looks(tuple(looks), sequential.info_of(cand.n, ref.n))
-    lk = sequential.look(diff, cand.n, ref.n, sigma, dof if dof is not None else 10**9, design(cfg),
+    n_c, n_r = cand.info(rho), ref.info(rho)
+    looks = sequential.next_looks(tuple(looks), sequential.info_of(n_c, n_r))
+    lk = sequential.look(diff, n_c, n_r, sigma, dof if dof is not None else 10**9, design(cfg),
                          looks, min_delta=cfg.min_delta, line_cost=cfg.cost_per_line * max(0, net_added))
     m, se = lk.margin, lk.se
 
@@ -129,7 +208,7 @@ def judge(cfg: PromotionConfig, cand: Samples, ref: Samples, sigma: float, net_a
             return v("discard", f"better by {diff:.4f} but under the floor {lk.floor:+.4f} of the "
                      f"sequential test (margin {m:.4f}, n={cand.n}, best n={ref.n})")
         return v("discard", f"not better ({diff:+.4f})")
-    nxt = "best" if sample_ref and ref.n < cand.n else "candidate"
+    nxt = "best" if sample_ref and n_r < n_c else "candidate"
     if nxt == "candidate" and not can_confirm:
         return v("discard", f"better by {diff:.4f} but inside margin {m:.4f} after {cand.n} "
                  f"samples (best n={ref.n}): the test ends undecided")

@@ -1,0 +1,129 @@
+"""Runs of one train.py that train at the same time on one node share the machine's speed of that
+moment (bench/drift.py measured 0.89 of a run's variance on this 2-core VM). With
+`promotion.concurrent: shared` the coordinator clusters them, estimates that shared part from
+the runs, and counts concurrent runs as what they are worth: in sigma's degrees of freedom and
+in the sequential test. The samples and the pool on their own, then through the real
+Coordinator (real redis-server, real bare git repo) with the drift that made a likely-null
+change look like a winner in a real quick start (stop 28's note, run 1)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agents.messages import PromotionConfig
+from coordinator.decide.core import Coordinator
+from coordinator.decide.rules import NoisePool, Samples
+from fake_runner import FakeAgent, baseline_text, set_constants
+
+HW = "cpu-fake"
+
+
+def test_concurrent_runs_on_one_node_form_one_cluster_and_count_as_what_they_are_worth():
+    s = Samples()
+    s.add(2.00, at=("n1", 0.0, 40.0))
+    s.add(2.01, at=("n1", 5.0, 44.0))     # overlaps the first by 35 of 39 s: the same moment
+    s.add(2.02, at=("n2", 5.0, 44.0))     # another node: its own machine
+    s.add(2.03, at=("n1", 35.0, 80.0))    # overlaps the first by 5 s: another moment
+    s.add(2.04)                           # no window: a cluster of its own
+    assert s.n == 5 and s.mean == pytest.approx(2.02)
+    assert [c.n for c in s.clusters] == [2, 1, 1, 1]
+    assert s.info(0.0) == 5.0
+    # the mean weighs each run alike: var(mean) = sigma^2 sum m (1 + (m - 1) rho) / n^2
+    assert s.info(1.0) == pytest.approx(25 / 7)
+    assert s.info(0.5) == pytest.approx(25 / (2 * 1.5 + 3))
+    m2, dof = s.within
+    assert dof == 1 and m2 == pytest.approx(0.00005)
+    zero = Samples()                          # windows of no length never cluster
+    zero.add(1.0, at=("n1", 3.0, 3.0))
+    zero.add(1.0, at=("n1", 3.0, 3.0))
+    assert len(zero.clusters) == 2
+
+
+def _pool(share: float, rounds: int, width: int, seed: int = 0, sigma: float = 0.02) -> NoisePool:
+    """One code's runs in rounds of `width` concurrent runs, `share` of the variance common to a round."""
+    rng, pool, s = random.Random(seed), NoisePool(), Samples()
+    for r in range(rounds):
+        d = rng.gauss(0, sigma * share ** 0.5)
+        for _ in range(width):
+            pool.add(s, 2.0 + d + rng.gauss(0, sigma * (1 - share) ** 0.5), at=("n1", 100.0 * r, 100.0 * r + 40))
+    return pool
+
+
+def test_the_pool_tells_the_shared_part_from_the_runs():
+    shared = [_pool(0.85, 40, 2, seed) for seed in range(20)]
+    rhos = [p.clustered()[2] for p in shared]
+    assert 0.7 < sum(rhos) / len(rhos) < 0.95
+    sig = [(p.clustered()[0] / p.clustered()[1]) ** 0.5 for p in shared]
+    raw = [(p.m2 / p.dof) ** 0.5 for p in shared]
+    assert sum(sig) / len(sig) == pytest.approx(0.02, rel=0.08)
+    assert sum(raw) / len(raw) < sum(sig) / len(sig)          # the runs alone understate it
+    assert all(p.clustered()[1] < p.dof for p in shared)      # and their degrees of freedom overstate
+    iid = [_pool(0.0, 40, 2, seed) for seed in range(20)]
+    assert sum(p.clustered()[2] for p in iid) / len(iid) < 0.15
+    assert sum(p.clustered()[1] for p in iid) / len(iid) > 0.85 * iid[0].dof
+    one = _pool(0.85, 1, 8)                                    # one moment: sigma is not identified
+    assert one.clustered() == (0.0, 0, 1.0)
+    lone = NoisePool()                                         # no concurrent runs: as before
+    s = Samples()
+    for x in (2.0, 2.01, 2.02):
+        lone.add(s, x)
+    assert lone.clustered() == (lone.m2, lone.dof, 0.0)
+
+
+# --- through the real Coordinator ------------------------------------------------------------
+# The machine's speed round by round (bpb), as bench/drift.py measured it: concurrent runs share
+# it, and it swings by about 0.02 from one round to the next. Five agents start with two quiet
+# rounds of the baseline (nearly the same speed), then the machine is fast for a round (FAST) in
+# which one agent's truly null change runs, then it swings as usual.
+ROUNDS = (0.0, 0.004, -0.02, 0.02, -0.015, 0.01, 0.018, -0.01, 0.0, 0.015, -0.02, 0.005, 0.012, -0.008)
+NULL_AT = 2
+
+
+def _at(rec, r: int, k: int):
+    """The record as run in round r (60 s apart, 40 s long; slot k starts a second later), node n1."""
+    res = rec.result
+    upd = {"started_at": 1000.0 + 60 * r + k, "finished_at": 1040.0 + 60 * r + k}
+    if res is not None:
+        upd["result"] = res.model_copy(update={"node": "n1"})
+    return rec.model_copy(update=upd)
+
+
+def _null_in_a_fast_round(home, redis_url, concurrent: str) -> tuple[str, Coordinator]:
+    cfg = PromotionConfig(sigma_prior=0.003, concurrent=concurrent)
+    coord = Coordinator(home, redis_url, cfg, swarm_id=f"t-{concurrent}-{random.random():.9f}",
+                        baseline_train_py=baseline_text())
+    agents = [FakeAgent(f"a{i}", coord.repo.path, home.parent / f"wt-{home.name}", hw=HW, sigma=0.0, seed=i)
+              for i in range(5)]
+    own, null = random.Random(1), None
+    for r, off in enumerate(ROUNDS):
+        for k, a in enumerate(agents):
+            if r == NULL_AT and k == 0:
+                root = coord.repo.ref(f"refs/heads/best/{HW}")
+                c = a.commit(root, set_constants(a.text_at(root), PAD_0=1), "PAD_0 0 -> 1")  # no effect
+                rec = a.record(c, root, description="null", val=2.0 + off + own.gauss(0, 0.002))
+                null = rec.experiment_id
+            else:
+                job = coord.next_job(a.name, HW)
+                if job is None:
+                    continue
+                rec = a.record(job.commit, job.parent, kind=job.kind, job=job, val=2.0 + off + own.gauss(0, 0.002))
+            coord.begin(a.started(rec))
+            coord.report(_at(rec, r, k))
+        if null is not None and coord.decisions[null].decision != "pending":
+            break
+    return coord.decisions[null].decision, coord
+
+
+def test_a_null_change_in_a_fast_round_moves_best_only_when_concurrent_runs_count_as_independent(tmp_path, redis_url):
+    # Counted as ten independent runs, two quiet rounds make sigma small and sure: the fast
+    # round alone carries a null change onto best (the 8-agent research bench with the measured
+    # drift: false promotions 0.67% per experiment, best moved in 6 of 12 null swarms).
+    before, c0 = _null_in_a_fast_round(tmp_path / "independent", redis_url, "independent")
+    assert before in ("promote", "merge"), (before, c0.book.sigma(HW), c0.book.dof(HW))
+    # Clustered, those rounds are two moments: sigma waits for more of them, and the change
+    # is judged with the machine's swings in it.
+    after, c1 = _null_in_a_fast_round(tmp_path / "shared", redis_url, "shared")
+    assert after not in ("promote", "merge", "simplification"), after
+    assert c1.book.rho(HW) > 0.8
+    assert c1.book.sigma(HW) > 2 * c0.book.sigma(HW)

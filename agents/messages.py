@@ -207,11 +207,13 @@ class PromotionConfig(_Model):
                                 "a time; the others go on with their own research. 1.0 (every agent "
                                 "takes them): 0.5 cost the 8-agent research bench (bowls, 6 seeds) its "
                                 "speed-up, 6.10 -> 4.69, and the real quick start's replay gained nothing")
-    concurrent: Literal["independent", "shared"] = Field(
-        "independent", description="how runs of one train.py that trained at the same time on one node "
-        "count: independent (each run one sample) or shared (their common part, the machine's speed of "
+    concurrent: Literal["independent", "shared", "auto"] = Field(
+        "auto", description="how runs of one train.py that trained at the same time on one node "
+        "count: independent (each run one sample), shared (their common part, the machine's speed of "
         "that moment, is estimated from the runs: concurrent runs count as what they are worth in the "
-        "comparisons and in sigma's degrees of freedom; bench/drift.py measures it)")
+        "comparisons and in sigma's degrees of freedom; bench/drift.py measures it), or auto (shared "
+        "once earlier swarms of the hardware class measured concurrent runs sharing more than half "
+        "their noise: the noise history; independent before)")
     min_dof: int = Field(8, ge=1, description="no promotion before sigma has this many degrees of freedom "
                          "(the coordinator schedules repeats of the baseline until then; noise history "
                          "counts): with fewer, even the Student-t margin rests on a sigma that is often "

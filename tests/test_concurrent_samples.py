@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from agents.messages import PromotionConfig
+from agents.messages import NoiseHistorySpec, PromotionConfig
 from coordinator.decide.core import Coordinator
 from coordinator.decide.rules import NoisePool, Samples
 from fake_runner import FakeAgent, baseline_text, set_constants
@@ -89,16 +89,17 @@ def _at(rec, r: int, k: int):
     return rec.model_copy(update=upd)
 
 
-def _null_in_a_fast_round(home, redis_url, concurrent: str) -> tuple[str, Coordinator]:
-    cfg = PromotionConfig(sigma_prior=0.003, concurrent=concurrent)
+def _null_in_a_fast_round(home, redis_url, concurrent: str, history: NoiseHistorySpec | None = None,
+                          null_at: int | None = NULL_AT, **promotion) -> tuple[str | None, Coordinator]:
+    cfg = PromotionConfig(sigma_prior=0.003, concurrent=concurrent, **promotion)
     coord = Coordinator(home, redis_url, cfg, swarm_id=f"t-{concurrent}-{random.random():.9f}",
-                        baseline_train_py=baseline_text())
+                        baseline_train_py=baseline_text(), history=history)
     agents = [FakeAgent(f"a{i}", coord.repo.path, home.parent / f"wt-{home.name}", hw=HW, sigma=0.0, seed=i)
               for i in range(5)]
     own, null = random.Random(1), None
     for r, off in enumerate(ROUNDS):
         for k, a in enumerate(agents):
-            if r == NULL_AT and k == 0:
+            if r == null_at and k == 0:
                 root = coord.repo.ref(f"refs/heads/best/{HW}")
                 c = a.commit(root, set_constants(a.text_at(root), PAD_0=1), "PAD_0 0 -> 1")  # no effect
                 rec = a.record(c, root, description="null", val=2.0 + off + own.gauss(0, 0.002))
@@ -112,7 +113,8 @@ def _null_in_a_fast_round(home, redis_url, concurrent: str) -> tuple[str, Coordi
             coord.report(_at(rec, r, k))
         if null is not None and coord.decisions[null].decision != "pending":
             break
-    return coord.decisions[null].decision, coord
+    coord.flush_refs()   # and the noise history
+    return (coord.decisions[null].decision if null else None), coord
 
 
 def test_a_null_change_in_a_fast_round_moves_best_only_when_concurrent_runs_count_as_independent(tmp_path, redis_url):
@@ -127,3 +129,24 @@ def test_a_null_change_in_a_fast_round_moves_best_only_when_concurrent_runs_coun
     assert after not in ("promote", "merge", "simplification"), after
     assert c1.book.rho(HW) > 0.8
     assert c1.book.sigma(HW) > 2 * c0.book.sigma(HW)
+
+
+def test_auto_counts_concurrent_runs_as_shared_once_the_history_of_the_class_measured_it(tmp_path, redis_url):
+    import json
+    spec = NoiseHistorySpec(path=str(tmp_path / "noise-history.json"), profile="cpu", budget=30.0, apparatus="x")
+    # The first swarm on the machine: nothing known, so concurrent runs count as independent
+    # (the quick start's pace), but what it measured is left for the next swarm (this one
+    # repeats the baseline for a while: min_dof 40).
+    first, c0 = _null_in_a_fast_round(tmp_path / "first", redis_url, "auto", spec, null_at=None, min_dof=40)
+    assert not c0.book.shared(HW) and c0.book.rho(HW) == 0.0
+    line = next(iter(json.loads(spec.path and open(spec.path).read())["entries"].values()))["swarms"]
+    (mine,) = line.values()
+    assert mine["rho"] > 0.8 and mine["rho_dof"] >= 4
+    # The next swarm of the class starts from it: concurrent runs count as what they are worth,
+    # and sigma, measured honestly, comes with the history.
+    second, c1 = _null_in_a_fast_round(tmp_path / "second", redis_url, "auto", spec)
+    assert c1.book.shared(HW) and c1.book.rho(HW) > 0.8
+    assert second not in ("promote", "merge", "simplification")
+    # `independent` never clusters, whatever the history says
+    third, c2 = _null_in_a_fast_round(tmp_path / "third", redis_url, "independent", spec)
+    assert not c2.book.shared(HW)

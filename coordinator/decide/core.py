@@ -82,7 +82,7 @@ class Coordinator(Judging, Pooling):
         self.order: dict[str, list[str]] = {}            # record ids per hardware class, arrival order
         self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
-        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent == "shared")
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self._bests: dict[str, str] = {}
@@ -102,7 +102,7 @@ class Coordinator(Judging, Pooling):
                       self._bests, self._chains, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
-        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent == "shared")
+        self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent)
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.snapshots.reset()
@@ -162,7 +162,7 @@ class Coordinator(Judging, Pooling):
             self.best_keys.sync(hw, self.repo.ref(self._ref(hw)))
         if self.history is not None:
             for hw in self.classes:
-                self.history.note(hw, *self.book.own(hw))
+                self.history.note(hw, *self.book.measured(hw))
         self.refwriter.write(self.refwriter.take())
         self._restore_refs()
         self.jobs.update_offers()  # deciding the undecided above may have opened jobs
@@ -215,8 +215,10 @@ class Coordinator(Judging, Pooling):
         if self.history is None:
             return
         m2, dof, measured, swarms = self.history.prior(hw)
+        rho, rho_dof = self.history.rho(hw)
         if dof > 0:
-            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof", measured, swarms)
+            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof", measured, swarms,
+                                rho, rho_dof)
             log.info("class %s: noise history sigma %.4f from %d earlier swarm(s) (%d dof, weighed as %d)",
                      hw, (m2 / dof) ** 0.5, swarms, measured, dof)
 
@@ -289,11 +291,11 @@ class Coordinator(Judging, Pooling):
             self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
-        dof0, own0 = self.book.dof(hw), self.book.own(hw)
+        dof0, own0 = self.book.dof(hw), self.book.measured(hw)
         self.book.add(rec)
         self._note_run_length(rec)
-        if self.history is not None and self.book.own(hw) != own0:
-            self.history.note(hw, *self.book.own(hw))
+        if self.history is not None and self.book.measured(hw) != own0:
+            self.history.note(hw, *self.book.measured(hw))
         self._sample_added(hw, dof0, rec)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):

@@ -78,8 +78,8 @@ class NoiseHistory:
         self.spec, self.swarm_id, self.dof_max = spec, swarm_id, dof_max
         self.path = Path(spec.path)
         self._lock = FileLock(str(self.path) + ".lock", timeout=10)
-        self._due: dict[str, tuple[float, int]] = {}   # class -> own (m2, dof) not written yet
-        self._written: dict[str, tuple[float, int]] = {}
+        self._due: dict[str, tuple] = {}   # class -> own (m2, dof, rho, rho_dof) not written yet
+        self._written: dict[str, tuple] = {}
         self._last = 0.0
 
     def _read(self) -> dict:
@@ -111,6 +111,21 @@ class NoiseHistory:
         used = min(dof, self.dof_max)
         return m2 * used / dof, used, dof, len(lines)
 
+    def rho(self, hw: str) -> tuple[float | None, int]:
+        """The share of the noise concurrent runs had in common in the other swarms of this
+        class (weighted by their within-cluster dof), and those dof: (None, 0) when none said."""
+        try:
+            with self._lock:
+                entry = self._read().get("entries", {}).get(_key(self.spec, hw), {})
+        except OSError:
+            return None, 0
+        lines = [v for sid, v in entry.get("swarms", {}).items()
+                 if sid != self.swarm_id and v.get("rho") is not None and v.get("rho_dof", 0) > 0]
+        w = sum(int(v["rho_dof"]) for v in lines)
+        if w <= 0:
+            return None, 0
+        return sum(float(v["rho"]) * int(v["rho_dof"]) for v in lines) / w, w
+
     def classes(self) -> list[str]:
         """The hardware classes the file holds noise of, for this profile, budget and apparatus
         (measured by a swarm other than this one)."""
@@ -123,11 +138,12 @@ class NoiseHistory:
         return [k[: -len(tail)] for k, e in entries.items() if k.endswith(tail) and any(
             sid != self.swarm_id and v.get("dof", 0) > 0 for sid, v in e.get("swarms", {}).items())]
 
-    def note(self, hw: str, m2: float, dof: int) -> None:
-        """This swarm's own noise of a class now: written at most every WRITE_EVERY_S."""
-        if dof <= 0 or self._written.get(hw) == (m2, dof):
+    def note(self, hw: str, m2: float, dof: int, rho: float | None = None, rho_dof: int = 0) -> None:
+        """This swarm's own noise of a class now (concurrent runs counted as what they are worth,
+        and the share of the noise they had in common): written at most every WRITE_EVERY_S."""
+        if dof <= 0 or self._written.get(hw) == (m2, dof, rho, rho_dof):
             return
-        self._due[hw] = (m2, dof)
+        self._due[hw] = (m2, dof, rho, rho_dof)
         if time.monotonic() - self._last >= WRITE_EVERY_S:
             self.flush()
 
@@ -142,12 +158,12 @@ class NoiseHistory:
             with self._lock:
                 data = self._read()
                 entries = data.setdefault("entries", {})
-                for hw, (m2, dof) in due.items():
+                for hw, (m2, dof, rho, rho_dof) in due.items():
                     e = entries.setdefault(_key(self.spec, hw), {"hardware_class": hw, "profile": self.spec.profile,
                                                                  "budget": self.spec.budget,
                                                                  "apparatus": self.spec.apparatus, "swarms": {}})
                     e["swarms"][self.swarm_id] = {"m2": m2, "dof": dof, "sigma": math.sqrt(m2 / dof),
-                                                  "updated": time.time()}
+                                                  "rho": rho, "rho_dof": rho_dof, "updated": time.time()}
                 tmp = self.path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps(data, indent=1))
                 os.replace(tmp, self.path)
@@ -170,16 +186,18 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
         if not classes:
             return (f"noise history: none for profile {spec.profile}, {where} (each class measures sigma: "
                     f"{min_dof + 1} baseline runs first, and leaves it for the next swarm)")
-        return "; ".join(_found(hw, *hist.prior(hw), where, min_dof) for hw in classes)
+        return "; ".join(_found(hw, *hist.prior(hw), where, min_dof, hist.rho(hw)[0]) for hw in classes)
     m2, dof, measured, swarms = hist.prior(hardware_class)
     if dof <= 0:
         return (f"noise history: none for {hardware_class}, {where} (this swarm measures sigma: "
                 f"{min_dof + 1} baseline runs first, and leaves it for the next)")
-    return _found(hardware_class, m2, dof, measured, swarms, where, min_dof)
+    return _found(hardware_class, m2, dof, measured, swarms, where, min_dof, hist.rho(hardware_class)[0])
 
 
-def _found(hw: str, m2: float, dof: int, measured: int, swarms: int, where: str, min_dof: int) -> str:
+def _found(hw: str, m2: float, dof: int, measured: int, swarms: int, where: str, min_dof: int,
+           rho: float | None = None) -> str:
     more = ("one baseline run per agent first" if dof >= min_dof
             else f"{min_dof - dof} more baseline runs first")
+    shared = "" if rho is None else f"; runs at the same time shared {rho:.0%} of it"
     return (f"noise history: sigma {math.sqrt(m2 / dof):.4f} for {hw}, {where}, from {swarms} earlier swarm"
-            f"{'s' if swarms != 1 else ''} ({measured} degrees of freedom, weighed as {dof}): {more}")
+            f"{'s' if swarms != 1 else ''} ({measured} degrees of freedom, weighed as {dof}){shared}: {more}")

@@ -37,6 +37,10 @@ UNSELECTED = ("baseline", "confirm")
 # The swarm's own noise must have this many degrees of freedom before it can overrule history.
 CHECK_DOF = 6
 CHECK_LEVEL = 0.01  # two-sided F test of the swarm's own variance against the history's
+# concurrent: auto counts concurrent runs as clustered once earlier swarms of the class measured
+# them sharing more than this share of their noise, on at least this many within-cluster dof.
+AUTO_RHO = 0.5
+AUTO_RHO_DOF = 4
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Prior:
     dropped: bool = False     # the swarm's own runs disagreed with it
     measured: int = 0         # the degrees of freedom those swarms measured (dof: their capped weight)
     swarms: int = 0           # how many earlier swarms it comes from
+    rho: float | None = None  # the share of the noise concurrent runs had in common there
+    rho_dof: int = 0          # the concurrent runs' within-cluster degrees of freedom it rests on
 
     def status(self) -> dict:
         """status()["classes"][hw]["noise_prior"]: what the end-of-run summary and the views read."""
@@ -74,10 +80,10 @@ class SampleBook:
     """Samples are keyed by the commit's train.py blob, not the commit: the same file trained
     under another commit (a merge that changed nothing, a re-run) is the same candidate."""
 
-    def __init__(self, commits: CommitCache, sigma_prior: float, shared: bool = False):
+    def __init__(self, commits: CommitCache, sigma_prior: float, concurrent: str = "independent"):
         self.commits = commits
         self.sigma_prior = sigma_prior
-        self.shared = shared  # PromotionConfig.concurrent == "shared": concurrent runs are clustered
+        self.concurrent = concurrent  # PromotionConfig.concurrent: independent | shared | auto
         self.samples: dict[tuple[str, str], CodeSamples] = {}
         self.noise: dict[str, NoisePool] = {}
         self.priors: dict[str, Prior] = {}
@@ -111,10 +117,22 @@ class SampleBook:
         self.groups[(hw, self.commits.blob(commit))] = Samples()
 
     # -- noise ------------------------------------------------------------------------------
-    def set_prior(self, hw: str, m2: float, dof: int, source: str, measured: int = 0, swarms: int = 0) -> None:
+    def set_prior(self, hw: str, m2: float, dof: int, source: str, measured: int = 0, swarms: int = 0,
+                  rho: float | None = None, rho_dof: int = 0) -> None:
         """Noise from earlier swarms (history.py), already capped in weight."""
         self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0), source=source,
-                                measured=measured or max(int(dof), 0), swarms=swarms)
+                                measured=measured or max(int(dof), 0), swarms=swarms, rho=rho, rho_dof=rho_dof)
+
+    def shared(self, hw: str) -> bool:
+        """Whether concurrent runs of one train.py count as clustered in class `hw`: always with
+        `shared`; with `auto`, once earlier swarms of the class measured them sharing more than
+        AUTO_RHO of their noise (on AUTO_RHO_DOF within-cluster degrees of freedom or more)."""
+        if self.concurrent == "shared":
+            return True
+        if self.concurrent != "auto":
+            return False
+        p = self.priors.get(hw)
+        return p is not None and p.rho is not None and p.rho_dof >= AUTO_RHO_DOF and p.rho > AUTO_RHO
 
     def prior(self, hw: str) -> Prior | None:
         p = self.priors.get(hw)
@@ -126,16 +144,25 @@ class SampleBook:
         pool = self.noise.get(hw)
         if pool is None:
             return 0.0, 0
-        if self.shared:
+        if self.shared(hw):
             m2, dof, _ = pool.clustered()
             return m2, dof
         return pool.m2, pool.dof
+
+    def measured(self, hw: str) -> tuple[float, int, float | None, int]:
+        """What this swarm leaves in the noise history, whatever it counts by: (m2, dof) with
+        concurrent runs counted as what they are worth, rho and its within-cluster dof."""
+        pool = self.noise.get(hw)
+        if pool is None:
+            return 0.0, 0, None, 0
+        m2, dof, rho = pool.clustered()
+        return m2, dof, (rho if pool.w_dof > 0 and dof > 0 else None), pool.w_dof
 
     def rho(self, hw: str) -> float:
         """The share of a run's noise that concurrent runs on one node have in common (0 unless
         concurrent runs are clustered; 1 while it cannot be told from the runs)."""
         pool = self.noise.get(hw)
-        if not self.shared or pool is None:
+        if not self.shared(hw) or pool is None:
             return 0.0
         return pool.clustered()[2]
 
@@ -178,7 +205,7 @@ class SampleBook:
         if is_contended(rec):
             code.contended += 1
             return
-        at = run_window(rec) if self.shared else None
+        at = run_window(rec)   # clusters are kept whatever counts: the history learns rho
         code.all.add(rec.val_bpb, rec.confirm_bpb, at)
         if rec.kind not in SELECTING:
             code.unselected.add(rec.val_bpb, rec.confirm_bpb, at)

@@ -218,6 +218,13 @@ class Drift:
         self._rng = random.Random(f"drift/{seed}")
         self._lock = threading.Lock()
 
+    @classmethod
+    def parse(cls, text: str) -> "Drift":
+        """`SHARE,LAG1` (`SHARE` alone: no carry-over), as the benches' --drift takes it;
+        ValueError names what is wrong."""
+        share, _, lag1 = text.partition(",")
+        return cls(float(share), float(lag1 or 0.0))
+
     def at(self, seed: int) -> "Drift":
         return Drift(self.share, self.lag1, seed)
 

@@ -193,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per replay")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    drift = None
-    if a.drift:
-        share, _, lag1 = a.drift.partition(",")
-        drift = Drift(float(share), float(lag1 or 0.0))
+    try:
+        drift = Drift.parse(a.drift) if a.drift else None
+    except ValueError as e:
+        print(f"error: --drift {a.drift!r}: {e} (SHARE,LAG1 such as 0.89,0.19)", file=sys.stderr)
+        return 2
     t0 = time.time()
     run(a.replays, a.max_experiments, a.agents, a.programs.split(",") if a.programs else None, a.backend,
         verbose=a.verbose, minutes=None if a.max_experiments else a.minutes, seconds_per_run=a.seconds_per_run,

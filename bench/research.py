@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_landscape(a.landscape)
         if a.drift:
-            share, _, lag1 = a.drift.partition(",")
-            conf.drift = Drift(float(share), float(lag1 or 0.0))
+            conf.drift = Drift.parse(a.drift)
     except ValueError as e:
         print(f"error: --drift {a.drift!r}: {e} (SHARE,LAG1 such as 0.6,0.5)", file=sys.stderr)
         return 2

@@ -294,8 +294,9 @@ class Coordinator(Judging, Pooling):
         dof0, own0 = self.book.dof(hw), self.book.measured(hw)
         self.book.add(rec)
         self._note_run_length(rec)
-        if self.history is not None and self.book.measured(hw) != own0:
-            self.history.note(hw, *self.book.measured(hw))
+        own = self.book.measured(hw)
+        if self.history is not None and own != own0:
+            self.history.note(hw, *own)
         self._sample_added(hw, dof0, rec)
         best = self._best_commit(hw)
         if self.commits.blob(rec.commit) == self.commits.blob(best):

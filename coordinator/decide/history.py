@@ -92,18 +92,23 @@ class NoiseHistory:
             log.warning("noise history %s unreadable (%s): ignored", self.path, e)
             return {"version": VERSION, "entries": {}}
 
-    def prior(self, hw: str) -> tuple[float, int, int, int]:
-        """(m2, dof) of the other swarms' noise for this class, capped at dof_max, with the
-        measured dof and how many swarms it comes from: (m2, dof, measured_dof, swarms)."""
-        if self.dof_max <= 0:
-            return 0.0, 0, 0, 0
+    def _others(self, hw: str) -> list[dict]:
+        """The lines of this class's entry written by swarms other than this one ([] when the
+        file cannot be read: the swarm goes on without history)."""
         try:
             with self._lock:
                 entry = self._read().get("entries", {}).get(_key(self.spec, hw), {})
         except OSError as e:
             log.warning("noise history %s: %s", self.path, e)
+            return []
+        return [v for sid, v in entry.get("swarms", {}).items() if sid != self.swarm_id]
+
+    def prior(self, hw: str) -> tuple[float, int, int, int]:
+        """(m2, dof) of the other swarms' noise for this class, capped at dof_max, with the
+        measured dof and how many swarms it comes from: (m2, dof, measured_dof, swarms)."""
+        if self.dof_max <= 0:
             return 0.0, 0, 0, 0
-        lines = [v for sid, v in entry.get("swarms", {}).items() if sid != self.swarm_id and v.get("dof", 0) > 0]
+        lines = [v for v in self._others(hw) if v.get("dof", 0) > 0]
         m2 = sum(float(v["m2"]) for v in lines)
         dof = sum(int(v["dof"]) for v in lines)
         if dof <= 0:
@@ -114,13 +119,7 @@ class NoiseHistory:
     def rho(self, hw: str) -> tuple[float | None, int]:
         """The share of the noise concurrent runs had in common in the other swarms of this
         class (weighted by their within-cluster dof), and those dof: (None, 0) when none said."""
-        try:
-            with self._lock:
-                entry = self._read().get("entries", {}).get(_key(self.spec, hw), {})
-        except OSError:
-            return None, 0
-        lines = [v for sid, v in entry.get("swarms", {}).items()
-                 if sid != self.swarm_id and v.get("rho") is not None and v.get("rho_dof", 0) > 0]
+        lines = [v for v in self._others(hw) if v.get("rho") is not None and v.get("rho_dof", 0) > 0]
         w = sum(int(v["rho_dof"]) for v in lines)
         if w <= 0:
             return None, 0

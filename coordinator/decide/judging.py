@@ -86,7 +86,7 @@ class Judging:
         hw, C, P = rec.hardware_class, rec.commit, rec.parent
         best = self._best_commit(hw)
         bs, cs = self.book.ref(hw, best), self.book.of(hw, C)
-        sigma, dof = self.book.sigma(hw), self._dof(hw)
+        sigma, dof, rho = self.book.sigma(hw), self._dof(hw), self.book.rho(hw)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best,
                     mean=cs.mean if cs.n else None)
         if bs.n == 0:
@@ -110,14 +110,12 @@ class Judging:
         added, removed = self.commits.diff_lines(best, C)
         # Its test against this best goes on (a new best starts a new one).
         looks = tuple(prev.looks) if prev is not None and prev.best_before == best else ()
-        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof, looks=looks,
-                   rho=self.book.rho(hw))
+        vb = judge(self.cfg, cs, bs, sigma, added - removed, allow_simplify=direct, dof=dof, looks=looks, rho=rho)
         vp = None
         ps = self.book.of(hw, P) if has_p and not p_is_best else Samples()
         if ps.n:
             a, r = self.commits.diff_lines(P, C)
-            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof, sample_ref=False,
-                       rho=self.book.rho(hw))
+            vp = judge(self.cfg, cs, ps, sigma, a - r, allow_simplify=False, dof=dof, sample_ref=False, rho=rho)
         sure = dof >= self.cfg.min_dof
         # Once a winner, always one (against the best of its time): a later best does not
         # turn its merge into a discard, only a verification can say did-not-stack.
@@ -254,10 +252,9 @@ class Judging:
                 self.jobs.issue("verify", M, best, hw, exp_id, f"verify again (contended): {rec.description}")
             return d  # its verification run has not reported yet
         bs = self.book.ref(hw, best)
-        sigma, dof = self.book.sigma(hw), self._dof(hw)
+        sigma, dof, rho = self.book.sigma(hw), self._dof(hw), self.book.rho(hw)
         added, removed = self.commits.diff_lines(best, M)
-        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks),
-                  rho=self.book.rho(hw))
+        v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks), rho=rho)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
                     mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent, looks=d.looks)
         if v.decision in MOVES:
@@ -277,7 +274,7 @@ class Judging:
         if d.stage == "verify":
             cs = self.book.of(hw, rec.commit)
             a, r = self.commits.diff_lines(best, rec.commit)
-            vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof, rho=self.book.rho(hw))
+            vb = judge(self.cfg, cs, bs, sigma, a - r, allow_simplify=False, dof=dof, rho=rho)
             if vb.decision == "promote" and self.commits.blob(rec.commit) != self.commits.blob(M):
                 return self._alone_or(rec, hw, best, vb, {**info, "delta": vb.delta, "margin": vb.margin},
                                       "did-not-stack", "")

@@ -44,6 +44,8 @@ class Samples:
     m2: float = 0.0
     confirm: list[float] = field(default_factory=list)
     clusters: list[Cluster] = field(default_factory=list)
+    w_m2: float = 0.0      # sum over clusters of their m2 (within-cluster sum of squares)
+    mm1: int = 0           # sum over clusters of m (m - 1)
 
     def add(self, x: float, confirm: float | None = None, at: tuple[str, float, float] | None = None) -> None:
         self.n += 1
@@ -56,10 +58,13 @@ class Samples:
         if c is None:
             c = Cluster(*(at or ("", 0.0, 0.0)))
             self.clusters.append(c)
+        self.mm1 += 2 * c.n          # m (m - 1) -> (m + 1) m
         c.n += 1
         dc = x - c.mean
         c.mean += dc / c.n
-        c.m2 += dc * (x - c.mean)
+        dm2 = dc * (x - c.mean)
+        c.m2 += dm2
+        self.w_m2 += dm2
 
     @property
     def confirm_mean(self) -> float | None:
@@ -68,13 +73,13 @@ class Samples:
     @property
     def within(self) -> tuple[float, int]:
         """(sum of squares within clusters, its degrees of freedom n - clusters)."""
-        return sum(c.m2 for c in self.clusters), self.n - len(self.clusters)
+        return self.w_m2, self.n - len(self.clusters)
 
     @property
     def pairs(self) -> float:
         """sum over clusters of m (m - 1) / n: how much the clusters shrink the expected sum of
         squares, E[m2] = (n - 1) sigma^2 - pairs * tau^2 (tau^2: the shared variance)."""
-        return sum(c.n * (c.n - 1) for c in self.clusters) / self.n if self.n else 0.0
+        return self.mm1 / self.n if self.n else 0.0
 
     def info(self, rho: float = 0.0) -> float:
         """Independent samples' worth of the mean: n^2 / sum m (1 + (m - 1) rho) over the

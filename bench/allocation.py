@@ -61,6 +61,7 @@ SCENARIOS: dict[str, dict[str, list[str]]] = {
                      "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"], "logging": ["LOG_EVERY"]},
 }
 LATE = "late"
+BARREN = {"LOG_EVERY", "EVAL_EVERY"}   # knobs that do nothing on the bowls
 
 
 class ScenarioLand(Bowls):
@@ -95,6 +96,16 @@ class ScenarioLand(Bowls):
         names = list(self.programs)
         return [names[i % len(names)] for i in range(n)]
 
+    def oracle_for(self, n: int, floor: int) -> list[str]:
+        """The allocation an oracle would hold all night: the floor on every program, the rest
+        shared evenly by the programs that can move best (a program whose knobs all do nothing
+        cannot): what adaptive allocation can at best learn, the bench's ceiling."""
+        names = list(self.programs)
+        useful = [k for k in names if not all(x in BARREN for x in self.programs[k])]
+        out = [k for k in names for _ in range(floor)]
+        out += [useful[i % len(useful)] for i in range(n - len(out))]
+        return out
+
 
 @dataclass
 class Arm:
@@ -116,10 +127,11 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     # emptied between arms (main).
     sid = f"{scenario}-{seed}"
     hist = history_file(work / f"{sid}-{mode}-history.json", land, 24, random.Random(seed))
-    s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, land.programs_for(AGENTS), seed, PromotionConfig(),
+    programs = land.oracle_for(AGENTS, alloc["min_agents"]) if mode == "oracle" else land.programs_for(AGENTS)
+    s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, programs, seed, PromotionConfig(),
               {"*": "mutate"}, history=hist)
     s.coord.configure_allocation(AllocationSpec(
-        config=AllocationConfig(mode=mode, seed=seed, **alloc),
+        config=AllocationConfig(mode="static" if mode == "oracle" else mode, seed=seed, **alloc),
         programs=[ProgramSpec(name=n, text=land.program_text(n)) for n in land.programs]))
     arm = Arm(scenario, mode, seed)
     target = target_fraction * land.max_gain
@@ -186,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"
                     print(f"  {scenario:12s} {mode:8s} seed {seed:2d}: rounds_to_target="
                           f"{arm.rounds_to_target} moves={arm.moves} final={arm.final}{share}", flush=True)
+        for scenario in ("barren", "equal"):
+            if (scenario, "static") in res and (scenario, "oracle") in res:
+                st, _ = _rounds(res[(scenario, "static")], a.rounds)
+                orc, co = _rounds(res[(scenario, "oracle")], a.rounds)
+                print(f"{scenario}: oracle (the extra agents on the programs that can move best from "
+                      f"the start) {orc:.2f} rounds ({co} censored): ceiling {st / orc:.2f}")
         line = {}
         for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:

@@ -128,6 +128,41 @@ def test_a_pool_shares_its_gain_between_programs(ledger):
     assert ys["good"].credit == pytest.approx(0.01) and ys["third"].credit == pytest.approx(0.01)
 
 
+def own(ledger: Ledger, eid: str, delta: float, merge: str | None = None) -> None:
+    """A pending decision on `eid`: its own delta against best (or a pool's, with `merge`)."""
+    ledger.put_decision(Decision(experiment_id=eid, decision="pending", delta=delta, merge_commit=merge))
+
+
+def test_a_pool_splits_its_gain_by_each_members_own_evidence(ledger):
+    # a result whose knobs do nothing joined a pool on its noise: it was measured no better than
+    # best, so the pool's gain goes to the member that was (an even split credited it half)
+    a = Allocation.configure(ledger, spec())
+    lucky = run(ledger, "a1", "barren")
+    own(ledger, lucky, -0.002)
+    real = run(ledger, "a2", "third")
+    own(ledger, real, 0.012)
+    leader = run(ledger, "a0", "good")
+    own(ledger, leader, 0.004)
+    own(ledger, leader, 0.030, merge="m1")   # the pool's verification: not the leader's own
+    ledger.put_decision(Decision(experiment_id=leader, decision="merge", best_after="m1", delta=0.032,
+                                 merge_commit="m1", pooled=[lucky, real]))
+    ys = {y.program: y for y in a.yields()}
+    assert ys["barren"].credit == 0.0
+    assert ys["third"].credit == pytest.approx(0.024) and ys["good"].credit == pytest.approx(0.008)
+
+
+def test_each_move_is_in_the_history_once(ledger):
+    a = Allocation.configure(ledger, spec(min_agents=0, dwell_runs=1))
+    for _ in range(10):
+        run(ledger, "g", "good", moved=0.02)
+        run(ledger, "b0", "barren")
+    got = a.assign("b0", "barren")
+    assert got is not None and got.name == "good"
+    assert a.assign("g", "good") is None
+    assert len(a.history) == len(history(ledger)) == 1
+    assert Allocation.restore(ledger).history == a.history
+
+
 def test_the_allocation_is_rebuilt_from_redis_after_a_restart(ledger):
     a = Allocation.configure(ledger, spec(dwell_runs=1, min_agents=0))
     for _ in range(6):

@@ -6,8 +6,9 @@ and `yields()` (each program's agents, yield and share, for `swarm status` and t
 
 Yield. A program's yield is its verified contribution to best per device-hour: every decision
 that moved best (promote, merge, simplification) credits its gain over the best before it
-(Decision.delta, bpb) to the program the result ran under; a pool's gain is split evenly
-between the result that formed it and its members (Decision.pooled). Device-hours are the
+(Decision.delta, bpb) to the program the result ran under; a pool's gain is split between the
+result that formed it and its members (Decision.pooled) by each one's own evidence, its latest
+delta against best before the pool (a member that was no better gets nothing). Device-hours are the
 seconds of every run recorded under the program (experiments and the jobs its agents did).
 
 The bandit: Thompson sampling over a Gamma-Poisson model of each program's rate of gain, for a
@@ -138,6 +139,7 @@ class Allocation:
         self.moves: dict[str, float] = {n: 0.0 for n in names}  # moves credited (shares of pools)
         self._rec_program: dict[str, str] = {}   # experiment id -> program
         self._credited: set[str] = set()
+        self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self.history: list[Assignment] = []
         self._follow()
 
@@ -187,11 +189,13 @@ class Allocation:
                 self._credited.add(id)
                 gain = max(d.delta if d.delta is not None else (d.margin or 0.0), 0.0)
                 members = [id] + [m for m in d.pooled if m != id]
-                for m in members:
+                for m, part in _shares(members, self._own).items():
                     prog = self._rec_program.get(m)
                     if prog in self.credit:
-                        self.credit[prog] += gain / len(members)
-                        self.moves[prog] += 1.0 / len(members)
+                        self.credit[prog] += gain * part
+                        self.moves[prog] += part
+            elif d.delta is not None and d.decision != "sample" and d.merge_commit is None:
+                self._own[id] = d.delta  # its own evidence so far (a pool splits by it)
         elif typ == "allocation":
             a = Assignment.model_validate_json(js)
             self.program_of[a.agent] = a.program
@@ -278,10 +282,7 @@ class Allocation:
                           f"{self.hours[program]:.2f}h")
             a = Assignment(agent=agent, program=to, previous=program, reason=reason, runs_at=runs)
             self.ledger.put_allocation(agent, a.model_dump_json())
-            self.program_of[agent] = to
-            self.allocated[agent] = to
-            self.moved_at[agent] = runs
-            self.history.append(a)
+            self._follow()  # applies the move as any coordinator would read it: once
             log.info("allocation: %s moves %s -> %s: %s", agent, program, to, reason)
             return self.programs[to]
 
@@ -303,6 +304,18 @@ class Allocation:
                     sd=round(math.sqrt(shape) / rate * unit, 6),
                     share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned))
             return out
+
+
+def _shares(members: list[str], own: dict[str, float]) -> dict[str, float]:
+    """How a pool's gain is split between its members: by each one's own evidence (its latest
+    delta against best before it was pooled; none or a negative one counts nothing), evenly when
+    none of them had any. An even split credited a program whose knobs do nothing with half of
+    every pool its noise-lucky results joined (bench/allocation.py, barren)."""
+    ev = {m: max(own.get(m, 0.0), 0.0) for m in members}
+    total = sum(ev.values())
+    if total <= 0:
+        return {m: 1.0 / len(members) for m in members}
+    return {m: e / total for m, e in ev.items()}
 
 
 def _seconds(rec: ExperimentRecord) -> float:

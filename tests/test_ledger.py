@@ -66,10 +66,12 @@ def test_memory_gb_from_result(tmp_path, redis_url):
     coord.next_job("a", HW)
     rec = ExperimentRecord(experiment_id="m-1", kind="baseline", agent="a", program="p",
                            hardware_class=HW, parent=coord.root, commit=coord.root, status="ok",
-                           val_bpb=2.0, result=ExperimentResult(status="ok", peak_memory_mb=1536.0))
+                           val_bpb=2.0, result=ExperimentResult(status="ok", peak_memory_mb=1536.0,
+                                                                node="gpu-node-3"))
     coord.report(rec)
     (row,) = coord.ledger.rows()
     assert row["memory_gb"] == 1.5 and row["decision"] == "sample"
+    assert row["node"] == "gpu-node-3"   # the host: concurrent runs of one node share its drift
 
 
 def test_appends_are_idempotent(tmp_path, redis_url):

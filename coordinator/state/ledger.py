@@ -10,7 +10,7 @@ flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps
 `num_params`, then the latest decision: `decision`, `decision_reason`, `best_before`,
 `best_after`, `decision_delta`, `margin`, `sigma`, `samples`, `suspect`, `merge_commit`,
 `decided_at`, `simplification`, and the labelled `delta_best` / `delta_parent` (+ = better), `dof`,
-`beat_best`, `mean`, `samples_best`, and the result's `contention` / `contended`. TSV
+`beat_best`, `mean`, `samples_best`, and the result's `contention` / `contended` / `node`. TSV
 columns: commit val_bpb memory_gb status description agent program parent, then the rest in
 ROW_COLUMNS order; `status` uses the original's vocabulary (keep/discard/crash) plus ours
 (pending, conflict, did-not-stack, carried, unjudged, timeout, invalid, rejected, sample).
@@ -131,6 +131,9 @@ ROW_SCHEMA = pa.schema([
     # own speed during the run (a contended run is flagged by the runner).
     ("mean", pa.float64()), ("samples_best", pa.int64()),
     ("contention", pa.float64()), ("contended", pa.bool_()),
+    # The host the run trained on: runs of one train.py on one node at the same time share the
+    # machine's drift (promotion.concurrent)
+    ("node", pa.string()),
 ])
 ROW_COLUMNS = ROW_SCHEMA.names
 
@@ -152,7 +155,7 @@ def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
     row["run_status"] = rec.status
     mem = res.peak_memory_mb if res else None
     row["memory_gb"] = mem / 1024 if mem is not None else None
-    for f in ("training_seconds", "total_seconds", "steps", "tokens", "num_params", "contention"):
+    for f in ("training_seconds", "total_seconds", "steps", "tokens", "num_params", "contention", "node"):
         row[f] = getattr(res, f) if res else None
     row["contended"] = bool(res.contended) if res else False
     if dec is not None:

@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 orc, co = _rounds(res[(scenario, "oracle")], a.rounds)
                 print(f"{scenario}: oracle (the extra agents on the programs that can move best from "
                       f"the start) {orc:.2f} rounds ({co} censored): ceiling {st / orc:.2f}")
+        for (scenario, mode), arms in res.items():
+            if scenario != "late_bloomer":
+                m, c = _rounds(arms, a.rounds)
+                print(f"{scenario} {mode}: mean rounds to target {m:.2f} ({c} censored)")
         line = {}
         for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="stop after H hours (no run is started that would end later)")
     stop_after.add_argument("--minutes", type=_positive(float), metavar="M",
                             help="stop after M minutes (no run is started that would end later)")
-    r.add_argument("--profile", choices=["auto", "cpu", "gpu"], help="hardware profile")
+    r.add_argument("--profile", choices=["auto", "cpu", "gpu", "cpu-smoke"],
+                   help="hardware profile (cpu-smoke: cpu scoring 2 of its 16 eval batches, for trying the machinery)")
     r.add_argument("--seed", type=int, help="base seed (agent i gets seed + i)")
     r.add_argument("--address", metavar="ADDR", help="join this Ray cluster (or 'auto'; default: "
                    "$RAY_ADDRESS, else a private local Ray)")

@@ -17,8 +17,9 @@ from tests.test_multinode import AGENT_RESOURCE, ROOT, Cluster, live_worker
 
 # Two agents both on optimizer (weights 3 : 0.01); schedule below its floor of one agent takes
 # the first agent whose dwell (one run) is over.
+# cpu-smoke: the cpu profile scoring 2 eval batches (trainer/profiles.py); the claims here are not the score's
 YAML = """\
-profile: cpu
+profile: cpu-smoke
 backend: {type: mutate}
 programs:
   - {name: optimizer, weight: 3}

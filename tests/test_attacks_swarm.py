@@ -36,7 +36,8 @@ def test_a_forged_score_is_never_promoted(tmp_path):
     (tmp_path / "swarm.yaml").write_text(
         "backend: {type: command, timeout_s: 120, template: '" + sys.executable + " " + str(cli) + " {train_py}'}\n"
         "programs:\n  - {name: baseline}\n"
-        "promotion: {min_dof: 1, confirm_runs: 0, best_remeasures: 0}\n")
+        "promotion: {min_dof: 1, confirm_runs: 0, best_remeasures: 0}\n"
+        "profile: cpu-smoke\n")   # 2 eval batches (trainer/profiles.py): the forged score is the claim
     r = _swarm(tmp_path, "run", "--agents", "1", "--budget", "8", "--max-experiments", "1", "--plain", timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     home, data = tmp_path / "home", tmp_path / "data"

@@ -34,8 +34,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_RESOURCE = "swarm_gpu"
+# cpu-smoke: the cpu profile scoring 2 eval batches (trainer/profiles.py); the claims here are not the score's
 SWARM_YAML = f"""\
-profile: cpu
+profile: cpu-smoke
 backend: {{type: mutate}}
 programs:
   - {{name: optimizer, adopt: always}}  # every agent takes each new best at once

@@ -85,7 +85,8 @@ def test_swarm_run_with_a_swarm_home_outside_the_temp_folder(prepared_data_dir):
         # few baseline repeats (min_dof 2) and one experiment: every run after the agent's first
         # used to crash here
         (base / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n  - {name: baseline}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1, concurrent: independent}\n")
+                                         "promotion: {min_dof: 2, best_remeasures: 1, concurrent: independent}\n"
+                                         "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
         env.update(SWARM_DATA_DIR=str(data), PYTHONUNBUFFERED="1",
                    PYTHONPATH=str(Path(__file__).resolve().parent.parent))

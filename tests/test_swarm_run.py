@@ -110,7 +110,8 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that)
     (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
                                          "  - {name: baseline}\n  - {name: optimizer}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1}\n")
+                                         "promotion: {min_dof: 2, best_remeasures: 1}\n"
+                                         "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
     spy = ChildEnvSpy(home)
     spy.start()
 

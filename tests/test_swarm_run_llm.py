@@ -27,7 +27,7 @@ def test_swarm_run_with_no_valid_proposal_exits_1_and_says_why(tmp_path):
             f'api_key_env: E2E_LLM_KEY, timeout_s: 10, max_retries: 0}}\n'
             "programs:\n  - {name: baseline}\n"
             # one baseline repeat (min_dof 1) before the proposals this test is about
-            "promotion: {min_dof: 1, best_remeasures: 0}\n")
+            "promotion: {min_dof: 1, best_remeasures: 0}\nprofile: cpu-smoke\n")
         r = _swarm(tmp_path, "run", "--agents", "1", "--budget", "5", "--max-experiments", "2", "--plain")
         st = _swarm(tmp_path, "status", "--json")
     assert r.returncode == 1, r.stderr[-3000:]

@@ -85,3 +85,20 @@ def test_metric_rejects_bad_outputs_and_lookahead(tmp_path):
     check_causal(lambda t: emb[t].cumsum(1), x, 50)
     with pytest.raises(MetricError, match="future tokens"):
         check_causal(lambda t: emb[t] + emb[t].mean(1, keepdim=True), x, 50)
+
+
+def test_the_smoke_profile_scores_two_batches_and_still_cuts_every_position():
+    """cpu-smoke (the slow tier's swarms): cpu's vocabulary and rows, so cpu's prepared data; 2 of
+    its eval batches; every position of a row cut by a causality probe at least once; its own
+    hardware class, so its results never meet cpu's."""
+    from trainer.metric import PROBES_MIN, probes_per_row
+    from trainer.profiles import PROFILES, hardware_class
+
+    cpu, smoke = PROFILES["cpu"], PROFILES["cpu-smoke"]
+    assert (smoke.vocab_size, smoke.max_seq_len, smoke.eval_batch) == (cpu.vocab_size, cpu.max_seq_len, cpu.eval_batch)
+    rows = {p.name: p.eval_tokens // p.max_seq_len for p in (cpu, smoke)}
+    assert rows["cpu-smoke"] == 2 * smoke.eval_batch < rows["cpu"]
+    k = probes_per_row(rows["cpu-smoke"], smoke.max_seq_len, smoke.probes_min)
+    assert k * rows["cpu-smoke"] >= smoke.max_seq_len - 1 and k * rows["cpu-smoke"] < PROBES_MIN
+    assert probes_per_row(rows["cpu"], cpu.max_seq_len, cpu.probes_min) * rows["cpu"] >= PROBES_MIN
+    assert hardware_class("cpu-smoke", threads=1) == hardware_class("cpu", threads=1) + "-cpu-smoke"

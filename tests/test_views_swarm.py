@@ -66,7 +66,8 @@ def real_swarm(tmp_path_factory):
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
                                          "  - {name: optimizer}\n  - {name: schedule}\n"
                                          "promotion: {min_dof: 2, best_remeasures: 1, "
-                                         "concurrent: independent}\n" + tracking)
+                                         "concurrent: independent}\n"
+                                         "profile: cpu-smoke\n" + tracking)   # 2 eval batches: trainer/profiles.py
     p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
                           "--max-experiments", "2", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -24,13 +24,14 @@ class SplitRows:
         self.rows = list(eval_batches(docs, batch, seq_len, eval_tokens))
 
 
-def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], token_bytes: np.ndarray) -> EvalReply:
+def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], token_bytes: np.ndarray,
+          probes_min: int | None = None) -> EvalReply:
     """The reply for one request (its id left empty: the server stamps it); every failure is a
-    fixed `error`, never an exception."""
+    fixed `error`, never an exception. `probes_min`: the profile's (default trainer.metric's)."""
     import torch
 
     from trainer.artifact import ArtifactError, OpFailed, StateChanged, load_program
-    from trainer.metric import MetricError, score_split
+    from trainer.metric import PROBES_MIN, MetricError, probes_per_row, score_split
 
     if req.threads:
         torch.set_num_threads(req.threads)
@@ -51,8 +52,9 @@ def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], to
         torch.set_num_threads(1)
     seeds = np.random.SeedSequence(req.probe_seed).spawn(2)
     try:
+        k = probes_per_row(sum(len(x) for x, _ in val.rows), val.rows[0][0].shape[1], probes_min or PROBES_MIN)
         out.val_bpb = score_split(model, val.rows, token_bytes, seed=int(seeds[0].generate_state(1)[0]),
-                                  device=req.device, seconds=out.seconds, key="val", batch=model.shape[0])
+                                  device=req.device, seconds=out.seconds, key="val", batch=model.shape[0], k=k)
         if req.confirm_below is not None and out.val_bpb < req.confirm_below:
             out.confirm_bpb = score_split(model, confirm().rows, token_bytes, device=req.device,
                                           seed=int(seeds[1].generate_state(1)[0]), seconds=out.seconds,

@@ -90,7 +90,7 @@ def serve(config_path: str) -> int:
                 os.close(r)
                 os.dup2(2, 1)
                 os.close(0)
-                reply = score(req.model_copy(update={"id": ""}), val, confirm, tb)
+                reply = score(req.model_copy(update={"id": ""}), val, confirm, tb, cfg.get("probes_min"))
                 data = reply.model_dump_json().encode()
                 while data:
                     data = data[os.write(w, data):]
@@ -188,6 +188,7 @@ class EvaluatorKey:
     memory_mb: int | None = None
     max_procs: int | None = None
     hidden: tuple[str, ...] = field(default_factory=tuple)
+    probes_min: int | None = None    # the profile's (None: trainer.metric's)
 
 
 class EvaluatorGone(Exception):
@@ -221,7 +222,7 @@ class Evaluator:
         k = self.key
         d = Path(k.prepared_dir)
         cfg = {"dir": k.prepared_dir, "batch": k.batch, "seq_len": k.seq_len, "eval_tokens": k.eval_tokens,
-               "sweep": not k.unsafe}
+               "probes_min": k.probes_min, "sweep": not k.unsafe}
         (self.inbox / "config.json").write_text(json.dumps(cfg))
         readable = [self.inbox, d / "token_bytes.npy"] + [d / f"{s}.{w}.npy" for s in ("val", "confirm")
                                                            for w in ("tokens", "offsets")]

@@ -112,9 +112,10 @@ LOGP_FLOOR = -100.0
 PROBES_MIN = 400
 
 
-def probes_per_row(rows: int, seq_len: int) -> int:
-    """K: enough probes for the bound above, and every position cut at least once."""
-    return max(1, math.ceil(max(PROBES_MIN, seq_len - 1) / rows))
+def probes_per_row(rows: int, seq_len: int, probes_min: int = PROBES_MIN) -> int:
+    """K: enough probes for the bound above (`probes_min`: the profile's), and every position cut
+    at least once."""
+    return max(1, math.ceil(max(probes_min, seq_len - 1) / rows))
 
 
 def regroup(rows: list, batch: int) -> list:

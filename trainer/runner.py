@@ -219,7 +219,7 @@ class _Run:
             prepared_dir=str(self.prep.dir), batch=p.eval_batch, seq_len=p.max_seq_len,
             eval_tokens=p.eval_tokens, device=self.device, threads=self.req.threads, unsafe=self.unsafe,
             gpu_devices=tuple(self.gpus), memory_mb=p.memory_mb, max_procs=p.max_procs,
-            hidden=tuple(map(str, self.hidden))))
+            hidden=tuple(map(str, self.hidden)), probes_min=p.probes_min))
 
     # --- the training sandbox -----------------------------------------------------------------
     def _stage(self, inside: str, event_fd: int, data_fd: int) -> bytes:
@@ -541,7 +541,8 @@ def score_kept(run_dir: str | Path, *, confirm: bool = True, profile: str | None
         prepared_dir=str(prep.dir), batch=prof.eval_batch, seq_len=prof.max_seq_len,
         eval_tokens=prof.eval_tokens, device=device, threads=threads, unsafe=unsafe_from_env(),
         gpu_devices=tuple(gpu_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))),
-        memory_mb=prof.memory_mb, max_procs=prof.max_procs, hidden=tuple(map(str, hidden_paths(prep, data_dir)))))
+        memory_mb=prof.memory_mb, max_procs=prof.max_procs, hidden=tuple(map(str, hidden_paths(prep, data_dir))),
+        probes_min=prof.probes_min))
     try:
         reply = ev.evaluate(run_dir / "graph.json", run_dir / "weights.bin", probe_seed=secrets.randbits(62),
                             confirm_below=float("inf") if confirm else None,

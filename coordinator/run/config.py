@@ -82,7 +82,7 @@ class RayConfig(_Cfg):
 class SwarmConfig(_Cfg):
     swarm_home: str | None = None           # None: $SWARM_HOME or ./.swarm
     budget: float | None = Field(default=None, gt=0)   # seconds of training; None: profile's
-    profile: Literal["auto", "cpu", "gpu"] = "auto"
+    profile: Literal["auto", "cpu", "gpu", "cpu-smoke"] = "auto"
     seed: int = 0
     data: DataConfig = DataConfig()
     agents: AgentsConfig = AgentsConfig()

@@ -39,7 +39,7 @@ def wait_for(pred, timeout=120, every=0.2):
 def config(tmp_path, name, program, data_dir, budget):
     return AgentConfig(name=name, program_name=program, program_path=ROOT / "programs" / f"{program}.md",
                        seed=hash(name) % 1000, swarm_home=tmp_path / "home", budget=budget,
-                       profile="cpu", device="cpu", threads=1, data_dir=data_dir)
+                       profile="cpu-smoke", device="cpu", threads=1, data_dir=data_dir)  # 2 eval batches
 
 
 def test_ray_kill_mid_run_gives_one_crash_and_a_clean_worktree(ray_local, coord_cls, tmp_path,

@@ -256,16 +256,24 @@ class ResearchAgent(Training):
         """At the iteration boundary (no run, job or fix in flight): ask the coordinator which
         program to run (adaptive allocation); moved, take that program's text, backend and adopt
         rule, and adopt best. A coordinator without an allocation, or unreachable, moves nobody."""
+        self._take(self._ask())
+
+    def _ask(self, leaving: str | None = None):
         ask = getattr(self.port, "assignment", None)
         if ask is None:
-            return
+            return None
         try:
-            spec = ask(self.cfg.name, self.program.name)
+            if leaving is None:
+                return ask(self.cfg.name, self.program.name)
+            return ask(self.cfg.name, self.program.name, leaving)
         except Exception as e:  # an allocation question must never stop research
             log.warning("%s: could not ask for its program: %s", self.cfg.name, e)
-            return
+            return None
+
+    def _take(self, spec) -> bool:
+        """Run `spec` from now on (None or the current program: nothing changes)."""
         if spec is None or spec.name == self.program.name:
-            return
+            return False
         self._join_prep()
         self._prepared = None  # a proposal prepared for the old program is not run
         old = self.program.name
@@ -280,6 +288,7 @@ class ResearchAgent(Training):
         best = self.port.best(self.hw)
         if best is not None:
             self._adopt(best)
+        return True
 
     def _maybe_adopt(self, best: Broadcast) -> None:
         """Follow best by the coordinator's means: a line that trails best by more than the
@@ -404,7 +413,12 @@ class ResearchAgent(Training):
         """Down: wait (growing, capped; a stop ends the wait) and let the loop ask again.
         Refused: stop this agent with the reason. Abandoned: written down, nothing else."""
         kind, delay = self.health.failed(e, what)
+        if kind == "refused" and self._take(self._ask(leaving=str(self.health.reason))):
+            # adaptive allocation gave it another program: research goes on there
+            self.health.moved_on(self.program.name)
+            return
         if kind == "refused":
+            log.error("%s: stopping: the backend refused: %s", self.cfg.name, self.health.reason)
             self.stop_reason = f"backend refused: {self.health.reason}"
             self._stop.set()
             self._beat(force=True)

@@ -56,7 +56,7 @@ class BackendHealth:
             self.since = self.since or time.time()
             self.counts["refused"] += 1
             self.events.add("refused", reason, self.secrets(), what=what)
-            log.error("%s: stopping: the backend refused: %s", self.agent, reason)
+            log.error("%s: the backend refused: %s", self.agent, reason)
             return "refused", 0.0
         delay = min(self.wait_max_s, self.wait_s * 2 ** min(self.failures, 16))
         self.failures += 1
@@ -69,6 +69,12 @@ class BackendHealth:
         log.warning("%s: backend not answering (%d in a row): %s; asking again in %.0f s",
                     self.agent, self.failures, reason, delay)
         return "down", delay
+
+    def moved_on(self, program: str) -> None:
+        """Its refusal cost the agent its program, not its work: it runs `program` now."""
+        log.warning("%s: moved to program %s after the refusal", self.agent, program)
+        self.state, self.reason, self.since, self.failures = "up", None, None, 0
+        self._last_error = (None, 0)
 
     def answered(self) -> None:
         if self.state == "down":

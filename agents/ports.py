@@ -41,9 +41,10 @@ class CoordinatorPort(Protocol):
 
     def fetch(self, commit: str) -> bytes: ...
 
-    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
+    def assignment(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
         """At an iteration boundary: the program the agent runs from now on (adaptive
-        allocation, coordinator/decide/allocation.py), or None to stay on `program`."""
+        allocation, coordinator/decide/allocation.py), or None to stay on `program`.
+        `leaving`: why its backend refused `program` (it moves at once, or stops on None)."""
 
     def flush(self) -> int:
         """Re-send records spooled while the coordinator was unreachable (called at each
@@ -180,10 +181,12 @@ class RayCoordinator:
         except CoordinatorUnavailable:
             return []
 
-    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
+    def assignment(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
         # An unreachable coordinator moves nobody: the agent stays on its program.
         try:
-            return self._call("assignment", agent, program, retries=0)
+            if leaving is None:
+                return self._call("assignment", agent, program, retries=0)
+            return self._call("assignment", agent, program, leaving, retries=0)
         except CoordinatorUnavailable:
             return None
 

@@ -229,3 +229,37 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     assert by["explore"].backend["type"] == "mutate" and by["optimizer"].text == paths[0].read_text()
     with pytest.raises(ConfigError, match="allocation.mode"):
         parse_config({**data, "allocation": {"mode": "greedy"}}, "swarm.yaml", env={})
+
+
+def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_comes_back(ledger):
+    """A program that cannot propose any more for an agent (mutate: its search space exhausted;
+    an LLM that refuses) releases the agent to another program at once, dwell and floor
+    notwithstanding (it used to stop the agent: a GPU idle until morning); the program is spent:
+    no agent is moved into it, by its floor or its share; restored from the ledger."""
+    a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=6))
+    run(ledger, "b0", "barren")                # one run: dwell not over, and barren's only agent
+    run(ledger, "g0", "good", moved=0.02)
+    run(ledger, "t0", "third")
+    got = a.assign("b0", "barren", leaving="mutate: search space exhausted")
+    assert got is not None and got.name != "barren"
+    ev = history(ledger)[-1]
+    assert (ev["agent"], ev["previous"], ev["left"]) == ("b0", "barren", True)
+    assert "search space exhausted" in ev["reason"]
+    # barren is below its floor now, but it no longer pulls agents in: b0 and the others stay out
+    for ag, prog in (("b0", got.name), ("g0", "good"), ("t0", "third")):
+        for _ in range(6):
+            run(ledger, ag, prog)
+        moved = a.assign(ag, prog)
+        assert moved is None or moved.name != "barren", (ag, moved)
+    again = Allocation.restore(ledger)          # a restarted coordinator knows it too
+    assert ("b0", "barren") in again.left
+    # a program every other program also refused: nowhere to go, the agent stops as before
+    last = Allocation.configure(ledger, spec(mode="adaptive"))
+    last.left |= {("z", "good"), ("z", "third")}
+    assert last.assign("z", "barren", leaving="refused") is None
+
+
+def test_static_mode_does_not_move_a_refused_agent(ledger):
+    a = Allocation.configure(ledger, spec(mode="static"))
+    run(ledger, "b0", "barren")
+    assert a.assign("b0", "barren", leaving="refused") is None

@@ -176,3 +176,38 @@ def test_a_moved_agent_gets_the_new_programs_own_backend(tmp_path, redis_url, mo
     assert a0.program.name == "architecture"
     assert a0.backend is not first and a0.backend.name == kind
     assert a0._backends["optimizer"] is first
+
+
+TINY = ("# tiny\nOne switch of the synthetic train.py.\n\n```yaml\nsearch_space:\n"
+        "  QK_NORM: {type: int, min: 0, max: 1, step: 1}\n```\n")
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "static"])
+def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_path, redis_url, mode):
+    """mutate over a one-switch space runs out of states after one idea; its backend refuses
+    (the same failure five times). Adaptive: the agent leaves for another program at once (a
+    ledger event with the reason) and goes on researching there; static: it stops, as before."""
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    coord.configure_allocation(AllocationSpec(
+        config=AllocationConfig(mode=mode, min_agents=1, dwell_runs=100, seed=3),
+        programs=[ProgramSpec(name="tiny", text=TINY), ProgramSpec(name="optimizer", text=program_text("optimizer"))]))
+    a = ResearchAgent(AgentConfig(name="a0", program_name="tiny", program_text=TINY, seed=0, swarm_id="alloc",
+                                  swarm_home=home, hardware_class=LAND.hardware_class, budget=LAND.seconds_per_run,
+                                  recent_n=0, heartbeat_s=1e9, prepare_ahead=False),
+                      coord, runner=fake_runner(LAND, random.Random(0)), hardware_class=LAND.hardware_class)
+    for _ in range(30):
+        if a._stop.is_set() or a.program.name != "tiny":
+            break
+        a._iteration()
+    moves = [e for t, _id, e in _events(coord) if t == "allocation"]
+    if mode == "static":
+        assert a._stop.is_set() and a.stop_reason.startswith("backend refused") and moves == []
+        return
+    assert not a._stop.is_set() and a.stop_reason is None and a.program.name == "optimizer"
+    assert [(e["agent"], e["previous"], e["program"], e["left"]) for e in moves] == [("a0", "tiny", "optimizer", True)]
+    assert "exhausted" in moves[0]["reason"]
+    for _ in range(4):
+        a._iteration()
+    recs = [e for t, _id, e in _events(coord) if t == "record" and e["agent"] == "a0" and e["kind"] == "experiment"]
+    assert recs[-1]["program"] == "optimizer" and not a._stop.is_set()

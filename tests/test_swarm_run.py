@@ -158,7 +158,8 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     assert p.poll() is None, "the second swarm ended before it could be interrupted"
     stop = _swarm(tmp_path, "stop", "--timeout", "600")   # SIGINT, then waits for the run to end
     out2, err2 = p.communicate(timeout=240)
-    said = f"swarm stop said:\n{stop.stdout[-1000:]}{stop.stderr[-1000:]}\nthe swarm said:\n{out2[-2000:]}{err2[-2000:]}"
+    said = (f"swarm stop said:\n{stop.stdout[-1000:]}{stop.stderr[-1000:]}\n"
+            f"the swarm said:\n{out2[-2000:]}{err2[-2000:]}")
     assert p.returncode == 130, said
     assert stop.returncode == 0 and "stopped" in stop.stdout, said
     held = _trials(home)

@@ -93,6 +93,7 @@ class Assignment(_M):
     reason: str
     runs_at: int                                # the agent's runs when it was moved
     at: float = Field(default_factory=time.time)
+    left: bool = False   # its backend refused `previous` (exhausted, refusing): never given it again
 
 
 class ProgramYield(_M):
@@ -141,6 +142,7 @@ class Allocation:
         self._credited: set[str] = set()
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self.history: list[Assignment] = []
+        self.left: set[tuple[str, str]] = set()  # (agent, program) its backend refused
         self._follow()
 
     # -- persistence -------------------------------------------------------------------------
@@ -201,6 +203,8 @@ class Allocation:
             self.program_of[a.agent] = a.program
             self.allocated[a.agent] = a.program
             self.moved_at[a.agent] = a.runs_at
+            if a.left:
+                self.left.add((a.agent, a.previous))
             self.history.append(a)
 
     # -- the bandit -------------------------------------------------------------------------
@@ -238,13 +242,18 @@ class Allocation:
                 counts[prog] += 1
         return counts
 
-    def assign(self, agent: str, program: str) -> ProgramSpec | None:
+    def assign(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
         """At an agent's iteration boundary: the program it should run from now on, or None to
-        stay on `program` (static mode, a pinned or unknown program, dwell not over, floors)."""
+        stay on `program` (static mode, a pinned or unknown program, dwell not over, floors).
+        `leaving`: why the agent's backend refused `program` (its search space exhausted, a
+        refusing model): in adaptive mode it moves at once, dwell and floor notwithstanding, to
+        a program it has not left (None: there is none, and it stops as in static mode)."""
         with self._lock:
             self._follow()
             if self.cfg.mode != "adaptive":
                 return None
+            if leaving is not None:
+                return self._leave(agent, program, leaving)
             held = self.allocated.get(agent)
             if held is not None and held != program and held in self.programs:
                 # an agent restarted by `swarm run` on its static program resumes its allocation
@@ -261,15 +270,18 @@ class Allocation:
             counts = self._counts()
             if counts[program] - 1 < self.cfg.min_agents:
                 return None
-            free = [n for n, p in self.programs.items() if not p.pinned]
-            starved = [n for n in free if counts[n] < self.cfg.min_agents]
+            # a program some agent's backend refused (its space exhausted, its model refusing) is
+            # spent: no agent is moved into it, by floor or share; those on it stay
+            gone = {p for _a, p in self.left}
+            free = [n for n, p in self.programs.items() if not p.pinned and (n not in gone or n == program)]
+            starved = [n for n in free if counts[n] < self.cfg.min_agents and n not in gone]
             if starved:
                 to = min(starved, key=lambda n: (counts[n], n))
                 reason = f"{to} has {counts[to]} agent(s), below the floor of {self.cfg.min_agents}"
             else:
                 target, p_best = self._targets(free, counts)
                 surplus = counts[program] - target[program]
-                deficits = {n: target[n] - counts[n] for n in free if n != program}
+                deficits = {n: target[n] - counts[n] for n in free if n != program and n not in gone}
                 to = max(deficits, key=lambda n: (deficits[n], n)) if deficits else program
                 # a move only when it brings both programs closer to their shares (over and
                 # under by more than one agent together): no churn from the draws' own noise
@@ -285,6 +297,25 @@ class Allocation:
             self._follow()  # applies the move as any coordinator would read it: once
             log.info("allocation: %s moves %s -> %s: %s", agent, program, to, reason)
             return self.programs[to]
+
+    def _leave(self, agent: str, program: str, why: str) -> ProgramSpec | None:
+        gone = {p for _a, p in self.left} | {program}
+        open_ = [n for n, p in self.programs.items() if n not in gone and not p.pinned]
+        if not open_:
+            return None
+        counts = self._counts()
+        starved = [n for n in open_ if counts[n] < self.cfg.min_agents]
+        if starved:
+            to = min(starved, key=lambda n: (counts[n], n))
+        else:
+            target, _p = self._targets(open_, counts)
+            to = max(open_, key=lambda n: (target[n] - counts[n], n))
+        a = Assignment(agent=agent, program=to, previous=program, runs_at=self.runs.get(agent, 0), left=True,
+                       reason=f"its backend refused {program} ({why[:200]}); {to} has {counts[to]} agent(s)")
+        self.ledger.put_allocation(agent, a.model_dump_json())
+        self._follow()
+        log.info("allocation: %s leaves %s for %s: %s", agent, program, to, a.reason)
+        return self.programs[to]
 
     def yields(self) -> list[ProgramYield]:
         """Each program's agents, yield (bpb of best's gain per device-hour, with the

@@ -532,9 +532,10 @@ class Coordinator(Judging, Pooling):
         spec = spec if isinstance(spec, AllocationSpec) else AllocationSpec.model_validate(spec)
         self.allocation = Allocation.configure(self.ledger, spec)
 
-    def assignment(self, agent: str, program: str) -> ProgramSpec | None:
-        """At an agent's iteration boundary: the program it runs from now on, or None to stay."""
-        return self.allocation.assign(agent, program) if self.allocation is not None else None
+    def assignment(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
+        """At an agent's iteration boundary: the program it runs from now on, or None to stay
+        (`leaving`: why its backend refused `program`; None then: nowhere to go, it stops)."""
+        return self.allocation.assign(agent, program, leaving) if self.allocation is not None else None
 
     def allocation_status(self) -> list[dict]:
         """Each program's agents, yield and share ([] without an allocation)."""

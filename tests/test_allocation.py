@@ -259,7 +259,10 @@ def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_
     assert last.assign("z", "barren", leaving="refused") is None
 
 
-def test_static_mode_does_not_move_a_refused_agent(ledger):
+def test_static_mode_and_pins_do_not_move_a_refused_agent(ledger):
     a = Allocation.configure(ledger, spec(mode="static"))
     run(ledger, "b0", "barren")
     assert a.assign("b0", "barren", leaving="refused") is None
+    a = Allocation.configure(ledger, spec(pinned=("barren",)))
+    assert a.assign("b0", "barren", leaving="refused") is None
+    assert a.assign("g0", "good", leaving="refused") is not None

@@ -299,6 +299,8 @@ class Allocation:
             return self.programs[to]
 
     def _leave(self, agent: str, program: str, why: str) -> ProgramSpec | None:
+        if program in self.programs and self.programs[program].pinned:
+            return None   # pinned: its agents are never moved (it stops, as in static mode)
         gone = {p for _a, p in self.left} | {program}
         open_ = [n for n, p in self.programs.items() if n not in gone and not p.pinned]
         if not open_:

@@ -413,7 +413,8 @@ class ResearchAgent(Training):
         """Down: wait (growing, capped; a stop ends the wait) and let the loop ask again.
         Refused: stop this agent with the reason. Abandoned: written down, nothing else."""
         kind, delay = self.health.failed(e, what)
-        if kind == "refused" and self._take(self._ask(leaving=str(self.health.reason))):
+        # the reason goes into the ledger: redacted (a provider's error may quote the key)
+        if kind == "refused" and self._take(self._ask(leaving=redact(str(self.health.reason), self._secrets()))):
             # adaptive allocation gave it another program: research goes on there
             self.health.moved_on(self.program.name)
             return

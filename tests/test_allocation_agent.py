@@ -211,3 +211,37 @@ def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_pa
         a._iteration()
     recs = [e for t, _id, e in _events(coord) if t == "record" and e["agent"] == "a0" and e["kind"] == "experiment"]
     assert recs[-1]["program"] == "optimizer" and not a._stop.is_set()
+
+
+def test_a_refusal_that_quotes_the_key_leaves_it_out_of_the_ledger(tmp_path, redis_url, monkeypatch):
+    """The refusal's reason goes into the ledger with the move: a provider (or a proxy) that
+    quotes the key in its 401 body must not put it there."""
+    from tests.fake_llm_server import FakeLLMServer
+
+    secret = "sk-alloc-do-not-leak-0987654321"
+    monkeypatch.setenv("ALLOC_LLM_KEY", secret)
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {secret}", "type": "invalid_request_error",
+                                 "code": "invalid_api_key"}})
+    with FakeLLMServer([("raw", 401, "application/json", body)]) as srv:
+        llm = {"type": "litellm", "model": "openai/fake-model", "api_base": srv.url, "api_key_env": "ALLOC_LLM_KEY",
+               "timeout_s": 3, "max_retries": 0, "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0}
+        home = tmp_path / "home"
+        coord = _coord(home, redis_url)
+        coord.configure_allocation(AllocationSpec(
+            config=AllocationConfig(mode="adaptive", min_agents=1, dwell_runs=100, seed=3),
+            programs=[ProgramSpec(name="llm", text=program_text("optimizer"), backend=llm),
+                      ProgramSpec(name="optimizer", text=program_text("optimizer"))]))
+        a = ResearchAgent(AgentConfig(name="a0", program_name="llm", program_text=program_text("optimizer"),
+                                      backend=llm, seed=0, swarm_id="alloc", swarm_home=home,
+                                      hardware_class=LAND.hardware_class, budget=LAND.seconds_per_run,
+                                      recent_n=0, heartbeat_s=1e9, prepare_ahead=False),
+                          coord, runner=fake_runner(LAND, random.Random(0)), hardware_class=LAND.hardware_class)
+        for _ in range(6):
+            if a.program.name != "llm" or a._stop.is_set():
+                break
+            a._iteration()
+    moves = [e for t, _id, e in _events(coord) if t == "allocation"]
+    assert [(e["previous"], e["program"]) for e in moves] == [("llm", "optimizer")], moves
+    assert "refused llm" in moves[0]["reason"], moves[0]["reason"]
+    dumped = "".join(js for _t, _id, js in coord.ledger.events())
+    assert secret not in dumped

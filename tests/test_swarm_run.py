@@ -117,7 +117,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
 
     # 1. a full run: baseline round + 1 experiment per agent
     # (a loaded 2-core machine: contended runs are measured again, so allow minutes)
-    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "8", "--max-experiments", "1", "--plain",
+    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "5", "--max-experiments", "1", "--plain",
                 timeout=900)
     assert r1.returncode == 0, r1.stderr[-2000:]
     # Ray's own start-up lines stay off the terminal without --verbose (its token-auth notice too)
@@ -144,8 +144,8 @@ def test_swarm_run_resume_and_secrets(tmp_path):
 
     # 2. `swarm stop` (a Ctrl-C) in the middle of a run: in-flight runs are recorded, nothing
     # lost or doubled
-    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
-                          "--max-experiments", "3", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+    p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "5",
+                          "--max-experiments", "6", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n_before = len(rows)
     deadline = time.monotonic() + 240
@@ -171,7 +171,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
 
     # 3. run again in the same SWARM_HOME: the same swarm resumes; its redis is SIGKILLed
     # mid-run and the swarm brings it back from the AOF, losing and doubling nothing
-    p3 = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
+    p3 = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "5",
                            "--max-experiments", "1", "--plain"], cwd=tmp_path, env=_env(tmp_path),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

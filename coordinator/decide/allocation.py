@@ -31,7 +31,9 @@ at 1.5 agents of share kept 2 agents in most seeds.
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
-moved, and none are moved into it).
+moved, and none are moved into it). A program an agent's backend refused (mutate's search space
+exhausted, a model refusing alike five times) is spent: the agent leaves it at once, dwell and
+floor notwithstanding (it used to stop for the night), and no agent is moved into it again.
 
 State: every reassignment is an `allocation` event of the ledger with its reason (the hash
 keys.allocation holds each agent's latest); the settings and programs are in redis
@@ -93,7 +95,7 @@ class Assignment(_M):
     reason: str
     runs_at: int                                # the agent's runs when it was moved
     at: float = Field(default_factory=time.time)
-    left: bool = False   # its backend refused `previous` (exhausted, refusing): never given it again
+    left: bool = False   # its backend refused `previous` (exhausted, refusing): that program is spent
 
 
 class ProgramYield(_M):
@@ -142,7 +144,7 @@ class Allocation:
         self._credited: set[str] = set()
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self.history: list[Assignment] = []
-        self.left: set[tuple[str, str]] = set()  # (agent, program) its backend refused
+        self.left: set[tuple[str, str]] = set()  # (agent, program its backend refused): spent programs
         self._follow()
 
     # -- persistence -------------------------------------------------------------------------
@@ -247,7 +249,8 @@ class Allocation:
         stay on `program` (static mode, a pinned or unknown program, dwell not over, floors).
         `leaving`: why the agent's backend refused `program` (its search space exhausted, a
         refusing model): in adaptive mode it moves at once, dwell and floor notwithstanding, to
-        a program it has not left (None: there is none, and it stops as in static mode)."""
+        a program that is not spent (None: there is none, or `program` is pinned, and it stops
+        as in static mode)."""
         with self._lock:
             self._follow()
             if self.cfg.mode != "adaptive":

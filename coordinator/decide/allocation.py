@@ -108,6 +108,7 @@ class ProgramYield(_M):
     sd: float              # the posterior's standard deviation of that yield
     share: float           # its share of the swarm's device-hours
     pinned: bool = False
+    spent: bool = False    # an agent's backend refused it: no agent is moved into it
 
 
 class AllocationError(ValueError):
@@ -330,6 +331,7 @@ class Allocation:
             post = self._posterior()
             counts = self._counts()
             total_h = sum(self.hours.values())
+            gone = {p for _a, p in self.left}
             out = []
             for n, p in self.programs.items():
                 shape, rate, unit = post[n]
@@ -338,7 +340,7 @@ class Allocation:
                     program=n, agents=counts[n], credit=round(self.credit[n], 6), hours=round(h, 4),
                     yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
                     sd=round(math.sqrt(shape) / rate * unit, 6),
-                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned))
+                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in gone))
             return out
 
 

@@ -94,7 +94,8 @@ def program_lines(progs: list[dict]) -> list[str]:
         return []
     out = [f"programs ({progs[0].get('mode', 'static')} allocation; yield = best's gain per device-hour):"]
     for p in progs:
-        out.append(f"  {p['program']}{' (pinned)' if p.get('pinned') else ''}: {p['agents']} agent"
+        tag = "".join(f" ({t})" for t in ("pinned", "spent") if p.get(t))
+        out.append(f"  {p['program']}{tag}: {p['agents']} agent"
                    f"{'s' if p['agents'] != 1 else ''}, yield {p['yield_']:.4f}±{p['sd']:.4f} bpb/device-h "
                    f"({p['credit']:.4f} bpb in {p['hours']:.2f} h), {p['share'] * 100:.0f}% of device-hours")
     return out

@@ -263,8 +263,6 @@ class ResearchAgent(Training):
         if ask is None:
             return None
         try:
-            if leaving is None:
-                return ask(self.cfg.name, self.program.name)
             return ask(self.cfg.name, self.program.name, leaving)
         except Exception as e:  # an allocation question must never stop research
             log.warning("%s: could not ask for its program: %s", self.cfg.name, e)

@@ -184,8 +184,6 @@ class RayCoordinator:
     def assignment(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
         # An unreachable coordinator moves nobody: the agent stays on its program.
         try:
-            if leaving is None:
-                return self._call("assignment", agent, program, retries=0)
             return self._call("assignment", agent, program, leaving, retries=0)
         except CoordinatorUnavailable:
             return None

@@ -252,14 +252,14 @@ def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_
         moved = a.assign(ag, prog)
         assert moved is None or moved.name != "barren", (ag, moved)
     again = Allocation.restore(ledger)          # a restarted coordinator knows it too
-    assert ("b0", "barren") in again.left
+    assert again.spent == {"barren"}
     assert {y.program: y.spent for y in again.yields()} == {"good": False, "barren": True, "third": False}
     from coordinator.run.live import program_lines
     assert any(line.startswith("  barren (spent): ") for line in program_lines(
         [{**y.model_dump(), "mode": "adaptive"} for y in again.yields()]))
     # a program every other program also refused: nowhere to go, the agent stops as before
     last = Allocation.configure(ledger, spec(mode="adaptive"))
-    last.left |= {("z", "good"), ("z", "third")}
+    last.spent |= {"good", "third"}
     assert last.assign("z", "barren", leaving="refused") is None
 
 

@@ -145,7 +145,7 @@ class Allocation:
         self._credited: set[str] = set()
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self.history: list[Assignment] = []
-        self.left: set[tuple[str, str]] = set()  # (agent, program its backend refused): spent programs
+        self.spent: set[str] = set()             # programs an agent's backend refused
         self._follow()
 
     # -- persistence -------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class Allocation:
             self.allocated[a.agent] = a.program
             self.moved_at[a.agent] = a.runs_at
             if a.left:
-                self.left.add((a.agent, a.previous))
+                self.spent.add(a.previous)
             self.history.append(a)
 
     # -- the bandit -------------------------------------------------------------------------
@@ -276,16 +276,15 @@ class Allocation:
                 return None
             # a program some agent's backend refused (its space exhausted, its model refusing) is
             # spent: no agent is moved into it, by floor or share; those on it stay
-            gone = {p for _a, p in self.left}
-            free = [n for n, p in self.programs.items() if not p.pinned and (n not in gone or n == program)]
-            starved = [n for n in free if counts[n] < self.cfg.min_agents and n not in gone]
+            free = [n for n, p in self.programs.items() if not p.pinned and (n not in self.spent or n == program)]
+            starved = [n for n in free if counts[n] < self.cfg.min_agents and n not in self.spent]
             if starved:
                 to = min(starved, key=lambda n: (counts[n], n))
                 reason = f"{to} has {counts[to]} agent(s), below the floor of {self.cfg.min_agents}"
             else:
                 target, p_best = self._targets(free, counts)
                 surplus = counts[program] - target[program]
-                deficits = {n: target[n] - counts[n] for n in free if n != program and n not in gone}
+                deficits = {n: target[n] - counts[n] for n in free if n != program and n not in self.spent}
                 to = max(deficits, key=lambda n: (deficits[n], n)) if deficits else program
                 # a move only when it brings both programs closer to their shares (over and
                 # under by more than one agent together): no churn from the draws' own noise
@@ -305,8 +304,7 @@ class Allocation:
     def _leave(self, agent: str, program: str, why: str) -> ProgramSpec | None:
         if program in self.programs and self.programs[program].pinned:
             return None   # pinned: its agents are never moved (it stops, as in static mode)
-        gone = {p for _a, p in self.left} | {program}
-        open_ = [n for n, p in self.programs.items() if n not in gone and not p.pinned]
+        open_ = [n for n, p in self.programs.items() if n != program and n not in self.spent and not p.pinned]
         if not open_:
             return None
         counts = self._counts()
@@ -331,7 +329,6 @@ class Allocation:
             post = self._posterior()
             counts = self._counts()
             total_h = sum(self.hours.values())
-            gone = {p for _a, p in self.left}
             out = []
             for n, p in self.programs.items():
                 shape, rate, unit = post[n]
@@ -340,7 +337,7 @@ class Allocation:
                     program=n, agents=counts[n], credit=round(self.credit[n], 6), hours=round(h, 4),
                     yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
                     sd=round(math.sqrt(shape) / rate * unit, 6),
-                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in gone))
+                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent))
             return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from trainer.profiles import PROBES_MIN
 from trainer.specs import EvalReply, EvalRequest
 
 
@@ -25,13 +26,13 @@ class SplitRows:
 
 
 def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], token_bytes: np.ndarray,
-          probes_min: int | None = None) -> EvalReply:
+          probes_min: int = PROBES_MIN) -> EvalReply:
     """The reply for one request (its id left empty: the server stamps it); every failure is a
-    fixed `error`, never an exception. `probes_min`: the profile's (default trainer.metric's)."""
+    fixed `error`, never an exception. `probes_min`: the profile's."""
     import torch
 
     from trainer.artifact import ArtifactError, OpFailed, StateChanged, load_program
-    from trainer.metric import PROBES_MIN, MetricError, probes_per_row, score_split
+    from trainer.metric import MetricError, probes_per_row, score_split
 
     if req.threads:
         torch.set_num_threads(req.threads)
@@ -52,7 +53,7 @@ def score(req: EvalRequest, val: SplitRows, confirm: Callable[[], SplitRows], to
         torch.set_num_threads(1)
     seeds = np.random.SeedSequence(req.probe_seed).spawn(2)
     try:
-        k = probes_per_row(sum(len(x) for x, _ in val.rows), val.rows[0][0].shape[1], probes_min or PROBES_MIN)
+        k = probes_per_row(sum(len(x) for x, _ in val.rows), val.rows[0][0].shape[1], probes_min)
         out.val_bpb = score_split(model, val.rows, token_bytes, seed=int(seeds[0].generate_state(1)[0]),
                                   device=req.device, seconds=out.seconds, key="val", batch=model.shape[0], k=k)
         if req.confirm_below is not None and out.val_bpb < req.confirm_below:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.profiles import PROBES_MIN
 from trainer.specs import EvalReply, EvalRequest
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def serve(config_path: str) -> int:
                 os.close(r)
                 os.dup2(2, 1)
                 os.close(0)
-                reply = score(req.model_copy(update={"id": ""}), val, confirm, tb, cfg.get("probes_min"))
+                reply = score(req.model_copy(update={"id": ""}), val, confirm, tb, cfg["probes_min"])
                 data = reply.model_dump_json().encode()
                 while data:
                     data = data[os.write(w, data):]
@@ -188,7 +189,7 @@ class EvaluatorKey:
     memory_mb: int | None = None
     max_procs: int | None = None
     hidden: tuple[str, ...] = field(default_factory=tuple)
-    probes_min: int | None = None    # the profile's (None: trainer.metric's)
+    probes_min: int = PROBES_MIN     # the profile's
 
 
 class EvaluatorGone(Exception):

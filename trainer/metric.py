@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from trainer import profiles
 from trainer.dataloader import TokenDocs, batches
 
 
@@ -109,7 +110,7 @@ def _score_rows(model, rows: list, token_bytes: np.ndarray, device: str) -> tupl
 # comes from, so the val probes already bound what it gains on rows drawn like them.
 PROBE_TOL = 1e-4
 LOGP_FLOOR = -100.0
-PROBES_MIN = 400
+PROBES_MIN = profiles.PROBES_MIN
 
 
 def probes_per_row(rows: int, seq_len: int, probes_min: int = PROBES_MIN) -> int:

@@ -7,6 +7,11 @@ from dataclasses import dataclass, replace
 
 from trainer.errors import BadOption
 
+# Causality probes per evaluation at least, unless a profile says otherwise: the bound on what a
+# model that peeks at future tokens gains is derived in trainer/metric.py (which imports torch,
+# so the number lives here, where every profile and the evaluator's client can read it).
+PROBES_MIN = 400
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -25,7 +30,7 @@ class Profile:
     max_batch_tokens: int   # tokens in one batch a train.py may ask for
     max_artifact_mb: int    # the tensors of the submit frame at most this (its graph: serve.MAX_GRAPH_BYTES)
     scratch_mb: int         # the training sandbox's scratch (a private tmpfs): its disk quota
-    probes_min: int = 400   # causality probes per evaluation at least (trainer/metric.py: the bound)
+    probes_min: int = PROBES_MIN   # causality probes per evaluation at least (trainer/metric.py: the bound)
 
 
 PROFILES: dict[str, Profile] = {

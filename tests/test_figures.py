@@ -117,6 +117,42 @@ def test_current_ideas_hold_only_ideas_in_flight():
     assert "current ideas" not in _text(live.render(data))
 
 
+def test_a_run_on_a_busy_machine_says_nothing_could_be_judged_and_why():
+    """Every run contended (the machine was busy): best has no sample, so no value (not 0.0, which
+    the latest-best key once said) and no experiment is judged; the summary says so in words."""
+    rows = [row(f"b{i}", "baseline", commit="c0", val_bpb=2.8, decision="sample", contended=True,
+                started_at=10.0 * i, finished_at=10.0 * i + 9) for i in range(2)]
+    rows += [row(f"e{i}", commit=f"c{i + 1}", val_bpb=2.7, decision="unjudged", contended=True,
+                 decision_reason="best has no samples yet", started_at=30.0 + i, finished_at=40.0 + i)
+             for i in range(4)]
+    pub = {HW: {"commit": "c0", "val_bpb": None, "samples": 0, "seq": 1}}
+    fig = figures.compute(rows, pub)
+    assert fig.best[HW].val_bpb is None and fig.best[HW].samples == 0
+    data = live.gather(None, "s", rows, running=False)
+    text = " ".join(live.summary(rows, data).split())
+    assert "best [cpu] did not move: it is still the baseline, - (0 samples)." in text
+    assert ("No experiment was judged: best has no sample to compare with. The machine was busy: 6 of 6 "
+            "runs trained slower than its norm (contended)") in text
+
+
+def test_the_latest_best_key_of_a_best_without_samples_holds_no_value(redis_url, tmp_path):
+    """A contended run refreshes best's key with no sample behind it: NaN (read as None by the
+    views), not the empty book's mean 0.0."""
+    from coordinator.decide.bestkey import BestKeys
+    from coordinator.decide.commits import CommitCache
+    from coordinator.decide.noise import SampleBook
+    from coordinator.state.ledger import Ledger, connect_redis
+    from coordinator.state.repo import ResearchRepo
+
+    r = connect_redis(redis_url)
+    repo = ResearchRepo(tmp_path / "repo.git")
+    root = repo.create("A = 0\n")
+    keys_ = BestKeys(r, Ledger(r, "s"), "s", SampleBook(CommitCache(repo), 0.005))
+    keys_.publish(HW, root, None, None)
+    keys_.refresh(HW, root)
+    assert live.published(r, "s")[HW]["val_bpb"] is None
+
+
 def _text(renderable) -> str:
     import io
 

@@ -126,7 +126,8 @@ def test_a_real_swarm_shows_one_truth_in_every_view(real_swarm):
     node = next(n for n in lineage["nodes"] if n["id"] == key["commit"])
     assert node["val_bpb"] == pytest.approx(key["val_bpb"], abs=1e-12) and node["samples"] == key["samples"]
     assert report["figures"]["best"][hw]["val_bpb"] == pytest.approx(key["val_bpb"], abs=1e-12)
-    assert all(float(r["commit_val_bpb"]) == pytest.approx(key["val_bpb"], abs=1e-6)
+    # (a busy machine: every run contended, best has no sample and no value; every view says so)
+    assert all((float(r["commit_val_bpb"]) if r["commit_val_bpb"] else None) == pytest.approx(key["val_bpb"], abs=1e-6)
                for r in tsv if r["commit"] == key["commit"] and r["hardware_class"] == hw)
 
     # counts
@@ -157,7 +158,10 @@ def test_a_real_swarm_shows_one_truth_in_every_view(real_swarm):
         for s in st["steps"]:
             assert f"{s['delta']:+.4f} {s['decision']}" in tail
     else:
-        assert f"best [{hw}] did not move" in tail and "A result must beat best by the margin" in tail
+        # why: the bar it did not clear, or (a busy machine) that nothing could be judged
+        why = ("A result must beat best by the margin" in tail
+               or "No experiment was judged: best has no sample to compare with. The machine was busy" in tail)
+        assert f"best [{hw}] did not move" in tail and why, tail
     for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
         assert cmd in tail
 

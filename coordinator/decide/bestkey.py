@@ -52,5 +52,7 @@ class BestKeys:
             self.publish(hw, best, None, None)
         else:
             s = self.book.ref(hw, best)
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean, "samples": s.n})
+            # no sample (every run of it contended): no value, as publish() writes it, never 0.0
+            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean if s.n else float("nan"),
+                                                            "samples": s.n})
             self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())

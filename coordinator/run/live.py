@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 from rich import box
@@ -40,7 +41,10 @@ def published(client, swarm_id: str) -> dict[str, dict]:
             b = json.loads(client.get(key))
         except (TypeError, ValueError):
             continue
-        out[_s(key)[len(prefix):]] = {k: b.get(k) for k in ("commit", "val_bpb", "samples", "seq")}
+        v = {k: b.get(k) for k in ("commit", "val_bpb", "samples", "seq")}
+        if isinstance(v["val_bpb"], float) and math.isnan(v["val_bpb"]):
+            v["val_bpb"] = None   # a best with no sample yet (bestkey.py writes NaN)
+        out[_s(key)[len(prefix):]] = v
     return out
 
 
@@ -305,7 +309,14 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
     pending = sum(1 for r in exps if figures.outcome(r) == "pending")
     out = [f"best [{hw}] did not move: it is still the baseline, {_fmt(b.get('val_bpb'))} "
            f"({b.get('samples') or 0} samples)."]
-    if not judged:
+    cls = [r for r in rows if (r.get("hardware_class") or "") == hw]
+    contended = sum(1 for r in cls if r.get("contended"))
+    if not judged and not b.get("samples") and contended:
+        out.append(f"  No experiment was judged: best has no sample to compare with. The machine was "
+                   f"busy: {contended} of {len(cls)} runs trained slower than its norm (contended), and "
+                   f"a contended run is never a sample of best; on a quieter machine `swarm run` here "
+                   f"resumes the swarm and measures it again.")
+    elif not judged:
         out.append("  No experiment was judged against it yet"
                    + (f" ({pending} pending: the noise estimate needs more baseline runs first)."
                       if pending else "."))

@@ -48,16 +48,20 @@ def test_summary_block(tmp_path, prepared_data_dir):
 
 
 @pytest.mark.slow
-def test_baseline_60s_on_cpu_beats_unigram(tmp_path, prepared_data_dir):
+def test_baseline_at_the_quick_start_budget_on_cpu_beats_unigram(tmp_path, prepared_data_dir):
+    """The README's quick start trains 30 s runs on the cpu profile: the baseline learns there
+    (measured 2026-12-04: val_bpb 2.237, unigram 3.477, ratio 0.64, 161 steps); the profile's
+    default 60 s only learns more."""
     from trainer import baseline_path
     from trainer.runner import run_experiment
 
-    r = run_experiment(baseline_path(), tmp_path / "run", budget=60, data_dir=prepared_data_dir, profile="cpu",
+    budget = 30
+    r = run_experiment(baseline_path(), tmp_path / "run", budget=budget, data_dir=prepared_data_dir, profile="cpu",
                        device="cpu")
     assert r.status == "ok", r.error
     if r.contended:  # the swarm re-measures such a run; it says nothing about the trainer
         pytest.skip(f"the machine took {r.contention:.0%} of the run's CPU (contended): {r.steps} steps")
-    print(f"baseline 60s: val_bpb={r.val_bpb:.4f} unigram={r.unigram_bpb:.4f} "
+    print(f"baseline {budget}s: val_bpb={r.val_bpb:.4f} unigram={r.unigram_bpb:.4f} "
           f"ratio={r.val_bpb / r.unigram_bpb:.3f} training_seconds={r.training_seconds:.2f} steps={r.steps}")
-    assert abs(r.training_seconds - 60) <= 0.02 * 60
+    assert abs(r.training_seconds - budget) <= 0.02 * budget
     assert r.val_bpb <= 0.8 * r.unigram_bpb

@@ -50,13 +50,15 @@ def small_eval(monkeypatch):
     """The cpu profile with 2 eval batches instead of 16, for tests whose claim is not the score's
     precision (determinism, isolation, contention, the standby): the evaluation, probes
     included, was most of a tiny run's cost (a loaded 2-core machine: eval 22 s of a 98 s
-    baseline run). The score is still the real evaluator's, on the same first rows."""
+    baseline run). The score is still the real evaluator's, on the same first rows, and every
+    position is still probed once (the cpu-smoke profile's probes_min: 256 probes, not 416)."""
     import dataclasses
 
     from trainer import profiles
     p = profiles.PROFILES["cpu"]
     monkeypatch.setitem(profiles.PROFILES, "cpu", dataclasses.replace(
-        p, eval_tokens=EVAL_BATCHES * p.eval_batch * p.max_seq_len))
+        p, eval_tokens=EVAL_BATCHES * p.eval_batch * p.max_seq_len,
+        probes_min=profiles.PROFILES["cpu-smoke"].probes_min))
 
 
 def write(tmp_path: Path, text: str, name: str = "train.py") -> Path:

@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-agents", type=int, default=1)
     ap.add_argument("--dwell-runs", type=int, default=6)
     ap.add_argument("--prior-moves", type=float, default=0.5)
+    ap.add_argument("--pending-weight", type=float, default=None,
+                    help="AllocationConfig.pending_weight (default: the config's)")
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
                     "on the allocation's settings: its figures can be reused)")
     ap.add_argument("--target", type=float, default=TARGET_FRACTION,
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     alloc = {"min_agents": a.min_agents, "dwell_runs": a.dwell_runs, "prior_moves": a.prior_moves}
+    if a.pending_weight is not None:
+        alloc["pending_weight"] = a.pending_weight
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()

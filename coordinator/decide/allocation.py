@@ -18,15 +18,20 @@ strength of `prior_moves` moves, scaled by the program's `weight`. Joint draws f
 posteriors give each program's probability of having the highest rate; the agents above the
 floors are shared in proportion to it (probability matching, which is what Thompson sampling
 does one pull at a time), and an agent at its boundary moves from a program over its share to the
-one furthest under, when that brings both closer to their shares (over and under by more than one
-agent together). Why Thompson rather than an upper confidence bound: a UCB rule points every free
+one furthest under, when that is worth the agent's line: the two end up no further from their
+shares, and the destination's share is the larger (see SLACK and MIN_GAP below for the rule and
+what it replaced). Why Thompson rather than an upper confidence bound: a UCB rule points every free
 agent at the same program (the swarm herds onto one program until the next move), while
 probability matching keeps a spread that shrinks only as the evidence does; the weight is a
 prior, naturally. Why shares rather than one draw per question: measured on bench/allocation.py
 (barren, seed 0), one draw per question moved agents 70 times in 18 rounds (the draws' noise,
-with few moves behind each program), each move costing the agent its line. Why "more than one
-agent together" rather than "half an agent on each side": with the latter a barren program held
-at 1.5 agents of share kept 2 agents in most seeds.
+with few moves behind each program), each move costing the agent its line.
+
+Early evidence (`pending_weight`, default 0): candidates still pending in their sequential test
+with a positive delta may count a fraction of their delta for their program until decided.
+On bench/allocation.py (barren, seeds 0..23) weight 1 gave 11.96 rounds to the target against
+12.54 at dwell 6 and 11.92 against 11.75 at dwell 2: no difference within the noise
+(bench/results/allocation-2026-12-04.txt), so it is off.
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
@@ -61,6 +66,19 @@ from coordinator.state.ledger import Ledger
 log = logging.getLogger(__name__)
 
 MOVED = ("promote", "merge", "simplification")
+# When a move is worth its cost (an agent loses its line). Moving one agent from a program `over`
+# agents above its share to one `under` below cuts the squared distance of the two from their
+# shares iff over + under > 1; at exactly 1 it only trades places. A move needs over + under at
+# least 1 - SLACK (not worse, give or take the draws' noise, about +-0.06 agents) and over +
+# under + (the destination's share - the source's) above 1 + MIN_GAP: a flip between programs
+# nothing tells apart (1.0 + 0) stays, a barren program at 2 of 1.5 gives its agent to a paying
+# one at 2 of 2.5 (1.0 + 1.0), two programs at 3 and 1 of 2 each even out (2.0 + 0), and a paying
+# program never gives an agent to a barren one a fraction under its share (optimizer at 3 of 2.5,
+# logging at 1 of 1.6: 1.1 - 0.9). bench/allocation.py, barren, seeds 0..23, dwell 2: the old rule
+# (over + under > 1) moved agents 5-31 times a run, mostly trading places among unproven programs
+# and from paying programs back to barren ones.
+SLACK = 0.25
+MIN_GAP = 0.5
 # Joint draws per question: P(best) to about +-0.015, a few ms for four programs.
 DRAWS = 1024
 
@@ -78,6 +96,10 @@ class AllocationConfig(_M):
     # within the noise (bench/results/allocation-2026-12-03.txt).
     dwell_runs: int = Field(default=6, ge=1)
     prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
+    # Unverified evidence: a candidate still pending in its sequential test with a positive delta
+    # counts this fraction of that delta (and of a move) for its program until its decision is
+    # final (then its real credit, or none, replaces it). 0: verified moves only.
+    pending_weight: float = Field(default=0.0, ge=0, le=1)
     seed: int | None = None                     # the draws' seed (the bench: reproducible)
 
 
@@ -144,6 +166,7 @@ class Allocation:
         self._rec_program: dict[str, str] = {}   # experiment id -> program
         self._credited: set[str] = set()
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
+        self._pending: dict[str, float] = {}     # experiment id -> its delta while pending (> 0)
         self.history: list[Assignment] = []
         self.spent: set[str] = set()             # programs an agent's backend refused
         self._follow()
@@ -190,6 +213,10 @@ class Allocation:
                 self.hours[rec.program] += _seconds(rec) / 3600.0
         elif typ == "decision" and id not in self._credited:
             d = Decision.model_validate_json(js)
+            if d.decision == "pending" and d.merge_commit is None and (d.delta or 0.0) > 0:
+                self._pending[id] = float(d.delta)
+            elif d.decision != "sample":
+                self._pending.pop(id, None)   # decided: its real credit (below), or none
             if d.decision in MOVED and d.best_after:
                 self._credited.add(id)
                 gain = max(d.delta if d.delta is not None else (d.margin or 0.0), 0.0)
@@ -214,16 +241,31 @@ class Allocation:
     def _posterior(self) -> dict[str, tuple[float, float, float]]:
         """program -> (shape, rate, unit): Gamma posterior of its rate of gain in units of
         `unit` bpb per device-hour (see the module docstring)."""
-        moves = sum(self.moves.values())
-        total = sum(self.credit.values())
+        early, early_moves = self._early()
+        moves = sum(self.moves.values()) + early_moves
+        total = sum(self.credit.values()) + sum(early.values())
         unit = total / moves if moves > 0 and total > 0 else 1.0
         hours = sum(self.hours.values())
         a0 = self.cfg.prior_moves
         # the pooled rate, itself shrunk by a0 pseudo-moves over one pseudo device-hour per program
         pooled = (total / unit + a0) / (hours + len(self.programs))
         mean_w = sum(p.weight for p in self.programs.values()) / len(self.programs)
-        return {n: (a0 * p.weight / mean_w + self.credit[n] / unit,
+        return {n: (a0 * p.weight / mean_w + (self.credit[n] + early[n]) / unit,
                     a0 / pooled + self.hours[n], unit) for n, p in self.programs.items()}
+
+    def _early(self) -> tuple[dict[str, float], float]:
+        """Each program's unverified credit, `pending_weight` x the deltas of its candidates
+        still pending, and the moves they count as (`pending_weight` each): see
+        AllocationConfig.pending_weight."""
+        early = {n: 0.0 for n in self.programs}
+        w, moves = self.cfg.pending_weight, 0.0
+        if w > 0:
+            for id, delta in self._pending.items():
+                prog = self._rec_program.get(id)
+                if prog in early:
+                    early[prog] += w * delta
+                    moves += w
+        return early, moves
 
     def _targets(self, free: list[str], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
         """Thompson sampling for a population: each program's probability of having the highest
@@ -286,9 +328,12 @@ class Allocation:
                 surplus = counts[program] - target[program]
                 deficits = {n: target[n] - counts[n] for n in free if n != program and n not in self.spent}
                 to = max(deficits, key=lambda n: (deficits[n], n)) if deficits else program
-                # a move only when it brings both programs closer to their shares (over and
-                # under by more than one agent together): no churn from the draws' own noise
-                if to == program or surplus <= 0 or deficits[to] <= 0 or surplus + deficits[to] <= 1:
+                # a move only when it is worth an agent's line (see SLACK, MIN_GAP): no churn
+                # from the draws' own noise, never toward a program with a smaller share
+                if to == program or surplus <= 0 or deficits[to] <= 0:
+                    return None
+                gain, gap = surplus + deficits[to], target[to] - target[program]
+                if gain < 1 - SLACK or gain + gap <= 1 + MIN_GAP:
                     return None
                 reason = (f"thompson: P(best) {to} {p_best[to]:.2f} -> {target[to]:.1f} agents "
                           f"(has {counts[to]}), {program} {p_best[program]:.2f} -> "

@@ -89,7 +89,7 @@ class _M(BaseModel):
 
 class AllocationConfig(_M):
     """swarm.yaml's `allocation:` (coordinator/run/swarm.default.yaml documents each key)."""
-    mode: Literal["static", "adaptive"] = "static"
+    mode: Literal["static", "adaptive"] = "adaptive"
     min_agents: int = Field(default=1, ge=0)    # floor per program
     # Runs on a program before an agent may move: 6 rather than 3 cut the moves on the allocation
     # bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the target unchanged

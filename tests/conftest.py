@@ -23,7 +23,7 @@ os.environ.setdefault("GIT_COMMITTER_NAME", "swarm-test")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "swarm-test@localhost")
 
 
-# The slow tier (`-m slow`; the fast tier is `-m "not slow"`, the README's test command). A test
+# The slow tier (`-m slow`; the fast tier is `-m "not slow" -n 2`, the README's test command). A test
 # is slow when it carries @pytest.mark.slow, or uses a fixture that makes it slow, or sits in a
 # module whose every test is slow. Measured 2026-12-03 (CPU seconds of the whole process tree
 # per test, on a loaded machine): one run of the real trainer in its sandbox costs 4-7 CPU s

@@ -74,9 +74,9 @@ MOVED = ("promote", "merge", "simplification")
 # nothing tells apart (1.0 + 0) stays, a barren program at 2 of 1.5 gives its agent to a paying
 # one at 2 of 2.5 (1.0 + 1.0), two programs at 3 and 1 of 2 each even out (2.0 + 0), and a paying
 # program never gives an agent to a barren one a fraction under its share (optimizer at 3 of 2.5,
-# logging at 1 of 1.6: 1.1 - 0.9). bench/allocation.py, barren, seeds 0..23, dwell 2: the old rule
-# (over + under > 1) moved agents 5-31 times a run, mostly trading places among unproven programs
-# and from paying programs back to barren ones.
+# logging at 1 of 1.6: 1.1 - 0.9). bench/allocation.py, barren: the old rule (over + under > 1)
+# moved agents 0-19 times a run at dwell 6 (mean 5.5; this rule 1.9) and up to 31 at dwell 2,
+# mostly trading places among unproven programs and from paying programs back to barren ones.
 SLACK = 0.25
 MIN_GAP = 0.5
 # Joint draws per question: P(best) to about +-0.015, a few ms for four programs.

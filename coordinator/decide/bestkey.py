@@ -30,7 +30,7 @@ class BestKeys:
         """`commit` is the new best of `hw`: a Broadcast with the next seq and its reference mean."""
         s = self.book.ref(hw, commit)
         b = Broadcast(swarm_id=self.swarm_id, hardware_class=hw, commit=commit,
-                      val_bpb=s.mean if s.n else float("nan"), samples=s.n,
+                      val_bpb=_value(s), samples=s.n,
                       seq=broadcast.next_seq(self.r, self.swarm_id, hw),
                       experiment_id=exp_id, decision=decision)
         broadcast.set_latest(self.r, b)
@@ -52,7 +52,11 @@ class BestKeys:
             self.publish(hw, best, None, None)
         else:
             s = self.book.ref(hw, best)
-            # no sample (every run of it contended): no value, as publish() writes it, never 0.0
-            self._latest[hw] = key = key.model_copy(update={"val_bpb": s.mean if s.n else float("nan"),
-                                                            "samples": s.n})
+            self._latest[hw] = key = key.model_copy(update={"val_bpb": _value(s), "samples": s.n})
             self.ledger.set(keys.best(self.swarm_id, hw), key.model_dump_json())
+
+
+def _value(s) -> float:
+    """Best's value in its key: the mean of its samples, NaN when it has none (every run of it
+    contended): never the empty book's 0.0."""
+    return s.mean if s.n else float("nan")

@@ -461,8 +461,9 @@ class ResearchAgent(Training):
                 self.parent_val = d.mean if d.mean is not None else rec.val_bpb
                 self.line_margin = d.margin
                 self.kept += 1
-                log.info("%s: kept %s (%s, %s) val_bpb %.4f", self.cfg.name, commit[:10],
-                         rec.description, d.decision, rec.val_bpb)
+                # its own line, not best: the coordinator's word is the decision named
+                log.info("%s: its line moves to %s (%s; coordinator: %s) val_bpb %.4f", self.cfg.name,
+                         commit[:10], rec.description, d.decision, rec.val_bpb)
         elif (rec.status == "ok" and rec.val_bpb is not None and rec.kind == "baseline"
               and rec.commit == self._safe_head() and self.parent_val is None):
             self.parent_val = rec.val_bpb

@@ -85,6 +85,28 @@ def test_best_value_is_what_the_coordinator_publishes_else_the_last_decisions():
     assert b.val_bpb == pytest.approx(2.36)
 
 
+def test_the_baseline_a_move_started_from_is_best_as_it_was_compared_not_the_new_bests_mean():
+    """The quick start said 'moved 1 time: 2.4318 -> 2.3893 (+0.0425)' where the baseline was
+    2.4474 (9 samples): a move's record holds the new best's own mean (its runs besides the one
+    that selected it: 2.3893, the confirm) and the decision's delta (its two runs' mean 2.4049
+    against 2.4474), and the sum of the two is no value anything had."""
+    vals = (2.4470, 2.4421, 2.4578, 2.4449, 2.4564, 2.4566, 2.4331, 2.4380, 2.4506)
+    base = sum(vals) / len(vals)
+    move = row("e1", commit="c1", val_bpb=2.4205, decision="promote", best_before="c0", best_after="c1",
+               mean=2.3893, samples=1, samples_best=9, delta_best=base - (2.4205 + 2.3893) / 2,
+               decided_at=1300.0, finished_at=1200.0)
+    discard = row("e0", commit="d0", val_bpb=2.4668, decision="discard", best_before="c0", mean=2.4668,
+                  samples_best=9, delta_best=base - 2.4668, decided_at=1000.0, finished_at=1000.0)
+    confirm = row("k1", "confirm", commit="c1", val_bpb=2.3893, decision="sample",
+                  decided_at=1250.0, finished_at=1250.0)
+    for rows in (baseline_round(9, vals=vals) + [discard, move, confirm],   # a discard judged against it first
+                 baseline_round(9, vals=vals) + [move, confirm]):           # the move was its only decision
+        b = figures.compute(rows).best[HW]
+        assert (b.baseline, b.baseline_val_bpb, b.baseline_samples) == ("c0", pytest.approx(base), 9)
+        assert (b.val_bpb, b.samples) == (pytest.approx(2.3893), 1)
+        assert b.gain == pytest.approx(base - 2.3893) and b.steps[0].delta == pytest.approx(0.0425, abs=1e-4)
+
+
 def test_rates_cover_the_whole_run_not_the_experiments_window():
     """Issue 23: 139.2 experiments/hour over the experiments' own window, 75.8 over the run."""
     rows = baseline_round() + [row(f"e{i}", commit=f"c{i}", started_at=3000.0 + 60 * i,

@@ -290,7 +290,11 @@ class Index:
             hw = r.get("hardware_class") or ""
             b, a = r.get("best_before"), r.get("best_after")
             m = _num(r.get("mean"))
-            if b and m is not None and delta_best(r) is not None and r.get("samples_best"):
+            # A record that moved best holds the new best's own mean (its runs besides the one
+            # that selected it), not the mean its delta was taken from: best as it was compared
+            # comes from the records that left best where it was.
+            moved = bool(a) and a != b
+            if b and not moved and m is not None and delta_best(r) is not None and r.get("samples_best"):
                 self.as_best[(hw, b)] = (m + delta_best(r), int(r["samples_best"]))
             if a and m is not None and r.get("samples"):
                 self.moved_to[(hw, a)] = (m, int(r["samples"]))
@@ -348,11 +352,8 @@ def best_of_class(rows: list[dict], hw: str, published: dict | None = None,
         commit = published.get("commit")
     v, n, src = best_value(cls, hw, commit, published, ix)
     if st:
+        # (the first move's own record cannot say it: see Index)
         base_v, base_n = ix.value_at_decisions(hw, root) or (None, 0)
-        if base_v is None and st[0].delta is not None:
-            mv = ix.move_value(hw, st[0].commit)
-            if mv:
-                base_v, base_n = mv[0] + st[0].delta, st[0].samples_best
     else:
         base_v, base_n = v, n
     if base_v is None and root:

@@ -218,6 +218,11 @@ class PromotionConfig(_Model):
                          "(the coordinator schedules repeats of the baseline until then; noise history "
                          "counts): with fewer, even the Student-t margin rests on a sigma that is often "
                          "half the true one")
+    contended_remeasures: int = Field(8, ge=0, description="a train.py with this many contended runs "
+                                      "(the machine much slower than its class's norm: such a run counts "
+                                      "nowhere) is not measured again: best gets no more repeats, a "
+                                      "candidate or a verification stays unjudged. Bounds what a machine "
+                                      "loaded for hours costs in runs")
     best_remeasures: int = Field(4, ge=0, description="top-priority runs (new seeds) of each new best until "
                                  "it has this many samples besides the experiment run that made it a "
                                  "winner (that one is left out of best's mean: it was selected for being low)")

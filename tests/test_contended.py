@@ -91,3 +91,37 @@ def test_a_first_round_of_contended_baselines_is_measured_again(coord, tmp_path)
     assert coord.book.contended(HW, coord.root) == 2 and coord.book.of(HW, coord.root).n == 0
     jobs = [job_of(coord, ag.name) for ag in a]
     assert [(j.kind, j.commit) for j in jobs if j] == [("baseline", coord.root)] * 2, jobs
+
+
+def test_contended_remeasures_bounds_what_a_loaded_machine_costs(tmp_path, redis_url):
+    """`promotion.contended_remeasures`: a train.py with that many contended runs is not measured
+    again, best (no more repeats) and candidates (unjudged) alike: on a machine loaded all night
+    the swarm goes on with its research instead of re-measuring (before: 8 repeats of best, 15
+    of each candidate, whatever the user wanted)."""
+    coord = Coordinator(tmp_path / "home", redis_url,
+                        PromotionConfig(sigma_prior=0.003, contended_remeasures=2), swarm_id="t",
+                        baseline_train_py=baseline_text())
+    a = agents_for(coord, tmp_path, n=2)
+    for ag in a:  # the first round: both contended
+        job = job_of(coord, ag.name)
+        rec = ag.record(job.commit, job.parent, kind="baseline", job=job, val=2.0)
+        coord.begin(ag.started(rec))
+        coord.report(contended(rec))
+    assert coord.book.contended(HW, coord.root) == 2
+    assert [job_of(coord, ag.name) for ag in a] == [None, None]  # no third contended repeat asked for
+
+    coord2 = Coordinator(tmp_path / "home2", redis_url,
+                         PromotionConfig(sigma_prior=0.003, contended_remeasures=2), swarm_id="t2",
+                         baseline_train_py=baseline_text())
+    a = agents_for(coord2, tmp_path / "2")
+    warm_up(coord2, a)
+    text = a[0].text_at(coord2.root).replace("A = 0", "A = 1")
+    c = a[0].commit(coord2.root, text, "A up")
+    rec = contended(a[0].record(c, coord2.root, description="A up"))
+    assert coord2.report(rec).decision.stage == "contended"
+    job = job_of(coord2, "a1")
+    assert (job.kind, job.commit) == ("confirm", c)
+    coord2.report(contended(a[1].record(job.commit, job.parent, kind="confirm", job=job)))
+    d = coord2.decisions[rec.experiment_id]
+    assert d.decision == "unjudged" and "2 runs of it were contended" in d.reason, d
+    assert job_of(coord2, "a2") is None or job_of(coord2, "a2").commit != c

@@ -107,10 +107,13 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     home = tmp_path / "home"
     # optuna explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
     # few baseline repeats (min_dof 2) and one re-measure of a new best: this test is about
-    # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that)
+    # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that); a
+    # loaded machine's contended runs measured again twice at most (CI measured 490 s where a
+    # quiet machine takes 130: 8 contended repeats of best, up to 15 of each candidate;
+    # tests/test_contended.py covers the rule)
     (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
                                          "  - {name: baseline}\n  - {name: optimizer}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1}\n"
+                                         "promotion: {min_dof: 2, best_remeasures: 1, contended_remeasures: 2}\n"
                                          "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
     spy = ChildEnvSpy(home)
     spy.start()

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 MOVES = ("promote", "simplification")
 DEFAULT_LEASE_S = 900.0  # before any run says how long runs take
-CONTENDED_MAX = 8  # contended repeats of one best before the coordinator stops asking for more
 PARENT_CONFIRMS = 2  # confirmations of an off-best result that only its own parent's test asks for
 VERIFY_STAGES = ("verify", "verify-alone", "verify-pool")
 
@@ -195,7 +194,7 @@ class Judging:
         """Pending in the sequential test: a job for its next sample (a confirmation of itself,
         or a repeat of best: _schedule_repeats counts the results that wait for one)."""
         if v.next != "best":
-            if self.book.contended(rec.hardware_class, commit) > self.cfg.confirm_runs:
+            if self.book.contended(rec.hardware_class, commit) >= self.cfg.contended_remeasures:
                 return self._dec(rec, "unjudged", f"never judged: {self.book.contended(rec.hardware_class, commit)} "
                                  f"of its runs were contended", **info)
             self.jobs.issue("confirm", commit, best, rec.hardware_class, rec.experiment_id,
@@ -222,7 +221,7 @@ class Judging:
         """Every run of its code was contended: it cannot move best (nor be discarded) on them."""
         hw = rec.hardware_class
         n = self.book.contended(hw, rec.commit)
-        if n > self.cfg.confirm_runs:
+        if n >= self.cfg.contended_remeasures:
             return self._dec(rec, "unjudged", f"never judged: all {n} runs of it were contended", **info)
         self.jobs.issue("confirm", rec.commit, best, hw, rec.experiment_id,
                         f"re-measure {rec.description} (contended)")
@@ -246,7 +245,7 @@ class Judging:
         ms = self.book.unselected(hw, M)
         if ms.n <= d.merge_samples:
             if not self.jobs.has_open(hw, exp_id, M):  # its verification run was contended
-                if self.book.contended(hw, M) > self.cfg.confirm_runs:
+                if self.book.contended(hw, M) >= self.cfg.contended_remeasures:
                     return self._dec(rec, "unjudged", "never judged: every verification run was contended",
                                      **_keep(d))
                 self.jobs.issue("verify", M, best, hw, exp_id, f"verify again (contended): {rec.description}")
@@ -339,13 +338,14 @@ class Judging:
         experiment run that made it a winner (at most half the class's agents' worth), or
         results wait for a sample of best (one each), counting the repeats already open.
         Contended repeats count nowhere: a class whose every run is contended stops asking
-        after CONTENDED_MAX of them."""
+        after `contended_remeasures` of them."""
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
         if self.book.of(hw, best).n == 0 and not self.book.contended(hw, best):
             return  # the first round's baselines are on their way (a contended one counts nowhere)
-        if self.book.contended(hw, best) >= CONTENDED_MAX:
+        contended = self.book.contended(hw, best)
+        if contended >= self.cfg.contended_remeasures:
             return
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
         # The root was never selected: its first round is all its re-measure (with noise history
@@ -357,6 +357,8 @@ class Judging:
         remeasure = 0 if best == self.root else up_front - self.book.unselected(hw, best).n
         want = max(remeasure, len(self._waiting_for_best(hw, best)))
         need = max(want - open_b, self.cfg.min_dof - (self._dof(hw) + open_b))
+        if contended:  # the repeats already open may come back contended too
+            need = min(need, self.cfg.contended_remeasures - contended - open_b)
         for _ in range(max(0, need)):
             self.jobs.issue("baseline", best, best, hw, None, "repeat of best (noise and its mean)")
 

@@ -246,3 +246,19 @@ def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on
     assert "`swarm run` again here resumes the swarm and decides it" in text, text
     n = int(text.split("; now ")[1].split()[0])
     assert f"now {n} sample{'s' if n != 1 else ''})" in text, text     # never "1 samples"
+
+
+def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():
+    """`promotion.contended_remeasures`: an experiment whose every run stayed contended up to the
+    cap is `unjudged`; the end of the run says how many, and which setting decided it, instead of
+    the old "they cannot move best until re-measured" (no re-measure was coming)."""
+    rows = baseline_round(vals=(2.50, 2.40, 2.45)) + [
+        row("e1", commit="c1", val_bpb=2.30, decision="unjudged", contended=True,
+            decision_reason="never judged: all 2 runs of it were contended", started_at=400.0, finished_at=410.0),
+        row("e1c", "confirm", commit="c1", val_bpb=2.31, decision="sample", contended=True,
+            started_at=411.0, finished_at=420.0)]
+    data = live.gather(None, "s", rows, running=False)
+    text = " ".join(live.summary(rows, data).split())
+    assert ("2 run(s) were contended (the machine was slower than its norm): a contended run counts "
+            "nowhere; 1 experiment was never judged: its runs stayed contended up to "
+            "promotion.contended_remeasures.") in text, text

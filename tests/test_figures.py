@@ -262,3 +262,21 @@ def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():
     assert ("2 run(s) were contended (the machine was slower than its norm): a contended run counts "
             "nowhere; 1 experiment was never judged: its runs stayed contended up to "
             "promotion.contended_remeasures.") in text, text
+
+
+def test_programs_no_agent_ever_ran_share_one_line():
+    """The quick start (2 agents, 6 shipped programs) listed four programs with '0 agents, yield
+    0.0000±0.0421 bpb/device-h (0.0000 bpb in 0.00 h), 0% of device-hours' each: lines that
+    say nothing. Those become one line naming them; a program that ran, or is pinned or spent,
+    keeps its own line."""
+    def prog(name, agents, hours, **kw):
+        return {"program": name, "agents": agents, "yield_": 0.5 if hours else 0.0, "sd": 0.04,
+                "credit": 0.1 if hours else 0.0, "hours": hours, "share": 0.5 if hours else 0.0,
+                "mode": "adaptive", **kw}
+    lines = live.program_lines([prog("baseline", 1, 0.13), prog("architecture", 1, 0.13),
+                                prog("optimizer", 0, 0.0), prog("schedule", 0, 0.0),
+                                prog("left", 0, 0.2), prog("pin", 0, 0.0, pinned=True)])
+    assert lines[0].startswith("programs (adaptive allocation")
+    assert [ln.split(":")[0].strip() for ln in lines[1:]] == [
+        "baseline", "architecture", "left", "pin (pinned)", "no agent so far"]
+    assert lines[-1] == "  no agent so far: optimizer, schedule"

@@ -97,11 +97,18 @@ def program_lines(progs: list[dict]) -> list[str]:
     if not progs:
         return []
     out = [f"programs ({progs[0].get('mode', 'static')} allocation; yield = best's gain per device-hour):"]
+    # programs no agent ever ran (fewer agents than programs): one line, not a row of zeros each
+    idle = [p["program"] for p in progs
+            if not p["agents"] and not p["hours"] and not p.get("pinned") and not p.get("spent")]
     for p in progs:
+        if p["program"] in idle:
+            continue
         tag = "".join(f" ({t})" for t in ("pinned", "spent") if p.get(t))
         out.append(f"  {p['program']}{tag}: {p['agents']} agent"
                    f"{'s' if p['agents'] != 1 else ''}, yield {p['yield_']:.4f}±{p['sd']:.4f} bpb/device-h "
                    f"({p['credit']:.4f} bpb in {p['hours']:.2f} h), {p['share'] * 100:.0f}% of device-hours")
+    if idle:
+        out.append(f"  no agent so far: {', '.join(idle)}")
     return out
 
 

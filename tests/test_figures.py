@@ -262,6 +262,11 @@ def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():
     assert ("2 run(s) were contended (the machine was slower than its norm): a contended run counts "
             "nowhere; 1 experiment was never judged: its runs stayed contended up to "
             "promotion.contended_remeasures.") in text, text
+    # never judged is its own outcome, not "discarded", in the counts every view shows
+    assert "experiments: 1 unjudged;" in text, text
+    assert figures.counts(rows).outcomes == {"unjudged": 1}
+    from coordinator.review.report.tables import program_table
+    assert program_table(rows)[-1]["unjudged"] == 1 and program_table(rows)[-1]["discarded"] == 0
 
 
 def test_programs_no_agent_ever_ran_share_one_line():

@@ -9,7 +9,7 @@ coordinator/state/figures.py, so the tree, the exports and the report show what 
 Node attributes: `val_bpb` and `samples` (the value decisions use for the commit, in its own
 hardware class), `delta` (+ = better: for a step of best, the delta of the decision that made it;
 else the record's delta against best at its decision), `delta_parent`, `outcome` (baseline,
-kept, merged, carried, pending, discarded, failed, sample, unrecorded), `decision` (the
+kept, merged, carried, pending, discarded, unjudged, failed, sample, unrecorded), `decision` (the
 decision word), `step` (n of the move that made it best), `generation` (an integer: the
 longest path from the root), `on_best` (an ancestor of a best ref), `best_path` (on a best
 ref's first-parent chain), `suspect`, `contended`, `is_merge`, `agent` / `program` /

@@ -41,9 +41,9 @@ JOB_KINDS = ("baseline", "confirm", "verify")
 # An experiment's decision, in the words every view uses.
 OUTCOMES = {"promote": "kept", "simplification": "kept", "merge": "merged", "carried": "carried",
             "pending": "pending", "discard": "discarded", "did-not-stack": "discarded",
-            "conflict": "discarded", "unjudged": "discarded", "crash": "failed", "timeout": "failed",
+            "conflict": "discarded", "unjudged": "unjudged", "crash": "failed", "timeout": "failed",
             "invalid": "invalid", "rejected": "rejected", "sample": "sample"}
-OUTCOME_ORDER = ("kept", "merged", "carried", "pending", "discarded", "failed", "invalid",
+OUTCOME_ORDER = ("kept", "merged", "carried", "pending", "discarded", "unjudged", "failed", "invalid",
                  "rejected", "undecided")
 MIN_RATE_SPAN_S = 60.0   # below a minute, a rate per hour says nothing
 

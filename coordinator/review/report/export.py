@@ -20,7 +20,8 @@ FORMATS = ("json", "dot", "graphml")
 
 # One colour per outcome, shared with the HTML report's DAG (page.js reads it from the page data).
 OUTCOME_COLORS = {"baseline": "#9e9e9e", "kept": "#2ca02c", "merged": "#1f77b4", "carried": "#17becf",
-                  "pending": "#ff7f0e", "discarded": "#d9d9d9", "failed": "#444444", "sample": "#bcbd22",
+                  "pending": "#ff7f0e", "discarded": "#d9d9d9", "unjudged": "#f7b6d2",
+                  "failed": "#444444", "sample": "#bcbd22",
                   "unrecorded": "#ffffff"}
 
 

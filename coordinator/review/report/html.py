@@ -124,13 +124,13 @@ def _fmt(v, spec: str) -> str:
 def _stats_html(rows: list[dict], fig: figures.Figures) -> str:
     # "device": a CPU swarm's hours are CPU-hours; the classes below say which devices
     head = ("program", "experiments", "runs", "keeps (moved best)", "of which merged", "carried",
-            "pending", "discarded", "failed", "invalid", "largest step Δ", "device-hours",
+            "pending", "discarded", "never judged", "failed", "invalid", "largest step Δ", "device-hours",
             "LLM cost $", "device-h / keep", "$ / keep")
     out = ["<table class='stats' id='program-table'><tr>"
            + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for t in program_table(rows, fig):
         cells = (html.escape(t["program"]), t["experiments"], t["runs"], t["keeps"], t["merged"],
-                 t["carried"], t["pending"], t["discarded"], t["failed"], t["invalid"],
+                 t["carried"], t["pending"], t["discarded"], t["unjudged"], t["failed"], t["invalid"],
                  _fmt(t["largest_step"], "+.4f"), _fmt(t["gpu_hours"], ".2f"),
                  _fmt(t["llm_cost_usd"], ".2f"), _fmt(t["gpu_hours_per_keep"], ".2f"),
                  _fmt(t["cost_per_keep"], ".3f"))

@@ -7,11 +7,12 @@
   "use strict";
   var D = JSON.parse(document.getElementById("report-data").textContent);
   window.__reportData = D;
-  var OUTCOMES = ["baseline", "kept", "merged", "carried", "pending", "discarded", "failed",
+  var OUTCOMES = ["baseline", "kept", "merged", "carried", "pending", "discarded", "unjudged", "failed",
                   "sample", "unrecorded"];
   var LABEL = { baseline: "baseline (root)", kept: "kept (moved best)",
                 merged: "merged onto best", carried: "carried (in another's merge)",
-                pending: "pending", discarded: "discarded", failed: "crashed / timed out",
+                pending: "pending", discarded: "discarded",
+                unjudged: "never judged (no clean sample)", failed: "crashed / timed out",
                 sample: "sample only", unrecorded: "unrecorded" };
 
   function fmt(v, digits, signed) {

@@ -10,7 +10,7 @@ from coordinator.state import figures
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("program", "experiments", "runs", "keeps", "merged", "carried", "pending", "discarded",
+COLUMNS = ("program", "experiments", "runs", "keeps", "merged", "carried", "pending", "discarded", "unjudged",
            "failed", "invalid", "largest_step", "gpu_hours", "llm_cost_usd", "gpu_hours_per_keep",
            "cost_per_keep")
 
@@ -29,7 +29,7 @@ def program_table(rows: list[dict], fig: figures.Figures | None = None) -> list[
 
     experiments and runs as figures.counts defines them; keeps: the experiments whose decision
     moved best (promote, simplification or merge: one per move; `merged` counts the merges
-    among them); carried / pending / discarded / failed / invalid: the other outcomes of
+    among them); carried / pending / discarded / unjudged / failed / invalid: the other outcomes of
     experiments; largest_step: the largest delta (+ = better) of the moves this program's
     experiments made. Device-hours count every run, jobs included.
     """
@@ -51,7 +51,8 @@ def _stats(program: str, rs: list[dict], steps: list) -> dict:
     cost = sum(_num(r.get("cost_usd")) for r in rs)
     return dict(program=program, experiments=c.experiments, runs=c.runs, keeps=c.keeps,
                 merged=o.get("merged", 0), carried=o.get("carried", 0), pending=o.get("pending", 0),
-                discarded=o.get("discarded", 0), failed=o.get("failed", 0), invalid=o.get("invalid", 0),
+                discarded=o.get("discarded", 0), unjudged=o.get("unjudged", 0), failed=o.get("failed", 0),
+                invalid=o.get("invalid", 0),
                 largest_step=max(deltas) if deltas else None, gpu_hours=gpu_h, llm_cost_usd=cost,
                 gpu_hours_per_keep=gpu_h / c.keeps if c.keeps else None,
                 cost_per_keep=cost / c.keeps if c.keeps else None)

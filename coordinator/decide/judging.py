@@ -194,13 +194,18 @@ class Judging:
         """Pending in the sequential test: a job for its next sample (a confirmation of itself,
         or a repeat of best: _schedule_repeats counts the results that wait for one)."""
         if v.next != "best":
-            if self.book.contended(rec.hardware_class, commit) >= self.cfg.contended_remeasures:
-                return self._dec(rec, "unjudged", f"never judged: {self.book.contended(rec.hardware_class, commit)} "
-                                 f"of its runs were contended", **info)
+            n = self.book.contended(rec.hardware_class, commit)
+            if self._contended_out(n):
+                return self._dec(rec, "unjudged", f"never judged: {n} of its runs were contended", **info)
             self.jobs.issue("confirm", commit, best, rec.hardware_class, rec.experiment_id,
                             f"confirm {rec.description}", copies=self._copies(v, rec.hardware_class, commit))
         return self._dec(rec, "pending", v.reason, stage="confirm",
                          waits="best" if v.next == "best" else "candidate", **info)
+
+    def _contended_out(self, n: int) -> bool:
+        """A train.py with `n` contended runs is not measured again (`contended_remeasures`);
+        figures.contended_out reads the decisions this leaves unjudged."""
+        return n >= self.cfg.contended_remeasures
 
     def _copies(self, v: Verdict, hw: str, commit: str) -> int:
         """Confirmation runs of a candidate at a time: confirm_parallel when it is measured better
@@ -221,7 +226,7 @@ class Judging:
         """Every run of its code was contended: it cannot move best (nor be discarded) on them."""
         hw = rec.hardware_class
         n = self.book.contended(hw, rec.commit)
-        if n >= self.cfg.contended_remeasures:
+        if self._contended_out(n):
             return self._dec(rec, "unjudged", f"never judged: all {n} runs of it were contended", **info)
         self.jobs.issue("confirm", rec.commit, best, hw, rec.experiment_id,
                         f"re-measure {rec.description} (contended)")
@@ -245,7 +250,7 @@ class Judging:
         ms = self.book.unselected(hw, M)
         if ms.n <= d.merge_samples:
             if not self.jobs.has_open(hw, exp_id, M):  # its verification run was contended
-                if self.book.contended(hw, M) >= self.cfg.contended_remeasures:
+                if self._contended_out(self.book.contended(hw, M)):
                     return self._dec(rec, "unjudged", "never judged: every verification run was contended",
                                      **_keep(d))
                 self.jobs.issue("verify", M, best, hw, exp_id, f"verify again (contended): {rec.description}")
@@ -342,10 +347,10 @@ class Judging:
         if hw not in self.classes:
             return
         best = self._best_commit(hw)
-        if self.book.of(hw, best).n == 0 and not self.book.contended(hw, best):
-            return  # the first round's baselines are on their way (a contended one counts nowhere)
         contended = self.book.contended(hw, best)
-        if contended >= self.cfg.contended_remeasures:
+        if self.book.of(hw, best).n == 0 and not contended:
+            return  # the first round's baselines are on their way (a contended one counts nowhere)
+        if self._contended_out(contended):
             return
         open_b = sum(1 for st in self.jobs.open_jobs(hw, "baseline") if st.job.commit == best)
         # The root was never selected: its first round is all its re-measure (with noise history

@@ -409,16 +409,15 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
             src = f"with a prior from earlier swarms ({h})" if h else "measured by this swarm's runs"
             lines.append(f"noise [{hw}]: sigma {b['sigma']:.4f} ({b.get('dof') or 0} dof), {src}.")
     if data.get("contended"):
-        # judging.py's words for an experiment the contended cap left unjudged
-        never = sum(1 for r in rows if figures.is_experiment(r) and r.get("decision") == "unjudged"
-                    and (r.get("decision_reason") or "").startswith("never judged")
-                    and "contended" in r["decision_reason"])
+        never = sum(1 for r in rows if figures.contended_out(r))
+        if never:
+            what = (f"; {_n(never, 'experiment')} {'was' if never == 1 else 'were'} never judged: "
+                    f"{'its' if never == 1 else 'their'} runs stayed contended up to "
+                    "promotion.contended_remeasures.")
+        else:
+            what = ", and its train.py is measured again before anything is decided on it."
         lines.append(f"{len(data['contended'])} run(s) were contended (the machine was slower than its "
-                     "norm): a contended run counts nowhere"
-                     + (f"; {_n(never, 'experiment')} {'was' if never == 1 else 'were'} never judged: "
-                        f"{'its' if never == 1 else 'their'} runs stayed contended up to "
-                        "promotion.contended_remeasures." if never else
-                        ", and its train.py is measured again before anything is decided on it."))
+                     "norm): a contended run counts nowhere" + what)
     width = max(len(c) for c, _ in NEXT) + len(home_arg) + 2
     lines.append("next:")
     lines += [f"  {(c + home_arg).ljust(width)}{what}" for c, what in NEXT]

@@ -63,6 +63,15 @@ def is_experiment(r: dict) -> bool:
     return kind(r) == "experiment"
 
 
+def contended_out(r: dict) -> bool:
+    """An experiment `promotion.contended_remeasures` left unjudged: its runs (or its
+    verification's) stayed contended. decide/judging.py words every such decision
+    "never judged: ... contended"."""
+    reason = r.get("decision_reason") or ""
+    return (is_experiment(r) and r.get("decision") == "unjudged" and reason.startswith("never judged:")
+            and "contended" in reason)
+
+
 def trained(r: dict) -> bool:
     return record_status(r) != "invalid"
 

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,12 +162,39 @@ def ray_env(base: Path) -> dict[str, str]:
     return env
 
 
+def _session_members(sid: int) -> list[int]:
+    """Every process of session `sid` and every descendant of one, read from /proc before any
+    is killed (an orphan is re-parented to init and loses the link). Ray's raylet may put a
+    worker in a process group of its own, so killing the node's group alone can leave an actor
+    behind (one `ray::AgentHost` outlived its cluster in a CI run)."""
+    stat: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stat[int(d)] = (int(fields[1]), int(fields[3]))  # ppid, session
+    members = {pid for pid, (_pp, s) in stat.items() if s == sid}
+    grew = True
+    while grew:
+        more = {pid for pid, (pp, _s) in stat.items() if pp in members} - members
+        members |= more
+        grew = bool(more)
+    return sorted(members)
+
+
+_NODES = iter(range(10**6))
+
+
 class Node:
-    """One Ray node in its own session: killing its process group kills the node."""
+    """One Ray node in its own session: killing its session kills the node."""
 
     def __init__(self, name: str, base: Path, env: dict, args: list[str]):
         self.name = name
-        self.temp = Path(f"/tmp/mn{os.getpid()}{name}")  # Ray's socket paths must stay short
+        # Ray's socket paths must stay short; unique per node of this process, so that a second
+        # module's cluster never starts in a folder the first one's processes used
+        self.temp = Path(f"/tmp/mn{os.getpid()}-{next(_NODES)}{name}")
         self.log = base / f"{name}.log"
         if args[0] == "--head":
             cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
@@ -192,10 +220,12 @@ class Node:
         raise AssertionError(f"node {self.name} did not start:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        try:  # the node's session leader: its pid is the process group's id
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # the node's session leader: its pid is the session's and the process group's id
+        for pid in _session_members(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=30)
 
 
@@ -211,12 +241,38 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs}"
 
+    def head_alive(self) -> bool:
+        head = next((n for n in self.nodes if n.name == "head"), None)
+        if head is None or head.proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", self.gcs), timeout=5).close()
+            return True
+        except OSError:
+            return False
+
+    def ensure_head(self) -> None:
+        """A head that died since the fixture started it (never seen to be the product's doing:
+        no swarm had run on it) is started again on fresh ports, said as a warning with its log,
+        instead of failing every test of the module on a worker that cannot join."""
+        if self.head_alive():
+            return
+        head = next(n for n in self.nodes if n.name == "head")
+        log = head.log.read_text(errors="replace")[-3000:]
+        warnings.warn(f"the cluster's head was gone (rc {head.proc.poll()}); starting it again. Its log:\n{log}",
+                      stacklevel=2)
+        self.shutdown()
+        self.nodes = []
+        self.gcs, self.dashboard = free_port(), free_port()
+        self.head(dashboard=head.dashboard)
+
     def head(self, dashboard: bool = False) -> Node:
         args = ["--head", f"--port={self.gcs}", "--num-cpus=1", f"--ray-client-server-port={free_port()}",
                 "--disable-usage-stats"]
         args += (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
                   f"--dashboard-port={self.dashboard}"] if dashboard else ["--include-dashboard=false"])
         node = Node("head", self.base, self.env, args)
+        node.dashboard = dashboard
         self.nodes.append(node)
         node.wait_started()
         return node
@@ -345,6 +401,7 @@ def clone_of(node_home: Path, rows: list[dict], agent: str) -> Path:
 # --- the tests ------------------------------------------------------------------------------
 
 def live_worker(cluster: Cluster, name: str) -> Node:
+    cluster.ensure_head()
     w = next((n for n in cluster.nodes if n.name != "head" and n.proc.poll() is None), None)
     if w is None:
         w = cluster.worker(name)

@@ -4,15 +4,11 @@ agent's first crashed (FileNotFoundError .standby-*/train.py): the standby's scr
 on the host while its sandbox's bind mount pointed at it (renaming a mount point's folder
 detaches the mount in other namespaces, and the sandbox's root was the host's). Each place:
 runs back to back, the second taking the standby, both train, and neither sees the home nor the
-data dir. One real `swarm run --swarm-home DIR` too."""
+data dir. A real `swarm run` with its home and data outside the temp folder is
+tests/test_swarm_run.py's."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -68,55 +64,3 @@ def test_back_to_back_runs_train_wherever_the_home_and_data_are(place, small_eva
         assert results[1].steps and results[1].steps > 3
     finally:
         discard_all()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_swarm_run_with_a_swarm_home_outside_the_temp_folder(prepared_data_dir):
-    """A real `swarm run --swarm-home DIR` (DIR under /var/tmp, the data dir under the user's
-    home): every run trains, none crashes on a missing standby scratch."""
-    from coordinator.state.home import SwarmHome, ledger_redis
-    from coordinator.state.ledger import Ledger
-
-    base = Path(tempfile.mkdtemp(prefix="swarm-run-home-", dir="/var/tmp"))
-    data = Path(tempfile.mkdtemp(prefix=".swarm-run-data-", dir=Path.home()))
-    try:
-        shutil.copytree(prepared_data_dir, data, dirs_exist_ok=True)
-        # few baseline repeats (min_dof 2) and one experiment: every run after the agent's first
-        # used to crash here
-        (base / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n  - {name: baseline}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1, concurrent: independent}\n"
-                                         "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
-        env.update(SWARM_DATA_DIR=str(data), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-        home = base / "home"
-        p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "1", "--budget", "5",
-                              "--max-experiments", "1", "--plain", "--swarm-home", str(home)],
-                             cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-        try:
-            _, err = p.communicate(timeout=2300)
-        finally:
-            if p.poll() is None:  # its redis and Ray go with its group
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(60)
-        assert p.returncode == 0, err[-3000:]
-        h = SwarmHome(home)
-        with ledger_redis(h) as client:
-            rows = Ledger(client, h.info()["swarm_id"]).rows()
-        # the baseline (once or twice: with a noise history beside the data, once) then the
-        # experiment: the runs after the agent's first are the ones that crashed
-        assert len(rows) >= 2 and [r["kind"] for r in rows].count("experiment") == 1, rows
-        crashed = [(r.get("status"), r.get("reason")) for r in rows if r.get("status") == "crash"]
-        assert crashed == [], crashed
-        assert not any("FileNotFoundError" in json.dumps(r) for r in rows)
-    finally:
-        pidfile = base / "home" / "redis" / "redis.pid"  # a swarm stopped by force leaves its redis
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(data, ignore_errors=True)

@@ -11,9 +11,11 @@ The environment of the child that runs train.py is captured while it runs, from
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,9 +25,31 @@ import pytest
 FAKE_KEY = "sk-fake-e2e-4f9c2d7a1b3e5f60"
 
 
-def _env(tmp_path):
-    return dict(os.environ, SWARM_HOME=str(tmp_path / "home"), SWARM_DATA_DIR=str(tmp_path / "data"),
-                OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY + "-anthropic", PYTHONUNBUFFERED="1")
+def _data_dir(work: Path) -> Path:
+    return Path.home() / f".swarm-run-data-{work.name}"
+
+
+def _env(work):
+    return dict(os.environ, SWARM_HOME=str(work / "home"), SWARM_DATA_DIR=str(_data_dir(work)),
+                OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY + "-anthropic", PYTHONUNBUFFERED="1",
+                PYTHONPATH=str(Path(__file__).resolve().parents[1]))   # cwd is outside the checkout
+
+
+@pytest.fixture
+def work():
+    """The swarm's folder (its SWARM_HOME inside) under /var/tmp and its data dir under the
+    user's home, both outside the temp folder: where users put them, and where every run after
+    an agent's first once crashed (a standby's scratch renamed under its sandbox's bind mount;
+    tests/test_swarm_home_places.py has the mechanism at each place)."""
+    w = Path(tempfile.mkdtemp(prefix="swarm-run-home-", dir="/var/tmp"))
+    yield w
+    for pidfile in (w / "home" / "redis" / "redis.pid",):   # a swarm stopped by force leaves its redis
+        try:
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(w, ignore_errors=True)
+    shutil.rmtree(_data_dir(w), ignore_errors=True)
 
 
 def _swarm(tmp_path, *args, timeout=300):
@@ -103,24 +127,26 @@ def _started_now(home: Path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)   # three swarms and a stop: 200-546 s measured, over 900 s on a loaded machine
-def test_swarm_run_resume_and_secrets(tmp_path):
-    home = tmp_path / "home"
+def test_swarm_run_resume_and_secrets(work):
+    home = work / "home"
     # optuna explicitly: the fake keys must not make `auto` pick an LLM that cannot be reached
     # few baseline repeats (min_dof 2) and one re-measure of a new best: this test is about
     # resuming and secrets, not the noise estimate (tests/test_judge_best.py covers that); a
     # loaded machine's contended runs measured again twice at most (CI measured 490 s where a
     # quiet machine takes 130: 8 contended repeats of best, up to 15 of each candidate;
-    # tests/test_contended.py covers the rule)
-    (tmp_path / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
+    # tests/test_contended.py covers the rule); a candidate confirmed twice at most (the default
+    # 15 kept one agent confirming for a minute after the other had stopped: 130-320 s a test)
+    (work / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
                                          "  - {name: baseline}\n  - {name: optimizer}\n"
-                                         "promotion: {min_dof: 2, best_remeasures: 1, contended_remeasures: 2}\n"
+                                         "promotion: {min_dof: 2, best_remeasures: 1, contended_remeasures: 2,\n"
+                                         "            confirm_runs: 2}\n"
                                          "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
     spy = ChildEnvSpy(home)
     spy.start()
 
     # 1. a full run: baseline round + 1 experiment per agent
     # (a loaded 2-core machine: contended runs are measured again, so allow minutes)
-    r1 = _swarm(tmp_path, "run", "--agents", "2", "--budget", "5", "--max-experiments", "1", "--plain",
+    r1 = _swarm(work, "run", "--agents", "2", "--budget", "5", "--max-experiments", "1", "--plain",
                 timeout=900)
     assert r1.returncode == 0, r1.stderr[-2000:]
     # Ray's own start-up lines stay off the terminal without --verbose (its token-auth notice too)
@@ -131,15 +157,20 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     counts, rows = _ledger_counts(home)
     assert len(rows) >= 4 and counts["started"] == counts["records"]
     assert len({r["experiment_id"] for r in rows}) == len(rows)
+    # nothing crashed: with the home and the data outside the temp folder every run after an
+    # agent's first did (FileNotFoundError .standby-*/train.py)
+    crashed = [(r.get("status"), r.get("reason")) for r in rows if r.get("status") == "crash"]
+    assert crashed == [] and not any("FileNotFoundError" in json.dumps(r) for r in rows), crashed
+    assert sum(1 for r in rows if r["agent"] == rows[0]["agent"]) >= 2   # an agent's second run too
     best = subprocess.run(["git", "--git-dir", str(home / "repo.git"), "for-each-ref", "refs/heads/best"],
                           capture_output=True, text=True).stdout
     assert best.strip(), "no best ref"
-    lin = _swarm(tmp_path, "lineage")
+    lin = _swarm(work, "lineage")
     assert lin.returncode == 0 and "best/" in lin.stdout, lin.stderr
-    exp = _swarm(tmp_path, "export", "--format", "json", "--output", str(tmp_path / "ledger.json"))
+    exp = _swarm(work, "export", "--format", "json", "--output", str(work / "ledger.json"))
     assert exp.returncode == 0, exp.stderr
-    assert len(json.loads((tmp_path / "ledger.json").read_text())) == len(rows)
-    st = _swarm(tmp_path, "status", "--json")
+    assert len(json.loads((work / "ledger.json").read_text())) == len(rows)
+    st = _swarm(work, "status", "--json")
     st_data = json.loads(st.stdout) if st.returncode == 0 else {}
     # experiments: the agents' own ideas; runs: every record (baseline, confirm, verify jobs too)
     assert st.returncode == 0 and st_data["runs"] == len(rows)
@@ -148,7 +179,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     # 2. `swarm stop` (a Ctrl-C) in the middle of a run: in-flight runs are recorded, nothing
     # lost or doubled
     p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "5",
-                          "--max-experiments", "6", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+                          "--max-experiments", "6", "--plain"], cwd=work, env=_env(work),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n_before = len(rows)
     deadline = time.monotonic() + 240
@@ -159,7 +190,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
         if (_started_now(home) or 0) > n_before + 1:  # this run's agents are mid-training
             break
     assert p.poll() is None, "the second swarm ended before it could be interrupted"
-    stop = _swarm(tmp_path, "stop", "--timeout", "600")   # SIGINT, then waits for the run to end
+    stop = _swarm(work, "stop", "--timeout", "600")   # SIGINT, then waits for the run to end
     out2, err2 = p.communicate(timeout=240)
     said = (f"swarm stop said:\n{stop.stdout[-1000:]}{stop.stderr[-1000:]}\n"
             f"the swarm said:\n{out2[-2000:]}{err2[-2000:]}")
@@ -175,7 +206,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
     # 3. run again in the same SWARM_HOME: the same swarm resumes; its redis is SIGKILLed
     # mid-run and the swarm brings it back from the AOF, losing and doubling nothing
     p3 = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "5",
-                           "--max-experiments", "1", "--plain"], cwd=tmp_path, env=_env(tmp_path),
+                           "--max-experiments", "1", "--plain"], cwd=work, env=_env(work),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and p3.poll() is None:
@@ -223,7 +254,7 @@ def test_swarm_run_resume_and_secrets(tmp_path):
         # redis.secret/redis.conf hold the password by design (0600); the AOF is searched
         if f.is_file() and f.name not in ("redis.secret", "redis.conf") and "repo.git" not in f.parts:
             haystacks[str(f)] = f.read_bytes().decode("utf-8", "replace")
-    haystacks["export"] = (tmp_path / "ledger.json").read_text()
+    haystacks["export"] = (work / "ledger.json").read_text()
     haystacks["git"] = subprocess.run(["git", "--git-dir", str(home / "repo.git"), "log", "-p", "--all"],
                                       capture_output=True, text=True).stdout
     for pid, env in spy.envs.items():

@@ -61,13 +61,15 @@ def real_swarm(tmp_path_factory):
     # mutate explicitly (no LLM key here; `auto` would pick optuna, which is fine but slower
     # to start); min_dof 2 so that two agents' short baseline round lets best move; concurrent runs
     # independent whatever the noise history of this machine's cache says (it lies beside its data);
-    # a loaded machine's contended runs measured again twice at most (the views agree either way)
+    # a loaded machine's contended runs measured again twice at most and a candidate confirmed three
+    # times at most (the views agree either way; the default 15 kept an agent confirming after the
+    # other stopped)
     tracking = (f"tracking:\n  mlflow: {{tracking_uri: '{db}', experiment: e2e}}\n"
                 f"  wandb: {{mode: offline, dir: '{wb}', project: e2e}}\n") if TRACKERS else ""
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\nprograms:\n"
                                          "  - {name: optimizer}\n  - {name: schedule}\n"
                                          "promotion: {min_dof: 2, best_remeasures: 1, "
-                                         "concurrent: independent, contended_remeasures: 2}\n"
+                                         "concurrent: independent, contended_remeasures: 2, confirm_runs: 3}\n"
                                          "profile: cpu-smoke\n" + tracking)   # 2 eval batches: trainer/profiles.py
     p = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--agents", "2", "--budget", "8",
                           "--max-experiments", "2", "--plain"], cwd=tmp_path, env=_env(tmp_path),

@@ -136,3 +136,47 @@ def test_in_process_merge_agrees_with_git_merge_file():
         if not clean:
             assert (text, clean) == (gtext, gclean)
     assert own > 50  # the in-process path did answer a good share of the cases
+
+
+def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_does(monkeypatch):
+    """Best has usually moved several times since a candidate's parent (many regions changed)
+    and the candidate changed one: merge_texts splices it in itself when best left that region
+    and MERGE_GAP lines round it as they were, and must give git merge-file's text and verdict.
+    Random multi-edit cases, with repeated lines (the alignment's ambiguous case)."""
+    import random
+
+    from coordinator.state import repo as repo_mod
+
+    calls = []
+    real_git = repo_mod.git_merge_texts
+    monkeypatch.setattr(repo_mod, "git_merge_texts", lambda *a: calls.append(a) or real_git(*a))
+    rng = random.Random(11)
+    lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
+    spliced = 0
+    for case in range(300):
+        base = lines[:]
+        rng.shuffle(base)
+
+        def edit(text, n):
+            t = text[:]
+            for _ in range(n):
+                k = rng.randrange(len(t))
+                op = rng.random()
+                if op < 0.5:
+                    t[k] = f"Y{rng.randrange(9)} = {rng.random():.2f}\n"
+                elif op < 0.75:
+                    del t[k]
+                else:
+                    t.insert(k, rng.choice(["\n", "# filler\n", f"Z = {rng.randrange(3)}\n"]))
+            return t
+
+        b, o, t = "".join(base), "".join(edit(base, rng.randint(2, 6))), "".join(edit(base, 1))
+        if rng.random() < 0.5:
+            o, t = t, o   # the many-region side on either hand
+        n = len(calls)
+        text, clean = repo_mod.merge_texts(b, o, t)
+        gtext, gclean = real_git(b, o, t)
+        assert (text, clean) == (gtext, gclean), case
+        spliced += len(calls) == n
+    # 230 of 300 here; 119 before the splice (only cases whose changed spans were far apart)
+    assert spliced > 180

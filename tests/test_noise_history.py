@@ -171,3 +171,15 @@ def test_swarm_run_names_the_history_of_its_own_hardware_class(tmp_path):
         "a": {"m2": 0.01 ** 2 * 10, "dof": 10}, "b": {"m2": 0.01 ** 2 * 6, "dof": 6}}}}}))
     line = sup._history_line()
     assert line.startswith(f"noise history: sigma 0.0100 for {hw},") and "from 2 earlier swarms (16 " in line
+
+
+def test_a_min_dof_set_low_is_said_at_start_with_what_it_costs():
+    """`promotion.min_dof` 1-3 makes the first decisions' margin the Student t quantile at that
+    many degrees of freedom: said at start, with its ratio to the default's (t at alpha 0.005:
+    63.66 at 1 dof, 9.92 at 2, 3.36 at 8); nothing from 4 up."""
+    from coordinator.decide.history import min_dof_note
+
+    one, two = min_dof_note(1, 0.005), min_dof_note(2, 0.005)
+    assert one.startswith("promotion.min_dof 1:") and "margin 19.0 x what 8 give" in one
+    assert "margin 3.0 x" in two and "best moves only on large gains" in two
+    assert min_dof_note(4, 0.005) is None and min_dof_note(8, 0.005) is None

@@ -153,6 +153,8 @@ def test_swarm_run_resume_and_secrets(work):
     assert "Token authentication" not in r1.stderr and " INFO " not in r1.stderr, r1.stderr[-2000:]
     # one line at start says whether earlier swarms left noise history (a fresh data dir: none)
     assert "noise history: none for cpu-" in r1.stdout, r1.stdout[-2000:]
+    # and that its min_dof 2 makes the first margins wide (coordinator/decide/history.py)
+    assert "promotion.min_dof 2: the first decisions judge" in r1.stdout, r1.stdout[-2000:]
     info = json.loads((home / "swarm.json").read_text())
     counts, rows = _ledger_counts(home)
     assert len(rows) >= 4 and counts["started"] == counts["records"]

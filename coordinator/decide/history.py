@@ -193,6 +193,27 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
     return _found(hardware_class, m2, dof, measured, swarms, where, min_dof, hist.rho(hardware_class)[0])
 
 
+LOW_DOF = 4   # below this, min_dof's margin is more than ~1.4x the default's: said at start
+
+
+def min_dof_note(min_dof: int, alpha: float, default: int = 8) -> str | None:
+    """A line for `swarm run` at start when `promotion.min_dof` is set so low that the first
+    decisions' margin is much wider than the default's (Student t at few degrees of freedom):
+    a user who lowers it for speed gets a swarm that hardly moves best until more baseline runs
+    come. None when min_dof is LOW_DOF or more."""
+    if min_dof >= LOW_DOF:
+        return None
+    from statistics import NormalDist
+
+    from coordinator.decide.sequential import z_to_t
+
+    z = NormalDist().inv_cdf(1 - alpha)
+    ratio = z_to_t(z, min_dof) / z_to_t(z, default)
+    return (f"promotion.min_dof {min_dof}: the first decisions judge with sigma from {min_dof} degree(s) "
+            f"of freedom, a margin {ratio:.1f} x what {default} give (Student t at alpha {alpha:g}): best "
+            f"moves only on large gains until more baseline runs come")
+
+
 def _found(hw: str, m2: float, dof: int, measured: int, swarms: int, where: str, min_dof: int,
            rho: float | None = None) -> str:
     more = ("one baseline run per agent first" if dof >= min_dof

@@ -91,6 +91,17 @@ class Supervisor:
             self.history = None
         return self.history
 
+    def _min_dof_note(self) -> str | None:
+        """history.min_dof_note, unless noise history gives this machine's class the degrees of
+        freedom a low min_dof lacks."""
+        from coordinator.decide.history import LOW_DOF, NoiseHistory, min_dof_note
+        promo = self.p.cfg.promotion
+        hw = self._local_class()
+        if self.history is not None and hw is not None and promo.history_dof_max > 0:
+            if NoiseHistory(self.history, self.info["swarm_id"], promo.history_dof_max).prior(hw)[1] >= LOW_DOF:
+                return None
+        return min_dof_note(promo.min_dof, promo.alpha)
+
     def _history_line(self) -> str:
         """One line at start: noise history found for this swarm's hardware class (its sigma,
         dof, from how many swarms) or not (coordinator/decide/history.py: describe)."""
@@ -185,6 +196,9 @@ class Supervisor:
                 import ray
                 ray.get(self.coord.configure_allocation.remote(self.p.allocation))
             print(self._history_line(), flush=True)
+            note = self._min_dof_note()
+            if note:
+                print(note, flush=True)
             if self.p.cfg.tracking.enabled():
                 # a thread that follows the ledger: a tracker never holds up a decision
                 from coordinator.track.follower import start_trackers

@@ -180,3 +180,29 @@ def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_d
         spliced += len(calls) == n
     # 230 of 300 here; 119 before the splice (only cases whose changed spans were far apart)
     assert spliced > 180
+
+
+def test_a_padded_train_py_never_costs_the_decision_lock_a_quadratic_alignment(monkeypatch):
+    """2,000 identical lines (a padded file an LLM may return) cost difflib's alignment half a
+    second; such a merge goes to git merge-file instead, with git's answer."""
+    from coordinator.state import repo as repo_mod
+
+    calls = []
+    real_git = repo_mod.git_merge_texts
+    monkeypatch.setattr(repo_mod, "git_merge_texts", lambda *a: calls.append(a) or real_git(*a))
+    base = ["X = 0\n"] + ["\n"] * 2000 + ["Y = 0\n"] + ["\n"] * 2000 + ["Z = 0\n"]
+    ours = base[:]
+    ours[0], ours[-1] = "X = 1\n", "Z = 1\n"     # best moved twice, at both ends
+    theirs = base[:]
+    theirs[2001] = "Y = 1\n"                     # the candidate's change, far from both
+    b, o, t = ("".join(x) for x in (base, ours, theirs))
+    assert repo_mod.merge_texts(b, o, t) == real_git(b, o, t)
+    assert len(calls) == 1
+    # a train.py-sized file still aligns in process
+    small = [f"K{i} = 0\n# filler\n# filler\n" for i in range(200)]
+    so, st = small[:], small[:]
+    so[0], so[-1] = "K0 = 1\n# filler\n# filler\n", "K199 = 1\n# filler\n# filler\n"
+    st[100] = "K100 = 2\n# filler\n# filler\n"
+    calls.clear()
+    text, clean = repo_mod.merge_texts("".join(small), "".join(so), "".join(st))
+    assert clean and "K0 = 1" in text and "K199 = 1" in text and "K100 = 2" in text and not calls

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 from agents.edits import EDITABLE
@@ -339,7 +340,8 @@ def merge_texts(base: str, ours: str, theirs: str) -> tuple[str, bool]:
         # moved several times since a candidate's parent (many regions changed), the candidate
         # changed one; each such merge went to git (a quarter of a batch's time at 256 agents)
         for side, text, span in ((o, ours, st), (t, theirs, so)):
-            merged = _splice(b, side, _equal_stretches(base, text), span)
+            equal = _equal_stretches(base, text)
+            merged = None if equal is None else _splice(b, side, equal, span)
             if merged is not None:
                 return "".join(merged), True
     return git_merge_texts(base, ours, theirs)
@@ -358,13 +360,25 @@ def _splice(base: list[str], other: list[str], equal: tuple[tuple[int, int, int]
     return None
 
 
+# The alignment's work bound: difflib's longest-match search visits, for each line of one text,
+# every place the other text has that line, so its cost grows with the sum over distinct lines
+# of (count in one x count in the other): a 600-line train.py about 2e4; 2,000 identical lines
+# (a padded file an LLM may return) 4e6 and half a second under the decision lock. Over this,
+# the merge goes to git merge-file (C, linear enough).
+ALIGN_WORK_MAX = 200_000
+
+
 @functools.lru_cache(maxsize=256)
-def _equal_stretches(base: str, other: str) -> tuple[tuple[int, int, int], ...]:
-    """(base start, base end, other start) of each stretch of lines `other` kept from `base`.
-    Cached: every candidate whose parent is the same old best is merged with the same best,
-    and the alignment (difflib, ~2 ms for a 160-line file) is most of a merge's cost."""
-    sm = difflib.SequenceMatcher(None, base.splitlines(keepends=True), other.splitlines(keepends=True),
-                                 autojunk=False)
+def _equal_stretches(base: str, other: str) -> tuple[tuple[int, int, int], ...] | None:
+    """(base start, base end, other start) of each stretch of lines `other` kept from `base`;
+    None when aligning them would cost more than ALIGN_WORK_MAX. Cached: every candidate whose
+    parent is the same old best is merged with the same best, and the alignment (difflib, ~1 ms
+    for a 160-line file) is most of a merge's cost."""
+    a, b = base.splitlines(keepends=True), other.splitlines(keepends=True)
+    ca, cb = Counter(a), Counter(b)
+    if sum(n * cb[x] for x, n in ca.items()) > ALIGN_WORK_MAX:
+        return None
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return tuple((a1, a2, b1) for tag, a1, a2, b1, _b2 in sm.get_opcodes() if tag == "equal")
 
 

@@ -25,8 +25,17 @@ import pytest
 FAKE_KEY = "sk-fake-e2e-4f9c2d7a1b3e5f60"
 
 
+HOME_PREFIX = "swarm-run-home-"   # the `work` fixture's folders
+
+
 def _data_dir(work: Path) -> Path:
-    return Path.home() / f".swarm-run-data-{work.name}"
+    """The `work` fixture's data dir is under the user's home (removed with it); any other
+    folder given to _env/_swarm (tests/test_attacks_swarm.py passes its tmp_path) keeps its data
+    inside itself: a data dir under the home named after a pytest folder would outlive the test
+    and hand its noise history to the next session's run of the same test."""
+    if work.name.startswith(HOME_PREFIX):
+        return Path.home() / f".swarm-run-data-{work.name}"
+    return work / "data"
 
 
 def _env(work):
@@ -41,7 +50,7 @@ def work():
     user's home, both outside the temp folder: where users put them, and where every run after
     an agent's first once crashed (a standby's scratch renamed under its sandbox's bind mount;
     tests/test_swarm_home_places.py has the mechanism at each place)."""
-    w = Path(tempfile.mkdtemp(prefix="swarm-run-home-", dir="/var/tmp"))
+    w = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir="/var/tmp"))
     yield w
     for pidfile in (w / "home" / "redis" / "redis.pid",):   # a swarm stopped by force leaves its redis
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from agents.edits import line_delta
-from coordinator.state.repo import RepoError, ResearchRepo, merge_texts
+from coordinator.state.repo import RepoError, ResearchRepo, git_merge_texts, merge_texts
 
 BASE = "A = 0\n# f\n# f\n# f\nB = 0\n# f\n# f\n# f\nPAD = 0\n"
 
@@ -97,6 +97,32 @@ def test_cat_file_reads_several_specs_in_one_round_trip(tmp_path):
     assert repo.commit_files(["ab" * 20, blob_id(repo, root)]) == [(False, None, None)] * 2  # a blob is not a commit
 
 
+def _random_edit(rng, lines: list[str], n: int) -> list[str]:
+    """`lines` with n random edits: a line replaced, deleted, or a (often repeated) line inserted."""
+    t = lines[:]
+    for _ in range(n):
+        k = rng.randrange(len(t))
+        op = rng.random()
+        if op < 0.5:
+            t[k] = f"Y{rng.randrange(9)} = {rng.random():.2f}\n"
+        elif op < 0.75:
+            del t[k]
+        else:
+            t.insert(k, rng.choice(["\n", "# filler\n", f"Z = {rng.randrange(3)}\n"]))
+    return t
+
+
+@pytest.fixture
+def git_calls(monkeypatch):
+    """The calls merge_texts makes to git merge-file (which still runs): empty when it merged in process."""
+    from coordinator.state import repo as repo_mod
+
+    calls = []
+    real_git = repo_mod.git_merge_texts
+    monkeypatch.setattr(repo_mod, "git_merge_texts", lambda *a: calls.append(a) or real_git(*a))
+    return calls
+
+
 def test_in_process_merge_agrees_with_git_merge_file():
     """merge_texts answers the common case itself; wherever it does, git merge-file must give
     the same text and also call it clean. Random edits of a train.py-like file, many seeds."""
@@ -111,20 +137,9 @@ def test_in_process_merge_agrees_with_git_merge_file():
         base = lines[:]
         rng.shuffle(base)
 
-        def edit(text):
-            t = text[:]
-            for _ in range(rng.choice([1, 1, 2])):
-                k = rng.randrange(len(t))
-                op = rng.random()
-                if op < 0.5:
-                    t[k] = f"Y{rng.randrange(9)} = {rng.random():.2f}\n"
-                elif op < 0.75:
-                    del t[k]
-                else:
-                    t.insert(k, rng.choice(["\n", "# filler\n", f"Z = {rng.randrange(3)}\n"]))
-            return t
-
-        b, o, t = "".join(base), "".join(edit(base)), "".join(edit(base))
+        b = "".join(base)
+        o = "".join(_random_edit(rng, base, rng.choice([1, 1, 2])))
+        t = "".join(_random_edit(rng, base, rng.choice([1, 1, 2])))
         text, clean = merge_texts(b, o, t)
         gtext, gclean = git_merge_texts(b, o, t)
         spans = [_changed_span(base, x.splitlines(keepends=True)) for x in (o, t)]
@@ -138,18 +153,14 @@ def test_in_process_merge_agrees_with_git_merge_file():
     assert own > 50  # the in-process path did answer a good share of the cases
 
 
-def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_does(monkeypatch):
+def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_does(git_calls):
     """Best has usually moved several times since a candidate's parent (many regions changed)
     and the candidate changed one: merge_texts splices it in itself when best left that region
     and MERGE_GAP lines round it as they were, and must give git merge-file's text and verdict.
     Random multi-edit cases, with repeated lines (the alignment's ambiguous case)."""
     import random
 
-    from coordinator.state import repo as repo_mod
-
-    calls = []
-    real_git = repo_mod.git_merge_texts
-    monkeypatch.setattr(repo_mod, "git_merge_texts", lambda *a: calls.append(a) or real_git(*a))
+    calls = git_calls   # git_merge_texts here is the real one, imported before the patch
     rng = random.Random(11)
     lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
     spliced = 0
@@ -157,46 +168,30 @@ def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_d
         base = lines[:]
         rng.shuffle(base)
 
-        def edit(text, n):
-            t = text[:]
-            for _ in range(n):
-                k = rng.randrange(len(t))
-                op = rng.random()
-                if op < 0.5:
-                    t[k] = f"Y{rng.randrange(9)} = {rng.random():.2f}\n"
-                elif op < 0.75:
-                    del t[k]
-                else:
-                    t.insert(k, rng.choice(["\n", "# filler\n", f"Z = {rng.randrange(3)}\n"]))
-            return t
-
-        b, o, t = "".join(base), "".join(edit(base, rng.randint(2, 6))), "".join(edit(base, 1))
+        b = "".join(base)
+        o, t = "".join(_random_edit(rng, base, rng.randint(2, 6))), "".join(_random_edit(rng, base, 1))
         if rng.random() < 0.5:
             o, t = t, o   # the many-region side on either hand
         n = len(calls)
-        text, clean = repo_mod.merge_texts(b, o, t)
-        gtext, gclean = real_git(b, o, t)
+        text, clean = merge_texts(b, o, t)
+        gtext, gclean = git_merge_texts(b, o, t)
         assert (text, clean) == (gtext, gclean), case
         spliced += len(calls) == n
     # 230 of 300 here; 119 before the splice (only cases whose changed spans were far apart)
     assert spliced > 180
 
 
-def test_a_padded_train_py_never_costs_the_decision_lock_a_quadratic_alignment(monkeypatch):
+def test_a_padded_train_py_never_costs_the_decision_lock_a_quadratic_alignment(git_calls):
     """2,000 identical lines (a padded file an LLM may return) cost difflib's alignment half a
     second; such a merge goes to git merge-file instead, with git's answer."""
-    from coordinator.state import repo as repo_mod
-
-    calls = []
-    real_git = repo_mod.git_merge_texts
-    monkeypatch.setattr(repo_mod, "git_merge_texts", lambda *a: calls.append(a) or real_git(*a))
+    calls = git_calls
     base = ["X = 0\n"] + ["\n"] * 2000 + ["Y = 0\n"] + ["\n"] * 2000 + ["Z = 0\n"]
     ours = base[:]
     ours[0], ours[-1] = "X = 1\n", "Z = 1\n"     # best moved twice, at both ends
     theirs = base[:]
     theirs[2001] = "Y = 1\n"                     # the candidate's change, far from both
     b, o, t = ("".join(x) for x in (base, ours, theirs))
-    assert repo_mod.merge_texts(b, o, t) == real_git(b, o, t)
+    assert merge_texts(b, o, t) == git_merge_texts(b, o, t)
     assert len(calls) == 1
     # a train.py-sized file still aligns in process
     small = [f"K{i} = 0\n# filler\n# filler\n" for i in range(200)]
@@ -204,5 +199,5 @@ def test_a_padded_train_py_never_costs_the_decision_lock_a_quadratic_alignment(m
     so[0], so[-1] = "K0 = 1\n# filler\n# filler\n", "K199 = 1\n# filler\n# filler\n"
     st[100] = "K100 = 2\n# filler\n# filler\n"
     calls.clear()
-    text, clean = repo_mod.merge_texts("".join(small), "".join(so), "".join(st))
+    text, clean = merge_texts("".join(small), "".join(so), "".join(st))
     assert clean and "K0 = 1" in text and "K199 = 1" in text and "K100 = 2" in text and not calls

@@ -52,11 +52,10 @@ def work():
     tests/test_swarm_home_places.py has the mechanism at each place)."""
     w = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir="/var/tmp"))
     yield w
-    for pidfile in (w / "home" / "redis" / "redis.pid",):   # a swarm stopped by force leaves its redis
-        try:
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+    try:   # a swarm stopped by force leaves its redis
+        os.kill(int((w / "home" / "redis" / "redis.pid").read_text().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
     shutil.rmtree(w, ignore_errors=True)
     shutil.rmtree(_data_dir(w), ignore_errors=True)
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -227,6 +229,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="benchcoord"))
     daemon = RedisDaemon(tmp / "redis", fsync=args.fsync).start()
     hosts: list = []
+    actors: list = []   # Ray actors started here (the coordinator, the hosts): stopped at the end
     try:
         cfg = PromotionConfig(sigma_prior=0.004)
         repo_path = str(tmp / "home" / "repo.git")
@@ -245,6 +248,7 @@ def main(argv=None) -> int:
                             temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
             extra = {} if args.concurrency is None else {"max_concurrency": args.concurrency}
             handle = coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline(), **extra)
+            actors.append(handle)
             call = lambda name, *a: ray.get(getattr(handle, name).remote(*a))  # noqa: E731
             remote = lambda h, name, *a: ray.get(getattr(h, name).remote(*a))  # noqa: E731
             call("status")  # the actor is up and the repo exists
@@ -252,6 +256,7 @@ def main(argv=None) -> int:
             Host = ray.remote(num_cpus=0, max_concurrency=4)(AgentHost)
             hosts = [Host.remote(handle, repo_path, ids, args.seconds, args.exp_min,
                                  args.exp_max, True) for ids in shards if ids]
+            actors.extend(hosts)
             for h in hosts:
                 remote(h, "ready")  # every host is up before the clock starts
         say(f"{args.agents} agents ready; running {args.seconds:.0f} s")
@@ -316,8 +321,42 @@ def main(argv=None) -> int:
               f"p99_ms={perf.get('decision_p99_ms', float('nan')):.1f} broadcast_all_ms={under_load:.1f}")
         return 1 if errors else 0
     finally:
+        if actors:
+            stop_ray(actors)
         daemon.stop(kill=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_ray(actors: list, grace: float = 5.0) -> None:
+    """Kill the actors this bench started and shut its private Ray down, then make sure their
+    processes are gone: left to Ray's own exit, an idle agent host outlived the bench about one
+    run in ten (tests/test_bench_coordinator.py)."""
+    import ray
+    pids = []
+    for a in actors:
+        try:
+            pids.append(ray.get(a.__ray_call__.remote(lambda self: os.getpid()), timeout=10))
+        except Exception:  # an actor already dead has no process to wait for
+            pass
+        ray.kill(a)
+    ray.shutdown()
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.1)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

@@ -96,12 +96,16 @@ class ScenarioLand(Bowls):
         names = list(self.programs)
         return [names[i % len(names)] for i in range(n)]
 
+    def useful(self) -> list[str]:
+        """The programs that can move best (some knob of theirs does something)."""
+        return [k for k in self.programs if not all(x in BARREN for x in self.programs[k])]
+
     def oracle_for(self, n: int, floor: int) -> list[str]:
         """The allocation an oracle would hold all night: the floor on every program, the rest
         shared evenly by the programs that can move best (a program whose knobs all do nothing
         cannot): what adaptive allocation can at best learn, the bench's ceiling."""
         names = list(self.programs)
-        useful = [k for k in names if not all(x in BARREN for x in self.programs[k])]
+        useful = self.useful()
         out = [k for k in names for _ in range(floor)]
         out += [useful[i % len(useful)] for i in range(n - len(out))]
         return out
@@ -116,6 +120,7 @@ class Arm:
     rounds: int = 0
     late_share: float | None = None     # late_bloomer: late's share of device-hours after it paid
     moves: int = 0                      # reassignments
+    paying: list[int] = field(default_factory=list)  # per round: agents on programs that can move best
     final: dict = field(default_factory=dict)  # program -> agents at the end
 
 
@@ -139,6 +144,8 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     for r in range(1, max_rounds + 1):
         s.rounds.play(s.agents)
         arm.rounds = r
+        useful = land.useful()
+        arm.paying.append(sum(y["agents"] for y in s.coord.allocation_status() if y["program"] in useful))
         if arm.rounds_to_target is None and s.gain_now() >= target - 1e-12:
             arm.rounds_to_target = r
             if scenario != "late_bloomer":
@@ -212,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             if scenario != "late_bloomer":
                 m, c = _rounds(arms, a.rounds)
                 print(f"{scenario} {mode}: mean rounds to target {m:.2f} ({c} censored)")
+        for (scenario, mode), arms in res.items():
+            if scenario == "barren" and mode == "adaptive":
+                by_round = [statistics.mean(a.paying[r] for a in arms if len(a.paying) > r)
+                            for r in range(min(12, max(len(a.paying) for a in arms)))]
+                print("barren adaptive: agents on the programs that can move best, mean by round "
+                      "(arms still running): " + " ".join(f"{x:.1f}" for x in by_round))
         line = {}
         for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:

@@ -308,6 +308,11 @@ def main(argv=None) -> int:
             print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, "
                   f"p99 {perf['batch_p99_ms']:.1f} ms, {perf['mean_batch']:.1f} reports+begins per batch "
                   f"-> capacity ~{perf['capacity_per_s']:.0f}/s")
+        if "gc_collections" in perf:
+            c = perf["gc_collections"]
+            print(f"garbage collection in the coordinator's process (since it started): {c[2]} full "
+                  f"(max {perf['gc_full_max_ms']:.1f} ms, {perf['gc_full_total_ms']:.0f} ms in all), "
+                  f"{c[0] + c[1]} young ({perf['gc_young_total_ms']:.0f} ms in all)")
         under_load = max(full) * 1000 if full else float("nan")
         print(f"best moves seen by every agent (first reply or best() showing it or newer): {len(full)} "
               f"reached all {args.agents} agents, worst {under_load:.1f} ms, median "

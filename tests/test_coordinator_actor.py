@@ -52,6 +52,9 @@ def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_loca
                 raise
             time.sleep(0.2)
     assert after == before
+    # its process keeps the state it rebuilt frozen: a full collection never scans it again
+    # (coordinator/decide/perf.py GcFreeze; tests/test_gc_pauses.py)
+    assert ray.get(again.perf.remote())["gc_frozen"] > 10_000
     port = RayPort(again, ray)
     assert port.report(r1).decision == d1  # a retried report after the restart: same answer, no double
     drain_jobs(port, agents)

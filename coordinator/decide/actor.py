@@ -13,6 +13,7 @@ from pathlib import Path
 from agents.messages import NoiseHistorySpec, PromotionConfig
 from agents.ports import PORT_METHODS
 from coordinator.decide.core import Coordinator
+from coordinator.decide.perf import GcFreeze
 
 NAMESPACE = "autoresearch-swarm"
 # A restarted coordinator waits this long for redis: both may have gone down together (a head
@@ -42,6 +43,9 @@ class CoordinatorActor:
         # First start: an unreachable redis is a clear error at once (swarm run reports it).
         self.c = Coordinator(swarm_home, redis_url, promotion, swarm_id, baseline_train_py,
                              redis_wait_s=RESTART_REDIS_WAIT_S if restarted else 0.0, history=history)
+        # This process is the coordinator's alone: bound its collector's full pauses (every
+        # thread waits them out, a decision included), starting with the state just rebuilt.
+        GcFreeze.install()
 
 
 def _forwarder(name: str):

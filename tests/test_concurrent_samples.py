@@ -40,6 +40,31 @@ def test_concurrent_runs_on_one_node_form_one_cluster_and_count_as_what_they_are
     assert len(zero.clusters) == 2
 
 
+def test_clusters_found_through_the_index_are_the_first_overlapping_ones_as_a_scan_finds_them():
+    """Samples keeps clusters indexed by node and start; what it forms must be what scanning every
+    cluster in order forms (the rule as first written), for runs reported out of order, nested,
+    of several lengths, on several nodes, and without windows."""
+    from coordinator.decide.rules import Cluster
+
+    rng = random.Random(7)
+    for case in range(200):
+        s, scan = Samples(), []
+        for _ in range(rng.randint(1, 120)):
+            if rng.random() < 0.05:
+                at = None
+            else:
+                start = rng.uniform(0, 2000)
+                at = (rng.choice(["n1", "n2", "n3"]), start, start + rng.choice([0.0, 5.0, 40.0, 300.0]) * rng.random())
+            s.add(2.0, at=at)
+            c = next((c for c in scan if at is not None and c.overlaps(*at)), None)
+            if c is None:
+                c = Cluster(*(at or ("", 0.0, 0.0)))
+                scan.append(c)
+            c.n += 1
+        assert [(c.node, c.start, c.end, c.n) for c in s.clusters] == \
+            [(c.node, c.start, c.end, c.n) for c in scan], case
+
+
 def _pool(share: float, rounds: int, width: int, seed: int = 0, sigma: float = 0.02) -> NoisePool:
     """One code's runs in rounds of `width` concurrent runs, `share` of the variance common to a round."""
     rng, pool, s = random.Random(seed), NoisePool(), Samples()

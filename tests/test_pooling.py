@@ -209,3 +209,27 @@ def test_a_result_that_failed_in_a_pool_never_joins_one_with_the_same_partner(co
     assert not together, d3
     if d3.stage == "verify-pool":  # pooled with one of them: a pool of two, not three
         assert len(d3.pooled) == 1
+
+
+def test_members_made_on_an_earlier_best_are_pooled_without_a_merge_base_fork(coord, tmp_path, monkeypatch):
+    """A pool's members are often results made on an earlier best (the pool looks at the last few
+    bests' results); that best is their merge base with best now (one parent, on best's
+    first-parent line), so pooling them forks no `git merge-base` (each fork held the decision
+    lock a few ms, and the coordinator bench's slow batches had up to 13)."""
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    root = coord.root
+    r1, d1 = experiment(coord, a[1], root, "X on", X=1, val=near(coord, 0.6))
+    assert d1.decision == "pending" and d1.stage == "confirm"
+    rB, dB = experiment(coord, a[0], root, "B on", B=1, val=near(coord, 1.5))
+    assert dB.decision == "promote"
+    B1 = best(coord)
+    calls = []
+    real = coord.repo.merge_base
+    monkeypatch.setattr(coord.repo, "merge_base", lambda x, y: calls.append((x, y)) or real(x, y))
+    ref, m = coord.book.ref(HW, B1).mean, coord._class_margin(HW)
+    r2, d2 = experiment(coord, a[2], B1, "C on", C=1, val=ref - 0.4 * m)
+    assert d2.decision == "pending" and d2.stage == "verify-pool" and d2.pooled == [r1.experiment_id], d2
+    text = coord.repo.show(d2.merge_commit)
+    assert "B = 1" in text and "X = 1" in text and "C = 1" in text
+    assert calls == []

@@ -179,7 +179,10 @@ class Pooling:
             b = self.commits.blob(C)
             if b in blobs or any(frozenset((b, x)) in self._failed_pairs for x in blobs):
                 continue  # the same change again, or a partner it already failed with
-            base = self._merge_base(C, best)
+            # its parent when that is an earlier best (most are): no merge-base fork (judging.py)
+            P = self.records[i].parent
+            base = P if P in self._best_chain(hw, best) and C not in self._best_chain(hw, best) \
+                else self._merge_base(C, best)
             merged, clean = merge_texts(self.commits.text(base) if base else best_text, text,
                                         self.commits.text(C))
             if clean and merged != text:

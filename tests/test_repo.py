@@ -181,6 +181,35 @@ def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_d
     assert spliced > 180
 
 
+def test_a_change_best_already_made_merges_in_process_as_git_does(git_calls):
+    """A candidate made on an earlier best often repeats a change best took since (two agents
+    set the same knob; best has it): the merge is best as it is, clean. The coordinator bench's
+    git merge-file forks were all of this kind (83 of 83, all clean). merge_texts answers it
+    itself when best made the identical change with MERGE_GAP unchanged lines round it, and
+    must give git merge-file's text and verdict; random cases with repeated lines."""
+    import random
+
+    calls = git_calls
+    rng = random.Random(5)
+    lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
+    answered = 0
+    for case in range(300):
+        base = lines[:]
+        rng.shuffle(base)
+        b = "".join(base)
+        t_lines = _random_edit(rng, base, 1)                      # the candidate's one change
+        o = "".join(_random_edit(rng, t_lines, rng.randint(1, 5)))  # best: that change and more
+        t = "".join(t_lines)
+        if rng.random() < 0.5:
+            o, t = t, o
+        n = len(calls)
+        text, clean = merge_texts(b, o, t)
+        gtext, gclean = git_merge_texts(b, o, t)
+        assert (text, clean) == (gtext, gclean), case
+        answered += len(calls) == n
+    assert answered > 200, answered
+
+
 def test_a_padded_train_py_never_costs_the_decision_lock_a_quadratic_alignment(git_calls):
     """2,000 identical lines (a padded file an LLM may return) cost difflib's alignment half a
     second; such a merge goes to git merge-file instead, with git's answer."""

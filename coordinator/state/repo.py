@@ -334,17 +334,36 @@ def merge_texts(base: str, ours: str, theirs: str) -> tuple[str, bool]:
         return ours, True
     if all(x.endswith("\n") for x in (b[-1:] + o[-1:] + t[-1:])):
         (i1, j1, r1), (i2, j2, r2) = sorted([so, st])
-        if i2 - j1 >= MERGE_GAP:
+        if _reach(b, (i2, j2, r2))[0] - _reach(b, (i1, j1, r1))[1] >= MERGE_GAP:
             return "".join(b[:i1] + r1 + b[j1:i2] + r2 + b[j2:]), True
         # one side's change well inside a stretch the other left as it was: best has usually
         # moved several times since a candidate's parent (many regions changed), the candidate
-        # changed one; each such merge went to git (a quarter of a batch's time at 256 agents)
+        # changed one; each such merge went to git (a quarter of a batch's time at 256 agents).
+        # Or the other side made that very change itself (two agents set the same knob, and
+        # best has it): the merge is the other side as it is.
         for side, text, span in ((o, ours, st), (t, theirs, so)):
             equal = _equal_stretches(base, text)
-            merged = None if equal is None else _splice(b, side, equal, span)
+            if equal is None:
+                continue
+            merged = _splice(b, side, equal, span)
+            if merged is None and _made_too(b, side, equal, span):
+                merged = side
             if merged is not None:
                 return "".join(merged), True
     return git_merge_texts(base, ours, theirs)
+
+
+def _reach(base: list[str], span: tuple[int, int, list[str]]) -> tuple[int, int]:
+    """The base lines a change could be placed at: [i, j) widened over the neighbouring lines
+    that are among the lines it removes or adds (an insertion into a run of blank lines may sit
+    anywhere in the run; git's diff and difflib's may put it in different places)."""
+    i, j, repl = span
+    moving = set(repl) | set(base[i:j])
+    while i > 0 and base[i - 1] in moving:
+        i -= 1
+    while j < len(base) and base[j] in moving:
+        j += 1
+    return i, j
 
 
 def _splice(base: list[str], other: list[str], equal: tuple[tuple[int, int, int], ...],
@@ -353,11 +372,42 @@ def _splice(base: list[str], other: list[str], equal: tuple[tuple[int, int, int]
     lines and MERGE_GAP lines either side of them as they were in base (inside one of the
     `equal` stretches of the two texts' alignment); None otherwise."""
     i, j, repl = span
-    lo, hi = max(i - MERGE_GAP, 0), min(j + MERGE_GAP, len(base))
+    ri, rj = _reach(base, span)
+    lo, hi = max(ri - MERGE_GAP, 0), min(rj + MERGE_GAP, len(base))
     for a1, a2, b1 in equal:
         if a1 <= lo and hi <= a2:
+            # at either end of the file the context is cut short: there the other side must not
+            # have added lines before the first (after the last) either, or both inserted at one
+            # place, which git calls a conflict
+            if (lo == 0 and b1 != 0) or (hi == len(base) and b1 + a2 - a1 != len(other)):
+                return None
             return other[:i + b1 - a1] + repl + other[j + b1 - a1:]
     return None
+
+
+def _made_too(base: list[str], other: list[str], equal: tuple[tuple[int, int, int], ...],
+              span: tuple[int, int, list[str]]) -> bool:
+    """`other` made the change of `span` itself: in the alignment, base lines [i, j) are exactly
+    what it replaced with those very lines, and it left the lines the change could slide over
+    and MERGE_GAP more either side as they were (nothing else of its changes near)."""
+    i, j, repl = span
+    ri, rj = _reach(base, span)
+    lo, hi = max(ri - MERGE_GAP, 0), min(rj + MERGE_GAP, len(base))
+    if i == 0:
+        k = 0
+    else:
+        before = next(((a1, b1) for a1, a2, b1 in equal if a2 == i and a1 <= lo), None)
+        if before is None:
+            return False
+        k = before[1] + i - before[0]
+    if j == len(base):
+        end = len(other)
+    else:
+        after = next((b1 for a1, a2, b1 in equal if a1 == j and hi <= a2), None)
+        if after is None:
+            return False
+        end = after
+    return (ri, rj) == (i, j) and other[k:end] == repl
 
 
 # The alignment's work bound: difflib's longest-match search visits, for each line of one text,

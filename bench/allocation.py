@@ -135,13 +135,18 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     programs = land.oracle_for(AGENTS, alloc["min_agents"]) if mode == "oracle" else land.programs_for(AGENTS)
     s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, programs, seed, PromotionConfig(),
               {"*": "mutate"}, history=hist)
+    late = mode.startswith("oracle@")   # static for R rounds, then the oracle's allocation at once
+    cfg = dict(alloc, dwell_runs=10 ** 9) if late else alloc  # the bandit itself never moves anyone
     s.coord.configure_allocation(AllocationSpec(
-        config=AllocationConfig(mode="static" if mode == "oracle" else mode, seed=seed, **alloc),
+        config=AllocationConfig(mode="adaptive" if late else "static" if mode == "oracle" else mode,
+                                seed=seed, **cfg),
         programs=[ProgramSpec(name=n, text=land.program_text(n)) for n in land.programs]))
     arm = Arm(scenario, mode, seed)
     target = target_fraction * land.max_gain
     paid_at: tuple[float, float] | None = None  # (late's hours, all hours) when late first paid
     for r in range(1, max_rounds + 1):
+        if late and r == int(mode.split("@")[1]) + 1:
+            _move_to(s, land.oracle_for(AGENTS, alloc["min_agents"]))
         s.rounds.play(s.agents)
         arm.rounds = r
         useful = land.useful()
@@ -164,6 +169,27 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     return arm
 
 
+def _move_to(s: Swarm, target: list[str]) -> None:
+    """Move agents (at their next iteration boundary, as a reassignment does) so that each
+    program has as many as in `target`: what a learner that knew everything after R rounds
+    would do."""
+    from coordinator.decide.allocation import Assignment
+
+    A = s.coord.allocation
+    A._follow()
+    want = {n: target.count(n) for n in A.programs}
+    have = A._counts()
+    short = [n for n in A.programs for _ in range(max(want[n] - have[n], 0))]
+    spare = []
+    for agent, p in sorted(A.program_of.items()):
+        if have[p] > want[p]:
+            have[p] -= 1
+            spare.append(agent)
+    for agent, to in zip(spare, short):
+        A.ledger.put_allocation(agent, Assignment(agent=agent, program=to, previous=A.program_of[agent],
+                                                  reason="oracle", runs_at=A.runs.get(agent, 0)).model_dump_json())
+
+
 def _rounds(arms: list[Arm], max_rounds: int) -> tuple[float, int]:
     """Mean rounds to the target (a censored arm counts max_rounds) and how many were censored."""
     xs = [a.rounds_to_target or max_rounds for a in arms]
@@ -182,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pending-weight", type=float, default=None,
                     help="AllocationConfig.pending_weight (default: the config's)")
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
-                    "on the allocation's settings: its figures can be reused)")
+                    "on the allocation's settings: its figures can be reused; oracle: the extra agents on "
+                    "the programs that can move best from the start; oracle@R: static for R rounds, then "
+                    "the oracle's allocation, what a learner that needs R rounds could at best do)")
     ap.add_argument("--target", type=float, default=TARGET_FRACTION,
                     help="the share of the reachable gain the rounds are counted to (the issue's: 0.5)")
     ap.add_argument("-v", "--verbose", action="store_true")

@@ -47,32 +47,36 @@ class GcPauses:
                 "gc_frozen": gc.get_freeze_count()}
 
 
+FREEZE_FROM = 1   # survivors of a collection of this generation or older are frozen
+
+
 class GcFreeze:
-    """Bounds the full collections' pauses of a process that holds a large, growing heap of
+    """Bounds the garbage collector's pauses in a process that holds a large, growing heap of
     long-lived objects (the coordinator actor's: records, decisions, caches, the state it
-    rebuilt at start): after each full collection its survivors, which it just found reachable,
-    are frozen (gc.freeze: moved where no collection looks), so the next full collection scans
-    only what was allocated since. Measured (bench/coordinator.py --in-process, 256 agents,
-    10 s): full collections of 100-240 ms, every thread of the process stopped meanwhile;
-    a heap grown to 3 million containers: the worst pause 982 ms without, 6 ms with.
-    The price: a cycle of objects that were frozen and die later is not collected while frozen
-    (refcounting still frees everything that is not in a cycle), so every `refresh_s` the
-    process is unfrozen once and its next full collection scans, and frees, everything: one
-    long pause per refresh_s instead of one every few seconds under load."""
+    rebuilt at start): what survives a collection of the middle or oldest generation is frozen
+    (gc.freeze: moved where no collection looks), so no collection scans it again and full
+    collections have next to nothing left to scan. Measured (bench/coordinator.py --agents 256,
+    20 s): without, full collections of 119-131 ms (in-process 100-240 ms) stopped every thread,
+    a decision in flight included; freezing after full ones only, 31-43 ms; after the middle
+    generation's too, none ran. A heap grown to 3 million containers: worst pause 982 -> 6 ms.
+    The price: a cycle of frozen objects that dies later is not freed while frozen (refcounting
+    still frees everything outside cycles), so every `refresh_s` a thread of its own unfreezes
+    everything, collects it once (one long pause per refresh_s) and freezes the survivors."""
 
     _installed: "GcFreeze | None" = None
 
     def __init__(self, refresh_s: float) -> None:
         self.refresh_s = refresh_s
-        self._refreshed = time.monotonic()
+        self._refreshing = False
 
     @classmethod
     def install(cls, refresh_s: float = 600.0) -> "GcFreeze":
         """Once per process (later calls return the first); freezes what is alive now."""
         if cls._installed is None:
-            cls._installed = cls(refresh_s)
-            gc.callbacks.append(cls._installed._callback)
+            cls._installed = g = cls(refresh_s)
+            gc.callbacks.append(g._callback)
             gc.freeze()
+            threading.Thread(target=g._refresh_loop, name="gc-refresh", daemon=True).start()
         return cls._installed
 
     @classmethod
@@ -80,14 +84,23 @@ class GcFreeze:
         return cls._installed is not None
 
     def _callback(self, phase: str, info: dict) -> None:
-        if phase != "stop" or info.get("generation") != 2:
-            return
-        if time.monotonic() - self._refreshed >= self.refresh_s:
-            # the next full collection scans everything once (and freezes its survivors again)
-            gc.unfreeze()
-            self._refreshed = time.monotonic()
-        else:
+        if phase == "stop" and info.get("generation", 0) >= FREEZE_FROM and not self._refreshing:
             gc.freeze()
+
+    def _refresh_loop(self) -> None:
+        while True:
+            time.sleep(self.refresh_s)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Unfreeze, collect everything once, freeze what survived."""
+        self._refreshing = True   # no collection in between freezes the heap again
+        try:
+            gc.unfreeze()
+            gc.collect()
+        finally:
+            self._refreshing = False
+        gc.freeze()
 
 
 class PerfStats:

@@ -100,9 +100,7 @@ class Judging:
         if p_is_best:
             text, clean = self.commits.text(C), True
         else:
-            # A result made on an earlier best (most off-best results): that best is the merge
-            # base, no git call (merge-base forks were 16% of the decision time at 256 agents).
-            base = P if P in self._best_chain(hw, best) else self._merge_base(C, best)
+            base = self._merge_base(C, best, hw, P)
             base_text = self.commits.text(base) if base else ""
             text, clean = merge_texts(base_text, self.commits.text(best), self.commits.text(C))
         direct = clean and text == self.commits.text(C)   # onto best, its change is itself

@@ -153,30 +153,37 @@ def test_in_process_merge_agrees_with_git_merge_file():
     assert own > 50  # the in-process path did answer a good share of the cases
 
 
+def _agrees_with_git(calls: list, seed: int, edits, cases: int = 300) -> int:
+    """`cases` random merges of a shuffled train.py-like file with repeated lines (the alignment's
+    ambiguous case): `edits(rng, base)` gives the two sides' lines, each side on either hand.
+    merge_texts must give git merge-file's text and verdict in every case; returns how many it
+    answered in process (no call in `calls`, the git_calls fixture)."""
+    import random
+
+    rng = random.Random(seed)
+    lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
+    answered = 0
+    for case in range(cases):
+        base = lines[:]
+        rng.shuffle(base)
+        b = "".join(base)
+        o, t = ("".join(x) for x in edits(rng, base))
+        if rng.random() < 0.5:
+            o, t = t, o
+        n = len(calls)
+        text, clean = merge_texts(b, o, t)
+        gtext, gclean = git_merge_texts(b, o, t)   # the real one, imported before the patch
+        assert (text, clean) == (gtext, gclean), case
+        answered += len(calls) == n
+    return answered
+
+
 def test_a_change_beside_a_best_that_moved_many_times_merges_in_process_as_git_does(git_calls):
     """Best has usually moved several times since a candidate's parent (many regions changed)
     and the candidate changed one: merge_texts splices it in itself when best left that region
-    and MERGE_GAP lines round it as they were, and must give git merge-file's text and verdict.
-    Random multi-edit cases, with repeated lines (the alignment's ambiguous case)."""
-    import random
-
-    calls = git_calls   # git_merge_texts here is the real one, imported before the patch
-    rng = random.Random(11)
-    lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
-    spliced = 0
-    for case in range(300):
-        base = lines[:]
-        rng.shuffle(base)
-
-        b = "".join(base)
-        o, t = "".join(_random_edit(rng, base, rng.randint(2, 6))), "".join(_random_edit(rng, base, 1))
-        if rng.random() < 0.5:
-            o, t = t, o   # the many-region side on either hand
-        n = len(calls)
-        text, clean = merge_texts(b, o, t)
-        gtext, gclean = git_merge_texts(b, o, t)
-        assert (text, clean) == (gtext, gclean), case
-        spliced += len(calls) == n
+    and MERGE_GAP lines round it as they were, and must give git merge-file's text and verdict."""
+    spliced = _agrees_with_git(git_calls, 11, lambda rng, base: (
+        _random_edit(rng, base, rng.randint(2, 6)), _random_edit(rng, base, 1)))
     # 230 of 300 here; 119 before the splice (only cases whose changed spans were far apart)
     assert spliced > 180
 
@@ -186,27 +193,12 @@ def test_a_change_best_already_made_merges_in_process_as_git_does(git_calls):
     set the same knob; best has it): the merge is best as it is, clean. The coordinator bench's
     git merge-file forks were all of this kind (83 of 83, all clean). merge_texts answers it
     itself when best made the identical change with MERGE_GAP unchanged lines round it, and
-    must give git merge-file's text and verdict; random cases with repeated lines."""
-    import random
+    must give git merge-file's text and verdict."""
+    def edits(rng, base):
+        t = _random_edit(rng, base, 1)                       # the candidate's one change
+        return _random_edit(rng, t, rng.randint(1, 5)), t   # best: that change and more
 
-    calls = git_calls
-    rng = random.Random(5)
-    lines = [f"X{i} = {i}\n" for i in range(60)] + ["\n", "# filler\n", "# filler\n"] * 12
-    answered = 0
-    for case in range(300):
-        base = lines[:]
-        rng.shuffle(base)
-        b = "".join(base)
-        t_lines = _random_edit(rng, base, 1)                      # the candidate's one change
-        o = "".join(_random_edit(rng, t_lines, rng.randint(1, 5)))  # best: that change and more
-        t = "".join(t_lines)
-        if rng.random() < 0.5:
-            o, t = t, o
-        n = len(calls)
-        text, clean = merge_texts(b, o, t)
-        gtext, gclean = git_merge_texts(b, o, t)
-        assert (text, clean) == (gtext, gclean), case
-        answered += len(calls) == n
+    answered = _agrees_with_git(git_calls, 5, edits)
     assert answered > 200, answered
 
 

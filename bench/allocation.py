@@ -144,12 +144,12 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     arm = Arm(scenario, mode, seed)
     target = target_fraction * land.max_gain
     paid_at: tuple[float, float] | None = None  # (late's hours, all hours) when late first paid
+    useful = land.useful()
     for r in range(1, max_rounds + 1):
         if late and r == int(mode.split("@")[1]) + 1:
             _move_to(s, land.oracle_for(AGENTS, alloc["min_agents"]))
         s.rounds.play(s.agents)
         arm.rounds = r
-        useful = land.useful()
         arm.paying.append(sum(y["agents"] for y in s.coord.allocation_status() if y["program"] in useful))
         if arm.rounds_to_target is None and s.gain_now() >= target - 1e-12:
             arm.rounds_to_target = r

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from coordinator.decide.core import Coordinator  # noqa: E402
-from coordinator.state.redisd import RedisDaemon  # noqa: E402
+from coordinator.state.redisd import RedisDaemon, _alive  # noqa: E402
 from coordinator.state.repo import ResearchRepo  # noqa: E402
 from agents.messages import (Broadcast, ExperimentRecord, PromotionConfig,  # noqa: E402
                              StartedExperiment, new_experiment_id)
@@ -354,14 +354,6 @@ def stop_ray(actors: list, grace: float = 5.0) -> None:
             os.kill(p, signal.SIGKILL)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

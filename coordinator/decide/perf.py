@@ -79,10 +79,6 @@ class GcFreeze:
             threading.Thread(target=g._refresh_loop, name="gc-refresh", daemon=True).start()
         return cls._installed
 
-    @classmethod
-    def installed(cls) -> bool:
-        return cls._installed is not None
-
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "stop" and info.get("generation", 0) >= FREEZE_FROM and not self._refreshing:
             gc.freeze()

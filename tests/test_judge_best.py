@@ -389,6 +389,8 @@ def test_delta_vs_parent_and_vs_best_are_two_fields_plus_is_better(coord, tmp_pa
     assert dW.delta_parent == pytest.approx(2.0 - 1.99, abs=0.003)
     assert dW.delta == pytest.approx(1.95 - 1.99, abs=0.003)      # delta is vs best, + = better
     assert dW.delta < 0 < dW.delta_parent
+    # the samples behind it (adaptive allocation reads a change's effect in sds from them)
+    assert dW.samples == 1 and dW.samples_best >= 1 and dW.dof >= 2
 
 
 def test_lost_winner_audit_lists_only_pending_work(coord, tmp_path):

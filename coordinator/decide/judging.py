@@ -86,7 +86,7 @@ class Judging:
         best = self._best_commit(hw)
         bs, cs = self.book.ref(hw, best), self.book.of(hw, C)
         sigma, dof, rho = self.book.sigma(hw), self._dof(hw), self.book.rho(hw)
-        info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best,
+        info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, samples=cs.n,
                     mean=cs.mean if cs.n else None)
         if bs.n == 0:
             return self._dec(rec, "unjudged", "best has no samples yet", **info)

@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-moves", type=float, default=0.5)
     ap.add_argument("--pending-weight", type=float, default=None,
                     help="AllocationConfig.pending_weight (default: the config's)")
+    ap.add_argument("--inert-prior", type=float, default=None,
+                    help="AllocationConfig.inert_prior (default: the config's, 0: off)")
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
                     "on the allocation's settings: its figures can be reused; oracle: the extra agents on "
                     "the programs that can move best from the start; oracle@R: static for R rounds, then "
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     alloc = {"min_agents": a.min_agents, "dwell_runs": a.dwell_runs, "prior_moves": a.prior_moves}
     if a.pending_weight is not None:
         alloc["pending_weight"] = a.pending_weight
+    if a.inert_prior is not None:
+        alloc["inert_prior"] = a.inert_prior
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()

@@ -341,3 +341,64 @@ def test_pending_candidates_count_as_early_evidence_until_decided(ledger):
         run(b.ledger, "b1", "barren")
         run(b.ledger, "t0", "third")
     assert b.assign("b1", "barren") is None
+
+
+def measured(ledger: Ledger, agent: str, program: str, z: float, sigma: float = 0.01) -> str:
+    """One run under `program` whose change moved val_bpb by `z` sds of its measurement (one
+    sample against best's 8), discarded or pending as the coordinator would write it."""
+    eid = f"e{next(_ids)}"
+    ledger.add_record(ExperimentRecord(
+        experiment_id=eid, agent=agent, program=program, hardware_class="hw", parent="p", commit="c",
+        status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0, total_seconds=300.0)))
+    delta = z * sigma * (1 + 1 / 8) ** 0.5
+    ledger.put_decision(Decision(experiment_id=eid, decision="pending" if delta > 0 else "discard",
+                                 delta=delta, delta_parent=delta, sigma=sigma, dof=8, samples=1,
+                                 samples_best=8))
+    return eid
+
+
+def test_a_program_whose_changes_do_nothing_gives_its_agents_away_before_any_move(ledger):
+    """No move of best yet, so no rate tells the programs apart; but every change of `barren`
+    left val_bpb within the noise, while `good` and `third` changed it by 3-4 sds (for the
+    worse, too: a change that hurts shows the knob matters). The agent above barren's floor
+    moves; with inert_prior 0 (the rule before) it stays, as nothing tells the programs apart."""
+    for prior, moves in ((0.5, True), (0.0, False)):
+        lg = Ledger(ledger.r, f"alloc-inert-{prior}")
+        a = Allocation.configure(lg, spec(min_agents=1, dwell_runs=2, inert_prior=prior))
+        for z_good, z_third, z_barren in ((3.5, -4.0, 0.4), (-3.0, 3.2, -0.7)):
+            measured(lg, "g0", "good", z_good)
+            measured(lg, "t0", "third", z_third)
+            measured(lg, "b0", "barren", z_barren)
+            measured(lg, "b1", "barren", -z_barren / 2)
+        ys = {y.program: y for y in a.yields()}
+        got = a.assign("b1", "barren")
+        if not moves:
+            assert got is None and ys["barren"].inert == 0.0
+            continue
+        assert ys["barren"].inert > 0.95, ys
+        from coordinator.run.live import program_lines
+        shown = "\n".join(program_lines([y.model_dump() for y in a.yields()]))
+        inert_lines = [ln for ln in shown.splitlines() if "P inert" in ln]
+        assert len(inert_lines) == 1 and inert_lines[0].startswith("  barren: ")
+        assert "its changes left val_bpb within the noise (P inert 0.9" in inert_lines[0]
+        assert ys["good"].inert < 0.01 and ys["third"].inert < 0.01
+        assert got is not None and got.name in ("good", "third")
+        assert a.assign("b0", "barren") is None          # the floor: one stays, exploring
+        # changes of barren's that move val_bpb by 4 sds: one makes it doubtful, two active again
+        measured(lg, "b0", "barren", 4.0)
+        assert 0.05 < {y.program: y for y in a.yields()}["barren"].inert < 0.3
+        measured(lg, "b0", "barren", -4.0)
+        assert {y.program: y for y in a.yields()}["barren"].inert < 0.001
+
+
+def test_the_effect_of_a_change_is_read_from_its_own_decision_fields(ledger):
+    """_effect uses the delta against the candidate's parent, never against best (a candidate
+    made on an older best carries best's other changes), and nothing before sigma has 2 dof."""
+    from coordinator.decide.allocation import _effect
+    d = Decision(experiment_id="x", decision="discard", delta=0.05, delta_parent=0.01, sigma=0.01,
+                 dof=8, samples=1, samples_best=1)
+    assert _effect(d) == pytest.approx(0.01 / (0.01 * 2 ** 0.5))
+    assert _effect(d.model_copy(update={"delta_parent": None})) is None
+    assert _effect(d.model_copy(update={"dof": 1})) is None
+    assert _effect(d.model_copy(update={"samples": 0})) is None
+    assert _effect(d.model_copy(update={"merge_commit": "m"})) is None

@@ -81,6 +81,9 @@ SLACK = 0.25
 MIN_GAP = 0.5
 # Joint draws per question: P(best) to about +-0.015, a few ms for four programs.
 DRAWS = 1024
+# A draw in which a program is inert scales its rate by this: it can win only when every program
+# drew inert (then the draws' order among them decides, as among programs nothing told apart).
+INERT_SCALE = 1e-6
 
 
 class _M(BaseModel):
@@ -100,6 +103,14 @@ class AllocationConfig(_M):
     # counts this fraction of that delta (and of a move) for its program until its decision is
     # final (then its real credit, or none, replaces it). 0: verified moves only.
     pending_weight: float = Field(default=0.0, ge=0, le=1)
+    # Inert programs: the prior probability that a program's changes do nothing measurable (0: never
+    # suspect it), and how far, in sigmas of one run, an active program's changes move val_bpb
+    # (the spread of its effects): see Allocation._inert. Off by default: at 0.5, agents left the
+    # two barren programs of bench/allocation.py by round 3-4 (dwell 1-2; round 7 at dwell 6)
+    # rather than 7+, and the target came no sooner within the noise (48 seeds: 12.21-12.71 rounds
+    # against the defaults' 11.92; bench/results/allocation-2026-12-05.txt).
+    inert_prior: float = Field(default=0.0, ge=0, lt=1)
+    effect_sigmas: float = Field(default=3.0, gt=0)
     seed: int | None = None                     # the draws' seed (the bench: reproducible)
 
 
@@ -131,6 +142,7 @@ class ProgramYield(_M):
     share: float           # its share of the swarm's device-hours
     pinned: bool = False
     spent: bool = False    # an agent's backend refused it: no agent is moved into it
+    inert: float = 0.0     # the probability that its changes do nothing measurable
 
 
 class AllocationError(ValueError):
@@ -167,6 +179,7 @@ class Allocation:
         self._credited: set[str] = set()
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self._pending: dict[str, float] = {}     # experiment id -> its delta while pending (> 0)
+        self._z: dict[str, float] = {}           # experiment id -> its change's effect, in sds
         self.history: list[Assignment] = []
         self.spent: set[str] = set()             # programs an agent's backend refused
         self._follow()
@@ -228,6 +241,9 @@ class Allocation:
                         self.moves[prog] += part
             elif d.delta is not None and d.decision != "sample" and d.merge_commit is None:
                 self._own[id] = d.delta  # its own evidence so far (a pool splits by it)
+            z = _effect(d)
+            if z is not None:
+                self._z[id] = z
         elif typ == "allocation":
             a = Assignment.model_validate_json(js)
             self.program_of[a.agent] = a.program
@@ -271,14 +287,44 @@ class Allocation:
         """Thompson sampling for a population: each program's probability of having the highest
         rate (DRAWS joint draws from the posteriors), and the agents that share gives it on top
         of its floor (the free programs' agents, less the floors, shared by that probability)."""
-        post = self._posterior()
+        post, inert = self._posterior(), self._inert()
         wins = {n: 0 for n in free}
+
+        def draw(n: str) -> float:
+            rate = self.rng.gammavariate(post[n][0], 1.0 / post[n][1])
+            return rate * INERT_SCALE if inert[n] > 0 and self.rng.random() < inert[n] else rate
+
         for _ in range(DRAWS):
-            best = max(free, key=lambda n: self.rng.gammavariate(post[n][0], 1.0 / post[n][1]))
-            wins[best] += 1
+            wins[max(free, key=draw)] += 1
         p_best = {n: wins[n] / DRAWS for n in free}
         extra = max(sum(counts[n] for n in free) - self.cfg.min_agents * len(free), 0)
         return {n: self.cfg.min_agents + extra * p_best[n] for n in free}, p_best
+
+    def _inert(self) -> dict[str, float]:
+        """Each program's probability that its changes do nothing measurable to val_bpb (a
+        program that cannot move best however long it runs: logging, evaluation, refactors), from
+        the effects of its experiments' own changes (`_effect`, in sds of their measurement): a
+        two-component model, inert (every effect zero: z ~ N(0, 1)) with the prior probability
+        `inert_prior`, or active (effects spread `effect_sigmas` sds: z ~ N(0, 1 + s^2)). One run
+        whose change moved val_bpb by 3 sds (better or worse) makes a program active at once;
+        telling one inert takes a few runs within the noise (two at |z| 0.5: 0.89). Verified
+        moves are what the rates count; this only says which programs can have a rate at all, so
+        the agents above the floors leave a program whose changes do nothing before any move of
+        best exists to tell the programs apart (bench/allocation.py, barren). A program credited
+        with half a move of best or more is active, whatever its other runs did."""
+        pi = self.cfg.inert_prior
+        out = {n: 0.0 for n in self.programs}
+        if pi <= 0:
+            return out
+        v1 = 1.0 + self.cfg.effect_sigmas ** 2
+        log_odds = {n: math.log(pi / (1.0 - pi)) for n in self.programs}
+        for id, z in self._z.items():
+            prog = self._rec_program.get(id)
+            if prog in log_odds:   # log N(z; 0, 1) - log N(z; 0, v1)
+                log_odds[prog] += 0.5 * math.log(v1) - 0.5 * z * z * (1.0 - 1.0 / v1)
+        # a program credited with half a move of best or more has moved val_bpb: active
+        return {n: 0.0 if self.moves[n] >= 0.5 else 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
+                for n, x in log_odds.items()}
 
     def _counts(self) -> dict[str, int]:
         counts = {n: 0 for n in self.programs}
@@ -371,7 +417,7 @@ class Allocation:
         posterior's sd) and share of device-hours."""
         with self._lock:
             self._follow()
-            post = self._posterior()
+            post, inert = self._posterior(), self._inert()
             counts = self._counts()
             total_h = sum(self.hours.values())
             out = []
@@ -382,7 +428,8 @@ class Allocation:
                     program=n, agents=counts[n], credit=round(self.credit[n], 6), hours=round(h, 4),
                     yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
                     sd=round(math.sqrt(shape) / rate * unit, 6),
-                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent))
+                    share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent,
+                    inert=round(inert[n], 4)))
             return out
 
 
@@ -396,6 +443,17 @@ def _shares(members: list[str], own: dict[str, float]) -> dict[str, float]:
     if total <= 0:
         return {m: 1.0 / len(members) for m in members}
     return {m: e / total for m, e in ev.items()}
+
+
+def _effect(d: Decision) -> float | None:
+    """A decision's measure of its experiment's own change, in sds: its delta against its parent
+    over sigma x sqrt(1/its samples + 1/best's). None for a merge or pool's verification, a sample
+    of best, a candidate whose parent has no samples (its delta against best would carry best's
+    other changes), or before sigma has 2 degrees of freedom."""
+    if (d.decision == "sample" or d.merge_commit is not None or d.delta_parent is None
+            or not d.sigma or d.samples < 1 or d.dof < 2):
+        return None
+    return d.delta_parent / (d.sigma * math.sqrt(1.0 / d.samples + 1.0 / max(d.samples_best, 1)))
 
 
 def _seconds(rec: ExperimentRecord) -> float:

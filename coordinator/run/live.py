@@ -106,7 +106,9 @@ def program_lines(progs: list[dict]) -> list[str]:
         tag = "".join(f" ({t})" for t in ("pinned", "spent") if p.get(t))
         out.append(f"  {p['program']}{tag}: {p['agents']} agent"
                    f"{'s' if p['agents'] != 1 else ''}, yield {p['yield_']:.4f}±{p['sd']:.4f} bpb/device-h "
-                   f"({p['credit']:.4f} bpb in {p['hours']:.2f} h), {p['share'] * 100:.0f}% of device-hours")
+                   f"({p['credit']:.4f} bpb in {p['hours']:.2f} h), {p['share'] * 100:.0f}% of device-hours"
+                   + (f"; its changes left val_bpb within the noise (P inert {p['inert']:.2f})"
+                      if p.get("inert", 0.0) >= 0.5 else ""))
     if idle:
         out.append(f"  no agent so far: {', '.join(idle)}")
     return out

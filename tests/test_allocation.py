@@ -216,19 +216,21 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     from coordinator.run.config import ConfigError, parse_config, resolve_program
     from coordinator.run.swarm import _allocation_spec
 
-    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0},
+    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0, "inert_prior": 0.5},
             "programs": [{"name": "optimizer", "weight": 2}, {"name": "architecture", "pin": True},
                          {"name": "explore", "adopt": "always"}]}
     cfg = parse_config(data, "swarm.yaml", env={})
     paths = [resolve_program(e, tmp_path) for e in cfg.programs]
     specs = [{"program_name": "optimizer", "backend": {"type": "mutate"}}]
     got = AllocationSpec.model_validate(_allocation_spec(cfg, paths, specs, None))
-    assert got.config.mode == "adaptive" and got.config.min_agents == 0
+    assert got.config.mode == "adaptive" and got.config.min_agents == 0 and got.config.inert_prior == 0.5
     by = {p.name: p for p in got.programs}
     assert by["optimizer"].weight == 2 and by["architecture"].pinned and by["explore"].adopt == "always"
     assert by["explore"].backend["type"] == "mutate" and by["optimizer"].text == paths[0].read_text()
     with pytest.raises(ConfigError, match="allocation.mode"):
         parse_config({**data, "allocation": {"mode": "greedy"}}, "swarm.yaml", env={})
+    with pytest.raises(ConfigError, match="inert_prior"):
+        parse_config({**data, "allocation": {"inert_prior": 1.0}}, "swarm.yaml", env={})
 
 
 def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_comes_back(ledger):

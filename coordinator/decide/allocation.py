@@ -33,6 +33,12 @@ On bench/allocation.py (barren, seeds 0..23) weight 1 gave 11.96 rounds to the t
 12.54 at dwell 6 and 11.92 against 11.75 at dwell 2: no difference within the noise
 (bench/results/allocation-2026-12-04.txt), so it is off.
 
+Inert programs (`inert_prior`, default 0): a program whose every change left val_bpb within the
+noise gets a probability of being unable to move best at all (Allocation._inert), which scales its
+rate towards 0 in the draws, so the agents above its floor leave before any move of best exists.
+Agents reached the paying programs of the barren scenario by round 3-4, and the target came no
+sooner within the noise (bench/results/allocation-2026-12-05.txt), so it is off.
+
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never

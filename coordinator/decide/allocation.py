@@ -113,8 +113,8 @@ class AllocationConfig(_M):
     # suspect it), and how far, in sigmas of one run, an active program's changes move val_bpb
     # (the spread of its effects): see Allocation._inert. Off by default: at 0.5, agents left the
     # two barren programs of bench/allocation.py by round 3-4 (dwell 1-2; round 7 at dwell 6)
-    # rather than 7+, and the target came no sooner within the noise (48 seeds: 12.21-12.71 rounds
-    # against the defaults' 11.92; bench/results/allocation-2026-12-05.txt).
+    # rather than 7+, and the target came no sooner (seeds 0..47: 11.04-12.71 rounds against the
+    # defaults' 11.92; 48..143: 13.93-14.60 against 13.44; bench/results/allocation-2026-12-05.txt).
     inert_prior: float = Field(default=0.0, ge=0, lt=1)
     effect_sigmas: float = Field(default=3.0, gt=0)
     seed: int | None = None                     # the draws' seed (the bench: reproducible)

@@ -348,10 +348,7 @@ def test_pending_candidates_count_as_early_evidence_until_decided(ledger):
 def measured(ledger: Ledger, agent: str, program: str, z: float, sigma: float = 0.01) -> str:
     """One run under `program` whose change moved val_bpb by `z` sds of its measurement (one
     sample against best's 8), discarded or pending as the coordinator would write it."""
-    eid = f"e{next(_ids)}"
-    ledger.add_record(ExperimentRecord(
-        experiment_id=eid, agent=agent, program=program, hardware_class="hw", parent="p", commit="c",
-        status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0, total_seconds=300.0)))
+    eid = run(ledger, agent, program)
     delta = z * sigma * (1 + 1 / 8) ** 0.5
     ledger.put_decision(Decision(experiment_id=eid, decision="pending" if delta > 0 else "discard",
                                  delta=delta, delta_parent=delta, sigma=sigma, dof=8, samples=1,

@@ -43,6 +43,8 @@ from pathlib import Path
 # This file is named like the package it benchmarks: drop bench/ from the path so that
 # `import coordinator` finds the package, not this script.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.decide.core import Coordinator  # noqa: E402
 from coordinator.state.redisd import RedisDaemon, _alive  # noqa: E402
@@ -357,4 +359,7 @@ def stop_ray(actors: list, grace: float = 5.0) -> None:
 
 
 if __name__ == "__main__":
+    from bench.signals import exit_on_signals
+
+    exit_on_signals()   # SIGTERM/SIGHUP: the finally blocks still clean up
     sys.exit(main())

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
@@ -371,4 +373,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from bench.signals import exit_on_signals
+
+    exit_on_signals()   # SIGTERM/SIGHUP: the finally blocks still clean up
     sys.exit(main())

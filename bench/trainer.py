@@ -25,6 +25,8 @@ from pathlib import Path
 
 # This file is named like the package it benches: keep its own folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PHASES = ("spawn_to_ready", "ready_to_clock", "eval_wait_ready", "eval_load", "eval_val", "eval_val_probe",
           "eval_confirm", "eval_confirm_probe")
@@ -130,4 +132,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from bench.signals import exit_on_signals
+
+    exit_on_signals()   # SIGTERM/SIGHUP: the finally blocks still clean up
     sys.exit(main())

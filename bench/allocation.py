@@ -283,4 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from bench.signals import exit_on_signals
+
+    exit_on_signals()   # SIGTERM/SIGHUP: the finally blocks still clean up
     sys.exit(main())

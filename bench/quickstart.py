@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ if str(_HERE.parent) not in sys.path:
 
 from agents.messages import Decision, PromotionConfig  # noqa: E402
 from agents.program import load_program  # noqa: E402
+from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Drift  # noqa: E402
 from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
 from coordinator.run.config import assign_programs, load_config, resolve_backend, resolve_program  # noqa: E402
@@ -157,7 +157,7 @@ def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
                     f"{r['minutes']:.1f} min {r['kinds']}")
     finally:
         redis.stop(kill=True)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
     n = len(rows)
     summary = {"quickstarts": n, "moved_fraction": sum(r["moved"] for r in rows) / n,
                "false_moves": sum(r["false_moves"] for r in rows),

@@ -36,7 +36,6 @@ import argparse
 import logging
 import math
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 from agents.messages import PromotionConfig  # noqa: E402
+from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
 from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402,F401
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         redis.stop(kill=True)
         if not a.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_work(work)
         else:
             print(f"work folder kept: {work}", file=sys.stderr)
     return 0

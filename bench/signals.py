@@ -17,3 +17,18 @@ def exit_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit)
+
+
+def remove_work(path, tries: int = 20) -> None:
+    """Remove a bench's work folder, again while threads that are still stopping (a simulated
+    swarm's agents, when a signal ended the main thread) write into it: one rmtree can leave a
+    file created behind its back."""
+    import shutil
+    import time
+    from pathlib import Path
+
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not Path(path).exists():
+            return
+        time.sleep(0.1)

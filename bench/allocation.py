@@ -12,6 +12,8 @@ arm pays the baseline tax before its first move. Scenarios:
   equal         four programs over the same knobs (equally good)
   late_bloomer  depth (DEPTH), late (WIDTH: pays only once DEPTH >= 6 is on best), optimizer
                 knobs, and a barren one
+  tuned         (not in the default run) two programs over knobs the baseline already has at
+                their optimum (every change of theirs is worse) and two that can move best
 Measured: rounds until the true gain of best reaches half of what the scenario's programs can
 reach (censored at --rounds: counted as --rounds when not reached, and said); in late_bloomer,
 the share of device-hours the `late` program gets from the round its first result moves best.
@@ -27,7 +29,6 @@ import argparse
 import logging
 import random
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -42,6 +43,7 @@ if str(_HERE.parent) not in sys.path:
 
 from agents.messages import PromotionConfig  # noqa: E402
 from agents.program import ProgramSpec  # noqa: E402
+from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.swarmsim import Swarm, history_file  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
@@ -59,7 +61,12 @@ SCENARIOS: dict[str, dict[str, list[str]]] = {
     "equal": {f"explore{i}": ["LR", "DEPTH", "WIDTH", "WEIGHT_DECAY", "WARMUP", "QK_NORM"] for i in range(1, 5)},
     "late_bloomer": {"depth": ["DEPTH"], "late": ["WIDTH"],
                      "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"], "logging": ["LOG_EVERY"]},
+    # two programs over knobs the baseline already has at their optimum (a tuned train.py: every
+    # change of theirs is worse, some by several sds), two that can move best
+    "tuned": {"architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"], "learning_rate": ["LR"],
+              "regularize": ["WEIGHT_DECAY", "GRAD_CLIP"], "warmup": ["WARMUP"]},
 }
+TUNED = {"tuned": {"WEIGHT_DECAY", "GRAD_CLIP", "WARMUP"}}   # knobs the scenario's baseline has at their optimum
 LATE = "late"
 BARREN = {"LOG_EVERY", "EVAL_EVERY"}   # knobs that do nothing on the bowls
 
@@ -67,15 +74,22 @@ BARREN = {"LOG_EVERY", "EVAL_EVERY"}   # knobs that do nothing on the bowls
 class ScenarioLand(Bowls):
     """The bowls with a scenario's programs; `late_width`: WIDTH pays only once DEPTH >= 6."""
 
-    def __init__(self, programs: dict[str, list[str]], late_width: bool = False):
-        self.programs, self.late_width = programs, late_width
+    def __init__(self, programs: dict[str, list[str]], late_width: bool = False, at_optimum=frozenset()):
+        self.programs, self.late_width, self.at_optimum = programs, late_width, set(at_optimum)
         super().__init__()
+        self.baseline = self.true_bpb(self.baseline_text())
         covered = {k for knobs in programs.values() for k in knobs}
         text = self.baseline_text()
         for k, v in OPTIMUM.items():
             if k in covered:
                 text = re.sub(rf"^{k} = \S+", f"{k} = {v!r}", text, flags=re.M)
         self.max_gain = self.gain(text)   # what these programs can reach
+
+    def baseline_text(self) -> str:
+        text = super().baseline_text()
+        for k in self.at_optimum:
+            text = re.sub(rf"^{k} = \S+", f"{k} = {OPTIMUM[k]!r}", text, flags=re.M)
+        return text
 
     def true_bpb(self, text: str) -> float:
         if not self.late_width:
@@ -98,7 +112,8 @@ class ScenarioLand(Bowls):
 
     def useful(self) -> list[str]:
         """The programs that can move best (some knob of theirs does something)."""
-        return [k for k in self.programs if not all(x in BARREN for x in self.programs[k])]
+        return [k for k in self.programs
+                if not all(x in BARREN or x in self.at_optimum for x in self.programs[k])]
 
     def oracle_for(self, n: int, floor: int) -> list[str]:
         """The allocation an oracle would hold all night: the floor on every program, the rest
@@ -126,7 +141,8 @@ class Arm:
 
 def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
             alloc: dict, target_fraction: float = TARGET_FRACTION) -> Arm:
-    land = ScenarioLand(SCENARIOS[scenario], late_width=scenario == "late_bloomer")
+    land = ScenarioLand(SCENARIOS[scenario], late_width=scenario == "late_bloomer",
+                        at_optimum=TUNED.get(scenario, frozenset()))
     # The same swarm id in both arms: the runs' noise and the proposals draw from the same
     # streams (common random numbers), so the arms differ by the allocation only; redis is
     # emptied between arms (main).
@@ -203,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
     ap.add_argument("--min-agents", type=int, default=1)
-    ap.add_argument("--dwell-runs", type=int, default=6)
-    ap.add_argument("--prior-moves", type=float, default=0.5)
+    ap.add_argument("--dwell-runs", type=int, default=None, help="AllocationConfig.dwell_runs (default: the config's)")
+    ap.add_argument("--prior-moves", type=float, default=None,
+                    help="AllocationConfig.prior_moves (default: the config's)")
     ap.add_argument("--pending-weight", type=float, default=None,
                     help="AllocationConfig.pending_weight (default: the config's)")
     ap.add_argument("--inert-prior", type=float, default=None,
-                    help="AllocationConfig.inert_prior (default: the config's, 0: off)")
+                    help="AllocationConfig.inert_prior (default: the config's)")
+    ap.add_argument("--effect-sigmas", type=float, default=None, help="AllocationConfig.effect_sigmas")
+    ap.add_argument("--share", default=None, choices=("p_best", "active"),
+                    help="AllocationConfig.share (default: the config's)")
     ap.add_argument("--modes", default="static,adaptive", help="arms to run (static does not depend "
                     "on the allocation's settings: its figures can be reused; oracle: the extra agents on "
                     "the programs that can move best from the start; oracle@R: static for R rounds, then "
@@ -219,11 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
-    alloc = {"min_agents": a.min_agents, "dwell_runs": a.dwell_runs, "prior_moves": a.prior_moves}
+    alloc = {"min_agents": a.min_agents}
+    for key in ("dwell_runs", "prior_moves"):
+        if getattr(a, key) is not None:
+            alloc[key] = getattr(a, key)
     if a.pending_weight is not None:
         alloc["pending_weight"] = a.pending_weight
     if a.inert_prior is not None:
         alloc["inert_prior"] = a.inert_prior
+    if a.effect_sigmas is not None:
+        alloc["effect_sigmas"] = a.effect_sigmas
+    if a.share is not None:
+        alloc["share"] = a.share
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()
@@ -241,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"
                     print(f"  {scenario:12s} {mode:8s} seed {seed:2d}: rounds_to_target="
                           f"{arm.rounds_to_target} moves={arm.moves} final={arm.final}{share}", flush=True)
-        for scenario in ("barren", "equal"):
+        for scenario in ("barren", "equal", "tuned"):
             if (scenario, "static") in res and (scenario, "oracle") in res:
                 st, _ = _rounds(res[(scenario, "static")], a.rounds)
                 orc, co = _rounds(res[(scenario, "oracle")], a.rounds)
@@ -252,12 +279,16 @@ def main(argv: list[str] | None = None) -> int:
                 m, c = _rounds(arms, a.rounds)
                 print(f"{scenario} {mode}: mean rounds to target {m:.2f} ({c} censored)")
         for (scenario, mode), arms in res.items():
-            if scenario == "barren" and mode == "adaptive":
+            if scenario in ("barren", "tuned") and mode == "adaptive":
                 by_round = [statistics.mean(a.paying[r] for a in arms if len(a.paying) > r)
                             for r in range(min(12, max(len(a.paying) for a in arms)))]
-                print("barren adaptive: agents on the programs that can move best, mean by round "
+                print(f"{scenario} adaptive: agents on the programs that can move best, mean by round "
                       "(arms still running): " + " ".join(f"{x:.1f}" for x in by_round))
         line = {}
+        if ("tuned", "static") in res and ("tuned", "adaptive") in res:
+            (st, cs), (ad, ca) = (_rounds(res[("tuned", m)], a.rounds) for m in ("static", "adaptive"))
+            print(f"tuned: mean rounds to target static {st:.2f} ({cs} censored), adaptive {ad:.2f} "
+                  f"({ca} censored): tuned_speedup={st / ad:.2f}")
         for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:
                 (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
@@ -278,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agents={AGENTS} programs=4 " + " ".join(f"{k}={v}" for k, v in line.items()))
     finally:
         redis.stop(kill=True)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
     return 0
 
 

@@ -22,7 +22,10 @@ def ledger(redis_url):
 
 
 def spec(mode="adaptive", pinned=(), weights=None, **cfg) -> AllocationSpec:
+    """Thompson's p_best share unless a test asks for another (most tests here are of the rates
+    and the move rule; `share: active`, the default, has its own tests)."""
     names = ["good", "barren", "third"]
+    cfg = {"share": "p_best", "inert_prior": 0.0, "dwell_runs": 6, **cfg}
     return AllocationSpec(config=AllocationConfig(mode=mode, seed=1, **cfg), programs=[
         ProgramSpec(name=n, text=f"# {n}\n", pinned=n in pinned, weight=(weights or {}).get(n, 1.0))
         for n in names])
@@ -231,6 +234,11 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
         parse_config({**data, "allocation": {"mode": "greedy"}}, "swarm.yaml", env={})
     with pytest.raises(ConfigError, match="inert_prior"):
         parse_config({**data, "allocation": {"inert_prior": 1.0}}, "swarm.yaml", env={})
+    got = parse_config({**data, "allocation": {}}, "swarm.yaml", env={}).allocation   # the defaults
+    assert (got.share, got.inert_prior, got.dwell_runs) == ("active", 0.5, 2)
+    with pytest.raises(ConfigError, match="share 'active' .*inert_prior") as e:
+        parse_config({**data, "allocation": {"share": "active", "inert_prior": 0}}, "swarm.yaml", env={})
+    assert "\n" not in str(e.value)
 
 
 def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_comes_back(ledger):
@@ -401,3 +409,37 @@ def test_the_effect_of_a_change_is_read_from_its_own_decision_fields(ledger):
     assert _effect(d.model_copy(update={"dof": 1})) is None
     assert _effect(d.model_copy(update={"samples": 0})) is None
     assert _effect(d.model_copy(update={"merge_commit": "m"})) is None
+
+
+def test_active_share_splits_the_agents_above_the_floors_evenly_among_the_programs_that_pay(ledger):
+    """share: active. `good` moved best three times by 0.05, `third` once by 0.005, and every
+    change of `barren` left val_bpb within the noise. Thompson's P(best) gives good nearly all
+    the agents above the floors and third keeps its one; active shares them evenly between the
+    two programs that can move best (3 and 3), barren keeps its floor, and each move says why.
+    On bench/allocation.py an even split of the paying programs' agents was 3-4 rounds faster
+    than all of them on either one (see Allocation._targets)."""
+    ends = {}
+    for share, prior in (("p_best", 0.0), ("active", 0.5)):
+        lg = Ledger(ledger.r, f"alloc-share-{share}")
+        a = Allocation.configure(lg, spec(min_agents=1, dwell_runs=1, inert_prior=prior, share=share))
+        agents = {"g0": "good", "g1": "good", "g2": "good", "g3": "good", "t0": "third", "b0": "barren",
+                  "b1": "barren"}
+        for delta in (0.05, 0.05, 0.05):
+            run(lg, "g0", "good", moved=delta)
+        run(lg, "t0", "third", moved=0.005)
+        for z in (0.3, -0.5, 0.2, -0.1):
+            measured(lg, "b0", "barren", z)
+            measured(lg, "b1", "barren", -z)
+        for ag in ("g1", "g2", "g3"):
+            run(lg, ag, "good")
+        for _ in range(4):
+            for ag in agents:
+                got = a.assign(ag, agents[ag])
+                if got is not None:
+                    agents[ag] = got.name
+                run(lg, ag, agents[ag])
+        ends[share] = {n: list(agents.values()).count(n) for n in ("good", "third", "barren")}
+        if share == "active":
+            assert all(m["reason"].startswith("active: P(inert) third 0.00") for m in history(lg)), history(lg)
+    assert ends["active"] == {"good": 3, "third": 3, "barren": 1}, ends
+    assert ends["p_best"]["third"] == 1 and ends["p_best"]["good"] >= 5, ends

@@ -11,21 +11,21 @@ result that formed it and its members (Decision.pooled) by each one's own eviden
 delta against best before the pool (a member that was no better gets nothing). Device-hours are the
 seconds of every run recorded under the program (experiments and the jobs its agents did).
 
-The bandit: Thompson sampling over a Gamma-Poisson model of each program's rate of gain, for a
-population. Gains are counted in units of the swarm's mean gain per move; a program's rate has
-the prior Gamma(a0 * weight share, a0 / pooled rate): the swarm's own pooled rate, held with the
-strength of `prior_moves` moves, scaled by the program's `weight`. Joint draws from the
-posteriors give each program's probability of having the highest rate; the agents above the
-floors are shared in proportion to it (probability matching, which is what Thompson sampling
-does one pull at a time), and an agent at its boundary moves from a program over its share to the
-one furthest under, when that is worth the agent's line: the two end up no further from their
-shares, and the destination's share is the larger (see SLACK and MIN_GAP below for the rule and
-what it replaced). Why Thompson rather than an upper confidence bound: a UCB rule points every free
-agent at the same program (the swarm herds onto one program until the next move), while
-probability matching keeps a spread that shrinks only as the evidence does; the weight is a
-prior, naturally. Why shares rather than one draw per question: measured on bench/allocation.py
-(barren, seed 0), one draw per question moved agents 70 times in 18 rounds (the draws' noise,
-with few moves behind each program), each move costing the agent its line.
+The bandit (`share: p_best`; the rates `share: active` shows): Thompson sampling over a
+Gamma-Poisson model of each program's rate of gain, for a population. Gains are counted in units of
+the swarm's mean gain per move; a program's rate has the prior Gamma(a0 * weight share, a0 / pooled
+rate): the swarm's own pooled rate, held with the strength of `prior_moves` moves, scaled by the
+program's `weight`. Joint draws from the posteriors give each program's probability of having the
+highest rate; the agents above the floors are shared in proportion to it (probability matching,
+which is what Thompson sampling does one pull at a time), and an agent at its boundary moves from a
+program over its share to the one furthest under, when that is worth the agent's line: the two end
+up no further from their shares, and the destination's share is the larger (see SLACK and MIN_GAP
+below for the rule and what it replaced). Why Thompson rather than an upper confidence bound: a UCB
+rule points every free agent at the same program (the swarm herds onto one program until the next
+move), while probability matching keeps a spread that shrinks only as the evidence does; the weight
+is a prior, naturally. Why shares rather than one draw per question: measured on
+bench/allocation.py (barren, seed 0), one draw per question moved agents 70 times in 18 rounds (the
+draws' noise, with few moves behind each program), each move costing the agent its line.
 
 Early evidence (`pending_weight`, default 0): candidates still pending in their sequential test
 with a positive delta may count a fraction of their delta for their program until decided.
@@ -33,11 +33,16 @@ On bench/allocation.py (barren, seeds 0..23) weight 1 gave 11.96 rounds to the t
 12.54 at dwell 6 and 11.92 against 11.75 at dwell 2: no difference within the noise
 (bench/results/allocation-2026-12-04.txt), so it is off.
 
-Inert programs (`inert_prior`, default 0): a program whose every change left val_bpb within the
-noise gets a probability of being unable to move best at all (Allocation._inert), which scales its
-rate towards 0 in the draws, so the agents above its floor leave before any move of best exists.
-Agents reached the paying programs of the barren scenario by round 3-4, and the target came no
-sooner within the noise (bench/results/allocation-2026-12-05.txt), so it is off.
+Inert programs (`inert_prior`, default 0.5): a program whose every change left val_bpb within the
+noise gets a probability of being unable to move best at all (Allocation._inert); under `share:
+p_best` it scales the program's rate towards 0 in the draws.
+
+Shares by activity (`share: active`, the default): the agents above the floors are shared by
+weight x P(not inert), evenly among the programs that can move best at all, and the rates only
+show (see Allocation._targets for why). On bench/allocation.py, 192 seeds no setting was chosen
+on, barren: 1.10 times as fast as static to the target, where p_best was 1.03; equal 1.00; the
+late bloomer's share 0.222 (p_best 0.211, floor 0.125); a scenario with two programs over knobs
+the baseline already has at their optimum 1.02 (p_best 0.96; bench/results/allocation-2026-12-05.txt).
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
@@ -62,7 +67,7 @@ import threading
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.messages import Decision, ExperimentRecord
 from agents.program import ProgramSpec
@@ -100,10 +105,11 @@ class AllocationConfig(_M):
     """swarm.yaml's `allocation:` (coordinator/run/swarm.default.yaml documents each key)."""
     mode: Literal["static", "adaptive"] = "adaptive"
     min_agents: int = Field(default=1, ge=0)    # floor per program
-    # Runs on a program before an agent may move: 6 rather than 3 cut the moves on the allocation
-    # bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the target unchanged
-    # within the noise (bench/results/allocation-2026-12-03.txt).
-    dwell_runs: int = Field(default=6, ge=1)
+    # Runs on a program before an agent may move: with share p_best, 6 rather than 3 cut the moves
+    # on the allocation bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the
+    # target unchanged (bench/results/allocation-2026-12-03.txt); share active, which moves an
+    # agent only between programs told apart as inert or not, needs 2 (3.8-4.2 moves a night).
+    dwell_runs: int = Field(default=2, ge=1)
     prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
     # Unverified evidence: a candidate still pending in its sequential test with a positive delta
     # counts this fraction of that delta (and of a move) for its program until its decision is
@@ -111,13 +117,25 @@ class AllocationConfig(_M):
     pending_weight: float = Field(default=0.0, ge=0, le=1)
     # Inert programs: the prior probability that a program's changes do nothing measurable (0: never
     # suspect it), and how far, in sigmas of one run, an active program's changes move val_bpb
-    # (the spread of its effects): see Allocation._inert. Off by default: at 0.5, agents left the
-    # two barren programs of bench/allocation.py by round 3-4 (dwell 1-2; round 7 at dwell 6)
-    # rather than 7+, and the target came no sooner (seeds 0..47: 11.04-12.71 rounds against the
-    # defaults' 11.92; 48..143: 13.93-14.60 against 13.44; bench/results/allocation-2026-12-05.txt).
-    inert_prior: float = Field(default=0.0, ge=0, lt=1)
+    # (the spread of its effects): see Allocation._inert. Under share p_best it moved agents off the
+    # barren programs of bench/allocation.py by round 3-4 and the target came no sooner (the rates'
+    # split of the rest was the trouble); share active is built on it.
+    inert_prior: float = Field(default=0.5, ge=0, lt=1)
     effect_sigmas: float = Field(default=3.0, gt=0)
+    # How the agents above the floors are shared: `active` (by weight among the programs that can
+    # move best at all: each counts its weight x P(not inert), so it needs inert_prior; the rates
+    # only show) or `p_best` (Thompson: by each program's probability of having the highest rate
+    # of gain). See Allocation._targets; measured in bench/results/allocation-2026-12-05.txt.
+    share: Literal["p_best", "active"] = "active"
     seed: int | None = None                     # the draws' seed (the bench: reproducible)
+
+
+    @model_validator(mode="after")
+    def _active_needs_inert(self):
+        if self.share == "active" and self.inert_prior <= 0:
+            raise ValueError("share 'active' shares agents by each program's P(not inert): set inert_prior "
+                             "above 0 (0.5, say)")
+        return self
 
 
 class AllocationSpec(_M):
@@ -292,7 +310,15 @@ class Allocation:
     def _targets(self, free: list[str], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
         """Thompson sampling for a population: each program's probability of having the highest
         rate (DRAWS joint draws from the posteriors), and the agents that share gives it on top
-        of its floor (the free programs' agents, less the floors, shared by that probability)."""
+        of its floor (the free programs' agents, less the floors, shared by that probability).
+        `share: active`: the agents above the floors are shared by weight x P(not inert) instead,
+        evenly among the programs that can move best, whatever their rates (p_best is still
+        drawn, for the reason a move gives). Why: on bench/allocation.py (barren) an oracle that
+        puts the four extra agents on the two paying programs 3/3 from round 2 reaches the target
+        in 9.52 rounds (seeds 0..47), one that puts all four on either of them in 12.79 and 13.92,
+        as slow as static (13.33): a program's value per agent falls fast with the agents already
+        on its few knobs, which a rate per device-hour cannot see, and the early rates tilt
+        Thompson's P(best) towards the program whose first moves were large."""
         post, inert = self._posterior(), self._inert()
         wins = {n: 0 for n in free}
 
@@ -303,8 +329,13 @@ class Allocation:
         for _ in range(DRAWS):
             wins[max(free, key=draw)] += 1
         p_best = {n: wins[n] / DRAWS for n in free}
+        share = p_best
+        if self.cfg.share == "active":
+            act = {n: self.programs[n].weight * (1.0 - inert[n]) for n in free}
+            total = sum(act.values())
+            share = {n: act[n] / total if total > 0 else 1.0 / len(free) for n in free}
         extra = max(sum(counts[n] for n in free) - self.cfg.min_agents * len(free), 0)
-        return {n: self.cfg.min_agents + extra * p_best[n] for n in free}, p_best
+        return {n: self.cfg.min_agents + extra * share[n] for n in free}, p_best
 
     def _inert(self) -> dict[str, float]:
         """Each program's probability that its changes do nothing measurable to val_bpb (a
@@ -387,9 +418,15 @@ class Allocation:
                 gain, gap = surplus + deficits[to], target[to] - target[program]
                 if gain < 1 - SLACK or gain + gap <= 1 + MIN_GAP:
                     return None
-                reason = (f"thompson: P(best) {to} {p_best[to]:.2f} -> {target[to]:.1f} agents "
-                          f"(has {counts[to]}), {program} {p_best[program]:.2f} -> "
-                          f"{target[program]:.1f} (has {counts[program]}); credit {self.credit[to]:.4f} "
+                if self.cfg.share == "active":
+                    inert = self._inert()
+                    why = (f"active: P(inert) {to} {inert[to]:.2f} -> {target[to]:.1f} agents (has {counts[to]}), "
+                           f"{program} {inert[program]:.2f} -> {target[program]:.1f} (has {counts[program]})")
+                else:
+                    why = (f"thompson: P(best) {to} {p_best[to]:.2f} -> {target[to]:.1f} agents "
+                           f"(has {counts[to]}), {program} {p_best[program]:.2f} -> "
+                           f"{target[program]:.1f} (has {counts[program]})")
+                reason = (f"{why}; credit {self.credit[to]:.4f} "
                           f"bpb in {self.hours[to]:.2f}h vs {self.credit[program]:.4f} in "
                           f"{self.hours[program]:.2f}h")
             a = Assignment(agent=agent, program=to, previous=program, reason=reason, runs_at=runs)

@@ -22,8 +22,8 @@ def ledger(redis_url):
 
 
 def spec(mode="adaptive", pinned=(), weights=None, **cfg) -> AllocationSpec:
-    """Thompson's p_best share unless a test asks for another (most tests here are of the rates
-    and the move rule; `share: active`, the default, has its own tests)."""
+    """Thompson's p_best share (the default) unless a test asks for another (most tests here are
+    of the rates and the move rule; `share: active` has its own test)."""
     names = ["good", "barren", "third"]
     cfg = {"share": "p_best", "inert_prior": 0.0, "dwell_runs": 6, **cfg}
     return AllocationSpec(config=AllocationConfig(mode=mode, seed=1, **cfg), programs=[
@@ -235,7 +235,7 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     with pytest.raises(ConfigError, match="inert_prior"):
         parse_config({**data, "allocation": {"inert_prior": 1.0}}, "swarm.yaml", env={})
     got = parse_config({**data, "allocation": {}}, "swarm.yaml", env={}).allocation   # the defaults
-    assert (got.share, got.inert_prior, got.dwell_runs) == ("active", 0.5, 2)
+    assert (got.share, got.inert_prior, got.dwell_runs) == ("p_best", 0.0, 6)
     with pytest.raises(ConfigError, match="share 'active' .*inert_prior") as e:
         parse_config({**data, "allocation": {"share": "active", "inert_prior": 0}}, "swarm.yaml", env={})
     assert "\n" not in str(e.value)

@@ -67,11 +67,12 @@ SCENARIOS: dict[str, dict[str, list[str]]] = {
     # change of theirs is worse, some by several sds), two that can move best
     "tuned": {"architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"], "learning_rate": ["LR"],
               "regularize": ["WEIGHT_DECAY", "GRAD_CLIP"], "warmup": ["WARMUP"]},
+    # the landscape measured from the real trainer (bench/real_landscape.py), four shipped programs
+    # over its measured knobs (real_land); half its reachable gain comes in two rounds (DEPTH): run
+    # it with --target 0.9
+    "real": {"architecture": [], "optimizer": [], "schedule": [], "explore": []},
 }
 TUNED = {"tuned": {"WEIGHT_DECAY", "GRAD_CLIP", "WARMUP"}}   # knobs the scenario's baseline has at their optimum
-# the landscape measured from the real trainer (bench/real_landscape.py), four shipped programs over
-# its measured knobs; half its reachable gain comes in two rounds (DEPTH): run it with --target 0.9
-SCENARIOS["real"] = {"architecture": [], "optimizer": [], "schedule": [], "explore": []}
 LATE = "late"
 BARREN = {"LOG_EVERY", "EVAL_EVERY"}   # knobs that do nothing on the bowls
 
@@ -82,7 +83,6 @@ class ScenarioLand(Bowls):
     def __init__(self, programs: dict[str, list[str]], late_width: bool = False, at_optimum=frozenset()):
         self.programs, self.late_width, self.at_optimum = programs, late_width, set(at_optimum)
         super().__init__()
-        self.baseline = self.true_bpb(self.baseline_text())
         covered = {k for knobs in programs.values() for k in knobs}
         text = self.baseline_text()
         for k, v in OPTIMUM.items():
@@ -265,18 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
-    alloc = {"min_agents": a.min_agents}
-    for key in ("dwell_runs", "prior_moves"):
+    alloc = {"min_agents": a.min_agents}   # the rest: the config's defaults unless given
+    for key in ("dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
         if getattr(a, key) is not None:
             alloc[key] = getattr(a, key)
-    if a.pending_weight is not None:
-        alloc["pending_weight"] = a.pending_weight
-    if a.inert_prior is not None:
-        alloc["inert_prior"] = a.inert_prior
-    if a.effect_sigmas is not None:
-        alloc["effect_sigmas"] = a.effect_sigmas
-    if a.share is not None:
-        alloc["share"] = a.share
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()

@@ -119,7 +119,7 @@ class Bowls:
         self.null, self.sigma, self.seconds_per_run = null, sigma, seconds_per_run
         self._cache: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.baseline = self.true_bpb(baseline_text())
+        self.baseline = self.true_bpb(self.baseline_text())
         self.optimum = BASE  # every penalty is zero at the optimum
         self.max_gain = self.baseline - self.optimum
 

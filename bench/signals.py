@@ -3,8 +3,11 @@ Ctrl-C: SystemExit is raised in the main thread, so its `finally` blocks stop th
 started and remove its work folder (without this, Python dies at once and leaves both behind)."""
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
+import time
+from pathlib import Path
 
 
 def exit_on_signals() -> None:
@@ -23,10 +26,6 @@ def remove_work(path, tries: int = 20) -> None:
     """Remove a bench's work folder, again while threads that are still stopping (a simulated
     swarm's agents, when a signal ended the main thread) write into it: one rmtree can leave a
     file created behind its back."""
-    import shutil
-    import time
-    from pathlib import Path
-
     for _ in range(tries):
         shutil.rmtree(path, ignore_errors=True)
         if not Path(path).exists():

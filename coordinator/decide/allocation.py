@@ -132,7 +132,6 @@ class AllocationConfig(_M):
     share: Literal["p_best", "active"] = "p_best"
     seed: int | None = None                     # the draws' seed (the bench: reproducible)
 
-
     @model_validator(mode="after")
     def _active_needs_inert(self):
         if self.share == "active" and self.inert_prior <= 0:
@@ -310,18 +309,20 @@ class Allocation:
                     moves += w
         return early, moves
 
-    def _targets(self, free: list[str], counts: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
+    def _targets(self, free: list[str], counts: dict[str, int]
+                 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         """Thompson sampling for a population: each program's probability of having the highest
-        rate (DRAWS joint draws from the posteriors), and the agents that share gives it on top
-        of its floor (the free programs' agents, less the floors, shared by that probability).
-        `share: active`: the agents above the floors are shared by weight x P(not inert) instead,
-        evenly among the programs that can move best, whatever their rates (p_best is still
-        drawn, for the reason a move gives). Why: on bench/allocation.py (barren) an oracle that
-        puts the four extra agents on the two paying programs 3/3 from round 2 reaches the target
-        in 9.52 rounds (seeds 0..47), one that puts all four on either of them in 12.79 and 13.92,
-        as slow as static (13.33): a program's value per agent falls fast with the agents already
-        on its few knobs, which a rate per device-hour cannot see, and the early rates tilt
-        Thompson's P(best) towards the program whose first moves were large."""
+        rate (DRAWS joint draws from the posteriors), and the agents that share gives it on top of
+        its floor (the free programs' agents, less the floors, shared by that probability); with
+        each program's P(inert), which the draws used. `share: active`: the agents above the floors
+        are shared by weight x P(not inert) instead, evenly among the programs that can move best,
+        whatever their rates (p_best is still drawn, for the reason a move gives). Why: on
+        bench/allocation.py (barren) an oracle that puts the four extra agents on the two paying
+        programs 3/3 from round 2 reaches the target in 9.52 rounds (seeds 0..47), one that puts
+        all four on either of them in 12.79 and 13.92, as slow as static (13.33): a program's value
+        per agent falls fast with the agents already on its few knobs, which a rate per device-hour
+        cannot see, and the early rates tilt Thompson's P(best) towards the program whose first
+        moves were large."""
         post, inert = self._posterior(), self._inert()
         wins = {n: 0 for n in free}
 
@@ -338,7 +339,7 @@ class Allocation:
             total = sum(act.values())
             share = {n: act[n] / total if total > 0 else 1.0 / len(free) for n in free}
         extra = max(sum(counts[n] for n in free) - self.cfg.min_agents * len(free), 0)
-        return {n: self.cfg.min_agents + extra * share[n] for n in free}, p_best
+        return {n: self.cfg.min_agents + extra * share[n] for n in free}, p_best, inert
 
     def _inert(self) -> dict[str, float]:
         """Each program's probability that its changes do nothing measurable to val_bpb (a
@@ -410,7 +411,7 @@ class Allocation:
                 to = min(starved, key=lambda n: (counts[n], n))
                 reason = f"{to} has {counts[to]} agent(s), below the floor of {self.cfg.min_agents}"
             else:
-                target, p_best = self._targets(free, counts)
+                target, p_best, inert = self._targets(free, counts)
                 surplus = counts[program] - target[program]
                 deficits = {n: target[n] - counts[n] for n in free if n != program and n not in self.spent}
                 to = max(deficits, key=lambda n: (deficits[n], n)) if deficits else program
@@ -422,7 +423,6 @@ class Allocation:
                 if gain < 1 - SLACK or gain + gap <= 1 + MIN_GAP:
                     return None
                 if self.cfg.share == "active":
-                    inert = self._inert()
                     why = (f"active: P(inert) {to} {inert[to]:.2f} -> {target[to]:.1f} agents (has {counts[to]}), "
                            f"{program} {inert[program]:.2f} -> {target[program]:.1f} (has {counts[program]})")
                 else:
@@ -449,7 +449,7 @@ class Allocation:
         if starved:
             to = min(starved, key=lambda n: (counts[n], n))
         else:
-            target, _p = self._targets(open_, counts)
+            target, _p, _inert = self._targets(open_, counts)
             to = max(open_, key=lambda n: (target[n] - counts[n], n))
         a = Assignment(agent=agent, program=to, previous=program, runs_at=self.runs.get(agent, 0), left=True,
                        reason=f"its backend refused {program} ({why[:200]}); {to} has {counts[to]} agent(s)")

@@ -241,11 +241,13 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_comes_back(ledger):
+def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_until_best_moves(ledger):
     """A program that cannot propose any more for an agent (mutate: its search space exhausted;
     an LLM that refuses) releases the agent to another program at once, dwell and floor
     notwithstanding (it used to stop the agent: a GPU idle until morning); the program is spent:
-    no agent is moved into it, by its floor or its share; restored from the ledger."""
+    no agent is moved into it, by its floor or its share, until best moves (new ground: mutate's
+    nearby states of the new best are new, a knob's effect may have changed), when its floor
+    pulls an agent back in (it used to stay spent all night); restored from the ledger."""
     a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=6))
     run(ledger, "b0", "barren")                # one run: dwell not over, and barren's only agent
     run(ledger, "g0", "good", moved=0.02)
@@ -267,6 +269,19 @@ def test_an_agent_whose_backend_refused_its_program_leaves_it_at_once_and_never_
     from coordinator.run.live import program_lines
     assert any(line.startswith("  barren (spent): ") for line in program_lines(
         [{**y.model_dump(), "mode": "adaptive"} for y in again.yields()]))
+    # best moves (a result of another program): barren is new ground again, and below its floor
+    run(ledger, "g0", "good", moved=0.01)
+    donor = max(("b0", "g0", "t0"), key=lambda ag: (a._counts()[a.program_of[ag]], ag == "b0"))
+    for _ in range(6):
+        run(ledger, donor, a.program_of[donor])
+    back = a.assign(donor, a.program_of[donor])     # its program has two agents: one can go
+    assert back is not None and back.name == "barren" and a.spent == set()
+    assert "below the floor" in history(ledger)[-1]["reason"]
+    assert Allocation.restore(ledger).spent == set()
+    assert {y.program: y.spent for y in a.yields()} == {"good": False, "barren": False, "third": False}
+    # refused again on the new best: spent again, until the next move
+    assert a.assign(donor, "barren", leaving="mutate: search space exhausted").name != "barren"
+    assert a.spent == {"barren"} and Allocation.restore(ledger).spent == {"barren"}
     # a program every other program also refused: nowhere to go, the agent stops as before
     last = Allocation.configure(ledger, spec(mode="adaptive"))
     last.spent |= {"good", "third"}

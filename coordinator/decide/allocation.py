@@ -52,7 +52,9 @@ would fall below it, and a program below it takes the next free agent), a minimu
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
 moved, and none are moved into it). A program an agent's backend refused (mutate's search space
 exhausted, a model refusing alike five times) is spent: the agent leaves it at once, dwell and
-floor notwithstanding (it used to stop for the night), and no agent is moved into it again.
+floor notwithstanding (it used to stop for the night), and no agent is moved into it until best
+moves: a refusal speaks of the best it was made on (it used to stay spent all night, and a
+one-knob program whose knob paid again later never came back).
 
 State: every reassignment is an `allocation` event of the ledger with its reason (the hash
 keys.allocation holds each agent's latest); the settings and programs are in redis
@@ -167,7 +169,7 @@ class ProgramYield(_M):
     sd: float              # the posterior's standard deviation of that yield
     share: float           # its share of the swarm's device-hours
     pinned: bool = False
-    spent: bool = False    # an agent's backend refused it: no agent is moved into it
+    spent: bool = False    # an agent's backend refused it: no agent is moved into it until best moves
     inert: float = 0.0     # the probability that its changes do nothing measurable
 
 
@@ -207,7 +209,7 @@ class Allocation:
         self._pending: dict[str, float] = {}     # experiment id -> its delta while pending (> 0)
         self._z: dict[str, float] = {}           # experiment id -> its change's effect, in sds
         self.history: list[Assignment] = []
-        self.spent: set[str] = set()             # programs an agent's backend refused
+        self.spent: set[str] = set()             # programs an agent's backend refused since best moved
         self._follow()
 
     # -- persistence -------------------------------------------------------------------------
@@ -258,6 +260,9 @@ class Allocation:
                 self._pending.pop(id, None)   # decided: its real credit (below), or none
             if d.decision in MOVED and d.best_after:
                 self._credited.add(id)
+                # new ground: a refusal said nothing was left near the old best (mutate's nearby
+                # states of the new one are new; a knob's effect may have changed with it)
+                self.spent.clear()
                 gain = max(d.delta if d.delta is not None else (d.margin or 0.0), 0.0)
                 members = [id] + [m for m in d.pooled if m != id]
                 for m, part in _shares(members, self._own).items():

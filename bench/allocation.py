@@ -47,6 +47,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from agents.program import ProgramSpec  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
+from bench.ratio import paired_ratio  # noqa: E402
 from bench.swarmsim import Swarm, history_file  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.ledger import connect_redis  # noqa: E402
@@ -303,17 +304,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{scenario} adaptive: agents on the programs that can move best, mean by round "
                       "(arms still running): " + " ".join(f"{x:.1f}" for x in by_round))
         line = {}
-        for scenario in ("tuned", "real"):
+        for scenario, key in (("tuned", None), ("real", None), ("barren", "barren_speedup"),
+                              ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:
                 (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
+                # the same seeds in both arms: the interval is of the paired ratio
+                r = paired_ratio(*([x.rounds_to_target or a.rounds for x in res[(scenario, m)]]
+                                   for m in ("static", "adaptive")))
                 print(f"{scenario}: mean rounds to target static {st:.2f} ({cs} censored), adaptive {ad:.2f} "
-                      f"({ca} censored): {scenario}_speedup={st / ad:.2f}")
-        for scenario, key in (("barren", "barren_speedup"), ("equal", "equal_ratio")):
-            if (scenario, "static") in res and (scenario, "adaptive") in res:
-                (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
-                print(f"{scenario}: mean rounds to target static {st:.2f} ({cs} censored), "
-                      f"adaptive {ad:.2f} ({ca} censored)")
-                line[key] = f"{st / ad:.2f}"
+                      f"({ca} censored): static / adaptive {r}"
+                      + ("" if key else f": {scenario}_speedup={r.value:.2f}"))
+                if key:
+                    line[key] = f"{r.value:.2f}"
         if any(k[0] == "late_bloomer" for k in res):
             for mode in [m for m in ("static", "adaptive") if ("late_bloomer", m) in res]:
                 shares = [x.late_share for x in res[("late_bloomer", mode)] if x.late_share is not None]

@@ -53,6 +53,7 @@ if str(_HERE.parent) not in sys.path:
 from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
+from bench.ratio import paired_ratio  # noqa: E402
 from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402,F401
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -276,20 +277,22 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
     if sw_rs and si_rs:
         ts = [si.rounds_to_target if si.rounds_to_target is not None else si.rounds for si in si_rs]
         tw = [s.rounds_to_target if s.rounds_to_target is not None else s.rounds for s in sw_rs]
-        speedup = _mean(ts) / _mean(tw)
+        speedup_ci = paired_ratio(ts, tw)
+        speedup = speedup_ci.value
         per_seed = [a / b for a, b in zip(ts, tw)]
         rs_w = [s.runs_to_target if s.runs_to_target is not None else s.runs for s in sw_rs]
         rs_i = [si.runs_to_target if si.runs_to_target is not None else si.runs for si in si_rs]
-        runs_ratio = _mean(rs_w) / _mean(rs_i)
+        runs_ci = paired_ratio(rs_w, rs_i)
+        runs_ratio = runs_ci.value
         # The same, counting the runs of the round that reached the target only up to the report
         # that reached it (the rest of the round ended at the same simulated time, after it).
         rp_w = [s.runs_to_report if s.runs_to_report is not None else s.runs for s in sw_rs]
         rp_i = [si.runs_to_report if si.runs_to_report is not None else si.runs for si in si_rs]
         report_ratio = _mean(rp_w) / _mean(rp_i)
-        out(f"speed-to-target (single / swarm wall clock): ratio of mean times {speedup:.2f} "
+        out(f"speed-to-target (single / swarm wall clock): ratio of mean times {speedup_ci} "
             f"(target {0.85 * conf.agents:.2f}); per seed {' '.join(f'{x:.1f}' for x in per_seed)}, median "
             f"{statistics.median(per_seed):.2f}; runs to target swarm {_mean(rs_w):.1f} / single "
-            f"{_mean(rs_i):.1f} = {runs_ratio:.2f} (target <= 1.1); to the report that reached it "
+            f"{_mean(rs_i):.1f} = {runs_ci} (target <= 1.1); to the report that reached it "
             f"{_mean(rp_w):.1f} / {_mean(rp_i):.1f} = {report_ratio:.2f}")
         # Where the runs to the target went, per arm (mean over the seeds that reached it).
         for arm, rs in (("swarm", sw_rs), ("single", si_rs)):

@@ -54,7 +54,9 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402,F401
+from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402
+from agents.program import ProgramSpec  # noqa: E402
+from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
 TARGET_FRACTION = 0.5  # speed-to-target: true gain of best >= this share of the landscape's maximum
@@ -89,6 +91,7 @@ class Config:
     null_runs: int = 160     # the null swarm's first runs
     null_seeds: int = 12
     history: int = 0         # every arm starts from a noise history of this many dof (0: none)
+    allocation: str = "adaptive"  # the swarm arm's (swarm run's default); independent agents have one program
     drift: Drift | None = None  # the machine's speed drift shared by concurrent runs (None: iid noise)
 
     def drift_at(self, seed: int) -> Drift | None:
@@ -144,6 +147,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         if "swarm" in arms:
             s = Swarm(workdir / f"swarm-{seed}", redis_url, f"swarm-{seed}", land, land.programs_for(n),
                       seed, cfg, backends, adopt, history=hist("swarm", seed), drift=conf.drift_at(seed))
+            _allocate(s, conf.allocation, seed, backends, adopt)
             r = ArmResult("swarm")
             s.play(conf.runs, target, r)
             results["swarm"].append(s.finish(r))
@@ -167,6 +171,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
             s = Swarm(workdir / f"null-{seed}", redis_url, f"null-{seed}", null, null.programs_for(n),
                       1000 + seed, cfg, backends, history=hist("null", 1000 + seed),
                       drift=conf.drift_at(1000 + seed))
+            _allocate(s, conf.allocation, 1000 + seed, backends, None)
             r = ArmResult("null")
             s.play(conf.null_runs, None, r)
             results["null"].append(s.finish(r))
@@ -175,9 +180,21 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
     return summarize(conf, land, target, results, out)
 
 
+def _allocate(s: Swarm, mode: str, seed: int, backends: dict[str, str], adopt: str | None) -> None:
+    """The swarm's programs under the allocation `swarm run` configures (its defaults, `mode`):
+    adaptive, an agent whose backend refused its program (mutate: every nearby state tried)
+    moves to another instead of stopping, and agents follow the programs that move best."""
+    names = sorted(set(a.program.name for a in s.agents))
+    s.coord.configure_allocation(AllocationSpec(
+        config=AllocationConfig(mode=mode, seed=seed),
+        programs=[ProgramSpec(name=n, text=s.land.program_text(n, adopt),
+                              backend=backend_spec(backends.get(n, backends.get("*", "mutate"))))
+                  for n in names]))
+
+
 def run_short(seeds: int, workdir: Path, redis_url: str, backends: dict[str, str], cfg: PromotionConfig,
               landscape: str = "bowls", agents: int = 2, runs: int = 20, history: int = 24, out=print,
-              drift: Drift | None = None) -> dict:
+              drift: Drift | None = None, allocation: str = "adaptive") -> dict:
     """The short swarm a user starts on a class with noise history: baseline share and how
     many seeds see best move."""
     land = make_landscape(landscape)
@@ -186,6 +203,7 @@ def run_short(seeds: int, workdir: Path, redis_url: str, backends: dict[str, str
         spec = history_file(workdir / f"short-{seed}-history.json", land, history, random.Random(seed))
         s = Swarm(workdir / f"short-{seed}", redis_url, f"short-{seed}", land, land.programs_for(agents),
                   seed, cfg, backends, history=spec, drift=drift.at(seed) if drift else None)
+        _allocate(s, allocation, seed, backends, None)
         r = ArmResult("short")
         s.play(runs, None, r)
         rs.append(s.finish(r))
@@ -338,13 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift", metavar="SHARE,LAG1", default=None,
                     help="the machine's speed drift: the share of the run noise that one round's runs have "
                          "in common, and its lag-1 correlation from round to round (bench/drift.py measures both)")
+    ap.add_argument("--allocation", choices=["static", "adaptive"],
+                    help="the swarm's (and the null and short swarms') allocation (default adaptive, as swarm run)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (repos, ledger)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     conf = Config.quick() if a.quick else Config()
-    for k in ("agents", "runs", "seeds", "null_runs", "null_seeds", "history"):
+    for k in ("agents", "runs", "seeds", "null_runs", "null_seeds", "history", "allocation"):
         if getattr(a, k) is not None:
             setattr(conf, k, getattr(a, k))
     try:
@@ -371,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"promotion: {promo}")
         if a.short:
             run_short(a.seeds or 12, work, redis.url, backends, promo, a.landscape, agents=a.agents or 2,
-                      runs=a.runs or 20, history=conf.history or promo.history_dof_max, drift=conf.drift)
+                      runs=a.runs or 20, history=conf.history or promo.history_dof_max, drift=conf.drift,
+                      allocation=conf.allocation)
         else:
             run_bench(conf, work, redis.url, backends, cfg=promo, arms=tuple(a.arms.split(",")),
                       adopt=a.adopt, landscape=a.landscape)

@@ -53,3 +53,37 @@ def test_the_real_landscape_is_asked_for_by_name_and_missing_is_one_clear_line(c
     assert main(["--landscape", "real", "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "real_landscape" in err[0] and err[0].startswith("error: --landscape real")
+
+
+
+def test_the_swarm_arm_runs_under_the_allocation_swarm_run_configures(tmp_path, redis_url):
+    """Fair arms: the bench's swarm is the product's, so its allocation is `swarm run`'s default
+    (adaptive) over its programs; an agent whose program has no untried nearby state left moves
+    to another program instead of stopping (under static it stops or idles on it, as the bench's
+    swarm's agents used to)."""
+    from agents.messages import PromotionConfig
+    from bench.landscape import Bowls, program_text
+    from bench.research import _allocate
+    from bench.swarmsim import ArmResult, Swarm
+    from coordinator.decide.allocation import AllocationConfig
+
+    assert Config().allocation == AllocationConfig().mode == "adaptive"
+
+    class TwoPrograms(Bowls):   # "tiny": one switch, two states; it runs out after one idea
+        def program_text(self, name, adopt=None):
+            if name == "tiny":
+                return ("# tiny\nOne switch.\n\n```yaml\nsearch_space:\n"
+                        "  QK_NORM: {type: int, min: 0, max: 1, step: 1}\n```\n")
+            return program_text(name, adopt)
+
+    got = {}
+    for mode in ("adaptive", "static"):
+        s = Swarm(tmp_path / mode, redis_url, f"alloc-{mode}", TwoPrograms(), ["tiny", "explore"], 0,
+                  PromotionConfig(min_dof=2), {"*": "mutate"})
+        _allocate(s, mode, 0, {"*": "mutate"}, None)
+        r = ArmResult(mode)
+        s.play(40, None, r)
+        got[mode] = (s.agents[0].program.name, s.agents[0]._stop.is_set())
+        s.finish(r)
+    assert got["adaptive"] == ("explore", False), got
+    assert got["static"][0] == "tiny", got     # static: no agent ever changes program

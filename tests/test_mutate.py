@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,56 @@ def test_program_adopt_and_missing_file(tmp_path):
     assert parse_program("```yaml\nadopt: never\n```", "p").adopt == "never"
     with pytest.raises(ProgramError, match="cannot read"):
         load_program(tmp_path / "missing.md")
+
+
+def test_reading_constants_in_two_threads_at_once_never_raises(monkeypatch):
+    """CPython 3.11 keeps the AST converter's recursion depth per interpreter, not per thread
+    (python/cpython#106905): when a thread switch lands inside one ast.parse (a GC callback, a
+    finalizer) and another thread parses from a different stack depth, the first raises
+    SystemError "AST constructor recursion depth mismatch". The research bench hit it with optuna
+    agents (one agent's observe while another proposed); in a swarm an agent's proposal prepared
+    ahead and its backend's bookkeeping can meet so too. The switch is forced here: a GC callback
+    inside the first parse lets a second thread parse, deeper in its stack, and waits for it."""
+    import gc
+    import threading
+
+    from trainer import baseline_path
+
+    src = Path(baseline_path()).read_text()
+    inside, other_done, errors = threading.Event(), threading.Event(), []
+    a_ident: list[int] = []
+
+    def other():
+        inside.wait(10)
+
+        def deep(n):
+            return find_constants(src) if n == 0 else deep(n - 1)
+        try:
+            deep(40)
+        except SystemError as e:
+            errors.append(("other", e))
+        other_done.set()
+
+    def callback(phase, info):
+        if phase == "start" and a_ident and threading.get_ident() == a_ident[0] and not inside.is_set():
+            inside.set()
+            other_done.wait(1.0)   # with a lock in the way the other thread waits: time out
+
+    t = threading.Thread(target=other)
+    t.start()
+    old = gc.get_threshold()
+    gc.callbacks.append(callback)
+    gc.set_threshold(5)
+    try:
+        a_ident.append(threading.get_ident())
+        consts = find_constants(src)
+    except SystemError as e:
+        errors.append(("first", e))
+        consts = {}
+    finally:
+        gc.callbacks.remove(callback)
+        gc.set_threshold(*old)
+        inside.set()
+        t.join(20)
+    assert inside.is_set()
+    assert errors == [] and "DEPTH" in consts

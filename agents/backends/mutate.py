@@ -10,6 +10,7 @@ import ast
 import hashlib
 import logging
 import random
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,14 @@ class Constant:
         return f"{_fmt(values[0])} if {self.cond} else {_fmt(values[1])}"
 
 
+# CPython 3.11 keeps the converter between C and Python ASTs' recursion depth per interpreter,
+# not per thread (python/cpython#106905): a thread switch inside one ast.parse (a GC callback, a
+# finalizer) and a parse in another thread make the first raise SystemError "AST constructor
+# recursion depth mismatch". An agent parses train.py in its loop and in the thread that prepares
+# its next proposal (the research bench, with 8 agents in one process, hit it): one at a time.
+AST_LOCK = threading.Lock()
+
+
 def _eval_const(node: ast.AST):
     """Literal value of a constant expression (numbers with + - * / ** allowed), or raise."""
     try:
@@ -61,7 +70,9 @@ def _eval_const(node: ast.AST):
         if not isinstance(sub, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator,
                                 ast.unaryop)):
             raise ValueError("not a constant expression")
-    return eval(compile(ast.Expression(node), "<const>", "eval"), {"__builtins__": {}})
+    with AST_LOCK:
+        code = compile(ast.Expression(node), "<const>", "eval")
+    return eval(code, {"__builtins__": {}})
 
 
 def _scalar(v) -> bool:
@@ -73,7 +84,8 @@ def find_constants(source: str) -> dict[str, Constant]:
     device switches `A if CUDA else B` whose branches are literals."""
     out: dict[str, Constant] = {}
     try:
-        tree = ast.parse(source)
+        with AST_LOCK:
+            tree = ast.parse(source)
     except SyntaxError:
         return out
     lines = source.split("\n")

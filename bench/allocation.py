@@ -233,10 +233,14 @@ def _move_to(s: Swarm, target: list[str]) -> None:
                                                   reason="oracle", runs_at=A.runs.get(agent, 0)).model_dump_json())
 
 
+def _per_seed(arms: list[Arm], max_rounds: int) -> list[int]:
+    """Rounds to the target per seed (a censored arm counts max_rounds)."""
+    return [a.rounds_to_target or max_rounds for a in arms]
+
+
 def _rounds(arms: list[Arm], max_rounds: int) -> tuple[float, int]:
     """Mean rounds to the target (a censored arm counts max_rounds) and how many were censored."""
-    xs = [a.rounds_to_target or max_rounds for a in arms]
-    return statistics.mean(xs), sum(a.rounds_to_target is None for a in arms)
+    return statistics.mean(_per_seed(arms, max_rounds)), sum(a.rounds_to_target is None for a in arms)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if (scenario, "static") in res and (scenario, "adaptive") in res:
                 (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))
                 # the same seeds in both arms: the interval is of the paired ratio
-                r = paired_ratio(*([x.rounds_to_target or a.rounds for x in res[(scenario, m)]]
-                                   for m in ("static", "adaptive")))
+                r = paired_ratio(*(_per_seed(res[(scenario, m)], a.rounds) for m in ("static", "adaptive")))
                 print(f"{scenario}: mean rounds to target static {st:.2f} ({cs} censored), adaptive {ad:.2f} "
                       f"({ca} censored): static / adaptive {r}"
                       + ("" if key else f": {scenario}_speedup={r.value:.2f}"))

@@ -55,7 +55,6 @@ def test_the_real_landscape_is_asked_for_by_name_and_missing_is_one_clear_line(c
     assert len(err) == 1 and "real_landscape" in err[0] and err[0].startswith("error: --landscape real")
 
 
-
 def test_the_swarm_arm_runs_under_the_allocation_swarm_run_configures(tmp_path, redis_url):
     """Fair arms: the bench's swarm is the product's, so its allocation is `swarm run`'s default
     (adaptive) over its programs; an agent whose program has no untried nearby state left moves

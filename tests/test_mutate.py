@@ -115,7 +115,7 @@ def test_program_adopt_and_missing_file(tmp_path):
         load_program(tmp_path / "missing.md")
 
 
-def test_reading_constants_in_two_threads_at_once_never_raises(monkeypatch):
+def test_reading_constants_in_two_threads_at_once_never_raises():
     """CPython 3.11 keeps the AST converter's recursion depth per interpreter, not per thread
     (python/cpython#106905): when a thread switch lands inside one ast.parse (a GC callback, a
     finalizer) and another thread parses from a different stack depth, the first raises

@@ -232,3 +232,33 @@ def test_two_fresh_swarms_search_differently_and_one_swarm_again_alike(redis_url
     r = redis.Redis.from_url(redis_url)
     r.delete(*r.keys("*sw-a*"))   # sw-a's study gone: the same swarm, fresh again
     assert first_points("sw-a") == runs["sw-a"], "one swarm id, one agent seed: the same draws"
+
+
+@pytest.mark.parametrize("start", ["best", "anywhere"])
+def test_a_study_whose_every_point_is_held_says_so_instead_of_proposing_a_repeat(redis_url, start):
+    """A one-knob program (the real landscape's architecture is DEPTH alone) runs out of points:
+    every value trained, or held by another agent's run. The sampler then used to hand back a point
+    the study held, so its agents trained repeats of settings already measured all night (on the
+    research bench, three agents of eight on DEPTH once it sat at its minimum). Now the backend
+    says the space is exhausted, as mutate does, and the agent's program is spent until best moves."""
+    from agents.program import parse_program
+
+    prog = parse_program("# depth\n\n```yaml\nadopt: if-better\nsearch_space:\n"
+                         "  DEPTH: {type: int, min: 3, max: 5, step: 1}\n```\n", "depth")
+    a, b = (backend(redis_url, n, seed=9, start=start) for n in ("a0", "a1"))
+    baseline_samples(a, "a0")
+
+    def propose(x, in_flight=None):
+        return x.propose(ProposalContext(program=prog, source=BASE, base_commit="b" * 40, agent=x.agent,
+                                         in_flight=in_flight))
+
+    first = propose(a)
+    assert first.error is None, first.error
+    new, _ = first.resolve(BASE, **LIMITS)
+    a.observe(record("a0", first.description, tuned(new)), new)
+    held = propose(b)                       # the last free value: a1 trains it now
+    assert held.error is None, held.error
+    assert {S.current_values(p.new_source, prog, HW)["DEPTH"] for p in (first, held)} == {3, 5}
+    for x, in_flight in ((a, None), (b, held.description)):
+        p = propose(x, in_flight)
+        assert p.new_source is None and p.error and "exhausted" in p.error, (p.description, p.error)

@@ -97,6 +97,19 @@ class Axis:
         return min(d.high, max(d.low, canon(float(raw))))
 
 
+    def grid(self, centre, limit: int) -> list | None:
+        """Every value a move from `centre` can reach (whole steps of the program's, and the range's
+        ends); None when there are more than `limit`."""
+        c = self.pos(centre)
+        lo, hi = math.ceil(self.lo - c - 1e-9), math.floor(self.hi - c + 1e-9)
+        if hi - lo + 1 > limit:
+            return None
+        out = {}
+        for v in [self.value(c + k) for k in range(lo, hi + 1)] + [self.value(self.lo), self.value(self.hi)]:
+            out.setdefault(repr(canon(v)), v)
+        return list(out.values())
+
+
 def axes(space: dict, dists: dict) -> dict[str, Axis]:
     return {n: Axis(space[n], d) for n, d in dists.items() if n in space}
 
@@ -245,6 +258,9 @@ class LocalSampler:
         self._centre: dict | None = None
         self._dists: dict = {}
         self.region: Region | None = None     # of the last ask (for the trial's attributes)
+        # The last ask found every point of the space held by the study (trained, training or
+        # crashed): its point is a repeat, and the backend says the space is exhausted.
+        self.exhausted = False
 
     def aim(self, centre: dict | None, dists: dict) -> None:
         self._centre, self._dists = centre, dict(dists)
@@ -268,6 +284,7 @@ class LocalSampler:
     def sample_relative(self, study, trial, search_space: dict) -> dict[str, Any]:
         from optuna.trial import TrialState
 
+        self.exhausted = False
         if not search_space:
             return {}
         inner_space = self.inner.infer_relative_search_space(study, trial)
@@ -283,7 +300,9 @@ class LocalSampler:
         if not self.local or len(centre) < len(ax):
             self.region = None
             if point_key(point) in taken:
-                point = self._anywhere(search_space, ax, taken) or point
+                free = self._anywhere(search_space, ax, taken)
+                self.exhausted = free is None and _full(search_space, ax, taken, self._centre or {})
+                point = free or point
             return point
         trials = study.get_trials(deepcopy=False)
         self.region = region = replay(trials, len(ax))
@@ -301,6 +320,7 @@ class LocalSampler:
                 break
             region = region.wider(len(ax))   # every nearby point is taken: look further
             log.info("every point within %s of the centre is taken: widening", region.describe())
+        self.exhausted = point_key({**full, **point}) in taken and _full(search_space, ax, taken, centre)
         return point
 
     def _anywhere(self, space: dict, ax: dict[str, Axis], taken: set[str]) -> dict | None:
@@ -309,6 +329,25 @@ class LocalSampler:
             if point_key(cand) not in taken:
                 return cand
         return None
+
+
+def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit: int = 10_000) -> bool:
+    """Whether the study holds every point a move from `centre` can reach (Axis.grid: each constant
+    in whole steps; a space of more than `limit` such points never counts as full)."""
+    import itertools
+
+    grids = []
+    for n in space:
+        a = ax.get(n)
+        if a is None:
+            return False
+        g = a.grid(centre[n] if n in centre else a.value(a.lo), limit)
+        if g is None:
+            return False
+        grids.append([(n, v) for v in g])
+    if math.prod(len(g) for g in grids) > limit:
+        return False
+    return all(point_key(dict(c)) in taken for c in itertools.product(*grids))
 
 
 def _taken(study, trial) -> set[str]:

@@ -96,7 +96,6 @@ class Axis:
             return int(min(d.high, max(d.low, round(raw))))
         return min(d.high, max(d.low, canon(float(raw))))
 
-
     def grid(self, centre, limit: int) -> list | None:
         """Every value a move from `centre` can reach (whole steps of the program's, and the range's
         ends); None when there are more than `limit`."""

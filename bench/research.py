@@ -188,7 +188,8 @@ def _allocate(s: Swarm, mode: str, seed: int, backends: dict[str, str], adopt: s
     s.coord.configure_allocation(AllocationSpec(
         config=AllocationConfig(mode=mode, seed=seed),
         programs=[ProgramSpec(name=n, text=s.land.program_text(n, adopt),
-                              backend=backend_spec(backends.get(n, backends.get("*", "mutate"))))
+                              backend=backend_spec(backends.get(n, backends.get("*", "mutate")), n,
+                                                   s.land.program_text(n, adopt)))
                   for n in names]))
 
 
@@ -342,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="swarm,independent,single,null")
     ap.add_argument("--backend", action="append", default=[], metavar="[PROGRAM=]TYPE",
                     help="proposal backend type, for every program or one (repeatable; default "
-                         "mutate); TYPE may be a YAML mapping: '{type: optuna, sampler: cmaes}'")
+                         "mutate); TYPE may be a YAML mapping: '{type: optuna, sampler: cmaes}'; auto: "
+                         "what swarm run picks on one node without an LLM key (optuna where Optuna can "
+                         "express the program's space, else mutate; a key in the environment is ignored)")
     ap.add_argument("--adopt", choices=["always", "if-better", "never"],
                     help="the swarm's agents' adopt rule (default: the programs', i.e. if-better)")
     ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",

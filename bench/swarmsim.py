@@ -125,13 +125,25 @@ class ArmResult:
         return self.gain / self.best_trained_gain if self.best_trained_gain > 0 else float("nan")
 
 
-def backend_spec(kind: str) -> dict:
+def backend_spec(kind: str, program: str | None = None, program_text: str | None = None) -> dict:
     """A --backend value: a type name, or a YAML flow mapping for a spec with options
-    (`{type: optuna, sampler: cmaes}`)."""
+    (`{type: optuna, sampler: cmaes}`). `auto` is what `swarm run` makes of it on one node
+    without an LLM key, for `program` (its text `program_text`): optuna where Optuna can express
+    the program's search space, else mutate. An LLM key in the environment is not looked at: a
+    bench never calls a model (it used to resolve against the environment: mutate everywhere
+    without a key, a paid model with one)."""
     if kind.lstrip().startswith("{"):
         import yaml
-        return yaml.safe_load(kind)
-    return {"type": kind}
+        spec = yaml.safe_load(kind)
+    else:
+        spec = {"type": kind}
+    if spec.get("type") == "auto" and len(spec) == 1:
+        from agents.backends.auto import resolve_auto
+        from agents.program import parse_program
+
+        prog = parse_program(program_text, program or "program") if program_text is not None else None
+        return resolve_auto(env={}, program=prog, local=True)
+    return spec
 
 
 def history_file(path: Path, land: Landscape, prior_dof: int = 0, rng: random.Random | None = None,
@@ -172,7 +184,8 @@ class Swarm:
             name = f"a{i}"
             kind = backends.get(prog, backends.get("*", "mutate"))
             acfg = AgentConfig(name=name, program_name=prog, program_text=land.program_text(prog, adopt),
-                               backend=backend_spec(kind), seed=seed * 1000 + i, swarm_id=swarm_id,
+                               backend=backend_spec(kind, prog, land.program_text(prog, adopt)),
+                               seed=seed * 1000 + i, swarm_id=swarm_id,
                                swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
                                recent_n=0, heartbeat_s=1e9)
             rng = random.Random(f"{swarm_id}/{seed}/{name}")

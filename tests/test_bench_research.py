@@ -86,3 +86,25 @@ def test_the_swarm_arm_runs_under_the_allocation_swarm_run_configures(tmp_path, 
         s.finish(r)
     assert got["adaptive"] == ("explore", False), got
     assert got["static"][0] == "tiny", got     # static: no agent ever changes program
+
+
+def test_backend_auto_is_what_swarm_run_makes_of_it_offline_whatever_keys_are_set(tmp_path, redis_url,
+                                                                                   monkeypatch):
+    """`--backend auto` gives each program the backend `swarm run` gives it on one node without an
+    LLM key (optuna where Optuna can express the program's space, mutate for explore on the
+    landscape from the real trainer). It used to resolve against the environment, with no program:
+    mutate everywhere, and with a key set a bench would have called a paid model."""
+    from agents.messages import PromotionConfig
+    from bench.research import _allocate, make_landscape
+    from bench.swarmsim import Swarm
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-a-key")
+    land = make_landscape("real")
+    s = Swarm(tmp_path / "auto", redis_url, "auto-0", land, land.programs_for(8), 0, PromotionConfig(),
+              {"*": "auto"})
+    got = {a.program.name: a.backend.name for a in s.agents}
+    assert got == {"baseline": "optuna", "architecture": "optuna", "optimizer": "optuna",
+                   "schedule": "optuna", "simplify": "optuna", "explore": "mutate"}, got
+    _allocate(s, "adaptive", 0, {"*": "auto"}, None)     # what a moved agent takes with its program
+    specs = {p.name: p.backend for p in s.coord.allocation.spec.programs}
+    assert {n: b["type"] for n, b in specs.items()} == got, specs

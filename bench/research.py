@@ -185,11 +185,11 @@ def _allocate(s: Swarm, mode: str, seed: int, backends: dict[str, str], adopt: s
     adaptive, an agent whose backend refused its program (mutate: every nearby state tried)
     moves to another instead of stopping, and agents follow the programs that move best."""
     names = sorted(set(a.program.name for a in s.agents))
+    texts = {n: s.land.program_text(n, adopt) for n in names}
     s.coord.configure_allocation(AllocationSpec(
         config=AllocationConfig(mode=mode, seed=seed),
-        programs=[ProgramSpec(name=n, text=s.land.program_text(n, adopt),
-                              backend=backend_spec(backends.get(n, backends.get("*", "mutate")), n,
-                                                   s.land.program_text(n, adopt)))
+        programs=[ProgramSpec(name=n, text=texts[n],
+                              backend=backend_spec(backends.get(n, backends.get("*", "mutate")), n, texts[n]))
                   for n in names]))
 
 

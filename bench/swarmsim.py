@@ -183,8 +183,9 @@ class Swarm:
         for i, prog in enumerate(programs):
             name = f"a{i}"
             kind = backends.get(prog, backends.get("*", "mutate"))
-            acfg = AgentConfig(name=name, program_name=prog, program_text=land.program_text(prog, adopt),
-                               backend=backend_spec(kind, prog, land.program_text(prog, adopt)),
+            text = land.program_text(prog, adopt)
+            acfg = AgentConfig(name=name, program_name=prog, program_text=text,
+                               backend=backend_spec(kind, prog, text),
                                seed=seed * 1000 + i, swarm_id=swarm_id,
                                swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
                                recent_n=0, heartbeat_s=1e9)

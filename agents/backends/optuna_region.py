@@ -17,6 +17,7 @@ registry by every agent.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -300,7 +301,7 @@ class LocalSampler:
             self.region = None
             if point_key(point) in taken:
                 free = self._anywhere(search_space, ax, taken)
-                self.exhausted = free is None and _full(search_space, ax, taken, self._centre or {})
+                self.exhausted = free is None and _full(search_space, ax, taken, centre)
                 point = free or point
             return point
         trials = study.get_trials(deepcopy=False)
@@ -319,7 +320,7 @@ class LocalSampler:
                 break
             region = region.wider(len(ax))   # every nearby point is taken: look further
             log.info("every point within %s of the centre is taken: widening", region.describe())
-        self.exhausted = point_key({**full, **point}) in taken and _full(search_space, ax, taken, centre)
+        self.exhausted = point_key(point) in taken and _full(search_space, ax, taken, centre)
         return point
 
     def _anywhere(self, space: dict, ax: dict[str, Axis], taken: set[str]) -> dict | None:
@@ -333,8 +334,6 @@ class LocalSampler:
 def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit: int = 10_000) -> bool:
     """Whether the study holds every point a move from `centre` can reach (Axis.grid: each constant
     in whole steps; a space of more than `limit` such points never counts as full)."""
-    import itertools
-
     grids = []
     for n in space:
         a = ax.get(n)

@@ -262,3 +262,41 @@ def test_a_study_whose_every_point_is_held_says_so_instead_of_proposing_a_repeat
     for x, in_flight in ((a, None), (b, held.description)):
         p = propose(x, in_flight)
         assert p.new_source is None and p.error and "exhausted" in p.error, (p.description, p.error)
+
+
+@pytest.mark.parametrize("start", ["best", "anywhere"])
+def test_a_point_measured_on_other_code_is_free_again_once_best_moved_elsewhere(redis_url, start):
+    """A study holds points of its program's constants, each measured on one train.py (the trial's
+    `code`: train.py with the program's constants blanked). When best moves by a constant outside
+    the program (another program's promotion), every point is a new experiment: the space a refusal
+    spoke of was the old code's. It used to stay held, so a one-knob program refused again at once
+    on the new best and its agents never came back to it. On the same code (best moved along the
+    program's own constant) the measured points stay held."""
+    from agents.program import parse_program
+
+    prog = parse_program("# depth\n\n```yaml\nadopt: if-better\nsearch_space:\n"
+                         "  DEPTH: {type: int, min: 3, max: 5, step: 1}\n```\n", "depth")
+    a = backend(redis_url, "a0", seed=9, start=start)
+    baseline_samples(a, "a0")
+
+    def propose(source):
+        return a.propose(ProposalContext(program=prog, source=source, base_commit="b" * 40, agent="a0"))
+
+    for _ in range(2):                       # DEPTH 3 and 5 on the baseline's code
+        p = propose(BASE)
+        assert p.error is None, p.error
+        new, _ = p.resolve(BASE, **LIMITS)
+        a.observe(record("a0", p.description, tuned(new)), new)
+    assert "exhausted" in (propose(BASE).error or "")
+    # best moves along DEPTH itself (4 -> 3): the same code, every point still measured on it
+    along = S.write_params(BASE, {"DEPTH": 3}, prog, HW)[0]
+    assert along != BASE and S.code_hash(along, prog) == S.code_hash(BASE, prog)
+    baseline_samples(a, "a0", source=along)
+    assert "exhausted" in (propose(along).error or "")
+    # best moves by a constant the program does not hold: new code, DEPTH 4 and 5 untried on it
+    elsewhere = along.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0338 ")
+    assert elsewhere != along and S.code_hash(elsewhere, prog) != S.code_hash(BASE, prog)
+    baseline_samples(a, "a0", source=elsewhere)
+    p = propose(elsewhere)
+    assert p.error is None, p.error
+    assert S.current_values(p.new_source, prog, HW)["DEPTH"] in (4, 5)

@@ -288,11 +288,12 @@ class OptunaBackend:
         if unrun and local and self._outstanding[unrun[-1]].user_attrs.get("centre") != R.point_key(centre):
             self._give_up(unrun.pop(), "best moved before it ran")
         trials = [self._outstanding[unrun[-1]]] if unrun else []
+        code = S.code_hash(ctx.source, ctx.program)
         for _ in range(_MAX_ASKS):
             if trials:
                 trial = trials.pop()
             else:
-                study.sampler.aim(centre, dists)
+                study.sampler.aim(centre, dists, code)
                 trial = study.ask(fixed_distributions=dists)
                 if study.sampler.exhausted:
                     # every point a move can reach is held: what the sampler gave is a repeat
@@ -304,11 +305,12 @@ class OptunaBackend:
                 trial.set_user_attr("agent", self.agent)
                 trial.set_user_attr("origin", "optuna")
                 trial.set_user_attr("base", ctx.base_commit)
-                trial.set_user_attr("code", S.code_hash(ctx.source, ctx.program))
                 region = study.sampler.region
                 if local and region is not None:
                     trial.set_user_attr("centre", R.point_key(centre))
                     trial.set_user_attr("region", region.describe())
+            if trial.user_attrs.get("code") != code:   # new, or prepared on a base that moved
+                trial.set_user_attr("code", code)
             new, changes = S.write_params(ctx.source, trial.params, ctx.program, hw)
             if changes:
                 self.counts["optuna"] += 1

@@ -257,13 +257,16 @@ class LocalSampler:
         self.rng = random.Random(seed)
         self._centre: dict | None = None
         self._dists: dict = {}
+        self._code: str | None = None
         self.region: Region | None = None     # of the last ask (for the trial's attributes)
         # The last ask found every point of the space held by the study (trained, training or
         # crashed): its point is a repeat, and the backend says the space is exhausted.
         self.exhausted = False
 
-    def aim(self, centre: dict | None, dists: dict) -> None:
-        self._centre, self._dists = centre, dict(dists)
+    def aim(self, centre: dict | None, dists: dict, code: str | None = None) -> None:
+        """The next ask's centre (best's values), distributions and code (train.py with the
+        program's constants blanked: a point is held only if it was measured on this code)."""
+        self._centre, self._dists, self._code = centre, dict(dists), code
 
     # BaseSampler's interface
     def reseed_rng(self) -> None:
@@ -295,8 +298,10 @@ class LocalSampler:
                 point[n] = self.inner.sample_independent(study, trial, n, d)
         ax = axes(self.program.search_space, search_space)
         point = {n: (ax[n].value(ax[n].pos(v)) if n in ax else v) for n, v in point.items()}
-        taken = _taken(study, trial)
+        taken = _taken(study, trial, self._code)
         centre = {n: v for n, v in (self._centre or {}).items() if n in search_space}
+        if len(centre) == len(search_space):
+            taken.add(point_key(centre))   # the current train.py: nothing to train, held or not
         if not self.local or len(centre) < len(ax):
             self.region = None
             if point_key(point) in taken:
@@ -348,8 +353,11 @@ def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit
     return all(point_key(dict(c)) in taken for c in itertools.product(*grids))
 
 
-def _taken(study, trial) -> set[str]:
-    """Every point the study holds (trained, training or crashed), but points that were
-    prepared and never ran (`not_run`): proposing one of those again is not a repeat."""
+def _taken(study, trial, code: str | None = None) -> set[str]:
+    """Every point the study holds (trained, training or crashed) on `code` (the trial's `code`
+    attribute; None: on any code), but points that were prepared and never ran (`not_run`):
+    proposing one of those again is not a repeat. A point measured on other code (best has
+    since moved by a constant outside the program) is a new experiment on this one."""
     return {point_key(t.params) for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and t.params and not t.user_attrs.get("not_run")}
+            if t.number != trial.number and t.params and not t.user_attrs.get("not_run")
+            and (code is None or t.user_attrs.get("code", code) == code)}

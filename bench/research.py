@@ -88,6 +88,7 @@ class Config:
     # 12 seeds: with 4, the speed-to-target ratio swung from 4.0 to 7.9 between seed sets
     # (the single agent needs 21 to 125 budgets, the swarm 4 to 14).
     seeds: int = 12
+    first_seed: int = 0      # seeds first_seed .. first_seed + seeds - 1 (a later set: a holdout)
     null_runs: int = 160     # the null swarm's first runs
     null_seeds: int = 12
     history: int = 0         # every arm starts from a noise history of this many dof (0: none)
@@ -141,7 +142,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
             return None
         return history_file(workdir / f"{name}-{seed}-history.json", land, conf.history, random.Random(seed))
 
-    for seed in range(conf.seeds):
+    for seed in range(conf.first_seed, conf.first_seed + conf.seeds):
         t0 = time.time()
         runs = conf.runs
         if "swarm" in arms:
@@ -167,7 +168,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
                 msg.append(f"{a} gain {x.gain:.4f} ({x.runs} runs)")
         out("  ".join(msg) + f"  [{time.time() - t0:.0f}s]")
     if "null" in arms:
-        for seed in range(conf.null_seeds):
+        for seed in range(conf.first_seed, conf.first_seed + conf.null_seeds):
             s = Swarm(workdir / f"null-{seed}", redis_url, f"null-{seed}", null, null.programs_for(n),
                       1000 + seed, cfg, backends, history=hist("null", 1000 + seed),
                       drift=conf.drift_at(1000 + seed))
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int)
     ap.add_argument("--runs", type=int, help="training runs per arm")
     ap.add_argument("--seeds", type=int)
+    ap.add_argument("--first-seed", type=int, help="the first seed (default 0): a later set of seeds, "
+                    "as a holdout for what was measured on the first ones")
     ap.add_argument("--null-runs", type=int)
     ap.add_argument("--null-seeds", type=int)
     ap.add_argument("--arms", default="swarm,independent,single,null")
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     conf = Config.quick() if a.quick else Config()
-    for k in ("agents", "runs", "seeds", "null_runs", "null_seeds", "history", "allocation"):
+    for k in ("agents", "runs", "seeds", "first_seed", "null_runs", "null_seeds", "history", "allocation"):
         if getattr(a, k) is not None:
             setattr(conf, k, getattr(a, k))
     try:

@@ -281,6 +281,7 @@ class ResearchAgent(Training):
         self._backends[spec.name] = self.backend
         self.adopt = spec.adopt or self.program.adopt or "if-better"
         self.own.clear()  # the prompt's own results were another program's
+        self.health.same_failure(None)  # a run of one program's refusals ends with the program
         self.moves += 1
         log.info("%s: moved from program %s to %s", self.cfg.name, old, spec.name)
         best = self.port.best(self.hw)
@@ -388,12 +389,14 @@ class ResearchAgent(Training):
                                          max_file_bytes=self.cfg.max_file_bytes)
         except InvalidEdit as e:
             self._keep_transcript(eid, proposal, f"invalid: {e}")
-            self._same_failure(proposal.error)
             rec = self._record(eid, kind="experiment", parent=base, commit=None,
                                description=redact(proposal.description or "", self._secrets())[:200],
                                status="invalid", reason=redact(str(e), self._secrets()),
                                proposal=proposal, started_at=started_at)
             self._finish(rec, source, None)
+            # after the record: a refusal that moves the agent is recorded under the program
+            # that refused, not the one it moves to
+            self._same_failure(proposal.error)
             return
         self._keep_transcript(eid, proposal, "ok")
         self._same_failure(None)

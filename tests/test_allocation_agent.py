@@ -211,6 +211,29 @@ def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_pa
         a._iteration()
     recs = [e for t, _id, e in _events(coord) if t == "record" and e["agent"] == "a0" and e["kind"] == "experiment"]
     assert recs[-1]["program"] == "optimizer" and not a._stop.is_set()
+    # every refusal is a record of the program that refused, the last one too (it was recorded
+    # after the move, under the program the agent moved to)
+    refusals = [r for r in recs if r["status"] == "invalid"]
+    assert len(refusals) == 5 and {r["program"] for r in refusals} == {"tiny"}, \
+        [(r["program"], r["reason"][:40]) for r in refusals]
+
+
+def test_a_move_at_a_boundary_ends_the_old_programs_run_of_refusals(tmp_path, redis_url):
+    """Four alike failures on one program, then a move at an iteration boundary: the new
+    program's first failure alike (the same backend type words its errors alike) is its first,
+    not a fifth that would call the new program spent."""
+    from agents.health import SAME_FAILURE_STOP
+
+    home = tmp_path / "home"
+    coord = _coord(home, redis_url)
+    coord.configure_allocation(_spec())
+    a = _agent(home, coord, 0, "architecture")
+    error = "mutate: search space exhausted (every nearby state already tried)"
+    for _ in range(SAME_FAILURE_STOP - 1):
+        assert not a.health.same_failure(error)
+    assert a._take(ProgramSpec(name="optimizer", text=program_text("optimizer")))
+    assert not any(a.health.same_failure(error) for _ in range(SAME_FAILURE_STOP - 1))
+    assert a.health.same_failure(error)
 
 
 def test_a_refusal_that_quotes_the_key_leaves_it_out_of_the_ledger(tmp_path, redis_url, monkeypatch):

@@ -3,7 +3,8 @@ train.py sooner than agents kept on their programs all night (static)?
 
 The research bench's simulated swarm (bench/swarmsim.py: the real Coordinator on a real
 redis-server and bare git repo, the real ResearchAgent loop with the `mutate` backend over each
-program's search space, a fake runner on the synthetic bowls of bench/landscape.py), 8 agents,
+program's search space, or `--backend auto` (the product's offline default: optuna where it can
+express the program), a fake runner on the synthetic bowls of bench/landscape.py), 8 agents,
 4 programs (2 agents each at the start, by equal weights), in rounds (one run per agent per round:
 a round is the wall clock of one budget). Both arms start from a noise history (24 dof), so no
 arm pays the baseline tax before its first move. Scenarios:
@@ -44,11 +45,10 @@ if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 from agents.messages import PromotionConfig  # noqa: E402
-from agents.program import ProgramSpec  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import Swarm, history_file  # noqa: E402
+from bench.swarmsim import Swarm, history_file, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.ledger import connect_redis  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -167,7 +167,7 @@ class Arm:
 
 
 def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
-            alloc: dict, target_fraction: float = TARGET_FRACTION) -> Arm:
+            alloc: dict, target_fraction: float = TARGET_FRACTION, backends: dict[str, str] | None = None) -> Arm:
     land = real_land(list(SCENARIOS[scenario])) if scenario == "real" else ScenarioLand(
         SCENARIOS[scenario], late_width=scenario == "late_bloomer", at_optimum=TUNED.get(scenario, frozenset()))
     # The same swarm id in both arms: the runs' noise and the proposals draw from the same
@@ -176,14 +176,15 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     sid = f"{scenario}-{seed}"
     hist = history_file(work / f"{sid}-{mode}-history.json", land, 24, random.Random(seed))
     programs = land.oracle_for(AGENTS, alloc["min_agents"]) if mode == "oracle" else land.programs_for(AGENTS)
+    backends = backends or {"*": "mutate"}
     s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, programs, seed, PromotionConfig(),
-              {"*": "mutate"}, history=hist)
+              backends, history=hist)
     late = mode.startswith("oracle@")   # static for R rounds, then the oracle's allocation at once
     cfg = dict(alloc, dwell_runs=10 ** 9) if late else alloc  # the bandit itself never moves anyone
     s.coord.configure_allocation(AllocationSpec(
         config=AllocationConfig(mode="adaptive" if late else "static" if mode == "oracle" else mode,
                                 seed=seed, **cfg),
-        programs=[ProgramSpec(name=n, text=land.program_text(n)) for n in land.programs]))
+        programs=program_specs(land, list(land.programs), backends)))
     arm = Arm(scenario, mode, seed)
     target = target_fraction * land.max_gain
     paid_at: tuple[float, float] | None = None  # (late's hours, all hours) when late first paid
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
     ap.add_argument("--min-agents", type=int, default=1)
+    ap.add_argument("--backend", action="append", default=[], metavar="[PROGRAM=]TYPE",
+                    help="proposal backend, for every program or one (repeatable; default mutate; "
+                         "auto: what swarm run makes of it offline on one node, per program)")
     ap.add_argument("--dwell-runs", type=int, default=None, help="AllocationConfig.dwell_runs (default: the config's)")
     ap.add_argument("--prior-moves", type=float, default=None,
                     help="AllocationConfig.prior_moves (default: the config's)")
@@ -274,18 +278,23 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
         if getattr(a, key) is not None:
             alloc[key] = getattr(a, key)
+    backends = {}
+    for spec in a.backend:
+        prog, _, kind = spec.rpartition("=")
+        backends[prog or "*"] = kind
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()
     res: dict[tuple[str, str], list[Arm]] = {}
     try:
         print(f"allocation bench: {AGENTS} agents, seeds {a.first_seed}..{a.first_seed + a.seeds - 1}, "
-              f"at most {a.rounds} rounds, target {a.target} of the reachable gain, allocation {alloc}",
+              f"at most {a.rounds} rounds, target {a.target} of the reachable gain, allocation {alloc}, "
+              f"backends {backends or {'*': 'mutate'}}",
               flush=True)
         for scenario in a.scenarios.split(","):
             for seed in range(a.first_seed, a.first_seed + a.seeds):
                 for mode in a.modes.split(","):
-                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target)
+                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target, backends)
                     connect_redis(redis.url).flushall()
                     res.setdefault((scenario, mode), []).append(arm)
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"

@@ -54,8 +54,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import ArmResult, Swarm, backend_spec, history_file  # noqa: E402
-from agents.program import ProgramSpec  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, history_file, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -186,12 +185,8 @@ def _allocate(s: Swarm, mode: str, seed: int, backends: dict[str, str], adopt: s
     adaptive, an agent whose backend refused its program (mutate: every nearby state tried)
     moves to another instead of stopping, and agents follow the programs that move best."""
     names = sorted(set(a.program.name for a in s.agents))
-    texts = {n: s.land.program_text(n, adopt) for n in names}
-    s.coord.configure_allocation(AllocationSpec(
-        config=AllocationConfig(mode=mode, seed=seed),
-        programs=[ProgramSpec(name=n, text=texts[n],
-                              backend=backend_spec(backends.get(n, backends.get("*", "mutate")), n, texts[n]))
-                  for n in names]))
+    s.coord.configure_allocation(AllocationSpec(config=AllocationConfig(mode=mode, seed=seed),
+                                                programs=program_specs(s.land, names, backends, adopt)))
 
 
 def run_short(seeds: int, workdir: Path, redis_url: str, backends: dict[str, str], cfg: PromotionConfig,

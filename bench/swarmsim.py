@@ -20,6 +20,7 @@ from agents.agent import ResearchAgent
 from agents.backends.base import make_backend
 from agents.config import AgentConfig
 from agents.messages import Decision, ExperimentRecord, NoiseHistorySpec, PromotionConfig
+from agents.program import ProgramSpec
 from bench.landscape import Drift, Landscape, RunLog, fake_runner
 from coordinator.decide.core import Coordinator
 from coordinator.decide.rules import margin_for, standard_error
@@ -144,6 +145,19 @@ def backend_spec(kind: str, program: str | None = None, program_text: str | None
         prog = parse_program(program_text, program or "program") if program_text is not None else None
         return resolve_auto(env={}, program=prog, local=True)
     return spec
+
+
+def program_specs(land: Landscape, names: list[str], backends: dict[str, str],
+                  adopt: str | None = None) -> list[ProgramSpec]:
+    """The programs of an allocation (coordinator/decide/allocation.py), each with its text and
+    its own backend (`backends`: program -> --backend value, "*" for the rest, mutate without):
+    an agent moved to a program takes that program's backend, as in `swarm run`."""
+    out = []
+    for n in names:
+        text = land.program_text(n, adopt)
+        out.append(ProgramSpec(name=n, text=text,
+                               backend=backend_spec(backends.get(n, backends.get("*", "mutate")), n, text)))
+    return out
 
 
 def history_file(path: Path, land: Landscape, prior_dof: int = 0, rng: random.Random | None = None,

@@ -39,7 +39,8 @@ def test_research_bench_runs_the_optuna_backend_with_its_studies_on_the_bench_re
     import redis
 
     from agents.backends.optuna_study import study_views
-    from bench.research import Config, backend_spec, run_bench
+    from bench.research import Config, run_bench
+    from bench.swarmsim import backend_spec
 
     monkeypatch.delenv("SWARM_REDIS_URL", raising=False)
     assert backend_spec("{type: optuna, sampler: cmaes}") == {"type": "optuna", "sampler": "cmaes"}

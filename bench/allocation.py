@@ -48,7 +48,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import Swarm, history_file, program_specs  # noqa: E402
+from bench.swarmsim import Swarm, history_file, parse_backends, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.ledger import connect_redis  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -278,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
         if getattr(a, key) is not None:
             alloc[key] = getattr(a, key)
-    backends = {}
-    for spec in a.backend:
-        prog, _, kind = spec.rpartition("=")
-        backends[prog or "*"] = kind
+    backends = parse_backends(a.backend)
     work = Path(tempfile.mkdtemp(prefix="bench-allocation-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()

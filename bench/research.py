@@ -54,7 +54,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Bowls, Drift, Landscape  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import ArmResult, Swarm, history_file, program_specs  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, history_file, parse_backends, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -378,10 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     except LandscapeMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    backends = {}
-    for spec in a.backend:
-        prog, _, kind = spec.rpartition("=")
-        backends[prog or "*"] = kind
+    backends = parse_backends(a.backend)
     work = Path(tempfile.mkdtemp(prefix="bench-research-"))
     redis = RedisDaemon(work / "redis", fsync="everysec").start()
     t0 = time.time()

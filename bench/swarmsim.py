@@ -147,11 +147,20 @@ def backend_spec(kind: str, program: str | None = None, program_text: str | None
     return spec
 
 
+def parse_backends(values: list[str]) -> dict[str, str]:
+    """The benches' repeatable `--backend [PROGRAM=]TYPE`: program -> TYPE, "*" for every other."""
+    backends = {}
+    for v in values:
+        prog, _, kind = v.rpartition("=")
+        backends[prog or "*"] = kind
+    return backends
+
+
 def program_specs(land: Landscape, names: list[str], backends: dict[str, str],
                   adopt: str | None = None) -> list[ProgramSpec]:
-    """The programs of an allocation (coordinator/decide/allocation.py), each with its text and
-    its own backend (`backends`: program -> --backend value, "*" for the rest, mutate without):
-    an agent moved to a program takes that program's backend, as in `swarm run`."""
+    """Programs with their text and their own backend (`backends`: program -> --backend value,
+    "*" for the rest, mutate without): what each agent starts with, and what an allocation
+    (coordinator/decide/allocation.py) hands an agent it moves, as in `swarm run`."""
     out = []
     for n in names:
         text = land.program_text(n, adopt)
@@ -194,13 +203,11 @@ class Swarm:
         self.log = RunLog()
         self.rounds = Rounds(random.Random(seed * 7919 + 1))
         self.agents: list[ResearchAgent] = []
+        specs = {p.name: p for p in program_specs(land, sorted(set(programs)), backends, adopt)}
         for i, prog in enumerate(programs):
             name = f"a{i}"
-            kind = backends.get(prog, backends.get("*", "mutate"))
-            text = land.program_text(prog, adopt)
-            acfg = AgentConfig(name=name, program_name=prog, program_text=text,
-                               backend=backend_spec(kind, prog, text),
-                               seed=seed * 1000 + i, swarm_id=swarm_id,
+            acfg = AgentConfig(name=name, program_name=prog, program_text=specs[prog].text,
+                               backend=specs[prog].backend, seed=seed * 1000 + i, swarm_id=swarm_id,
                                swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
                                recent_n=0, heartbeat_s=1e9)
             rng = random.Random(f"{swarm_id}/{seed}/{name}")

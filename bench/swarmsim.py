@@ -19,6 +19,7 @@ from typing import Callable
 from agents.agent import ResearchAgent
 from agents.backends.base import make_backend
 from agents.config import AgentConfig
+from agents.health import SAME_FAILURE_STOP
 from agents.messages import Decision, ExperimentRecord, NoiseHistorySpec, PromotionConfig
 from agents.program import ProgramSpec
 from bench.landscape import Drift, Landscape, RunLog, fake_runner
@@ -94,6 +95,9 @@ class Rounds:
             t.join()
         if self.errors:
             raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
+
+
+IDLE_ROUNDS = 4 * SAME_FAILURE_STOP  # rounds in a row without a run before an arm is called over
 
 
 # --- one arm ---------------------------------------------------------------------------------
@@ -231,12 +235,25 @@ class Swarm:
                 res.runs_to_report = len(self.log)
 
         self.rounds.after_end = reached if target is not None else None
+        idle = 0
         while len(self.log) < max_runs:
+            # An agent that stopped itself (its program spent, no other to take) does nothing more,
+            # as in `swarm run`; the others go on.
+            live = [a for a in self.agents if not a._stop.is_set()]
+            if not live:
+                break
             before = len(self.log)
-            self.rounds.play(self.agents)
+            self.rounds.play(live)
             res.rounds += 1
             if len(self.log) == before:
-                break  # nothing trains any more (search spaces exhausted)
+                # A round without a run (a refused proposal) is not the end: the agent proposes
+                # again, moves on or stops itself. A backend that never trains and never stops
+                # (refusals that all differ) ends the arm after IDLE_ROUNDS such rounds in a row.
+                idle += 1
+                if idle >= IDLE_ROUNDS:
+                    break
+                continue
+            idle = 0
             if res.first_move_run is None and self.best() != root:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:

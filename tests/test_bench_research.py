@@ -108,3 +108,26 @@ def test_backend_auto_is_what_swarm_run_makes_of_it_offline_whatever_keys_are_se
     _allocate(s, "adaptive", 0, {"*": "auto"}, None)     # what a moved agent takes with its program
     specs = {p.name: p.backend for p in s.coord.allocation.spec.programs}
     assert {n: b["type"] for n, b in specs.items()} == got, specs
+
+
+def test_an_arm_ends_when_its_agents_stop_not_at_the_first_round_that_trained_nothing(tmp_path, redis_url):
+    """Fair arms: one agent alone (an independent agent, the single arm) whose proposal is refused
+    once (mutate finds no untried point near best) goes on, as it would in `swarm run`, until it
+    stops itself (the same refusal SAME_FAILURE_STOP times: its program is spent) or the runs are
+    used. The bench ended such an arm at the first round without a run: on the real landscape the
+    independent arm trained 237 of its 320 runs and the single arm 250 on some seeds."""
+    from agents.health import SAME_FAILURE_STOP
+    from agents.messages import PromotionConfig
+    from bench.research import make_landscape
+    from bench.swarmsim import ArmResult, Swarm
+
+    land = make_landscape("real")
+    s = Swarm(tmp_path / "one", redis_url, "one-0", land, ["schedule"], 0, PromotionConfig(min_dof=2),
+              {"*": "mutate"})
+    r = ArmResult("independent")
+    s.play(200, None, r)
+    agent = s.agents[0]
+    refusals = [rec for rec in s.coord.records.values() if rec.status == "invalid"]
+    s.finish(r)
+    assert r.runs >= 200 or agent._stop.is_set(), (r.runs, len(refusals), agent.stop_reason)
+    assert r.runs >= 200 or len(refusals) >= SAME_FAILURE_STOP, (r.runs, len(refusals))

@@ -174,6 +174,16 @@ class AgentHost:
     def ready(self) -> bool:
         return True
 
+    def nice(self, n: int) -> int:
+        """Lower this process's CPU priority by n: every thread of it (Ray's own included; Linux
+        keeps a nice value per thread), so agent threads started later inherit it. Returns the pid."""
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), os.getpriority(os.PRIO_PROCESS, int(tid)) + n)
+            except (ProcessLookupError, PermissionError):
+                pass  # a thread that ended meanwhile
+        return os.getpid()
+
     def start(self) -> None:
         self.cpu0 = time.process_time()
         stop_at = time.monotonic() + self.seconds
@@ -219,6 +229,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exp-min", type=float, default=0.3, help="shortest fake experiment (s)")
     ap.add_argument("--exp-max", type=float, default=0.9, help="longest fake experiment (s)")
     ap.add_argument("--hosts", type=int, default=4, help="processes (Ray actors) the agents are spread over")
+    ap.add_argument("--hosts-nice", type=int, default=0,
+                    help="run the agent hosts at this nice value (10: they yield the cores to the coordinator, "
+                         "redis and Ray's daemons, as agents on their own nodes would; 0: equal shares)")
     ap.add_argument("--concurrency", type=int, default=None,
                     help="the coordinator actor's max_concurrency (default: coordinator/decide/actor.py's)")
     ap.add_argument("--in-process", action="store_true",
@@ -261,6 +274,9 @@ def main(argv=None) -> int:
             actors.extend(hosts)
             for h in hosts:
                 remote(h, "ready")  # every host is up before the clock starts
+            if args.hosts_nice:
+                say(f"agent hosts at nice +{args.hosts_nice}: pids "
+                    f"{', '.join(str(remote(h, 'nice', args.hosts_nice)) for h in hosts)}")
         say(f"{args.agents} agents ready; running {args.seconds:.0f} s")
         cpu0 = call("perf")["cpu_s"]
         t_start = time.monotonic()

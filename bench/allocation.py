@@ -192,7 +192,8 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     for r in range(1, max_rounds + 1):
         if late and r == int(mode.split("@")[1]) + 1:
             _move_to(s, land.oracle_for(AGENTS, alloc["min_agents"]))
-        s.rounds.play(s.agents)
+        if s.round() is None:
+            break   # every agent stopped
         arm.rounds = r
         arm.paying.append(sum(y["agents"] for y in s.coord.allocation_status() if y["program"] in useful))
         if arm.rounds_to_target is None and s.gain_now() >= target - 1e-12:

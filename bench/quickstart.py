@@ -50,7 +50,7 @@ from agents.messages import Decision, PromotionConfig  # noqa: E402
 from agents.program import load_program  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Drift  # noqa: E402
-from bench.swarmsim import IDLE_ROUNDS, ArmResult, Swarm, history_file  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
 from coordinator.run.config import assign_programs, load_config, resolve_backend, resolve_program  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -93,7 +93,6 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
     sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist,
                drift=drift.at(seed) if drift is not None else None)
     res = ArmResult("quickstart")
-    idle = 0
     while True:
         if minutes is not None and STARTUP_S + (res.rounds + 1) * seconds_per_run > minutes * 60:
             break   # swarm run --minutes: no run is started that would end past the deadline
@@ -107,15 +106,9 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
                 active += 1
         if not active:
             break
-        live = [a for a in sw.agents if not a._stop.is_set()]   # as in Swarm.play
-        if not live:
-            break
-        before = len(sw.log)
-        sw.rounds.play(live)
-        res.rounds += 1
-        idle = idle + 1 if len(sw.log) == before else 0
-        if idle >= IDLE_ROUNDS:
+        if sw.round() is None:
             break   # nothing trains any more
+        res.rounds += 1
     res.runs = len(sw.log)
     sw.finish(res)
     c = sw.coord

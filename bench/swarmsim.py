@@ -206,6 +206,7 @@ class Swarm:
                                  baseline_train_py=land.baseline_text(), history=history)
         self.log = RunLog()
         self.rounds = Rounds(random.Random(seed * 7919 + 1))
+        self.idle = 0   # rounds in a row without a run
         self.agents: list[ResearchAgent] = []
         specs = {p.name: p for p in program_specs(land, sorted(set(programs)), backends, adopt)}
         for i, prog in enumerate(programs):
@@ -227,6 +228,21 @@ class Swarm:
     def gain_now(self) -> float:
         return self.land.gain(self.coord.repo.show(self.best()))
 
+    def round(self) -> int | None:
+        """One round of the agents still going: an agent that stopped itself (its program spent,
+        no other to take) does nothing more, as in `swarm run`, and a round without a run (a
+        refused proposal) is not the end (the agent proposes again, moves on or stops itself).
+        Returns the runs the round trained; None when the swarm is over: no agent going, or
+        IDLE_ROUNDS rounds in a row without a run (refusals that all differ, never a stop)."""
+        live = [a for a in self.agents if not a._stop.is_set()]
+        if not live or self.idle >= IDLE_ROUNDS:
+            return None
+        before = len(self.log)
+        self.rounds.play(live)
+        n = len(self.log) - before
+        self.idle = 0 if n else self.idle + 1
+        return n
+
     def play(self, max_runs: int, target: float | None, res: ArmResult) -> None:
         root = self.coord.root
 
@@ -235,25 +251,13 @@ class Swarm:
                 res.runs_to_report = len(self.log)
 
         self.rounds.after_end = reached if target is not None else None
-        idle = 0
         while len(self.log) < max_runs:
-            # An agent that stopped itself (its program spent, no other to take) does nothing more,
-            # as in `swarm run`; the others go on.
-            live = [a for a in self.agents if not a._stop.is_set()]
-            if not live:
+            n = self.round()
+            if n is None:
                 break
-            before = len(self.log)
-            self.rounds.play(live)
             res.rounds += 1
-            if len(self.log) == before:
-                # A round without a run (a refused proposal) is not the end: the agent proposes
-                # again, moves on or stops itself. A backend that never trains and never stops
-                # (refusals that all differ) ends the arm after IDLE_ROUNDS such rounds in a row.
-                idle += 1
-                if idle >= IDLE_ROUNDS:
-                    break
+            if not n:
                 continue
-            idle = 0
             if res.first_move_run is None and self.best() != root:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:

@@ -326,6 +326,10 @@ def main(argv=None) -> int:
             print(f"decision lock held per batch: p50 {perf['batch_p50_ms']:.1f} ms, "
                   f"p99 {perf['batch_p99_ms']:.1f} ms, {perf['mean_batch']:.1f} reports+begins per batch "
                   f"-> capacity ~{perf['capacity_per_s']:.0f}/s")
+            print(f"decision work: p50 {perf['record_p50_ms']:.2f} ms a report or begin under the lock; the deciding "
+                  f"thread ran {perf['batch_cpu_share']:.0%} of the time it held the lock, "
+                  f"{perf['slow_batch_cpu_share']:.0%} in the slowest 1% of batches (the rest: waiting for redis, "
+                  f"a core or the interpreter lock)")
         if "gc_collections" in perf:
             c = perf["gc_collections"]
             print(f"garbage collection in the coordinator's process (since it started): {c[2]} full "

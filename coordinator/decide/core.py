@@ -399,7 +399,7 @@ class Coordinator(Judging, Pooling):
         return slot.result
 
     def _run_batch(self) -> list[tuple[str, str]]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         batch = self._group.take()
         try:
             if self._stale:
@@ -429,7 +429,7 @@ class Coordinator(Judging, Pooling):
                     if sl.result is None and sl.error is None and isinstance(sl.record, ExperimentRecord):
                         sl.error = CoordinatorError(f"report {sl.record.experiment_id} was not decided")
                     sl.finish()
-                self.stats.batch_done(len(batch), time.perf_counter() - t0)
+                self.stats.batch_done(len(batch), time.perf_counter() - t0, time.thread_time() - c0)
         if not self._stale:
             self.snapshots.maybe_start()
         return self.refwriter.take()
@@ -545,7 +545,9 @@ class Coordinator(Judging, Pooling):
         """The coordinator's own view of its speed, over the last few thousand reports:
         decision latency (a report's arrival here to its decision, durable in redis: queueing
         behind other decisions included, the caller's transport not), how long each batch held
-        the decision lock and the capacity that implies, and this process's CPU seconds."""
+        the decision lock and the capacity that implies, the work per record and the share of the
+        lock time the deciding thread ran (the rest waits for redis, a core or the interpreter
+        lock), and this process's CPU seconds."""
         return self.stats.summary()
 
     def reconcile_dead_agent(self, agent: str) -> list[str]:

@@ -104,8 +104,10 @@ class PerfStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (records in the batch, seconds holding the decision lock) of recent batches.
-        self.batches: deque[tuple[int, float]] = deque(maxlen=4096)
+        # (records in the batch, seconds holding the decision lock, CPU seconds the deciding
+        # thread ran meanwhile) of recent batches: wall minus CPU is the wait for a core or for
+        # the interpreter lock (the actor's other threads receive the calls arriving meanwhile).
+        self.batches: deque[tuple[int, float, float]] = deque(maxlen=4096)
         # Seconds from a report's arrival to its decision (queue + decision + commit).
         self.latency: deque[float] = deque(maxlen=16384)
         self.gc = GcPauses.install()
@@ -114,9 +116,9 @@ class PerfStats:
         with self._lock:
             self.latency.append(seconds)
 
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, seconds: float, cpu_s: float) -> None:
         with self._lock:
-            self.batches.append((size, seconds))
+            self.batches.append((size, seconds, cpu_s))
 
     def summary(self) -> dict:
         """See Coordinator.perf()."""
@@ -124,11 +126,16 @@ class PerfStats:
             b, lat = list(self.batches), sorted(self.latency)
         if not b:
             return {"batches": 0, "cpu_s": time.process_time(), **self.gc.summary()}
-        secs = sorted(t for _, t in b)
-        n = sum(k for k, _ in b)
+        secs = sorted(t for _, t, _ in b)
+        n = sum(k for k, _, _ in b)
+        slow = sorted(b, key=lambda x: x[1])[-max(1, len(b) // 100):]   # the slowest 1% of batches
         return {"batches": len(b), "records": n, "mean_batch": n / len(b),
                 "cpu_s": time.process_time(),  # this process's CPU time so far
                 "decisions": len(lat), "decision_p50_ms": _pct(lat, 50) * 1000,
                 "decision_p99_ms": _pct(lat, 99) * 1000,
                 "batch_p50_ms": _pct(secs, 50) * 1000, "batch_p99_ms": _pct(secs, 99) * 1000,
-                "capacity_per_s": n / max(sum(secs), 1e-9), **self.gc.summary()}
+                "capacity_per_s": n / max(sum(secs), 1e-9),
+                "record_p50_ms": _pct(sorted(t / k for k, t, _ in b if k), 50) * 1000,
+                "batch_cpu_share": sum(c for *_, c in b) / max(sum(secs), 1e-9),
+                "slow_batch_cpu_share": sum(c for *_, c in slow) / max(sum(t for _, t, _ in slow), 1e-9),
+                **self.gc.summary()}

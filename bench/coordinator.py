@@ -47,7 +47,8 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.decide.core import Coordinator  # noqa: E402
-from coordinator.state.redisd import RedisDaemon, _alive  # noqa: E402
+from coordinator.state.procs import alive  # noqa: E402
+from coordinator.state.redisd import RedisDaemon  # noqa: E402
 from coordinator.state.repo import ResearchRepo  # noqa: E402
 from agents.messages import (Broadcast, ExperimentRecord, PromotionConfig,  # noqa: E402
                              StartedExperiment, new_experiment_id)
@@ -369,7 +370,7 @@ def stop_ray(actors: list, grace: float = 5.0) -> None:
     ray.shutdown()
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if alive(p)]
         time.sleep(0.1)
     for p in pids:
         try:

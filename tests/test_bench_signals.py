@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.state.redisd import _alive
+from coordinator.state.procs import alive
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -37,15 +37,15 @@ def test_a_bench_stopped_by_a_signal_leaves_no_redis_and_no_work_folder(tmp_path
         assert pidfile is not None, "no redis-server pidfile under the bench's work folder"
         redis_pid = int(pidfile.read_text().strip())
         work = pidfile.parent.parent
-        assert _alive(redis_pid)
+        assert alive(redis_pid)
         time.sleep(1.0)   # into its rounds
         os.kill(p.pid, sig)
         out, _ = p.communicate(timeout=60)
         assert p.returncode != 0, out[-2000:]
         deadline = time.time() + 10
-        while _alive(redis_pid) and time.time() < deadline:
+        while alive(redis_pid) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _alive(redis_pid), f"redis-server {redis_pid} outlived the bench"
+        assert not alive(redis_pid), f"redis-server {redis_pid} outlived the bench"
         assert not work.exists(), f"{work} is left behind: {sorted(x.name for x in work.iterdir())}"
     finally:
         if p.poll() is None:
@@ -54,7 +54,7 @@ def test_a_bench_stopped_by_a_signal_leaves_no_redis_and_no_work_folder(tmp_path
         for f in tmp_path.glob("*/redis/redis.pid"):
             try:
                 pid = int(f.read_text().strip())
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
             except (ValueError, OSError):
                 pass

@@ -24,6 +24,27 @@ def test_stop_sees_an_exited_unreaped_run_as_gone(tmp_path):
         p.wait()
 
 
+def test_a_pid_file_whose_pid_another_user_now_holds_is_no_run(tmp_path, monkeypatch):
+    """The pid a `swarm run` wrote down, reused after it died by another user's process (kill(pid,
+    0) answers EPERM): no run, as redisd already judged its server's pid; `swarm run` refused to
+    start ("already running") and `swarm stop` died on the signal it may not send."""
+    import os
+
+    home = SwarmHome(tmp_path / "home")
+    home.root.mkdir(parents=True, exist_ok=True)
+    foreign = 987654
+
+    def kill(pid, sig):
+        if pid == foreign:
+            raise PermissionError(1, "Operation not permitted")
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(os, "kill", kill)
+    home.pidfile.write_text(f"{foreign}\n")
+    assert home.running_pid() is None
+    assert home.stop_run(timeout=3) is False
+
+
 def test_stop_interrupts_a_live_run_and_waits_for_it(tmp_path):
     home = SwarmHome(tmp_path / "home")
     home.root.mkdir(parents=True, exist_ok=True)

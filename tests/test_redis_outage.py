@@ -11,7 +11,8 @@ import pytest
 
 from coordinator.decide.core import Coordinator
 from coordinator.state.ledger import LedgerError, connect_redis
-from coordinator.state.redisd import RedisDaemon, _alive
+from coordinator.state.procs import alive
+from coordinator.state.redisd import RedisDaemon
 from fake_runner import baseline_text
 from agents.messages import PromotionConfig
 
@@ -27,7 +28,7 @@ def test_revive_restarts_a_killed_redis_from_its_aof(tmp_path):
         deadline = time.monotonic() + 10
         # Gone, not just silent: a SIGKILLed process closes its socket before the kernel marks it a
         # zombie, and revive() rightly leaves a process that still runs alone (CI hit that window).
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert d.revive()
         assert d.pid != pid and d.url == url  # same port and password: clients reconnect

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from coordinator.state.procs import alive
 from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class SwarmHome:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def stop_run(self, timeout: float = 120.0) -> bool:
         """SIGINT the running `swarm run` (a clean stop) and wait for it. False: none ran."""
@@ -144,27 +145,10 @@ class SwarmHome:
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 return True
             time.sleep(0.2)
         raise HomeError(f"swarm run (pid {pid}) did not stop within {timeout:.0f}s")
-
-
-def _alive(pid: int) -> bool:
-    """The process runs. A zombie (exited, not yet reaped by its parent: a `swarm run` started by
-    a script that waits for it after `swarm stop`) answers kill(pid, 0) like a live one; `swarm
-    stop` waited its whole timeout on one."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True   # exists, owned by someone else
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True   # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 @contextlib.contextmanager

@@ -16,24 +16,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from coordinator.state.procs import alive
+
 log = logging.getLogger(__name__)
 
 
 class RedisError(RuntimeError):
     """redis-server could not be started or reached."""
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone (a container's init may reap it late)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def free_port() -> int:
@@ -111,7 +100,7 @@ class RedisDaemon:
         """Start the server again from its AOF (same port and password) when the process this
         daemon started has died. Returns True when it did. Raises RedisError if it cannot.
         Only a dead process counts: a slow ping (a big AOF loading) must not start a second one."""
-        if self.pid is None or _alive(self.pid):
+        if self.pid is None or alive(self.pid):
             return False
         log.warning("redis-server (pid %d) is gone; starting it again from its AOF in %s", self.pid, self.dir)
         self.pid = None
@@ -138,7 +127,7 @@ class RedisDaemon:
             pid = int(self.pidfile.read_text().strip())
         except ValueError:
             return False
-        if not _alive(pid):  # a SIGKILLed server leaves its pidfile (and maybe a zombie) behind
+        if not alive(pid):  # a SIGKILLed server leaves its pidfile (and maybe a zombie) behind
             return False
         self.pid = pid
         return self._ping()
@@ -173,6 +162,6 @@ class RedisDaemon:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.02)
         self.pid = None

@@ -62,11 +62,14 @@ class Rounds:
     def _my_end(self, i: int):
         return lambda: self.start_pos >= self.n and self.end_pos < self.n and self.end_order[self.end_pos] == i
 
-    def play(self, agents: list[ResearchAgent]) -> None:
-        self.n = len(agents)
+    def play(self, agents: list[ResearchAgent], which: list[int] | None = None) -> None:
+        """One round of agents[i] for i in `which` (default: all). An agent's gate is keyed by its
+        index in `agents`, so a round of some of them orders those indices."""
+        ids = list(range(len(agents))) if which is None else list(which)
+        self.n = len(ids)
         self.index += 1
-        self.start_order = self.rng.sample(range(self.n), self.n)
-        self.end_order = self.rng.sample(range(self.n), self.n)
+        self.start_order = self.rng.sample(ids, self.n)
+        self.end_order = self.rng.sample(ids, self.n)
         self.start_pos = self.end_pos = 0
         self.ran = set()
 
@@ -88,7 +91,7 @@ class Rounds:
                     self.end_pos += 1
                     self.cv.notify_all()
 
-        threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(self.n)]
+        threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in ids]
         for t in threads:
             t.start()
         for t in threads:
@@ -234,11 +237,11 @@ class Swarm:
         refused proposal) is not the end (the agent proposes again, moves on or stops itself).
         Returns the runs the round trained; None when the swarm is over: no agent going, or
         IDLE_ROUNDS rounds in a row without a run (refusals that all differ, never a stop)."""
-        live = [a for a in self.agents if not a._stop.is_set()]
+        live = [i for i, a in enumerate(self.agents) if not a._stop.is_set()]
         if not live or self.idle >= IDLE_ROUNDS:
             return None
         before = len(self.log)
-        self.rounds.play(live)
+        self.rounds.play(self.agents, live)
         n = len(self.log) - before
         self.idle = 0 if n else self.idle + 1
         return n

@@ -131,3 +131,28 @@ def test_an_arm_ends_when_its_agents_stop_not_at_the_first_round_that_trained_no
     s.finish(r)
     assert r.runs >= 200 or agent._stop.is_set(), (r.runs, len(refusals), agent.stop_reason)
     assert r.runs >= 200 or len(refusals) >= SAME_FAILURE_STOP, (r.runs, len(refusals))
+
+
+def test_a_swarm_goes_on_with_the_agents_that_have_not_stopped(tmp_path, redis_url):
+    """Two agents, static: the one on a one-knob program stops itself when the program is spent;
+    the rounds go on with the other (each agent's gate in the round is keyed by its index among
+    all the swarm's agents: a round of the live ones alone once waited forever for the stopped)."""
+    import threading
+
+    from agents.messages import PromotionConfig
+    from bench.research import make_landscape
+    from bench.swarmsim import ArmResult, Swarm
+
+    land = make_landscape("real")
+    s = Swarm(tmp_path / "two", redis_url, "two-0", land, ["schedule", "baseline"], 0,
+              PromotionConfig(min_dof=2), {"*": "mutate"})
+    r = ArmResult("swarm")
+    t = threading.Thread(target=s.play, args=(160, None, r), daemon=True)
+    t.start()
+    t.join(timeout=300)
+    assert not t.is_alive(), "the rounds hung once an agent had stopped"
+    first, second = s.agents
+    assert first._stop.is_set() and not second._stop.is_set(), (first.stop_reason, second.stop_reason)
+    stopped_at = max(i for i, (agent, *_) in enumerate(s.log.runs) if agent == "a0")
+    assert any(agent == "a1" for agent, *_ in s.log.runs[stopped_at + 1:]), r.runs
+    s.finish(r)

@@ -12,6 +12,10 @@ does one iteration of its loop, all of them start from the same state (the fake 
 each one until every agent of the round has started), and their reports reach the coordinator
 in a random order drawn from the seed; so a run of the bench is reproducible.
 
+An agent that stops itself (its program spent, five alike refusals, no other program to take)
+plays no more rounds, as in `swarm run`; an arm ends at its runs, or when every agent of it has
+stopped (a lone agent's spent program leaves its runs unused: that is the cost of not sharing).
+
 Arms, at an equal number of training runs (baseline, confirm and verify runs included):
   swarm        N agents, several programs, one coordinator, default adopt rules
   independent  N agents sharing nothing but the noise knowledge (each its own coordinator and

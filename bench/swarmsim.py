@@ -12,6 +12,7 @@ import math
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,9 @@ REASONS = ("pending", "did-not-stack", "carried")
 
 
 # --- rounds: concurrent iterations in a reproducible order ------------------------------------
+ROUND_TIMEOUT_S = 600.0   # a round is simulated time: seconds of CPU at most, never minutes
+
+
 class Rounds:
     """Plays rounds of agent iterations. Each agent's iteration runs in its own thread; the
     threads enter the loop one at a time (start order) up to the runner, wait there until all
@@ -49,6 +53,7 @@ class Rounds:
         self.ran: set[int] = set()
         self.errors: list[BaseException] = []
         self.after_end: Callable[[], None] | None = None  # after each agent's report, in end order
+        self.timeout = ROUND_TIMEOUT_S
 
     def gate(self, i: int):
         def wait() -> None:
@@ -72,15 +77,18 @@ class Rounds:
         self.end_order = self.rng.sample(ids, self.n)
         self.start_pos = self.end_pos = 0
         self.ran = set()
+        busy: set[int] = set()   # agents inside their iteration (not waiting for a turn)
 
         def body(i: int) -> None:
             with self.cv:
                 self.cv.wait_for(lambda: self.start_pos < self.n and self.start_order[self.start_pos] == i)
             try:
+                busy.add(i)
                 agents[i]._iteration()
             except BaseException as e:  # a bench bug: surface it after the round
                 self.errors.append(e)
             finally:
+                busy.discard(i)
                 with self.cv:
                     if i not in self.ran:  # ended without training: give the start turn on
                         self.start_pos += 1
@@ -94,8 +102,15 @@ class Rounds:
         threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in ids]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + self.timeout
         for t in threads:
-            t.join()
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [i for i, t in zip(ids, threads) if t.is_alive()]
+        if stuck:   # the threads are daemons: they go with the process
+            inside = sorted(busy)
+            raise RuntimeError(f"round {self.index} did not finish in {self.timeout:g} s: agent(s) {inside} inside "
+                               f"their iteration, {len(stuck) - len(inside)} more waiting for a turn (a bench bug, "
+                               f"or a gate keyed by another index than the agent's among all the agents)")
         if self.errors:
             raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
 

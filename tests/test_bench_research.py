@@ -156,3 +156,36 @@ def test_a_swarm_goes_on_with_the_agents_that_have_not_stopped(tmp_path, redis_u
     stopped_at = max(i for i, (agent, *_) in enumerate(s.log.runs) if agent == "a0")
     assert any(agent == "a1" for agent, *_ in s.log.runs[stopped_at + 1:]), r.runs
     s.finish(r)
+
+
+def test_a_round_that_cannot_finish_is_an_error_naming_the_agents_not_a_hang():
+    """A bench bug that leaves an agent waiting in its round (e.g. a gate keyed wrongly, as
+    3e57d9b's was) ends the arm with one line naming the agents still in the round, after the
+    round's time limit, instead of waiting forever."""
+    import random
+    import threading
+    import time
+
+    from bench.swarmsim import Rounds
+
+    class Stuck:
+        def __init__(self, release: threading.Event):
+            self.release = release
+
+        def _iteration(self):
+            self.release.wait(30)
+
+    class Quick:
+        def _iteration(self):
+            pass
+
+    release = threading.Event()
+    rounds = Rounds(random.Random(0))
+    rounds.timeout = 1.0
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match=r"round 0 did not finish .*agent\(s\) \[1\]"):
+            rounds.play([Quick(), Stuck(release), Quick()])
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 20

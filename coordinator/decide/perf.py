@@ -105,8 +105,8 @@ class PerfStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # (records in the batch, seconds holding the decision lock, CPU seconds the deciding
-        # thread ran meanwhile) of recent batches: wall minus CPU is the wait for a core or for
-        # the interpreter lock (the actor's other threads receive the calls arriving meanwhile).
+        # thread ran meanwhile) of recent batches: wall minus CPU is waiting, for redis's reply, a
+        # core or the interpreter lock (the actor's other threads receive the calls arriving meanwhile).
         self.batches: deque[tuple[int, float, float]] = deque(maxlen=4096)
         # Seconds from a report's arrival to its decision (queue + decision + commit).
         self.latency: deque[float] = deque(maxlen=16384)

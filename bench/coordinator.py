@@ -246,6 +246,7 @@ def main(argv=None) -> int:
     daemon = RedisDaemon(tmp / "redis", fsync=args.fsync).start()
     hosts: list = []
     actors: list = []   # Ray actors started here (the coordinator, the hosts): stopped at the end
+    ray_tmp: Path | None = None
     try:
         cfg = PromotionConfig(sigma_prior=0.004)
         repo_path = str(tmp / "home" / "repo.git")
@@ -260,8 +261,10 @@ def main(argv=None) -> int:
             import ray
             from agents.raylocal import start_local_ray
             from coordinator.decide.actor import coordinator_actor
-            start_local_ray(num_cpus=2, object_store_mb=200,
-                            temp_dir=Path(tempfile.mkdtemp(prefix="rb", dir="/tmp")))
+            # a short path of its own (Ray's socket paths must fit AF_UNIX's 107 bytes); removed
+            # at the end with the rest (every run used to leave its Ray session's logs in /tmp)
+            ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
+            start_local_ray(num_cpus=2, object_store_mb=200, temp_dir=ray_tmp)
             extra = {} if args.concurrency is None else {"max_concurrency": args.concurrency}
             handle = coordinator_actor(tmp / "home", daemon.url, cfg, "bench", baseline(), **extra)
             actors.append(handle)
@@ -353,6 +356,8 @@ def main(argv=None) -> int:
             stop_ray(actors)
         daemon.stop(kill=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        if ray_tmp is not None:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def stop_ray(actors: list, grace: float = 5.0) -> None:

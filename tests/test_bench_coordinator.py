@@ -19,7 +19,10 @@ LINE = re.compile(r"^agents=(\d+) decisions_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\
 @pytest.mark.parametrize("mode", [["--in-process"], ["--hosts", "2"]], ids=["in-process", "ray"])
 def test_bench_runs_and_prints_its_summary(mode, tmp_path):
     mark = f"bench-{uuid.uuid4().hex}"   # every process the bench starts inherits it
-    env = {**os.environ, "SWARM_TEST_MARK": mark}
+    work = tmp_path / "tmp"   # the bench's own folder (redis, repos) goes here, its Ray session's in /tmp/rb*
+    work.mkdir()
+    env = {**os.environ, "SWARM_TEST_MARK": mark, "TMPDIR": str(work)}
+    before = set(Path("/tmp").glob("rb*"))
     p = subprocess.run([sys.executable, str(BENCH), "--agents", "8", "--seconds", "3", *mode],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     left = _survivors(mark)
@@ -32,6 +35,11 @@ def test_bench_runs_and_prints_its_summary(mode, tmp_path):
     # the bench stops what it started: no Ray worker (an agent host, the coordinator actor), no
     # raylet or redis-server of its run outlives it
     assert not left, f"processes of the bench outlived it: {left}"
+    # nor its folders: its redis and repos, its Ray session's logs and sockets
+    # (/tmp/rb* only for the Ray case: under xdist the other case may run beside this one)
+    new_rb = set(Path("/tmp").glob("rb*")) - before if "--in-process" not in mode else set()
+    left_dirs = sorted(map(str, new_rb | set(work.iterdir())))
+    assert not left_dirs, f"the bench left {left_dirs}"
 
 
 def _survivors(mark: str, grace: float = 10.0) -> list[str]:

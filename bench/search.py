@@ -46,6 +46,7 @@ from agents.backends.optuna import OptunaBackend, OptunaSpec  # noqa: E402
 from agents.errors import InvalidEdit  # noqa: E402
 from agents.messages import ExperimentRecord, PromotionConfig  # noqa: E402
 from agents.program import load_program  # noqa: E402
+from bench.signals import remove_work  # noqa: E402
 from coordinator.decide.rules import NoisePool, Samples, judge  # noqa: E402
 from coordinator.run.config import shipped_programs_dir  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -352,6 +353,7 @@ def main(argv=None) -> int:
     finally:
         client.close()
         daemon.stop()
+        remove_work(tmp)   # its redis folder (every run left one in /tmp)
     base = true_bpb_of(baseline_source())
     print(f"\n{args.landscape} landscape, {args.agents} agents, {args.seeds} seeds; noise sigma "
           f"{sigma:.4f}; baseline true val_bpb {base:.4f}, optimum {optimum:.4f}")

@@ -19,9 +19,15 @@ def test_landscape_and_merge():
                     .replace("DEPTH = 8 if CUDA else 4", "DEPTH = 8 if CUDA else 10")) is None
 
 
-def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys):
+def test_bench_runs_every_method_at_equal_runs(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
     out = tmp_path / "search.json"
     assert main(["--seeds", "1", "--runs", "14", "--at", "7", "--agents", "3", "--out", str(out)]) == 0
+    assert not list(work.iterdir())   # its redis folder removed
     d = json.loads(out.read_text())
     # --at 7: the same swarms' state after their first 7 runs, each trace's prefix
     for r7 in d["at"]["7"]:

@@ -66,6 +66,15 @@ class _NodeAgent(ResearchAgent):
         _log_to_home(cfg)
         super().__init__(cfg, RayCoordinator(coordinator_handle, cfg.state_dir / "spool"), **kw)
 
+    def run(self, *args, **kwargs) -> dict:
+        """ResearchAgent.run; then this process's evaluators stop and their folders go: Ray ends
+        an actor's process without its atexit (one agent per process, so nothing else uses them)."""
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            from trainer.evaluator import close_all
+            close_all()
+
 
 class _GpuAgent(_NodeAgent):
     """ResearchAgent that gives its runs the GPU Ray assigned to this actor."""

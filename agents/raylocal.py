@@ -5,6 +5,7 @@ metadata address; a local swarm needs neither. Used by the CLI and by the tests.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,26 @@ def loopback_environment(home: Path) -> dict[str, str]:
     return dict(LOOPBACK_ENV)
 
 
+# The folder that holds this package (agents/, coordinator/, trainer/): an editable install's
+# checkout, or site-packages.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def _from_package_root():
+    """Run ray.init from PACKAGE_ROOT. Ray puts the driver's working directory at ray.init first on
+    every worker's sys.path (and a local node's workers start there): `swarm run` started in a
+    research project with a folder named `agents` or `trainer` made the workers import that folder
+    instead of this package (tests/test_ray_code.py). From here, they import the code the driver
+    runs. The driver's own working directory is back when ray.init returns."""
+    before = os.getcwd()
+    os.chdir(PACKAGE_ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
                     object_store_mb: int = 256, temp_dir: Path | None = None,
                     address: str | None = None, resources: dict[str, float] | None = None,
@@ -63,9 +84,10 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         return
     if address:
         try:
-            ray.init(address=address, log_to_driver=False,
-                     logging_level=logging.WARNING if quiet else logging.INFO,
-                     runtime_env=_driver_runtime_env())
+            with _from_package_root():
+                ray.init(address=address, log_to_driver=False,
+                         logging_level=logging.WARNING if quiet else logging.INFO,
+                         runtime_env=_driver_runtime_env())
         except Exception as e:  # ray raises several types here; the user needs one line
             raise ConnectionError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from e
         return
@@ -76,15 +98,16 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     kwargs = {}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["_temp_dir"] = str(temp_dir)
+        kwargs["_temp_dir"] = str(Path(temp_dir).resolve())   # before ray.init moves to PACKAGE_ROOT
     if quiet:
         logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     # address="local": always a new private cluster, never one another process started.
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-             include_dashboard=False,
-             object_store_memory=object_store_mb * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False,
-             logging_level=logging.WARNING if quiet else logging.INFO, **kwargs)
+    with _from_package_root():
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                 include_dashboard=False,
+                 object_store_memory=object_store_mb * 1024 * 1024,
+                 _node_ip_address="127.0.0.1", log_to_driver=False,
+                 logging_level=logging.WARNING if quiet else logging.INFO, **kwargs)
     log.info("started a local Ray with %d CPUs on 127.0.0.1", num_cpus)
 
 

@@ -40,6 +40,7 @@ SLOW_MODULES = {
     "test_runner_contract": "the real runner against its fake",
     "test_chaos": "kills processes of a loaded swarm at random",
     "test_multinode": "head and worker Ray nodes",
+    "test_ray_code": "starts a Ray in a driver of its own",
     "test_bench_coordinator": "runs the coordinator bench (one arm on Ray)",
     "test_bench_research": "runs the research bench (162 s here)",
     "test_bench_search": "runs the search bench",

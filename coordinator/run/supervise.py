@@ -185,7 +185,7 @@ class Supervisor:
                 # The optuna backend keeps its study on this redis; Ray's workers inherit the
                 # variable (the runner scrubs SWARM_REDIS* from train.py's environment).
                 os.environ["SWARM_REDIS_URL"] = url
-            self.data_dir = self._data_dir()
+            self.data_dir = self._data_dir().resolve()   # absolute: the workers do not start where we did
             os.environ["SWARM_DATA_DIR"] = str(self.data_dir)
             self._ray()
             from coordinator.decide.actor import coordinator_actor

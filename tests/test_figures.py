@@ -210,6 +210,24 @@ def test_the_end_of_a_run_says_why_nothing_moved():
             "dof from 3 earlier swarm(s)).") in text
 
 
+def test_the_end_of_a_run_says_why_nothing_moved_before_any_margin_was_set():
+    """A short swarm whose judgements all ended pending (sigma from the prior, best on one sample)
+    recorded no margin: the summary said which results looked better and stopped there, with no
+    word of the bar (seen in a real swarm of the slow tier)."""
+    rows = baseline_round(n=1) + [
+        row(f"e{i}", agent=f"a{i % 2}", commit=f"c{i + 1}", description=f"change {i}", val_bpb=2.45 - gap,
+            decision="pending", best_before="c0", mean=2.45 - gap, delta_best=gap, samples_best=1,
+            sigma=0.005, dof=0, decided_at=400.0 + i, finished_at=400.0 + i)
+        for i, gap in enumerate((0.0456, 0.01, 0.02))]
+    data = live.gather(None, "s", rows, running=False)
+    text = " ".join(live.summary(rows, data).split())
+    assert "best [cpu] did not move: it is still the baseline" in text
+    assert "3 of 3 judged experiments looked better but stayed unproven; the closest was" in text
+    assert "A result must beat best by the margin" not in text
+    assert ("No margin was set yet: the noise estimate rests on 0 degrees of freedom and best on 1 sample; "
+            "a result moves best once the runs of best and of it give its test enough evidence") in text
+
+
 def test_the_end_of_a_run_lists_each_move_and_agrees_with_the_last_frame(synthetic):
     rows = synthetic.rows
     data = live.gather(None, "s", rows, running=False)

@@ -339,8 +339,9 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
                        f"than the baseline by {-d:.4f}-{-worst:.4f}; the closest was {_quote(closest)} "
                        f"({d:+.4f}).")
         else:
+            bar = "inside the margin" if b.get("margin") is not None else "unproven"
             out.append(f"  {len(better)} of {len(judged)} judged experiments looked better but stayed "
-                       f"inside the margin; the closest was {_quote(closest)} ({d:+.4f})"
+                       f"{bar}; the closest was {_quote(closest)} ({d:+.4f})"
                        + (f"; {pending} still pending a confirmation." if pending else "."))
     if failed or invalid:
         out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained.")
@@ -349,6 +350,11 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
         ratio = f", {m / s:.1f} x the noise sigma {s:.4f}" if s else ""
         out.append(f"  A result must beat best by the margin ({m:.4f} at the last decision{ratio}) "
                    f"to move it.")
+    elif judged:
+        # every judgement so far ended pending or discarded before a margin could be set
+        out.append(f"  No margin was set yet: the noise estimate rests on {b.get('dof') or 0} degrees of "
+                   f"freedom and best on {_n(b.get('samples') or 0, 'sample')}; a result moves best once "
+                   f"the runs of best and of it give its test enough evidence (`swarm run` here resumes).")
     return out
 
 

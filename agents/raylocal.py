@@ -44,23 +44,12 @@ def loopback_environment(home: Path) -> dict[str, str]:
 
 
 # The folder that holds this package (agents/, coordinator/, trainer/): an editable install's
-# checkout, or site-packages.
+# checkout, or site-packages. ray.init runs from here: Ray puts the driver's working directory at
+# ray.init first on every worker's sys.path (and a local node's workers start there), so `swarm run`
+# started in a research project with a folder named `agents` or `trainer` made the workers import
+# that folder instead of this package (tests/test_ray_code.py). From here, they import the code the
+# driver runs; contextlib.chdir gives the driver its own working directory back.
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def _from_package_root():
-    """Run ray.init from PACKAGE_ROOT. Ray puts the driver's working directory at ray.init first on
-    every worker's sys.path (and a local node's workers start there): `swarm run` started in a
-    research project with a folder named `agents` or `trainer` made the workers import that folder
-    instead of this package (tests/test_ray_code.py). From here, they import the code the driver
-    runs. The driver's own working directory is back when ray.init returns."""
-    before = os.getcwd()
-    os.chdir(PACKAGE_ROOT)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
@@ -84,7 +73,7 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
         return
     if address:
         try:
-            with _from_package_root():
+            with contextlib.chdir(PACKAGE_ROOT):
                 ray.init(address=address, log_to_driver=False,
                          logging_level=logging.WARNING if quiet else logging.INFO,
                          runtime_env=_driver_runtime_env())
@@ -98,11 +87,11 @@ def start_local_ray(num_cpus: int, *, num_gpus: int | None = None,
     kwargs = {}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["_temp_dir"] = str(Path(temp_dir).resolve())   # before ray.init moves to PACKAGE_ROOT
+        kwargs["_temp_dir"] = str(temp_dir.resolve())   # before ray.init moves to PACKAGE_ROOT
     if quiet:
         logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     # address="local": always a new private cluster, never one another process started.
-    with _from_package_root():
+    with contextlib.chdir(PACKAGE_ROOT):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                  include_dashboard=False,
                  object_store_memory=object_store_mb * 1024 * 1024,

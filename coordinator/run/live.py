@@ -316,6 +316,7 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
     failed = sum(1 for r in exps if figures.outcome(r) == "failed")
     invalid = sum(1 for r in exps if figures.outcome(r) == "invalid")
     pending = sum(1 for r in exps if figures.outcome(r) == "pending")
+    m, s = b.get("margin"), b.get("sigma")
     out = [f"best [{hw}] did not move: it is still the baseline, {_fmt(b.get('val_bpb'))} "
            f"({b.get('samples') or 0} samples)."]
     cls = [r for r in rows if (r.get("hardware_class") or "") == hw]
@@ -339,13 +340,12 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
                        f"than the baseline by {-d:.4f}-{-worst:.4f}; the closest was {_quote(closest)} "
                        f"({d:+.4f}).")
         else:
-            bar = "inside the margin" if b.get("margin") is not None else "unproven"
+            bar = "inside the margin" if m is not None else "unproven"
             out.append(f"  {len(better)} of {len(judged)} judged experiments looked better but stayed "
                        f"{bar}; the closest was {_quote(closest)} ({d:+.4f})"
                        + (f"; {pending} still pending a confirmation." if pending else "."))
     if failed or invalid:
         out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained.")
-    m, s = b.get("margin"), b.get("sigma")
     if m is not None:
         ratio = f", {m / s:.1f} x the noise sigma {s:.4f}" if s else ""
         out.append(f"  A result must beat best by the margin ({m:.4f} at the last decision{ratio}) "

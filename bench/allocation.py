@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import re
 import statistics
@@ -175,7 +176,7 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     # emptied between arms (main).
     sid = f"{scenario}-{seed}"
     hist = history_file(work / f"{sid}-{mode}-history.json", land, 24, random.Random(seed))
-    programs = land.oracle_for(AGENTS, alloc["min_agents"]) if mode == "oracle" else land.programs_for(AGENTS)
+    programs = land.oracle_for(AGENTS, _oracle_floor(alloc)) if mode == "oracle" else land.programs_for(AGENTS)
     backends = backends or {"*": "mutate"}
     s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, programs, seed, PromotionConfig(),
               backends, history=hist)
@@ -191,7 +192,7 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     useful = land.useful()
     for r in range(1, max_rounds + 1):
         if late and r == int(mode.split("@")[1]) + 1:
-            _move_to(s, land.oracle_for(AGENTS, alloc["min_agents"]))
+            _move_to(s, land.oracle_for(AGENTS, _oracle_floor(alloc)))
         if s.round() is None:
             break   # every agent stopped
         arm.rounds = r
@@ -212,6 +213,11 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
         arm.late_share = (ys[LATE]["hours"] - paid_at[0]) / total if total > 0 else None
     s.coord.flush_refs()
     return arm
+
+
+def _oracle_floor(alloc: dict) -> int:
+    """The oracle's floor: the whole agents of the floor (a fractional one's visits aside)."""
+    return math.floor(alloc.get("min_agents", AllocationConfig().min_agents))
 
 
 def _move_to(s: Swarm, target: list[str]) -> None:
@@ -251,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
-    ap.add_argument("--min-agents", type=int, default=1)
+    ap.add_argument("--min-agents", type=float, default=None,
+                    help="AllocationConfig.min_agents (default: the config's); a fraction time-shares")
     ap.add_argument("--backend", action="append", default=[], metavar="[PROGRAM=]TYPE",
                     help="proposal backend, for every program or one (repeatable; default mutate; "
                          "auto: what swarm run makes of it offline on one node, per program)")
@@ -275,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
-    alloc = {"min_agents": a.min_agents}   # the rest: the config's defaults unless given
-    for key in ("dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
+    alloc = {}   # the config's defaults unless given
+    for key in ("min_agents", "dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
         if getattr(a, key) is not None:
             alloc[key] = getattr(a, key)
     backends = parse_backends(a.backend)
@@ -327,13 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                 if key:
                     line[key] = f"{r.value:.2f}"
         if any(k[0] == "late_bloomer" for k in res):
+            floor = alloc.get("min_agents", AllocationConfig().min_agents)
             for mode in [m for m in ("static", "adaptive") if ("late_bloomer", m) in res]:
                 shares = [x.late_share for x in res[("late_bloomer", mode)] if x.late_share is not None]
                 n = len(res[("late_bloomer", mode)])
                 m = statistics.mean(shares) if shares else float("nan")
                 print(f"late_bloomer {mode}: late's share of device-hours after it paid {m:.3f} "
-                      f"({len(shares)}/{n} seeds where it paid; floor {a.min_agents}/{AGENTS} = "
-                      f"{a.min_agents / AGENTS:.3f})")
+                      f"({len(shares)}/{n} seeds where it paid; floor {floor:g}/{AGENTS} = "
+                      f"{floor / AGENTS:.3f})")
                 if mode == "adaptive":
                     line["late_bloomer_share"] = f"{m:.3f}"
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)

@@ -123,6 +123,73 @@ def test_a_starved_program_takes_the_next_free_agent(ledger):
     assert "below the floor" in history(ledger)[-1]["reason"]
 
 
+def test_a_fractional_floor_time_shares_one_agent_among_the_programs_below_one(ledger):
+    """min_agents 0.5: a program may be left with no agent, and gets one back for a visit of
+    dwell_runs runs whenever its share of the swarm's last runs falls under half an agent's; a
+    floor of 1 would hold an agent on each of barren and third all night."""
+    a = Allocation.configure(ledger, spec(min_agents=0.5, dwell_runs=2))
+    agents = {"a0": "barren", "a1": "barren", "a2": "good", "a3": "third"}
+    seen, runs = [], []
+    for _ in range(40):   # rounds: one run per agent, then each asks at its boundary
+        for ag in list(agents):
+            run(ledger, ag, agents[ag], moved=0.01 if agents[ag] == "good" else None)
+            runs.append(agents[ag])
+        for ag in list(agents):
+            got = a.assign(ag, agents[ag])
+            if got is not None:
+                agents[ag] = got.name
+        seen.append(dict(a._counts()))
+    late = seen[10:]
+    # the time-share: barren and third are each left with no agent for whole rounds ...
+    assert any(c["barren"] == 0 for c in late) and any(c["third"] == 0 for c in late)
+    # ... and visited again, so neither goes a long stretch unexplored
+    assert all("barren" in runs[i:i + 24] and "third" in runs[i:i + 24] for i in range(40, len(runs) - 24, 4))
+    visits = [m for m in history(ledger) if m["program"] in ("barren", "third") and m["previous"] == "good"]
+    assert visits and all("floor of 0.5" in m["reason"] for m in visits)
+    # over the last 30 rounds each gets at least half the floor's device share (0.5 of 4 agents),
+    # and good, the one that moves best, holds more agents than the floor of 1 would leave it (2)
+    tail = runs[-120:]
+    for prog in ("barren", "third"):
+        assert tail.count(prog) / len(tail) >= 0.5 * 0.5 / 4
+    assert tail.count("good") / len(tail) > 2 / 4
+
+
+@pytest.mark.parametrize("floor", [1, 0.5])
+def test_more_programs_than_agents_take_turns_under_a_fractional_floor(ledger, floor):
+    """Six programs, two agents: a floor of 1 cannot be met, and the four programs without an
+    agent at the start never run; half an agent's floor visits every one of them in turn."""
+    names = [f"p{i}" for i in range(6)]
+    a = Allocation.configure(ledger, AllocationSpec(
+        config=AllocationConfig(mode="adaptive", seed=1, min_agents=floor, dwell_runs=2),
+        programs=[ProgramSpec(name=n, text=f"# {n}\n") for n in names]))
+    agents = {"a0": "p0", "a1": "p1"}
+    ran = []
+    for _ in range(60):
+        for ag in agents:
+            run(ledger, ag, agents[ag])
+            ran.append(agents[ag])
+        for ag in agents:
+            got = a.assign(ag, agents[ag])
+            if got is not None:
+                agents[ag] = got.name
+    if floor == 1:
+        assert set(ran) == {"p0", "p1"}
+    else:
+        assert all(ran.count(n) >= 0.5 * len(ran) / len(names) for n in names), {n: ran.count(n) for n in names}
+
+
+def test_a_whole_floor_holds_as_before_and_bad_floors_say_why(ledger):
+    a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=1))
+    for _ in range(12):
+        run(ledger, "g", "good", moved=0.02)
+        run(ledger, "b0", "barren")
+        run(ledger, "t0", "third")
+    for _ in range(10):
+        assert a.assign("b0", "barren") is None   # the only agent of barren: never leaves
+    with pytest.raises(ValueError, match="min_agents"):
+        AllocationConfig(min_agents=-0.5)
+
+
 def test_a_pool_shares_its_gain_between_programs(ledger):
     a = Allocation.configure(ledger, spec())
     member = run(ledger, "a1", "third")
@@ -219,14 +286,14 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     from coordinator.run.config import ConfigError, parse_config, resolve_program
     from coordinator.run.swarm import _allocation_spec
 
-    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0, "inert_prior": 0.5},
+    data = {"backend": {"type": "mutate"}, "allocation": {"mode": "adaptive", "min_agents": 0.5, "inert_prior": 0.5},
             "programs": [{"name": "optimizer", "weight": 2}, {"name": "architecture", "pin": True},
                          {"name": "explore", "adopt": "always"}]}
     cfg = parse_config(data, "swarm.yaml", env={})
     paths = [resolve_program(e, tmp_path) for e in cfg.programs]
     specs = [{"program_name": "optimizer", "backend": {"type": "mutate"}}]
     got = AllocationSpec.model_validate(_allocation_spec(cfg, paths, specs, None))
-    assert got.config.mode == "adaptive" and got.config.min_agents == 0 and got.config.inert_prior == 0.5
+    assert got.config.mode == "adaptive" and got.config.min_agents == 0.5 and got.config.inert_prior == 0.5
     by = {p.name: p for p in got.programs}
     assert by["optimizer"].weight == 2 and by["architecture"].pinned and by["explore"].adopt == "always"
     assert by["explore"].backend["type"] == "mutate" and by["optimizer"].text == paths[0].read_text()

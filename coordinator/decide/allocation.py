@@ -48,7 +48,8 @@ rounds (10 of 12 censored at 30) against static's 21.83 and p_best's 20.67, so p
 default (bench/results/allocation-2026-12-05.txt).
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
-would fall below it, and a program below it takes the next free agent), a minimum dwell (an agent
+would fall below it, and a program below it takes the next free agent; a fraction time-shares,
+see `_window`), a minimum dwell (an agent
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
 moved, and none are moved into it). A program an agent's backend refused (mutate's search space
 exhausted, a model refusing alike five times) is spent: the agent leaves it at once, dwell and
@@ -70,6 +71,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,6 +97,8 @@ MOVED = ("promote", "merge", "simplification")
 # mostly trading places among unproven programs and from paying programs back to barren ones.
 SLACK = 0.25
 MIN_GAP = 0.5
+# Runs kept for a fractional floor's window (Allocation._window): 2 x dwell_runs x agents of them.
+RECENT = 1 << 16
 # Joint draws per question: P(best) to about +-0.015, a few ms for four programs.
 DRAWS = 1024
 # A draw in which a program is inert scales its rate by this: it can win only when every program
@@ -109,7 +113,11 @@ class _M(BaseModel):
 class AllocationConfig(_M):
     """swarm.yaml's `allocation:` (coordinator/run/swarm.default.yaml documents each key)."""
     mode: Literal["static", "adaptive"] = "adaptive"
-    min_agents: int = Field(default=1, ge=0)    # floor per program
+    # Floor per program, in agents. Whole: an agent never leaves a program that would fall below it.
+    # A fraction: the program's agents time-share (see Allocation._owed): 0.5 lets a program be
+    # left with no agent and brings one back for a visit of dwell_runs runs whenever its share of
+    # the swarm's recent device-hours falls under half an agent's.
+    min_agents: float = Field(default=1, ge=0)
     # Runs on a program before an agent may move: with share p_best, 6 rather than 3 cut the moves
     # on the allocation bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the
     # target unchanged (bench/results/allocation-2026-12-03.txt); share active, which moves an
@@ -210,6 +218,7 @@ class Allocation:
         self._z: dict[str, float] = {}           # experiment id -> its change's effect, in sds
         self.history: list[Assignment] = []
         self.spent: set[str] = set()             # programs an agent's backend refused since best moved
+        self._recent: deque[tuple[str, float]] = deque(maxlen=RECENT)  # (program, seconds) of the last runs
         self._follow()
 
     # -- persistence -------------------------------------------------------------------------
@@ -252,6 +261,7 @@ class Allocation:
             self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
             if rec.program in self.hours:
                 self.hours[rec.program] += _seconds(rec) / 3600.0
+            self._recent.append((rec.program, _seconds(rec)))
         elif typ == "decision" and id not in self._credited:
             d = Decision.model_validate_json(js)
             if d.decision == "pending" and d.merge_commit is None and (d.delta or 0.0) > 0:
@@ -406,15 +416,19 @@ class Allocation:
             if runs - self.moved_at.get(agent, 0) < self.cfg.dwell_runs:
                 return None
             counts = self._counts()
-            if counts[program] - 1 < self.cfg.min_agents:
+            floor, whole = self.cfg.min_agents, math.floor(self.cfg.min_agents)
+            if counts[program] - 1 < whole:
                 return None
+            recent = self._window() if floor > whole else {}
+            if floor > whole and counts[program] - 1 < floor and recent[program] < floor:
+                return None   # a visit to a time-shared program lasts until its share is back up
             # a program some agent's backend refused (its space exhausted, its model refusing) is
             # spent: no agent is moved into it, by floor or share; those on it stay
             free = [n for n, p in self.programs.items() if not p.pinned and (n not in self.spent or n == program)]
-            starved = [n for n in free if counts[n] < self.cfg.min_agents and n not in self.spent]
+            starved = [n for n in free if n not in self.spent and self._starved(n, counts, recent)]
             if starved:
-                to = min(starved, key=lambda n: (counts[n], n))
-                reason = f"{to} has {counts[to]} agent(s), below the floor of {self.cfg.min_agents}"
+                to = min(starved, key=lambda n: (counts[n], recent.get(n, 0.0), n))
+                reason = self._why_starved(to, counts, recent)
             else:
                 target, p_best, inert = self._targets(free, counts)
                 surplus = counts[program] - target[program]
@@ -450,7 +464,8 @@ class Allocation:
         if not open_:
             return None
         counts = self._counts()
-        starved = [n for n in open_ if counts[n] < self.cfg.min_agents]
+        recent = self._window() if self.cfg.min_agents > math.floor(self.cfg.min_agents) else {}
+        starved = [n for n in open_ if self._starved(n, counts, recent)]
         if starved:
             to = min(starved, key=lambda n: (counts[n], n))
         else:
@@ -462,6 +477,43 @@ class Allocation:
         self._follow()
         log.info("allocation: %s leaves %s for %s: %s", agent, program, to, a.reason)
         return self.programs[to]
+
+    def _starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> bool:
+        """Below its floor: fewer agents than the floor's whole part, or (a fractional floor) no
+        more than that and a recent share under the floor (`_window`)."""
+        floor = self.cfg.min_agents
+        whole = math.floor(floor)
+        return counts[n] < whole or (floor > whole and counts[n] <= whole and recent[n] < floor)
+
+    def _why_starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> str:
+        if counts[n] < math.floor(self.cfg.min_agents) or n not in recent:
+            return f"{n} has {counts[n]} agent(s), below the floor of {self.cfg.min_agents:g}"
+        return (f"{n} had {recent[n]:.2f} agents on average over the swarm's last "
+                f"{self._window_runs()} runs, below its floor of {self.cfg.min_agents:g}")
+
+    def _window_runs(self) -> int:
+        return min(2 * self.cfg.dwell_runs * max(len(self.program_of), 1), RECENT)
+
+    def _window(self) -> dict[str, float]:
+        """A fractional floor's measure: each program's agents on average over the swarm's last
+        2 x dwell_runs x agents runs (its share of their device-seconds, times the agents; by
+        runs when none of them trained). With a floor of 0.5 a visit of dwell_runs runs every
+        such window keeps a program at its floor: one agent time-shares two such programs.
+        Why a window and not the night's share: a program given up early would go unvisited for
+        as long as its first hours held its share up."""
+        w = self._window_runs()
+        last = list(self._recent)[-w:]
+        agents = max(len(self.program_of), 1)
+        secs = {n: 0.0 for n in self.programs}
+        runs = {n: 0 for n in self.programs}
+        for prog, sec in last:
+            if prog in secs:
+                secs[prog] += sec
+                runs[prog] += 1
+        total = sum(sec for _p, sec in last)
+        if total > 0:
+            return {n: agents * secs[n] / total for n in self.programs}
+        return {n: agents * runs[n] / len(last) if last else float(agents) for n in self.programs}
 
     def yields(self) -> list[ProgramYield]:
         """Each program's agents, yield (bpb of best's gain per device-hour, with the

@@ -215,9 +215,14 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     return arm
 
 
+def _floor(alloc: dict) -> float:
+    """The floor the arms run under: --min-agents, else the config's default."""
+    return alloc.get("min_agents", AllocationConfig().min_agents)
+
+
 def _oracle_floor(alloc: dict) -> int:
     """The oracle's floor: the whole agents of the floor (a fractional one's visits aside)."""
-    return math.floor(alloc.get("min_agents", AllocationConfig().min_agents))
+    return math.floor(_floor(alloc))
 
 
 def _move_to(s: Swarm, target: list[str]) -> None:
@@ -334,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key:
                     line[key] = f"{r.value:.2f}"
         if any(k[0] == "late_bloomer" for k in res):
-            floor = alloc.get("min_agents", AllocationConfig().min_agents)
+            floor = _floor(alloc)
             for mode in [m for m in ("static", "adaptive") if ("late_bloomer", m) in res]:
                 shares = [x.late_share for x in res[("late_bloomer", mode)] if x.late_share is not None]
                 n = len(res[("late_bloomer", mode)])

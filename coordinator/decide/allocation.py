@@ -49,7 +49,7 @@ default (bench/results/allocation-2026-12-05.txt).
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent; a fraction time-shares,
-see `_window`), a minimum dwell (an agent
+see `_recent_agents`), a minimum dwell (an agent
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
 moved, and none are moved into it). A program an agent's backend refused (mutate's search space
 exhausted, a model refusing alike five times) is spent: the agent leaves it at once, dwell and
@@ -65,6 +65,7 @@ path: one small read per question.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -97,7 +98,7 @@ MOVED = ("promote", "merge", "simplification")
 # mostly trading places among unproven programs and from paying programs back to barren ones.
 SLACK = 0.25
 MIN_GAP = 0.5
-# Runs kept for a fractional floor's window (Allocation._window): 2 x dwell_runs x agents of them.
+# Runs kept for a fractional floor's window (Allocation._recent_agents): 2 x dwell_runs x agents of them.
 RECENT = 1 << 16
 # Joint draws per question: P(best) to about +-0.015, a few ms for four programs.
 DRAWS = 1024
@@ -114,7 +115,7 @@ class AllocationConfig(_M):
     """swarm.yaml's `allocation:` (coordinator/run/swarm.default.yaml documents each key)."""
     mode: Literal["static", "adaptive"] = "adaptive"
     # Floor per program, in agents. Whole: an agent never leaves a program that would fall below it.
-    # A fraction: the program's agents time-share (see Allocation._owed): 0.5 lets a program be
+    # A fraction: the program's agents time-share (see Allocation._recent_agents): 0.5 lets a program be
     # left with no agent and brings one back for a visit of dwell_runs runs whenever its share of
     # the swarm's recent device-hours falls under half an agent's.
     min_agents: float = Field(default=1, ge=0)
@@ -416,11 +417,11 @@ class Allocation:
             if runs - self.moved_at.get(agent, 0) < self.cfg.dwell_runs:
                 return None
             counts = self._counts()
-            floor, whole = self.cfg.min_agents, math.floor(self.cfg.min_agents)
-            if counts[program] - 1 < whole:
+            floor = self.cfg.min_agents
+            if counts[program] - 1 < math.floor(floor):
                 return None
-            recent = self._window() if floor > whole else {}
-            if floor > whole and counts[program] - 1 < floor and recent[program] < floor:
+            recent = self._recent_agents()
+            if recent and counts[program] - 1 < floor and recent[program] < floor:
                 return None   # a visit to a time-shared program lasts until its share is back up
             # a program some agent's backend refused (its space exhausted, its model refusing) is
             # spent: no agent is moved into it, by floor or share; those on it stay
@@ -464,7 +465,7 @@ class Allocation:
         if not open_:
             return None
         counts = self._counts()
-        recent = self._window() if self.cfg.min_agents > math.floor(self.cfg.min_agents) else {}
+        recent = self._recent_agents()
         starved = [n for n in open_ if self._starved(n, counts, recent)]
         if starved:
             to = min(starved, key=lambda n: (counts[n], n))
@@ -479,14 +480,14 @@ class Allocation:
         return self.programs[to]
 
     def _starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> bool:
-        """Below its floor: fewer agents than the floor's whole part, or (a fractional floor) no
-        more than that and a recent share under the floor (`_window`)."""
+        """Below its floor: fewer agents than the floor's whole part, or (a fractional floor, whose
+        `recent` is not empty) no more than that and a recent share under the floor."""
         floor = self.cfg.min_agents
         whole = math.floor(floor)
-        return counts[n] < whole or (floor > whole and counts[n] <= whole and recent[n] < floor)
+        return counts[n] < whole or (bool(recent) and counts[n] <= whole and recent[n] < floor)
 
     def _why_starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> str:
-        if counts[n] < math.floor(self.cfg.min_agents) or n not in recent:
+        if counts[n] < math.floor(self.cfg.min_agents) or not recent:
             return f"{n} has {counts[n]} agent(s), below the floor of {self.cfg.min_agents:g}"
         return (f"{n} had {recent[n]:.2f} agents on average over the swarm's last "
                 f"{self._window_runs()} runs, below its floor of {self.cfg.min_agents:g}")
@@ -494,26 +495,28 @@ class Allocation:
     def _window_runs(self) -> int:
         return min(2 * self.cfg.dwell_runs * max(len(self.program_of), 1), RECENT)
 
-    def _window(self) -> dict[str, float]:
-        """A fractional floor's measure: each program's agents on average over the swarm's last
-        2 x dwell_runs x agents runs (its share of their device-seconds, times the agents; by
-        runs when none of them trained). With a floor of 0.5 a visit of dwell_runs runs every
-        such window keeps a program at its floor: one agent time-shares two such programs.
-        Why a window and not the night's share: a program given up early would go unvisited for
-        as long as its first hours held its share up."""
-        w = self._window_runs()
-        last = list(self._recent)[-w:]
+    def _recent_agents(self) -> dict[str, float]:
+        """A fractional floor's measure ({} under a whole floor, which needs none): each program's
+        agents on average over the swarm's last 2 x dwell_runs x agents runs (its share of their
+        device-seconds, times the agents; by runs when none of them trained). With a floor of 0.5
+        a visit of dwell_runs runs every such window keeps a program at its floor: one agent
+        time-shares two such programs. Why a window and not the night's share: a program given
+        up early would go unvisited for as long as its first hours held its share up."""
+        if self.cfg.min_agents == math.floor(self.cfg.min_agents):
+            return {}
         agents = max(len(self.program_of), 1)
         secs = {n: 0.0 for n in self.programs}
         runs = {n: 0 for n in self.programs}
-        for prog, sec in last:
+        total, seen = 0.0, 0
+        for prog, sec in itertools.islice(reversed(self._recent), self._window_runs()):
+            total += sec
+            seen += 1
             if prog in secs:
                 secs[prog] += sec
                 runs[prog] += 1
-        total = sum(sec for _p, sec in last)
         if total > 0:
             return {n: agents * secs[n] / total for n in self.programs}
-        return {n: agents * runs[n] / len(last) if last else float(agents) for n in self.programs}
+        return {n: agents * runs[n] / seen if seen else float(agents) for n in self.programs}
 
     def yields(self) -> list[ProgramYield]:
         """Each program's agents, yield (bpb of best's gain per device-hour, with the

@@ -8,6 +8,8 @@
       WEIGHT_DECAY: {type: float, min: 0.0, max: 0.3, step: 0.05}  # value + step*k
       DEPTH: {type: int, min: 2, max: 8, step: 1}                # value + step*k
       WINDOW_PATTERN: {type: choice, values: ["L", "SL", "SSSL"]}
+    constraints:                     # optional: points the backends never propose
+      - MODEL_DIM % HEAD_DIM == 0    # (agents/constraints.py: the expressions allowed)
     ```
 """
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
+from agents.constraints import Constraint, ConstraintError, parse_constraint, violated
 from agents.errors import ProgramError
 
 _YAML_BLOCK = re.compile(r"^```ya?ml[ \t]*\r?\n(.*?)^```", re.M | re.S)
@@ -74,12 +77,34 @@ _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class Program(BaseModel):
-    """A parsed program: its name, full text, search space (maybe empty) and adopt hint."""
+    """A parsed program: its name, full text, search space (maybe empty), the constraints its
+    points must satisfy (expressions over train.py's constants) and adopt hint."""
     name: str
     text: str
     source: str = "<text>"
     search_space: dict[str, Param] = Field(default_factory=dict)
+    constraints: list[str] = Field(default_factory=list)
     adopt: Literal["always", "if-better", "never"] | None = None
+    _checks: tuple[Constraint, ...] | None = PrivateAttr(default=None)
+
+    def checks(self) -> tuple[Constraint, ...]:
+        """The constraints, parsed (once). Raises ProgramError for one that is not valid."""
+        if self._checks is None:
+            try:
+                self._checks = tuple(parse_constraint(c) for c in self.constraints)
+            except ConstraintError as e:
+                raise ProgramError(f"{self.source}: constraints: {e}") from None
+        return self._checks
+
+    def constraint_names(self) -> frozenset[str]:
+        """Every constant a constraint reads (in the search space or not)."""
+        return frozenset().union(*(c.names for c in self.checks()))
+
+    def violated(self, values: dict) -> str | None:
+        """The text of the first constraint `values` (constant name -> value) break, else None; a
+        constraint naming a constant `values` lack holds (train.py has none: nothing to check)."""
+        c = violated(self.checks(), values)
+        return None if c is None else c.text
 
 
 class ProgramSpec(BaseModel):
@@ -98,6 +123,7 @@ class ProgramSpec(BaseModel):
 def parse_program(text: str, name: str, source: str = "<text>") -> Program:
     """Parse a program's text. Raises ProgramError naming `source` and the offending key."""
     space: dict = {}
+    constraints: list = []
     adopt = None
     for m in _YAML_BLOCK.finditer(text):
         try:
@@ -108,10 +134,10 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
             continue
         if not isinstance(data, dict):
             raise ProgramError(f"{source}: yaml block: expected a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"search_space", "adopt"}
+        unknown = set(data) - {"search_space", "adopt", "constraints"}
         if unknown:
             raise ProgramError(f"{source}: yaml block: unknown key {sorted(unknown)[0]!r} "
-                               "(expected search_space, adopt)")
+                               "(expected search_space, constraints, adopt)")
         if "adopt" in data:
             if data["adopt"] not in ("always", "if-better", "never"):
                 raise ProgramError(f"{source}: adopt: {data['adopt']!r} is not one of "
@@ -129,7 +155,15 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"] if str(x) not in ("log", "float", "int", "choice"))
             raise ProgramError(f"{source}: search_space.{loc}: {err['msg']}") from None
-    return Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
+        raw = data.get("constraints") or []
+        if not isinstance(raw, list):
+            raise ProgramError(f"{source}: constraints: expected a list of expressions such as "
+                               "'MODEL_DIM % HEAD_DIM == 0'")
+        constraints += raw
+    prog = Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
+    prog.constraints = constraints
+    prog.checks()   # raises ProgramError naming the constraint that is not valid
+    return prog
 
 
 def load_program(path: Path | str, name: str | None = None) -> Program:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Proposal, ProposalContext, register_backend
+from agents.constraints import violated
 from agents.program import ChoiceParam, FloatParam, IntParam, LogParam
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,12 @@ class MutateBackend:
                                   f"({', '.join(sorted(space)) or 'none'}) is in train.py")
         self.seen.add(_digest(ctx.source))
         lines = ctx.source.split("\n")
+        checks = ctx.program.checks()
         for _ in range(_MAX_TRIES):
             picks = self.rng.sample(names, min(len(names), self.rng.randint(1, self.max_changes)))
             new_lines = list(lines)
             changes = []
+            moved: dict[str, tuple] = {}
             for n in sorted(picks, key=lambda n: (consts[n].line, -consts[n].col)):
                 c = consts[n]
                 k = self.rng.choice([-2, -1, -1, 1, 1, 2])
@@ -194,8 +197,13 @@ class MutateBackend:
                 ln = new_lines[c.line]
                 new_lines[c.line] = ln[:c.col] + c.render(new) + ln[c.end_col:]
                 changes.append(f"{n} {c.render(c.values)} -> {c.render(new)}")
+                moved[n] = new
             if not changes:
                 continue
+            if checks and not all(violated(checks, v) is None
+                                  for v in branch_values({n: consts[n].values for n in
+                                                          ctx.program.constraint_names() if n in consts}, moved)):
+                continue   # a point the program's constraints rule out: never trained
             new_source = "\n".join(new_lines)
             h = _digest(new_source)
             if h in self.seen:
@@ -207,6 +215,14 @@ class MutateBackend:
     def fix(self, ctx: ProposalContext, log_tail: str) -> Proposal:
         """Random search cannot repair a crash: always an `error` Proposal (no fix attempt)."""
         return Proposal(error="mutate cannot fix a crash")
+
+
+def branch_values(values: dict[str, tuple], moved: dict[str, tuple]) -> list[dict]:
+    """name -> value on each device branch (`A if CUDA else B`: two; plain constants only: one),
+    with `moved`'s values in place of the constants' own: what the constraints are checked on."""
+    merged = {**values, **moved}
+    n = max((len(v) for v in merged.values()), default=1)
+    return [{k: v[min(j, len(v) - 1)] for k, v in merged.items()} for j in range(n)]
 
 
 def _digest(text: str) -> str:

@@ -293,7 +293,7 @@ class OptunaBackend:
             if trials:
                 trial = trials.pop()
             else:
-                study.sampler.aim(centre, dists, code)
+                study.sampler.aim(centre, dists, code, S.fixed_values(ctx.source, ctx.program, hw))
                 trial = study.ask(fixed_distributions=dists)
                 if study.sampler.exhausted:
                     # every point a move can reach is held: what the sampler gave is a repeat
@@ -311,6 +311,11 @@ class OptunaBackend:
                     trial.set_user_attr("region", region.describe())
             if trial.user_attrs.get("code") != code:   # new, or prepared on a base that moved
                 trial.set_user_attr("code", code)
+            broken = ctx.program.violated({**S.fixed_values(ctx.source, ctx.program, hw),
+                                           **S.current_values(ctx.source, ctx.program, hw), **trial.params})
+            if broken:   # a trial prepared on another base, or the sampler found no other point
+                self._give_up(trial.number, f"breaks the constraint {broken}")
+                continue
             new, changes = S.write_params(ctx.source, trial.params, ctx.program, hw)
             if changes:
                 self.counts["optuna"] += 1

@@ -258,15 +258,22 @@ class LocalSampler:
         self._centre: dict | None = None
         self._dists: dict = {}
         self._code: str | None = None
+        self._fixed: dict = {}
         self.region: Region | None = None     # of the last ask (for the trial's attributes)
         # The last ask found every point of the space held by the study (trained, training or
         # crashed): its point is a repeat, and the backend says the space is exhausted.
         self.exhausted = False
 
-    def aim(self, centre: dict | None, dists: dict, code: str | None = None) -> None:
+    def aim(self, centre: dict | None, dists: dict, code: str | None = None, fixed: dict | None = None) -> None:
         """The next ask's centre (best's values), distributions and code (train.py with the
-        program's constants blanked: a point is held only if it was measured on this code)."""
+        program's constants blanked: a point is held only if it was measured on this code), and
+        `fixed`: the values of the constants outside the search space that the program's
+        constraints read (train.py's, on this hardware class)."""
         self._centre, self._dists, self._code = centre, dict(dists), code
+        self._fixed = dict(fixed or {})
+
+    def _allowed(self, point: dict) -> bool:
+        return self.program.violated({**self._fixed, **point}) is None
 
     # BaseSampler's interface
     def reseed_rng(self) -> None:
@@ -302,12 +309,19 @@ class LocalSampler:
         centre = {n: v for n, v in (self._centre or {}).items() if n in search_space}
         if len(centre) == len(search_space):
             taken.add(point_key(centre))   # the current train.py: nothing to train, held or not
+        def free(p: dict) -> bool:
+            # a point the program's constraints rule out is as good as held: never proposed
+            return point_key(p) not in taken and self._allowed(p)
+
+        def full_space() -> bool:
+            return _full(search_space, ax, taken, centre, ok=self._allowed)
+
         if not self.local or len(centre) < len(ax):
             self.region = None
-            if point_key(point) in taken:
-                free = self._anywhere(search_space, ax, taken)
-                self.exhausted = free is None and _full(search_space, ax, taken, centre)
-                point = free or point
+            if not free(point):
+                cand = self._anywhere(search_space, ax, free)
+                self.exhausted = cand is None and full_space()
+                point = cand or point
             return point
         trials = study.get_trials(deepcopy=False)
         self.region = region = replay(trials, len(ax))
@@ -315,30 +329,32 @@ class LocalSampler:
         full = {**point, **centre}
         for _ in range(8):
             cand = project(centre, point, region, ax) if informed else None
-            if cand is not None and point_key({**full, **cand}) not in taken:
+            if cand is not None and free({**full, **cand}):
                 return {**full, **cand}
             for _ in range(_TRIES):
                 cand = local_move(centre, region, ax, self.rng)
-                if cand is not None and point_key({**full, **cand}) not in taken:
+                if cand is not None and free({**full, **cand}):
                     return {**full, **cand}
             if region.whole(len(ax)):
                 break
             region = region.wider(len(ax))   # every nearby point is taken: look further
             log.info("every point within %s of the centre is taken: widening", region.describe())
-        self.exhausted = point_key(point) in taken and _full(search_space, ax, taken, centre)
+        self.exhausted = not free(point) and full_space()
         return point
 
-    def _anywhere(self, space: dict, ax: dict[str, Axis], taken: set[str]) -> dict | None:
+    def _anywhere(self, space: dict, ax: dict[str, Axis], free) -> dict | None:
         for _ in range(_TRIES):
             cand = {n: ax[n].value(self.rng.uniform(ax[n].lo, ax[n].hi)) for n in space if n in ax}
-            if point_key(cand) not in taken:
+            if free(cand):
                 return cand
         return None
 
 
-def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit: int = 10_000) -> bool:
-    """Whether the study holds every point a move from `centre` can reach (Axis.grid: each constant
-    in whole steps; a space of more than `limit` such points never counts as full)."""
+def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit: int = 10_000,
+          ok=lambda p: True) -> bool:
+    """Whether the study holds every point a move from `centre` can reach that `ok` allows (the
+    program's constraints) (Axis.grid: each constant in whole steps; a space of more than `limit`
+    such points never counts as full)."""
     grids = []
     for n in space:
         a = ax.get(n)
@@ -350,7 +366,7 @@ def _full(space: dict, ax: dict[str, Axis], taken: set[str], centre: dict, limit
         grids.append([(n, v) for v in g])
     if math.prod(len(g) for g in grids) > limit:
         return False
-    return all(point_key(dict(c)) in taken for c in itertools.product(*grids))
+    return all(point_key(dict(c)) in taken or not ok(dict(c)) for c in itertools.product(*grids))
 
 
 def _taken(study, trial, code: str | None = None) -> set[str]:

@@ -95,6 +95,19 @@ def current_values(source: str, program: Program, hardware_class: str) -> dict[s
     return out
 
 
+def fixed_values(source: str, program: Program, hardware_class: str) -> dict[str, Any]:
+    """The value (on this hardware class) of each constant the program's constraints read that is
+    not in its search space: what a point is checked against beside its own values."""
+    consts = find_constants(source)
+    out = {}
+    for name in program.constraint_names() - set(program.search_space):
+        c = consts.get(name)
+        if c is not None:
+            i = _active(c, hardware_class)
+            out[name] = c.values[-1 if i is None else i]
+    return out
+
+
 def distributions(source: str, program: Program, hardware_class: str) -> dict:
     """name -> distribution for the search-space constants present in `source`."""
     cur = current_values(source, program, hardware_class)

@@ -178,6 +178,26 @@ def test_more_programs_than_agents_take_turns_under_a_fractional_floor(ledger, f
         assert all(ran.count(n) >= 0.5 * len(ran) / len(names) for n in names), {n: ran.count(n) for n in names}
 
 
+def test_an_agent_that_leaves_goes_to_the_program_least_visited_as_a_moved_one_does(ledger):
+    """Under a fractional floor two programs without an agent are both starved; an agent whose
+    backend refused its program goes to the one the swarm ran least of late, as an agent moved at
+    its boundary does (it used to take the first by name: p2, visited a moment ago, over p3,
+    never run)."""
+    names = [f"p{i}" for i in range(4)]
+    a = Allocation.configure(ledger, AllocationSpec(
+        config=AllocationConfig(mode="adaptive", seed=1, min_agents=0.5, dwell_runs=2),
+        programs=[ProgramSpec(name=n, text=f"# {n}\n") for n in names]))
+    for prog in ("p2", "p1", "p1", "p1"):   # a1 visited p2, then went back to p1
+        run(ledger, "a0", "p0")
+        run(ledger, "a1", prog)
+    a._follow()
+    counts, recent = a._counts(), a._recent_agents()
+    assert counts["p2"] == counts["p3"] == 0 and 0 == recent["p3"] < recent["p2"] < 0.5
+    got = a.assign("a0", "p0", leaving="mutate: search space exhausted")
+    assert got is not None and got.name == "p3", got and got.name
+    assert "p3 has 0 agent(s)" in history(ledger)[-1]["reason"]
+
+
 def test_a_whole_floor_holds_as_before_and_bad_floors_say_why(ledger):
     a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=1))
     for _ in range(12):

@@ -428,7 +428,7 @@ class Allocation:
             free = [n for n, p in self.programs.items() if not p.pinned and (n not in self.spent or n == program)]
             starved = [n for n in free if n not in self.spent and self._starved(n, counts, recent)]
             if starved:
-                to = min(starved, key=lambda n: (counts[n], recent.get(n, 0.0), n))
+                to = _most_starved(starved, counts, recent)
                 reason = self._why_starved(to, counts, recent)
             else:
                 target, p_best, inert = self._targets(free, counts)
@@ -468,7 +468,7 @@ class Allocation:
         recent = self._recent_agents()
         starved = [n for n in open_ if self._starved(n, counts, recent)]
         if starved:
-            to = min(starved, key=lambda n: (counts[n], n))
+            to = _most_starved(starved, counts, recent)
         else:
             target, _p, _inert = self._targets(open_, counts)
             to = max(open_, key=lambda n: (target[n] - counts[n], n))
@@ -537,6 +537,13 @@ class Allocation:
                     share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent,
                     inert=round(inert[n], 4)))
             return out
+
+
+def _most_starved(starved: list[str], counts: dict[str, int], recent: dict[str, float]) -> str:
+    """Which of the programs below their floors an agent goes to, moved at its boundary or leaving a
+    program its backend refused: the fewest agents, then the least run of late (a fractional
+    floor's measure; none under a whole floor), then the name."""
+    return min(starved, key=lambda n: (counts[n], recent.get(n, 0.0), n))
 
 
 def _shares(members: list[str], own: dict[str, float]) -> dict[str, float]:

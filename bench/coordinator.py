@@ -352,7 +352,7 @@ def main(argv=None) -> int:
               f"p99_ms={perf.get('decision_p99_ms', float('nan')):.1f} broadcast_all_ms={under_load:.1f}")
         return 1 if errors else 0
     finally:
-        if actors:
+        if ray_tmp is not None:   # Ray started here (an actor that failed to start included)
             stop_ray(actors)
         daemon.stop(kill=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -150,6 +150,30 @@ def test_the_apparatus_fingerprint_follows_the_data(tmp_path, prepared_data_dir)
     assert apparatus_fingerprint(other, "cpu") != fp
 
 
+def test_the_same_data_prepared_again_keeps_its_history(tmp_path, prepared_data_dir):
+    """The same corpus prepared again (another data folder, `swarm prepare` on another node, the
+    quick start with its own SWARM_DATA_DIR) is the same apparatus: the history carries over.
+    meta.json records how long the preparation took, which differs every time: the fingerprint
+    hashed it, so a second preparation matched no history."""
+    import json
+
+    from trainer.prepare import prepare
+
+    again = tmp_path / "again"
+    prepare("bundled", ["cpu"], data_dir=again)
+    (m1,) = list(prepared_data_dir.glob("*/tok*/meta.json"))
+    (m2,) = list(again.glob("*/tok*/meta.json"))
+    a, b = json.loads(m1.read_text()), json.loads(m2.read_text())
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b   # the same data: only the time it took may differ
+    m2.write_text(json.dumps({**json.loads(m2.read_text()), "seconds": 123.45}))
+    assert apparatus_fingerprint(again, "cpu") == apparatus_fingerprint(prepared_data_dir, "cpu")
+    # what the data is still counts: another vocabulary's token count is another apparatus
+    meta = json.loads(m2.read_text())
+    m2.write_text(json.dumps({**meta, "tokens": {**meta["tokens"], "val": meta["tokens"]["val"] + 1}}))
+    assert apparatus_fingerprint(again, "cpu") != apparatus_fingerprint(prepared_data_dir, "cpu")
+
+
 def test_swarm_run_names_the_history_of_its_own_hardware_class(tmp_path):
     """The start line of `swarm run` (Supervisor._history_line) looks up the class its CPU agents
     will report (profile, cpu model, threads per agent): found, with its dof and swarms."""

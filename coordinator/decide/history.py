@@ -20,8 +20,9 @@ With a prior of at least min_dof degrees of freedom a swarm needs no repeats of 
 sigma: each agent's first baseline run gives best its mean, and experiments start after it.
 
 The apparatus fingerprint covers the locked trainer package (every .py file and the baseline
-train.py) and the prepared data of the profile (its meta.json, tokenizer and the val and
-confirm tokens): another trainer version or another corpus matches nothing.
+train.py) and the prepared data of the profile (its meta.json less how long the preparation
+took, tokenizer and the val and confirm tokens): another trainer version or another corpus
+matches nothing, the same corpus prepared again in another folder or on another node matches.
 """
 from __future__ import annotations
 
@@ -44,8 +45,14 @@ VERSION = 1
 WRITE_EVERY_S = 2.0   # a swarm's own line is rewritten at most this often (and when flushed)
 
 
+# What meta.json says of the preparation rather than of the data: left out of the fingerprint
+# (how long it took differs every time the same corpus is prepared)
+_PREP_ONLY = ("seconds",)
+
+
 def apparatus_fingerprint(data_dir: Path | None, profile: str) -> str:
-    """12 hex digits over the locked trainer code and the prepared data of `profile`."""
+    """12 hex digits over the locked trainer code and the prepared data of `profile`: the same
+    corpus prepared again, in another folder or on another node, has the same fingerprint."""
     import trainer
     from trainer.prepare import locate
 
@@ -57,8 +64,23 @@ def apparatus_fingerprint(data_dir: Path | None, profile: str) -> str:
     for name in ("meta.json", "tokenizer.pkl", "val.tokens.npy", "confirm.tokens.npy"):
         f = prep.dir / name
         if f.exists():
-            h.update(name.encode() + b"\0" + f.read_bytes())
+            data = f.read_bytes()
+            if name == "meta.json":
+                data = _data_meta(data)
+            h.update(name.encode() + b"\0" + data)
     return h.hexdigest()[:12]
+
+
+def _data_meta(raw: bytes) -> bytes:
+    """meta.json without what only describes the preparation, canonical (sorted keys); the raw
+    bytes when it is not a JSON object (then they are what there is to compare)."""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(meta, dict):
+        return raw
+    return json.dumps({k: v for k, v in meta.items() if k not in _PREP_ONLY}, sort_keys=True).encode()
 
 
 def history_spec(data_root: Path, profile: str, budget: float) -> NoiseHistorySpec:

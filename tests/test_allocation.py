@@ -299,6 +299,37 @@ def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
     assert progs["good"]["agents"] == 2 and progs["good"]["credit"] == pytest.approx(0.03)
 
 
+@pytest.mark.parametrize("allocation,says", [
+    ({}, "under allocation.min_agents 1 no agent leaves a program it is alone on"),
+    ({"mode": "static"}, "under static allocation they never run"),
+    ({"min_agents": 0.5}, None),
+    ({"min_agents": 0}, None),
+])
+def test_swarm_run_says_at_start_which_programs_have_no_agent(tmp_path, allocation, says):
+    """The shipped six programs on the quick start's 2 agents: four start with no agent, and under
+    a floor of 1 (the default) they never get one (tests above: an agent alone on its program
+    never leaves it). `swarm run` says so in a line at start, with the setting that has every
+    program take turns; nothing when a floor under 1 lets agents go to them."""
+    import yaml
+    from types import SimpleNamespace
+
+    from coordinator.run.swarm import plan
+
+    (tmp_path / "swarm.yaml").write_text(yaml.safe_dump({"allocation": allocation} if allocation else {}))
+    args = SimpleNamespace(config=str(tmp_path / "swarm.yaml"), budget=None, seed=None, profile="cpu",
+                           gpus=None, address=None, agents=2, redis_url=None, hours=None,
+                           swarm_home=str(tmp_path / "h"), max_experiments=1, plain=True, verbose=False)
+    p = plan(args)
+    line = p.unstaffed_line()
+    if says is None:
+        assert line is None
+        return
+    assert line.startswith("programs: 4 of 6 start with no agent (2 agents): optimizer, schedule, simplify, "
+                           "explore; ") and says in line and "\n" not in line
+    args.agents = 6
+    assert plan(args).unstaffed_line() is None   # one agent each
+
+
 def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     """`allocation:` and `pin:` in swarm.yaml reach the spec swarm run configures: every
     program with its text, backend as its agents got it (resolved for one without agents in

@@ -144,8 +144,9 @@ def test_swarm_run_resume_and_secrets(work):
     # quiet machine takes 130: 8 contended repeats of best, up to 15 of each candidate;
     # tests/test_contended.py covers the rule); a candidate confirmed twice at most (the default
     # 15 kept one agent confirming for a minute after the other had stopped: 130-320 s a test)
+    # a third program, which two agents leave without one: the start line says so
     (work / "swarm.yaml").write_text("backend: {type: optuna}\nprograms:\n"
-                                         "  - {name: baseline}\n  - {name: optimizer}\n"
+                                         "  - {name: baseline}\n  - {name: optimizer}\n  - {name: schedule}\n"
                                          "promotion: {min_dof: 2, best_remeasures: 1, contended_remeasures: 2,\n"
                                          "            confirm_runs: 2}\n"
                                          "profile: cpu-smoke\n")   # 2 eval batches: trainer/profiles.py
@@ -163,6 +164,9 @@ def test_swarm_run_resume_and_secrets(work):
     assert "noise history: none for cpu-" in r1.stdout, r1.stdout[-2000:]
     # and that its min_dof 2 makes the first margins wide (coordinator/decide/history.py)
     assert "promotion.min_dof 2: the first decisions judge" in r1.stdout, r1.stdout[-2000:]
+    # and that the third program starts with no agent, and why it will not get one
+    assert "programs: 1 of 3 start with no agent (2 agents): schedule; under allocation.min_agents 1" \
+        in r1.stdout, r1.stdout[-2000:]
     info = json.loads((home / "swarm.json").read_text())
     counts, rows = _ledger_counts(home)
     assert len(rows) >= 4 and counts["started"] == counts["records"]

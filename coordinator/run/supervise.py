@@ -196,6 +196,9 @@ class Supervisor:
                 import ray
                 ray.get(self.coord.configure_allocation.remote(self.p.allocation))
             print(self._history_line(), flush=True)
+            unstaffed = self.p.unstaffed_line()
+            if unstaffed:
+                print(unstaffed, flush=True)
             note = self._min_dof_note()
             if note:
                 print(note, flush=True)

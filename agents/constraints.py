@@ -33,7 +33,7 @@ _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
         ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 MAX_CHARS = 500
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+CONSTANT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")   # train.py's UPPER_CASE constants (programs too)
 
 
 class ConstraintError(ValueError):
@@ -73,7 +73,7 @@ def parse_constraint(text: object) -> Constraint:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            if not _NAME.match(node.id):
+            if not CONSTANT_NAME.match(node.id):
                 raise ConstraintError(f"{text!r}: {node.id} is not an UPPER_CASE constant of train.py")
             names.add(node.id)
         elif isinstance(node, ast.Constant):

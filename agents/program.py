@@ -21,7 +21,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
-from agents.constraints import Constraint, ConstraintError, parse_constraint, violated
+from agents.constraints import CONSTANT_NAME, Constraint, ConstraintError, parse_constraint, violated
 from agents.errors import ProgramError
 
 _YAML_BLOCK = re.compile(r"^```ya?ml[ \t]*\r?\n(.*?)^```", re.M | re.S)
@@ -73,7 +73,6 @@ class ChoiceParam(_P):
 
 Param = Annotated[Union[LogParam, FloatParam, IntParam, ChoiceParam], Field(discriminator="type")]
 _SPACE = TypeAdapter(dict[str, Param])
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class Program(BaseModel):
@@ -147,7 +146,7 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
         if not isinstance(raw, dict):
             raise ProgramError(f"{source}: search_space: expected a mapping of NAME: {{type: ...}}")
         for key in raw:
-            if not isinstance(key, str) or not _NAME.match(key):
+            if not isinstance(key, str) or not CONSTANT_NAME.match(key):
                 raise ProgramError(f"{source}: search_space.{key}: not an UPPER_CASE constant name")
         try:
             space.update(_SPACE.validate_python(raw))
@@ -160,8 +159,8 @@ def parse_program(text: str, name: str, source: str = "<text>") -> Program:
             raise ProgramError(f"{source}: constraints: expected a list of expressions such as "
                                "'MODEL_DIM % HEAD_DIM == 0'")
         constraints += raw
-    prog = Program(name=name, text=text, source=source, search_space=space, adopt=adopt)
-    prog.constraints = constraints
+    prog = Program(name=name, text=text, source=source, search_space=space, constraints=constraints,
+                   adopt=adopt)
     prog.checks()   # raises ProgramError naming the constraint that is not valid
     return prog
 

@@ -182,6 +182,7 @@ class MutateBackend:
         self.seen.add(_digest(ctx.source))
         lines = ctx.source.split("\n")
         checks = ctx.program.checks()
+        read = {n: consts[n].values for n in ctx.program.constraint_names() if n in consts}
         for _ in range(_MAX_TRIES):
             picks = self.rng.sample(names, min(len(names), self.rng.randint(1, self.max_changes)))
             new_lines = list(lines)
@@ -200,9 +201,7 @@ class MutateBackend:
                 moved[n] = new
             if not changes:
                 continue
-            if checks and not all(violated(checks, v) is None
-                                  for v in branch_values({n: consts[n].values for n in
-                                                          ctx.program.constraint_names() if n in consts}, moved)):
+            if checks and not all(violated(checks, v) is None for v in branch_values(read, moved)):
                 continue   # a point the program's constraints rule out: never trained
             new_source = "\n".join(new_lines)
             h = _digest(new_source)

@@ -276,8 +276,9 @@ class OptunaBackend:
             return Proposal(error="optuna: none of the search-space constants "
                                   f"({', '.join(sorted(ctx.program.search_space))}) is in train.py")
         local = self.spec.start == "best"
-        centre = R.clamp_into(S.current_values(ctx.source, ctx.program, hw),
-                              R.axes(ctx.program.search_space, dists))
+        current = S.current_values(ctx.source, ctx.program, hw)
+        fixed = S.fixed_values(ctx.source, ctx.program, hw)   # what the constraints read beside the space
+        centre = R.clamp_into(current, R.axes(ctx.program.search_space, dists))
         running = trial_number(ctx.in_flight)
         unrun = sorted(n for n in self._outstanding if n != running)
         # A trial prepared on a base that moved before it ran: its point is still the sampler's
@@ -293,7 +294,7 @@ class OptunaBackend:
             if trials:
                 trial = trials.pop()
             else:
-                study.sampler.aim(centre, dists, code, S.fixed_values(ctx.source, ctx.program, hw))
+                study.sampler.aim(centre, dists, code, fixed)
                 trial = study.ask(fixed_distributions=dists)
                 if study.sampler.exhausted:
                     # every point a move can reach is held: what the sampler gave is a repeat
@@ -311,8 +312,7 @@ class OptunaBackend:
                     trial.set_user_attr("region", region.describe())
             if trial.user_attrs.get("code") != code:   # new, or prepared on a base that moved
                 trial.set_user_attr("code", code)
-            broken = ctx.program.violated({**S.fixed_values(ctx.source, ctx.program, hw),
-                                           **S.current_values(ctx.source, ctx.program, hw), **trial.params})
+            broken = ctx.program.violated({**fixed, **current, **trial.params})
             if broken:   # a trial prepared on another base, or the sampler found no other point
                 self._give_up(trial.number, f"breaks the constraint {broken}")
                 continue

@@ -82,11 +82,11 @@ def _active(c: Constant, hardware_class: str) -> int | None:
     return None
 
 
-def current_values(source: str, program: Program, hardware_class: str) -> dict[str, Any]:
-    """The value each search-space constant has in `source` on this hardware class."""
+def _values(source: str, names, hardware_class: str) -> dict[str, Any]:
+    """The value each of `names` has in `source` on this hardware class (absent ones left out)."""
     consts = find_constants(source)
     out = {}
-    for name in program.search_space:
+    for name in names:
         c = consts.get(name)
         if c is None:
             continue
@@ -95,17 +95,15 @@ def current_values(source: str, program: Program, hardware_class: str) -> dict[s
     return out
 
 
+def current_values(source: str, program: Program, hardware_class: str) -> dict[str, Any]:
+    """The value each search-space constant has in `source` on this hardware class."""
+    return _values(source, program.search_space, hardware_class)
+
+
 def fixed_values(source: str, program: Program, hardware_class: str) -> dict[str, Any]:
     """The value (on this hardware class) of each constant the program's constraints read that is
     not in its search space: what a point is checked against beside its own values."""
-    consts = find_constants(source)
-    out = {}
-    for name in program.constraint_names() - set(program.search_space):
-        c = consts.get(name)
-        if c is not None:
-            i = _active(c, hardware_class)
-            out[name] = c.values[-1 if i is None else i]
-    return out
+    return _values(source, program.constraint_names() - set(program.search_space), hardware_class)
 
 
 def distributions(source: str, program: Program, hardware_class: str) -> dict:

@@ -31,11 +31,12 @@ def spec(mode="adaptive", pinned=(), weights=None, **cfg) -> AllocationSpec:
         for n in names])
 
 
-def run(ledger: Ledger, agent: str, program: str, moved: float | None = None, pooled=()) -> str:
+def run(ledger: Ledger, agent: str, program: str, moved: float | None = None, pooled=(),
+        kind: str = "experiment") -> str:
     """One run of 300 s under `program`; with `moved`, a decision that moved best by that much."""
     eid = f"e{next(_ids)}"
     ledger.add_record(ExperimentRecord(
-        experiment_id=eid, agent=agent, program=program, hardware_class="hw", parent="p", commit="c",
+        experiment_id=eid, kind=kind, agent=agent, program=program, hardware_class="hw", parent="p", commit="c",
         status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0, total_seconds=300.0)))
     if moved is not None:
         ledger.put_decision(Decision(experiment_id=eid, decision="promote", best_after="c2",
@@ -98,6 +99,22 @@ def test_dwell_holds_an_agent_until_its_runs_are_done(ledger):
     assert a.assign("b0", "good") is None      # just moved: dwell again
 
 
+def test_baseline_runs_are_not_dwell(ledger):
+    """The runs that measure best (the swarm's first round: 9 of a fresh quick start's first 18)
+    are no work on the agent's program: an agent that has run only those is not moved (it was
+    after dwell_runs of them, before its program had run one experiment)."""
+    a = Allocation.configure(ledger, spec(dwell_runs=2, min_agents=0))
+    for _ in range(6):
+        run(ledger, "g", "good", moved=0.02)
+    for _ in range(5):
+        run(ledger, "b0", "barren", kind="baseline")
+    run(ledger, "b0", "barren", kind="confirm")
+    assert a.assign("b0", "barren") is None   # one run of work < 2
+    run(ledger, "b0", "barren")
+    got = a.assign("b0", "barren")
+    assert got is not None and got.name == "good"
+
+
 def test_pinned_programs_are_left_alone(ledger):
     a = Allocation.configure(ledger, spec(pinned=("barren", "good"), dwell_runs=1))
     for _ in range(10):
@@ -154,28 +171,46 @@ def test_a_fractional_floor_time_shares_one_agent_among_the_programs_below_one(l
     assert tail.count("good") / len(tail) > 2 / 4
 
 
-@pytest.mark.parametrize("floor", [1, 0.5])
-def test_more_programs_than_agents_take_turns_under_a_fractional_floor(ledger, floor):
-    """Six programs, two agents: a floor of 1 cannot be met, and the four programs without an
-    agent at the start never run; half an agent's floor visits every one of them in turn."""
+def _six_programs_two_agents(ledger, rounds: int = 90, **cfg) -> list[str]:
+    """Six programs, two agents starting on p0 and p1; p0's runs move best each time. The
+    programs each run, in order."""
     names = [f"p{i}" for i in range(6)]
     a = Allocation.configure(ledger, AllocationSpec(
-        config=AllocationConfig(mode="adaptive", seed=1, min_agents=floor, dwell_runs=2),
+        config=AllocationConfig(mode="adaptive", seed=1, dwell_runs=2, **cfg),
         programs=[ProgramSpec(name=n, text=f"# {n}\n") for n in names]))
     agents = {"a0": "p0", "a1": "p1"}
     ran = []
-    for _ in range(60):
+    for _ in range(rounds):
         for ag in agents:
-            run(ledger, ag, agents[ag])
+            run(ledger, ag, agents[ag], moved=0.01 if agents[ag] == "p0" else None)
             ran.append(agents[ag])
         for ag in agents:
             got = a.assign(ag, agents[ag])
             if got is not None:
                 agents[ag] = got.name
-    if floor == 1:
+    return ran
+
+
+@pytest.mark.parametrize("cfg", [{}, {"min_agents": 0.5}, {"visits": 0}, {"visits": 1}], ids=str)
+def test_more_programs_than_agents_take_turns(ledger, cfg):
+    """Six programs, two agents: floors of 1 (the default) or 0.5 cannot all be met. By default
+    (`visits` 0.5) the programs take turns under a floor of 0.5 x 2 / 6 = 1/6 of an agent each:
+    every program gets its floor's share of the runs, and the one that moves best keeps the
+    rest; `visits: 0` is the old rule (an agent alone on its program never leaves it: the four
+    programs without an agent never run); `visits: 1` gives every agent to the turns (the yields
+    decide nothing)."""
+    ran = _six_programs_two_agents(ledger, **cfg)
+    tail = ran[40:]   # after the first visits
+    share = {n: tail.count(n) / len(tail) for n in sorted(set(ran))}
+    if cfg.get("visits") == 0:
         assert set(ran) == {"p0", "p1"}
+        return
+    floor_share = cfg.get("visits", 0.5) / 6      # of the runs: (visits x 2 / 6 agents) / 2 agents
+    assert all(share.get(f"p{i}", 0) >= 0.7 * floor_share for i in range(6)), share
+    if cfg.get("visits") == 1:
+        assert share["p0"] < 0.3, share          # round robin: p0's yield buys it nothing
     else:
-        assert all(ran.count(n) >= 0.5 * len(ran) / len(names) for n in names), {n: ran.count(n) for n in names}
+        assert share["p0"] > 0.4, share          # 1/6 of an agent visits, the other agent follows p0
 
 
 def test_an_agent_that_leaves_goes_to_the_program_least_visited_as_a_moved_one_does(ledger):
@@ -300,16 +335,20 @@ def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
 
 
 @pytest.mark.parametrize("allocation,says", [
-    ({}, "under allocation.min_agents 1 no agent leaves a program it is alone on"),
+    ({}, "too few agents for allocation.min_agents 1 each, so the programs take turns: each gets 0.17 of "
+         "an agent (allocation.visits 0.5) in visits of 6 runs"),
+    ({"min_agents": 0.5}, "too few agents for allocation.min_agents 0.5 each, so the programs take turns"),
+    ({"visits": 0}, "under allocation.min_agents 1 and visits 0 no agent leaves a program it is alone on"),
     ({"mode": "static"}, "under static allocation they never run"),
-    ({"min_agents": 0.5}, None),
+    ({"min_agents": 0.25}, None),
     ({"min_agents": 0}, None),
 ])
 def test_swarm_run_says_at_start_which_programs_have_no_agent(tmp_path, allocation, says):
-    """The shipped six programs on the quick start's 2 agents: four start with no agent, and under
-    a floor of 1 (the default) they never get one (tests above: an agent alone on its program
-    never leaves it). `swarm run` says so in a line at start, with the setting that has every
-    program take turns; nothing when a floor under 1 lets agents go to them."""
+    """The shipped six programs on the quick start's 2 agents: four start with no agent. By default
+    (a floor of 1 the agents cannot meet, visits 0.5) they take turns; with visits 0 they never
+    get one (tests above: an agent alone on its program never leaves it), nor under static
+    allocation. `swarm run` says which in a line at start; nothing when a floor the agents meet
+    (6 x 0.25 <= 2) or none lets agents go to them."""
     import yaml
     from types import SimpleNamespace
 

@@ -42,6 +42,23 @@ def _events(coord) -> list[tuple[str, str, dict]]:
     return [(t, id, json.loads(js)) for t, id, js in coord.ledger.events()]
 
 
+def _worked(coord, agent: str) -> int:
+    """The agent's runs that count toward its dwell: every one but those that measured best."""
+    return sum(1 for t, _id, e in _events(coord) if t == "record" and e["agent"] == agent and e["kind"] != "baseline")
+
+
+def _until_moved(agents, most: int = 20) -> None:
+    """Each agent runs its baseline, then the first runs alone until it has moved (dwell counts
+    runs of work, not the baseline round's)."""
+    for a in agents:
+        a._iteration()
+    for _ in range(most):
+        agents[0]._iteration()
+        if agents[0].moves:
+            return
+    raise AssertionError(f"{agents[0].cfg.name} did not move in {most} runs")
+
+
 def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path, redis_url):
     home = tmp_path / "home"
     coord = _coord(home, redis_url)
@@ -50,7 +67,9 @@ def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path
     for a in agents:
         a._iteration()
     a0 = agents[0]
-    assert a0.program.name == "optimizer"
+    while not _worked(coord, "a0"):   # its baselines are not dwell: one run of work is
+        a0._iteration()
+        assert a0.program.name == "optimizer"
     a0._maybe_move()  # dwell over; architecture is below its floor of one agent
     assert a0.program.name == "architecture" and a0.moves == 1
     best = coord.best(LAND.hardware_class)
@@ -58,8 +77,11 @@ def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path
     a1 = agents[1]
     a1._maybe_move()  # optimizer would fall below its floor: a1 stays
     assert a1.program.name == "optimizer"
-    for _ in range(8):  # a0 alone: with two agents the one asking first takes every job
-        a0._iteration()
+    moved_at = a0.experiments
+    for _ in range(30):  # a0 alone (with two agents the one asking first takes every job) until
+        a0._iteration()  # it has run 2 experiments of its own after the jobs it owed
+        if a0.experiments >= moved_at + 2:
+            break
 
     evs = _events(coord)
     moves = [(k, e) for k, (t, _id, e) in enumerate(evs) if t == "allocation"]
@@ -125,9 +147,7 @@ def test_the_allocation_survives_a_coordinator_kill_and_a_swarm_run_restart(tmp_
     coord = _coord(home, redis_url)
     coord.configure_allocation(_spec())
     agents = [_agent(home, coord, i) for i in range(2)]
-    for _ in range(3):
-        for a in agents:
-            a._iteration()
+    _until_moved(agents)
     assert agents[0].program.name == "architecture"
     n_moves = sum(1 for e in _events(coord) if e[0] == "allocation")
     # the coordinator dies: a new one finds the allocation in redis (nobody configures it again)
@@ -169,9 +189,7 @@ def test_a_moved_agent_gets_the_new_programs_own_backend(tmp_path, redis_url, mo
                             runner=fake_runner(LAND, random.Random(i)), hardware_class=LAND.hardware_class)
               for i in range(2)]
     first = agents[0].backend
-    for _ in range(3):
-        for a in agents:
-            a._iteration()
+    _until_moved(agents)
     a0 = agents[0]
     assert a0.program.name == "architecture"
     assert a0.backend is not first and a0.backend.name == kind

@@ -164,9 +164,9 @@ def test_swarm_run_resume_and_secrets(work):
     assert "noise history: none for cpu-" in r1.stdout, r1.stdout[-2000:]
     # and that its min_dof 2 makes the first margins wide (coordinator/decide/history.py)
     assert "promotion.min_dof 2: the first decisions judge" in r1.stdout, r1.stdout[-2000:]
-    # and that the third program starts with no agent, and why it will not get one
-    assert "programs: 1 of 3 start with no agent (2 agents): schedule; under allocation.min_agents 1" \
-        in r1.stdout, r1.stdout[-2000:]
+    # and that the third program starts with no agent, and how it gets one: the programs take turns
+    assert "programs: 1 of 3 start with no agent (2 agents): schedule; too few agents for allocation.min_agents 1" \
+        " each, so the programs take turns: each gets 0.33 of an agent" in r1.stdout, r1.stdout[-2000:]
     info = json.loads((home / "swarm.json").read_text())
     counts, rows = _ledger_counts(home)
     assert len(rows) >= 4 and counts["started"] == counts["records"]

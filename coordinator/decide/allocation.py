@@ -49,7 +49,8 @@ default (bench/results/allocation-2026-12-05.txt).
 
 Moves are held back by: a floor per program (`min_agents`: an agent never leaves a program that
 would fall below it, and a program below it takes the next free agent; a fraction time-shares,
-see `_recent_agents`), a minimum dwell (an agent
+see `_recent_agents`; where the agents are too few for the floors, the programs take turns under a
+fractional floor, `visits`), a minimum dwell (an agent
 moves only after `dwell_runs` runs on its program) and pins (agents of a pinned program are never
 moved, and none are moved into it). A program an agent's backend refused (mutate's search space
 exhausted, a model refusing alike five times) is spent: the agent leaves it at once, dwell and
@@ -119,7 +120,15 @@ class AllocationConfig(_M):
     # left with no agent and brings one back for a visit of dwell_runs runs whenever its share of
     # the swarm's recent device-hours falls under half an agent's.
     min_agents: float = Field(default=1, ge=0)
-    # Runs on a program before an agent may move: with share p_best, 6 rather than 3 cut the moves
+    # When the floors cannot all be met (fewer agents than min_agents x the programs not pinned:
+    # the quick start's 2 agents on 6 programs), the programs take turns: the floor becomes this
+    # share of those agents spread over the programs (0.5 of 2 agents over 6 programs: 1/6 of an
+    # agent each, so half the device time visits every program in turn and half follows the
+    # yields; see Allocation.floor). 0: a program with no agent at the start runs only when
+    # another's backend is spent (it was so before; bench/quickstart.py --programs measures both).
+    visits: float = Field(default=0.5, ge=0, le=1)
+    # Runs on a program before an agent may move (runs of work: the baseline runs that measure best,
+    # the swarm's first round above all, are not counted): with share p_best, 6 rather than 3 cut the moves
     # on the allocation bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the
     # target unchanged (bench/results/allocation-2026-12-03.txt); share active, which moves an
     # agent only between programs told apart as inert or not, needs 2 (3.8-4.2 moves a night).
@@ -258,7 +267,8 @@ class Allocation:
         if typ == "record":
             rec = ExperimentRecord.model_validate_json(js)
             self._rec_program[id] = rec.program
-            self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
+            if rec.kind != "baseline":   # measuring best is no work on the program (dwell_runs)
+                self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
             self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
             if rec.program in self.hours:
                 self.hours[rec.program] += _seconds(rec) / 3600.0
@@ -354,8 +364,9 @@ class Allocation:
             act = {n: self.programs[n].weight * (1.0 - inert[n]) for n in free}
             total = sum(act.values())
             share = {n: act[n] / total if total > 0 else 1.0 / len(free) for n in free}
-        extra = max(sum(counts[n] for n in free) - self.cfg.min_agents * len(free), 0)
-        return {n: self.cfg.min_agents + extra * share[n] for n in free}, p_best, inert
+        floor = self.floor()
+        extra = max(sum(counts[n] for n in free) - floor * len(free), 0)
+        return {n: floor + extra * share[n] for n in free}, p_best, inert
 
     def _inert(self) -> dict[str, float]:
         """Each program's probability that its changes do nothing measurable to val_bpb (a
@@ -417,7 +428,7 @@ class Allocation:
             if runs - self.moved_at.get(agent, 0) < self.cfg.dwell_runs:
                 return None
             counts = self._counts()
-            floor = self.cfg.min_agents
+            floor = self.floor()
             if counts[program] - 1 < math.floor(floor):
                 return None
             recent = self._recent_agents()
@@ -482,27 +493,52 @@ class Allocation:
     def _starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> bool:
         """Below its floor: fewer agents than the floor's whole part, or (a fractional floor, whose
         `recent` is not empty) no more than that and a recent share under the floor."""
-        floor = self.cfg.min_agents
+        floor = self.floor()
         whole = math.floor(floor)
         return counts[n] < whole or (bool(recent) and counts[n] <= whole and recent[n] < floor)
 
     def _why_starved(self, n: str, counts: dict[str, int], recent: dict[str, float]) -> str:
-        if counts[n] < math.floor(self.cfg.min_agents) or not recent:
-            return f"{n} has {counts[n]} agent(s), below the floor of {self.cfg.min_agents:g}"
+        floor = self.floor()
+        said = f"{floor:.2g}" if floor == self.cfg.min_agents else (
+            f"{floor:.2g} (programs take turns: {self._free_agents()} agents for {len(self._free())} programs, "
+            f"visits {self.cfg.visits:g})")
+        if counts[n] < math.floor(floor) or not recent:
+            return f"{n} has {counts[n]} agent(s), below the floor of {said}"
         return (f"{n} had {recent[n]:.2f} agents on average over the swarm's last "
-                f"{self._window_runs()} runs, below its floor of {self.cfg.min_agents:g}")
+                f"{self._window_runs()} runs, below its floor of {said}")
+
+    def _free(self) -> list[str]:
+        return [n for n, p in self.programs.items() if not p.pinned]
+
+    def _free_agents(self) -> int:
+        free = set(self._free())
+        return sum(1 for prog in self.program_of.values() if prog in free)
+
+    def floor(self) -> float:
+        """The floor per program in agents: `min_agents`, or, when the agents (those not on a pinned
+        program) are fewer than min_agents x the programs not pinned, `visits` x agents / programs:
+        the programs take turns (see AllocationConfig.visits)."""
+        f, free, agents = self.cfg.min_agents, self._free(), self._free_agents()
+        if self.cfg.visits > 0 and free and agents and f * len(free) > agents:
+            return min(f, self.cfg.visits * agents / len(free))
+        return f
 
     def _window_runs(self) -> int:
-        return min(2 * self.cfg.dwell_runs * max(len(self.program_of), 1), RECENT)
+        """A fractional floor's window, in runs: one visit of dwell_runs runs in it gives a program
+        the floor's fraction of an agent (2 x dwell_runs x agents for half an agent: a floor under
+        0.5 used to count over that window too, and so visited as often as 0.5)."""
+        frac = self.floor() % 1.0
+        agents = max(len(self.program_of), 1)
+        return min(math.ceil(self.cfg.dwell_runs * agents / max(frac, 1.0 / RECENT)), RECENT)
 
     def _recent_agents(self) -> dict[str, float]:
         """A fractional floor's measure ({} under a whole floor, which needs none): each program's
-        agents on average over the swarm's last 2 x dwell_runs x agents runs (its share of their
-        device-seconds, times the agents; by runs when none of them trained). With a floor of 0.5
-        a visit of dwell_runs runs every such window keeps a program at its floor: one agent
-        time-shares two such programs. Why a window and not the night's share: a program given
+        agents on average over the swarm's last `_window_runs` runs (2 x dwell_runs x agents for a
+        floor of 0.5; its share of their device-seconds, times the agents; by runs when none of
+        them trained). A visit of dwell_runs runs every such window keeps a program at its floor:
+        under 0.5, one agent time-shares two such programs. Why a window and not the night's share: a program given
         up early would go unvisited for as long as its first hours held its share up."""
-        if self.cfg.min_agents == math.floor(self.cfg.min_agents):
+        if self.floor() == math.floor(self.floor()):
             return {}
         agents = max(len(self.program_of), 1)
         secs = {n: 0.0 for n in self.programs}

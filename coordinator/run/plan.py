@@ -32,11 +32,12 @@ class Plan:
 
     def unstaffed_line(self) -> str | None:
         """One line at start when some programs begin with no agent (more programs than agents):
-        which, and whether they will ever run. Under a whole floor (`min_agents` 1, the default) an
-        agent alone on its program never leaves it, so they get an agent only when another
-        program's backend is spent; static allocation never gives them one. None when every
-        program has an agent, or a floor under 1 lets the allocation move agents to them (a fraction
-        brings each in for visits)."""
+        which, and whether they will ever run. Static allocation never gives them one. Adaptive,
+        where the floors cannot all be met (min_agents x the programs not pinned above the agents
+        on them), `visits` has the programs take turns (decide/allocation.Allocation.floor); with
+        `visits: 0` an agent alone on its program never leaves it under a whole floor, so they get
+        an agent only when another program's backend is spent. None when every program has an
+        agent, or a floor that the agents meet (a fraction brings each in for visits), or none."""
         staffed = {s["program_name"] for s in self.agent_specs}
         idle = [e.label() for e in self.cfg.programs if e.label() not in staffed]
         if not idle:
@@ -46,9 +47,18 @@ class Plan:
                 f"({self.n_agents} agent{'s' if self.n_agents != 1 else ''}): {', '.join(idle)}")
         if alloc.mode == "static":
             return f"{head}; under static allocation they never run"
-        if alloc.min_agents < 1 or alloc.min_agents != int(alloc.min_agents):
-            return None   # no floor, or a fractional one: the allocation may move agents to them
-        return (f"{head}; under allocation.min_agents {alloc.min_agents:g} no agent leaves a program it "
-                "is alone on, so they run only when another program's backend is spent: "
-                "`allocation: {min_agents: 0.5}` in swarm.yaml has every program take turns")
+        pinned = {e.label() for e in self.cfg.programs if e.pin}
+        free = len(self.cfg.programs) - len(pinned)
+        agents = sum(1 for s in self.agent_specs if s["program_name"] not in pinned)
+        if alloc.min_agents == 0 or alloc.min_agents * free <= agents:
+            return None   # no floor, or one the agents meet: the allocation may move agents to them
+        if alloc.visits > 0:
+            return (f"{head}; too few agents for allocation.min_agents {alloc.min_agents:g} each, so the "
+                    f"programs take turns: each gets {alloc.visits * agents / free:.2g} of an agent "
+                    f"(allocation.visits {alloc.visits:g}) in visits of {alloc.dwell_runs} runs, once an agent "
+                    f"has run {alloc.dwell_runs} on its program (baselines not counted); the rest follows "
+                    "what moves best")
+        return (f"{head}; under allocation.min_agents {alloc.min_agents:g} and visits 0 no agent leaves a "
+                "program it is alone on, so they run only when another program's backend is spent: "
+                "`allocation: {visits: 0.5}` in swarm.yaml has every program take turns")
 

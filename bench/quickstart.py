@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import statistics
 import sys
 import tempfile
@@ -50,7 +51,8 @@ from agents.messages import Decision, PromotionConfig  # noqa: E402
 from agents.program import load_program  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import Drift  # noqa: E402
-from bench.swarmsim import ArmResult, Swarm, history_file  # noqa: E402
+from bench.swarmsim import ArmResult, Swarm, history_file, program_specs  # noqa: E402
+from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.run.config import assign_programs, load_config, resolve_backend, resolve_program  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
 
@@ -64,16 +66,17 @@ STARTUP_S = 20.0
 
 
 def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str | None = None,
-                    ) -> tuple[list[str], dict[str, str], PromotionConfig]:
+                    ) -> tuple[list[str], dict[str, str], PromotionConfig, AllocationConfig]:
     """What `swarm run --agents A` does with the shipped default config and no LLM key: each
-    agent's program, each program's backend (as `auto` resolves it), the promotion rules.
-    `programs` / `backend` replace the default's (to compare quick starts)."""
+    agent's program, each shipped program's backend (as `auto` resolves it: an allocation may move
+    an agent to any of them), the promotion rules and the allocation. `programs` / `backend`
+    replace the default's (to compare quick starts)."""
     cfg, base = load_config(None)
     if programs is None:
         programs = [cfg.programs[j].label() for j in assign_programs(cfg.programs, agents)]
     entries = {e.label(): (i, e) for i, e in enumerate(cfg.programs)}
     backends = {}
-    for name in dict.fromkeys(programs):
+    for name in dict.fromkeys(programs + list(entries)):
         if backend is not None:
             backends[name] = backend
             continue
@@ -81,17 +84,24 @@ def quickstart_plan(agents: int, programs: list[str] | None = None, backend: str
         prog = load_program(resolve_program(entry, base, "swarm.default.yaml", i), name)
         spec = resolve_backend(entry.backend or cfg.backend, env={}, program=prog, local=True)
         backends[name] = json.dumps(spec)   # a YAML flow mapping: swarmsim.backend_spec reads it
-    return programs, backends, cfg.promotion
+    return programs, backends, cfg.promotion, cfg.allocation
 
 
 def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], backends: dict[str, str],
            cfg: PromotionConfig, max_experiments: int | None, minutes: float | None = None,
-           seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None) -> dict:
-    """One quick start: returns moved, false moves, the moves, runs per agent, minutes."""
+           seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None,
+           allocation: AllocationConfig | None = None, history: int = 0) -> dict:
+    """One quick start: returns moved, false moves, the moves, runs per agent, minutes, and the
+    share of runs each program had."""
     home = workdir / f"q{seed}"
-    hist = history_file(home.with_suffix(".history.json"), land, 0)   # a fresh machine: none
+    # a fresh machine has no noise history (`history` dof: one that has)
+    hist = history_file(home.with_suffix(".history.json"), land, history, random.Random(seed))
     sw = Swarm(home, redis_url, f"quick-{seed}", land, programs, seed, cfg, backends, history=hist,
                drift=drift.at(seed) if drift is not None else None)
+    if allocation is not None:   # as swarm run configures it: every shipped program, the agents start on theirs
+        sw.coord.configure_allocation(AllocationSpec(
+            config=allocation.model_copy(update={"seed": seed}),
+            programs=program_specs(land, [n for n in backends if n in land.program_names], backends)))
     res = ArmResult("quickstart")
     while True:
         if minutes is not None and STARTUP_S + (res.rounds + 1) * seconds_per_run > minutes * 60:
@@ -113,7 +123,10 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
     sw.finish(res)
     c = sw.coord
     prev, moves, false = c.root, [], 0
+    by_program: Counter = Counter()
     for typ, _id, js in c.ledger.events():
+        if typ == "record":
+            by_program[json.loads(js)["program"]] += 1
         if typ != "decision":
             continue
         d = Decision.model_validate_json(js)
@@ -126,19 +139,23 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
     runs_max = max(per_agent.values(), default=0)
     return {"seed": seed, "moved": bool(moves), "false_moves": false, "moves": moves,
             "gain": res.gain, "runs": dict(per_agent), "kinds": res.kinds,
+            "programs": dict(by_program), "agent_moves": len(c.allocation.history) if c.allocation else 0,
             "minutes": (STARTUP_S + runs_max * seconds_per_run) / 60.0}
 
 
 def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
         programs: list[str] | None = None, backend: str | None = None, land=None, out=print,
         verbose: bool = False, minutes: float | None = MINUTES,
-        seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None, promotion: dict | None = None) -> dict:
+        seconds_per_run: float = SECONDS_PER_RUN, drift: Drift | None = None, promotion: dict | None = None,
+        allocation: dict | None = None, history: int = 0) -> dict:
     if land is None:
         from bench.real_landscape import RealLandscape
         land = RealLandscape()
-    programs, backends, cfg = quickstart_plan(agents, programs, backend)
+    programs, backends, cfg, alloc = quickstart_plan(agents, programs, backend)
     if promotion:
         cfg = PromotionConfig(**{**cfg.model_dump(), **promotion})
+    if allocation:
+        alloc = AllocationConfig(**{**alloc.model_dump(), **allocation})
     missing = [p for p in programs if p not in land.program_names]
     if missing:
         raise SystemExit(f"error: program(s) {', '.join(missing)} move no knob of the landscape")
@@ -148,11 +165,11 @@ def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
     try:
         for seed in range(replays):
             r = replay(land, work, redis.url, seed, programs, backends, cfg, max_experiments, minutes,
-                       seconds_per_run, drift)
+                       seconds_per_run, drift, alloc, history)
             rows.append(r)
             if verbose:
                 out(f"  replay {seed}: moves {r['moves']} gain {r['gain']:+.4f} runs {r['runs']} "
-                    f"{r['minutes']:.1f} min {r['kinds']}")
+                    f"{r['minutes']:.1f} min {r['kinds']} programs {r['programs']} agent moves {r['agent_moves']}")
     finally:
         redis.stop(kill=True)
         remove_work(work)
@@ -162,12 +179,21 @@ def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
                "median_minutes": statistics.median(r["minutes"] for r in rows),
                "mean_gain_sigma": statistics.mean(r["gain"] for r in rows) / land.sigma,
                "programs": programs, "backends": backends, "max_experiments": max_experiments,
+               "allocation": alloc.model_dump(),
                "minutes": minutes,
                "rows": rows}
     stop = f"--minutes {minutes:g}" if minutes is not None else f"--max-experiments {max_experiments}"
+    ran = Counter()
+    for r in rows:
+        ran.update(r["programs"])
+    total = sum(ran.values()) or 1
     out(f"# {agents} agents {programs}, backends {backends}, {stop} ({seconds_per_run:g} s a run); "
-        f"mean true gain {summary['mean_gain_sigma']:.1f} sigma; runs per agent "
-        f"{statistics.mean(max(r['runs'].values()) for r in rows):.1f} (busiest, mean)")
+        f"allocation {alloc.mode} (min_agents {alloc.min_agents:g}, visits {alloc.visits:g}, dwell_runs "
+        f"{alloc.dwell_runs}); noise history {history} dof; mean true gain {summary['mean_gain_sigma']:.1f} "
+        f"sigma; runs per agent {statistics.mean(max(r['runs'].values()) for r in rows):.1f} (busiest, mean); "
+        "share of runs by program "
+        + ", ".join(f"{n} {ran[n] / total:.2f}" for n in sorted(ran, key=ran.get, reverse=True))
+        + f"; agent moves {statistics.mean(r['agent_moves'] for r in rows):.1f} a replay")
     out(f"quickstarts={n} moved_fraction={summary['moved_fraction']:.2f} "
         f"false_moves={summary['false_moves']} median_minutes={summary['median_minutes']:.1f}")
     return summary
@@ -188,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift", metavar="SHARE,LAG1", help="the machine's speed drift (bench/drift.py measures it)")
     ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",
                     help="a promotion key over the shipped config's (repeatable)")
+    ap.add_argument("--allocation", action="append", default=[], metavar="KEY=VALUE",
+                    help="an allocation key over the shipped config's (repeatable): mode=static, visits=0")
+    ap.add_argument("--history", type=int, default=0, metavar="DOF",
+                    help="a machine with noise history of this many dof (default 0: a fresh one)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per replay")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -199,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     run(a.replays, a.max_experiments, a.agents, a.programs.split(",") if a.programs else None, a.backend,
         verbose=a.verbose, minutes=None if a.max_experiments else a.minutes, seconds_per_run=a.seconds_per_run,
-        drift=drift, promotion=dict(kv.split("=", 1) for kv in a.promotion))
+        drift=drift, promotion=dict(kv.split("=", 1) for kv in a.promotion),
+        allocation=dict(kv.split("=", 1) for kv in a.allocation), history=a.history)
     print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     return 0
 

@@ -127,11 +127,12 @@ class AllocationConfig(_M):
     # yields; see Allocation.floor). 0: a program with no agent at the start runs only when
     # another's backend is spent (it was so before; bench/quickstart.py --programs measures both).
     visits: float = Field(default=0.5, ge=0, le=1)
-    # Runs on a program before an agent may move (runs of work: the baseline runs that measure best,
-    # the swarm's first round above all, are not counted): with share p_best, 6 rather than 3 cut the moves
-    # on the allocation bench (12 seeds: barren 292 -> 116, equal 138 -> 60) with rounds to the
-    # target unchanged (bench/results/allocation-2026-12-03.txt); share active, which moves an
-    # agent only between programs told apart as inert or not, needs 2 (3.8-4.2 moves a night).
+    # Runs on a program before an agent may move (the swarm's first round, the baseline runs of the
+    # root that measure the noise, not counted: 9 of a fresh quick start's first 18 runs): with
+    # share p_best, 6 rather than 3 cut the moves on the allocation bench (12 seeds: barren 292 ->
+    # 116, equal 138 -> 60) with rounds to the target unchanged
+    # (bench/results/allocation-2026-12-03.txt); share active, which moves an agent only between
+    # programs told apart as inert or not, needs 2 (3.8-4.2 moves a night).
     dwell_runs: int = Field(default=6, ge=1)
     prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
     # Unverified evidence: a candidate still pending in its sequential test with a positive delta
@@ -215,7 +216,8 @@ class Allocation:
         self._lock = threading.Lock()
         self._cursor = "-"
         self.program_of: dict[str, str] = {}     # agent -> program it runs now
-        self.runs: dict[str, int] = {}           # agent -> runs recorded
+        self.runs: dict[str, int] = {}           # agent -> runs recorded (dwell: not the root's baselines)
+        self._root: str | None = None            # the commit the swarm's first baseline ran
         self.moved_at: dict[str, int] = {}       # agent -> its runs when last moved
         self.allocated: dict[str, str] = {}      # agent -> the program it was last moved to
         self.hours: dict[str, float] = {n: 0.0 for n in names}
@@ -267,7 +269,10 @@ class Allocation:
         if typ == "record":
             rec = ExperimentRecord.model_validate_json(js)
             self._rec_program[id] = rec.program
-            if rec.kind != "baseline":   # measuring best is no work on the program (dwell_runs)
+            if rec.kind == "baseline" and self._root is None:
+                self._root = rec.commit
+            if not (rec.kind == "baseline" and rec.commit == self._root):
+                # the swarm's first round (the root's runs: the noise) is no work on a program
                 self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
             self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
             if rec.program in self.hours:

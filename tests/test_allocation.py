@@ -9,6 +9,7 @@ import pytest
 from agents.messages import Decision, ExperimentRecord
 from agents.program import ProgramSpec
 from coordinator.decide.allocation import Allocation, AllocationConfig, AllocationError, AllocationSpec
+from coordinator.run.live import program_lines
 from coordinator.state import keys
 from coordinator.state.ledger import Ledger, connect_redis
 from trainer.schema import ExperimentResult
@@ -201,6 +202,13 @@ def test_more_programs_than_agents_take_turns(ledger, cfg):
     programs without an agent never run); `visits: 1` gives every agent to the turns (the yields
     decide nothing)."""
     ran = _six_programs_two_agents(ledger, **cfg)
+    ys = [{**y.model_dump(), "mode": "adaptive"} for y in Allocation.restore(ledger).yields()]
+    header = program_lines(ys)[0]
+    if cfg.get("visits") == 0:
+        assert "take turns" not in header and not ys[0]["turns"]
+    else:   # `swarm status` says so
+        assert ys[0]["floor"] == pytest.approx(round(cfg.get("visits", 0.5) * 2 / 6, 4))
+        assert header.endswith(f"the programs take turns: {ys[0]['floor']:.2g} of an agent each):"), header
     tail = ran[40:]   # after the first visits
     share = {n: tail.count(n) / len(tail) for n in sorted(set(ran))}
     if cfg.get("visits") == 0:

@@ -190,6 +190,8 @@ class ProgramYield(_M):
     pinned: bool = False
     spent: bool = False    # an agent's backend refused it: no agent is moved into it until best moves
     inert: float = 0.0     # the probability that its changes do nothing measurable
+    floor: float = 1.0     # its floor in agents now (under min_agents: the programs take turns)
+    turns: bool = False    # too few agents for min_agents each: the floor is visits x agents / programs
 
 
 class AllocationError(ValueError):
@@ -567,6 +569,7 @@ class Allocation:
             post, inert = self._posterior(), self._inert()
             counts = self._counts()
             total_h = sum(self.hours.values())
+            floor = self.floor()
             out = []
             for n, p in self.programs.items():
                 shape, rate, unit = post[n]
@@ -576,7 +579,7 @@ class Allocation:
                     yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
                     sd=round(math.sqrt(shape) / rate * unit, 6),
                     share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent,
-                    inert=round(inert[n], 4)))
+                    inert=round(inert[n], 4), floor=round(floor, 4), turns=floor < self.cfg.min_agents))
             return out
 
 

@@ -96,7 +96,10 @@ def program_lines(progs: list[dict]) -> list[str]:
     """`programs (adaptive): optimizer 3 agents, yield 0.0123±0.0040 bpb/device-h, 41% of device-hours`."""
     if not progs:
         return []
-    out = [f"programs ({progs[0].get('mode', 'static')} allocation; yield = best's gain per device-hour):"]
+    # too few agents for the floors (decide/allocation.Allocation.floor): said once, in the header
+    turns = (f"; too few agents for the floors, so the programs take turns: {progs[0]['floor']:.2g} of an "
+             "agent each") if progs[0].get("turns") else ""
+    out = [f"programs ({progs[0].get('mode', 'static')} allocation; yield = best's gain per device-hour{turns}):"]
     # programs no agent ever ran (fewer agents than programs): one line, not a row of zeros each
     idle = [p["program"] for p in progs
             if not p["agents"] and not p["hours"] and not p.get("pinned") and not p.get("spent")]

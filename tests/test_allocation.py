@@ -222,6 +222,19 @@ def test_more_programs_than_agents_take_turns(ledger, cfg):
         assert share["p0"] > 0.4, share          # 1/6 of an agent visits, the other agent follows p0
 
 
+def test_static_allocation_never_says_the_programs_take_turns(ledger):
+    names = [f"p{i}" for i in range(6)]
+    a = Allocation.configure(ledger, AllocationSpec(
+        config=AllocationConfig(mode="static", seed=1, dwell_runs=2),
+        programs=[ProgramSpec(name=n, text=f"# {n}\n") for n in names]))
+    for _ in range(4):
+        run(ledger, "a0", "p0")
+        run(ledger, "a1", "p1")
+    assert a.assign("a0", "p0") is None
+    ys = [{**y.model_dump(), "mode": "static"} for y in a.yields()]
+    assert not any(y["turns"] for y in ys) and "take turns" not in program_lines(ys)[0]
+
+
 def test_an_agent_that_leaves_goes_to_the_program_least_visited_as_a_moved_one_does(ledger):
     """Under a fractional floor two programs without an agent are both starved; an agent whose
     backend refused its program goes to the one the swarm ran least of late, as an agent moved at

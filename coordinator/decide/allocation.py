@@ -579,7 +579,8 @@ class Allocation:
                     yield_=round(self.credit[n] / h, 6) if h > 0 else 0.0,
                     sd=round(math.sqrt(shape) / rate * unit, 6),
                     share=round(h / total_h, 4) if total_h > 0 else 0.0, pinned=p.pinned, spent=n in self.spent,
-                    inert=round(inert[n], 4), floor=round(floor, 4), turns=floor < self.cfg.min_agents))
+                    inert=round(inert[n], 4), floor=round(floor, 4),
+                    turns=self.cfg.mode == "adaptive" and floor < self.cfg.min_agents))
             return out
 
 

@@ -33,11 +33,12 @@ def spec(mode="adaptive", pinned=(), weights=None, **cfg) -> AllocationSpec:
 
 
 def run(ledger: Ledger, agent: str, program: str, moved: float | None = None, pooled=(),
-        kind: str = "experiment", commit: str = "c") -> str:
+        kind: str = "experiment", commit: str = "c", job: str | None = None) -> str:
     """One run of 300 s under `program`; with `moved`, a decision that moved best by that much."""
     eid = f"e{next(_ids)}"
     ledger.add_record(ExperimentRecord(
         experiment_id=eid, kind=kind, agent=agent, program=program, hardware_class="hw", parent="p", commit=commit,
+        job_id=job,
         status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0, total_seconds=300.0)))
     if moved is not None:
         ledger.put_decision(Decision(experiment_id=eid, decision="promote", best_after="c2",
@@ -100,19 +101,22 @@ def test_dwell_holds_an_agent_until_its_runs_are_done(ledger):
     assert a.assign("b0", "good") is None      # just moved: dwell again
 
 
-def test_the_first_rounds_baselines_are_not_dwell(ledger):
-    """The swarm's first round, the runs of the root that measure the noise (9 of a fresh quick
-    start's first 18), is no work on the agent's program: an agent that has run only those is not
-    moved (it was after dwell_runs of them, before its program had run one experiment). A
-    re-measure of a later best counts, as every job does."""
-    a = Allocation.configure(ledger, spec(dwell_runs=2, min_agents=0))
+def test_the_roots_repeats_are_not_dwell(ledger):
+    """The repeats of the root the coordinator asks for to measure the noise (7 of a fresh quick
+    start's first 18 runs) are no work on the agent's program: an agent that has run only those and
+    its own first baseline is not moved (it was after dwell_runs of them, before its program had
+    run one experiment). Its own first baseline counts, as a re-measure of a later best does (a
+    job like any other): on bench/allocation.py, where every agent's first run is its own
+    baseline, leaving that out too came a round later to every move."""
+    a = Allocation.configure(ledger, spec(dwell_runs=3, min_agents=0))
+    run(ledger, "b0", "barren", kind="baseline", commit="root")            # its own parent: counts
     for _ in range(5):
-        run(ledger, "b0", "barren", kind="baseline", commit="root")
+        run(ledger, "b0", "barren", kind="baseline", commit="root", job="baseline-j")   # noise: not
     for _ in range(6):
         run(ledger, "g", "good", moved=0.02)
-    run(ledger, "b0", "barren", kind="confirm")
-    assert a.assign("b0", "barren") is None   # one run of work < 2
-    run(ledger, "b0", "barren", kind="baseline", commit="best2")   # a re-measure of a new best
+    run(ledger, "b0", "barren", kind="confirm", job="confirm-j")
+    assert a.assign("b0", "barren") is None   # two runs of work < 3
+    run(ledger, "b0", "barren", kind="baseline", commit="best2", job="baseline-k")   # a re-measure of a new best
     got = a.assign("b0", "barren")
     assert got is not None and got.name == "good"
 

@@ -102,14 +102,15 @@ def test_dwell_holds_an_agent_until_its_runs_are_done(ledger):
 
 
 def test_the_roots_repeats_are_not_dwell(ledger):
-    """The repeats of the root the coordinator asks for to measure the noise (7 of a fresh quick
-    start's first 18 runs) are no work on the agent's program: an agent that has run only those and
-    its own first baseline is not moved (it was after dwell_runs of them, before its program had
-    run one experiment). Its own first baseline counts, as a re-measure of a later best does (a
-    job like any other): on bench/allocation.py, where every agent's first run is its own
-    baseline, leaving that out too came a round later to every move."""
+    """An agent's repeats of the unchanged baseline after its first (the noise a fresh swarm
+    measures: 7 of the quick start's first 18 runs) are no work on its program: an agent that has
+    run only those and its first baseline is not moved (it was after dwell_runs of them, before its
+    program had run one experiment). Its first baseline counts, as a re-measure of a later best
+    does (a job like any other): on bench/allocation.py, where noise history leaves each agent one
+    baseline, leaving that out too came a round later to every move (barren 1.07 times static's
+    speed, not 1.13)."""
     a = Allocation.configure(ledger, spec(dwell_runs=3, min_agents=0))
-    run(ledger, "b0", "barren", kind="baseline", commit="root")            # its own parent: counts
+    run(ledger, "b0", "barren", kind="baseline", commit="root", job="baseline-i")   # its first: counts
     for _ in range(5):
         run(ledger, "b0", "barren", kind="baseline", commit="root", job="baseline-j")   # noise: not
     for _ in range(6):

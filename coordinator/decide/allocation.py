@@ -127,8 +127,8 @@ class AllocationConfig(_M):
     # yields; see Allocation.floor). 0: a program with no agent at the start runs only when
     # another's backend is spent (it was so before; bench/quickstart.py --programs measures both).
     visits: float = Field(default=0.5, ge=0, le=1)
-    # Runs on a program before an agent may move (the repeats of the root the coordinator asks for to
-    # measure the noise not counted: 7 of a fresh quick start's first 18 runs): with
+    # Runs on a program before an agent may move (an agent's repeats of the unchanged baseline after
+    # its first, the noise of a fresh swarm, not counted: 7 of the quick start's first 18 runs): with
     # share p_best, 6 rather than 3 cut the moves on the allocation bench (12 seeds: barren 292 ->
     # 116, equal 138 -> 60) with rounds to the target unchanged
     # (bench/results/allocation-2026-12-03.txt); share active, which moves an agent only between
@@ -220,6 +220,7 @@ class Allocation:
         self.program_of: dict[str, str] = {}     # agent -> program it runs now
         self.runs: dict[str, int] = {}           # agent -> runs recorded (dwell: not the root's repeats)
         self._root: str | None = None            # the commit the swarm's first baseline ran
+        self._entered: set[str] = set()          # agents that have run the root once
         self.moved_at: dict[str, int] = {}       # agent -> its runs when last moved
         self.allocated: dict[str, str] = {}      # agent -> the program it was last moved to
         self.hours: dict[str, float] = {n: 0.0 for n in names}
@@ -273,11 +274,13 @@ class Allocation:
             self._rec_program[id] = rec.program
             if rec.kind == "baseline" and self._root is None:
                 self._root = rec.commit
-            if not (rec.kind == "baseline" and rec.commit == self._root and rec.job_id):
-                # the root's repeats the coordinator asks for (the noise: 7 of a fresh quick
-                # start's first 9 runs) are no work on a program; an agent's own first baseline,
-                # as every later job, counts
+            if not (rec.kind == "baseline" and rec.commit == self._root and rec.agent in self._entered):
+                # an agent's repeats of the root after its first (the noise a fresh swarm measures:
+                # 7 of the quick start's first 9 runs) are no work on a program; its first run,
+                # as every later job, counts (with noise history that first is all there is)
                 self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
+            if rec.kind == "baseline" and rec.commit == self._root:
+                self._entered.add(rec.agent)
             self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
             if rec.program in self.hours:
                 self.hours[rec.program] += _seconds(rec) / 3600.0

@@ -56,7 +56,7 @@ class Plan:
             return (f"{head}; too few agents for allocation.min_agents {alloc.min_agents:g} each, so the "
                     f"programs take turns: each gets {alloc.visits * agents / free:.2g} of an agent "
                     f"(allocation.visits {alloc.visits:g}) in visits of {alloc.dwell_runs} runs, once an agent "
-                    f"has run {alloc.dwell_runs} on its program (the first round not counted); the rest follows "
+                    f"has run {alloc.dwell_runs} on its program (the noise runs not counted); the rest follows "
                     "what moves best")
         return (f"{head}; under allocation.min_agents {alloc.min_agents:g} and visits 0 no agent leaves a "
                 "program it is alone on, so they run only when another program's backend is spent: "

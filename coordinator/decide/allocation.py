@@ -527,13 +527,9 @@ class Allocation:
         return sum(1 for prog in self.program_of.values() if prog in free)
 
     def floor(self) -> float:
-        """The floor per program in agents: `min_agents`, or, when the agents (those not on a pinned
-        program) are fewer than min_agents x the programs not pinned, `visits` x agents / programs:
-        the programs take turns (see AllocationConfig.visits)."""
-        f, free, agents = self.cfg.min_agents, self._free(), self._free_agents()
-        if self.cfg.visits > 0 and free and agents and f * len(free) > agents:
-            return min(f, self.cfg.visits * agents / len(free))
-        return f
+        """The floor per program in agents now (`floor_for` over the agents not on a pinned program
+        and the programs not pinned)."""
+        return floor_for(self.cfg, len(self._free()), self._free_agents())
 
     def _window_runs(self) -> int:
         """A fractional floor's window, in runs: one visit of dwell_runs runs in it gives a program
@@ -550,7 +546,8 @@ class Allocation:
         them trained). A visit of dwell_runs runs every such window keeps a program at its floor:
         under 0.5, one agent time-shares two such programs. Why a window and not the night's share: a program given
         up early would go unvisited for as long as its first hours held its share up."""
-        if self.floor() == math.floor(self.floor()):
+        floor = self.floor()
+        if floor == math.floor(floor):
             return {}
         agents = max(len(self.program_of), 1)
         secs = {n: 0.0 for n in self.programs}
@@ -587,6 +584,17 @@ class Allocation:
                     inert=round(inert[n], 4), floor=round(floor, 4),
                     turns=self.cfg.mode == "adaptive" and floor < self.cfg.min_agents))
             return out
+
+
+def floor_for(cfg: AllocationConfig, programs: int, agents: int) -> float:
+    """The floor per program in agents: `min_agents`, or, when the agents are fewer than
+    min_agents x the programs (both counted without the pinned ones), `visits` x agents / programs:
+    the programs take turns (see AllocationConfig.visits). `swarm run`'s start line says the same
+    from its plan (coordinator/run/plan.py)."""
+    f = cfg.min_agents
+    if cfg.visits > 0 and programs and agents and f * programs > agents:
+        return min(f, cfg.visits * agents / programs)
+    return f
 
 
 def _most_starved(starved: list[str], counts: dict[str, int], recent: dict[str, float]) -> str:

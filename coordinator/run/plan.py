@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.decide.allocation import floor_for
 from coordinator.run.config import SwarmConfig
 
 MAX_RESTARTS = 3          # per agent; an agent that keeps dying is left dead
@@ -52,9 +53,10 @@ class Plan:
         agents = sum(1 for s in self.agent_specs if s["program_name"] not in pinned)
         if alloc.min_agents == 0 or alloc.min_agents * free <= agents:
             return None   # no floor, or one the agents meet: the allocation may move agents to them
-        if alloc.visits > 0:
+        floor = floor_for(alloc, free, agents)
+        if floor < alloc.min_agents:
             return (f"{head}; too few agents for allocation.min_agents {alloc.min_agents:g} each, so the "
-                    f"programs take turns: each gets {alloc.visits * agents / free:.2g} of an agent "
+                    f"programs take turns: each gets {floor:.2g} of an agent "
                     f"(allocation.visits {alloc.visits:g}) in visits of {alloc.dwell_runs} runs, once an agent "
                     f"has run {alloc.dwell_runs} on its program (the noise runs not counted); the rest follows "
                     "what moves best")

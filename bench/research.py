@@ -269,6 +269,12 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
                 for k, v in r.decisions.items():
                     decs[k] = decs.get(k, 0) + v
             out(f"{arm} experiment decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(decs.items())))
+            missed: dict[str, int] = {}
+            for r in results[arm]:
+                for k, v in r.true_missed.items():
+                    missed[k] = missed.get(k, 0) + v
+            out(f"{arm} true wins (2 sigma better than best when judged) not on the final best, by final "
+                f"decision: " + (", ".join(f"{k} {v}" for k, v in sorted(missed.items())) or "none"))
             for r in results[arm]:
                 for lw in r.lost[:3]:
                     out(f"  lost winner: {lw}")
@@ -318,7 +324,9 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
             hit = [r for r in rs if r.rounds_to_target is not None]
             kinds = sorted({k for r in hit for k in r.kinds_to_target})
             out(f"  {arm} runs to target by kind: " + ", ".join(
-                f"{k} {_mean([r.kinds_to_target.get(k, 0) for r in hit]):.1f}" for k in kinds))
+                f"{k} {_mean([r.kinds_to_target.get(k, 0) for r in hit]):.1f}" for k in kinds)
+                + f" (experiments whose best moved while they trained or waited: "
+                  f"{_mean([r.stale_to_target for r in hit]):.1f})")
     fp = line.get("null", {}).get("moves", float("nan"))
     sw = line.get("swarm", {})
     final = (f"agents={conf.agents} swarm_gain={sw.get('gain', float('nan')):.4f} "

@@ -140,6 +140,10 @@ class ArmResult:
     remeasures: int = 0                    # runs of a later best, unchanged (its mean, sigma)
     kinds: dict = field(default_factory=dict)  # records by kind (experiment, baseline, confirm, verify)
     kinds_to_target: dict = field(default_factory=dict)  # the same, when the target was first reached
+    ids_to_target: set = field(default_factory=set)      # the experiments recorded by then
+    true_missed: dict = field(default_factory=dict)  # true wins not on the final best, by final decision
+    stale: int = 0             # experiments first judged against another best than the one when they started
+    stale_to_target: int = 0   # the same, among ids_to_target
     decisions: dict = field(default_factory=dict)
     lost: list = field(default_factory=list)
 
@@ -280,8 +284,10 @@ class Swarm:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
                 res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
-                for rec in list(self.coord.records.values()):
+                for id, rec in list(self.coord.records.items()):
                     res.kinds_to_target[rec.kind] = res.kinds_to_target.get(rec.kind, 0) + 1
+                    if rec.kind == "experiment":
+                        res.ids_to_target.add(id)
         res.runs = len(self.log)
 
     def finish(self, res: ArmResult) -> ArmResult:
@@ -323,7 +329,11 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
     seen: set[str] = set()
     best = c.root
     sigma = cfg.sigma_prior
+    at_start: dict[str, str] = {}   # best when each run started
     for typ, id, js in c.ledger.events():
+        if typ == "started":
+            at_start[id] = best
+            continue
         if typ == "record":
             records[id] = ExperimentRecord.model_validate_json(js)
             continue
@@ -337,6 +347,9 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
                 samples.setdefault(blob(rec.commit), []).append(rec.val_bpb)
             if rec.kind == "experiment":
                 res.experiments += 1
+                if blob(at_start.get(id, best)) != blob(best):   # best moved while it trained or waited
+                    res.stale += 1
+                    res.stale_to_target += id in res.ids_to_target
                 fd = final_dec.get(id, d)
                 res.decisions[fd.decision] = res.decisions.get(fd.decision, 0) + 1
                 if fd.decision in MOVED:
@@ -371,3 +384,5 @@ def _judge_audit(rec, d, fd, best, best_samples, sigma, cfg, land, on_best, chai
     if land.true_bpb(repo.show(rec.commit)) < true_best - 2 * land.sigma:
         res.true_wins += 1
         res.true_wins_reached += reached
+        if not reached:
+            res.true_missed[fd.decision] = res.true_missed.get(fd.decision, 0) + 1

@@ -142,8 +142,7 @@ class ArmResult:
     kinds_to_target: dict = field(default_factory=dict)  # the same, when the target was first reached
     ids_to_target: set = field(default_factory=set)      # the experiments recorded by then
     true_missed: dict = field(default_factory=dict)  # true wins not on the final best, by final decision
-    stale: int = 0             # experiments first judged against another best than the one when they started
-    stale_to_target: int = 0   # the same, among ids_to_target
+    stale_to_target: int = 0   # of ids_to_target, those first judged against another best than at their start
     decisions: dict = field(default_factory=dict)
     lost: list = field(default_factory=list)
 
@@ -347,9 +346,8 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
                 samples.setdefault(blob(rec.commit), []).append(rec.val_bpb)
             if rec.kind == "experiment":
                 res.experiments += 1
-                if blob(at_start.get(id, best)) != blob(best):   # best moved while it trained or waited
-                    res.stale += 1
-                    res.stale_to_target += id in res.ids_to_target
+                if id in res.ids_to_target and blob(at_start.get(id, best)) != blob(best):
+                    res.stale_to_target += 1   # best moved while it trained or waited
                 fd = final_dec.get(id, d)
                 res.decisions[fd.decision] = res.decisions.get(fd.decision, 0) + 1
                 if fd.decision in MOVED:

@@ -274,12 +274,13 @@ class Allocation:
             self._rec_program[id] = rec.program
             if rec.kind == "baseline" and self._root is None:
                 self._root = rec.commit
-            if not (rec.kind == "baseline" and rec.commit == self._root and rec.agent in self._entered):
+            of_root = rec.kind == "baseline" and rec.commit == self._root
+            if not (of_root and rec.agent in self._entered):
                 # an agent's repeats of the root after its first (the noise a fresh swarm measures:
                 # 7 of the quick start's first 9 runs) are no work on a program; its first run,
                 # as every later job, counts (with noise history that first is all there is)
                 self.runs[rec.agent] = self.runs.get(rec.agent, 0) + 1
-            if rec.kind == "baseline" and rec.commit == self._root:
+            if of_root:
                 self._entered.add(rec.agent)
             self.program_of[rec.agent] = rec.program  # a moved agent's records name its new one
             if rec.program in self.hours:

@@ -166,3 +166,41 @@ def test_reading_constants_in_two_threads_at_once_never_raises():
         t.join(20)
     assert inside.is_set()
     assert errors == [] and "DEPTH" in consts
+
+
+def test_a_step_another_agent_began_on_this_commit_is_not_proposed_again():
+    """Two agents with the same seed on the same best would propose the same step: the
+    second sees the first's in ctx.tried (the coordinator's list for that commit) and does not."""
+    for seed in range(20):
+        first = MutateBackend(seed=seed).propose(ctx())
+        c = ctx()
+        c.tried = [first.description]
+        again = MutateBackend(seed=seed).propose(c)
+        assert again.error is None and again.description != first.description
+        assert again.new_source != first.new_source
+
+
+def test_knobs_the_swarm_stepped_on_this_commit_come_last():
+    """A step of a knob nobody has stepped on this commit comes before another step of a
+    stepped one: eight agents on one best cover the knobs instead of the same few twice."""
+    c = ctx()
+    c.tried = ["LEARNING_RATE 0.04 -> 0.06", "DEPTH 4 -> 3, LEARNING_RATE 0.04 -> 0.02"]
+    for seed in range(20):
+        p = MutateBackend(seed=seed).propose(c)
+        assert [n for n, *_ in re.findall(r"(\w+) (\S+) -> (\S+)", p.description)] == ["WINDOW"]
+    # Every knob stepped already: steps of any of them again (new ones: never a repeat).
+    c.tried.append("WINDOW 'SL' -> 'L'")
+    got = {MutateBackend(seed=seed).propose(c).description for seed in range(20)}
+    assert not got & set(c.tried) and any("DEPTH" in g or "LEARNING_RATE" in g for g in got)
+
+
+def test_a_space_the_swarm_has_tried_is_not_spent_for_an_agent_that_has_not():
+    """Every step from here begun by other agents: this agent steps one of them again (one more
+    sample of it), and says the space is spent only once it has tried each itself."""
+    prog = "```yaml\nsearch_space:\n  DEPTH: {type: int, min: 3, max: 5}\n```\n"
+    c = ctx(program=prog)
+    c.tried = ["DEPTH 4 -> 3", "DEPTH 4 -> 5"]
+    b = MutateBackend(seed=0, max_changes=1)
+    got = {b.propose(c).description for _ in range(2)}
+    assert got == set(c.tried)
+    assert "exhausted" in b.propose(c).error

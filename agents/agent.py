@@ -317,11 +317,9 @@ class ResearchAgent(Training):
 
     def _context(self, base: str, source: str, in_flight: str | None = None) -> ProposalContext:
         swarm = self.port.recent(self.hw, self.cfg.recent_n) if self.cfg.recent_n else []
-        # Only a backend that enumerates its steps asks (one more call to the coordinator).
-        tried = self.port.tried(self.hw, base) if getattr(self.backend, "skips_tried", False) else []
         return ProposalContext(program=self.program, source=source, base_commit=base,
                                agent=self.cfg.name, seed=self.cfg.seed,
-                               own_recent=list(reversed(self.own)), swarm_recent=swarm, tried=tried,
+                               own_recent=list(reversed(self.own)), swarm_recent=swarm,
                                worktree=self.wt.path, state_dir=self.cfg.state_dir,
                                in_flight=in_flight, max_prompt_chars=self.cfg.max_prompt_chars)
 

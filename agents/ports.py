@@ -37,9 +37,6 @@ class CoordinatorPort(Protocol):
 
     def recent(self, hardware_class: str, n: int) -> list[tuple[ExperimentRecord, Decision | None]]: ...
 
-    def tried(self, hardware_class: str, commit: str) -> list[str]:
-        """The descriptions of the experiments any agent began on `commit`."""
-
     def heartbeat(self, agent: str, status: dict) -> None: ...
 
     def fetch(self, commit: str) -> bytes: ...
@@ -183,12 +180,6 @@ class RayCoordinator:
             return list(self._call("recent", hardware_class, n))
         except CoordinatorUnavailable:
             return []
-
-    def tried(self, hardware_class: str, commit: str) -> list[str]:
-        try:
-            return list(self._call("tried", hardware_class, commit, retries=0))
-        except CoordinatorUnavailable:
-            return []   # a step may be proposed twice: no harm but a run
 
     def assignment(self, agent: str, program: str, leaving: str | None = None) -> ProgramSpec | None:
         # An unreachable coordinator moves nobody: the agent stays on its program.

@@ -127,11 +127,6 @@ class FakeCoordinator:
         recs = [r for r in self.records.values() if r.hardware_class == hardware_class][-n:]
         return [(r, self.decisions.get(r.experiment_id)) for r in recs]
 
-    def tried(self, hardware_class: str, commit: str) -> list[str]:
-        return sorted({r.description for r in [*self.started.values(), *self.records.values()]
-                       if r.kind == "experiment" and r.hardware_class == hardware_class
-                       and r.parent == commit and r.description})
-
     def heartbeat(self, agent: str, status: dict) -> None:
         self.beats.append((agent, status))
 

@@ -92,20 +92,6 @@ def test_mutate_loop_keeps_only_improvements(home):
     assert coord.beats and coord.beats[-1][1]["phase"] == "stopped"
 
 
-def test_two_agents_on_one_best_never_run_the_same_step(home):
-    """Two mutate agents seeded alike on one best (nothing beats it) would step the same knobs
-    the same way; each asks the coordinator what the swarm began on its commit and steps other
-    knobs first."""
-    tmp_path, baseline = home
-    coord = FakeCoordinator(tmp_path / "home" / "repo.git")
-    flat = fake_runner(score=lambda src: 3.0)   # every experiment ties best: best never moves
-    for name in ("a1", "a2"):
-        ResearchAgent(cfg(tmp_path, name=name), coord, runner=flat).run(max_experiments=2)
-    exps = [r for r in coord.all_records() if r.kind == "experiment"]
-    assert len(exps) == 4 and {r.parent for r in exps} == {baseline}
-    assert len({r.description for r in exps}) == 4   # without: a2 repeats a1's two steps
-
-
 def test_crashing_edit_gets_two_fixes_then_crash_and_loop_goes_on(home):
     tmp_path, _ = home
     coord = FakeCoordinator()

@@ -275,29 +275,6 @@ def test_dead_agent_gets_crash_record_and_jobs_are_released(coord, tmp_path, cfg
     assert coord.reconcile_dead_agent("a0") == []
 
 
-def test_tried_lists_every_agents_steps_on_a_commit_training_or_done(coord, tmp_path, redis_url, cfg):
-    """What the swarm began on a commit (mutate skips those steps there): an experiment
-    training (begun, not reported), one reported, one reported without a begin; never a job's
-    run, another commit's or another class's; the same after a restart (from the ledger)."""
-    agents = make_agents(coord, tmp_path, n=3)
-    run_baselines(coord, agents)
-    root = coord.root
-    assert coord.tried(HW, root) == []
-    coord.begin(StartedExperiment(experiment_id="a0-run-1", agent="a0", program="p", hardware_class=HW,
-                                  parent=root, description="A 0 -> 1"))
-    r1, _ = agents[1].experiment(coord, root, "B 0 -> 1", B=1)
-    c = agents[2].commit(root, set_constants(baseline_text(), C=1), "C 0 -> 1")
-    coord.report(agents[2].record(c, root, description="C 0 -> 1"))   # no begin: an old agent
-    coord.begin(StartedExperiment(experiment_id="a0-other-1", agent="a0", program="p", hardware_class="gpu-x",
-                                  parent=root, description="D 0 -> 1"))
-    coord.begin(StartedExperiment(experiment_id="a1-job-1", agent="a1", program="p", hardware_class=HW,
-                                  parent=root, commit=root, kind="confirm", description="confirm"))
-    want = ["A 0 -> 1", "B 0 -> 1", "C 0 -> 1"]
-    assert coord.tried(HW, root) == want
-    assert coord.tried(HW, r1.commit) == [] and coord.tried("gpu-x", root) == ["D 0 -> 1"]
-    assert Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t").tried(HW, root) == want
-
-
 def test_job_lease_expires_and_job_is_handed_out_again(tmp_path, redis_url):
     cfg = PromotionConfig(sigma_prior=0.003, job_lease_s=0.2)
     coord = Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=baseline_text())

@@ -78,8 +78,8 @@ def test_the_port_is_declared_once_and_forwarded(tmp_path):
     from agents.ports import PORT_METHODS, CoordinatorPort, RayCoordinator
     from coordinator.decide.actor import ADMIN_METHODS, CoordinatorActor
 
-    assert {"begin", "report", "next_job", "best", "recent", "tried", "heartbeat", "fetch",
-            "assignment", "flush"} == set(PORT_METHODS)
+    assert {"begin", "report", "next_job", "best", "recent", "heartbeat", "fetch", "assignment",
+            "flush"} == set(PORT_METHODS)
     public = {n for n in dir(CoordinatorActor) if not n.startswith("_")}
     assert public == set(PORT_METHODS) | set(ADMIN_METHODS)
     for name in (*PORT_METHODS, *ADMIN_METHODS):

@@ -60,7 +60,6 @@ class ProposalContext:
     worktree: Path | None = None                  # where a command backend runs
     state_dir: Path | None = None                 # scratch space (prompt files)
     in_flight: str | None = None                  # the idea training right now, if any
-    tried: list[str] = field(default_factory=list)  # every agent's experiments begun on base_commit
     max_prompt_chars: int = 60_000
 
 

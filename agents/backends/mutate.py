@@ -162,14 +162,9 @@ def step_value(value, param, rng: random.Random, k: int | None = None):
 
 
 class MutateBackend:
-    """Random steps over the search space; never proposes a file state it already tried, nor,
-    while it has another, a step any agent of the swarm began on the same commit (ctx.tried,
-    from the coordinator), and steps first the knobs nobody has stepped on that commit: eight agents on one best
-    cover its neighbourhood instead of running the same few steps (research bench, bowls:
-    bench/results/research-bowls-tried-2026-12-06.txt)."""
+    """Random steps over the search space; never proposes a file state it already tried."""
 
     name = "mutate"
-    skips_tried = True   # the agent asks the coordinator for ctx.tried
 
     def __init__(self, seed: int = 0, max_changes: int = 2):
         self.rng = random.Random(seed)
@@ -188,17 +183,8 @@ class MutateBackend:
         lines = ctx.source.split("\n")
         checks = ctx.program.checks()
         read = {n: consts[n].values for n in ctx.program.constraint_names() if n in consts}
-        tried = set(ctx.tried)
-        stepped = {part.split(" ", 1)[0] for d in tried for part in d.split(", ")}
-        fresh = [n for n in names if n not in stepped] or names
-        for i in range(_MAX_TRIES):
-            # The first half of the tries: what nobody began here, knobs nobody stepped first;
-            # then any step new to this backend (a step of another agent's again is one more
-            # sample of it, not waste, and a small space is not spent for an agent that has
-            # not tried it).
-            first = i < _MAX_TRIES // 2
-            pool = fresh if first else names
-            picks = self.rng.sample(pool, min(len(pool), self.rng.randint(1, self.max_changes)))
+        for _ in range(_MAX_TRIES):
+            picks = self.rng.sample(names, min(len(names), self.rng.randint(1, self.max_changes)))
             new_lines = list(lines)
             changes = []
             moved: dict[str, tuple] = {}
@@ -217,15 +203,12 @@ class MutateBackend:
                 continue
             if checks and not all(violated(checks, v) is None for v in branch_values(read, moved)):
                 continue   # a point the program's constraints rule out: never trained
-            description = ", ".join(changes)
-            if first and description[:200] in tried:   # as the agent records it
-                continue   # a step begun on this very train.py: the same file
             new_source = "\n".join(new_lines)
             h = _digest(new_source)
             if h in self.seen:
                 continue
             self.seen.add(h)
-            return Proposal(description=description, new_source=new_source)
+            return Proposal(description=", ".join(changes), new_source=new_source)
         return Proposal(error="mutate: search space exhausted (every nearby state already tried)")
 
     def fix(self, ctx: ProposalContext, log_tail: str) -> Proposal:

@@ -80,7 +80,6 @@ class Coordinator(Judging, Pooling):
         self.decisions: dict[str, Decision] = {}
         self.started: dict[str, StartedExperiment] = {}
         self.order: dict[str, list[str]] = {}            # record ids per hardware class, arrival order
-        self._tried: dict[tuple[str, str], dict[str, str]] = {}  # (class, parent): id -> description
         self.classes: set[str] = set()
         self.commits = CommitCache(self.repo)
         self.book = SampleBook(self.commits, self.cfg.sigma_prior, self.cfg.concurrent)
@@ -99,7 +98,7 @@ class Coordinator(Judging, Pooling):
     # -- rebuilding from redis and git ----------------------------------------------------------
     def _rebuild(self) -> None:
         """Throw the caches away and fill them again from redis and git."""
-        for cache in (self.records, self.decisions, self.started, self.order, self._tried, self.classes,
+        for cache in (self.records, self.decisions, self.started, self.order, self.classes,
                       self._bests, self._chains, self._todo):
             cache.clear()
         self.commits = CommitCache(self.repo)
@@ -120,12 +119,10 @@ class Coordinator(Judging, Pooling):
         for typ, id, js in events:
             if typ == "started":
                 self.started[id] = StartedExperiment.model_validate_json(js)
-                self._note_tried(self.started[id])
             elif typ == "record":
                 rec = ExperimentRecord.model_validate_json(js)
                 self.records[id] = rec
                 self.order.setdefault(rec.hardware_class, []).append(id)
-                self._note_tried(rec)
             elif typ == "decision":
                 d = Decision.model_validate_json(js)
                 self.decisions[id] = d
@@ -354,11 +351,6 @@ class Coordinator(Judging, Pooling):
         self._register(started.hardware_class)
         self.ledger.add_started(started)
         self.started[started.experiment_id] = started
-        self._note_tried(started)
-
-    def _note_tried(self, e: StartedExperiment | ExperimentRecord) -> None:
-        if e.kind == "experiment" and e.description:
-            self._tried.setdefault((e.hardware_class, e.parent), {})[e.experiment_id] = e.description
 
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's
@@ -456,7 +448,6 @@ class Coordinator(Judging, Pooling):
             self.ledger.add_record(record)
             self.records[record.experiment_id] = record
             self.order.setdefault(record.hardware_class, []).append(record.experiment_id)
-            self._note_tried(record)
         self.snapshots.count()
         return self._decide(self.records[record.experiment_id])
 
@@ -495,14 +486,6 @@ class Coordinator(Judging, Pooling):
         with self._lock:
             ids = self.order.get(hardware_class, [])[-n:] if n > 0 else []
             return [(self.records[i], self.decisions.get(i)) for i in ids]
-
-    def tried(self, hardware_class: str, commit: str) -> list[str]:
-        """The descriptions of the experiments begun on `commit` in a class, by any agent,
-        training or done: what a backend that enumerates its steps (mutate) need not propose
-        again on that commit. An agent's description is its own word (hostile at worst: it can
-        only make such a backend skip that one step on that commit)."""
-        with self._lock:
-            return sorted(set(self._tried.get((hardware_class, commit), {}).values()))
 
     def heartbeat(self, agent: str, status: dict) -> None:
         """Store an agent's status (read by the live view and `swarm status`)."""

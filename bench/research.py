@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,15 +265,9 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
     out("  (to target: mean runs r / wall-clock t in budgets, over the seeds that reached it)")
     for arm in ("swarm",):
         if arm in results:
-            decs: dict[str, int] = {}
-            for r in results[arm]:
-                for k, v in r.decisions.items():
-                    decs[k] = decs.get(k, 0) + v
+            decs = sum((Counter(r.decisions) for r in results[arm]), Counter())
             out(f"{arm} experiment decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(decs.items())))
-            missed: dict[str, int] = {}
-            for r in results[arm]:
-                for k, v in r.true_missed.items():
-                    missed[k] = missed.get(k, 0) + v
+            missed = sum((Counter(r.true_missed) for r in results[arm]), Counter())
             out(f"{arm} true wins (2 sigma better than best when judged) not on the final best, by final "
                 f"decision: " + (", ".join(f"{k} {v}" for k, v in sorted(missed.items())) or "none"))
             for r in results[arm]:

@@ -13,6 +13,9 @@ arm pays the baseline tax before its first move. Scenarios:
   equal         four programs over the same knobs (equally good)
   late_bloomer  depth (DEPTH), late (WIDTH: pays only once DEPTH >= 6 is on best), optimizer
                 knobs, and a barren one
+  turns         (not in the default run) barren's programs in another order (logging, optimizer,
+                evals, architecture): with --agents 2 or 3 the agents start on a barren program and
+                a paying one, and the programs take turns
   tuned         (not in the default run) two programs over knobs the baseline already has at
                 their optimum (every change of theirs is worse) and two that can move best
   real          (not in the default run) the landscape measured from the real trainer, four
@@ -67,6 +70,10 @@ SCENARIOS: dict[str, dict[str, list[str]]] = {
                      "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"], "logging": ["LOG_EVERY"]},
     # two programs over knobs the baseline already has at their optimum (a tuned train.py: every
     # change of theirs is worse, some by several sds), two that can move best
+    # fewer agents than programs (--agents 2 or 3: the programs take turns), a barren program first:
+    # who makes the visits (an agent of a program that moves best, or one of a program that does not)
+    "turns": {"logging": ["LOG_EVERY"], "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"],
+              "evals": ["EVAL_EVERY"], "architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"]},
     "tuned": {"architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"], "learning_rate": ["LR"],
               "regularize": ["WEIGHT_DECAY", "GRAD_CLIP"], "warmup": ["WARMUP"]},
     # the landscape measured from the real trainer (bench/real_landscape.py), four shipped programs
@@ -259,6 +266,8 @@ def _rounds(arms: list[Arm], max_rounds: int) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=12)
+    ap.add_argument("--agents", type=int, default=8, help="agents per swarm (the issue's: 8; fewer than "
+                    "4 with the default floor of 1: the programs take turns)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=30, help="rounds per arm at most (late_bloomer: exactly)")
     ap.add_argument("--scenarios", default="barren,equal,late_bloomer")
@@ -285,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the share of the reachable gain the rounds are counted to (the issue's: 0.5)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
+    global AGENTS
+    AGENTS = a.agents
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     alloc = {}   # the config's defaults unless given
@@ -310,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"
                     print(f"  {scenario:12s} {mode:8s} seed {seed:2d}: rounds_to_target="
                           f"{arm.rounds_to_target} moves={arm.moves} final={arm.final}{share}", flush=True)
-        for scenario in ("barren", "equal", "tuned"):
+        for scenario in ("barren", "equal", "tuned", "turns"):
             if (scenario, "static") in res and (scenario, "oracle") in res:
                 st, _ = _rounds(res[(scenario, "static")], a.rounds)
                 orc, co = _rounds(res[(scenario, "oracle")], a.rounds)
@@ -321,13 +332,13 @@ def main(argv: list[str] | None = None) -> int:
                 m, c = _rounds(arms, a.rounds)
                 print(f"{scenario} {mode}: mean rounds to target {m:.2f} ({c} censored)")
         for (scenario, mode), arms in res.items():
-            if scenario in ("barren", "tuned") and mode == "adaptive":
+            if scenario in ("barren", "tuned", "turns") and mode == "adaptive":
                 by_round = [statistics.mean(a.paying[r] for a in arms if len(a.paying) > r)
                             for r in range(min(12, max(len(a.paying) for a in arms)))]
                 print(f"{scenario} adaptive: agents on the programs that can move best, mean by round "
                       "(arms still running): " + " ".join(f"{x:.1f}" for x in by_round))
         line = {}
-        for scenario, key in (("tuned", None), ("real", None), ("barren", "barren_speedup"),
+        for scenario, key in (("tuned", None), ("real", None), ("turns", None), ("barren", "barren_speedup"),
                               ("equal", "equal_ratio")):
             if (scenario, "static") in res and (scenario, "adaptive") in res:
                 (st, cs), (ad, ca) = (_rounds(res[(scenario, m)], a.rounds) for m in ("static", "adaptive"))

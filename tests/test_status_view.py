@@ -77,3 +77,38 @@ def test_plain_output_prints_a_line_only_when_something_happened(capsys):
     v.update(live.gather(None, "s", more))
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and "4 experiments" in out[0]
+
+
+def test_the_live_view_reads_the_ledger_again_as_soon_as_it_grew(redis_url):
+    """`swarm run`'s view re-reads the ledger when it grew (one XLEN a redraw), not on a 5 s
+    clock: the quick start of 2026-12-06 15:41 printed `0 experiments, 0 runs, best cpu-... 2.4511
+    (1 samples)` (the counts 5 s old, the best just published beside them). A plain line is drawn
+    only from rows just read."""
+    import time
+
+    from agents.messages import ExperimentRecord
+    from coordinator.run.supervise import _LedgerRows
+    from coordinator.state.ledger import Ledger, connect_redis
+    from trainer.schema import ExperimentResult
+
+    client = connect_redis(redis_url)
+    ledger = Ledger(client, "view-test")
+
+    def add(i: int) -> None:
+        ledger.add_record(ExperimentRecord(
+            experiment_id=f"e{i}", kind="baseline", agent="a0", program="p", hardware_class="hw", parent="p",
+            commit="c", status="ok", val_bpb=1.0, result=ExperimentResult(status="ok", val_bpb=1.0)))
+
+    cache = _LedgerRows({"swarm_id": "view-test"})
+    rows, fresh = cache.get(client)
+    assert rows == [] and fresh
+    rows, fresh = cache.get(client)
+    assert not fresh                      # nothing new: not read again, nothing to draw
+    add(1)
+    deadline = time.monotonic() + 4.0     # well inside the old 5 s
+    while time.monotonic() < deadline:
+        rows, fresh = cache.get(client)
+        if fresh:
+            break
+        time.sleep(0.05)
+    assert fresh and [r["experiment_id"] for r in rows] == ["e1"]

@@ -98,6 +98,7 @@ class Config:
     history: int = 0         # every arm starts from a noise history of this many dof (0: none)
     allocation: str = "adaptive"  # the swarm arm's (swarm run's default); independent agents have one program
     drift: Drift | None = None  # the machine's speed drift shared by concurrent runs (None: iid noise)
+    stagger: bool = False    # the agents out of step (swarmsim.Staggered), not in lock-step rounds
 
     def drift_at(self, seed: int) -> Drift | None:
         return self.drift.at(seed) if self.drift is not None else None
@@ -105,6 +106,15 @@ class Config:
     @classmethod
     def quick(cls) -> "Config":
         return cls(agents=8, runs=96, seeds=2, null_runs=96, null_seeds=3)
+
+
+def _time_to_target(r: ArmResult) -> float:
+    """Wall clock to the target in budgets: to the report that reached it where the agents are out
+    of step (Staggered: the first round only starts the runs), else to the end of its round; the
+    whole run where it never got there."""
+    if r.wall_to_report is not None:
+        return r.wall_to_report
+    return r.rounds_to_target if r.rounds_to_target is not None else r.rounds
 
 
 def _independent(conf: Config, seed: int, runs: int, workdir: Path, redis_url: str, land: Landscape,
@@ -115,7 +125,7 @@ def _independent(conf: Config, seed: int, runs: int, workdir: Path, redis_url: s
     picks = []
     for i, prog in enumerate(land.programs_for(n)):
         s = Swarm(workdir / f"ind-{seed}-{i}", redis_url, f"ind-{seed}-{i}", land, [prog],
-                  seed * 100 + i, cfg, backends, history=hist, drift=conf.drift_at(seed))
+                  seed * 100 + i, cfg, backends, history=hist, drift=conf.drift_at(seed), stagger=conf.stagger)
         r = ArmResult("independent")
         s.play(math.ceil(runs / n), None, r)
         picks.append(s.finish(r))
@@ -151,7 +161,8 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         runs = conf.runs
         if "swarm" in arms:
             s = Swarm(workdir / f"swarm-{seed}", redis_url, f"swarm-{seed}", land, land.programs_for(n),
-                      seed, cfg, backends, adopt, history=hist("swarm", seed), drift=conf.drift_at(seed))
+                      seed, cfg, backends, adopt, history=hist("swarm", seed), drift=conf.drift_at(seed),
+                      stagger=conf.stagger)
             _allocate(s, conf.allocation, seed, backends, adopt)
             r = ArmResult("swarm")
             s.play(conf.runs, target, r)
@@ -161,7 +172,8 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
             results["independent"].append(_independent(conf, seed, runs, workdir, redis_url, land, cfg, backends))
         if "single" in arms:
             s = Swarm(workdir / f"single-{seed}", redis_url, f"single-{seed}", land, [land.single_program],
-                      seed, cfg, backends, history=hist("single", seed), drift=conf.drift_at(seed))
+                      seed, cfg, backends, history=hist("single", seed), drift=conf.drift_at(seed),
+                      stagger=conf.stagger)
             r = ArmResult("single")
             s.play(runs, target, r)
             results["single"].append(s.finish(r))
@@ -175,7 +187,7 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         for seed in range(conf.first_seed, conf.first_seed + conf.null_seeds):
             s = Swarm(workdir / f"null-{seed}", redis_url, f"null-{seed}", null, null.programs_for(n),
                       1000 + seed, cfg, backends, history=hist("null", 1000 + seed),
-                      drift=conf.drift_at(1000 + seed))
+                      drift=conf.drift_at(1000 + seed), stagger=conf.stagger)
             _allocate(s, conf.allocation, 1000 + seed, backends, None)
             r = ArmResult("null")
             s.play(conf.null_runs, None, r)
@@ -295,8 +307,8 @@ def summarize(conf: Config, land: Landscape, target: float, results: dict, out=p
     sw_rs, si_rs = results.get("swarm", []), results.get("single", [])
     speedup = runs_ratio = report_ratio = float("nan")
     if sw_rs and si_rs:
-        ts = [si.rounds_to_target if si.rounds_to_target is not None else si.rounds for si in si_rs]
-        tw = [s.rounds_to_target if s.rounds_to_target is not None else s.rounds for s in sw_rs]
+        ts = [_time_to_target(si) for si in si_rs]
+        tw = [_time_to_target(s) for s in sw_rs]
         speedup_ci = paired_ratio(ts, tw)
         speedup = speedup_ci.value
         per_seed = [a / b for a, b in zip(ts, tw)]
@@ -366,12 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                          "in common, and its lag-1 correlation from round to round (bench/drift.py measures both)")
     ap.add_argument("--allocation", choices=["static", "adaptive"],
                     help="the swarm's (and the null and short swarms') allocation (default adaptive, as swarm run)")
+    ap.add_argument("--stagger", action="store_true", help="the agents out of step (each ends its runs a "
+                    "fraction of a budget after the one before it), not in lock-step rounds: every proposal "
+                    "sees every report that ended before it (bench/swarmsim.py, Staggered)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (repos, ledger)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     conf = Config.quick() if a.quick else Config()
+    conf.stagger = a.stagger
     for k in ("agents", "runs", "seeds", "first_seed", "null_runs", "null_seeds", "history", "allocation"):
         if getattr(a, k) is not None:
             setattr(conf, k, getattr(a, k))

@@ -115,6 +115,102 @@ class Rounds:
             raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
 
 
+class _Closed(BaseException):
+    """Raised in an agent's thread when its staggered swarm is over (not an Exception: the agent's
+    own handlers let it through)."""
+
+
+class Staggered:
+    """Plays the agents out of step, as a real swarm's agents soon are (their runs' start-up,
+    evaluation and jobs differ): agent k of N ends each run k/N of a budget after agent 0 does.
+    The agents take turns in that fixed order; in its turn an agent ends its run (the runner's
+    result, its report, the ratchet) and goes on into its next iteration up to the runner (sync
+    to best, propose, commit), so every proposal sees every report that ended before it, where
+    Rounds starts all of a round's proposals from the same state. Each agent has one thread for
+    the whole swarm; a round is each live agent's turn once: one budget of wall clock. The first
+    round only starts the runs (they end in the second). The same interface as Rounds."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.cv = threading.Condition()
+        self.turn: int | None = None      # the agent that may go on now (None: the driver)
+        self.index = -1
+        self.errors: list[BaseException] = []
+        self.after_end: Callable[[], None] | None = None
+        self.timeout = ROUND_TIMEOUT_S
+        self.threads: dict[int, threading.Thread] = {}
+        self.ended: set[int] = set()      # agents whose run ended in this turn
+        self.done: set[int] = set()       # agents whose thread returned (stopped)
+        self.closed = False
+
+    def gate(self, i: int):
+        def wait() -> None:
+            with self.cv:
+                self.turn = None          # the run has started: the turn goes back to the driver
+                self.cv.notify_all()
+                self.cv.wait_for(lambda: self.turn == i or self.closed)
+                if self.closed:
+                    raise _Closed()
+                self.ended.add(i)
+        return wait
+
+    def _loop(self, agents: list[ResearchAgent], i: int) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.turn == i or self.closed)
+        try:
+            while not self.closed:
+                try:
+                    agents[i]._iteration()
+                except _Closed:
+                    return
+                except BaseException as e:  # a bench bug: surface it after the round
+                    self.errors.append(e)
+                with self.cv:
+                    ran = i in self.ended
+                    self.ended.discard(i)
+                    if ran and self.after_end is not None:
+                        self.after_end()
+                    if agents[i]._stop.is_set() or self.errors:
+                        return
+                    if not ran:       # a turn without a run (a refused proposal): it is over
+                        self.turn = None
+                        self.cv.notify_all()
+                        self.cv.wait_for(lambda: self.turn == i or self.closed)
+        finally:
+            with self.cv:
+                self.done.add(i)
+                if self.turn == i:
+                    self.turn = None
+                self.cv.notify_all()
+
+    def play(self, agents: list[ResearchAgent], which: list[int] | None = None) -> None:
+        ids = sorted(range(len(agents)) if which is None else which)
+        self.index += 1
+        for i in ids:
+            if i not in self.threads:
+                t = threading.Thread(target=self._loop, args=(agents, i), daemon=True)
+                self.threads[i] = t
+                t.start()
+        deadline = time.monotonic() + self.timeout
+        for i in ids:
+            with self.cv:
+                if i in self.done:
+                    continue
+                self.turn = i
+                self.cv.notify_all()
+                if not self.cv.wait_for(lambda: self.turn is None, max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"round {self.index}: agent {i}'s turn did not end in {self.timeout:g} s "
+                                       "(a bench bug)")
+        if self.errors:
+            raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
+
+    def close(self) -> None:
+        """End every agent's thread (those inside a run leave it by _Closed)."""
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+
+
 IDLE_ROUNDS = 4 * SAME_FAILURE_STOP  # rounds in a row without a run before an arm is called over
 
 
@@ -129,6 +225,7 @@ class ArmResult:
     best_trained_gain: float = float("nan")
     runs_to_target: int | None = None      # runs when a round ends with the target reached
     runs_to_report: int | None = None      # runs up to the report that reached it (end order)
+    wall_to_report: float | None = None    # Staggered: budgets of wall clock to that report
     rounds_to_target: int | None = None
     experiments: int = 0
     moves: int = 0                         # experiments whose final decision moved best
@@ -217,7 +314,7 @@ class Swarm:
 
     def __init__(self, home: Path, redis_url: str, swarm_id: str, land: Landscape, programs: list[str],
                  seed: int, cfg: PromotionConfig, backends: dict[str, str], adopt: str | None = None,
-                 history: NoiseHistorySpec | None = None, drift: Drift | None = None):
+                 history: NoiseHistorySpec | None = None, drift: Drift | None = None, stagger: bool = False):
         # The optuna backend keeps its studies (one per swarm id and program) on this redis, as
         # `swarm run` has its agents do.
         os.environ["SWARM_REDIS_URL"] = redis_url
@@ -226,7 +323,7 @@ class Swarm:
         self.coord = Coordinator(home, redis_url, cfg, swarm_id=swarm_id,
                                  baseline_train_py=land.baseline_text(), history=history)
         self.log = RunLog()
-        self.rounds = Rounds(random.Random(seed * 7919 + 1))
+        self.rounds = (Staggered if stagger else Rounds)(random.Random(seed * 7919 + 1))
         self.idle = 0   # rounds in a row without a run
         self.agents: list[ResearchAgent] = []
         specs = {p.name: p for p in program_specs(land, sorted(set(programs)), backends, adopt)}
@@ -270,6 +367,9 @@ class Swarm:
         def reached() -> None:
             if res.runs_to_report is None and self.gain_now() >= target - 1e-12:
                 res.runs_to_report = len(self.log)
+                if isinstance(self.rounds, Staggered) and self.rounds.turn is not None:
+                    # agent k of N ends its runs k/N of a budget after agent 0; round 0 only starts them
+                    res.wall_to_report = self.rounds.index + self.rounds.turn / len(self.agents)
 
         self.rounds.after_end = reached if target is not None else None
         while len(self.log) < max_runs:
@@ -304,6 +404,8 @@ class Swarm:
                     res.remeasures += 1
         audit(c, self.land, self.cfg, res)
         c.flush_refs()
+        if isinstance(self.rounds, Staggered):
+            self.rounds.close()
         return res
 
 

@@ -189,3 +189,31 @@ def test_a_round_that_cannot_finish_is_an_error_naming_the_agents_not_a_hang():
     finally:
         release.set()
     assert time.monotonic() - t0 < 20
+
+
+def test_staggered_agents_end_their_runs_in_turn(tmp_path, redis_url):
+    """bench/swarmsim.py's Staggered (research.py --stagger): agent k of N ends each run k/N of a
+    budget after agent 0, so the runs end in the agents' order, once each per round (the first
+    round only starts them; lock-step Rounds end them in a random order); the wall clock to the
+    report that reached the target is that round's start plus k/N; the threads end with the swarm."""
+    from agents.messages import PromotionConfig
+    from bench.landscape import Bowls
+    from bench.swarmsim import ArmResult, Staggered, Swarm
+
+    land = Bowls()
+    s = Swarm(tmp_path / "stag", redis_url, "stag-0", land, land.programs_for(3), 0, PromotionConfig(),
+              {"*": "mutate"}, stagger=True)
+    assert isinstance(s.rounds, Staggered)
+    r = ArmResult("swarm")
+    s.play(60, land.max_gain * 0.3, r)
+    order = [int(agent[1:]) for agent, *_ in s.log.runs]
+    assert len(order) >= 30, order
+    wraps = sum(1 for a, b in zip(order, order[1:]) if b <= a)
+    assert wraps == r.rounds - 2, (wraps, r.rounds, order)   # round 0 ends nothing; then one cycle a round
+    assert r.wall_to_report is not None, "the target was not reached"
+    assert r.rounds_to_target - 1 <= r.wall_to_report < r.rounds_to_target
+    assert round((r.wall_to_report % 1) * 3, 9) in (0, 1, 2)
+    s.finish(r)
+    for t in s.rounds.threads.values():
+        t.join(5)
+    assert not any(t.is_alive() for t in s.rounds.threads.values())

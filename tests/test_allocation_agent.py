@@ -279,3 +279,39 @@ def test_a_refusal_that_quotes_the_key_leaves_it_out_of_the_ledger(tmp_path, red
     assert "refused llm" in moves[0]["reason"], moves[0]["reason"]
     dumped = "".join(js for _t, _id, js in coord.ledger.events())
     assert secret not in dumped
+
+
+def test_an_agent_moved_into_a_program_with_an_llm_backend_proposes_with_that_model(tmp_path, redis_url,
+                                                                                    monkeypatch):
+    """Adaptive allocation with every backend: an agent on a `mutate` program moved (a floor) to a
+    program whose backend is an LLM (litellm against an OpenAI-compatible server on 127.0.0.1)
+    asks that model, with that program's text, and its records name the program."""
+    from tests.fake_llm_server import FakeLLMServer
+
+    monkeypatch.setenv("ALLOC_LLM_KEY", "sk-alloc-test")
+    with FakeLLMServer([("follow",)]) as srv:
+        llm = {"type": "litellm", "model": "openai/fake-model", "api_base": srv.url, "api_key_env": "ALLOC_LLM_KEY",
+               "timeout_s": 10, "max_retries": 0, "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0}
+        home = tmp_path / "home"
+        coord = _coord(home, redis_url)
+        coord.configure_allocation(AllocationSpec(
+            config=AllocationConfig(mode="adaptive", min_agents=1, dwell_runs=2, seed=3),
+            programs=[ProgramSpec(name="optimizer", text=program_text("optimizer")),
+                      ProgramSpec(name="architecture", text=program_text("architecture"), backend=llm)]))
+        agents = [_agent(home, coord, i, "optimizer") for i in range(2)]
+        _until_moved(agents)
+        a0 = agents[0]
+        assert a0.program.name == "architecture" and srv.requests == []
+        for _ in range(12):     # the coordinator's jobs (confirmations) come first
+            a0._iteration()
+            if srv.requests:
+                a0._iteration()
+                break
+        assert srv.requests, "the moved agent never asked the new program's model"
+        prompt = " ".join(m["content"] for m in srv.requests[-1]["messages"])
+        assert "# architecture" in prompt
+    recs = [e for t, _id, e in _events(coord) if t == "record" and e["agent"] == "a0" and e["kind"] == "experiment"]
+    moved_at = max(i for i, r in enumerate(recs) if r["program"] == "optimizer")
+    after = recs[moved_at + 1:]
+    assert after and all(r["program"] == "architecture" for r in after)
+    assert any(r["status"] == "ok" for r in after), [(r["status"], r.get("reason")) for r in after]

@@ -140,6 +140,8 @@ def replay(land, workdir: Path, redis_url: str, seed: int, programs: list[str], 
     return {"seed": seed, "moved": bool(moves), "false_moves": false, "moves": moves,
             "gain": res.gain, "runs": dict(per_agent), "kinds": res.kinds,
             "programs": dict(by_program), "agent_moves": len(c.allocation.history) if c.allocation else 0,
+            # candidates measured better than best whose test had not ended when the time was up
+            "pending": sum(1 for d in c.decisions.values() if d.decision == "pending" and (d.delta or 0) > 0),
             "minutes": (STARTUP_S + runs_max * seconds_per_run) / 60.0}
 
 
@@ -193,7 +195,8 @@ def run(replays: int, max_experiments: int | None = None, agents: int = AGENTS,
         f"sigma; runs per agent {statistics.mean(max(r['runs'].values()) for r in rows):.1f} (busiest, mean); "
         "share of runs by program "
         + ", ".join(f"{n} {ran[n] / total:.2f}" for n in sorted(ran, key=ran.get, reverse=True))
-        + f"; agent moves {statistics.mean(r['agent_moves'] for r in rows):.1f} a replay")
+        + f"; agent moves {statistics.mean(r['agent_moves'] for r in rows):.1f} a replay; replays ending with a "
+          f"candidate measured better than best still pending {sum(1 for r in rows if r['pending'])}")
     out(f"quickstarts={n} moved_fraction={summary['moved_fraction']:.2f} "
         f"false_moves={summary['false_moves']} median_minutes={summary['median_minutes']:.1f}")
     return summary

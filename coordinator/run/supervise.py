@@ -285,10 +285,13 @@ class Supervisor:
                 rows, fresh = ledger_rows.get(client)
                 if view.plain and not fresh:
                     continue   # a plain line is drawn only from rows just read (see _LedgerRows)
+                t0 = time.monotonic()
                 try:
                     view.update(live.gather(client, self.info["swarm_id"], rows))
                 except redis.RedisError as e:  # redis restarting: the view waits, the swarm goes on
                     log.debug("live view: %s", e)
+                if fresh:   # the figures of rows just read are computed once (live._figures): their cost too
+                    ledger_rows.cost += time.monotonic() - t0
         finally:
             client.close()
 
@@ -558,11 +561,12 @@ def _rows(client, info) -> list[dict]:
 
 class _LedgerRows:
     """The ledger's rows for the live view: read again when the ledger grew (one XLEN per
-    redraw) or every 5 s, but no sooner after the last read than ten times what that read cost
-    (the whole ledger: about 75 ms per 1,000 records for the figures, so a big swarm's view takes
-    at most a tenth of a core). It used to be every 5 s only, and the plain line printed counts up
-    to 5 s old beside the best just published: `0 experiments, 0 runs, best cpu-... 2.4511 (1
-    samples)` (the quick start of 2026-12-06 15:41). `get` says whether the rows were just read."""
+    redraw) or every 5 s, but no sooner after the last read than ten times what that read and
+    the figures drawn from it cost (`cost`, which the caller adds the figures to: about 75 ms per
+    1,000 records, so a big swarm's view takes about a tenth of a core). It used to be every 5 s
+    only, and the plain line printed counts up to 5 s old beside the best just published:
+    `0 experiments, 0 runs, best cpu-... 2.4511 (1 samples)` (the quick start of 2026-12-06
+    15:41). `get` says whether the rows were just read."""
 
     EVERY_S = 5.0
     MIN_S = 0.5

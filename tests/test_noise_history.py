@@ -95,6 +95,23 @@ def test_the_start_line_and_the_end_of_run_summary_say_where_sigma_came_from(tmp
     assert said == f"sigma {p['sigma']:.4f} over 8 dof from 1 earlier swarm(s)"
 
 
+def test_a_resumed_swarm_says_it_goes_on_with_the_noise_it_measured(tmp_path, redis_url):
+    """`swarm run` again in the same folder resumes the swarm, whose own noise is in its ledger
+    (it never counts its own line of the history file): its start line said "none ... this swarm
+    measures sigma: 9 baseline runs first" (the quick start resumed 2026-12-06 16:34), which it
+    does not do."""
+    h = spec(tmp_path)
+    c1, a1 = swarm(tmp_path, redis_url, "s1", h)
+    drain_jobs(c1, a1, HW)
+    c1.flush_refs()
+    line = describe(h, HW, "s1", min_dof=8)
+    assert "baseline runs first" not in line, line
+    assert line == (f"noise history: none from other swarms for {HW}, budget 30 s, apparatus abc123; this swarm "
+                    f"goes on with the sigma it measured itself ({c1.cfg.min_dof} degrees of freedom)")
+    assert "baseline runs first" not in describe(h, None, "s1", min_dof=8)
+    assert "9 baseline runs first" in describe(h, HW, "s2", min_dof=8) or "earlier swarm" in describe(h, HW, "s2")
+
+
 @pytest.mark.parametrize("other", [dict(budget=60.0), dict(profile="gpu"), dict(apparatus="zzz999")])
 def test_another_budget_profile_or_apparatus_matches_nothing(tmp_path, redis_url, other):
     c1, a1 = swarm(tmp_path, redis_url, "s1", spec(tmp_path))

@@ -159,6 +159,18 @@ class NoiseHistory:
         return [k[: -len(tail)] for k, e in entries.items() if k.endswith(tail) and any(
             sid != self.swarm_id and v.get("dof", 0) > 0 for sid, v in e.get("swarms", {}).items())]
 
+    def own(self) -> dict[str, int]:
+        """This swarm's own lines of the file, for this profile, budget and apparatus: class ->
+        dof (a resumed swarm's; never a prior to itself, its runs are in its ledger)."""
+        try:
+            with self._lock:
+                entries = self._read().get("entries", {})
+        except OSError:
+            return {}
+        tail = _key(self.spec, "")
+        return {k[: -len(tail)]: int(e["swarms"][self.swarm_id].get("dof", 0)) for k, e in entries.items()
+                if k.endswith(tail) and int(e.get("swarms", {}).get(self.swarm_id, {}).get("dof", 0)) > 0}
+
     def note(self, hw: str, m2: float, dof: int, rho: float | None = None, rho_dof: int = 0) -> None:
         """This swarm's own noise of a class now (concurrent runs counted as what they are worth,
         and the share of the noise they had in common): written at most every WRITE_EVERY_S."""
@@ -202,14 +214,23 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
         return f"noise history: off (sigma is measured from scratch: {min_dof + 1} baseline runs first)"
     where = f"budget {spec.budget:g} s, apparatus {spec.apparatus}"
     hist = NoiseHistory(spec, swarm_id, dof_max)
+    # a resumed swarm (`swarm run` again in its folder) goes on with the noise it measured itself
+    own = hist.own() if swarm_id else {}
     if hardware_class is None:
         classes = sorted(hist.classes())
         if not classes:
+            if own:
+                return (f"noise history: none from other swarms for profile {spec.profile}, {where}; this swarm "
+                        "goes on with the sigma it measured itself ("
+                        + ", ".join(f"{hw}: {n} degrees of freedom" for hw, n in sorted(own.items())) + ")")
             return (f"noise history: none for profile {spec.profile}, {where} (each class measures sigma: "
                     f"{min_dof + 1} baseline runs first, and leaves it for the next swarm)")
         return "; ".join(_found(hw, *hist.prior(hw), where, min_dof, hist.rho(hw)[0]) for hw in classes)
     m2, dof, measured, swarms = hist.prior(hardware_class)
     if dof <= 0:
+        if own.get(hardware_class):
+            return (f"noise history: none from other swarms for {hardware_class}, {where}; this swarm goes on "
+                    f"with the sigma it measured itself ({own[hardware_class]} degrees of freedom)")
         return (f"noise history: none for {hardware_class}, {where} (this swarm measures sigma: "
                 f"{min_dof + 1} baseline runs first, and leaves it for the next)")
     return _found(hardware_class, m2, dof, measured, swarms, where, min_dof, hist.rho(hardware_class)[0])

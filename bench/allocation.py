@@ -68,12 +68,12 @@ SCENARIOS: dict[str, dict[str, list[str]]] = {
     "equal": {f"explore{i}": ["LR", "DEPTH", "WIDTH", "WEIGHT_DECAY", "WARMUP", "QK_NORM"] for i in range(1, 5)},
     "late_bloomer": {"depth": ["DEPTH"], "late": ["WIDTH"],
                      "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"], "logging": ["LOG_EVERY"]},
-    # two programs over knobs the baseline already has at their optimum (a tuned train.py: every
-    # change of theirs is worse, some by several sds), two that can move best
     # fewer agents than programs (--agents 2 or 3: the programs take turns), a barren program first:
     # who makes the visits (an agent of a program that moves best, or one of a program that does not)
     "turns": {"logging": ["LOG_EVERY"], "optimizer": ["LR", "WEIGHT_DECAY", "WARMUP", "GRAD_CLIP"],
               "evals": ["EVAL_EVERY"], "architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"]},
+    # two programs over knobs the baseline already has at their optimum (a tuned train.py: every
+    # change of theirs is worse, some by several sds), two that can move best
     "tuned": {"architecture": ["DEPTH", "WIDTH", "QK_NORM", "SOFTCAP"], "learning_rate": ["LR"],
               "regularize": ["WEIGHT_DECAY", "GRAD_CLIP"], "warmup": ["WARMUP"]},
     # the landscape measured from the real trainer (bench/real_landscape.py), four shipped programs

@@ -247,6 +247,12 @@ def test_a_move_at_a_boundary_ends_the_old_programs_run_of_refusals(tmp_path, re
     assert a.health.same_failure(error)
 
 
+def _llm(url: str, timeout_s: float) -> dict:
+    """A litellm backend spec for a FakeLLMServer at `url`, its key in ALLOC_LLM_KEY."""
+    return {"type": "litellm", "model": "openai/fake-model", "api_base": url, "api_key_env": "ALLOC_LLM_KEY",
+            "timeout_s": timeout_s, "max_retries": 0, "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0}
+
+
 def test_a_refusal_that_quotes_the_key_leaves_it_out_of_the_ledger(tmp_path, redis_url, monkeypatch):
     """The refusal's reason goes into the ledger with the move: a provider (or a proxy) that
     quotes the key in its 401 body must not put it there."""
@@ -257,8 +263,7 @@ def test_a_refusal_that_quotes_the_key_leaves_it_out_of_the_ledger(tmp_path, red
     body = json.dumps({"error": {"message": f"Incorrect API key provided: {secret}", "type": "invalid_request_error",
                                  "code": "invalid_api_key"}})
     with FakeLLMServer([("raw", 401, "application/json", body)]) as srv:
-        llm = {"type": "litellm", "model": "openai/fake-model", "api_base": srv.url, "api_key_env": "ALLOC_LLM_KEY",
-               "timeout_s": 3, "max_retries": 0, "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0}
+        llm = _llm(srv.url, timeout_s=3)
         home = tmp_path / "home"
         coord = _coord(home, redis_url)
         coord.configure_allocation(AllocationSpec(
@@ -290,8 +295,7 @@ def test_an_agent_moved_into_a_program_with_an_llm_backend_proposes_with_that_mo
 
     monkeypatch.setenv("ALLOC_LLM_KEY", "sk-alloc-test")
     with FakeLLMServer([("follow",)]) as srv:
-        llm = {"type": "litellm", "model": "openai/fake-model", "api_base": srv.url, "api_key_env": "ALLOC_LLM_KEY",
-               "timeout_s": 10, "max_retries": 0, "input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0}
+        llm = _llm(srv.url, timeout_s=10)
         home = tmp_path / "home"
         coord = _coord(home, redis_url)
         coord.configure_allocation(AllocationSpec(

@@ -147,29 +147,28 @@ class NoiseHistory:
             return None, 0
         return sum(float(v["rho"]) * int(v["rho_dof"]) for v in lines) / w, w
 
-    def classes(self) -> list[str]:
-        """The hardware classes the file holds noise of, for this profile, budget and apparatus
-        (measured by a swarm other than this one)."""
-        try:
-            with self._lock:
-                entries = self._read().get("entries", {})
-        except OSError:
-            return []
-        tail = _key(self.spec, "")
-        return [k[: -len(tail)] for k, e in entries.items() if k.endswith(tail) and any(
-            sid != self.swarm_id and v.get("dof", 0) > 0 for sid, v in e.get("swarms", {}).items())]
-
-    def own(self) -> dict[str, int]:
-        """This swarm's own lines of the file, for this profile, budget and apparatus: class ->
-        dof (a resumed swarm's; never a prior to itself, its runs are in its ledger)."""
+    def _by_class(self) -> dict[str, dict]:
+        """class -> its entry, for this profile, budget and apparatus ({} when the file cannot be
+        read)."""
         try:
             with self._lock:
                 entries = self._read().get("entries", {})
         except OSError:
             return {}
         tail = _key(self.spec, "")
-        return {k[: -len(tail)]: int(e["swarms"][self.swarm_id].get("dof", 0)) for k, e in entries.items()
-                if k.endswith(tail) and int(e.get("swarms", {}).get(self.swarm_id, {}).get("dof", 0)) > 0}
+        return {k[: -len(tail)]: e for k, e in entries.items() if k.endswith(tail)}
+
+    def classes(self) -> list[str]:
+        """The hardware classes the file holds noise of, for this profile, budget and apparatus
+        (measured by a swarm other than this one)."""
+        return [hw for hw, e in self._by_class().items() if any(
+            sid != self.swarm_id and v.get("dof", 0) > 0 for sid, v in e.get("swarms", {}).items())]
+
+    def own(self) -> dict[str, int]:
+        """This swarm's own lines of the file, for this profile, budget and apparatus: class ->
+        dof (a resumed swarm's; never a prior to itself, its runs are in its ledger)."""
+        dofs = {hw: int(e.get("swarms", {}).get(self.swarm_id, {}).get("dof", 0)) for hw, e in self._by_class().items()}
+        return {hw: n for hw, n in dofs.items() if n > 0}
 
     def note(self, hw: str, m2: float, dof: int, rho: float | None = None, rho_dof: int = 0) -> None:
         """This swarm's own noise of a class now (concurrent runs counted as what they are worth,
@@ -215,10 +214,10 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
     where = f"budget {spec.budget:g} s, apparatus {spec.apparatus}"
     hist = NoiseHistory(spec, swarm_id, dof_max)
     # a resumed swarm (`swarm run` again in its folder) goes on with the noise it measured itself
-    own = hist.own() if swarm_id else {}
     if hardware_class is None:
         classes = sorted(hist.classes())
         if not classes:
+            own = hist.own() if swarm_id else {}
             if own:
                 return (f"noise history: none from other swarms for profile {spec.profile}, {where}; this swarm "
                         "goes on with the sigma it measured itself ("
@@ -228,6 +227,7 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
         return "; ".join(_found(hw, *hist.prior(hw), where, min_dof, hist.rho(hw)[0]) for hw in classes)
     m2, dof, measured, swarms = hist.prior(hardware_class)
     if dof <= 0:
+        own = hist.own() if swarm_id else {}
         if own.get(hardware_class):
             return (f"noise history: none from other swarms for {hardware_class}, {where}; this swarm goes on "
                     f"with the sigma it measured itself ({own[hardware_class]} degrees of freedom)")

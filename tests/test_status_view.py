@@ -112,3 +112,19 @@ def test_the_live_view_reads_the_ledger_again_as_soon_as_it_grew(redis_url):
             break
         time.sleep(0.05)
     assert fresh and [r["experiment_id"] for r in rows] == ["e1"]
+
+
+def test_counts_of_one_read_in_the_singular_in_every_line():
+    """The quick start's first plain line said `0 experiments, 0 runs, best cpu-... 2.4511 (1 samples)`:
+    every view counts through figures.plural, so one of a thing reads `1 sample`, `1 run`."""
+    one = rows()[:2]
+    one[1] = {**one[1], "decision": "discard", "best_after": None}
+    data = live.gather(None, "s", one)
+    data["best"]["cpu"]["samples"] = 1
+    assert (data["experiments"], data["runs"], data["best_moves"]) == (1, 2, 0)
+    plain = live.plain_line(data)
+    assert plain.startswith("[swarm] 1 experiment, 2 runs, best cpu ") and "(1 sample)" in plain, plain
+    assert "moved 0 times" in plain, plain
+    counts = live.counts_line(data)
+    assert counts.startswith("1 experiment, 2 runs (1 job), best moved 0 times"), counts
+    assert "(1 sample) at " in live.best_line("cpu", data["best"]["cpu"])

@@ -179,11 +179,11 @@ def _fmt(v, spec=".4f") -> str:
 
 def best_line(hw: str, b: dict) -> str:
     """`best [hw]: val_bpb V (n samples) at C, moved k times from the baseline B (+G)`."""
-    line = (f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} ({b.get('samples') or 0} samples) "
+    line = (f"best [{hw}]: val_bpb {_fmt(b.get('val_bpb'))} ({_n(b.get('samples') or 0, 'sample')}) "
             f"at {str(b.get('commit') or '')[:10]}")
     moves = b.get("moves") or 0
     if moves:
-        line += (f", moved {moves} time{'s' if moves != 1 else ''} from the baseline "
+        line += (f", moved {_n(moves, 'time')} from the baseline "
                  f"{_fmt(b.get('baseline_val_bpb'))} ({_fmt(b.get('gain'), '+.4f')})")
     else:
         line += ", the baseline (not moved yet)"
@@ -259,8 +259,8 @@ def counts_line(data: dict) -> str:
     runs = data.get("runs", n)
     eph = data.get("experiments_per_hour")
     moves = data.get("best_moves", 0)
-    return (f"{n} experiments, {runs} runs ({data.get('jobs', 0)} jobs), best moved {moves} "
-            f"time{'s' if moves != 1 else ''}, {_fmt(eph, '.1f')} experiments/hour over the whole run")
+    return (f"{_n(n, 'experiment')}, {_n(runs, 'run')} ({_n(data.get('jobs', 0), 'job')}), best moved "
+            f"{_n(moves, 'time')}, {_fmt(eph, '.1f')} experiments/hour over the whole run")
 
 
 def _troubles(data: dict) -> str:
@@ -278,11 +278,11 @@ def plain_line(data: dict) -> str:
     """The same in one line, for logs and for a stdout that is not a terminal. It changes only
     when something happened (an experiment, a job, a move of best), never with the clock or
     the agents' phases, so a caller prints it only when it differs from the last one."""
-    best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))} ({b.get('samples') or 0} samples)"
+    best = ", ".join(f"{hw} {_fmt(b.get('val_bpb'))} ({_n(b.get('samples') or 0, 'sample')})"
                      for hw, b in sorted((data.get("best") or {}).items())) or "none"
     n, moves = data.get("experiments", 0), data.get("best_moves", 0)
-    return (f"[swarm] {n} experiments, {data.get('runs', n)} runs, best {best}, "
-            f"moved {moves} time{'s' if moves != 1 else ''}{_troubles(data)}")
+    return (f"[swarm] {_n(n, 'experiment')}, {_n(data.get('runs', n), 'run')}, best {best}, "
+            f"moved {_n(moves, 'time')}{_troubles(data)}")
 
 
 # --- the end of `swarm run` ---------------------------------------------------------------------
@@ -301,8 +301,7 @@ def _quote(r: dict) -> str:
     return f"{r.get('agent', '?')}'s \"{desc[:100]}\""
 
 
-def _n(k: int, word: str) -> str:
-    return f"{k} {word}{'s' if k != 1 else ''}"
+_n = figures.plural
 
 
 def _breakdown(counts: dict) -> str:
@@ -321,7 +320,7 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
     pending = sum(1 for r in exps if figures.outcome(r) == "pending")
     m, s = b.get("margin"), b.get("sigma")
     out = [f"best [{hw}] did not move: it is still the baseline, {_fmt(b.get('val_bpb'))} "
-           f"({b.get('samples') or 0} samples)."]
+           f"({_n(b.get('samples') or 0, 'sample')})."]
     cls = [r for r in rows if (r.get("hardware_class") or "") == hw]
     contended = sum(1 for r in cls if r.get("contended"))
     if not judged and not b.get("samples") and contended:

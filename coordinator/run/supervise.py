@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from coordinator.state.home import SwarmError, SwarmHome
+from coordinator.state import figures
 from coordinator.run.plan import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,8 @@ class Supervisor:
         best = ", ".join(f"{hw} {b.get('val_bpb'):.4f}" for hw, b in sorted(data["best"].items())
                          if b.get("val_bpb") is not None) or "none yet"
         line = (f"swarm run: resuming swarm {self.info['swarm_id']} (run {self.info.get('runs')}): "
-                f"{data['experiments']} experiments ({data['runs']} runs) so far, best {best}, "
-                f"moved {data['best_moves']} times")
+                f"{figures.plural(data['experiments'], 'experiment')} ({figures.plural(data['runs'], 'run')}) "
+                f"so far, best {best}, moved {figures.plural(data['best_moves'], 'time')}")
         if studies:
             line += "; optuna studies go on from " + ", ".join(
                 f"{name} ({n} trials, {done} trained)" for name, (n, done) in sorted(studies.items()))

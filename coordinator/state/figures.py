@@ -235,11 +235,16 @@ def by_decided(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: _num(r.get("decided_at")) or _num(r.get("finished_at")) or 0.0)
 
 
+def plural(k: int, word: str) -> str:
+    """`1 sample`, `3 samples`: a count in words, as every view writes it."""
+    return f"{k} {word}{'s' if k != 1 else ''}"
+
+
 def _verified(r: dict) -> str:
     """How a move was verified, in words."""
     d, n, nb = r.get("decision"), int(r.get("samples") or 0), int(r.get("samples_best") or 0)
     m = _num(r.get("margin"))
-    best = f"best ({nb} samples)" if nb else "best"
+    best = f"best ({plural(nb, 'sample')})" if nb else "best"
     by = f" by more than the margin {m:.4f}" if m is not None else ""
     if d == "merge":
         if r.get("merge_commit") and r.get("merge_commit") != r.get("commit"):

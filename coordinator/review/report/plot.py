@@ -122,7 +122,7 @@ def write_progress_png(rows: list[dict], path: Path, colors: dict[str, str] | No
                         step="post", color="black", alpha=0.10, linewidth=0,
                         label=f"best/{hw} ± 2 s.e." if any(half) else None)
         ax.step(xs, ys, where="post", color="black", lw=1.6, ls=LINESTYLES[i % 4],
-                label=f"best/{hw}: {ys[-1]:.4f} ({track[-1][2]} samples)")
+                label=f"best/{hw}: {ys[-1]:.4f} ({figures.plural(track[-1][2], 'sample')})")
         moved = {s.experiment_id for s in fig.best[hw].steps}
         kept = [r for r in rows if r.get("experiment_id") in moved and _ok(r.get("val_bpb"))]
         if kept:  # the runs that moved best, ringed
@@ -137,8 +137,8 @@ def write_progress_png(rows: list[dict], path: Path, colors: dict[str, str] | No
     ax.set_xlabel(f"{unit} since the first run")
     ax.set_ylabel("val_bpb (lower is better)")
     c = fig.counts
-    ax.set_title(f"{c.experiments} experiments, {c.runs} runs ({c.jobs} coordinator jobs), "
-                 f"best moved {fig.best_moves} time{'s' if fig.best_moves != 1 else ''}, "
+    ax.set_title(f"{figures.plural(c.experiments, 'experiment')}, {figures.plural(c.runs, 'run')} "
+                 f"({figures.plural(c.jobs, 'coordinator job')}), best moved {figures.plural(fig.best_moves, 'time')}, "
                  f"{len(classes)} hardware class(es)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)

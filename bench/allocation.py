@@ -52,7 +52,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import Swarm, history_file, parse_backends, program_specs  # noqa: E402
+from bench.swarmsim import Staggered, Swarm, history_file, parse_backends, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.ledger import connect_redis  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -175,7 +175,8 @@ class Arm:
 
 
 def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max_rounds: int,
-            alloc: dict, target_fraction: float = TARGET_FRACTION, backends: dict[str, str] | None = None) -> Arm:
+            alloc: dict, target_fraction: float = TARGET_FRACTION, backends: dict[str, str] | None = None,
+            stagger: bool = False) -> Arm:
     land = real_land(list(SCENARIOS[scenario])) if scenario == "real" else ScenarioLand(
         SCENARIOS[scenario], late_width=scenario == "late_bloomer", at_optimum=TUNED.get(scenario, frozenset()))
     # The same swarm id in both arms: the runs' noise and the proposals draw from the same
@@ -186,7 +187,7 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
     programs = land.oracle_for(AGENTS, _oracle_floor(alloc)) if mode == "oracle" else land.programs_for(AGENTS)
     backends = backends or {"*": "mutate"}
     s = Swarm(work / f"{sid}-{mode}", redis_url, sid, land, programs, seed, PromotionConfig(),
-              backends, history=hist)
+              backends, history=hist, stagger=stagger)
     late = mode.startswith("oracle@")   # static for R rounds, then the oracle's allocation at once
     cfg = dict(alloc, dwell_runs=10 ** 9) if late else alloc  # the bandit itself never moves anyone
     s.coord.configure_allocation(AllocationSpec(
@@ -219,6 +220,8 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
         total = sum(y["hours"] for y in ys.values()) - paid_at[1]
         arm.late_share = (ys[LATE]["hours"] - paid_at[0]) / total if total > 0 else None
     s.coord.flush_refs()
+    if isinstance(s.rounds, Staggered):
+        s.rounds.close()
     return arm
 
 
@@ -292,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the oracle's allocation, what a learner that needs R rounds could at best do)")
     ap.add_argument("--target", type=float, default=TARGET_FRACTION,
                     help="the share of the reachable gain the rounds are counted to (the issue's: 0.5)")
+    ap.add_argument("--stagger", action="store_true",
+                    help="play the agents out of step (bench/swarmsim.py Staggered): a job waits for the "
+                         "agent whose turn comes, as in a real swarm")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     global AGENTS
@@ -315,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in a.scenarios.split(","):
             for seed in range(a.first_seed, a.first_seed + a.seeds):
                 for mode in a.modes.split(","):
-                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target, backends)
+                    arm = run_arm(scenario, mode, seed, work, redis.url, a.rounds, alloc, a.target, backends,
+                                  a.stagger)
                     connect_redis(redis.url).flushall()
                     res.setdefault((scenario, mode), []).append(arm)
                     share = "" if arm.late_share is None else f" late_share={arm.late_share:.3f}"

@@ -42,3 +42,14 @@ def test_backend_auto_gives_each_program_its_offline_default_and_a_moved_agent_t
     lines = p.stdout.strip().splitlines()
     assert lines[0].endswith("backends {'*': 'auto'}"), lines[0]
     assert sum(1 for x in lines if re.match(r"^  barren +adaptive +seed  0: ", x)) == 1, lines
+
+
+def test_stagger_plays_the_agents_out_of_step_and_ends(tmp_path):
+    """`--stagger`: the arms run with bench/swarmsim.py's Staggered (agent k of N ends each run k/N
+    of a budget after agent 0) and every agent thread ends with its arm, so the bench exits."""
+    p = subprocess.run([sys.executable, str(BENCH), "--scenarios", "equal", "--seeds", "1", "--rounds", "3",
+                        "--stagger"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.strip().splitlines()
+    assert sum(1 for x in lines if re.match(r"^  equal +(static|adaptive) +seed  0: rounds_to_target=", x)) == 2, lines
+    assert lines[-1].startswith("agents=8 programs=4 equal_ratio="), lines[-1]

@@ -52,3 +52,32 @@ def test_the_analysis_finds_a_shared_speed_and_what_a_partner_run_removes():
     rows.append(_row(60, 0, 90, 2.5))
     rows += [dict(_row(61, 0, 90, 2.5)), dict(_row(61, 1, None, None), status="crash")]
     assert analyse(rows)["rounds"] == 60
+
+
+def test_a_partner_of_other_code_is_centred_on_its_own_means_and_its_concurrent_difference_measured():
+    """`--partner`: the last slot trains other code (more steps, a lower val_bpb). Centred on each
+    code's own means, the shared speed is found as with one code, and the difference of concurrent
+    runs (sd_diff) is far tighter than the same runs made apart would be (sd_apart)."""
+    rng = random.Random(2)
+    rows, slope = [], -0.3
+    for r in range(80):
+        m = rng.gauss(0, 0.08)
+        for k, (steps0, val0) in enumerate(((100, 2.40), (130, 2.33))):
+            ls = math.log(steps0) + m + rng.gauss(0, 0.02)
+            row = _row(r, k, round(math.exp(ls)), val0 + slope * (ls - math.log(steps0)) + rng.gauss(0, 0.005))
+            rows.append(dict(row, code="baseline" if k == 0 else "DEPTH=3"))
+    f = analyse(rows)
+    assert f["shared"] > 0.8 and f["slope"] == pytest.approx(slope, abs=0.05)
+    assert f["partner_gain"] == pytest.approx(0.07, abs=0.01)
+    assert f["sd_diff"] < 0.5 * f["sd_apart"]
+    # the two codes' different step counts are not mistaken for the machine's speed
+    assert f["sigma"] < 0.04
+
+
+def test_with_constants_sets_a_module_constant_and_refuses_a_name_that_is_none():
+    from bench.drift import with_constants
+
+    text = "import os\nDEPTH = 8 if CUDA else 4               # transformer blocks\nWIDTH = 3\n"
+    assert with_constants(text, {"DEPTH": "3"}) == "import os\nDEPTH = 3  # transformer blocks\nWIDTH = 3\n"
+    with pytest.raises(SystemExit, match="NOPE"):
+        with_constants(text, {"NOPE": "1"})

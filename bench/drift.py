@@ -104,13 +104,6 @@ def collect(out: Path, rounds: int, width: int, budget: float, threads: int, pro
                   flush=True)
 
 
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
-    return b, my - b * mx
-
-
 def analyse(rows: list[dict]) -> dict:
     """The figures of the module's docstring from rows of complete rounds (every run ok). Rows
     with other code in a slot (`--partner`) are centred on their own code's means; `sd_diff` is

@@ -260,10 +260,15 @@ def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on
             finished_at=1190.0, decided_at=1190.0)]
     data = live.gather(None, "s", rows, running=False)
     text = " ".join(live.summary(rows, data).split())
-    assert "1 experiment still pending when the swarm stopped" in text, text
+    assert "1 experiment still pending when the swarm stopped (its test wants more runs)" in text, text
     assert "`swarm run` again here resumes the swarm and decides it" in text, text
     n = int(text.split("; now ")[1].split()[0])
     assert f"now {n} sample{'s' if n != 1 else ''})" in text, text     # never "1 samples"
+    # two pending (the quick start of 2026-12-06 18:57 said "2 experiments ... (its test wants more runs)")
+    rows.append({**rows[-2], "experiment_id": "e3", "commit": "c3"})
+    text = " ".join(live.summary(rows, live.gather(None, "s", rows, running=False)).split())
+    assert "2 experiments still pending when the swarm stopped (their tests want more runs)" in text, text
+    assert "resumes the swarm and decides them" in text, text
 
 
 def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():

@@ -410,8 +410,9 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
     pending = sum(1 for r in rows if figures.is_experiment(r) and figures.outcome(r) == "pending")
     if pending and any(b.get("steps") for b in (data.get("best") or {}).values()):
         # (when best did not move, _not_moved says it in its own words)
-        lines.append(f"  {_n(pending, 'experiment')} still pending when the swarm stopped (its test "
-                     f"wants more runs): `swarm run` again here resumes the swarm and decides "
+        lines.append(f"  {_n(pending, 'experiment')} still pending when the swarm stopped "
+                     f"({'its test wants' if pending == 1 else 'their tests want'} more runs): `swarm run` "
+                     f"again here resumes the swarm and decides "
                      f"{'it' if pending == 1 else 'them'}.")
     for hw, b in sorted((data.get("best") or {}).items()):
         if b.get("sigma") is not None:

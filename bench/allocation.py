@@ -52,7 +52,7 @@ from agents.messages import PromotionConfig  # noqa: E402
 from bench.signals import remove_work  # noqa: E402
 from bench.landscape import _SPACE_COARSE, KNOBS, Bowls, constants, penalties  # noqa: E402
 from bench.ratio import paired_ratio  # noqa: E402
-from bench.swarmsim import Staggered, Swarm, history_file, parse_backends, program_specs  # noqa: E402
+from bench.swarmsim import Swarm, history_file, parse_backends, program_specs  # noqa: E402
 from coordinator.decide.allocation import AllocationConfig, AllocationSpec  # noqa: E402
 from coordinator.state.ledger import connect_redis  # noqa: E402
 from coordinator.state.redisd import RedisDaemon  # noqa: E402
@@ -220,8 +220,7 @@ def run_arm(scenario: str, mode: str, seed: int, work: Path, redis_url: str, max
         total = sum(y["hours"] for y in ys.values()) - paid_at[1]
         arm.late_share = (ys[LATE]["hours"] - paid_at[0]) / total if total > 0 else None
     s.coord.flush_refs()
-    if isinstance(s.rounds, Staggered):
-        s.rounds.close()
+    s.rounds.close()
     return arm
 
 

@@ -114,6 +114,9 @@ class Rounds:
         if self.errors:
             raise RuntimeError(f"agent iteration failed: {self.errors[0]!r}") from self.errors[0]
 
+    def close(self) -> None:
+        """Nothing to end: a round's threads end with it (Staggered's live for the whole swarm)."""
+
 
 class _Closed(BaseException):
     """Raised in an agent's thread when its staggered swarm is over (not an Exception: the agent's
@@ -404,8 +407,7 @@ class Swarm:
                     res.remeasures += 1
         audit(c, self.land, self.cfg, res)
         c.flush_refs()
-        if isinstance(self.rounds, Staggered):
-            self.rounds.close()
+        self.rounds.close()
         return res
 
 

@@ -204,6 +204,12 @@ class NoiseHistory:
             log.warning("noise history %s not written: %s", self.path, e)
 
 
+def _goes_on(what: str, where: str, dof: str) -> str:
+    """A resumed swarm's start line: no other swarm's noise, its own goes on."""
+    return (f"noise history: none from other swarms for {what}, {where}; this swarm goes on with the sigma "
+            f"it measured itself ({dof})")
+
+
 def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id: str = "",
              dof_max: int = 24, min_dof: int = 8) -> str:
     """One line for `swarm run` at start: whether noise history was found for this hardware class
@@ -219,9 +225,8 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
         if not classes:
             own = hist.own() if swarm_id else {}
             if own:
-                return (f"noise history: none from other swarms for profile {spec.profile}, {where}; this swarm "
-                        "goes on with the sigma it measured itself ("
-                        + ", ".join(f"{hw}: {n} degrees of freedom" for hw, n in sorted(own.items())) + ")")
+                return _goes_on(f"profile {spec.profile}", where,
+                                ", ".join(f"{hw}: {n} degrees of freedom" for hw, n in sorted(own.items())))
             return (f"noise history: none for profile {spec.profile}, {where} (each class measures sigma: "
                     f"{min_dof + 1} baseline runs first, and leaves it for the next swarm)")
         return "; ".join(_found(hw, *hist.prior(hw), where, min_dof, hist.rho(hw)[0]) for hw in classes)
@@ -229,8 +234,7 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
     if dof <= 0:
         own = hist.own() if swarm_id else {}
         if own.get(hardware_class):
-            return (f"noise history: none from other swarms for {hardware_class}, {where}; this swarm goes on "
-                    f"with the sigma it measured itself ({own[hardware_class]} degrees of freedom)")
+            return _goes_on(hardware_class, where, f"{own[hardware_class]} degrees of freedom")
         return (f"noise history: none for {hardware_class}, {where} (this swarm measures sigma: "
                 f"{min_dof + 1} baseline runs first, and leaves it for the next)")
     return _found(hardware_class, m2, dof, measured, swarms, where, min_dof, hist.rho(hardware_class)[0])

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from coordinator.state.home import SwarmError, SwarmHome
 from coordinator.state import figures
+from coordinator.state.home import SwarmError, SwarmHome
 from coordinator.run.plan import MAX_RESTARTS, STOP_GRACE_S, Plan
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ Used by bench/research.py and by the tests.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -210,23 +211,28 @@ class Drift:
     (1 - share) * sigma^2, so sigma is unchanged and only its structure moves. The shared
     sequence depends on `seed` only: every arm of one bench seed meets the same machine."""
 
-    def __init__(self, share: float, lag1: float, seed: int = 0):
+    def __init__(self, share: float, lag1: float, seed: int = 0, cross: float | None = None):
         if not (0.0 <= share < 1.0 and -1.0 < lag1 < 1.0):
             raise ValueError(f"drift: share {share} must be in [0, 1) and lag1 {lag1} in (-1, 1)")
-        self.share, self.lag1, self.seed = share, lag1, seed
+        cross = share if cross is None else cross
+        if not 0.0 <= cross <= share:
+            raise ValueError(f"drift: cross {cross} must be in [0, share {share}]")
+        self.share, self.lag1, self.seed, self.cross = share, lag1, seed, cross
         self._z: list[float] = []
         self._rng = random.Random(f"drift/{seed}")
         self._lock = threading.Lock()
 
     @classmethod
     def parse(cls, text: str) -> "Drift":
-        """`SHARE,LAG1` (`SHARE` alone: no carry-over), as the benches' --drift takes it;
+        """`SHARE,LAG1[,CROSS]` (`SHARE` alone: no carry-over; CROSS: SHARE unless given), as the
+        benches' --drift takes it;
         ValueError names what is wrong."""
-        share, _, lag1 = text.partition(",")
-        return cls(float(share), float(lag1 or 0.0))
+        share, _, rest = text.partition(",")
+        lag1, _, cross = rest.partition(",")
+        return cls(float(share), float(lag1 or 0.0), cross=float(cross) if cross else None)
 
     def at(self, seed: int) -> "Drift":
-        return Drift(self.share, self.lag1, seed)
+        return Drift(self.share, self.lag1, seed, self.cross)
 
     def z(self, period: int) -> float:
         """The shared part of round `period` in units of its own std (N(0, 1) marginally)."""
@@ -236,9 +242,15 @@ class Drift:
                 self._z.append(e if not self._z else self.lag1 * self._z[-1] + math.sqrt(1 - self.lag1 ** 2) * e)
             return self._z[period]
 
-    def noise(self, own: float, period: int, sigma: float) -> float:
-        """A run's noise from its own draw `own` (sigma's scale) in round `period`."""
-        return own * math.sqrt(1.0 - self.share) + self.z(period) * math.sqrt(self.share) * sigma
+    def noise(self, own: float, period: int, sigma: float, code: str = "") -> float:
+        """A run's noise from its own draw `own` (sigma's scale) in round `period`; `code` (the
+        train.py's text) draws the part of the shared noise that only runs of that code share
+        (share - cross of sigma^2: other code meets the machine's drift differently)."""
+        shared = self.z(period) * math.sqrt(self.cross)
+        if self.cross < self.share:
+            u = random.Random(f"drift/{self.seed}/{period}/{hashlib.sha1(code.encode()).hexdigest()}").gauss(0.0, 1.0)
+            shared += u * math.sqrt(self.share - self.cross)
+        return own * math.sqrt(1.0 - self.share) + shared * sigma
 
 
 def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: RunLog | None = None,
@@ -274,7 +286,7 @@ def fake_runner(landscape: Landscape, rng: random.Random, agent: str = "", log: 
                                     profile="bench", hardware_class=hw)
         status, val = landscape.sample(text, rng)
         if drift is not None and status == "ok" and val is not None:
-            val = true + drift.noise(val - true, period() if period is not None else 0, landscape.sigma)
+            val = true + drift.noise(val - true, period() if period is not None else 0, landscape.sigma, text)
         if log is not None:
             log.add(agent, text, true, val if status == "ok" else None)
         if status != "ok" or val is None:

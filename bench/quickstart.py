@@ -24,7 +24,7 @@ five real quick starts in the README are the check of this bench.
 
     PYTHONPATH=. python bench/quickstart.py [--replays 40] [--minutes 8 | --max-experiments 4]
         [--seconds-per-run 48] [--backend TYPE|'{type: optuna, sampler: cmaes}'] [--programs baseline,architecture]
-        [--drift SHARE,LAG1] [--promotion KEY=VALUE]
+        [--drift SHARE,LAG1[,CROSS]] [--promotion KEY=VALUE]
 
 --drift: the machine's speed drift as bench/drift.py measured it (research.py's --drift);
 --promotion: a promotion key over the shipped config's (concurrent=shared, say).
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=AGENTS)
     ap.add_argument("--programs", help="comma-separated, one per agent (default: as swarm run assigns them)")
     ap.add_argument("--backend", help="every program's backend (default: what auto picks without an LLM key)")
-    ap.add_argument("--drift", metavar="SHARE,LAG1", help="the machine's speed drift (bench/drift.py measures it)")
+    ap.add_argument("--drift", metavar="SHARE,LAG1[,CROSS]",
+                    help="the machine's speed drift (bench/drift.py measures it)")
     ap.add_argument("--promotion", action="append", default=[], metavar="KEY=VALUE",
                     help="a promotion key over the shipped config's (repeatable)")
     ap.add_argument("--allocation", action="append", default=[], metavar="KEY=VALUE",

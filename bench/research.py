@@ -26,9 +26,10 @@ Arms, at an equal number of training runs (baseline, confirm and verify runs inc
   null         the swarm on the null landscape (every effect zero), its first rounds only
 With --history every arm (and the null swarm) starts from a noise history of the hardware class.
 --short: the 2-agent, 20-run swarm on a class with history (baseline share, seeds with a move).
---drift SHARE,LAG1: the machine's speed drift (bench/drift.py measures it): that share of the
-run noise is common to the runs of one round and carried from round to round with that lag-1
-correlation (bench/landscape.py Drift); the same machine for every arm of a seed.
+--drift SHARE,LAG1[,CROSS]: the machine's speed drift (bench/drift.py measures it): that share of
+the run noise is common to the runs of one train.py in one round and carried from round to round
+with that lag-1 correlation, CROSS of it (default SHARE) common to runs of different train.py
+(bench/landscape.py Drift); the same machine for every arm of a seed.
 
 Ends with one line:
   agents=N swarm_gain=X independent_gain=X single_gain=X speedup=X lost_winners=N capture=X
@@ -373,9 +374,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="every arm starts from a noise history of this many degrees of freedom")
     ap.add_argument("--short", action="store_true",
                     help="only the 2-agent, 20-run swarm on a class with noise history (12 seeds)")
-    ap.add_argument("--drift", metavar="SHARE,LAG1", default=None,
+    ap.add_argument("--drift", metavar="SHARE,LAG1[,CROSS]", default=None,
                     help="the machine's speed drift: the share of the run noise that one round's runs have "
-                         "in common, and its lag-1 correlation from round to round (bench/drift.py measures both)")
+                         "in common, its lag-1 correlation from round to round (bench/drift.py measures both), and "
+                         "the share runs of different code have in common (default SHARE)")
     ap.add_argument("--allocation", choices=["static", "adaptive"],
                     help="the swarm's (and the null and short swarms') allocation (default adaptive, as swarm run)")
     ap.add_argument("--stagger", action="store_true", help="the agents out of step (each ends its runs a "

@@ -25,6 +25,22 @@ def test_drift_keeps_sigma_and_shares_its_part_within_a_round():
     assert statistics.correlation(means[:-1], means[1:]) == pytest.approx(0.5 * 0.6 / 0.8, abs=0.06)
 
 
+def test_different_code_shares_the_cross_part_of_a_round_and_the_same_code_all_of_it():
+    d = Drift.parse("0.8,0.0,0.5")
+    assert (d.share, d.lag1, d.cross) == (0.8, 0.0, 0.5)
+    rng = random.Random(1)
+    sigma = 0.02
+    rows = [[d.noise(rng.gauss(0, sigma), r, sigma, code) for code in ("A", "A", "B")] for r in range(4000)]
+    a1, a2, b = zip(*rows)
+    assert statistics.stdev(a1 + b) == pytest.approx(sigma, rel=0.05)  # sigma is unchanged
+    assert statistics.correlation(a1, a2) == pytest.approx(0.8, abs=0.04)  # the same train.py: all of it
+    assert statistics.correlation(a1, b) == pytest.approx(0.5, abs=0.04)   # another train.py: the cross part
+    assert Drift.parse("0.8,0.1").cross == 0.8  # without CROSS, every run of a round shares it alike
+    assert Drift.parse("0.8,0.1,0.5").at(3).cross == 0.5
+    with pytest.raises(ValueError, match="cross"):
+        Drift(0.5, 0.0, cross=0.6)
+
+
 def test_the_machine_is_the_same_for_every_arm_of_a_seed_and_another_for_another_seed():
     d = Drift(0.5, 0.3)
     assert [d.at(7).z(r) for r in range(5)] == [d.at(7).z(r) for r in range(5)]

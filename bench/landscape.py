@@ -222,6 +222,9 @@ class Drift:
         self._rng = random.Random(f"drift/{seed}")
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return f"Drift({self.share:g},{self.lag1:g},{self.cross:g})"
+
     @classmethod
     def parse(cls, text: str) -> "Drift":
         """`SHARE,LAG1[,CROSS]` (`SHARE` alone: no carry-over; CROSS: SHARE unless given), as the

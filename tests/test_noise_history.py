@@ -109,7 +109,10 @@ def test_a_resumed_swarm_says_it_goes_on_with_the_noise_it_measured(tmp_path, re
     assert line == (f"noise history: none from other swarms for {HW}, budget 30 s, apparatus abc123; this swarm "
                     f"goes on with the sigma it measured itself ({c1.cfg.min_dof} degrees of freedom)")
     assert "baseline runs first" not in describe(h, None, "s1", min_dof=8)
-    assert "9 baseline runs first" in describe(h, HW, "s2", min_dof=8) or "earlier swarm" in describe(h, HW, "s2")
+    # another swarm in the same history finds what s1 left (not its own: it has none)
+    other = describe(h, HW, "s2", min_dof=8)
+    assert f"from 1 earlier swarm ({c1.cfg.min_dof} degrees of freedom" in other, other
+    assert other.endswith("one baseline run per agent first"), other
 
 
 @pytest.mark.parametrize("other", [dict(budget=60.0), dict(profile="gpu"), dict(apparatus="zzz999")])

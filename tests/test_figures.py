@@ -253,7 +253,7 @@ def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on
     rows = baseline_round(9) + [
         row("e1", commit="c1", parent="c0", val_bpb=2.30, decision="promote", best_before="c0",
             best_after="c1", decision_delta=0.15, delta_best=0.15, margin=0.06, sigma=0.02, dof=8,
-            started_at=1000.0, finished_at=1090.0, decided_at=1090.0),
+            samples=1, samples_best=9, started_at=1000.0, finished_at=1090.0, decided_at=1090.0),
         row("e2", commit="c2", parent="c1", val_bpb=2.28, decision="pending", delta_best=0.02,
             margin=0.06, sigma=0.02, dof=8, started_at=1100.0, finished_at=1190.0, decided_at=1190.0),
         row("b9", "baseline", commit="c1", val_bpb=2.31, decision="sample", started_at=1100.0,
@@ -264,6 +264,9 @@ def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on
     assert "`swarm run` again here resumes the swarm and decides it" in text, text
     n = int(text.split("; now ")[1].split()[0])
     assert f"now {n} sample{'s' if n != 1 else ''})" in text, text     # never "1 samples"
+    # the step's line counted "1 run(s) of its own" (the quick start of 2026-12-06 21:45)
+    assert "1 run of its own beat best (9 samples) by more than the margin 0.0600" in text, text
+    assert "(s)" not in text, text
     # two pending (the quick start of 2026-12-06 18:57 said "2 experiments ... (its test wants more runs)")
     rows.append({**rows[-2], "experiment_id": "e3", "commit": "c3"})
     text = " ".join(live.summary(rows, live.gather(None, "s", rows, running=False)).split())
@@ -282,11 +285,14 @@ def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():
             started_at=411.0, finished_at=420.0)]
     data = live.gather(None, "s", rows, running=False)
     text = " ".join(live.summary(rows, data).split())
-    assert ("2 run(s) were contended (the machine was slower than its norm): a contended run counts "
+    assert ("2 runs were contended (the machine was slower than its norm): a contended run counts "
             "nowhere; 1 experiment was never judged: its runs stayed contended up to "
             "promotion.contended_remeasures.") in text, text
     # never judged is its own outcome, not "discarded", in the counts every view shows
     assert "experiments: 1 unjudged;" in text, text
+    one = [r for r in rows if r["experiment_id"] != "e1c"]
+    text = " ".join(live.summary(one, live.gather(None, "s", one, running=False)).split())
+    assert "1 run was contended (the machine" in text, text
     assert figures.counts(rows).outcomes == {"unjudged": 1}
     from coordinator.review.report.tables import program_table
     assert program_table(rows)[-1]["unjudged"] == 1 and program_table(rows)[-1]["discarded"] == 0

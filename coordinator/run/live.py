@@ -427,7 +427,8 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
                     "promotion.contended_remeasures.")
         else:
             what = ", and its train.py is measured again before anything is decided on it."
-        lines.append(f"{len(data['contended'])} run(s) were contended (the machine was slower than its "
+        k = len(data['contended'])
+        lines.append(f"{_n(k, 'run')} {'was' if k == 1 else 'were'} contended (the machine was slower than its "
                      "norm): a contended run counts nowhere" + what)
     width = max(len(c) for c, _ in NEXT) + len(home_arg) + 2
     lines.append("next:")

@@ -248,11 +248,11 @@ def _verified(r: dict) -> str:
     by = f" by more than the margin {m:.4f}" if m is not None else ""
     if d == "merge":
         if r.get("merge_commit") and r.get("merge_commit") != r.get("commit"):
-            return f"merged onto best; {n} verification run(s) of the merged commit beat {best}{by}"
-        return f"its own train.py put onto best; {n} run(s) of it beat {best}{by}"
+            return f"merged onto best; {plural(n, 'verification run')} of the merged commit beat {best}{by}"
+        return f"its own train.py put onto best; {plural(n, 'run')} of it beat {best}{by}"
     if d == "simplification":
-        return f"removes lines and stays within the noise of {best}: {n} run(s)"
-    return f"{n} run(s) of its own beat {best}{by}"
+        return f"removes lines and stays within the noise of {best}: {plural(n, 'run')}"
+    return f"{plural(n, 'run')} of its own beat {best}{by}"
 
 
 def steps(rows: list[dict], hw: str | None = None) -> list[Step]:

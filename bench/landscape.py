@@ -208,8 +208,11 @@ class Drift:
     runs): runs of one round (concurrent, as a swarm's agents train side by side) share a part
     of their noise, and that part persists from round to round (AR(1) over rounds). A run's
     noise is shared(round) + own, with var(shared) = share * sigma^2 and var(own) =
-    (1 - share) * sigma^2, so sigma is unchanged and only its structure moves. The shared
-    sequence depends on `seed` only: every arm of one bench seed meets the same machine."""
+    (1 - share) * sigma^2, so sigma is unchanged and only its structure moves. Of the shared
+    part, `cross` (default: all of it) is common to every run of the round, the rest to the runs
+    of one train.py only (bench/drift.py --partner: val_bpb of other code answers the machine's
+    speed a little differently). The shared sequence depends on `seed` only: every arm of one
+    bench seed meets the same machine."""
 
     def __init__(self, share: float, lag1: float, seed: int = 0, cross: float | None = None):
         if not (0.0 <= share < 1.0 and -1.0 < lag1 < 1.0):

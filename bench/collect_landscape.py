@@ -144,15 +144,26 @@ def design(base: dict, space: dict, *, repeats: int, local: int, global_: int, r
 
 def write_point(source: str, point: dict) -> str:
     """train.py with each constant of `point` set to a plain literal (its whole right side)."""
+    return set_right_sides(source, {name: _literal(value) for name, value in point.items()})
+
+
+def _literal(value) -> str:
+    lit = repr(value) if not isinstance(value, float) else f"{value:.6g}"
+    if isinstance(value, float) and not any(ch in lit for ch in ".en"):
+        lit += ".0"
+    return lit
+
+
+def set_right_sides(source: str, texts: dict[str, str]) -> str:
+    """train.py with the whole right side of each module-level constant named in `texts` replaced
+    by that source text (`DEPTH = 8 if CUDA else 4` becomes `DEPTH = 3`); KeyError names a
+    constant find_constants does not find."""
     consts = find_constants(source)
     lines = source.split("\n")
-    for name, value in sorted(point.items(), key=lambda kv: (consts[kv[0]].line, -consts[kv[0]].col)):
+    for name, text in sorted(texts.items(), key=lambda kv: (consts[kv[0]].line, -consts[kv[0]].col)):
         c = consts[name]
-        lit = repr(value) if not isinstance(value, float) else f"{value:.6g}"
-        if isinstance(value, float) and not any(ch in lit for ch in ".en"):
-            lit += ".0"
         ln = lines[c.line]
-        lines[c.line] = ln[:c.col] + lit + ln[c.end_col:]
+        lines[c.line] = ln[:c.col] + text + ln[c.end_col:]
     return "\n".join(lines)
 
 

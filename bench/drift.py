@@ -33,7 +33,6 @@ import datetime as _dt
 import json
 import math
 import multiprocessing as mp
-import re
 import statistics
 import sys
 import tempfile
@@ -59,16 +58,14 @@ def _one(args: tuple) -> dict:
 
 
 def with_constants(text: str, changes: dict[str, str]) -> str:
-    """train.py with module-level constants set (`DEPTH = 8 if CUDA else 4` becomes `DEPTH = 3`);
-    a name that is not a constant of the file is an error."""
-    lines = text.splitlines(keepends=True)
-    for name, value in changes.items():
-        hits = [i for i, ln in enumerate(lines) if re.match(rf"{re.escape(name)}\s*=", ln)]
-        if len(hits) != 1:
-            raise SystemExit(f"drift: --partner {name}: not one module-level constant of train.py")
-        comment = lines[hits[0]].split("#", 1)[1] if "#" in lines[hits[0]] else ""
-        lines[hits[0]] = f"{name} = {value}" + (f"  # {comment.strip()}" if comment else "") + "\n"
-    return "".join(lines)
+    """train.py with module-level constants set, as the landscape's collection writes its points
+    (`DEPTH = 8 if CUDA else 4` becomes `DEPTH = 3`); a name that is not a constant of the file
+    is an error."""
+    from bench.collect_landscape import set_right_sides
+    try:
+        return set_right_sides(text, changes)
+    except KeyError as e:
+        raise SystemExit(f"drift: --partner {e.args[0]}: not one module-level constant of train.py") from None
 
 
 def collect(out: Path, rounds: int, width: int, budget: float, threads: int, profile: str,

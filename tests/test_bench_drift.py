@@ -94,6 +94,7 @@ def test_with_constants_sets_a_module_constant_and_refuses_a_name_that_is_none()
     from bench.drift import with_constants
 
     text = "import os\nDEPTH = 8 if CUDA else 4               # transformer blocks\nWIDTH = 3\n"
-    assert with_constants(text, {"DEPTH": "3"}) == "import os\nDEPTH = 3  # transformer blocks\nWIDTH = 3\n"
+    want = "import os\nDEPTH = 3               # transformer blocks\nWIDTH = 3\n"
+    assert with_constants(text, {"DEPTH": "3"}) == want
     with pytest.raises(SystemExit, match="NOPE"):
         with_constants(text, {"NOPE": "1"})

@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from trainer.schema import ExperimentResult
-from agents.messages import (Broadcast, ExperimentRecord, ReportReply, StartedExperiment,
+from agents.messages import (ALREADY_TRIED, Broadcast, ExperimentRecord, ReportReply, StartedExperiment,
                              new_experiment_id)
 
 from agents.backends.base import Backend, Proposal, ProposalContext, backend_config, make_backend
@@ -23,13 +23,17 @@ from agents.ports import CoordinatorPort
 from agents.program import Program, load_program, parse_program
 from agents.transcript import keep_transcript, redact, secret_values
 from agents.training import Training
-from agents.worktree import Worktree
+from agents.worktree import Worktree, object_id
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., ExperimentResult]
 # Decisions after which the agent keeps the commit as its line.
 KEEP = ("promote", "merge", "simplification", "pending")
+# Proposals in a row whose train.py another run already trained, before the iteration ends
+# without a run (the next one proposes again): mutate's states near best run out, a model may
+# repeat itself; a refusal costs a proposal, never a run.
+CLAIM_TRIES = 3
 
 
 def _default_runner() -> Runner:
@@ -366,6 +370,14 @@ class ResearchAgent(Training):
 
     # --- the experiment ------------------------------------------------------------------
     def _experiment(self) -> None:
+        """One idea trained: proposed, checked, committed, run, reported. A proposal whose train.py
+        another run already trained is recorded and replaced at once, up to CLAIM_TRIES times."""
+        for attempt in range(CLAIM_TRIES):
+            if not self._propose_and_train(prepared=attempt == 0):
+                return
+
+    def _propose_and_train(self, prepared: bool) -> bool:
+        """Returns True when the proposal was already tried (not trained: propose another)."""
         base = self.wt.head()
         source = self.wt.source()
         self.phase = "propose"
@@ -373,15 +385,15 @@ class ResearchAgent(Training):
         self._beat(force=True)
         started_at = time.time()   # before the proposal: a record's duration includes it
         try:
-            proposal = self._take_prepared(base)
+            proposal = self._take_prepared(base) if prepared else None
             if proposal is None:
                 if self._stop.is_set():
-                    return
+                    return False
                 proposal = self.backend.propose(self._context(base, source))
         except BackendError as e:
             # No answer is not an experiment: no record, nothing counted.
             self._backend_failed(e)
-            return
+            return False
         self.health.answered()
         eid = new_experiment_id(self.cfg.name)
         try:
@@ -397,13 +409,34 @@ class ResearchAgent(Training):
             # after the record: a refusal that moves the agent is recorded under the program
             # that refused, not the one it moves to
             self._same_failure(proposal.error)
-            return
+            return False
         self._keep_transcript(eid, proposal, "ok")
         self._same_failure(None)
         desc = redact(desc, self._secrets())   # a model may echo anything into git and the ledger
+        held = self._claim(new, eid)
+        if held is not None:
+            # Another run trained (or is training) this very train.py: an idea, never trained;
+            # its record tells the backend (a model sees it among its own results).
+            rec = self._record(eid, kind="experiment", parent=base, commit=None, description=desc[:200],
+                               status="invalid", reason=ALREADY_TRIED + held, proposal=proposal,
+                               started_at=started_at)
+            self._finish(rec, source, None)
+            return True
         self._train(kind="experiment", commit=None, parent=base, seed=self.cfg.seed, source=new,
                     description=desc, eid=eid, proposal=proposal, base_source=source,
                     started_at=started_at)
+        return False
+
+    def _claim(self, source: str, eid: str) -> str | None:
+        """Ask the coordinator to hold `source` for `eid`: None to train it, else why not."""
+        claim = getattr(self.port, "claim", None)
+        if claim is None:
+            return None
+        try:
+            return claim(self.hw, object_id("blob", source.encode("utf-8")), eid)
+        except Exception as e:  # a question about duplicates must never stop research
+            log.warning("%s: could not claim its train.py: %s", self.cfg.name, e)
+            return None
 
     # --- the backend's trouble: not experiments -----------------------------------------------
     def _secrets(self) -> list[str]:

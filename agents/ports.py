@@ -25,6 +25,11 @@ class CoordinatorPort(Protocol):
     a Ray actor (coordinator/decide/actor.py) reached through RayCoordinator. Adding a method
     here and to Coordinator is all it takes: the actor and RayCoordinator forward it."""
 
+    def claim(self, hardware_class: str, blob: str, experiment_id: str) -> str | None:
+        """Before an experiment is committed: None to train it (its train.py, by git blob id,
+        is now held for experiment_id), else why not (another run trained or is training that
+        very train.py: coordinator/decide/tried.py)."""
+
     def begin(self, started: StartedExperiment) -> None: ...
 
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply | None:
@@ -111,6 +116,13 @@ class RayCoordinator:
         except RetryError as e:
             last = e.last_attempt.exception()
             raise CoordinatorUnavailable(f"coordinator.{method} failed: {type(last).__name__}") from last
+
+    def claim(self, hardware_class: str, blob: str, experiment_id: str) -> str | None:
+        # Unreachable: train it (at worst a state tried twice, judged as ever).
+        try:
+            return self._call("claim", hardware_class, blob, experiment_id, retries=0)
+        except CoordinatorUnavailable:
+            return None
 
     def begin(self, started: StartedExperiment) -> None:
         """Record the intent; on failure only a warning (inflight.json still covers a death)."""

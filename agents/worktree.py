@@ -2,6 +2,7 @@
 an edit, reset to a parent, show a file at a commit, move commits as git bundles."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import tempfile
@@ -23,6 +24,12 @@ IDENTITY = {"user.name": "autoresearch-swarm", "user.email": "swarm@localhost"}
 GIT = ("git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
        "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false", "-c", "protocol.ext.allow=never",
        "-c", "core.pager=cat")
+
+
+def object_id(kind: str, body: bytes) -> str:
+    """The git object id of `body` as a `kind` object (what `git hash-object` prints): an
+    agent names the train.py it is about to train by its blob id, as the coordinator does."""
+    return hashlib.sha1(f"{kind} {len(body)}".encode() + b"\0" + body).hexdigest()
 
 
 class _Locked(Exception):

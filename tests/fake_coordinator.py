@@ -74,6 +74,10 @@ class FakeCoordinator:
         self.beats: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
 
+    def claim(self, hardware_class: str, blob: str, experiment_id: str) -> str | None:
+        """Never refuses a state (the real rule: coordinator/decide/tried.py, tests/test_tried.py)."""
+        return None
+
     def begin(self, started: StartedExperiment) -> None:
         self.started[started.experiment_id] = started
 

@@ -78,7 +78,7 @@ def test_the_port_is_declared_once_and_forwarded(tmp_path):
     from agents.ports import PORT_METHODS, CoordinatorPort, RayCoordinator
     from coordinator.decide.actor import ADMIN_METHODS, CoordinatorActor
 
-    assert {"begin", "report", "next_job", "best", "recent", "heartbeat", "fetch", "assignment",
+    assert {"begin", "report", "next_job", "best", "recent", "heartbeat", "fetch", "assignment", "claim",
             "flush"} == set(PORT_METHODS)
     public = {n for n in dir(CoordinatorActor) if not n.startswith("_")}
     assert public == set(PORT_METHODS) | set(ADMIN_METHODS)

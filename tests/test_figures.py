@@ -201,6 +201,11 @@ def test_the_end_of_a_run_says_why_nothing_moved():
     assert "A result must beat best by the margin (0.0390 at the last decision, 3.5 x the noise sigma 0.0110)" in text
     for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
         assert cmd in text
+    # an edit refused because another run trained that very train.py is told apart
+    rows.append(row("dup", run_status="invalid", decision="invalid", started_at=502.0, finished_at=502.0,
+                    reason="already tried: a0's experiment e1 trained this train.py (discard)"))
+    text = " ".join(live.summary(rows, live.gather(None, "s", rows, running=False)).split())
+    assert "0 crashed or timed out, 2 invalid edit(s) never trained (1 of them already tried by another run)." in text
     # where sigma came from: this swarm's runs, or a prior from earlier swarms when the
     # coordinator's status() says so
     assert "noise [cpu]: sigma 0.0110 (8 dof), measured by this swarm's runs." in text

@@ -30,6 +30,7 @@ from coordinator.decide.noise import SampleBook
 from coordinator.decide.perf import PerfStats
 from coordinator.decide.rules import Verdict, is_suspect
 from coordinator.decide.snapshots import Snapshots
+from coordinator.decide.tried import TriedStates
 from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, NoiseHistorySpec,
                              PromotionConfig, ReportReply, StartedExperiment)
 from coordinator.decide.history import NoiseHistory
@@ -38,6 +39,7 @@ from coordinator.decide.allocation import Allocation, AllocationSpec, ProgramSpe
 log = logging.getLogger(__name__)
 
 _HW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BLOB_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 class CoordinatorError(RuntimeError):
@@ -89,6 +91,7 @@ class Coordinator(Judging, Pooling):
         self._chains: dict[str, set[str]] = {}  # per class: best's first-parent history (judging.py)
         self._todo: list[tuple[str, str]] = []  # candidates to judge again (judging.py)
         self._init_pools()
+        self.tried = TriedStates()   # train.py contents trained or in flight (tried.py)
         self.snapshots = Snapshots(self.ledger, self.home / "snapshots" / "ledger.parquet")
         self._load()
         # Which program each agent runs (decide/allocation.py): configured by swarm run, kept in
@@ -106,6 +109,7 @@ class Coordinator(Judging, Pooling):
         self.best_keys = BestKeys(self.r, self.ledger, self.swarm_id, self.book)
         self.jobs = JobBoard(self.ledger, self.cfg.job_lease_s or DEFAULT_LEASE_S, self.cfg.checks_share)
         self.snapshots.reset()
+        self.tried.clear()
         self._init_pools()
         self._load()
 
@@ -142,6 +146,7 @@ class Coordinator(Judging, Pooling):
                 if d is not None and d.decision != "rejected" and rec.status == "ok":
                     self.book.add(rec)
                     self._note_run_length(rec)
+                    self.tried.note(rec.hardware_class, self.commits.blob(rec.commit), id)
             elif typ == "decision" and '"best_after":null' not in js:
                 d = Decision.model_validate_json(js)
                 if d.best_after and d.hardware_class and self.commits.has(d.best_after):
@@ -259,6 +264,7 @@ class Coordinator(Judging, Pooling):
     def _dec(self, rec: ExperimentRecord, decision: str, reason: str, **kw) -> Decision:
         if decision == "rejected":
             log.warning("rejected %s: %s", rec.experiment_id, reason)
+            self.tried.release(rec.experiment_id)
         return self._put(Decision(experiment_id=rec.experiment_id, decision=decision, reason=reason,
                                   hardware_class=rec.hardware_class, **kw))
 
@@ -278,6 +284,7 @@ class Coordinator(Judging, Pooling):
             # Discarded and crashed commits stay reviewable.
             self.refwriter.later(f"refs/experiments/{rec.experiment_id}", rec.commit)
         if rec.status != "ok":
+            self.tried.release(rec.experiment_id)   # nothing measured: the state may be tried again
             dec = self._dec(rec, rec.status, rec.reason or f"run ended with {rec.status}")
             if st is not None and st.done and st.job.for_experiment and not st.cancelled:
                 self._give_up(st.job.for_experiment, st.job, f"its {rec.kind} run failed {JOB_MAX_ATTEMPTS} times")
@@ -294,6 +301,7 @@ class Coordinator(Judging, Pooling):
         dof0, own0 = self.book.dof(hw), self.book.measured(hw)
         self.book.add(rec)
         self._note_run_length(rec)
+        self.tried.note(hw, self.commits.blob(rec.commit), rec.experiment_id)
         own = self.book.measured(hw)
         if self.history is not None and own != own0:
             self.history.note(hw, *own)
@@ -351,6 +359,23 @@ class Coordinator(Judging, Pooling):
         self._register(started.hardware_class)
         self.ledger.add_started(started)
         self.started[started.experiment_id] = started
+
+    def claim(self, hardware_class: str, blob: str, experiment_id: str) -> str | None:
+        """Asked before an agent commits an experiment whose train.py has blob id `blob`: None
+        when no run of the class trained it or is training it (the state is now held for
+        `experiment_id`), else one line naming that run (the agent does not train it: tried.py).
+        Outside the decision lock."""
+        if not (_HW_RE.match(hardware_class) and _BLOB_RE.match(blob)):
+            return None   # nothing to hold it by: the run goes on and is judged as ever
+        held = self.tried.claim(hardware_class, blob, experiment_id)
+        if held is None:
+            return None
+        rec, d, st = self.records.get(held), self.decisions.get(held), self.started.get(held)
+        if rec is not None:
+            what = "baseline" if rec.kind == "baseline" else f"{rec.kind} {held}"
+            return f"{rec.agent}'s {what} trained this train.py ({d.decision if d else 'undecided'})"
+        who = f"{st.agent}'s " if st is not None else ""
+        return f"{who}experiment {held} is training this train.py"
 
     def report(self, record: ExperimentRecord, bundle: bytes | None = None) -> ReportReply:
         """Store a record and decide it. Idempotent: a retried report returns the experiment's

@@ -347,7 +347,9 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
                        f"{bar}; the closest was {_quote(closest)} ({d:+.4f})"
                        + (f"; {pending} still pending a confirmation." if pending else "."))
     if failed or invalid:
-        out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained.")
+        tried = sum(1 for r in exps if figures.already_tried(r))
+        out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained"
+                   + (f" ({tried} of them already tried by another run)." if tried else "."))
     if m is not None:
         ratio = f", {m / s:.1f} x the noise sigma {s:.4f}" if s else ""
         out.append(f"  A result must beat best by the margin ({m:.4f} at the last decision{ratio}) "

@@ -34,6 +34,8 @@ from typing import Callable, Iterable
 
 from pydantic import BaseModel, Field
 
+from agents.messages import ALREADY_TRIED
+
 log = logging.getLogger(__name__)
 
 MOVES = ("promote", "simplification", "merge")
@@ -74,6 +76,12 @@ def contended_out(r: dict) -> bool:
 
 def trained(r: dict) -> bool:
     return record_status(r) != "invalid"
+
+
+def already_tried(r: dict) -> bool:
+    """An invalid edit refused because another run trained (or was training) the same train.py
+    (coordinator/decide/tried.py): the agent's next proposal replaced it at once."""
+    return record_status(r) == "invalid" and (r.get("reason") or "").startswith(ALREADY_TRIED)
 
 
 def _num(v) -> float | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from agents.edits import EDITABLE
-from agents.worktree import GIT
+from agents.worktree import GIT, object_id
 from trainer.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -294,11 +293,6 @@ class ResearchRepo:
             f.write_bytes(data)
             self.git("bundle", "verify", str(f))
             self.git("fetch", "-q", str(f), "+refs/*:refs/bundles/*")
-
-
-def object_id(kind: str, body: bytes) -> str:
-    """The git object id of `body` as a `kind` object (what `git hash-object` prints)."""
-    return hashlib.sha1(f"{kind} {len(body)}".encode() + b"\0" + body).hexdigest()
 
 
 MERGE_GAP = 3  # unchanged lines the in-process merge wants between the two sides' changes

@@ -32,8 +32,10 @@ Runner = Callable[..., ExperimentResult]
 KEEP = ("promote", "merge", "simplification", "pending")
 # Proposals in a row whose train.py another run already trained, before the iteration ends
 # without a run (the next one proposes again): mutate's states near best run out, a model may
-# repeat itself; a refusal costs a proposal, never a run.
-CLAIM_TRIES = 3
+# repeat itself; a refusal costs a proposal, never a run. 3 cost adaptive allocation its rounds on
+# bench/allocation.py (barren: 12.50 rounds to the target, 10 gave 12.08): agents crowded onto a
+# paying program meet each other's states more often than agents spread evenly.
+CLAIM_TRIES = 10
 
 
 def _default_runner() -> Runner:

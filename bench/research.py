@@ -182,7 +182,8 @@ def run_bench(conf: Config, workdir: Path, redis_url: str, backends: dict[str, s
         for a in ("swarm", "independent", "single"):
             if a in arms:
                 x = results[a][-1]
-                msg.append(f"{a} gain {x.gain:.4f} ({x.runs} runs)")
+                msg.append(f"{a} gain {x.gain:.4f} ({x.runs} runs" + (
+                    f", target at {x.runs_to_target})" if x.runs_to_target is not None else ")"))
         out("  ".join(msg) + f"  [{time.time() - t0:.0f}s]")
     if "null" in arms:
         for seed in range(conf.first_seed, conf.first_seed + conf.null_seeds):

@@ -230,7 +230,7 @@ class ArmResult:
     runs_to_report: int | None = None      # runs up to the report that reached it (end order)
     wall_to_report: float | None = None    # Staggered: budgets of wall clock to that report
     rounds_to_target: int | None = None
-    experiments: int = 0
+    experiments: int = 0                   # trained experiments (invalid edits left out)
     moves: int = 0                         # experiments whose final decision moved best
     first_move_run: int | None = None      # runs before best first moved (None: never)
     lost_winners: int = 0
@@ -238,7 +238,7 @@ class ArmResult:
     true_wins_reached: int = 0
     baseline_root: int = 0                 # runs of the unchanged root (the start-up tax)
     remeasures: int = 0                    # runs of a later best, unchanged (its mean, sigma)
-    kinds: dict = field(default_factory=dict)  # records by kind (experiment, baseline, confirm, verify)
+    kinds: dict = field(default_factory=dict)  # runs by kind (experiment, baseline, confirm, verify)
     kinds_to_target: dict = field(default_factory=dict)  # the same, when the target was first reached
     ids_to_target: set = field(default_factory=set)      # the experiments recorded by then
     true_missed: dict = field(default_factory=dict)  # true wins not on the final best, by final decision
@@ -387,6 +387,8 @@ class Swarm:
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
                 res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
                 for id, rec in list(self.coord.records.items()):
+                    if rec.status == "invalid":
+                        continue   # never trained: not a run
                     res.kinds_to_target[rec.kind] = res.kinds_to_target.get(rec.kind, 0) + 1
                     if rec.kind == "experiment":
                         res.ids_to_target.add(id)
@@ -399,6 +401,8 @@ class Swarm:
         res.measured_best = b.val_bpb if b else float("nan")
         res.best_trained_gain = max((self.land.baseline - t for _, _, t, _ in self.log.runs), default=0.0)
         for rec in c.records.values():
+            if rec.status == "invalid":
+                continue   # never trained: not a run
             res.kinds[rec.kind] = res.kinds.get(rec.kind, 0) + 1
             if rec.kind == "baseline":
                 if rec.commit == c.root:
@@ -449,7 +453,9 @@ def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult)
             if rec.status == "ok" and d.decision != "rejected" and rec.val_bpb is not None:
                 samples.setdefault(blob(rec.commit), []).append(rec.val_bpb)
             if rec.kind == "experiment":
-                res.experiments += 1
+                # trained ones: an invalid edit (a state already tried, a refused proposal) is
+                # never judged and cannot move best, so it does not dilute the false promotions
+                res.experiments += rec.status != "invalid"
                 if id in res.ids_to_target and blob(at_start.get(id, best)) != blob(best):
                     res.stale_to_target += 1   # best moved while it trained or waited
                 fd = final_dec.get(id, d)

@@ -272,6 +272,10 @@ class Allocation:
         if typ == "record":
             rec = ExperimentRecord.model_validate_json(js)
             self._rec_program[id] = rec.program
+            if rec.status == "invalid":
+                # an edit never trained (a state already tried, a refused proposal) is no run on
+                # its program: neither the dwell nor a fractional floor's window counts it
+                return
             if rec.kind == "baseline" and self._root is None:
                 self._root = rec.commit
             of_root = rec.kind == "baseline" and rec.commit == self._root

@@ -7,6 +7,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from agents.backends.base import Proposal
 from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
 
 TINY_TRAIN = '''"""A tiny stand-in train.py: the fake runner reads its constants."""
@@ -36,6 +37,26 @@ search_space:
   WINDOW: {type: choice, values: ["L", "SL", "SSSL"]}
 ```
 '''
+
+
+def set_lr(old: str, new: str, desc: str) -> Proposal:
+    """A model's answer setting TINY_TRAIN's LEARNING_RATE from `old` to `new`."""
+    return Proposal(text=f"DESCRIPTION: {desc}\ntrain.py\n<<<<<<< SEARCH\nLEARNING_RATE = {old}  # per step\n"
+                         f"=======\nLEARNING_RATE = {new}  # per step\n>>>>>>> REPLACE\n")
+
+
+class Scripted:
+    """A backend answering with the given proposals in turn, then refusing."""
+    name = "scripted"
+
+    def __init__(self, proposals):
+        self.proposals = list(proposals)
+
+    def propose(self, ctx):
+        return self.proposals.pop(0) if self.proposals else Proposal(error="out of ideas")
+
+    def fix(self, ctx, log_tail):
+        return Proposal(error="no fix")
 
 
 def git(cwd, *args) -> str:

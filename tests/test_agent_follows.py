@@ -9,11 +9,10 @@ import re
 import pytest
 
 from agents.agent import ResearchAgent
-from agents.backends.base import Proposal
 from agents.config import AgentConfig
 from agents.messages import PromotionConfig
 from coordinator.decide.core import Coordinator
-from tests.fake_coordinator import TINY_PROGRAM, TINY_TRAIN, fake_runner
+from tests.fake_coordinator import TINY_PROGRAM, TINY_TRAIN, Scripted, fake_runner, set_lr as lr
 
 HW = "test-hw"
 # val_bpb by LEARNING_RATE (everything else at its baseline): no noise, so sigma is 0 and the
@@ -23,24 +22,6 @@ VALS = {"0.04": 2.064, "0.0399": 2.0638, "0.0398": 2.0633, "0.03": 2.030, "0.02"
 
 def score(src: str) -> float:
     return VALS[re.search(r"^LEARNING_RATE = ([\d.]+)", src, re.M).group(1)]
-
-
-def lr(old: str, new: str, desc: str) -> Proposal:
-    return Proposal(text=f"DESCRIPTION: {desc}\ntrain.py\n<<<<<<< SEARCH\nLEARNING_RATE = {old}  # per step\n"
-                         f"=======\nLEARNING_RATE = {new}  # per step\n>>>>>>> REPLACE\n")
-
-
-class Scripted:
-    name = "scripted"
-
-    def __init__(self, proposals):
-        self.proposals = list(proposals)
-
-    def propose(self, ctx):
-        return self.proposals.pop(0) if self.proposals else Proposal(error="out of ideas")
-
-    def fix(self, ctx, log_tail):
-        return Proposal(error="no fix")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from agents.config import AgentConfig
 from agents.messages import PromotionConfig
 from agents.worktree import object_id
 from coordinator.decide.core import Coordinator
-from tests.fake_coordinator import TINY_PROGRAM, TINY_TRAIN, fake_runner
+from tests.fake_coordinator import TINY_PROGRAM, TINY_TRAIN, Scripted, fake_runner, set_lr as lr
 
 HW = "test-hw"
 VALS = {"0.04": 2.064, "0.03": 2.030, "0.02": 2.000, "0.05": 2.100}
@@ -24,27 +24,9 @@ def score(src: str) -> float:
     return VALS[re.search(r"^LEARNING_RATE = ([\d.]+)", src, re.M).group(1)]
 
 
-def lr(old: str, new: str, desc: str) -> Proposal:
-    return Proposal(text=f"DESCRIPTION: {desc}\ntrain.py\n<<<<<<< SEARCH\nLEARNING_RATE = {old}  # per step\n"
-                         f"=======\nLEARNING_RATE = {new}  # per step\n>>>>>>> REPLACE\n")
-
-
 def crash(desc: str) -> Proposal:
     return Proposal(text=f"DESCRIPTION: {desc}\ntrain.py\n<<<<<<< SEARCH\nCRASH = False  # raise at start-up\n"
                          f"=======\nCRASH = True  # raise at start-up\n>>>>>>> REPLACE\n")
-
-
-class Scripted:
-    name = "scripted"
-
-    def __init__(self, proposals):
-        self.proposals = list(proposals)
-
-    def propose(self, ctx):
-        return self.proposals.pop(0) if self.proposals else Proposal(error="out of ideas")
-
-    def fix(self, ctx, log_tail):
-        return Proposal(error="no fix")
 
 
 @pytest.fixture

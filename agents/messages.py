@@ -18,11 +18,11 @@ from trainer.schema import ExperimentResult
 
 RecordStatus = Literal["ok", "crash", "timeout", "invalid"]
 RecordKind = Literal["experiment", "baseline", "confirm", "verify"]
+"""experiment: an agent's own idea. baseline: the unchanged baseline (first round, seeds sigma).
+confirm: the same commit again with another seed. verify: a merge candidate built by the coordinator."""
 # The reason of an invalid record whose train.py another run trained or was training (the agent
 # asked the coordinator first: coordinator/decide/tried.py); what follows names that run.
 ALREADY_TRIED = "already tried: "
-"""experiment: an agent's own idea. baseline: the unchanged baseline (first round, seeds sigma).
-confirm: the same commit again with another seed. verify: a merge candidate built by the coordinator."""
 
 DecisionKind = Literal[
     "discard",        # judged against best (and its parent) and not better by enough

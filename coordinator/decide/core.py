@@ -295,19 +295,19 @@ class Coordinator(Judging, Pooling):
         if rec.val_bpb is None:
             return self._dec(rec, "rejected", "status ok but no val_bpb")
         try:
-            self.commits.blob(rec.commit)
+            blob = self.commits.blob(rec.commit)
         except RepoError:
             return self._dec(rec, "rejected", f"commit {rec.commit[:10]} has no train.py")
         dof0, own0 = self.book.dof(hw), self.book.measured(hw)
         self.book.add(rec)
         self._note_run_length(rec)
-        self.tried.note(hw, self.commits.blob(rec.commit), rec.experiment_id)
+        self.tried.note(hw, blob, rec.experiment_id)
         own = self.book.measured(hw)
         if self.history is not None and own != own0:
             self.history.note(hw, *own)
         self._sample_added(hw, dof0, rec)
         best = self._best_commit(hw)
-        if self.commits.blob(rec.commit) == self.commits.blob(best):
+        if blob == self.commits.blob(best):
             self.best_keys.refresh(hw, best)
         noise = dict(sigma=self.book.sigma(hw), dof=self.book.dof(hw), samples=self.book.of(hw, rec.commit).n)
         if rec.kind == "baseline":

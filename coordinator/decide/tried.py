@@ -55,14 +55,7 @@ class TriedStates:
             if key is not None and self._by.get(key) == experiment_id:
                 del self._by[key]
 
-    def holder(self, hw: str, blob: str) -> str | None:
-        with self._lock:
-            return self._by.get((hw, blob))
-
     def clear(self) -> None:
         with self._lock:
             self._by.clear()
             self._key.clear()
-
-    def __len__(self) -> int:
-        return len(self._by)

@@ -104,6 +104,9 @@ class ResearchAgent(Training):
         self._prep: threading.Thread | None = None
         self._prepared: Proposal | BaseException | None = None
         self._last_seq = -1
+        # (best's commit when it happened, unix time, reason): the backend has nothing left to
+        # propose from its train.py and no other program took the agent (see _spent_wait)
+        self._spent: tuple[str | None, float, str] | None = None
         self.recovered: ExperimentRecord | None = None
         self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
                                     wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
@@ -247,6 +250,8 @@ class ResearchAgent(Training):
                         job_id=job.job_id)
             return
         best = self.port.best(self.hw)
+        if self._spent is not None and self._spent_wait(best):
+            return
         if best is not None:
             self._maybe_adopt(best)
         if self.parent_val is None:
@@ -287,6 +292,7 @@ class ResearchAgent(Training):
         self._backends[spec.name] = self.backend
         self.adopt = spec.adopt or self.program.adopt or "if-better"
         self.own.clear()  # the prompt's own results were another program's
+        self._spent = None  # the new program has its own states to propose
         self.health.same_failure(None)  # a run of one program's refusals ends with the program
         self.moves += 1
         log.info("%s: moved from program %s to %s", self.cfg.name, old, spec.name)
@@ -410,7 +416,7 @@ class ResearchAgent(Training):
             self._finish(rec, source, None)
             # after the record: a refusal that moves the agent is recorded under the program
             # that refused, not the one it moves to
-            self._same_failure(proposal.error)
+            self._same_failure(proposal.error, proposal.spent)
             return False
         self._keep_transcript(eid, proposal, "ok")
         self._same_failure(None)
@@ -445,14 +451,26 @@ class ResearchAgent(Training):
         env = getattr(getattr(self.backend, "spec", None), "api_key_env", None)
         return secret_values([os.environ.get(env)] if env else [])
 
-    def _backend_failed(self, e: BackendError, *, wait: bool = True, what: str = "proposal") -> None:
+    def _backend_failed(self, e: BackendError, *, wait: bool = True, what: str = "proposal",
+                        spent: bool = False) -> None:
         """Down: wait (growing, capped; a stop ends the wait) and let the loop ask again.
-        Refused: stop this agent with the reason. Abandoned: written down, nothing else."""
+        Refused: move to another program (adaptive allocation), else stop this agent with the
+        reason, or, `spent` (nothing left to propose from this train.py), wait for best to move.
+        Abandoned: written down, nothing else."""
         kind, delay = self.health.failed(e, what)
         # the reason goes into the ledger: redacted (a provider's error may quote the key)
         if kind == "refused" and self._take(self._ask(leaving=redact(str(self.health.reason), self._secrets()))):
             # adaptive allocation gave it another program: research goes on there
             self.health.moved_on(self.program.name)
+            return
+        if kind == "refused" and spent and self.cfg.spent_wait_runs > 0:
+            best = self.port.best(self.hw)
+            self._spent = (best.commit if best else None, time.time(), str(self.health.reason))
+            self.health.spent()
+            self.phase = "spent"
+            self._beat(force=True)
+            log.warning("%s: nothing left to propose from this train.py: waits for best to move "
+                        "(taking the coordinator's jobs meanwhile)", self.cfg.name)
             return
         if kind == "refused":
             log.error("%s: stopping: the backend refused: %s", self.cfg.name, self.health.reason)
@@ -464,10 +482,34 @@ class ResearchAgent(Training):
             self._beat(force=True)
             self._stop.wait(delay)
 
-    def _same_failure(self, error: str | None) -> None:
+    def _same_failure(self, error: str | None, spent: bool = False) -> None:
         if self.health.same_failure(error):
             self._backend_failed(BackendRefused(f"the same failure {SAME_FAILURE_STOP} times in a "
-                                                f"row: {error}"))
+                                                f"row: {error}"), spent=spent)
+
+    def _spent_wait(self, best: Broadcast | None) -> bool:
+        """While the backend has nothing to propose (self._spent): True (this iteration is over)
+        until best moves off the commit it was spent on, then the agent adopts the new best and
+        proposes from it (False); after cfg.spent_wait_runs budgets without a move it stops."""
+        at, since, reason = self._spent
+        if best is not None and best.commit != at:
+            log.info("%s: best moved (%s): proposing again", self.cfg.name, best.commit[:10])
+            self._spent = None
+            self.health.resumed()
+            self._join_prep()
+            self._prepared = None
+            self._adopt(best)   # its own line is spent: what is new is on best
+            return False
+        waited = time.time() - since
+        if waited >= self.cfg.spent_wait_runs * self.cfg.budget:
+            log.error("%s: stopping: %s, and best did not move in %.0f s", self.cfg.name, reason, waited)
+            self.stop_reason = f"backend refused: {reason}; best did not move in {waited:.0f} s"
+            self._stop.set()
+        else:
+            self.phase = "spent"
+            self._beat(force=True)
+            self._stop.wait(self.cfg.backend_wait_s)
+        return True
 
     def _keep_transcript(self, eid: str, proposal: Proposal, parse: str) -> None:
         keep_transcript(self.cfg.runs_dir / eid, proposal, parse, secrets=self._secrets(),

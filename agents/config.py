@@ -58,6 +58,12 @@ class AgentConfig(_Cfg):
     # wait follows runs of unchanged code (baseline, jobs) that crash in a row (health.RunHealth).
     backend_wait_s: float = Field(default=10.0, gt=0)
     backend_wait_max_s: float = Field(default=120.0, gt=0)
+    # A backend with nothing left to propose from its train.py (mutate's or optuna's search space
+    # exhausted, five times in a row) and no other program to move to: the agent waits this many
+    # budgets for best to move (running the coordinator's confirmations and verifications
+    # meanwhile, checking every backend_wait_s), then proposes from the new best; 0 stops it at
+    # once (as it did before: a one-knob program's agents stopped for the night).
+    spent_wait_runs: float = Field(default=12.0, ge=0)
 
     @model_validator(mode="after")
     def _one_program(self):

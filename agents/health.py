@@ -1,5 +1,6 @@
 """How an agent's backend is doing: up, down (not answering: wait, growing and capped, then ask
-again; no record, no experiment used up) or refused (asking again cannot help: stop). Every
+again; no record, no experiment used up), refused (asking again cannot help: stop) or spent
+(nothing left to propose from this train.py: wait for best to move). Every
 change is a line in SWARM_HOME/logs/backend-<agent>.jsonl and shows in the agent's status."""
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ class BackendHealth:
     def moved_on(self, program: str) -> None:
         """Its refusal cost the agent its program, not its work: it runs `program` now."""
         log.warning("%s: moved to program %s after the refusal", self.agent, program)
+        self._up()
+
+    def spent(self) -> None:
+        """The refusal was the backend having nothing left to propose from its train.py: the agent
+        waits for best to move (state `spent`, the reason kept), not stopped."""
+        self.state = "spent"
+
+    def resumed(self) -> None:
+        """Best moved after the backend had nothing left to propose: it is asked again."""
+        log.info("%s: the backend is asked again (best moved)", self.agent)
+        self._up()
+
+    def _up(self) -> None:
         self.state, self.reason, self.since, self.failures = "up", None, None, 0
         self._last_error = (None, 0)
 

@@ -335,7 +335,12 @@ class Swarm:
             acfg = AgentConfig(name=name, program_name=prog, program_text=specs[prog].text,
                                backend=specs[prog].backend, seed=seed * 1000 + i, swarm_id=swarm_id,
                                swarm_home=home, hardware_class=self.hw, budget=land.seconds_per_run,
-                               recent_n=0, heartbeat_s=1e9)
+                               recent_n=0, heartbeat_s=1e9,
+                               # a spent agent (its search space exhausted) checks best at once each
+                               # round; its wait, spent_wait_runs budgets of wall clock, is far longer
+                               # than a bench's seconds: it waits until best moves, as it does when
+                               # best moves within that many rounds
+                               backend_wait_s=1e-3)
             rng = random.Random(f"{swarm_id}/{seed}/{name}")
             runner = fake_runner(land, rng, name, self.log, gate=self.rounds.gate(i), drift=drift,
                                  period=lambda: self.rounds.index)

@@ -193,20 +193,28 @@ TINY = ("# tiny\nOne switch of the synthetic train.py.\n\n```yaml\nsearch_space:
         "  QK_NORM: {type: int, min: 0, max: 1, step: 1}\n```\n")
 
 
-@pytest.mark.parametrize("mode", ["adaptive", "static"])
-def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_path, redis_url, mode):
-    """mutate over a one-switch space runs out of states after one idea; its backend refuses
-    (the same failure five times). Adaptive: the agent leaves for another program at once (a
-    ledger event with the reason) and goes on researching there; static: it stops, as before."""
-    home = tmp_path / "home"
+def _tiny_swarm(home, redis_url, mode: str, spent_wait_runs: float = 12.0):
+    """A coordinator whose programs are `tiny` (one switch) and `optimizer`, and an agent a0 on
+    tiny (a spent wait checks best every 10 ms)."""
     coord = _coord(home, redis_url)
     coord.configure_allocation(AllocationSpec(
         config=AllocationConfig(mode=mode, min_agents=1, dwell_runs=100, seed=3),
         programs=[ProgramSpec(name="tiny", text=TINY), ProgramSpec(name="optimizer", text=program_text("optimizer"))]))
     a = ResearchAgent(AgentConfig(name="a0", program_name="tiny", program_text=TINY, seed=0, swarm_id="alloc",
                                   swarm_home=home, hardware_class=LAND.hardware_class, budget=LAND.seconds_per_run,
-                                  recent_n=0, heartbeat_s=1e9, prepare_ahead=False),
+                                  recent_n=0, heartbeat_s=1e9, prepare_ahead=False, backend_wait_s=0.01,
+                                  spent_wait_runs=spent_wait_runs),
                       coord, runner=fake_runner(LAND, random.Random(0)), hardware_class=LAND.hardware_class)
+    return coord, a
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "static"])
+def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_path, redis_url, mode):
+    """mutate over a one-switch space runs out of states after one idea; its backend refuses
+    (the same failure five times). Adaptive: the agent leaves for another program at once (a
+    ledger event with the reason) and goes on researching there; static with spent_wait_runs 0:
+    it stops, as it did before agents waited for best to move (next test)."""
+    coord, a = _tiny_swarm(tmp_path / "home", redis_url, mode, spent_wait_runs=0)
     for _ in range(30):
         if a._stop.is_set() or a.program.name != "tiny":
             break
@@ -227,6 +235,51 @@ def test_an_agent_whose_program_is_exhausted_moves_on_instead_of_stopping(tmp_pa
     refusals = [r for r in recs if r["status"] == "invalid"]
     assert len(refusals) == 5 and {r["program"] for r in refusals} == {"tiny"}, \
         [(r["program"], r["reason"][:40]) for r in refusals]
+
+
+def test_a_static_agent_whose_program_is_exhausted_waits_for_best_and_proposes_from_it(tmp_path, redis_url):
+    """Static mode (nowhere to move): the agent whose backend has nothing left to propose does
+    not stop for the night (a one-knob program's agents did: the allocation bench's static arm on
+    the real trainer's landscape lost 4-6 of its 8 agents). It trains no experiment while best
+    stays where it was, runs the coordinator's jobs meanwhile, and once another agent's result
+    moves best it adopts the new best and proposes from it."""
+    coord, a = _tiny_swarm(tmp_path / "home", redis_url, "static")
+    b = _agent(tmp_path / "home", coord, 1, "optimizer")
+    for _ in range(30):
+        a._iteration()
+        if a._spent is not None:
+            break
+    assert a._spent is not None and not a._stop.is_set() and a.phase == "spent"
+    st = a.status()
+    assert st["backend_state"] == "spent" and "exhausted" in st["backend_reason"], st
+    root = coord.root
+    spent_records = len(coord.records)
+    for _ in range(200):
+        if coord.best(LAND.hardware_class).commit != root:
+            break
+        a._iteration()
+        b._iteration()
+    new_best = coord.best(LAND.hardware_class).commit
+    assert new_best != root, "best never moved"
+    mine = [r for r in list(coord.records.values())[spent_records:] if r.agent == "a0"]
+    assert mine and all(r.kind != "experiment" for r in mine), [(r.kind, r.status) for r in mine]
+    assert not a._stop.is_set()
+    for _ in range(3):
+        a._iteration()
+    assert a._spent is None and a.health.state == "up"
+    exps = [r for r in list(coord.records.values())[spent_records:] if r.agent == "a0" and r.kind == "experiment"]
+    assert exps and exps[0].parent == new_best and exps[0].program == "tiny", [(r.parent, r.status) for r in exps]
+
+
+def test_a_spent_agent_stops_once_best_did_not_move_for_its_wait(tmp_path, redis_url):
+    """The wait is bounded (spent_wait_runs budgets): a swarm whose agents are all spent would
+    otherwise idle until its deadline. The stop reason says why."""
+    coord, a = _tiny_swarm(tmp_path / "home", redis_url, "static", spent_wait_runs=1e-9)
+    for _ in range(30):
+        if a._stop.is_set():
+            break
+        a._iteration()
+    assert a._stop.is_set() and "best did not move" in a.stop_reason and "exhausted" in a.stop_reason
 
 
 def test_a_move_at_a_boundary_ends_the_old_programs_run_of_refusals(tmp_path, redis_url):

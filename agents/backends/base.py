@@ -75,6 +75,9 @@ class Proposal:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    # With `error`: nothing is left to propose from this train.py (every nearby state tried); a
+    # new best may give the backend more (the agent waits for one rather than stop: agent.py).
+    spent: bool = False
     base: str | None = None                            # commit it was prepared against
     # What was asked and answered (prompt, raw answer, parse result, tokens, duration), kept
     # in runs/<id>/proposal.json after redaction; None for backends with nothing to show.

@@ -209,7 +209,7 @@ class MutateBackend:
                 continue
             self.seen.add(h)
             return Proposal(description=", ".join(changes), new_source=new_source)
-        return Proposal(error="mutate: search space exhausted (every nearby state already tried)")
+        return Proposal(error="mutate: search space exhausted (every nearby state already tried)", spent=True)
 
     def fix(self, ctx: ProposalContext, log_tail: str) -> Proposal:
         """Random search cannot repair a crash: always an `error` Proposal (no fix attempt)."""

@@ -43,7 +43,8 @@ LLM_TAG = "llm: "
 _NOT_LLM = ("optuna", "mutate", "auto")   # `auto` may stand for mutate
 _TRIAL_TAG = re.compile(r"^optuna #(\d+):")
 _MAX_ASKS = 10
-# As mutate says it (the agent's program is then spent until best moves, or it stops: static).
+# As mutate says it (the agent's program is then spent until best moves: it moves to another
+# program, or waits for best to move).
 EXHAUSTED = ("optuna: search space exhausted (every point a move from best can reach is trained, "
              "training or crashed)")
 
@@ -300,7 +301,7 @@ class OptunaBackend:
                     # every point a move can reach is held: what the sampler gave is a repeat
                     self._outstanding[trial.number] = trial
                     self._give_up(trial.number, "every point of the search space is held")
-                    return Proposal(error=EXHAUSTED)
+                    return Proposal(error=EXHAUSTED, spent=True)
             if trial.number not in self._outstanding:
                 self._outstanding[trial.number] = trial
                 trial.set_user_attr("agent", self.agent)

@@ -107,6 +107,7 @@ class ResearchAgent(Training):
         # (best's commit when it happened, unix time, reason): the backend has nothing left to
         # propose from its train.py and no other program took the agent (see _spent_wait)
         self._spent: tuple[str | None, float, str] | None = None
+        self._longest_run = 0.0   # seconds, start to report, of the agent's longest ok run
         self.recovered: ExperimentRecord | None = None
         self.health = BackendHealth(cfg.swarm_home, cfg.name, wait_s=cfg.backend_wait_s,
                                     wait_max_s=cfg.backend_wait_max_s, secrets=self._secrets)
@@ -501,7 +502,10 @@ class ResearchAgent(Training):
             self._adopt(best)   # its own line is spent: what is new is on best
             return False
         waited = time.time() - since
-        if waited >= self.cfg.spent_wait_runs * self.cfg.budget:
+        # a budget's wall clock: the configured one (null in swarm.yaml: the profile's, which only
+        # the trainer resolves), else the longest run this agent recorded
+        budget = max(self.cfg.budget or 0.0, self._longest_run)
+        if waited >= self.cfg.spent_wait_runs * budget:
             log.error("%s: stopping: %s, and best did not move in %.0f s", self.cfg.name, reason, waited)
             self.stop_reason = f"backend refused: {reason}; best did not move in {waited:.0f} s"
             self._stop.set()
@@ -528,6 +532,8 @@ class ResearchAgent(Training):
         self.inflight.clear()
         self._observe(rec)
         self.counts[rec.status] += 1
+        if rec.status == "ok":
+            self._longest_run = max(self._longest_run, rec.finished_at - rec.started_at)
         if rec.kind == "experiment":
             self.experiments += 1
             self.own.append(rec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 
@@ -193,7 +194,7 @@ TINY = ("# tiny\nOne switch of the synthetic train.py.\n\n```yaml\nsearch_space:
         "  QK_NORM: {type: int, min: 0, max: 1, step: 1}\n```\n")
 
 
-def _tiny_swarm(home, redis_url, mode: str, spent_wait_runs: float = 12.0):
+def _tiny_swarm(home, redis_url, mode: str, spent_wait_runs: float = 12.0, budget: float | None = LAND.seconds_per_run):
     """A coordinator whose programs are `tiny` (one switch) and `optimizer`, and an agent a0 on
     tiny (a spent wait checks best every 10 ms)."""
     coord = _coord(home, redis_url)
@@ -201,7 +202,7 @@ def _tiny_swarm(home, redis_url, mode: str, spent_wait_runs: float = 12.0):
         config=AllocationConfig(mode=mode, min_agents=1, dwell_runs=100, seed=3),
         programs=[ProgramSpec(name="tiny", text=TINY), ProgramSpec(name="optimizer", text=program_text("optimizer"))]))
     a = ResearchAgent(AgentConfig(name="a0", program_name="tiny", program_text=TINY, seed=0, swarm_id="alloc",
-                                  swarm_home=home, hardware_class=LAND.hardware_class, budget=LAND.seconds_per_run,
+                                  swarm_home=home, hardware_class=LAND.hardware_class, budget=budget,
                                   recent_n=0, heartbeat_s=1e9, prepare_ahead=False, backend_wait_s=0.01,
                                   spent_wait_runs=spent_wait_runs),
                       coord, runner=fake_runner(LAND, random.Random(0)), hardware_class=LAND.hardware_class)
@@ -271,13 +272,14 @@ def test_a_static_agent_whose_program_is_exhausted_waits_for_best_and_proposes_f
     assert exps and exps[0].parent == new_best and exps[0].program == "tiny", [(r.parent, r.status) for r in exps]
 
 
-def test_a_spent_agent_stops_once_best_did_not_move_for_its_wait(tmp_path, redis_url):
+@pytest.mark.parametrize("wait_runs,budget", [(1e-9, LAND.seconds_per_run), (12.0, None)])
+def test_a_spent_agent_stops_once_best_did_not_move_for_its_wait(tmp_path, redis_url, wait_runs, budget):
     """The wait is bounded (spent_wait_runs budgets): a swarm whose agents are all spent would
-    otherwise idle until its deadline. The stop reason says why."""
-    coord, a = _tiny_swarm(tmp_path / "home", redis_url, "static", spent_wait_runs=1e-9)
-    for _ in range(30):
-        if a._stop.is_set():
-            break
+    otherwise idle until its deadline. The stop reason says why. With no budget configured (the
+    profile's, which only the trainer knows) a budget is the agent's longest run."""
+    coord, a = _tiny_swarm(tmp_path / "home", redis_url, "static", spent_wait_runs=wait_runs, budget=budget)
+    deadline = time.time() + 60
+    while not a._stop.is_set() and time.time() < deadline:
         a._iteration()
     assert a._stop.is_set() and "best did not move" in a.stop_reason and "exhausted" in a.stop_reason
 

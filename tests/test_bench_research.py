@@ -113,14 +113,15 @@ def test_backend_auto_is_what_swarm_run_makes_of_it_offline_whatever_keys_are_se
 
 def test_an_arm_ends_when_its_agents_stop_not_at_the_first_round_that_trained_nothing(tmp_path, redis_url):
     """Fair arms: one agent alone (an independent agent, the single arm) whose proposal is refused
-    once (mutate finds no untried point near best) goes on, as it would in `swarm run`, until it
-    stops itself (the same refusal SAME_FAILURE_STOP times: its program is spent) or the runs are
-    used. The bench ended such an arm at the first round without a run: on the real landscape the
-    independent arm trained 237 of its 320 runs and the single arm 250 on some seeds."""
+    once (mutate finds no untried point near best) goes on, as it would in `swarm run`, until its
+    program is spent (the same refusal SAME_FAILURE_STOP times: it then waits for a best it cannot
+    move, and the arm ends after IDLE_ROUNDS rounds without a run) or the runs are used. The bench
+    ended such an arm at the first round without a run: on the real landscape the independent arm
+    trained 237 of its 320 runs and the single arm 250 on some seeds."""
     from agents.health import SAME_FAILURE_STOP
     from agents.messages import PromotionConfig
     from bench.research import make_landscape
-    from bench.swarmsim import ArmResult, Swarm
+    from bench.swarmsim import IDLE_ROUNDS, ArmResult, Swarm
 
     land = make_landscape("real")
     s = Swarm(tmp_path / "one", redis_url, "one-0", land, ["schedule"], 0, PromotionConfig(min_dof=2),
@@ -130,14 +131,16 @@ def test_an_arm_ends_when_its_agents_stop_not_at_the_first_round_that_trained_no
     agent = s.agents[0]
     refusals = [rec for rec in s.coord.records.values() if rec.status == "invalid"]
     s.finish(r)
-    assert r.runs >= 200 or agent._stop.is_set(), (r.runs, len(refusals), agent.stop_reason)
+    assert r.runs >= 200 or agent._spent is not None, (r.runs, len(refusals), agent.phase)
     assert r.runs >= 200 or len(refusals) >= SAME_FAILURE_STOP, (r.runs, len(refusals))
+    assert r.runs >= 200 or r.rounds >= r.runs + IDLE_ROUNDS, (r.runs, r.rounds)
 
 
 def test_a_swarm_goes_on_with_the_agents_that_have_not_stopped(tmp_path, redis_url):
-    """Two agents, static: the one on a one-knob program stops itself when the program is spent;
-    the rounds go on with the other (each agent's gate in the round is keyed by its index among
-    all the swarm's agents: a round of the live ones alone once waited forever for the stopped)."""
+    """Two agents, static: the one on a one-knob program stops itself when the program is spent
+    (spent_wait_runs 0: it does not wait for best to move); the rounds go on with the other (each
+    agent's gate in the round is keyed by its index among all the swarm's agents: a round of the
+    live ones alone once waited forever for the stopped)."""
     import threading
 
     from agents.messages import PromotionConfig
@@ -147,6 +150,7 @@ def test_a_swarm_goes_on_with_the_agents_that_have_not_stopped(tmp_path, redis_u
     land = make_landscape("real")
     s = Swarm(tmp_path / "two", redis_url, "two-0", land, ["schedule", "baseline"], 0,
               PromotionConfig(min_dof=2), {"*": "mutate"})
+    s.agents[0].cfg = s.agents[0].cfg.model_copy(update={"spent_wait_runs": 0})
     r = ArmResult("swarm")
     t = threading.Thread(target=s.play, args=(160, None, r), daemon=True)
     t.start()

@@ -391,9 +391,7 @@ class Swarm:
                 res.first_move_run = len(self.log)
             if target is not None and res.rounds_to_target is None and self.gain_now() >= target - 1e-12:
                 res.rounds_to_target, res.runs_to_target = res.rounds, len(self.log)
-                for id, rec in list(self.coord.records.items()):
-                    if rec.status == "invalid":
-                        continue   # never trained: not a run
+                for id, rec in _runs(self.coord):
                     res.kinds_to_target[rec.kind] = res.kinds_to_target.get(rec.kind, 0) + 1
                     if rec.kind == "experiment":
                         res.ids_to_target.add(id)
@@ -405,9 +403,7 @@ class Swarm:
         b = c.best(self.hw)
         res.measured_best = b.val_bpb if b else float("nan")
         res.best_trained_gain = max((self.land.baseline - t for _, _, t, _ in self.log.runs), default=0.0)
-        for rec in c.records.values():
-            if rec.status == "invalid":
-                continue   # never trained: not a run
+        for _id, rec in _runs(c):
             res.kinds[rec.kind] = res.kinds.get(rec.kind, 0) + 1
             if rec.kind == "baseline":
                 if rec.commit == c.root:
@@ -418,6 +414,12 @@ class Swarm:
         c.flush_refs()
         self.rounds.close()
         return res
+
+
+def _runs(c: Coordinator) -> list[tuple[str, ExperimentRecord]]:
+    """The coordinator's records that ran (an invalid edit, a state already tried or a refused
+    proposal, never trained: not a run), by experiment id."""
+    return [(id, rec) for id, rec in list(c.records.items()) if rec.status != "invalid"]
 
 
 def audit(c: Coordinator, land: Landscape, cfg: PromotionConfig, res: ArmResult) -> None:

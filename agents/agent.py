@@ -380,13 +380,15 @@ class ResearchAgent(Training):
     # --- the experiment ------------------------------------------------------------------
     def _experiment(self) -> None:
         """One idea trained: proposed, checked, committed, run, reported. A proposal whose train.py
-        another run already trained is recorded and replaced at once, up to CLAIM_TRIES times."""
+        another run already trained is recorded and replaced at once, and a backend with nothing
+        left to propose is asked again (_nothing_left), up to CLAIM_TRIES times in all."""
         for attempt in range(CLAIM_TRIES):
             if not self._propose_and_train(prepared=attempt == 0):
                 return
 
     def _propose_and_train(self, prepared: bool) -> bool:
-        """Returns True when the proposal was already tried (not trained: propose another)."""
+        """Returns True when nothing was trained and the agent should propose again at once (the
+        proposal was already tried, or the backend had nothing left and may yet find a state)."""
         base = self.wt.head()
         source = self.wt.source()
         self.phase = "propose"
@@ -404,6 +406,8 @@ class ResearchAgent(Training):
             self._backend_failed(e)
             return False
         self.health.answered()
+        if proposal.spent:
+            return self._nothing_left(proposal)
         eid = new_experiment_id(self.cfg.name)
         try:
             new, desc = proposal.resolve(source, max_edit_bytes=self.cfg.max_edit_bytes,
@@ -435,6 +439,18 @@ class ResearchAgent(Training):
                     description=desc, eid=eid, proposal=proposal, base_source=source,
                     started_at=started_at)
         return False
+
+    def _nothing_left(self, proposal: Proposal) -> bool:
+        """The backend has nothing left to propose from this train.py (mutate's nearby states or
+        optuna's reachable points all tried): no idea, so no record (a record per refusal made
+        five "experiments" and five "invalid edits" of a one-knob program's end, in 0.2 s, where
+        nothing was tried). Asked again at once (mutate's search is random: a state may turn up);
+        the SAME_FAILURE_STOP-th alike answer spends the program: the agent moves to another
+        one, or waits for best to move. Returns True to ask again within this iteration."""
+        program = self.program.name
+        self._same_failure(proposal.error, spent=True)
+        return (self.health.state == "up" and self._spent is None and not self._stop.is_set()
+                and self.program.name == program)
 
     def _claim(self, source: str, eid: str) -> str | None:
         """Ask the coordinator to hold `source` for `eid`: None to train it, else why not."""
@@ -485,8 +501,9 @@ class ResearchAgent(Training):
 
     def _same_failure(self, error: str | None, spent: bool = False) -> None:
         if self.health.same_failure(error):
-            self._backend_failed(BackendRefused(f"the same failure {SAME_FAILURE_STOP} times in a "
-                                                f"row: {error}"), spent=spent)
+            why = (f"{error}, asked {SAME_FAILURE_STOP} times" if spent
+                   else f"the same failure {SAME_FAILURE_STOP} times in a row: {error}")
+            self._backend_failed(BackendRefused(why), spent=spent)
 
     def _spent_wait(self, best: Broadcast | None) -> bool:
         """While the backend has nothing to propose (self._spent): True (this iteration is over)

@@ -279,6 +279,31 @@ def test_the_end_of_a_time_boxed_run_says_what_is_still_pending_and_how_to_go_on
     assert "resumes the swarm and decides them" in text, text
 
 
+def test_the_summary_says_which_agents_backend_ended_the_run_out_of_order():
+    """A one-knob program's agent (mutate, static allocation) had nothing left to propose after
+    two experiments and waited for best; the run's last screen said "moved 0 times" and "5
+    invalid edit(s) never trained", no word of the agent. Its heartbeat's backend state is named
+    now, with the reason and what the agent did; an agent whose backend is up is not."""
+    rows = baseline_round(9)
+    data = live.gather(None, "s", rows, running=False)
+    reason = "mutate: search space exhausted (every nearby state already tried), asked 5 times"
+    data["agents"] = [
+        {"agent": "a0-warmup", "program": "warmup", "backend_state": "spent", "backend_reason": reason,
+         "stop_reason": f"backend refused: {reason}; best did not move in 240 s", "phase": "stopped"},
+        {"agent": "a1-schedule", "program": "schedule", "backend_state": "spent", "backend_reason": reason,
+         "stop_reason": "time limit", "phase": "stopped"},
+        {"agent": "a2-explore", "program": "explore", "backend_state": "refused",
+         "backend_reason": "the same failure 5 times in a row: command exited with 1", "phase": "stopped"},
+        {"agent": "a3-ok", "program": "baseline", "backend_state": "up", "phase": "stopped"}]
+    text = " ".join(live.summary(rows, data).split())
+    assert (f"a0-warmup (warmup): its backend had nothing left to propose from best ({reason}); it "
+            "stopped: best did not move in 240 s.") in text, text
+    assert "a1-schedule (schedule): its backend had nothing left to propose from best" in text, text
+    assert "it was waiting for best to move (running the coordinator's jobs)." in text, text
+    assert "a2-explore (explore): stopped, its backend refused: the same failure 5 times" in text, text
+    assert "a3-ok" not in text, text
+
+
 def test_the_summary_names_experiments_left_unjudged_by_the_contended_cap():
     """`promotion.contended_remeasures`: an experiment whose every run stayed contended up to the
     cap is `unjudged`; the end of the run says how many, and which setting decided it, instead of

@@ -362,6 +362,27 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
     return out
 
 
+def backend_lines(agents: list[dict]) -> list[str]:
+    """The agents whose backend ended the run out of order (their heartbeats' backend_state),
+    in words: a one-knob program's agent that had nothing left to propose ended a `swarm run`
+    whose last screen said only "moved 0 times" and "5 invalid edit(s)"."""
+    out = []
+    for a in agents:
+        state, reason = a.get("backend_state"), a.get("backend_reason") or "no reason given"
+        stop = a.get("stop_reason") or ""
+        who = f"{a.get('agent') or '?'} ({a.get('program') or '?'})"
+        if state == "spent":
+            waited = stop.rsplit("; ", 1)[-1] if stop.startswith("backend refused") else ""
+            out.append(f"{who}: its backend had nothing left to propose from best ({reason}); "
+                       + (f"it stopped: {waited}." if waited.startswith("best did not move")
+                          else "it was waiting for best to move (running the coordinator's jobs)."))
+        elif state == "refused":
+            out.append(f"{who}: stopped, its backend refused: {reason}.")
+        elif state == "down":
+            out.append(f"{who}: its backend was not answering at the end ({reason}).")
+    return out
+
+
 def noise_history(coord_status: dict | None) -> dict[str, str]:
     """hardware class -> where its noise prior came from, when the coordinator's status() says
     (`classes[hw]["noise_prior"]`: a sentence, or a dict with `sigma`, `dof`, `swarms`); {}
@@ -416,6 +437,7 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
                      f"({'its test wants' if pending == 1 else 'their tests want'} more runs): `swarm run` "
                      f"again here resumes the swarm and decides "
                      f"{'it' if pending == 1 else 'them'}.")
+    lines += backend_lines(data.get("agents") or [])
     for hw, b in sorted((data.get("best") or {}).items()):
         if b.get("sigma") is not None:
             h = (history or {}).get(hw)

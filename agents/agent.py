@@ -421,7 +421,7 @@ class ResearchAgent(Training):
             self._finish(rec, source, None)
             # after the record: a refusal that moves the agent is recorded under the program
             # that refused, not the one it moves to
-            self._same_failure(proposal.error, proposal.spent)
+            self._same_failure(proposal.error)
             return False
         self._keep_transcript(eid, proposal, "ok")
         self._same_failure(None)
@@ -447,10 +447,7 @@ class ResearchAgent(Training):
         nothing was tried). Asked again at once (mutate's search is random: a state may turn up);
         the SAME_FAILURE_STOP-th alike answer spends the program: the agent moves to another
         one, or waits for best to move. Returns True to ask again within this iteration."""
-        program = self.program.name
-        self._same_failure(proposal.error, spent=True)
-        return (self.health.state == "up" and self._spent is None and not self._stop.is_set()
-                and self.program.name == program)
+        return not self._same_failure(proposal.error, spent=True)
 
     def _claim(self, source: str, eid: str) -> str | None:
         """Ask the coordinator to hold `source` for `eid`: None to train it, else why not."""
@@ -499,11 +496,15 @@ class ResearchAgent(Training):
             self._beat(force=True)
             self._stop.wait(delay)
 
-    def _same_failure(self, error: str | None, spent: bool = False) -> None:
-        if self.health.same_failure(error):
-            why = (f"{error}, asked {SAME_FAILURE_STOP} times" if spent
-                   else f"the same failure {SAME_FAILURE_STOP} times in a row: {error}")
-            self._backend_failed(BackendRefused(why), spent=spent)
+    def _same_failure(self, error: str | None, spent: bool = False) -> bool:
+        """Note a proposal's error (None: a usable answer); True when it was the
+        SAME_FAILURE_STOP-th alike and the refusal was acted on (moved, spent or stopped)."""
+        if not self.health.same_failure(error):
+            return False
+        why = (f"{error}, asked {SAME_FAILURE_STOP} times" if spent
+               else f"the same failure {SAME_FAILURE_STOP} times in a row: {error}")
+        self._backend_failed(BackendRefused(why), spent=spent)
+        return True
 
     def _spent_wait(self, best: Broadcast | None) -> bool:
         """While the backend has nothing to propose (self._spent): True (this iteration is over)

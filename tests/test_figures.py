@@ -109,13 +109,41 @@ def test_the_baseline_a_move_started_from_is_best_as_it_was_compared_not_the_new
 
 def test_rates_cover_the_whole_run_not_the_experiments_window():
     """Issue 23: 139.2 experiments/hour over the experiments' own window, 75.8 over the run."""
-    rows = baseline_round() + [row(f"e{i}", commit=f"c{i}", started_at=3000.0 + 60 * i,
-                                   finished_at=3060.0 + 60 * i, decision="discard") for i in range(4)]
+    rows = baseline_round() + [row(f"e{i}", commit=f"c{i}", started_at=1500.0 + 60 * i,
+                                   finished_at=1560.0 + 60 * i, decision="discard") for i in range(4)]
     r = figures.rates(rows)
-    assert (r.start, r.end) == (0.0, 3060.0 + 180)
-    assert r.experiments_per_hour == pytest.approx(4 / ((3240.0) / 3600))
-    assert r.runs_per_hour == pytest.approx(7 / (3240.0 / 3600))
+    assert (r.start, r.end, r.pauses) == (0.0, 1560.0 + 180, 0)   # 20 min without a run: no pause
+    assert r.experiments_per_hour == pytest.approx(4 / ((1740.0) / 3600))
+    assert r.runs_per_hour == pytest.approx(7 / (1740.0 / 3600))
+    assert r.hours == r.span_hours == pytest.approx(1740.0 / 3600)
     assert figures.rates([row("x", finished_at=30.0)]).experiments_per_hour is None  # under a minute
+
+
+def test_a_resumed_swarms_rates_leave_out_the_night_between():
+    """`swarm run` one evening, stopped, `swarm run` again the next: the 14 hours between had no
+    run going, and dividing by them cut the experiments per hour to a fifth. The pause is left out
+    of the rates and the duration, and said, on every view (they all read figures.rates)."""
+    def night(t0, k):
+        return [row(f"n{t0}-{i}", commit=f"c{t0}-{i}", agent=f"a{i % 2}", started_at=t0 + 300.0 * (i // 2),
+                    finished_at=t0 + 300.0 * (i // 2) + 290, decision="discard") for i in range(k)]
+    first, second = night(0.0, 24), night(3600.0 + 14 * 3600, 24)   # an hour, 14 h off, an hour
+    r = figures.rates(first + second)
+    assert r.pauses == 1 and r.span_hours == pytest.approx((16 * 3600 - 10) / 3600)
+    assert r.hours == pytest.approx((2 * 3600 - 20) / 3600)
+    assert r.experiments_per_hour == pytest.approx(48 / r.hours)       # about 24 an hour, as each night
+    data = {"swarm_id": "s", "experiments": 48, "runs": 48, "jobs": 0, "best_moves": 0,
+            "experiments_per_hour": r.experiments_per_hour, "rates": r.model_dump(), "counts": {}, "best": {}}
+    line = live.counts_line(data)
+    assert "24.1 experiments/hour" in line and "less 1 pause with no run going: 16.0 h from the first run" in line
+    said = live.summary(first + second, data)
+    assert ("48 runs in 119.7 min (a run is any training" in said
+            and "resumed: 1 pause with no run going left out, 16.0 h from the first run to the last." in said), said
+    # A stretch without a run that is short against the runs is no pause: a 45-minute gap
+    # between runs of 20 minutes (three of them: an hour) is running time.
+    long_runs = [row(f"l{i}", commit=f"l{i}", started_at=1200.0 * i + (2700.0 if i >= 2 else 0.0),
+                     finished_at=1200.0 * i + 1200.0 + (2700.0 if i >= 2 else 0.0), decision="discard")
+                 for i in range(4)]
+    assert figures.rates(long_runs).pauses == 0
 
 
 def test_contended_runs_are_listed_and_left_out_of_sample_means():

@@ -260,7 +260,21 @@ def counts_line(data: dict) -> str:
     eph = data.get("experiments_per_hour")
     moves = data.get("best_moves", 0)
     return (f"{_n(n, 'experiment')}, {_n(runs, 'run')} ({_n(data.get('jobs', 0), 'job')}), best moved "
-            f"{_n(moves, 'time')}, {_fmt(eph, '.1f')} experiments/hour over the whole run")
+            f"{_n(moves, 'time')}, {_fmt(eph, '.1f')} experiments/hour over the whole run"
+            + _paused(data.get("rates") or {}))
+
+
+def _paused(rates: dict, sentence: bool = False) -> str:
+    """The stretches with no run going that the rates and the duration leave out (figures.rates:
+    a swarm stopped and resumed), in a parenthesis or a sentence; "" when there were none."""
+    k = rates.get("pauses") or 0
+    if not k:
+        return ""
+    span = _duration(rates.get("span_hours") or 0.0)
+    if sentence:
+        return (f" It was stopped and resumed: {_n(k, 'pause')} with no run going left out, "
+                f"{span} from the first run to the last.")
+    return f" (less {_n(k, 'pause')} with no run going: {span} from the first run to the last)"
 
 
 def _troubles(data: dict) -> str:
@@ -410,8 +424,8 @@ def summary(rows: list[dict], data: dict, *, history: dict[str, str] | None = No
     hours = (data.get("rates") or {}).get("hours") or 0.0
     n, runs = data.get("experiments", 0), data.get("runs", 0)
     lines = [f"swarm {data.get('swarm_id', '')}: {n} experiment{'s' if n != 1 else ''} and {runs} "
-             f"run{'s' if runs != 1 else ''} in {_duration(hours)} (a run is any training: the "
-             f"experiments and the coordinator's jobs)."]
+             f"run{'s' if runs != 1 else ''} in {_duration(hours)} (a run is any training: the experiments "
+             f"and the coordinator's jobs)." + _paused(data.get("rates") or {}, sentence=True)]
     br = _breakdown(data.get("counts") or {})
     if br:
         lines.append(f"  {br}.")

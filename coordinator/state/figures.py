@@ -24,7 +24,10 @@ The words, defined once:
   rests on: what it publishes in the latest-best key (read by every agent); without redis, the
   value recorded by the last decision judged against that best. Other commits: the mean their
   own decision used, else the mean of their samples (contended runs left out).
-- **rates**: per hour of the whole run, from the first record's start to the last one's end.
+- **rates**: per hour of running: from the first record's start to the last one's end, less the
+  pauses (a stretch with no run going that is longer than PAUSE_S and three of the longest runs:
+  the swarm was stopped and resumed later; a night between two `swarm run`s used to halve a
+  resumed swarm's experiments per hour).
 """
 from __future__ import annotations
 
@@ -48,6 +51,13 @@ OUTCOMES = {"promote": "kept", "simplification": "kept", "merge": "merged", "car
 OUTCOME_ORDER = ("kept", "merged", "carried", "pending", "discarded", "unjudged", "failed", "invalid",
                  "rejected", "undecided")
 MIN_RATE_SPAN_S = 60.0   # below a minute, a rate per hour says nothing
+# A stretch with no run going that is longer than this (and than PAUSE_RUNS of the longest runs)
+# is a pause: the swarm was stopped and resumed (`swarm run` again), not running. While a swarm
+# runs, some agent is always in a run: a record's start is taken before its proposal, and a
+# spent agent runs the coordinator's jobs. Only a swarm whose every agent waits for its backend
+# that long has such a stretch while running.
+PAUSE_S = 1800.0
+PAUSE_RUNS = 3
 
 
 # --- one record ------------------------------------------------------------------------------
@@ -176,7 +186,9 @@ class Best(BaseModel):
 class Rates(BaseModel):
     start: float | None = None
     end: float | None = None
-    hours: float = 0.0
+    hours: float = 0.0                      # of running: start to end less the pauses
+    span_hours: float = 0.0                 # start to end
+    pauses: int = 0                         # stretches with no run going left out (stop, resume)
     experiments_per_hour: float | None = None
     runs_per_hour: float | None = None
 
@@ -213,7 +225,8 @@ def counts(rows: list[dict]) -> Counts:
 
 
 def rates(rows: list[dict], cts: Counts | None = None) -> Rates:
-    """Per hour of the whole run: from the first record's start to the last one's end."""
+    """Per hour of running: from the first record's start to the last one's end, less the pauses
+    (see PAUSE_S)."""
     cts = cts or counts(rows)
     starts = [t for r in rows if (t := _num(r.get("started_at"))) is not None]
     ends = [t for r in rows if (t := _num(r.get("finished_at"))) is not None]
@@ -221,11 +234,30 @@ def rates(rows: list[dict], cts: Counts | None = None) -> Rates:
         return Rates()
     start, end = min(starts), max(ends)
     span = max(end - start, 0.0)
-    out = Rates(start=start, end=end, hours=span / 3600.0)
-    if span >= MIN_RATE_SPAN_S:
+    paused, pauses = _pauses(rows)
+    running = max(span - paused, 0.0)
+    out = Rates(start=start, end=end, hours=running / 3600.0, span_hours=span / 3600.0, pauses=pauses)
+    if running >= MIN_RATE_SPAN_S:
         out.experiments_per_hour = cts.experiments / out.hours
         out.runs_per_hour = cts.runs / out.hours
     return out
+
+
+def _pauses(rows: list[dict]) -> tuple[float, int]:
+    """Seconds and count of the pauses: the gaps between the records' [start, end] spans, merged,
+    longer than PAUSE_S and PAUSE_RUNS of the longest record."""
+    spans = sorted((a, b) for r in rows
+                   if (a := _num(r.get("started_at"))) is not None and (b := _num(r.get("finished_at"))) is not None
+                   and b >= a)
+    if not spans:
+        return 0.0, 0
+    gap_min = max(PAUSE_S, PAUSE_RUNS * max(b - a for a, b in spans))
+    paused, pauses, reach = 0.0, 0, spans[0][1]
+    for a, b in spans[1:]:
+        if a - reach > gap_min:
+            paused, pauses = paused + (a - reach), pauses + 1
+        reach = max(reach, b)
+    return paused, pauses
 
 
 # --- samples, values and moves ------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_a_resumed_swarms_rates_leave_out_the_night_between():
     data = {"swarm_id": "s", "experiments": 48, "runs": 48, "jobs": 0, "best_moves": 0,
             "experiments_per_hour": r.experiments_per_hour, "rates": r.model_dump(), "counts": {}, "best": {}}
     line = live.counts_line(data)
-    assert "24.1 experiments/hour" in line and "less 1 pause with no run going: 16.0 h from the first run" in line
+    assert "24.1 experiments/hour of running (less 1 pause with no run going: 16.0 h from the first run" in line
     said = live.summary(first + second, data)
     assert ("48 runs in 119.7 min (a run is any training" in said
             and "resumed: 1 pause with no run going left out, 16.0 h from the first run to the last." in said), said

@@ -259,9 +259,10 @@ def counts_line(data: dict) -> str:
     runs = data.get("runs", n)
     eph = data.get("experiments_per_hour")
     moves = data.get("best_moves", 0)
+    rates = data.get("rates") or {}
+    over = "of running" + _paused(rates) if rates.get("pauses") else "over the whole run"
     return (f"{_n(n, 'experiment')}, {_n(runs, 'run')} ({_n(data.get('jobs', 0), 'job')}), best moved "
-            f"{_n(moves, 'time')}, {_fmt(eph, '.1f')} experiments/hour over the whole run"
-            + _paused(data.get("rates") or {}))
+            f"{_n(moves, 'time')}, {_fmt(eph, '.1f')} experiments/hour {over}")
 
 
 def _paused(rates: dict, sentence: bool = False) -> str:

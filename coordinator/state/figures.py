@@ -54,8 +54,9 @@ MIN_RATE_SPAN_S = 60.0   # below a minute, a rate per hour says nothing
 # A stretch with no run going that is longer than this (and than PAUSE_RUNS of the longest runs)
 # is a pause: the swarm was stopped and resumed (`swarm run` again), not running. While a swarm
 # runs, some agent is always in a run: a record's start is taken before its proposal, and a
-# spent agent runs the coordinator's jobs. Only a swarm whose every agent waits for its backend
-# that long has such a stretch while running.
+# spent agent runs the coordinator's jobs. Only a swarm whose every agent waits that long (for
+# a backend that is down, or, spent, for best to move with no job to run) has such a stretch
+# while running: no run going, it is left out of the rates too.
 PAUSE_S = 1800.0
 PAUSE_RUNS = 3
 

@@ -109,6 +109,13 @@ def test_a_resumed_swarm_says_it_goes_on_with_the_noise_it_measured(tmp_path, re
     assert line == (f"noise history: none from other swarms for {HW}, budget 30 s, apparatus abc123; this swarm "
                     f"goes on with the sigma it measured itself ({c1.cfg.min_dof} degrees of freedom)")
     assert "baseline runs first" not in describe(h, None, "s1", min_dof=8)
+    # The degrees of freedom it goes on with are its coordinator's, counted from the ledger (the
+    # file's own line counts concurrent runs as what they are worth to other swarms: a resumed
+    # quick start said 6 where its last screen had said 8).
+    n = c1.status()["classes"][HW]["noise_dof"]
+    assert describe(h, HW, "s1", min_dof=8, own_dof={HW: n + 3}).endswith(f"itself ({n + 3} degrees of freedom)")
+    assert describe(h, None, "s1", min_dof=8, own_dof={HW: n + 3}).endswith(f"({HW}: {n + 3} degrees of freedom)")
+    assert describe(h, HW, "s1", min_dof=8, own_dof={HW: 0}) == line   # none counted: the file's
     # another swarm in the same history finds what s1 left (not its own: it has none)
     other = describe(h, HW, "s2", min_dof=8)
     assert f"from 1 earlier swarm ({c1.cfg.min_dof} degrees of freedom" in other, other

@@ -211,10 +211,13 @@ def _goes_on(what: str, where: str, dof: str) -> str:
 
 
 def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id: str = "",
-             dof_max: int = 24, min_dof: int = 8) -> str:
+             dof_max: int = 24, min_dof: int = 8, own_dof: dict[str, int] | None = None) -> str:
     """One line for `swarm run` at start: whether noise history was found for this hardware class
     (None: not known here, e.g. GPUs on other nodes: every class the file holds for this profile,
-    budget and apparatus), its sigma, degrees of freedom, from how many swarms, and what it buys."""
+    budget and apparatus), its sigma, degrees of freedom, from how many swarms, and what it buys.
+    `own_dof`: a resumed swarm's degrees of freedom per class as its coordinator counts them from
+    the ledger, what it goes on with (its own line in the file counts concurrent runs as what they
+    are worth for other swarms: the quick start resumed said 6 where its last screen had said 8)."""
     if spec is None or dof_max <= 0:
         return f"noise history: off (sigma is measured from scratch: {min_dof + 1} baseline runs first)"
     where = f"budget {spec.budget:g} s, apparatus {spec.apparatus}"
@@ -223,7 +226,7 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
     if hardware_class is None:
         classes = sorted(hist.classes())
         if not classes:
-            own = hist.own() if swarm_id else {}
+            own = _own(hist, swarm_id, own_dof)
             if own:
                 return _goes_on(f"profile {spec.profile}", where,
                                 ", ".join(f"{hw}: {n} degrees of freedom" for hw, n in sorted(own.items())))
@@ -232,12 +235,19 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
         return "; ".join(_found(hw, *hist.prior(hw), where, min_dof, hist.rho(hw)[0]) for hw in classes)
     m2, dof, measured, swarms = hist.prior(hardware_class)
     if dof <= 0:
-        own = hist.own() if swarm_id else {}
+        own = _own(hist, swarm_id, own_dof)
         if own.get(hardware_class):
             return _goes_on(hardware_class, where, f"{own[hardware_class]} degrees of freedom")
         return (f"noise history: none for {hardware_class}, {where} (this swarm measures sigma: "
                 f"{min_dof + 1} baseline runs first, and leaves it for the next)")
     return _found(hardware_class, m2, dof, measured, swarms, where, min_dof, hist.rho(hardware_class)[0])
+
+
+def _own(hist: "NoiseHistory", swarm_id: str, own_dof: dict[str, int] | None) -> dict[str, int]:
+    """A resumed swarm's own degrees of freedom per class: its coordinator's count where it has
+    one, else its line in the file."""
+    own = {**(hist.own() if swarm_id else {}), **{hw: n for hw, n in (own_dof or {}).items() if n > 0}}
+    return {hw: n for hw, n in own.items() if n > 0}
 
 
 LOW_DOF = 4   # below this, min_dof's margin is more than ~1.4x the default's: said at start

@@ -108,8 +108,12 @@ class Supervisor:
         dof, from how many swarms) or not (coordinator/decide/history.py: describe)."""
         from coordinator.decide.history import describe
         promo = self.p.cfg.promotion
+        # a resumed swarm goes on with the noise its coordinator counted from the ledger
+        classes = (self._coord_status() or {}).get("classes") or {}
+        own = {hw: int(c.get("noise_dof") or 0) for hw, c in classes.items()
+               if isinstance(c, dict) and not c.get("noise_prior")}
         return describe(self.history, self._local_class(), self.info["swarm_id"], promo.history_dof_max,
-                        promo.min_dof)
+                        promo.min_dof, own_dof=own)
 
     def _local_class(self) -> str | None:
         """The agents' hardware class when this machine can tell it (CPU agents, or a GPU here),

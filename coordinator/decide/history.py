@@ -246,8 +246,7 @@ def describe(spec: NoiseHistorySpec | None, hardware_class: str | None, swarm_id
 def _own(hist: "NoiseHistory", swarm_id: str, own_dof: dict[str, int] | None) -> dict[str, int]:
     """A resumed swarm's own degrees of freedom per class: its coordinator's count where it has
     one, else its line in the file."""
-    own = {**(hist.own() if swarm_id else {}), **{hw: n for hw, n in (own_dof or {}).items() if n > 0}}
-    return {hw: n for hw, n in own.items() if n > 0}
+    return {**(hist.own() if swarm_id else {}), **{hw: n for hw, n in (own_dof or {}).items() if n > 0}}
 
 
 LOW_DOF = 4   # below this, min_dof's margin is more than ~1.4x the default's: said at start

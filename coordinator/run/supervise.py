@@ -103,13 +103,14 @@ class Supervisor:
                 return None
         return min_dof_note(promo.min_dof, promo.alpha)
 
-    def _history_line(self) -> str:
+    def _history_line(self, resumed: bool = False) -> str:
         """One line at start: noise history found for this swarm's hardware class (its sigma,
         dof, from how many swarms) or not (coordinator/decide/history.py: describe)."""
         from coordinator.decide.history import describe
         promo = self.p.cfg.promotion
-        # a resumed swarm goes on with the noise its coordinator counted from the ledger
-        classes = (self._coord_status() or {}).get("classes") or {}
+        # a resumed swarm goes on with the noise its coordinator counted from the ledger (a new
+        # one has none: no status call at its start)
+        classes = ((self._coord_status() or {}).get("classes") or {}) if resumed else {}
         own = {hw: int(c.get("noise_dof") or 0) for hw, c in classes.items()
                if isinstance(c, dict) and not c.get("noise_prior")}
         return describe(self.history, self._local_class(), self.info["swarm_id"], promo.history_dof_max,
@@ -200,7 +201,7 @@ class Supervisor:
             if self.p.allocation is not None:  # kept in redis: a restarted coordinator finds it
                 import ray
                 ray.get(self.coord.configure_allocation.remote(self.p.allocation))
-            print(self._history_line(), flush=True)
+            print(self._history_line(resumed), flush=True)
             unstaffed = self.p.unstaffed_line()
             if unstaffed:
                 print(unstaffed, flush=True)

@@ -229,13 +229,14 @@ def rates(rows: list[dict], cts: Counts | None = None) -> Rates:
     """Per hour of running: from the first record's start to the last one's end, less the pauses
     (see PAUSE_S)."""
     cts = cts or counts(rows)
-    starts = [t for r in rows if (t := _num(r.get("started_at"))) is not None]
-    ends = [t for r in rows if (t := _num(r.get("finished_at"))) is not None]
+    times = [(_num(r.get("started_at")), _num(r.get("finished_at"))) for r in rows]
+    starts = [a for a, _ in times if a is not None]
+    ends = [b for _, b in times if b is not None]
     if not starts or not ends:
         return Rates()
     start, end = min(starts), max(ends)
     span = max(end - start, 0.0)
-    paused, pauses = _pauses(rows)
+    paused, pauses = _pauses(sorted((a, b) for a, b in times if a is not None and b is not None and b >= a))
     running = max(span - paused, 0.0)
     out = Rates(start=start, end=end, hours=running / 3600.0, span_hours=span / 3600.0, pauses=pauses)
     if running >= MIN_RATE_SPAN_S:
@@ -244,12 +245,9 @@ def rates(rows: list[dict], cts: Counts | None = None) -> Rates:
     return out
 
 
-def _pauses(rows: list[dict]) -> tuple[float, int]:
-    """Seconds and count of the pauses: the gaps between the records' [start, end] spans, merged,
-    longer than PAUSE_S and PAUSE_RUNS of the longest record."""
-    spans = sorted((a, b) for r in rows
-                   if (a := _num(r.get("started_at"))) is not None and (b := _num(r.get("finished_at"))) is not None
-                   and b >= a)
+def _pauses(spans: list[tuple[float, float]]) -> tuple[float, int]:
+    """Seconds and count of the pauses: the gaps between the records' [start, end] spans (sorted),
+    merged, longer than PAUSE_S and PAUSE_RUNS of the longest record."""
     if not spans:
         return 0.0, 0
     gap_min = max(PAUSE_S, PAUSE_RUNS * max(b - a for a, b in spans))

@@ -370,7 +370,7 @@ def test_swarm_status_shows_each_programs_agents_yield_and_share(ledger):
     ({"min_agents": 0.25}, None),
     ({"min_agents": 0}, None),
 ])
-def test_swarm_run_says_at_start_which_programs_have_no_agent(tmp_path, allocation, says):
+def test_swarm_run_says_at_start_which_programs_have_no_agent(tmp_path, monkeypatch, allocation, says):
     """The shipped six programs on the quick start's 2 agents: four start with no agent. By default
     (a floor of 1 the agents cannot meet, visits 0.5) they take turns; with visits 0 they never
     get one (tests above: an agent alone on its program never leaves it), nor under static
@@ -381,6 +381,7 @@ def test_swarm_run_says_at_start_which_programs_have_no_agent(tmp_path, allocati
 
     from coordinator.run.swarm import plan
 
+    monkeypatch.setattr("coordinator.run.swarm.usable_cpus", lambda: 8)  # six agents need six cores
     (tmp_path / "swarm.yaml").write_text(yaml.safe_dump({"allocation": allocation} if allocation else {}))
     args = SimpleNamespace(config=str(tmp_path / "swarm.yaml"), budget=None, seed=None, profile="cpu",
                            gpus=None, address=None, agents=2, redis_url=None, hours=None,

@@ -71,6 +71,19 @@ def test_more_gpus_than_exist(tmp_path):
     _bad(tmp_path, "run", "--gpus", "64", expect="asked for 64 GPU(s)")
 
 
+def test_more_cpu_agents_than_cores(tmp_path):
+    # 3 agents on this 2-core machine (cpu-smoke, 4 minutes) trained 31 runs, every one of them
+    # contended (the swarm's own agents waiting for a core), judged nothing, and ended advising
+    # "a quieter machine". A local CPU swarm that cannot give each agent its cores is refused.
+    cores = len(os.sched_getaffinity(0))
+    line = _bad(tmp_path, "run", "--agents", str(cores + 1), "--profile", "cpu",
+                expect=f"{cores + 1} agents x 1 CPU each need {cores + 1} cores")
+    assert f"use --agents {cores} or fewer" in line and "contended" in line
+    (tmp_path / "swarm.yaml").write_text(f"agents:\n  cpus_per_agent: {cores + 1}\n")
+    _bad(tmp_path, "run", "--agents", "1", "--profile", "cpu",
+         expect=f"swarm.yaml: agents.cpus_per_agent {cores + 1} is more than the {cores} core")
+
+
 def test_unreachable_redis(tmp_path):
     _bad(tmp_path, "run", "--redis-url", f"redis://127.0.0.1:{closed_port()}/0",
          expect="cannot reach redis at")
@@ -177,6 +190,7 @@ def test_a_swarm_yaml_with_only_a_backend_is_planned_over_the_defaults(tmp_path,
     monkeypatch.delenv("SWARM_HOME", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "swarm.yaml").write_text("backend: {type: mutate}\n")
+    monkeypatch.setattr("coordinator.run.swarm.usable_cpus", lambda: 8)  # six agents need six cores
     p = plan(build_parser().parse_args(["run", "--agents", "6", "--profile", "cpu", "--budget", "5"]))
     assert sorted(a["program_name"] for a in p.agent_specs) == sorted(
         ["baseline", "optimizer", "architecture", "schedule", "simplify", "explore"])

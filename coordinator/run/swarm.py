@@ -53,6 +53,29 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         raise SwarmError(f"cannot reach Ray at {address!r} (nothing listens there)") from None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a cpuset or `taskset` narrows it, which
+    os.cpu_count() does not see), as the runner's contention meter counts them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_cores(n: int, per: int, src: str) -> None:
+    """A local CPU swarm needs a core per agent thread: 3 agents of 1 thread on 2 cores trained
+    every run contended (each waited for a core a third of the time: trainer/contention.py), so
+    none was judged, and the swarm's end advised a quieter machine. Refused, naming what fits."""
+    cores = usable_cpus()
+    if per > cores:
+        raise SwarmError(f"{src}: agents.cpus_per_agent {per} is more than the {cores} core(s) this machine "
+                         f"lets the swarm use: every run would wait for a core (contended) and none would be judged")
+    if n * per > cores:
+        raise SwarmError(f"{n} agents x {per} CPU{'s' if per != 1 else ''} each need {n * per} cores, but this "
+                         f"machine lets the swarm use {cores}: every run would wait for a core (contended) and "
+                         f"none would be judged; use --agents {cores // per} or fewer (or a cluster: --address)")
+
+
 def plan(args) -> Plan:
     """Validate the sandbox, config, flags, programs, GPUs, redis and the Ray address. Raises
     on bad input (SandboxUnavailable where bubblewrap cannot make namespaces)."""
@@ -93,11 +116,13 @@ def plan(args) -> Plan:
             raise SwarmError(f"{src}: agents.count: per-gpu, but there is no GPU to use")
         n = use_gpus
     elif count == "auto":
-        n = max(1, (os.cpu_count() or 1) // cfg.agents.cpus_per_agent)
+        n = max(1, usable_cpus() // cfg.agents.cpus_per_agent)
     else:
         n = int(count)
     if use_gpus and n > use_gpus and not address:
         raise SwarmError(f"{n} agents need {n} GPUs (one each) but {use_gpus} are available")
+    if not use_gpus and not address:
+        _check_cores(n, cfg.agents.cpus_per_agent, src)
 
     programs = []
     for i, entry in enumerate(cfg.programs):

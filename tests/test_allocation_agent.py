@@ -106,6 +106,13 @@ def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path
     data = load_allocation(coord.r, "alloc")
     assert [(a, p) for _t, a, p in data["timeline"]] == [("a0", "optimizer"), ("a1", "optimizer"),
                                                          ("a0", "architecture")]
+    # the plot runs to the last record's end, where the agents are still on their programs
+    from coordinator.review.report.allocation import timeline_steps
+    last = max(e["finished_at"] for t, _id, e in evs if t == "record")
+    assert data["end"] == last
+    unit, xs, ys = timeline_steps(data["timeline"], data["end"])
+    assert unit == "minutes" and xs[-1] == pytest.approx((last - data["timeline"][0][0]) / 60.0)
+    assert ys["architecture"][-1] == 1 and ys["optimizer"][-1] == 1
     page = allocation_html(data, {})
     assert "<h2>Allocation (adaptive)</h2>" in page and "<img" in page
     assert "1 reassignment(s)" in page and "a0: optimizer → architecture" in page

@@ -182,3 +182,19 @@ def test_invalid_edits_link_their_transcript_and_backend_trouble_is_listed(tmp_p
     table = page[page.index("id='backend-table'"):]
     assert "<td>agent-a</td><td>down</td><td>1</td>" in table and "connection refused" in table
     assert "GPU-hours" not in page and "device-hours" in page and "cpu-x-2t (CPU)" in page
+
+
+def test_the_allocation_plot_runs_to_the_swarms_end_in_the_progress_plots_unit():
+    # The quick start (2 agents, 7.3 minutes, no reassignment): the plot ended at the second agent's
+    # first record, 0.00016 hours in, with `architecture` drawn at 0 agents all along.
+    from coordinator.review.report.allocation import timeline_steps
+
+    t0 = 1_800_000_000.0
+    timeline = [(t0, "a0", "baseline"), (t0 + 0.56, "a1", "architecture")]
+    unit, xs, ys = timeline_steps(timeline, t0 + 7.3 * 60)
+    assert unit == "minutes" and xs[0] == 0.0 and xs[-1] == pytest.approx(7.3)
+    assert ys == {"architecture": [0, 1, 1], "baseline": [1, 1, 1]}
+    moved = timeline + [(t0 + 3 * 3600, "a0", "architecture")]
+    unit, xs, ys = timeline_steps(moved, t0 + 5 * 3600)
+    assert unit == "hours" and xs == pytest.approx([0.0, 0.56 / 3600, 3.0, 5.0])
+    assert ys == {"architecture": [0, 1, 2, 2], "baseline": [1, 1, 0, 0]}

@@ -1,5 +1,5 @@
 """The report's allocation section: each program's contribution to best (agents, credited gain,
-device-hours, yield, share) and the allocation over time (agents per program, a step plot),
+device-hours, yield, share) and the allocation over time (agents per program, stacked),
 from the ledger's `allocation` events and records (coordinator/decide/allocation.py)."""
 from __future__ import annotations
 
@@ -14,23 +14,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from coordinator.review.report.plot import time_unit  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
 def load_allocation(client, swarm_id: str) -> dict | None:
-    """{"programs": yields, "timeline": [(t, agent, program)], "moves": [...]} or None when the
-    swarm configured no allocation. The timeline starts each agent on its first record's
-    program and follows its moves."""
+    """{"programs": yields, "timeline": [(t, agent, program)], "moves": [...], "end": t} or None
+    when the swarm configured no allocation. The timeline starts each agent on its first record's
+    program and follows its moves; `end` is the last record's end (the plot runs to it)."""
     from coordinator.run.live import programs
     from coordinator.state.ledger import Ledger
 
     progs = programs(client, swarm_id)
     if not progs:
         return None
-    timeline, moves, seen = [], [], set()
+    timeline, moves, seen, end = [], [], set(), 0.0
     for typ, _id, js in Ledger(client, swarm_id).events():
         if typ == "record":
             r = json.loads(js)
+            end = max(end, r.get("finished_at") or 0.0)
             if r["agent"] not in seen:
                 seen.add(r["agent"])
                 timeline.append((r.get("started_at") or 0.0, r["agent"], r["program"]))
@@ -39,27 +42,48 @@ def load_allocation(client, swarm_id: str) -> dict | None:
             moves.append(a)
             seen.add(a["agent"])
             timeline.append((a["at"], a["agent"], a["program"]))
-    return {"programs": progs, "timeline": sorted(timeline), "moves": moves}
+    return {"programs": progs, "timeline": sorted(timeline), "moves": moves, "end": end}
 
 
-def timeline_png(timeline: list, colors: dict[str, str]) -> bytes:
-    """Agents per program over time (hours from the first record), one step line each."""
+def timeline_steps(timeline: list, end: float | None = None
+                   ) -> tuple[str, list[float], dict[str, list[int]]]:
+    """(unit, xs, agents per program at each x): a step at every event of the timeline, from the
+    first one, and a last point at `end` (the swarm's last record: without it the plot stopped at
+    the last event, 0.00016 hours into a 7-minute swarm nobody was moved in), in the progress
+    plot's unit (minutes under two hours, else hours)."""
     t0 = timeline[0][0] if timeline else 0.0
+    last = max([t for t, _, _ in timeline] + [end or 0.0], default=t0)
+    unit, per = time_unit(last - t0)
     where: dict[str, str] = {}
     names = sorted({p for _, _, p in timeline})
     xs: list[float] = []
     ys: dict[str, list[int]] = {n: [] for n in names}
     for t, agent, prog in timeline:
         where[agent] = prog
-        xs.append((t - t0) / 3600.0)
+        xs.append((t - t0) / per)
         for n in names:
             ys[n].append(sum(1 for p in where.values() if p == n))
+    if timeline and end is not None and end > timeline[-1][0]:
+        xs.append((end - t0) / per)
+        for n in names:
+            ys[n].append(ys[n][-1])
+    return unit, xs, ys
+
+
+def timeline_png(timeline: list, colors: dict[str, str], end: float | None = None) -> bytes:
+    """Agents per program over time (from the first record to `end`), stacked."""
+    unit, xs, ys = timeline_steps(timeline, end)
     fig, ax = plt.subplots(figsize=(8, 2.8), dpi=90)
-    for n in names:
-        ax.step(xs, ys[n], where="post", label=n, color=colors.get(n))
-    ax.set_xlabel("hours")
-    ax.set_ylabel("agents")
-    ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(names)) or 1)
+    # stacked bands (the agents of each program on those below it): step lines of two programs
+    # with as many agents each hid one another
+    below = [0] * len(xs)
+    for n, counts in ys.items():
+        top = [b + c for b, c in zip(below, counts)]
+        ax.fill_between(xs, below, top, step="post", label=n, color=colors.get(n), alpha=0.8, linewidth=0)
+        below = top
+    ax.set_xlabel(f"{unit} since the first run")
+    ax.set_ylabel("agents (stacked)")
+    ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(ys)) or 1)
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -81,7 +105,7 @@ def allocation_html(data: dict | None, colors: dict[str, str]) -> str:
                     f"{html.escape(m['program'])}: {html.escape(m['reason'])}</li>"
                     for m in data["moves"][-50:])
     try:
-        png = base64.b64encode(timeline_png(data["timeline"], colors)).decode()
+        png = base64.b64encode(timeline_png(data["timeline"], colors, data.get("end"))).decode()
         img = f'<img alt="allocation over time" src="data:image/png;base64,{png}">'
     except Exception as e:  # the table still says what happened
         log.warning("no allocation plot: %s", e)

@@ -145,6 +145,41 @@ def test_report_in_headless_chromium_counts_nodes_and_shows_diff_on_click(built,
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+LABEL_BOXES_JS = """(function(){
+  var gd = document.getElementById('dag'), fl = gd._fullLayout, r = gd.getBoundingClientRect(), out = [];
+  gd.querySelectorAll('.scatterlayer .trace').forEach(function(g){
+    var tr = g.__data__ && g.__data__[0] && g.__data__[0].trace;
+    if (!tr || (tr.meta !== 'label' && tr.meta !== 'label-best') || tr.visible !== true) return;
+    g.querySelectorAll('.textpoint').forEach(function(tp){
+      var d = tp.__data__, b = tp.getBoundingClientRect();
+      out.push([tr.meta, r.left + fl.xaxis._offset + fl.xaxis.l2p(d.x),
+                r.top + fl.yaxis._offset + fl.yaxis.l2p(d.y), b.left, b.bottom]);
+    });
+  });
+  return out;
+})()"""
+
+
+def test_dag_labels_leave_their_nodes_and_signs_readable(built):
+    # The quick start's report drew each label from its node's centre: the marker hid the sign of
+    # every delta to the right of a node ("+0.0202" read "0.0202") and the foot of best's labels.
+    sw, G, html = built
+    with Browser() as b:
+        b.open(html)
+        # zoomed to three generations: wide enough for every label (report/page.js fitLabels)
+        b.eval("Plotly.relayout(document.getElementById('dag'), {'xaxis.range': [-0.5, 2.5]}).then(() => 1)")
+        time.sleep(0.5)
+        boxes = b.eval(LABEL_BOXES_JS)
+    boxes = [x for x in boxes if x[3] or x[4]]   # drawn (the zoom leaves later generations off)
+    best = [x for x in boxes if x[0] == "label-best"]
+    right = [x for x in boxes if x[0] == "label"]
+    assert best and right, boxes
+    for _m, cx, cy, left, bottom in best:     # above a best-path node (14 px: 7 px radius)
+        assert bottom <= cy - 7 + 1, (cx, cy, left, bottom)
+    for _m, cx, cy, left, bottom in right:    # right of any other node (at most 12 px: 6 px radius)
+        assert left >= cx + 4.5 - 0.5, (cx, cy, left, bottom)
+
+
 def test_best_is_drawn_at_the_value_decisions_used_with_its_samples():
     from coordinator.review.report.plot import best_track
     rows = [dict(hardware_class="hw", kind="baseline", commit="c0", run_status="ok", val_bpb=v,

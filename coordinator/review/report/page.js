@@ -42,6 +42,8 @@
            String(n.description || "").slice(0, 80).replace(/</g, "&lt;");
   }
 
+  function nodeSize(n) { return n.best_path ? 14 : (n.is_merge ? 12 : 9); }
+
   function nodeTraces() {
     var by = {};
     D.nodes.forEach(function (n, i) {
@@ -57,7 +59,7 @@
       }
       t.x.push(n.x); t.y.push(n.y); t.customdata.push(i); t.text.push(hover(n));
       t.marker.symbol.push(symbol(n));
-      t.marker.size.push(n.best_path ? 14 : (n.is_merge ? 12 : 9));
+      t.marker.size.push(nodeSize(n));
       t.marker.line.width.push(n.best_path ? 2 : 0.6);
     });
     return OUTCOMES.filter(function (o) { return by[o]; }).map(function (o) { return by[o]; });
@@ -65,14 +67,18 @@
 
   // Two lines (val_bpb, then Δ). Best's path: above each node, always shown. Every other node:
   // to its right, shown while a generation is wide enough on screen for it (zoom in for more).
+  // Each label sits beside an invisible marker of its node's size, so plotly places it outside
+  // the node (a text-only trace starts at the centre: the node hid the sign of every Δ to its
+  // right). hoverinfo "skip" keeps the clicks on the nodes.
   function labelTrace(onPath) {
-    var x = [], y = [], text = [];
+    var x = [], y = [], text = [], size = [];
     D.nodes.forEach(function (n) {
       if (!!n.best_path !== onPath) return;
       var l = label(n);
-      if (l) { x.push(n.x); y.push(n.y); text.push(l.replace(" ", "<br>")); }
+      if (l) { x.push(n.x); y.push(n.y); text.push(l.replace(" ", "<br>")); size.push(nodeSize(n)); }
     });
-    return { type: "scatter", mode: "text", x: x, y: y, text: text,
+    return { type: "scatter", mode: "markers+text", x: x, y: y, text: text,
+             marker: { size: size, opacity: 0 },
              textposition: onPath ? "top center" : "middle right",
              textfont: { size: onPath ? 10 : 9, color: onPath ? "#000" : "#333" }, hoverinfo: "skip",
              showlegend: false, meta: onPath ? "label-best" : "label", cliponaxis: false };

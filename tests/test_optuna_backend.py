@@ -422,7 +422,7 @@ def test_report_has_a_search_section_per_study(tmp_path, redis_url):
     for n in view.importances:
         assert f"<td>{n}</td>" in section
     assert "class='stats best-params'" in section and "class='search-scatter'" in section
-    assert f"best val_bpb: <b>{view.best_value:.4f}</b>" in section
+    assert f"lowest trial val_bpb: <b>{view.best_value:.4f}</b> (one run" in section
     page_without = build_report(sw.rows, lineage_graph(sw), repo_path=sw.repo_path,
                                 swarm_home=tmp_path / "home", out_dir=tmp_path / "out2").read_text()
     assert "id='search'" not in page_without

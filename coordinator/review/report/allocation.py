@@ -112,8 +112,9 @@ def allocation_html(data: dict | None, colors: dict[str, str]) -> str:
         img = ""
     return (f"<h2>Allocation ({html.escape(mode)})</h2>\n<p class=\"note\">Each program's contribution "
             "to best: the gain of the moves of best its results made (a pool's split between its "
-            "results), over the device-hours of its runs.</p>\n<table><tr><th>program</th><th>agents "
-            "now</th><th>gain to best (bpb)</th><th>device-hours</th><th>yield (bpb/device-h)</th>"
+            "results), over the device-hours of its runs.</p>\n<table class='stats' id='allocation-table'>"
+            "<tr><th>program</th><th>agents now</th><th>gain to best (bpb)</th><th>device-hours</th>"
+            "<th>yield (bpb/device-h)</th>"
             f"<th>share</th></tr>{rows}</table>\n{img}\n"
             f"<p>{len(data['moves'])} reassignment(s){' (the last 50):' if len(data['moves']) > 50 else ''}"
             f"</p><ul>{moves}</ul>\n")

@@ -1,5 +1,5 @@
 """The report's search section, one block per Optuna study (program and hardware class):
-parameter importances (Optuna's estimator), the best parameters, and each parameter's value
+parameter importances (Optuna's estimator), the lowest trial and its parameters, and each parameter's value
 against val_bpb (a matplotlib scatter per parameter, inlined as a PNG)."""
 from __future__ import annotations
 
@@ -121,7 +121,10 @@ def search_html(studies: list) -> str:
                    f"<h3>{html.escape(v.program)} on {html.escape(v.hardware_class)}</h3>"
                    f"<p class='summary'><span>trials: <b>{len(v.rows)}</b> ({counts})</span>")
         if v.best_value is not None:
-            out.append(f"<span>best val_bpb: <b>{v.best_value:.4f}</b></span>")
+            # Optuna's best trial is one run; the swarm's best is a mean over samples (figures.py):
+            # two figures named alike read as one that disagrees with itself
+            out.append(f"<span>lowest trial val_bpb: <b>{v.best_value:.4f}</b> (one run, Optuna's best trial; "
+                       "best's value above is the mean of its samples)</span>")
         out.append("</p>")
         if v.importances:
             out.append("<table class='stats importances'><tr><th>parameter</th><th>importance</th>"
@@ -134,7 +137,7 @@ def search_html(studies: list) -> str:
         else:
             out.append("<p class='note'>too few finished trials for importances</p>")
         if v.best_params:
-            out.append("<table class='stats best-params'><tr><th>best parameters</th><th>value</th></tr>"
+            out.append("<table class='stats best-params'><tr><th>the lowest trial's parameters</th><th>value</th></tr>"
                        + "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(x)}</td></tr>"
                                  for n, x in sorted(v.best_params.items())) + "</table>")
         if v.distributions:

@@ -110,3 +110,11 @@ def test_write_graph_round_trips_through_networkx_readers(swarm, tmp_path):
     assert names == set(G.nodes)
     with pytest.raises(ValueError, match="unknown format 'svg'"):
         write_graph(G, "svg", io.StringIO())
+
+
+def test_tree_head_counts_steps_in_words(tmp_path):
+    # The quick start's tree began "best/cpu-amd-epyc-1t: 1 steps, ..."
+    sw = make_swarm(tmp_path / "one", experiments=6, agents=2, hardware_classes=("h100",), seed=4)
+    G = lineage_graph(sw)
+    assert len(best_chain(G, best_tips(G)["h100"])) == 2   # this seed's best moved once
+    assert render_tree(G).startswith("best/h100: 1 step, val_bpb ")

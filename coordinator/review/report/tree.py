@@ -9,6 +9,8 @@ import logging
 
 import networkx as nx
 
+from coordinator.state.figures import plural
+
 log = logging.getLogger(__name__)
 
 BEST_TAGS = ("promote", "simplification", "merge")
@@ -169,7 +171,7 @@ def render_tree(G: nx.DiGraph, *, all: bool = False, hardware_class: str | None 
     for hw in sorted(tips):
         chain = best_chain(G, tips[hw])
         first, last = _val(G.nodes[chain[0]], hw), _val(G.nodes[chain[-1]], hw)
-        head = f"best/{hw}: {len(chain) - 1} steps, val_bpb {_fmt_bpb(first)} -> {_fmt_bpb(last)}"
+        head = f"best/{hw}: {plural(len(chain) - 1, 'step')}, val_bpb {_fmt_bpb(first)} -> {_fmt_bpb(last)}"
         if isinstance(first, float) and isinstance(last, float):
             head += f" ({first - last:+.4f}; deltas: improvement over best, + = better)"
         lines = [head]

@@ -96,6 +96,7 @@ class ResearchAgent(Training):
         self.experiments = 0
         self.kept = 0
         self.stop_reason: str | None = None
+        self.spent_waited: float | None = None   # seconds a spent backend waited for best before the stop
         self.phase = "starting"
         self.description = ""
         self.progress = 0.0
@@ -168,6 +169,7 @@ class ResearchAgent(Training):
         self._stop.clear()
         self._cancel.clear()
         self.stop_reason = None
+        self.spent_waited = None
         done_at_start = self.experiments
         last_wall = 0.0
         try:
@@ -217,6 +219,7 @@ class ResearchAgent(Training):
                 "experiments": self.experiments, "moves": self.moves,
                 "kept": self.kept, "statuses": dict(self.counts), "parent_val_bpb": self.parent_val,
                 "last_delta": self.last_delta, "stop_reason": self.stop_reason,
+                "spent_waited_s": self.spent_waited,
                 "spent_usd": getattr(self.backend, "spent_usd", 0.0),
                 "spent_tokens": getattr(self.backend, "spent_tokens", 0),
                 **self.health.status(), "last_outcome": self._last_outcome(),
@@ -526,6 +529,7 @@ class ResearchAgent(Training):
         if waited >= self.cfg.spent_wait_runs * budget:
             log.error("%s: stopping: %s, and best did not move in %.0f s", self.cfg.name, reason, waited)
             self.stop_reason = f"backend refused: {reason}; best did not move in {waited:.0f} s"
+            self.spent_waited = waited
             self._stop.set()
         else:
             self.phase = "spent"

@@ -312,6 +312,9 @@ def test_a_spent_agent_stops_once_best_did_not_move_for_its_wait(tmp_path, redis
     while not a._stop.is_set() and time.time() < deadline:
         a._iteration()
     assert a._stop.is_set() and "best did not move" in a.stop_reason and "exhausted" in a.stop_reason
+    # the heartbeat says how long it waited as a figure (the run's end reads it, not the reason's words)
+    st = a.status()
+    assert st["backend_state"] == "spent" and st["spent_waited_s"] is not None and st["spent_waited_s"] >= 0
 
 
 def test_a_move_at_a_boundary_ends_the_old_programs_run_of_refusals(tmp_path, redis_url):

@@ -317,9 +317,9 @@ def test_the_summary_says_which_agents_backend_ended_the_run_out_of_order():
     reason = "mutate: search space exhausted (every nearby state already tried), asked 5 times"
     data["agents"] = [
         {"agent": "a0-warmup", "program": "warmup", "backend_state": "spent", "backend_reason": reason,
-         "stop_reason": f"backend refused: {reason}; best did not move in 240 s", "phase": "stopped"},
+         "stop_reason": "backend refused: spent", "spent_waited_s": 240.4, "phase": "stopped"},
         {"agent": "a1-schedule", "program": "schedule", "backend_state": "spent", "backend_reason": reason,
-         "stop_reason": "time limit", "phase": "stopped"},
+         "stop_reason": "time limit", "spent_waited_s": None, "phase": "stopped"},
         {"agent": "a2-explore", "program": "explore", "backend_state": "refused",
          "backend_reason": "the same failure 5 times in a row: command exited with 1", "phase": "stopped"},
         {"agent": "a3-ok", "program": "baseline", "backend_state": "up", "phase": "stopped"}]

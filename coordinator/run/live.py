@@ -384,12 +384,11 @@ def backend_lines(agents: list[dict]) -> list[str]:
     out = []
     for a in agents:
         state, reason = a.get("backend_state"), a.get("backend_reason") or "no reason given"
-        stop = a.get("stop_reason") or ""
+        waited = a.get("spent_waited_s")   # set when it stopped after waiting for best that long
         who = f"{a.get('agent') or '?'} ({a.get('program') or '?'})"
         if state == "spent":
-            waited = stop.rsplit("; ", 1)[-1] if stop.startswith("backend refused") else ""
             out.append(f"{who}: its backend had nothing left to propose from best ({reason}); "
-                       + (f"it stopped: {waited}." if waited.startswith("best did not move")
+                       + (f"it stopped: best did not move in {waited:.0f} s." if isinstance(waited, (int, float))
                           else "it was waiting for best to move (running the coordinator's jobs)."))
         elif state == "refused":
             out.append(f"{who}: stopped, its backend refused: {reason}.")

@@ -115,7 +115,7 @@ def test_an_agent_moves_at_a_boundary_takes_the_program_and_adopts_best(tmp_path
     assert ys["architecture"][-1] == 1 and ys["optimizer"][-1] == 1
     page = allocation_html(data, {})
     assert "<h2>Allocation (adaptive)</h2>" in page and "<img" in page
-    assert "1 reassignment(s)" in page and "a0: optimizer → architecture" in page
+    assert "1 reassignment</p>" in page and "a0: optimizer → architecture" in page
 
 
 def test_pinned_programs_keep_their_agents(tmp_path, redis_url):

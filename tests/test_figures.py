@@ -225,7 +225,7 @@ def test_the_end_of_a_run_says_why_nothing_moved():
     assert "best [cpu] did not move: it is still the baseline, 2.4500 (3 samples)." in text
     assert ('3 experiments judged, all worse than the baseline by 0.0300-0.4200; the closest was '
             'a1\'s "DEPTH 4 -> 5" (-0.0300).') in text
-    assert "0 crashed or timed out, 1 invalid edit(s) never trained." in text
+    assert "0 crashed or timed out, 1 invalid edit never trained." in text
     assert "A result must beat best by the margin (0.0390 at the last decision, 3.5 x the noise sigma 0.0110)" in text
     for cmd in ("swarm lineage", "swarm status", "swarm report", "swarm export --format tsv --output -"):
         assert cmd in text
@@ -233,14 +233,14 @@ def test_the_end_of_a_run_says_why_nothing_moved():
     rows.append(row("dup", run_status="invalid", decision="invalid", started_at=502.0, finished_at=502.0,
                     reason="already tried: a0's experiment e1 trained this train.py (discard)"))
     text = " ".join(live.summary(rows, live.gather(None, "s", rows, running=False)).split())
-    assert "0 crashed or timed out, 2 invalid edit(s) never trained (1 of them already tried by another run)." in text
+    assert "0 crashed or timed out, 2 invalid edits never trained (1 of them already tried by another run)." in text
     # where sigma came from: this swarm's runs, or a prior from earlier swarms when the
     # coordinator's status() says so
     assert "noise [cpu]: sigma 0.0110 (8 dof), measured by this swarm's runs." in text
     hist = live.noise_history({"classes": {HW: {"noise_prior": {"sigma": 0.012, "dof": 24, "swarms": 3}}}})
     text = " ".join(live.summary(rows, data, history=hist).split())
     assert ("noise [cpu]: sigma 0.0110 (8 dof), with a prior from earlier swarms (sigma 0.0120 over 24 "
-            "dof from 3 earlier swarm(s)).") in text
+            "dof from 3 earlier swarms).") in text
 
 
 def test_the_end_of_a_run_says_why_nothing_moved_before_any_margin_was_set():

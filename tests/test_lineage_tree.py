@@ -81,7 +81,8 @@ def test_tree_all_adds_discarded_crashed_and_invalid_siblings(swarm):
             if ln.startswith(("├─● ", "└─● ")) or not ln.strip():
                 break
             block.append(ln)
-        assert any(f"{n} invalid edit(s)" in ln for ln in block), (r["parent"], block)
+        said = f"{n} invalid edit{'s' if n != 1 else ''} on this commit"
+        assert any(said in ln for ln in block), (r["parent"], block)
 
 
 def test_tree_one_class_and_unknown_class(swarm):

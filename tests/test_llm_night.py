@@ -196,7 +196,7 @@ def test_run_verdict_says_why_no_proposal_was_valid():
     assert "stopped by the backend: a0: backend refused: litellm: AuthenticationError" in \
         no_valid_proposal([base], refused, since=0)
     down = {"a0": {"stop_reason": "max_experiments", "backend_events": {"down": 3}}}
-    assert "3 proposal(s) got no answer" in no_valid_proposal([base], down, since=0)
+    assert "3 proposals got no answer" in no_valid_proposal([base], down, since=0)
 
 
 def test_status_shows_the_last_outcome_and_invalid_count():

@@ -92,7 +92,7 @@ def test_the_start_line_and_the_end_of_run_summary_say_where_sigma_came_from(tmp
     assert (p["dof"], p["measured_dof"], p["swarms"], p["dropped"]) == (8, 8, 1, False)
     assert p["sigma"] == pytest.approx(c1.book.sigma(HW))
     said = live.noise_history(c2.status())[HW]
-    assert said == f"sigma {p['sigma']:.4f} over 8 dof from 1 earlier swarm(s)"
+    assert said == f"sigma {p['sigma']:.4f} over 8 dof from 1 earlier swarm"
 
 
 def test_a_resumed_swarm_says_it_goes_on_with_the_noise_it_measured(tmp_path, redis_url):

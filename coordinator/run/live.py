@@ -363,7 +363,7 @@ def _not_moved(rows: list[dict], hw: str, b: dict) -> list[str]:
                        + (f"; {pending} still pending a confirmation." if pending else "."))
     if failed or invalid:
         tried = sum(1 for r in exps if figures.already_tried(r))
-        out.append(f"  {failed} crashed or timed out, {invalid} invalid edit(s) never trained"
+        out.append(f"  {failed} crashed or timed out, {_n(invalid, 'invalid edit')} never trained"
                    + (f" ({tried} of them already tried by another run)." if tried else "."))
     if m is not None:
         ratio = f", {m / s:.1f} x the noise sigma {s:.4f}" if s else ""
@@ -407,7 +407,8 @@ def noise_history(coord_status: dict | None) -> dict[str, str]:
         p = c.get("noise_prior") if isinstance(c, dict) else None
         if isinstance(p, dict) and p.get("sigma") is not None and not p.get("dropped"):
             out[hw] = (f"sigma {p['sigma']:.4f} over {p.get('dof', '?')} dof from "
-                       f"{p.get('swarms', '?')} earlier swarm(s)")
+                       + (_n(p["swarms"], "earlier swarm") if isinstance(p.get("swarms"), int)
+                          else f"{p.get('swarms', '?')} earlier swarms"))
         elif isinstance(p, str) and p:
             out[hw] = p
     return out

@@ -533,7 +533,7 @@ def no_valid_proposal(rows: list[dict], results: dict[str, dict], since: float) 
     if refused:
         parts.append(f"stopped by the backend: {refused[0]}")
     if down:
-        parts.append(f"{down} proposal(s) got no answer from the backend (logs/backend-*.jsonl)")
+        parts.append(f"{figures.plural(down, 'proposal')} got no answer from the backend (logs/backend-*.jsonl)")
     return "no valid proposal in this run: " + "; ".join(parts)
 
 

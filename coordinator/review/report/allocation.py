@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from coordinator.review.report.plot import time_unit  # noqa: E402
+from coordinator.state.figures import plural  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -116,5 +117,5 @@ def allocation_html(data: dict | None, colors: dict[str, str]) -> str:
             "<tr><th>program</th><th>agents now</th><th>gain to best (bpb)</th><th>device-hours</th>"
             "<th>yield (bpb/device-h)</th>"
             f"<th>share</th></tr>{rows}</table>\n{img}\n"
-            f"<p>{len(data['moves'])} reassignment(s){' (the last 50):' if len(data['moves']) > 50 else ''}"
+            f"<p>{plural(len(data['moves']), 'reassignment')}{' (the last 50):' if len(data['moves']) > 50 else ''}"
             f"</p><ul>{moves}</ul>\n")

@@ -135,7 +135,7 @@ def _side_lines(G: nx.DiGraph, n: str, chain: set[str], invalid: list[dict], hw:
         out.append(_line(G, c, tag, n, hw))
     if not invalid and G.nodes[n].get("invalid_children"):
         # the builder kept only a count: the records themselves are in the ledger
-        out.append(f"{G.nodes[n]['invalid_children']} invalid edit(s) on this commit "
+        out.append(f"{plural(G.nodes[n]['invalid_children'], 'invalid edit')} on this commit "
                    "(never trained; `swarm export` lists them)")
     for r in invalid:
         reason = r.get("reason") or ""

@@ -71,7 +71,7 @@ def test_results_inside_the_margin_are_pooled_and_the_verified_pool_moves_best_o
     coord.flush_refs()
     G = build_lineage(coord.ledger.rows(), coord.repo.path)
     tree = render_tree(G, all=True)
-    assert "1 steps" in tree.splitlines()[0] and "merge" in tree and "C on" in tree, tree
+    assert "1 step," in tree.splitlines()[0] and "merge" in tree and "C on" in tree, tree
     assert G.has_edge(r1.commit, M) and G.has_edge(r2.commit, M)
     # `swarm status` over the same ledger rows: one move of best, the carried member an
     # experiment like any other, not a move and not a lost winner.

@@ -8,6 +8,7 @@ change look like a winner in a real quick start (stop 28's note, run 1)."""
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 
@@ -94,6 +95,30 @@ def test_the_pool_tells_the_shared_part_from_the_runs():
     for x in (2.0, 2.01, 2.02):
         lone.add(s, x)
     assert lone.clustered() == (lone.m2, lone.dof, 0.0)
+
+
+def test_a_negative_shared_part_clips_to_the_plain_pooled_variance():
+    """A 2-agent cpu-smoke swarm (2026-12-07: 9 baseline runs, 4 concurrent pairs and one alone)
+    said sigma 0.0118 over 8 dof at its end (the runs' pooled variance) and left 0.0143 "over 8
+    dof" in the noise history, which the next swarm started from: the within-pair variance alone
+    (4 dof of evidence), taken whenever the shared part came out negative. Clipped to 0, the
+    runs are independent and the estimate is the pooled one; never below it otherwise."""
+    xs = [2.545993, 2.536287, 2.528933, 2.549946, 2.523498, 2.555339, 2.526200, 2.535645, 2.524396]
+    pool, s = NoisePool(), Samples()
+    for i, x in enumerate(xs):
+        pool.add(s, x, at=("n1", 100.0 * (i // 2), 100.0 * (i // 2) + 40))
+    m2, dof, rho = pool.clustered()
+    assert rho == 0.0 and dof == 8 == pool.dof
+    assert (m2 / dof) ** 0.5 == pytest.approx(statistics.stdev(xs)) == pytest.approx(0.011752, abs=1e-6)
+    clipped = 0
+    for seed in range(300):
+        p = _pool(0.0, 5, 2, seed)
+        m2, dof, rho = p.clustered()
+        assert m2 / dof >= p.m2 / p.dof * (1 - 1e-12), seed
+        if rho == 0.0:
+            clipped += 1
+            assert m2 == pytest.approx(p.m2) and dof == p.dof, seed
+    assert clipped > 50   # the case is common when concurrent runs share nothing
 
 
 # --- through the real Coordinator ------------------------------------------------------------

@@ -147,7 +147,9 @@ class NoisePool:
     def clustered(self) -> tuple[float, int, float]:
         """(sum of squares, degrees of freedom, rho) with concurrent runs counted as what they
         are worth: E[m2] = dof_all sigma^2 - pairs tau^2 and E[within] = w_dof (sigma^2 - tau^2)
-        give sigma^2 and tau^2 (method of moments); rho = tau^2 / sigma^2, clipped to [0, 1].
+        give sigma^2 and tau^2 (method of moments); rho = tau^2 / sigma^2, clipped to [0, 1] (at 0,
+        sigma^2 is the plain pooled m2 / dof: never below it, so shared mode is never less careful
+        than the default).
         The degrees of freedom: the clusters' (sum of clusters - 1) plus the within-cluster
         ones weighted by 1 - rho (all of them when concurrent runs share nothing, none when they
         share everything). Without concurrent runs: (m2, dof, 0), as `sigma`. With concurrent
@@ -157,7 +159,14 @@ class NoisePool:
         omega2 = self.w_m2 / self.w_dof
         if self.dof - self.pairs <= 1e-9 or self.k_dof <= 0:
             return 0.0, 0, 1.0
-        sigma2 = max((self.m2 - self.pairs * omega2) / (self.dof - self.pairs), omega2, 0.0)
+        sigma2 = (self.m2 - self.pairs * omega2) / (self.dof - self.pairs)
+        if sigma2 < omega2:
+            # the shared part came out negative: clipped to 0, the runs are independent and the
+            # estimate is the plain pooled variance, over all its degrees of freedom (it was the
+            # within-cluster variance alone, larger here and from fewer runs: a 2-agent swarm
+            # measured sigma 0.0118 over 8 dof and left 0.0143 "over 8 dof" to the next)
+            sigma2 = self.m2 / self.dof
+        sigma2 = max(sigma2, 0.0)
         rho = min(1.0, max(0.0, 1.0 - omega2 / sigma2)) if sigma2 > 0 else 0.0
         dof = self.k_dof + int(round((1.0 - rho) * self.w_dof))
         return sigma2 * dof, dof, rho

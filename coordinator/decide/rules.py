@@ -166,7 +166,6 @@ class NoisePool:
             # within-cluster variance alone, larger here and from fewer runs: a 2-agent swarm
             # measured sigma 0.0118 over 8 dof and left 0.0143 "over 8 dof" to the next)
             sigma2 = self.m2 / self.dof
-        sigma2 = max(sigma2, 0.0)
         rho = min(1.0, max(0.0, 1.0 - omega2 / sigma2)) if sigma2 > 0 else 0.0
         dof = self.k_dof + int(round((1.0 - rho) * self.w_dof))
         return sigma2 * dof, dof, rho

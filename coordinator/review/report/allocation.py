@@ -53,7 +53,7 @@ def timeline_steps(timeline: list, end: float | None = None
     the last event, 0.00016 hours into a 7-minute swarm nobody was moved in), in the progress
     plot's unit (minutes under two hours, else hours)."""
     t0 = timeline[0][0] if timeline else 0.0
-    last = max([t for t, _, _ in timeline] + [end or 0.0], default=t0)
+    last = max([end or t0] + [t for t, _, _ in timeline])
     unit, per = time_unit(last - t0)
     where: dict[str, str] = {}
     names = sorted({p for _, _, p in timeline})

@@ -119,6 +119,8 @@ class Decision(_Model):
     mean: float | None = None              # the candidate's mean val_bpb over its samples
     dof: int = 0                           # degrees of freedom behind sigma
     samples_best: int = 0                  # samples of best behind the decision
+    best_mean: float | None = None         # best_before's mean over those samples: what `delta` was
+                                           # taken from (a move's `mean` is the new best's own)
     beat_best: bool = False                # the candidate itself beat best by the margin
     beat_parent: bool = False              # the candidate beat its own parent by the margin
     stage: str | None = None               # pending on: sigma | confirm | contended | verify |

@@ -107,6 +107,32 @@ def test_the_baseline_a_move_started_from_is_best_as_it_was_compared_not_the_new
         assert b.gain == pytest.approx(base - 2.3893) and b.steps[0].delta == pytest.approx(0.0425, abs=1e-4)
 
 
+def test_the_baseline_is_what_the_first_move_was_judged_against_not_an_older_decisions_copy():
+    """The quick start's last screen said 'moved 2 times: 2.4070 -> 2.1737' where its first move
+    was judged against 2.4099 over 9 samples: the move's record could not say best's mean, and a
+    `carried` record written as best moved repeated its pending decision's older figures (8
+    samples). The move records `best_mean`; the figures take best as the decision with the most
+    of its samples compared it."""
+    vals = (2.4080, 2.4030, 2.4150, 2.4050, 2.4110, 2.4040, 2.4120, 2.3980, 2.4331)
+    base8, base9 = sum(vals[:8]) / 8, sum(vals) / 9
+    pend = row("e2", commit="c2", val_bpb=2.3950, decision="pending", best_before="c0", mean=2.3950,
+               samples_best=8, delta_best=base8 - 2.3950, decided_at=850.0, finished_at=850.0)
+    move = row("e1", commit="c1", val_bpb=2.3600, decision="promote", best_before="c0", best_after="c1",
+               mean=2.3614, samples=1, samples_best=9, best_mean=base9, delta_best=base9 - 2.3614,
+               decided_at=1000.0, finished_at=990.0)
+    carried = {**pend, "decision": "carried", "merge_commit": "c1", "decided_at": 1000.5}
+    for rows in (baseline_round(9, vals=vals) + [move, carried],
+                 baseline_round(9, vals=vals) + [pend, move, carried]):
+        b = figures.compute(rows).best[HW]
+        assert (b.baseline_val_bpb, b.baseline_samples) == (pytest.approx(base9), 9)
+        assert b.steps[0].delta == pytest.approx(b.baseline_val_bpb - 2.3614)
+    # a ledger from before decisions recorded best_mean: as before (mean + delta of a decision
+    # that left best where it was)
+    old = {k: v for k, v in move.items() if k != "best_mean"}
+    b = figures.compute(baseline_round(9, vals=vals) + [pend, old]).best[HW]
+    assert (b.baseline_val_bpb, b.baseline_samples) == (pytest.approx(base8), 8)
+
+
 def test_rates_cover_the_whole_run_not_the_experiments_window():
     """Issue 23: 139.2 experiments/hour over the experiments' own window, 75.8 over the run."""
     rows = baseline_round() + [row(f"e{i}", commit=f"c{i}", started_at=1500.0 + 60 * i,

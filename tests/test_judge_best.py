@@ -482,3 +482,33 @@ def test_by_default_every_agent_takes_confirmations(tmp_path, redis_url):
         _, d = experiment(coord, a[i], coord.root, f"Z near {i}", Z=i + 1, val=1.9985)
         assert d.decision == "pending" and d.stage == "confirm", d
     assert all(job_of(coord, ag.name) is not None for ag in a)
+
+
+def test_every_decision_records_the_bests_mean_it_compared_with(coord, tmp_path):
+    """The last screen said 'moved 2 times: 2.4070 -> 2.1737' where the first move was judged
+    against 2.4099 (9 samples): a move's record held only the new best's own mean, so the views
+    took the baseline's value from an older decision (8 samples). Every decision that compares
+    a result with best now records best's mean (`best_mean`, over `samples_best`), and the views
+    start from what the first move was judged against."""
+    from coordinator.state import figures
+
+    a = agents_for(coord, tmp_path)
+    warm_up(coord, a)
+    root = coord.root
+    base = [r.val_bpb for r in coord.records.values() if r.kind == "baseline" and r.commit == root]
+    # a change measured better by about one margin: pending, then its confirmations decide it
+    rec, d = experiment(coord, a[0], root, "A up", val=1.995, A=1)
+    assert d.decision == "pending" and d.best_mean == pytest.approx(sum(base) / len(base))
+    assert d.samples_best == len(base) and d.best_mean - d.mean == pytest.approx(d.delta)
+    run_jobs(coord, a, vals={rec.commit: 1.990, "baseline": 2.0})
+    move = coord.decisions[rec.experiment_id]
+    assert move.decision == "promote", move
+    base = [r.val_bpb for r in coord.records.values() if r.kind == "baseline" and r.commit == root
+            and coord.decisions[r.experiment_id].decided_at <= move.decided_at]
+    assert (move.best_mean, move.samples_best) == (pytest.approx(sum(base) / len(base)), len(base))
+    rows = coord.ledger.rows()
+    b = figures.compute(rows).best[HW]
+    assert (b.baseline, b.baseline_val_bpb, b.baseline_samples) == (root, pytest.approx(move.best_mean),
+                                                                     move.samples_best)
+    row = next(r for r in rows if r["experiment_id"] == rec.experiment_id)
+    assert row["best_mean"] == pytest.approx(move.best_mean)

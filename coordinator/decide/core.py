@@ -327,7 +327,7 @@ class Coordinator(Judging, Pooling):
         cs, bs = self.book.ref(hw, new), self.book.ref(hw, old)
         suspect = is_suspect(cs.confirm_mean, bs.confirm_mean, v.margin)
         reason = reason_prefix + v.reason + (" [suspect: confirm split got worse]" if suspect else "")
-        fields.update(samples_best=bs.n, mean=cs.mean)
+        fields.update(samples_best=bs.n, best_mean=bs.mean if bs.n else None, mean=cs.mean)
         # Ledger first, then the ref (CAS), then the broadcast: a restart re-applies a lost ref move.
         d = self._dec(rec, kind, reason, delta=v.delta, margin=v.margin, sigma=sigma, samples=v.samples,
                       best_before=old, best_after=new, suspect=suspect, merge_commit=merge_commit, **fields)

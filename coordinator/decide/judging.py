@@ -87,7 +87,7 @@ class Judging:
         bs, cs = self.book.ref(hw, best), self.book.of(hw, C)
         sigma, dof, rho = self.book.sigma(hw), self._dof(hw), self.book.rho(hw)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, samples=cs.n,
-                    mean=cs.mean if cs.n else None)
+                    mean=cs.mean if cs.n else None, best_mean=bs.mean if bs.n else None)
         if bs.n == 0:
             return self._dec(rec, "unjudged", "best has no samples yet", **info)
         bC, bB = self.commits.blob(C), self.commits.blob(best)
@@ -258,6 +258,7 @@ class Judging:
         added, removed = self.commits.diff_lines(best, M)
         v = judge(self.cfg, ms, bs, sigma, added - removed, dof=dof, looks=tuple(d.merge_looks), rho=rho)
         info = dict(sigma=sigma, dof=dof, samples_best=bs.n, best_before=best, delta_parent=d.delta_parent,
+                    best_mean=bs.mean if bs.n else None,
                     mean=d.mean, beat_best=d.beat_best, beat_parent=d.beat_parent, looks=d.looks)
         if v.decision in MOVES:
             return self._move_best(rec, hw, best, M, v, sigma, "merge", merge_commit=M, pooled=d.pooled,

@@ -232,4 +232,4 @@ class Pooling:
             self._dec(rec, "carried", f"its change reached best in {by.experiment_id}'s verified {how} "
                       f"{new[:10]}", best_before=old, best_after=None, merge_commit=new, delta=d.delta,
                       margin=d.margin, sigma=d.sigma, dof=d.dof, mean=d.mean, samples=d.samples,
-                      samples_best=d.samples_best, delta_parent=d.delta_parent)
+                      samples_best=d.samples_best, best_mean=d.best_mean, delta_parent=d.delta_parent)

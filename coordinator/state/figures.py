@@ -120,6 +120,23 @@ def delta_best(r: dict) -> float | None:
     return _num(v if v is not None else r.get("decision_delta"))
 
 
+def compared_best(r: dict) -> tuple[float, int] | None:
+    """Best as this decision compared a result with it: (best_before's mean, its samples). The
+    decision's `best_mean`; in a ledger from before decisions recorded it, mean + delta of a
+    decision that left best where it was (a move's `mean` is the new best's own). None when the
+    decision compared nothing with best."""
+    n = int(r.get("samples_best") or 0)
+    if not r.get("best_before") or n <= 0:
+        return None
+    bm = _num(r.get("best_mean"))
+    if bm is not None:
+        return bm, n
+    m, d, a = _num(r.get("mean")), delta_best(r), r.get("best_after")
+    if (a and a != r["best_before"]) or m is None or d is None:
+        return None
+    return m + d, n
+
+
 def delta_parent(r: dict) -> float | None:
     return _num(r.get("delta_parent"))
 
@@ -343,12 +360,11 @@ class Index:
             hw = r.get("hardware_class") or ""
             b, a = r.get("best_before"), r.get("best_after")
             m = _num(r.get("mean"))
-            # A record that moved best holds the new best's own mean (its runs besides the one
-            # that selected it), not the mean its delta was taken from: best as it was compared
-            # comes from the records that left best where it was.
-            moved = bool(a) and a != b
-            if b and not moved and m is not None and delta_best(r) is not None and r.get("samples_best"):
-                self.as_best[(hw, b)] = (m + delta_best(r), int(r["samples_best"]))
+            # Best as the decision with the most of its samples compared it (the latest of those):
+            # a `carried` decision, written when best moves, repeats its pending one's older figures.
+            v = compared_best(r)
+            if v is not None and v[1] >= self.as_best.get((hw, b), (0.0, 0))[1]:
+                self.as_best[(hw, b)] = v
             if a and m is not None and r.get("samples"):
                 self.moved_to[(hw, a)] = (m, int(r["samples"]))
 

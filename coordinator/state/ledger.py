@@ -10,7 +10,7 @@ flattened result fields `memory_gb`, `training_seconds`, `total_seconds`, `steps
 `num_params`, then the latest decision: `decision`, `decision_reason`, `best_before`,
 `best_after`, `decision_delta`, `margin`, `sigma`, `samples`, `suspect`, `merge_commit`,
 `decided_at`, `simplification`, and the labelled `delta_best` / `delta_parent` (+ = better), `dof`,
-`beat_best`, `mean`, `samples_best`, and the result's `contention` / `contended` / `node`. TSV
+`beat_best`, `mean`, `samples_best`, `best_mean`, and the result's `contention` / `contended` / `node`. TSV
 columns: commit val_bpb memory_gb status description agent program parent, then the rest in
 ROW_COLUMNS order; `status` uses the original's vocabulary (keep/discard/crash) plus ours
 (pending, conflict, did-not-stack, carried, unjudged, timeout, invalid, rejected, sample).
@@ -129,7 +129,7 @@ ROW_SCHEMA = pa.schema([
     # What the decision compared (views: coordinator/state/figures.py): the candidate's mean
     # over its samples and how many samples of best it was judged against; and the machine's
     # own speed during the run (a contended run is flagged by the runner).
-    ("mean", pa.float64()), ("samples_best", pa.int64()),
+    ("mean", pa.float64()), ("samples_best", pa.int64()), ("best_mean", pa.float64()),
     ("contention", pa.float64()), ("contended", pa.bool_()),
     # The host the run trained on: runs of one train.py on one node at the same time share the
     # machine's drift (promotion.concurrent)
@@ -166,7 +166,7 @@ def to_row(rec: ExperimentRecord, dec: Decision | None) -> dict:
                    simplification=dec.decision == "simplification", delta_best=dec.delta,
                    delta_parent=dec.delta_parent if dec.delta_parent is not None else rec.delta,
                    dof=dec.dof, beat_best=dec.beat_best, mean=dec.mean,
-                   samples_best=dec.samples_best)
+                   samples_best=dec.samples_best, best_mean=dec.best_mean)
     else:
         row.update(suspect=False, simplification=False, beat_best=False, delta_parent=rec.delta)
     row["status"] = tsv_status(rec.status, dec.decision if dec else None)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # record fields shown in the click panel, in this order (the rest is noise for a reviewer)
 PANEL_FIELDS = ("experiment_id", "kind", "agent", "program", "backend", "hardware_class", "seed",
                 "run_status", "reason", "decision", "decision_reason", "val_bpb",
-                "confirm_bpb", "parent_val_bpb", "mean", "samples", "samples_best", "delta_best",
+                "confirm_bpb", "parent_val_bpb", "mean", "samples", "samples_best", "best_mean", "delta_best",
                 "delta_parent", "margin", "sigma", "dof", "suspect", "contended", "contention",
                 "best_before", "best_after", "merge_commit", "lines_added", "lines_removed",
                 "fix_attempts", "training_seconds", "total_seconds", "memory_gb", "steps", "tokens",

@@ -55,7 +55,7 @@ def best_track(rows: list[dict], hw: str, fig: figures.Figures | None = None) ->
         pts.append((t0, b.baseline_val_bpb, b.baseline_samples, None))
     for r in cls:
         t = r.get("decided_at") or r.get("finished_at")
-        mean, d = _num(r.get("mean")), figures.delta_best(r)
+        mean = _num(r.get("mean"))
         if r.get("best_after") and r["best_after"] != cur:
             cur = r["best_after"]
             n = int(r.get("samples") or 0)
@@ -64,8 +64,8 @@ def best_track(rows: list[dict], hw: str, fig: figures.Figures | None = None) ->
                 mean, n = (sum(xs) / len(xs), len(xs)) if xs else (None, 0)
             if mean is not None:
                 pts.append((t, mean, max(n, 1), _num(r.get("sigma"))))
-        elif r.get("best_before") == cur and mean is not None and d is not None and r.get("samples_best"):
-            pts.append((t, mean + d, int(r["samples_best"]), _num(r.get("sigma"))))
+        elif r.get("best_before") == cur and (v := figures.compared_best(r)) is not None:
+            pts.append((t, v[0], v[1], _num(r.get("sigma"))))
     end = max((r.get("finished_at") or 0 for r in rows), default=0)
     if b.val_bpb is not None:
         # best's value now, from its last run on (its re-measures come after the decisions)

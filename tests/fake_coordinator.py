@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agents.backends.base import Proposal
 from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
+from coordinator.decide.tried import TriedStates
 
 TINY_TRAIN = '''"""A tiny stand-in train.py: the fake runner reads its constants."""
 LEARNING_RATE = 0.04  # per step
@@ -94,10 +95,18 @@ class FakeCoordinator:
         self.jobs: list[Job] = list(jobs or [])
         self.beats: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
+        self.tried = TriedStates()   # the real rule (tests/test_tried.py), not a copy of it
 
     def claim(self, hardware_class: str, blob: str, experiment_id: str) -> str | None:
-        """Never refuses a state (the real rule: coordinator/decide/tried.py, tests/test_tried.py)."""
-        return None
+        """As the real coordinator: None when no run of the class trained or is training this
+        train.py (held now for `experiment_id`), else a line naming the run that holds it."""
+        held = self.tried.claim(hardware_class, blob, experiment_id)
+        if held is None:
+            return None
+        rec, d = self.records.get(held), self.decisions.get(held)
+        if rec is None:
+            return f"experiment {held} is training this train.py"
+        return f"{rec.agent}'s {rec.kind} {held} trained this train.py ({d.decision if d else 'undecided'})"
 
     def begin(self, started: StartedExperiment) -> None:
         self.started[started.experiment_id] = started
@@ -117,6 +126,7 @@ class FakeCoordinator:
             hw = record.hardware_class
             best = self.bests.get(hw)
             if record.status != "ok":
+                self.tried.release(record.experiment_id)   # nothing measured: it may be tried again
                 kind = record.status
             elif record.kind != "experiment":
                 kind = "sample"

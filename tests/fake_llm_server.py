@@ -4,7 +4,9 @@ Each request takes the next step of the script: ("ok", content[, prompt_tokens,
 completion_tokens]), ("status", code), ("hang", seconds), ("garbage",), ("nochoices",),
 ("raw", code, content_type, body) (a proxy's HTML page, a huge error body),
 ("follow",): a model that follows the user turn (it answers with the first search/replace
-example it reads there, else in prose, as a model that never saw the format does).
+example it reads there, else in prose, as a model that never saw the format does; shown the same
+example again, on a file nothing has changed, it tries another value: 3x, 4x, ... the old one,
+as a model that reads its earlier results does: the coordinator refuses a train.py tried before).
 When the script runs out the last step repeats. Requests are remembered for assertions.
 
 `drop_system=True` is a chat template without a system role: the model never sees it.
@@ -23,14 +25,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 _EXAMPLE = re.compile(r"^DESCRIPTION:.*?^>>>>>>> REPLACE$", re.M | re.S)
 
 
-def follow_user_turn(messages: list[dict]) -> str:
+_DOUBLE = re.compile(r"^DESCRIPTION: double (?P<name>\w+) \((?P<old>[\d.]+) -> (?P<new>[\d.]+)\)$", re.M)
+
+
+def follow_user_turn(messages: list[dict], seen: dict[str, int] | None = None) -> str:
     """What a small instruction-following model answers: it copies the worked example of the
-    last user turn (the format and lines that are in the file), or talks prose without one."""
+    last user turn (the format and lines that are in the file), or talks prose without one.
+    `seen`: how often each example was answered before (the k-th repeat scales the old value
+    by k + 2 instead of doubling it)."""
     user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
     m = _EXAMPLE.search(user)
     if m is None:
         return "I would increase the learning rate, since the model seems to underfit."
-    return "Sure! Here is my proposal.\n\n```\n" + m.group(0) + "\n```\n"
+    example = m.group(0)
+    k = 0
+    if seen is not None:
+        k = seen.get(example, 0)
+        seen[example] = k + 1
+    d = _DOUBLE.search(example)
+    if k and d:
+        old = d.group("old")
+        new = repr(float(old) * (k + 2)) if "." in old else str(int(old) * (k + 2))
+        name = d.group("name")
+        example = example.replace(d.group(0), f"DESCRIPTION: {name} {old} -> {new} (try {k + 1})")
+        head, tail = example.split("=======", 1)   # the REPLACE side only: SEARCH stays the file's line
+        tail = re.sub(rf"^({name}\s*=\s*){re.escape(d.group('new'))}(?=\s|$)", rf"\g<1>{new}", tail,
+                      count=1, flags=re.M)
+        example = head + "=======" + tail
+    return "Sure! Here is my proposal.\n\n```\n" + example + "\n```\n"
 
 
 class FakeLLMServer:
@@ -42,6 +64,7 @@ class FakeLLMServer:
         self.seen: list[list[dict]] = []      # the messages the "model" saw (after the template)
         self.closed_by_client = 0             # hung requests whose client closed the connection
         self._i = 0
+        self._follow_seen: dict[str, int] = {}   # the follow model's memory
         self._lock = threading.Lock()
         self._stop = threading.Event()
         server = self
@@ -129,7 +152,7 @@ class FakeLLMServer:
             payload = json.dumps({"id": "x", "object": "chat.completion", "created": int(time.time()),
                                   "model": body.get("model"), "choices": []}).encode()
         else:
-            content = follow_user_turn(msgs) if kind == "follow" else step[1]
+            content = follow_user_turn(msgs, self._follow_seen) if kind == "follow" else step[1]
             pt = step[2] if len(step) > 2 else 100
             ct = step[3] if len(step) > 3 else 50
             payload = json.dumps({

@@ -147,3 +147,25 @@ def test_a_restarted_coordinator_still_knows_what_was_tried(tmp_path, coord, red
     text = TINY_TRAIN.replace("LEARNING_RATE = 0.04", "LEARNING_RATE = 0.05")
     held = again.claim(HW, object_id("blob", text.encode()), "e9")
     assert held == f"a0's experiment {first.experiment_id} trained this train.py (discard)"
+
+
+def test_the_agent_tests_fake_coordinator_refuses_a_tried_state_as_the_real_one_does(tmp_path):
+    """tests/fake_coordinator.py used to accept every claim: agent tests never saw the refusal the
+    real coordinator gives (two LLM-night scripts repeated one edit and passed). It holds states
+    by the real rule (TriedStates) and answers in the same words."""
+    from tests.fake_coordinator import FakeCoordinator, make_research_repo
+
+    make_research_repo(tmp_path / "home")
+    fake, runner = FakeCoordinator(), Counted()
+    a0 = agent(tmp_path, fake, "a0", [lr("0.04", "0.05", "worse")], runner)
+    a1 = agent(tmp_path, fake, "a1", [lr("0.04", "0.05", "worse again"), lr("0.04", "0.03", "better")], runner)
+    a0._iteration()   # its baseline (the fake hands out no jobs: an agent measures its start itself)
+    a0._iteration()
+    a1._iteration()
+    a1._iteration()
+    recs = {r.description: r for r in fake.all_records() if r.kind == "experiment"}
+    first, dup = recs["worse"], recs["worse again"]
+    assert first.status == "ok" and dup.status == "invalid" and dup.commit is None
+    assert dup.reason == f"already tried: a0's experiment {first.experiment_id} trained this train.py (discard)"
+    assert recs["better"].status == "ok"
+    assert runner.trained.count(TINY_TRAIN.replace("LEARNING_RATE = 0.04", "LEARNING_RATE = 0.05")) == 1

@@ -222,8 +222,7 @@ class Coordinator(Judging, Pooling):
         m2, dof, measured, swarms = self.history.prior(hw)
         rho, rho_dof = self.history.rho(hw)
         if dof > 0:
-            self.book.set_prior(hw, m2, dof, f"{swarms} earlier swarm(s), {measured} dof", measured, swarms,
-                                rho, rho_dof)
+            self.book.set_prior(hw, m2, dof, measured, swarms, rho, rho_dof)
             log.info("class %s: noise history sigma %.4f from %d earlier swarm(s) (%d dof, weighed as %d)",
                      hw, (m2 / dof) ** 0.5, swarms, measured, dof)
 

@@ -56,7 +56,6 @@ class CodeSamples:
 class Prior:
     m2: float = 0.0
     dof: int = 0
-    source: str = ""          # what it came from, for the one line `swarm run` prints
     dropped: bool = False     # the swarm's own runs disagreed with it
     measured: int = 0         # the degrees of freedom those swarms measured (dof: their capped weight)
     swarms: int = 0           # how many earlier swarms it comes from
@@ -117,10 +116,10 @@ class SampleBook:
         self.groups[(hw, self.commits.blob(commit))] = Samples()
 
     # -- noise ------------------------------------------------------------------------------
-    def set_prior(self, hw: str, m2: float, dof: int, source: str, measured: int = 0, swarms: int = 0,
+    def set_prior(self, hw: str, m2: float, dof: int, measured: int = 0, swarms: int = 0,
                   rho: float | None = None, rho_dof: int = 0) -> None:
         """Noise from earlier swarms (history.py), already capped in weight."""
-        self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0), source=source,
+        self.priors[hw] = Prior(m2=max(m2, 0.0), dof=max(int(dof), 0),
                                 measured=measured or max(int(dof), 0), swarms=swarms, rho=rho, rho_dof=rho_dof)
 
     def shared(self, hw: str) -> bool:

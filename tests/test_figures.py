@@ -126,6 +126,8 @@ def test_the_baseline_is_what_the_first_move_was_judged_against_not_an_older_dec
         b = figures.compute(rows).best[HW]
         assert (b.baseline_val_bpb, b.baseline_samples) == (pytest.approx(base9), 9)
         assert b.steps[0].delta == pytest.approx(b.baseline_val_bpb - 2.3614)
+        # the step says both means it compared (its runs': best's less the delta)
+        assert b.steps[0].verified == ("1 run of its own (2.3614) beat best 2.4099 (9 samples)"), b.steps[0].verified
     # a ledger from before decisions recorded best_mean: as before (mean + delta of a decision
     # that left best where it was)
     old = {k: v for k, v in move.items() if k != "best_mean"}

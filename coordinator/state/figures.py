@@ -297,18 +297,23 @@ def plural(k: int, word: str) -> str:
 
 
 def _verified(r: dict) -> str:
-    """How a move was verified, in words."""
+    """How a move was verified, in words: with the two means it compared (best's, and the
+    candidate's runs' = best's less the delta) where the decision recorded best's."""
     d, n, nb = r.get("decision"), int(r.get("samples") or 0), int(r.get("samples_best") or 0)
-    m = _num(r.get("margin"))
+    m, bm, delta = _num(r.get("margin")), _num(r.get("best_mean")), delta_best(r)
     best = f"best ({plural(nb, 'sample')})" if nb else "best"
+    own = ""
+    if bm is not None and nb:
+        best = f"best {bm:.4f} ({plural(nb, 'sample')})"
+        own = f" ({bm - delta:.4f})" if delta is not None else ""
     by = f" by more than the margin {m:.4f}" if m is not None else ""
     if d == "merge":
         if r.get("merge_commit") and r.get("merge_commit") != r.get("commit"):
-            return f"merged onto best; {plural(n, 'verification run')} of the merged commit beat {best}{by}"
-        return f"its own train.py put onto best; {plural(n, 'run')} of it beat {best}{by}"
+            return f"merged onto best; {plural(n, 'verification run')} of the merged commit{own} beat {best}{by}"
+        return f"its own train.py put onto best; {plural(n, 'run')} of it{own} beat {best}{by}"
     if d == "simplification":
-        return f"removes lines and stays within the noise of {best}: {plural(n, 'run')}"
-    return f"{plural(n, 'run')} of its own beat {best}{by}"
+        return f"removes lines and stays within the noise of {best}: {plural(n, 'run')}{own}"
+    return f"{plural(n, 'run')} of its own{own} beat {best}{by}"
 
 
 def steps(rows: list[dict], hw: str | None = None) -> list[Step]:

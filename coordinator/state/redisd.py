@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from coordinator.state import aof
 from coordinator.state.procs import alive
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class RedisDaemon:
         self._password, self._port = password, port
         if self.running():
             return self
+        if (self.dir / "appendonlydir").is_dir():
+            # a transaction a crash cut short must not come back at the next start (aof.py)
+            aof.repair(self.dir / "appendonlydir")
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{password} {port}\n")

@@ -87,3 +87,30 @@ def test_what_the_repair_cuts_and_what_it_leaves(tmp_path):
     (tmp_path / "appendonlydir" / "x.incr.aof").write_bytes(b"garbage" + whole)
     assert aof.repair(tmp_path / "appendonlydir") == []
     assert (tmp_path / "appendonlydir" / "x.incr.aof").read_bytes() == b"garbage" + whole
+
+
+def test_no_repair_under_a_server_still_alive(tmp_path, monkeypatch):
+    """A server busy loading a big AOF does not answer a ping, and start() goes on as if it were
+    gone: rewriting the file it appends to would lose its writes (they go to the replaced file)."""
+    import subprocess
+
+    from coordinator.state import redisd
+
+    d = RedisDaemon(tmp_path / "redis").start()
+    d.stop(kill=True)
+    called: list = []
+    monkeypatch.setattr(redisd.aof, "repair", lambda p: called.append(p) or [])
+    holder = subprocess.Popen(["sleep", "60"])   # stands for the live, silent server
+    try:
+        d.pidfile.write_text(f"{holder.pid}\n")
+        d.start()
+        assert called == []
+        d.stop(kill=True)
+        holder.kill()
+        holder.wait()
+        d.pidfile.write_text(f"{holder.pid}\n")   # a dead process's pid file: repaired as ever
+        d.start()
+        assert called == [d.dir / "appendonlydir"]
+    finally:
+        holder.kill()
+        d.stop(kill=True)

@@ -71,8 +71,9 @@ class RedisDaemon:
         self._password, self._port = password, port
         if self.running():
             return self
-        if (self.dir / "appendonlydir").is_dir():
-            # a transaction a crash cut short must not come back at the next start (aof.py)
+        if (self.dir / "appendonlydir").is_dir() and not self._holder_alive():
+            # a transaction a crash cut short must not come back at the next start (aof.py); never
+            # under a server still alive (one busy loading does not answer a ping): it writes there
             aof.repair(self.dir / "appendonlydir")
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -122,6 +123,13 @@ class RedisDaemon:
             return bool(redis.Redis(host="127.0.0.1", port=self._port, password=self._password,
                                     socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping())
         except (redis.RedisError, OSError):
+            return False
+
+    def _holder_alive(self) -> bool:
+        """Whether the pid file names a live process (answering or not)."""
+        try:
+            return alive(int(self.pidfile.read_text().strip()))
+        except (OSError, ValueError):
             return False
 
     def running(self) -> bool:

@@ -42,9 +42,18 @@ class Cut:
         return f"{self.file}: bytes {self.start}-{self.end} ({self.end - self.start}) removed: {self.why}"
 
 
-def _line(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+def _header(buf: bytes, pos: int, mark: bytes) -> tuple[int, int] | None:
+    """The number on the line at `pos` that starts with `mark` (`*` argc, `$` length) and where the
+    next line starts; None when the line is cut off. Raises _Malformed for any other line."""
+    if buf[pos:pos + 1] != mark:
+        raise _Malformed(pos)
     e = buf.find(b"\r\n", pos)
-    return None if e < 0 else (buf[pos:e], e + 2)
+    if e < 0:
+        return None
+    try:
+        return int(buf[pos + 1:e]), e + 2
+    except ValueError:
+        raise _Malformed(pos) from None
 
 
 def _commands(buf: bytes):
@@ -52,66 +61,50 @@ def _commands(buf: bytes):
     Raises _Malformed for bytes that are no AOF command at a command boundary."""
     pos, n = 0, len(buf)
     while pos < n:
-        head = buf[pos:pos + 1]
-        if head == b"#":   # an annotation (aof-timestamp-enabled): one line
-            ln = _line(buf, pos)
-            if ln is None:
+        if buf[pos:pos + 1] == b"#":   # an annotation (aof-timestamp-enabled): one line
+            e = buf.find(b"\r\n", pos)
+            if e < 0:
                 yield ("short", pos)
                 return
-            pos = ln[1]
+            pos = e + 2
             continue
-        if head != b"*":
-            raise _Malformed(pos)
-        ln = _line(buf, pos)
-        if ln is None:
+        h = _header(buf, pos, b"*")
+        if h is None:
             yield ("short", pos)
             return
-        try:
-            argc = int(ln[0][1:])
-        except ValueError:
-            raise _Malformed(pos) from None
-        p, name = ln[1], b""
+        argc, p = h
+        name = b""
         for i in range(argc):
-            if p >= n:
+            h = _header(buf, p, b"$") if p < n else None
+            if h is None or h[1] + h[0] + 2 > n:
                 yield ("short", pos)
                 return
-            if buf[p:p + 1] != b"$":
-                raise _Malformed(p)
-            ln = _line(buf, p)
-            if ln is None:
-                yield ("short", pos)
-                return
-            try:
-                size = int(ln[0][1:])
-            except ValueError:
-                raise _Malformed(p) from None
-            start, end = ln[1], ln[1] + size
-            if end + 2 > n:
-                yield ("short", pos)
-                return
+            size, start = h
             if i == 0:
-                name = buf[start:end].upper()
-            p = end + 2
+                name = buf[start:start + size].upper()
+            p = start + size + 2
         yield (pos, p, name)
         pos = p
 
 
-def _spans(cmds: list[tuple[int, int, bytes]], file: str, why: str) -> list[Cut]:
-    """Cuts covering `cmds` but their SELECTs (a database switch redis writes before the first
-    write after a start: it belongs to what follows, and is harmless to keep)."""
-    out: list[Cut] = []
+def _cut(cuts: list[Cut], file: str, start: int, end: int, why: str) -> None:
+    """Add [start, end) to `cuts` (in order), joined to the last cut when they touch."""
+    if cuts and cuts[-1].end == start:
+        cuts[-1].end = end
+    else:
+        cuts.append(Cut(file, start, end, why))
+
+
+def _cut_commands(cuts: list[Cut], cmds: list[tuple[int, int, bytes]], file: str, why: str) -> None:
+    """Cut `cmds` but their SELECTs (a database switch redis writes before the first write after a
+    start: it belongs to what follows, and is harmless to keep)."""
     for start, end, name in cmds:
-        if name == b"SELECT":
-            continue
-        if out and out[-1].end == start:
-            out[-1].end = end
-        else:
-            out.append(Cut(file, start, end, why))
-    return out
+        if name != b"SELECT":
+            _cut(cuts, file, start, end, why)
 
 
 def cuts_of(buf: bytes, file: str = "") -> list[Cut]:
-    """What repair() removes from one incremental AOF's bytes (raises _Malformed)."""
+    """What repair() removes from one incremental AOF's bytes, in order (raises _Malformed)."""
     cuts: list[Cut] = []
     open_: list[tuple[int, int, bytes]] | None = None   # the commands since an unclosed MULTI
     short: int | None = None
@@ -122,28 +115,18 @@ def cuts_of(buf: bytes, file: str = "") -> list[Cut]:
         name = c[2]
         if name == b"MULTI":
             if open_ is not None:
-                cuts += _spans(open_, file, "a transaction never closed (MULTI without EXEC), "
-                                            "followed by later writes")
+                _cut_commands(cuts, open_, file, "a transaction never closed (MULTI without EXEC), "
+                                                 "followed by later writes")
             open_ = [c]
         elif name == b"EXEC":
             open_ = None
         elif open_ is not None:
             open_.append(c)
     if open_ is not None:
-        cuts += _spans(open_, file, "a transaction cut short at the end of the file")
+        _cut_commands(cuts, open_, file, "a transaction cut short at the end of the file")
     if short is not None:
-        cuts += [Cut(file, short, len(buf), "a command cut short at the end of the file")]
-    return _merged(cuts)
-
-
-def _merged(cuts: list[Cut]) -> list[Cut]:
-    out: list[Cut] = []
-    for c in sorted(cuts, key=lambda c: c.start):
-        if out and out[-1].end >= c.start:
-            out[-1].end = max(out[-1].end, c.end)
-        else:
-            out.append(c)
-    return out
+        _cut(cuts, file, short, len(buf), "a command cut short at the end of the file")
+    return cuts
 
 
 def _incr_files(appendonlydir: Path) -> list[Path]:

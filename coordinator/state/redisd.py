@@ -125,21 +125,21 @@ class RedisDaemon:
         except (redis.RedisError, OSError):
             return False
 
+    def _pidfile_pid(self) -> int | None:
+        """The pid the pid file names (None: no file, or not a number)."""
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def _holder_alive(self) -> bool:
         """Whether the pid file names a live process (answering or not)."""
-        try:
-            return alive(int(self.pidfile.read_text().strip()))
-        except (OSError, ValueError):
-            return False
+        pid = self._pidfile_pid()
+        return pid is not None and alive(pid)
 
     def running(self) -> bool:
-        if not self.pidfile.exists():
-            return False
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except ValueError:
-            return False
-        if not alive(pid):  # a SIGKILLed server leaves its pidfile (and maybe a zombie) behind
+        pid = self._pidfile_pid()
+        if pid is None or not alive(pid):  # a SIGKILLed server leaves its pidfile (and maybe a zombie) behind
             return False
         self.pid = pid
         return self._ping()
@@ -161,12 +161,7 @@ class RedisDaemon:
 
     def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop the server this daemon started, by its PID (SIGKILL when kill=True)."""
-        pid = self.pid
-        if pid is None and self.pidfile.exists():
-            try:
-                pid = int(self.pidfile.read_text().strip())
-            except ValueError:
-                pid = None
+        pid = self.pid if self.pid is not None else self._pidfile_pid()
         if pid is None:
             return
         try:

@@ -300,12 +300,12 @@ def _verified(r: dict) -> str:
     """How a move was verified, in words: with the two means it compared (best's, and the
     candidate's runs' = best's less the delta) where the decision recorded best's."""
     d, n, nb = r.get("decision"), int(r.get("samples") or 0), int(r.get("samples_best") or 0)
-    m, bm, delta = _num(r.get("margin")), _num(r.get("best_mean")), delta_best(r)
+    m, cb, delta = _num(r.get("margin")), compared_best(r), delta_best(r)
     best = f"best ({plural(nb, 'sample')})" if nb else "best"
     own = ""
-    if bm is not None and nb:
-        best = f"best {bm:.4f} ({plural(nb, 'sample')})"
-        own = f" ({bm - delta:.4f})" if delta is not None else ""
+    if cb is not None:   # a move's record says best's mean only as best_mean
+        best = f"best {cb[0]:.4f} ({plural(nb, 'sample')})"
+        own = f" ({cb[0] - delta:.4f})" if delta is not None else ""
     by = f" by more than the margin {m:.4f}" if m is not None else ""
     if d == "merge":
         if r.get("merge_commit") and r.get("merge_commit") != r.get("commit"):

@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="proposal backend, for every program or one (repeatable; default mutate; "
                          "auto: what swarm run makes of it offline on one node, per program)")
     ap.add_argument("--dwell-runs", type=int, default=None, help="AllocationConfig.dwell_runs (default: the config's)")
+    ap.add_argument("--inert-dwell-runs", type=int, default=None, help="AllocationConfig.inert_dwell_runs")
     ap.add_argument("--prior-moves", type=float, default=None,
                     help="AllocationConfig.prior_moves (default: the config's)")
     ap.add_argument("--pending-weight", type=float, default=None,
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     alloc = {}   # the config's defaults unless given
-    for key in ("min_agents", "dwell_runs", "prior_moves", "pending_weight", "inert_prior", "effect_sigmas", "share"):
+    for key in ("min_agents", "dwell_runs", "inert_dwell_runs", "prior_moves", "pending_weight", "inert_prior",
+                "effect_sigmas", "share"):
         if getattr(a, key) is not None:
             alloc[key] = getattr(a, key)
     backends = parse_backends(a.backend)

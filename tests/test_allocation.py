@@ -420,7 +420,7 @@ def test_swarm_yaml_allocation_becomes_the_coordinators_spec(tmp_path):
     with pytest.raises(ConfigError, match="inert_prior"):
         parse_config({**data, "allocation": {"inert_prior": 1.0}}, "swarm.yaml", env={})
     got = parse_config({**data, "allocation": {}}, "swarm.yaml", env={}).allocation   # the defaults
-    assert (got.share, got.inert_prior, got.dwell_runs) == ("p_best", 0.0, 6)
+    assert (got.share, got.inert_prior, got.dwell_runs, got.inert_dwell_runs) == ("p_best", 0.5, 6, 1)
     with pytest.raises(ConfigError, match="share 'active' .*inert_prior") as e:
         parse_config({**data, "allocation": {"share": "active", "inert_prior": 0}}, "swarm.yaml", env={})
     assert "\n" not in str(e.value)
@@ -596,6 +596,33 @@ def test_a_program_whose_changes_do_nothing_gives_its_agents_away_before_any_mov
         assert 0.05 < {y.program: y for y in a.yields()}["barren"].inert < 0.3
         measured(lg, "b0", "barren", -4.0)
         assert {y.program: y for y in a.yields()}["barren"].inert < 0.001
+
+
+def test_an_agent_leaves_a_program_probably_inert_before_its_dwell_is_over(ledger):
+    """inert_dwell_runs: every change of `barren` left val_bpb within the noise (P inert above 0.8),
+    while `good` and `third` changed it by 3-4 sds. An agent with two runs on barren, under a
+    dwell of 6, may leave it at once; with `inert_dwell_runs: null` (dwell_runs for every program,
+    the rule before) it waits out the 6; an agent with as few runs on `third` (active) waits in
+    either case. On bench/allocation.py the short dwell was what made the inert evidence count:
+    barren 1.13 times static's speed where the dwell of 6 for all gave 0.98."""
+    for short, moves in ((1, True), (None, False)):
+        lg = Ledger(ledger.r, f"alloc-inert-dwell-{short}")
+        a = Allocation.configure(lg, spec(min_agents=1, dwell_runs=6, inert_prior=0.5, inert_dwell_runs=short))
+        for z_good, z_third, z_barren in ((3.5, -4.0, 0.4), (-3.0, 3.2, -0.7)):
+            measured(lg, "g0", "good", z_good)
+            measured(lg, "t0", "third", z_third)
+            measured(lg, "t1", "third", -z_third)
+            measured(lg, "b0", "barren", z_barren)
+            measured(lg, "b1", "barren", -z_barren / 2)
+        assert {y.program: y for y in a.yields()}["barren"].inert > 0.8
+        assert a.assign("t1", "third") is None            # active: 2 runs of its dwell of 6
+        got = a.assign("b1", "barren")
+        if moves:
+            assert got is not None and got.name == "good", got
+            assert a.assign("b0", "barren") is None      # the floor: one stays, exploring
+        else:
+            assert got is None
+        assert a.assign("t0", "third") is None
 
 
 def test_the_effect_of_a_change_is_read_from_its_own_decision_fields(ledger):

@@ -33,9 +33,13 @@ On bench/allocation.py (barren, seeds 0..23) weight 1 gave 11.96 rounds to the t
 12.54 at dwell 6 and 11.92 against 11.75 at dwell 2: no difference within the noise
 (bench/results/allocation-2026-12-04.txt), so it is off.
 
-Inert programs (`inert_prior`, default 0: off): a program whose every change left val_bpb within the
-noise gets a probability of being unable to move best at all (Allocation._inert); under `share:
-p_best` it scales the program's rate towards 0 in the draws.
+Inert programs (`inert_prior`, default 0.5; 0: off): a program whose every change left val_bpb
+within the noise gets a probability of being unable to move best at all (Allocation._inert); under
+`share: p_best` it scales the program's rate towards 0 in the draws, and an agent on a program
+probably inert may leave it after `inert_dwell_runs` runs (1) rather than `dwell_runs` (6). Without
+the short dwell the inert evidence came too late to matter (the agents left at the dwell's end, by
+round 7, and half the reachable gain came at round 12); with it, the bench's barren programs give
+their agents away from round 3 (AllocationConfig.inert_dwell_runs has the figures).
 
 Shares by activity (`share: active`, with inert_prior; not the default): the agents above the floors are shared by
 weight x P(not inert), evenly among the programs that can move best at all, and the rates only
@@ -106,6 +110,8 @@ DRAWS = 1024
 # A draw in which a program is inert scales its rate by this: it can win only when every program
 # drew inert (then the draws' order among them decides, as among programs nothing told apart).
 INERT_SCALE = 1e-6
+# P(inert) from which a program counts as inert for inert_dwell_runs.
+INERT_SURE = 0.8
 
 
 class _M(BaseModel):
@@ -134,6 +140,14 @@ class AllocationConfig(_M):
     # (bench/results/allocation-2026-12-03.txt); share active, which moves an agent only between
     # programs told apart as inert or not, needs 2 (3.8-4.2 moves a night).
     dwell_runs: int = Field(default=6, ge=1)
+    # Runs before an agent may leave a program that is probably inert (P(inert) at least INERT_SURE,
+    # which needs inert_prior): a program whose changes do nothing gives its agents above the floor
+    # away after this many, not dwell_runs; null: dwell_runs for every program. The evidence is the
+    # program's (every agent's runs on it), so one run of the agent's own is enough. Measured on
+    # bench/allocation.py with inert_prior 0.5 (bench/results/allocation-inert-dwell-2026-12-07.txt):
+    # barren 1.13 times static's speed over 36 seeds (dwell 6 for all: 0.98), tuned 1.29 (1.05),
+    # real 1.24 (1.23), equal 0.97 (0.99), the late bloomer's share 0.183 (0.172).
+    inert_dwell_runs: int | None = Field(default=1, ge=1)
     prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
     # Unverified evidence: a candidate still pending in its sequential test with a positive delta
     # counts this fraction of that delta (and of a move) for its program until its decision is
@@ -141,10 +155,10 @@ class AllocationConfig(_M):
     pending_weight: float = Field(default=0.0, ge=0, le=1)
     # Inert programs: the prior probability that a program's changes do nothing measurable (0: never
     # suspect it), and how far, in sigmas of one run, an active program's changes move val_bpb
-    # (the spread of its effects): see Allocation._inert. Under share p_best it moved agents off the
-    # barren programs of bench/allocation.py by round 3-4 and the target came no sooner (the rates'
-    # split of the rest was the trouble); share active is built on it.
-    inert_prior: float = Field(default=0.0, ge=0, lt=1)
+    # (the spread of its effects): see Allocation._inert. Under share p_best, alone, it moved agents
+    # off the barren programs of bench/allocation.py by round 3-4 and the target came no sooner;
+    # with inert_dwell_runs it does (above). share active is built on it.
+    inert_prior: float = Field(default=0.5, ge=0, lt=1)
     effect_sigmas: float = Field(default=3.0, gt=0)
     # How the agents above the floors are shared: `p_best` (Thompson: by each program's probability
     # of having the highest rate of gain) or `active` (by weight among the programs that can move
@@ -442,7 +456,7 @@ class Allocation:
             if cur is None or cur.pinned:
                 return None
             runs = self.runs.get(agent, 0)
-            if runs - self.moved_at.get(agent, 0) < self.cfg.dwell_runs:
+            if runs - self.moved_at.get(agent, 0) < self._dwell(program):
                 return None
             counts = self._counts()
             floor = self.floor()
@@ -485,6 +499,14 @@ class Allocation:
             self._follow()  # applies the move as any coordinator would read it: once
             log.info("allocation: %s moves %s -> %s: %s", agent, program, to, reason)
             return self.programs[to]
+
+    def _dwell(self, program: str) -> int:
+        """Runs an agent spends on `program` before it may move: inert_dwell_runs when the program is
+        probably inert, else dwell_runs."""
+        short = self.cfg.inert_dwell_runs
+        if short is not None and short < self.cfg.dwell_runs and self._inert()[program] >= INERT_SURE:
+            return short
+        return self.cfg.dwell_runs
 
     def _leave(self, agent: str, program: str, why: str) -> ProgramSpec | None:
         if program in self.programs and self.programs[program].pinned:

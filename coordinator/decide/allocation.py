@@ -245,6 +245,10 @@ class Allocation:
         self._own: dict[str, float] = {}         # experiment id -> its latest own delta vs best
         self._pending: dict[str, float] = {}     # experiment id -> its delta while pending (> 0)
         self._z: dict[str, float] = {}           # experiment id -> its change's effect, in sds
+        # program -> the sum of its counted effects' log-likelihood ratios, inert over active (kept
+        # as the effects arrive: every agent's boundary asks for P(inert), see _dwell)
+        self._llr: dict[str, float] = {n: 0.0 for n in names}
+        self._counted: dict[str, tuple[str, float]] = {}   # experiment id -> (program, its term)
         self.history: list[Assignment] = []
         self.spent: set[str] = set()             # programs an agent's backend refused since best moved
         self._recent: deque[tuple[str, float]] = deque(maxlen=RECENT)  # (program, seconds) of the last runs
@@ -286,6 +290,8 @@ class Allocation:
         if typ == "record":
             rec = ExperimentRecord.model_validate_json(js)
             self._rec_program[id] = rec.program
+            if id in self._z:
+                self._count_effect(id)   # its decision came first
             if rec.status == "invalid":
                 # an edit never trained (a state already tried, a refused proposal) is no run on
                 # its program: neither the dwell nor a fractional floor's window counts it
@@ -327,6 +333,7 @@ class Allocation:
             z = _effect(d)
             if z is not None:
                 self._z[id] = z
+                self._count_effect(id)
         elif typ == "allocation":
             a = Assignment.model_validate_json(js)
             self.program_of[a.agent] = a.program
@@ -415,15 +422,26 @@ class Allocation:
         out = {n: 0.0 for n in self.programs}
         if pi <= 0:
             return out
-        v1 = 1.0 + self.cfg.effect_sigmas ** 2
-        log_odds = {n: math.log(pi / (1.0 - pi)) for n in self.programs}
-        for id, z in self._z.items():
-            prog = self._rec_program.get(id)
-            if prog in log_odds:   # log N(z; 0, 1) - log N(z; 0, v1)
-                log_odds[prog] += 0.5 * math.log(v1) - 0.5 * z * z * (1.0 - 1.0 / v1)
+        log_odds = {n: math.log(pi / (1.0 - pi)) + self._llr[n] for n in self.programs}
         # a program credited with half a move of best or more has moved val_bpb: active
         return {n: 0.0 if self.moves[n] >= 0.5 else 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
                 for n, x in log_odds.items()}
+
+    def _count_effect(self, id: str) -> None:
+        """Add experiment `id`'s latest effect to its program's log-likelihood ratio, inert over
+        active: log N(z; 0, 1) - log N(z; 0, 1 + effect_sigmas^2), replacing the term an earlier
+        decision of the same experiment added."""
+        prog = self._rec_program.get(id)
+        if prog not in self._llr:
+            return
+        old = self._counted.get(id)
+        if old is not None:
+            self._llr[old[0]] -= old[1]
+        v1 = 1.0 + self.cfg.effect_sigmas ** 2
+        z = self._z[id]
+        term = 0.5 * math.log(v1) - 0.5 * z * z * (1.0 - 1.0 / v1)
+        self._llr[prog] += term
+        self._counted[id] = (prog, term)
 
     def _counts(self) -> dict[str, int]:
         counts = {n: 0 for n in self.programs}

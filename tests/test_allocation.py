@@ -625,6 +625,26 @@ def test_an_agent_leaves_a_program_probably_inert_before_its_dwell_is_over(ledge
         assert a.assign("t0", "third") is None
 
 
+def test_status_says_a_program_is_inert_only_on_evidence(ledger):
+    """With inert_prior 0.5 (the default) a program that has run only baselines, or one change,
+    has P(inert) at or near its prior: `swarm status` must not say its changes left val_bpb within
+    the noise (it said so of every program of a fresh swarm at 0.50). It says so from P(inert) 0.8,
+    where the allocation acts on it (the short dwell)."""
+    a = Allocation.configure(ledger, spec(min_agents=1, dwell_runs=6, inert_prior=0.5))
+    run(ledger, "g0", "good", kind="baseline", commit="root", job="baseline-1")
+    run(ledger, "b0", "barren", kind="baseline", commit="root", job="baseline-2")
+    measured(ledger, "t0", "third", 0.3)
+
+    def said() -> str:
+        return "\n".join(program_lines([y.model_dump() for y in a.yields()]))
+
+    assert "P inert" not in said(), said()
+    for z in (0.4, -0.6, 0.2):
+        measured(ledger, "b0", "barren", z)
+    lines = [ln for ln in said().splitlines() if "P inert" in ln]
+    assert len(lines) == 1 and lines[0].startswith("  barren: "), said()
+
+
 def test_the_effect_of_a_change_is_read_from_its_own_decision_fields(ledger):
     """_effect uses the delta against the candidate's parent, never against best (a candidate
     made on an older best carries best's other changes), and nothing before sigma has 2 dof."""

@@ -110,7 +110,8 @@ DRAWS = 1024
 # A draw in which a program is inert scales its rate by this: it can win only when every program
 # drew inert (then the draws' order among them decides, as among programs nothing told apart).
 INERT_SCALE = 1e-6
-# P(inert) from which a program counts as inert for inert_dwell_runs.
+# P(inert) from which a program counts as inert: inert_dwell_runs applies, and `swarm status` says its
+# changes left val_bpb within the noise (a program with no evidence sits at inert_prior).
 INERT_SURE = 0.8
 
 

@@ -17,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.decide.allocation import INERT_SURE
 from coordinator.state import figures, keys
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def program_lines(progs: list[dict]) -> list[str]:
                    f"{'s' if p['agents'] != 1 else ''}, yield {p['yield_']:.4f}±{p['sd']:.4f} bpb/device-h "
                    f"({p['credit']:.4f} bpb in {p['hours']:.2f} h), {p['share'] * 100:.0f}% of device-hours"
                    + (f"; its changes left val_bpb within the noise (P inert {p['inert']:.2f})"
-                      if p.get("inert", 0.0) >= 0.5 else ""))
+                      if p.get("inert", 0.0) >= INERT_SURE else ""))
     if idle:
         out.append(f"  no agent so far: {', '.join(idle)}")
     return out

@@ -147,7 +147,7 @@ class AllocationConfig(_M):
     # program's (every agent's runs on it), so one run of the agent's own is enough. Measured on
     # bench/allocation.py with inert_prior 0.5 (bench/results/allocation-inert-dwell-2026-12-07.txt):
     # barren 1.16 times static's speed over 60 seeds (dwell 6 for all: 0.94-1.00), tuned 1.29 (1.05),
-    # real 1.24 (1.23), equal 1.00 (0.99), the late bloomer's share 0.170 (0.172; floor 0.125).
+    # real 1.14 over 24 seeds (1.16), equal 1.00 (0.99), the late bloomer's share 0.170 (0.172; floor 0.125).
     inert_dwell_runs: int | None = Field(default=1, ge=1)
     prior_moves: float = Field(default=0.5, gt=0)  # strength of the weight prior, in moves
     # Unverified evidence: a candidate still pending in its sequential test with a positive delta

@@ -168,6 +168,12 @@ class AllocationConfig(_M):
     share: Literal["p_best", "active"] = "p_best"
     seed: int | None = None                     # the draws' seed (the bench: reproducible)
 
+    def inert_dwell(self) -> int | None:
+        """The runs before an agent may leave a program probably inert, where that rule is in force
+        (inert_prior above 0 and inert_dwell_runs under dwell_runs); None where it is not."""
+        short = self.inert_dwell_runs
+        return short if self.inert_prior > 0 and short is not None and short < self.dwell_runs else None
+
     @model_validator(mode="after")
     def _active_needs_inert(self):
         if self.share == "active" and self.inert_prior <= 0:
@@ -522,8 +528,8 @@ class Allocation:
     def _dwell(self, program: str) -> int:
         """Runs an agent spends on `program` before it may move: inert_dwell_runs when the program is
         probably inert, else dwell_runs."""
-        short = self.cfg.inert_dwell_runs
-        if short is not None and short < self.cfg.dwell_runs and self._inert()[program] >= INERT_SURE:
+        short = self.cfg.inert_dwell()
+        if short is not None and self._inert()[program] >= INERT_SURE:
             return short
         return self.cfg.dwell_runs
 

@@ -59,9 +59,8 @@ class Plan:
                     f"programs take turns: each gets {floor:.2g} of an agent "
                     f"(allocation.visits {alloc.visits:g}) in visits of {alloc.dwell_runs} runs, once an agent "
                     f"has run {alloc.dwell_runs} on its program (the noise runs not counted"
-                    + (f"; {alloc.inert_dwell_runs} on one whose changes all left val_bpb within the noise"
-                       if alloc.inert_prior > 0 and alloc.inert_dwell_runs is not None
-                       and alloc.inert_dwell_runs < alloc.dwell_runs else "")
+                    + (f"; {alloc.inert_dwell()} on one whose changes all left val_bpb within the noise"
+                       if alloc.inert_dwell() is not None else "")
                     + "); the rest follows what moves best")
         return (f"{head}; under allocation.min_agents {alloc.min_agents:g} and visits 0 no agent leaves a "
                 "program it is alone on, so they run only when another program's backend is spent: "

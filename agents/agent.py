@@ -91,6 +91,7 @@ class ResearchAgent(Training):
         self._lock = threading.Lock()
         self.parent_val: float | None = None   # the coordinator's mean for the head (else one run)
         self.line_margin: float | None = None  # the margin the coordinator judged the head with
+        self._lead: str | None = None          # the lead (another agent's pending idea) it builds on
         self.own: collections.deque[ExperimentRecord] = collections.deque(maxlen=max(1, cfg.recent_n))
         self.counts: collections.Counter[str] = collections.Counter()
         self.experiments = 0
@@ -258,6 +259,7 @@ class ResearchAgent(Training):
             return
         if best is not None:
             self._maybe_adopt(best)
+            self._follow_lead(best)
         if self.parent_val is None:
             # Nothing to compare against yet: measure our own parent first.
             self._join_prep()
@@ -321,6 +323,45 @@ class ResearchAgent(Training):
             return
         self._join_prep()
         self._adopt(best)
+
+    def _follow_lead(self, best: Broadcast) -> None:
+        """Build on the lead (coordinator/decide/leads.py): an agent whose line is best runs its
+        next idea on top of the candidate pending on best that is measured best so far, as one
+        agent does on its own pending line, and goes back to best when the lead is one no more
+        (decided against, or best moved on: a lead that became best is simply best). An agent
+        on a line of its own, or with `adopt: never`, stays where it is."""
+        ask = getattr(self.port, "lead", None)
+        if ask is None or self.adopt == "never":
+            return
+        try:
+            lead = ask(self.hw)
+        except Exception as e:  # a lead is an optimisation: never a reason to stop research
+            log.warning("%s: could not ask for the lead: %s", self.cfg.name, e)
+            return
+        head = self.wt.head()
+        if self._lead is not None and head != self._lead:
+            self._lead = None              # moved off it already (adopted a new best)
+        if self._lead is not None:
+            if lead is not None and lead.commit == head:
+                return
+            self._lead = None
+            if best.commit != head:
+                self._join_prep()
+                self._adopt(best)
+                log.info("%s: the lead %s is decided; back on best", self.cfg.name, head[:10])
+                head = best.commit
+        if lead is None or lead.commit == head or lead.best != best.commit:
+            return
+        if head != best.commit and object_id("blob", self.wt.source().encode()) != lead.best_blob:
+            return                         # a line of its own (its pending idea, a kept winner)
+        self._join_prep()
+        self.wt.ensure(lead.commit, self.port.fetch)
+        self.wt.reset_hard(lead.commit)
+        self.parent_val = lead.val_bpb     # the lead's mean so far (what its test has seen)
+        self.line_margin = None
+        self._lead = lead.commit
+        log.info("%s: building on the lead %s (%s, %+.4f vs best over %d samples)", self.cfg.name,
+                 lead.commit[:10], lead.experiment_id, lead.delta, lead.samples)
 
     def _adopt(self, best: Broadcast) -> None:
         self.wt.ensure(best.commit, self.port.fetch)

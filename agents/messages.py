@@ -165,6 +165,22 @@ class Broadcast(_Model):
     published_at: float = Field(default_factory=time.time)
 
 
+class Lead(_Model):
+    """A candidate pending on best, measured better than best, that other agents may build on
+    while its confirmation runs (coordinator/decide/leads.py)."""
+
+    hardware_class: str
+    commit: str
+    experiment_id: str
+    best: str                              # the best it is pending against
+    best_blob: str                         # best's train.py (git blob id): an agent whose train.py
+                                           # it is has best as its line, whatever its commit
+    val_bpb: float                         # its mean over its samples so far
+    samples: int = 0
+    delta: float = 0.0                     # best's mean - its mean (+ = better), bpb
+    margin: float | None = None            # what its test has to see
+
+
 class ReportReply(_Model):
     """What an agent gets back for a report: the decision, plus what it would ask next at its
     iteration boundary, so that in the common case it need not ask (one call, not three)."""
@@ -207,6 +223,11 @@ class PromotionConfig(_Model):
                                   "gets this many confirmation runs at a time (a swarm's agents run them "
                                   "at once: its test decides in fewer rounds; one agent runs them one "
                                   "after the other and a run its test no longer needs is cancelled)")
+    follow_leads: bool = Field(True, description="an agent whose line is best runs its next idea on top "
+                               "of the candidate pending on best that is measured best so far (the lead), "
+                               "as one agent does on its own pending line, and goes back to best when "
+                               "the lead is decided against (research bench, bowls, 48 seeds: the swarm's runs to "
+                               "half the gain 1.12 -> 1.02 times one agent's)")
     checks_share: float = Field(1.0, gt=0, le=1, description="at most this share of a hardware "
                                 "class's agents (at least one) run confirmations and verifications at "
                                 "a time; the others go on with their own research. 1.0 (every agent "

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
-from agents.messages import Broadcast, Decision, ExperimentRecord, Job, ReportReply, StartedExperiment
+from agents.messages import Broadcast, Decision, ExperimentRecord, Job, Lead, ReportReply, StartedExperiment
 from agents.program import ProgramSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ class CoordinatorPort(Protocol):
     def best(self, hardware_class: str) -> Broadcast | None: ...
 
     def recent(self, hardware_class: str, n: int) -> list[tuple[ExperimentRecord, Decision | None]]: ...
+
+    def lead(self, hardware_class: str) -> Lead | None:
+        """The candidate pending on best that an agent whose line is best builds its next idea
+        on (coordinator/decide/leads.py), or None."""
 
     def heartbeat(self, agent: str, status: dict) -> None: ...
 
@@ -197,6 +201,13 @@ class RayCoordinator:
         # An unreachable coordinator moves nobody: the agent stays on its program.
         try:
             return self._call("assignment", agent, program, leaving, retries=0)
+        except CoordinatorUnavailable:
+            return None
+
+    def lead(self, hardware_class: str) -> Lead | None:
+        # Unreachable: no lead (the agent stays on its line; nothing is lost).
+        try:
+            return self._call("lead", hardware_class, retries=0)
         except CoordinatorUnavailable:
             return None
 

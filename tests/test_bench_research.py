@@ -15,7 +15,7 @@ LINE = re.compile(r"^agents=8 swarm_gain=[-\d.]+ independent_gain=[-\d.na]+ sing
 
 
 def test_reduced_bench_loses_no_winner_and_rarely_promotes_noise(tmp_path, redis_url):
-    conf = Config(agents=8, runs=96, seeds=1, null_runs=104, null_seeds=3)
+    conf = Config(agents=8, runs=96, seeds=1, null_runs=120, null_seeds=3)
     out: list[str] = []
     res = run_bench(conf, tmp_path, redis_url, {}, arms=("swarm", "null"), out=out.append)
     print("\n".join(out))
@@ -23,7 +23,8 @@ def test_reduced_bench_loses_no_winner_and_rarely_promotes_noise(tmp_path, redis
     swarm = res["arms"]["swarm"]
     assert swarm["lost"] == 0, [r.lost for r in swarm["results"]]
     null = res["arms"]["null"]
-    # enough decisions to mean something (trained experiments: the invalid edits are never judged)
+    # enough decisions to mean something (trained experiments: the invalid edits are never judged;
+    # with agents building on the lead, 104 null runs a seed trained 144 of them, 120 about 160)
     assert sum(r.experiments for r in null["results"]) >= 150
     assert res["false_promotions"] <= 0.01
 

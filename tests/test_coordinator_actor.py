@@ -38,6 +38,7 @@ def test_named_actor_decides_and_survives_ray_kill(tmp_path, redis_url, ray_loca
     r1, d1 = agents[0].experiment(port, root, "A up", A=1)
     r2, d2 = agents[1].experiment(port, root, "B up", B=1)
     assert d1.decision == "promote" and d2.decision == "pending"
+    assert port.lead(HW) is None   # through Ray; B is pending against the best before A: no lead
     before = port.status()
 
     ray.kill(h, no_restart=False)
@@ -78,7 +79,7 @@ def test_the_port_is_declared_once_and_forwarded(tmp_path):
     from agents.ports import PORT_METHODS, CoordinatorPort, RayCoordinator
     from coordinator.decide.actor import ADMIN_METHODS, CoordinatorActor
 
-    assert {"begin", "report", "next_job", "best", "recent", "heartbeat", "fetch", "assignment", "claim",
+    assert {"begin", "report", "next_job", "best", "lead", "recent", "heartbeat", "fetch", "assignment", "claim",
             "flush"} == set(PORT_METHODS)
     public = {n for n in dir(CoordinatorActor) if not n.startswith("_")}
     assert public == set(PORT_METHODS) | set(ADMIN_METHODS)

@@ -31,9 +31,10 @@ from coordinator.decide.perf import PerfStats
 from coordinator.decide.rules import Verdict, is_suspect
 from coordinator.decide.snapshots import Snapshots
 from coordinator.decide.tried import TriedStates
-from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, NoiseHistorySpec,
+from agents.messages import (Broadcast, Decision, ExperimentRecord, Job, Lead, NoiseHistorySpec,
                              PromotionConfig, ReportReply, StartedExperiment)
 from coordinator.decide.history import NoiseHistory
+from coordinator.decide.leads import lead_of
 from coordinator.decide.allocation import Allocation, AllocationSpec, ProgramSpec
 
 log = logging.getLogger(__name__)
@@ -504,6 +505,20 @@ class Coordinator(Judging, Pooling):
     def best(self, hardware_class: str) -> Broadcast | None:
         """The latest best of a class (None until its baseline has a sample)."""
         return broadcast.latest(self.r, self.swarm_id, hardware_class)
+
+    def lead(self, hardware_class: str) -> Lead | None:
+        """The candidate pending on best that an agent whose line is best builds on (leads.py),
+        or None (none, or `follow_leads` off)."""
+        if not self.cfg.follow_leads:
+            return None
+        with self._lock:
+            try:
+                best = self._best_commit(hardware_class)
+            except CoordinatorError:   # a class with no best yet
+                return None
+            return lead_of(hardware_class, best, self.commits.blob(best), self._pending.get((hardware_class, best), ()),
+                           self.decisions, self.records,
+                           lambda a, b: self.commits.has(a) and self.commits.blob(a) == self.commits.blob(b))
 
     def recent(self, hardware_class: str, n: int) -> list[tuple[ExperimentRecord, Decision | None]]:
         """The last n records of a class with their current decisions, oldest first."""

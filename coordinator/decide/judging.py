@@ -5,7 +5,9 @@ Every comparison is one look of the sequential test (sequential.py, rules.judge)
 - On best (its train.py, put onto best, is its own: the parent is best, has best's train.py,
   or descends from best): judged by its own samples against best's: promote (or a confirmed
   simplification); pending while the test goes on, with a job for its next sample (of itself, a
-  confirmation, or of best, a repeat); else discard.
+  confirmation, or of best, a repeat); else discard. One made on a result itself pending against
+  best (the lead, leads.py, or its agent's own pending line) and measured no better than that
+  result is discarded: what it showed is that result's change, whose own test goes on.
 - Off best, a winner (it beat best, or its own parent, by the margin): its whole change since
   the merge base with best is merged onto best (a two-parent commit, best first) and verified:
   the merge's own test (its samples less any experiment run of the same code) decides merge or
@@ -128,6 +130,16 @@ class Judging:
             return self._dec(rec, "discard", f"not better than best ({vb.delta:+.4f})"
                              + (f" nor its parent ({vp.delta:+.4f})" if vp else ""), **info)
         if direct:
+            if (vb.decision == "pending" and vp is not None and vp.delta <= 0 and not beat_best
+                    and not beat_parent and self._parent_pending(hw, P, best)):
+                # Made on a result still pending against best (the lead, or its agent's own
+                # line) and measured no better than it: all it showed better than best is that
+                # result's change, whose own test goes on (confirming this one too flooded the
+                # swarm with confirmations of copies of the lead). One that beat best by the
+                # margin is a winner as any (it cannot be worse than a pending parent that has
+                # not: that one's margin, over as many runs or more, is no wider).
+                return self._dec(rec, "discard", f"made on {P[:10]}, itself pending against best, and "
+                                 f"measured no better than it ({vp.delta:+.4f})", **info)
             if vb.decision in MOVES:
                 new = C
                 if P != best:  # first parent must be best: a two-parent commit with the same train.py
@@ -159,6 +171,11 @@ class Judging:
         v = vp if vp is not None and vp.delta > vb.delta else vb
         return (self._pool_or(rec, best, text if clean else None, v, info)
                 or self._dec(rec, "discard", why, **info))
+
+    def _parent_pending(self, hw: str, parent: str, best: str) -> bool:
+        """Whether `parent` is the commit of a result pending against `best` (lead or line)."""
+        return any(self.records[i].commit == parent for i in self._pending.get((hw, best), ())
+                   if i in self.records)
 
     def _onto_best(self, rec: ExperimentRecord, best: str, text: str, what: str) -> str:
         M = self.repo.commit_tree(text, [best, rec.commit],

@@ -30,7 +30,7 @@ def coord(tmp_path, redis_url):
     return Coordinator(tmp_path / "home", redis_url, cfg, swarm_id="t", baseline_train_py=TINY_TRAIN)
 
 
-def agent(tmp_path, coord, name, proposals, adopt=None):
+def agent(tmp_path, coord, name, proposals, adopt=None, score=score):
     cfg = AgentConfig(name=name, program_name="tiny", program_text=TINY_PROGRAM, seed=1,
                       swarm_home=tmp_path / "home", hardware_class=HW, budget=1.0, recent_n=0,
                       prepare_ahead=False, adopt=adopt)

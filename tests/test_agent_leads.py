@@ -11,10 +11,10 @@ import re
 import pytest
 
 from agents.agent import ResearchAgent
-from agents.config import AgentConfig
 from agents.messages import PromotionConfig
 from coordinator.decide.core import Coordinator
-from tests.fake_coordinator import TINY_PROGRAM, TINY_TRAIN, Scripted, fake_runner, set_lr as lr
+from tests.fake_coordinator import TINY_TRAIN, set_lr as lr
+from tests.test_agent_follows import agent as _agent, warm
 
 HW = "test-hw"
 # val_bpb by LEARNING_RATE: no noise, so sigma is 0 and the margin is min_delta (0.001). 0.035
@@ -36,19 +36,8 @@ def coord(tmp_path, redis_url):
     return make_coord(tmp_path, redis_url)
 
 
-def agent(tmp_path, coord, name, proposals, adopt=None):
-    cfg = AgentConfig(name=name, program_name="tiny", program_text=TINY_PROGRAM, seed=1,
-                      swarm_home=tmp_path / "home", hardware_class=HW, budget=1.0, recent_n=0,
-                      prepare_ahead=False, adopt=adopt)
-    return ResearchAgent(cfg, coord, runner=fake_runner(score=score), backend=Scripted(proposals))
-
-
-def warm(a: ResearchAgent, coord) -> None:
-    for _ in range(10):
-        if coord.next_job(a.cfg.name, HW) is None:
-            return
-        a._iteration()
-    raise AssertionError("baseline jobs never stopped")
+def agent(tmp_path, coord, name, proposals, adopt=None) -> ResearchAgent:
+    return _agent(tmp_path, coord, name, proposals, adopt=adopt, score=score)
 
 
 def pending_candidate(tmp_path, coord, name="a1", value="0.035"):
@@ -68,6 +57,16 @@ def hold_jobs(coord, who="holder") -> None:
     next agent to ask finds no job."""
     job = coord.next_job(who, HW)
     assert job is not None and job.kind == "confirm"
+
+
+def idea_on_the_lead(tmp_path, coord, a0: ResearchAgent):
+    """a0 (warmed) finds a1's idea pending and no job: one iteration of it. Returns a1's record."""
+    warm(a0, coord)
+    holder(tmp_path, coord)
+    a1, near = pending_candidate(tmp_path, coord)
+    hold_jobs(coord)
+    a0._iteration()
+    return near
 
 
 def holder(tmp_path, coord, who="holder") -> ResearchAgent:
@@ -95,11 +94,7 @@ def test_no_lead_when_switched_off(tmp_path, redis_url):
 
 def test_an_agent_on_best_runs_its_idea_on_top_of_the_lead(tmp_path, coord):
     a0 = agent(tmp_path, coord, "a0", [lr("0.035", "0.02", "on the lead")])
-    warm(a0, coord)
-    holder(tmp_path, coord)
-    a1, near = pending_candidate(tmp_path, coord)
-    hold_jobs(coord)
-    a0._iteration()
+    near = idea_on_the_lead(tmp_path, coord, a0)
     (rec,) = [r for r in coord.records.values() if r.description == "on the lead"]
     assert rec.status == "ok" and rec.parent == near.commit   # its edit applied to the lead's train.py
     # judged by its own run against best's: it beats best by far, and carries the lead with it
@@ -113,11 +108,7 @@ def test_an_agent_on_best_runs_its_idea_on_top_of_the_lead(tmp_path, coord):
 
 def test_an_idea_on_the_lead_no_better_than_the_lead_is_discarded_not_confirmed(tmp_path, coord):
     a0 = agent(tmp_path, coord, "a0", [lr("0.035", "0.037", "a copy of the lead, a little worse")])
-    warm(a0, coord)
-    holder(tmp_path, coord)
-    a1, near = pending_candidate(tmp_path, coord)
-    hold_jobs(coord)
-    a0._iteration()
+    near = idea_on_the_lead(tmp_path, coord, a0)
     (rec,) = [r for r in coord.records.values() if r.description.startswith("a copy of the lead")]
     assert rec.parent == near.commit
     d = coord.decisions[rec.experiment_id]
@@ -161,11 +152,7 @@ def test_back_to_best_when_the_lead_is_decided_against(tmp_path, coord):
 
 def test_an_agent_whose_head_has_best_s_train_py_follows_the_next_lead(tmp_path, coord):
     a0 = agent(tmp_path, coord, "a0", [lr("0.035", "0.02", "on the lead")])
-    warm(a0, coord)
-    holder(tmp_path, coord)
-    a1, near = pending_candidate(tmp_path, coord)
-    hold_jobs(coord)
-    a0._iteration()
+    idea_on_the_lead(tmp_path, coord, a0)
     best = coord.best(HW)
     assert a0.wt.head() != best.commit and a0.wt.show(best.commit) == a0.wt.source()
     a3 = agent(tmp_path, coord, "a3", [lr("0.02", "0.0195", "near the new best")])

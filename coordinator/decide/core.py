@@ -516,9 +516,9 @@ class Coordinator(Judging, Pooling):
                 best = self._best_commit(hardware_class)
             except CoordinatorError:   # a class with no best yet
                 return None
-            return lead_of(hardware_class, best, self.commits.blob(best), self._pending.get((hardware_class, best), ()),
-                           self.decisions, self.records,
-                           lambda a, b: self.commits.has(a) and self.commits.blob(a) == self.commits.blob(b))
+            return lead_of(hardware_class, best, self.commits.blob(best),
+                           self._pending.get((hardware_class, best), ()), self.decisions, self.records,
+                           lambda c: self.commits.blob(c) if self.commits.has(c) else None)
 
     def recent(self, hardware_class: str, n: int) -> list[tuple[ExperimentRecord, Decision | None]]:
         """The last n records of a class with their current decisions, oldest first."""

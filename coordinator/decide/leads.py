@@ -27,10 +27,9 @@ from agents.messages import Decision, ExperimentRecord, Lead
 
 
 def lead_of(hw: str, best: str, best_blob: str, pending: Iterable[str], decisions: dict[str, Decision],
-            records: dict[str, ExperimentRecord], same_code: Callable[[str, str], bool]) -> Lead | None:
+            records: dict[str, ExperimentRecord], blob_of: Callable[[str], str | None]) -> Lead | None:
     """The lead among `pending` (ids of the results pending against `best`, whose train.py has
-    the blob id `best_blob`), or None.
-    `same_code(a, b)`: whether commits a and b have the same train.py."""
+    the blob id `best_blob`), or None. `blob_of(commit)`: its train.py's blob id (None: unknown)."""
     top: tuple[Decision, ExperimentRecord] | None = None
     for i in pending:
         d, rec = decisions.get(i), records.get(i)
@@ -38,7 +37,7 @@ def lead_of(hw: str, best: str, best_blob: str, pending: Iterable[str], decision
                 or d.stage != "confirm" or d.best_before != best or d.delta is None or d.delta <= 0
                 or d.mean is None):
             continue
-        if not (rec.parent == best or same_code(rec.parent, best)):
+        if not (rec.parent == best or blob_of(rec.parent) == best_blob):
             continue
         if top is None or (d.delta, i) > (top[0].delta, top[0].experiment_id):
             top = (d, rec)
